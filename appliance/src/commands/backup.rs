@@ -1,0 +1,287 @@
+//! `livemount backup create|list|show|restore|verify|forget`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Subcommand;
+use dedup::ingest::{self, DiskInput};
+use dedup::{BackupDisk, Manifest};
+
+use crate::cli::Cli;
+use crate::output::{self, print_json, size};
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCmd {
+    /// Back up one or more disks (raw images, block devices, qcow2/vmdk/vhdx/vdi images) as one backup.
+    Create {
+        /// The disks of the machine, in order.
+        #[arg(required = true)]
+        sources: Vec<PathBuf>,
+        /// A name to find the backup by.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the backups, oldest first.
+    List,
+    /// Show a backup: its disks, partitions and figures.
+    Show {
+        /// Backup id, unique id prefix, or name.
+        id: String,
+    },
+    /// Write a backup's disks back out as sparse raw files, bit-identical to the sources.
+    Restore {
+        /// Backup id, unique id prefix, or name.
+        id: String,
+        /// The file to write (one disk), or a folder to write disk<N>.img files into (several disks).
+        dest: PathBuf,
+        /// Restore only this disk (numbered from 0) into DEST.
+        #[arg(long)]
+        disk: Option<usize>,
+    },
+    /// Re-read and re-hash every chunk that backups use; name each missing or corrupt chunk.
+    Verify {
+        /// Verify only this backup (default: all).
+        id: Option<String>,
+    },
+    /// Remove a backup (its chunks go at the next `library gc` if nothing else uses them).
+    Forget {
+        /// Backup id, unique id prefix, or name.
+        id: String,
+    },
+}
+
+pub fn run(cli: &Cli, cmd: &BackupCmd) -> anyhow::Result<i32> {
+    let lib = Arc::new(super::open_library(cli)?);
+    match cmd {
+        BackupCmd::Create { sources, name } => create(cli, &lib, sources, name.clone()),
+        BackupCmd::List => {
+            let all = lib.backups()?;
+            if cli.json {
+                print_json(&all);
+            } else if all.is_empty() {
+                println!("no backups in {}", lib.root().display());
+            } else {
+                println!(
+                    "{:<23} {:<20} {:<20} {:>5} {:>10}",
+                    "ID", "NAME", "CREATED", "DISKS", "SIZE"
+                );
+                for m in &all {
+                    let total: u64 = m.disks.iter().map(|d| d.size).sum();
+                    println!(
+                        "{:<23} {:<20} {:<20} {:>5} {:>10}",
+                        m.id,
+                        m.name.as_deref().unwrap_or("-"),
+                        &m.created[..19.min(m.created.len())],
+                        m.disks.len(),
+                        size(total)
+                    );
+                }
+            }
+            Ok(0)
+        }
+        BackupCmd::Show { id } => {
+            let m = lib.resolve(id)?;
+            if cli.json {
+                print_json(&m);
+            } else {
+                show(&m);
+            }
+            Ok(0)
+        }
+        BackupCmd::Restore { id, dest, disk } => restore(cli, &lib, id, dest, *disk),
+        BackupCmd::Verify { id } => verify(cli, &lib, id.as_deref()),
+        BackupCmd::Forget { id } => {
+            let m = lib.forget(id)?;
+            if cli.json {
+                print_json(&serde_json::json!({ "forgotten": m.id }));
+            } else {
+                println!(
+                    "forgot backup {}; run `livemount library gc` to free its unused chunks",
+                    m.id
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn create(
+    cli: &Cli,
+    lib: &dedup::Library,
+    sources: &[PathBuf],
+    name: Option<String>,
+) -> anyhow::Result<i32> {
+    let mut disks = Vec::new();
+    for path in sources {
+        let mut source = dedup::source::open(path)?;
+        let partition_table = crate::partitions::summarize(&mut *source)
+            .with_context(|| format!("reading the partition table of {}", path.display()))?;
+        disks.push(DiskInput {
+            label: path.display().to_string(),
+            source,
+            partition_table,
+        });
+    }
+    let total = disks.iter().map(|d| d.source.size()).sum();
+    let bar = output::byte_bar(total, cli.json, "backup");
+    let m = ingest::create_backup(lib, name, disks, &|p| bar.set_position(p.done))?;
+    bar.finish_and_clear();
+    if cli.json {
+        print_json(&serde_json::json!({ "id": m.id, "name": m.name, "stats": m.stats }));
+    } else {
+        let s = &m.stats;
+        println!("backup {} created", m.id);
+        println!(
+            "  read {} of {} in {:.1} s; stored {} new ({} chunks new, {} reused, {} zero)",
+            size(s.bytes_read),
+            size(s.disk_bytes),
+            s.seconds,
+            size(s.new_bytes_stored),
+            s.chunks_new,
+            s.chunks_reused,
+            s.chunks_zero
+        );
+    }
+    Ok(0)
+}
+
+fn show(m: &Manifest) {
+    println!("backup   {}", m.id);
+    println!("name     {}", m.name.as_deref().unwrap_or("-"));
+    println!("created  {}", m.created);
+    for (n, d) in m.disks.iter().enumerate() {
+        println!(
+            "disk {n}   {} ({}, {}), {} chunks of {}, {} zero",
+            d.source,
+            d.format,
+            size(d.size),
+            d.chunk_count,
+            size(d.chunk_size.into()),
+            d.zero_chunks
+        );
+        match &d.partition_table {
+            None => println!("         no partition table"),
+            Some(t) => {
+                println!("         {} partition table", t.scheme);
+                for p in &t.partitions {
+                    println!(
+                        "         {:>3}  start {:>12}  size {:>10}  {}",
+                        p.number,
+                        p.start,
+                        size(p.size),
+                        p.type_name
+                    );
+                }
+            }
+        }
+    }
+    let s = &m.stats;
+    println!(
+        "stats    read {}, stored {} new, {} chunks new, {} reused, {:.1} s",
+        size(s.bytes_read),
+        size(s.new_bytes_stored),
+        s.chunks_new,
+        s.chunks_reused,
+        s.seconds
+    );
+}
+
+fn restore(
+    cli: &Cli,
+    lib: &Arc<dedup::Library>,
+    id: &str,
+    dest: &std::path::Path,
+    only: Option<usize>,
+) -> anyhow::Result<i32> {
+    let m = lib.resolve(id)?;
+    let disks: Vec<usize> = match only {
+        Some(d) if d >= m.disks.len() => {
+            return Err(dedup::Error::DiskNotFound {
+                backup: m.id.clone(),
+                disk: d,
+            }
+            .into())
+        }
+        Some(d) => vec![d],
+        None => (0..m.disks.len()).collect(),
+    };
+    let targets: Vec<PathBuf> = if disks.len() == 1 {
+        vec![dest.to_path_buf()]
+    } else {
+        std::fs::create_dir_all(dest)
+            .with_context(|| format!("creating folder {}", dest.display()))?;
+        disks
+            .iter()
+            .map(|d| dest.join(format!("disk{d}.img")))
+            .collect()
+    };
+    let mut written = Vec::new();
+    for (d, target) in disks.iter().zip(&targets) {
+        let disk = BackupDisk::open(lib.clone(), &m, *d)?;
+        let bar = output::byte_bar(disk.size(), cli.json, &format!("disk {d}"));
+        dedup::restore::restore_disk(&disk, target, &|done| bar.set_position(done)).with_context(
+            || {
+                format!(
+                    "restoring disk {d} of backup {} to {}",
+                    m.id,
+                    target.display()
+                )
+            },
+        )?;
+        bar.finish_and_clear();
+        written.push(serde_json::json!({ "disk": d, "path": target, "size": disk.size() }));
+        if !cli.json {
+            println!(
+                "restored disk {d} ({}) to {}",
+                size(disk.size()),
+                target.display()
+            );
+        }
+    }
+    if cli.json {
+        print_json(&serde_json::json!({ "id": m.id, "disks": written }));
+    }
+    Ok(0)
+}
+
+fn verify(cli: &Cli, lib: &dedup::Library, id: Option<&str>) -> anyhow::Result<i32> {
+    let backups = match id {
+        Some(id) => vec![lib.resolve(id)?],
+        None => lib.backups()?,
+    };
+    let bar = output::count_bar(0, cli.json, "verify");
+    let report = dedup::verify::verify(lib, &backups, &|done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    if cli.json {
+        print_json(&report);
+    } else {
+        for p in &report.problems {
+            println!("{} chunk {}: {}", p.kind.to_uppercase(), p.chunk, p.reason);
+            for r in &p.affects {
+                println!(
+                    "  affects backup {} disk {} bytes {}..{}",
+                    r.backup, r.disk, r.start, r.end
+                );
+            }
+        }
+        if report.is_clean() {
+            println!(
+                "verified {} backups: {} chunks ({}) all intact",
+                report.backups,
+                report.chunks_checked,
+                size(report.bytes_checked)
+            );
+        } else {
+            println!(
+                "verify FAILED: {} of {} chunks missing or corrupt",
+                report.problems.len(),
+                report.chunks_checked
+            );
+        }
+    }
+    Ok(if report.is_clean() { 0 } else { 1 })
+}

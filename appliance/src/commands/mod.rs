@@ -1,0 +1,14 @@
+//! One module per subcommand group.
+
+pub mod backup;
+pub mod library;
+
+use anyhow::Context;
+use dedup::Library;
+
+use crate::cli::Cli;
+
+/// Opens the library the command line names.
+pub fn open_library(cli: &Cli) -> anyhow::Result<Library> {
+    Library::open(&cli.library).with_context(|| format!("library {}", cli.library.display()))
+}

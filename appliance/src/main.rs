@@ -1,0 +1,32 @@
+//! The `livemount` binary: a thin adapter from the command line to the libraries.
+
+mod cli;
+mod commands;
+mod output;
+mod partitions;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let result = match &cli.command {
+        cli::Command::Library(cmd) => commands::library::run(&cli, cmd),
+        cli::Command::Backup(cmd) => commands::backup::run(&cli, cmd),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            // One line with the whole chain of causes, as a person reads it.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("livemount: error: {msg}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Garbage collection, and the registry of backups in progress that keeps it safe.
+//!
+//! Mark and sweep by time, safe while backups run:
+//! - A backup in progress registers itself in `running/<id>` (holding an exclusive flock on that file, with
+//!   its start time inside) for as long as it runs, and marks every chunk it reuses or adds as used now.
+//! - gc first reads the running registry (the oldest start time S among live entries), then marks the chunks
+//!   of every finished backup, then deletes unmarked chunks last used before min(gc start, S), minus a
+//!   margin for time-stamp granularity.
+//! - The delete phase holds `chunks.lock` exclusively; a backup reuses or adds a chunk holding it shared, so
+//!   a chunk is never deleted between a backup finding it and marking it. A backup that finds a chunk gone
+//!   writes it again.
+//! The order matters: a backup that finishes while gc runs either is still registered when gc reads the
+//! registry, or its manifest is already there when gc marks.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::chunk::ChunkId;
+use crate::durable;
+use crate::error::{Error, Result};
+use crate::library::Library;
+use crate::lock::{self, LockKind};
+
+/// Margin subtracted from the cutoff: file time stamps may be coarser than the clock.
+const TIME_MARGIN: Duration = Duration::from_secs(2);
+
+/// A backup in progress, registered for as long as this value lives.
+pub struct RunningBackup {
+    path: PathBuf,
+    _file: File,
+}
+
+impl RunningBackup {
+    pub fn register(lib: &Library, id: &str) -> Result<Self> {
+        let path = lib.path("running").join(id);
+        let mut file =
+            fs::File::create(&path).map_err(|e| Error::io("register backup in", &path, e))?;
+        lock::lock(&file, LockKind::Exclusive, true).map_err(|e| Error::io("lock", &path, e))?;
+        let start = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        write!(file, "{}", start.as_secs()).map_err(|e| Error::io("write", &path, e))?;
+        Ok(RunningBackup { path, _file: file })
+    }
+}
+
+impl Drop for RunningBackup {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// The earliest start among backups in progress. Entries left by processes that died are removed.
+fn oldest_running_start(lib: &Library) -> Result<Option<SystemTime>> {
+    let dir = lib.path("running");
+    let mut oldest: Option<SystemTime> = None;
+    for entry in fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))? {
+        let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+        let path = entry.path();
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        if lock::lock(&file, LockKind::Shared, false).map_err(|e| Error::io("lock", &path, e))? {
+            // Nobody holds it: the backup's process is gone.
+            let _ = fs::remove_file(&path);
+            continue;
+        }
+        // A live backup; its start time is in the file (or, if it is still being written, the file's time).
+        let start = fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+            .or_else(|| entry.metadata().ok().and_then(|m| m.modified().ok()))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        oldest = Some(oldest.map_or(start, |o| o.min(start)));
+    }
+    Ok(oldest)
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcStats {
+    pub chunks_in_use: u64,
+    pub chunks_removed: u64,
+    pub bytes_removed: u64,
+    pub chunks_kept_recent: u64,
+    pub temp_files_removed: u64,
+}
+
+/// Deletes every chunk that no finished backup uses and no running backup may still use.
+pub fn collect_garbage(lib: &Library) -> Result<GcStats> {
+    let gc_start = SystemTime::now();
+    let running = oldest_running_start(lib)?;
+    let cutoff = running.map_or(gc_start, |r| r.min(gc_start)) - TIME_MARGIN;
+
+    let mut in_use: HashSet<ChunkId> = HashSet::new();
+    for manifest in lib.backups()? {
+        for disk in 0..manifest.disks.len() {
+            in_use.extend(
+                lib.load_index(&manifest, disk)?
+                    .chunks
+                    .into_iter()
+                    .filter(|c| !c.is_zero()),
+            );
+        }
+    }
+    let mut stats = GcStats {
+        chunks_in_use: in_use.len() as u64,
+        ..Default::default()
+    };
+
+    let lock_file = lib.chunks_lock()?;
+    lock::lock(&lock_file, LockKind::Exclusive, true)
+        .map_err(|e| Error::io("lock", lib.path("chunks.lock"), e))?;
+    let result = (|| {
+        for chunk in lib.store().list()? {
+            if in_use.contains(&chunk.id) {
+                continue;
+            }
+            if chunk.used >= cutoff {
+                stats.chunks_kept_recent += 1;
+                continue;
+            }
+            lib.store().remove(&chunk.id)?;
+            stats.chunks_removed += 1;
+            stats.bytes_removed += chunk.stored_bytes;
+        }
+        lib.store().sync()?;
+        // Temporary files older than the cutoff belong to no live writer.
+        let tmp = lib.path("tmp");
+        for entry in fs::read_dir(&tmp)
+            .map_err(|e| Error::io("list", &tmp, e))?
+            .flatten()
+        {
+            let old = entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .is_some_and(|t| t < cutoff);
+            if old && fs::remove_file(entry.path()).is_ok() {
+                stats.temp_files_removed += 1;
+            }
+        }
+        // Backup folders of interrupted commits or forgets.
+        let backups = lib.path("backups");
+        for entry in fs::read_dir(&backups)
+            .map_err(|e| Error::io("list", &backups, e))?
+            .flatten()
+        {
+            let name = entry.file_name();
+            let is_tmp = name.to_str().is_some_and(durable::is_temp_name);
+            let old = entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .is_some_and(|t| t < cutoff);
+            if is_tmp && old {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(())
+    })();
+    let _ = lock::unlock(&lock_file);
+    result.map(|()| stats)
+}

@@ -1,0 +1,351 @@
+//! Backing disks up into the library.
+//!
+//! One disk is ingested as a pipeline that keeps every core busy: a reader thread reads the chunks that hold
+//! data (holes and unallocated ranges are never read, all-zero chunks never stored), worker threads hash each
+//! chunk, reuse it when the library has it already and otherwise compress and store it, and the calling
+//! thread puts the ids in disk order. When every chunk is durable the backup's folder appears in one rename.
+
+use std::fs::File;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use crate::chunk::{self, ChunkId};
+use crate::durable::{self, AtomicFile};
+use crate::error::{Error, Result};
+use crate::gc::RunningBackup;
+use crate::index::DiskIndex;
+use crate::library::{now_rfc3339, Library};
+use crate::lock::{self, LockKind};
+use crate::manifest::{DiskManifest, IngestStats, Manifest, PartitionSummary};
+use crate::source::DiskSource;
+
+/// One disk to back up.
+pub struct DiskInput {
+    /// How the user named the source (recorded in the manifest).
+    pub label: String,
+    pub source: Box<dyn DiskSource>,
+    pub partition_table: Option<PartitionSummary>,
+}
+
+/// Progress of a backup: bytes of disk covered so far out of the total.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
+}
+
+/// Backs up `disks` as one backup and returns its manifest.
+pub fn create_backup(
+    lib: &Library,
+    name: Option<String>,
+    disks: Vec<DiskInput>,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Manifest> {
+    let started = Instant::now();
+    let id = new_backup_id();
+    let _running = RunningBackup::register(lib, &id)?;
+    let total: u64 = disks.iter().map(|d| d.source.size()).sum();
+    let mut done_before = 0u64;
+    let mut stats = IngestStats::default();
+    let mut indexes = Vec::new();
+    let mut disk_manifests = Vec::new();
+    for (n, mut disk) in disks.into_iter().enumerate() {
+        let size = disk.source.size();
+        let report = |done: u64| {
+            progress(Progress {
+                done: done_before + done,
+                total,
+            })
+        };
+        let (index, disk_stats) = ingest_disk(lib, &mut *disk.source, &report)?;
+        done_before += size;
+        stats.add(&disk_stats);
+        let index_file = format!("disk{n}.index");
+        disk_manifests.push(DiskManifest {
+            source: disk.label,
+            format: disk.source.format().to_string(),
+            size,
+            chunk_size: index.chunk_size,
+            chunk_count: index.chunks.len() as u64,
+            zero_chunks: disk_stats.chunks_zero,
+            index_file,
+            index_blake3: String::new(),
+            partition_table: disk.partition_table,
+        });
+        indexes.push(index);
+    }
+    stats.seconds = started.elapsed().as_secs_f64();
+    let mut manifest = Manifest {
+        format_version: crate::formats::LIBRARY_FORMAT_VERSION,
+        id: id.clone(),
+        name,
+        created: now_rfc3339(),
+        disks: disk_manifests,
+        stats,
+    };
+    commit_backup(lib, &mut manifest, &indexes)?;
+    Ok(manifest)
+}
+
+/// Makes the backup visible: chunk names durable first, then the index and manifest files in a temporary
+/// folder, then one rename of that folder.
+fn commit_backup(lib: &Library, manifest: &mut Manifest, indexes: &[DiskIndex]) -> Result<()> {
+    lib.store().sync()?;
+    let backups = lib.path("backups");
+    let tmp = backups.join(format!(".tmp-{}", manifest.id));
+    std::fs::create_dir(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    let result = (|| {
+        for (disk, index) in manifest.disks.iter_mut().zip(indexes) {
+            let data = index.encode();
+            disk.index_blake3 = blake3::hash(&data).to_hex().to_string();
+            let p = tmp.join(&disk.index_file);
+            write_new_durable(&p, &data)?;
+        }
+        let json = serde_json::to_vec_pretty(&*manifest).expect("manifest serializes");
+        write_new_durable(&tmp.join("manifest.json"), &json)?;
+        durable::sync_dir(&tmp).map_err(|e| Error::io("sync folder", &tmp, e))?;
+        let dest = backups.join(&manifest.id);
+        std::fs::rename(&tmp, &dest).map_err(|e| Error::io("publish backup", &dest, e))?;
+        durable::sync_dir(&backups).map_err(|e| Error::io("sync folder", &backups, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn write_new_durable(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = AtomicFile::create(path, None).map_err(|e| Error::io("create", path, e))?;
+    f.write_all(data).map_err(|e| Error::io("write", path, e))?;
+    f.commit_without_dir_sync()
+        .map_err(|e| Error::io("write", path, e))
+}
+
+/// A new backup id: the UTC time (sortable and readable) and a random part (unique).
+fn new_backup_id() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
+    format!(
+        "{}-{}",
+        now.format(fmt).expect("time formats"),
+        &durable::random_suffix()[..6]
+    )
+}
+
+enum Outcome {
+    Zero,
+    Reused,
+    New { plain: u64, stored: u64 },
+}
+
+struct Done {
+    index: usize,
+    id: ChunkId,
+    outcome: Outcome,
+    /// The chunk's buffer, handed back for reuse.
+    buf: Option<Vec<u8>>,
+}
+
+/// Ingests one disk; returns its index and what it cost.
+pub fn ingest_disk(
+    lib: &Library,
+    source: &mut dyn DiskSource,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(DiskIndex, IngestStats)> {
+    let chunk_size = lib.chunk_size();
+    let size = source.size();
+    let count = DiskIndex::chunk_count(size, chunk_size) as usize;
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let fail = |e: Error| {
+        failed.store(true, Ordering::SeqCst);
+        first_error.lock().expect("not poisoned").get_or_insert(e);
+    };
+    let (job_tx, job_rx) = bounded::<(usize, Vec<u8>)>(workers * 2);
+    let (done_tx, done_rx) = bounded::<Done>(workers * 4);
+    let (free_tx, free_rx) = bounded::<Vec<u8>>(workers * 4);
+
+    let mut ids = vec![ChunkId::ZERO; count];
+    let mut stats = IngestStats {
+        disk_bytes: size,
+        ..Default::default()
+    };
+    let mut done_bytes = 0u64;
+
+    std::thread::scope(|s| {
+        let reader_done_tx = done_tx.clone();
+        let (fail_r, failed_r) = (&fail, &failed);
+        let source_ranges: Vec<Range<u64>> = source.data_ranges().to_vec();
+        let bytes_read = s.spawn(move || {
+            read_chunks(
+                &mut *source,
+                &source_ranges,
+                chunk_size,
+                count,
+                &job_tx,
+                &reader_done_tx,
+                &free_rx,
+                failed_r,
+            )
+            .unwrap_or_else(|e| {
+                fail_r(e);
+                0
+            })
+        });
+        for _ in 0..workers {
+            let (job_rx, done_tx, fail_w, failed_w) =
+                (job_rx.clone(), done_tx.clone(), &fail, &failed);
+            s.spawn(move || {
+                if let Err(e) = store_chunks(lib, &job_rx, &done_tx, failed_w) {
+                    fail_w(e);
+                }
+            });
+        }
+        drop((job_rx, done_tx));
+        for d in done_rx.iter() {
+            ids[d.index] = d.id;
+            match d.outcome {
+                Outcome::Zero => stats.chunks_zero += 1,
+                Outcome::Reused => stats.chunks_reused += 1,
+                Outcome::New { plain, stored } => {
+                    stats.chunks_new += 1;
+                    stats.new_bytes_plain += plain;
+                    stats.new_bytes_stored += stored;
+                }
+            }
+            if let Some(buf) = d.buf {
+                let _ = free_tx.try_send(buf);
+            }
+            let start = d.index as u64 * u64::from(chunk_size);
+            done_bytes += (start + u64::from(chunk_size)).min(size) - start;
+            progress(done_bytes);
+        }
+        stats.bytes_read = bytes_read.join().expect("reader thread does not panic");
+    });
+    if let Some(e) = first_error.into_inner().expect("not poisoned") {
+        return Err(e);
+    }
+    Ok((
+        DiskIndex {
+            chunk_size,
+            disk_size: size,
+            chunks: ids,
+        },
+        stats,
+    ))
+}
+
+/// The reader: sends each chunk holding data to the workers, reports chunks without data as zero at once.
+/// Returns the number of bytes read.
+#[allow(clippy::too_many_arguments)]
+fn read_chunks(
+    source: &mut dyn DiskSource,
+    ranges: &[Range<u64>],
+    chunk_size: u32,
+    count: usize,
+    jobs: &Sender<(usize, Vec<u8>)>,
+    done: &Sender<Done>,
+    free: &Receiver<Vec<u8>>,
+    failed: &AtomicBool,
+) -> Result<u64> {
+    let size = source.size();
+    let mut bytes_read = 0u64;
+    let mut first_range = 0usize;
+    for i in 0..count {
+        if failed.load(Ordering::Relaxed) {
+            break;
+        }
+        let start = i as u64 * u64::from(chunk_size);
+        let end = (start + u64::from(chunk_size)).min(size);
+        while first_range < ranges.len() && ranges[first_range].end <= start {
+            first_range += 1;
+        }
+        let overlapping = ranges[first_range..].iter().take_while(|r| r.start < end);
+        let mut buf: Option<Vec<u8>> = None;
+        for r in overlapping {
+            let b = buf.get_or_insert_with(|| {
+                let mut b = free.try_recv().unwrap_or_default();
+                b.clear();
+                b.resize((end - start) as usize, 0);
+                b
+            });
+            let (from, to) = (r.start.max(start), r.end.min(end));
+            source.read_exact_at(from, &mut b[(from - start) as usize..(to - start) as usize])?;
+            bytes_read += to - from;
+        }
+        let sent = match buf {
+            Some(b) => jobs.send((i, b)).is_ok(),
+            None => done
+                .send(Done {
+                    index: i,
+                    id: ChunkId::ZERO,
+                    outcome: Outcome::Zero,
+                    buf: None,
+                })
+                .is_ok(),
+        };
+        if !sent {
+            break;
+        }
+    }
+    Ok(bytes_read)
+}
+
+/// A worker: hash, reuse or compress and store.
+fn store_chunks(
+    lib: &Library,
+    jobs: &Receiver<(usize, Vec<u8>)>,
+    done: &Sender<Done>,
+    failed: &AtomicBool,
+) -> Result<()> {
+    let mut compressor = zstd::bulk::Compressor::new(chunk::ZSTD_LEVEL)
+        .map_err(|e| Error::io("start zstd", lib.root(), e))?;
+    let lock_file: File = lib.chunks_lock()?;
+    for (index, data) in jobs.iter() {
+        if failed.load(Ordering::Relaxed) {
+            break;
+        }
+        let (id, outcome) = if chunk::is_all_zero(&data) {
+            (ChunkId::ZERO, Outcome::Zero)
+        } else {
+            let id = ChunkId::of(&data);
+            // Reuse-or-add happens under the shared chunk lock so that gc cannot delete the chunk in between.
+            lock::lock(&lock_file, LockKind::Shared, true)
+                .map_err(|e| Error::io("lock", lib.path("chunks.lock"), e))?;
+            let result = (|| {
+                if lib.store().touch(&id)? {
+                    return Ok(Outcome::Reused);
+                }
+                let encoded = chunk::encode(&data, &mut compressor);
+                lib.store().put(&id, &encoded)?;
+                Ok(Outcome::New {
+                    plain: data.len() as u64,
+                    stored: encoded.len() as u64,
+                })
+            })();
+            let _ = lock::unlock(&lock_file);
+            (id, result?)
+        };
+        if done
+            .send(Done {
+                index,
+                id,
+                outcome,
+                buf: Some(data),
+            })
+            .is_err()
+        {
+            break;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! A library on disk: its settings, its chunk store and its backups.
+//!
+//! ```text
+//! <library>/library.json          settings (format version, chunk size); marks the folder as a library
+//! <library>/chunks/<xx>/<id>      encoded chunks (see `store::DirStore`)
+//! <library>/backups/<id>/         one folder per finished backup: manifest.json and disk<N>.index
+//! <library>/running/<id>          one file per backup in progress, flock-ed by its process (see `gc.rs`)
+//! <library>/tmp/                  temporary files; anything here is unfinished work
+//! <library>/chunks.lock           taken shared to reuse or add a chunk, exclusive by gc while it deletes
+//! ```
+//! A backup folder appears in one rename once everything it refers to is durable, so a reader never sees
+//! half a backup.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::{self, ChunkId};
+use crate::durable;
+use crate::error::{Error, Result};
+use crate::formats::{LIBRARY_CONFIG_FILE, LIBRARY_FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use crate::index::DiskIndex;
+use crate::manifest::Manifest;
+use crate::store::{ChunkStore, DirStore};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LibraryConfig {
+    pub format_version: u32,
+    pub chunk_size: u32,
+    pub created: String,
+}
+
+pub struct Library {
+    root: PathBuf,
+    config: LibraryConfig,
+    store: Arc<dyn ChunkStore>,
+}
+
+impl Library {
+    /// Creates a new directory library at `root` (the folder may exist but must not hold a library).
+    pub fn init(root: &Path, chunk_size: u32) -> Result<Library> {
+        if !chunk_size.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size)
+        {
+            return Err(Error::InvalidChunkSize {
+                size: chunk_size.into(),
+            });
+        }
+        let config_path = root.join(LIBRARY_CONFIG_FILE);
+        if config_path.exists() {
+            return Err(Error::LibraryExists {
+                path: root.to_path_buf(),
+            });
+        }
+        durable::create_dir_durable(root)
+            .map_err(|e| Error::io("create library folder", root, e))?;
+        for sub in ["chunks", "backups", "running", "tmp"] {
+            let p = root.join(sub);
+            durable::create_dir_durable(&p).map_err(|e| Error::io("create folder", &p, e))?;
+        }
+        let config = LibraryConfig {
+            format_version: LIBRARY_FORMAT_VERSION,
+            chunk_size,
+            created: now_rfc3339(),
+        };
+        let json = serde_json::to_vec_pretty(&config).expect("config serializes");
+        durable::write_file(&config_path, &json)
+            .map_err(|e| Error::io("write", &config_path, e))?;
+        Self::open(root)
+    }
+
+    /// Opens an existing library.
+    pub fn open(root: &Path) -> Result<Library> {
+        let config_path = root.join(LIBRARY_CONFIG_FILE);
+        let data = match fs::read(&config_path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotALibrary {
+                    path: root.to_path_buf(),
+                })
+            }
+            Err(e) => return Err(Error::io("read", config_path, e)),
+        };
+        let config: LibraryConfig =
+            serde_json::from_slice(&data).map_err(|e| Error::BadFormat {
+                path: config_path.clone(),
+                reason: e.to_string(),
+            })?;
+        if config.format_version != LIBRARY_FORMAT_VERSION {
+            return Err(Error::BadFormat {
+                path: config_path,
+                reason: format!(
+                    "library format version {} is not supported",
+                    config.format_version
+                ),
+            });
+        }
+        let store = DirStore::open(&root.join("chunks"), &root.join("tmp"))?;
+        Ok(Library {
+            root: root.to_path_buf(),
+            config,
+            store: Arc::new(store),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn chunk_size(&self) -> u32 {
+        self.config.chunk_size
+    }
+
+    pub fn config(&self) -> &LibraryConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &dyn ChunkStore {
+        &*self.store
+    }
+
+    pub(crate) fn path(&self, sub: &str) -> PathBuf {
+        self.root.join(sub)
+    }
+
+    /// The lock that separates chunk reuse from chunk deletion (see `gc.rs`).
+    pub(crate) fn chunks_lock(&self) -> Result<File> {
+        let p = self.path("chunks.lock");
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| Error::io("open", p, e))
+    }
+
+    /// Reads one chunk's plain bytes into `out`, verified against its id. The all-zero id gives zeros of
+    /// `len` bytes.
+    pub fn read_chunk(&self, id: &ChunkId, len: usize, out: &mut Vec<u8>) -> Result<()> {
+        if id.is_zero() {
+            out.clear();
+            out.resize(len, 0);
+            return Ok(());
+        }
+        let stored = self.store.get(id)?;
+        chunk::decode_verified(id, &stored, out)?;
+        if out.len() != len {
+            return Err(Error::ChunkCorrupt {
+                id: *id,
+                reason: format!("holds {} bytes where the disk needs {len}", out.len()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Every finished backup, oldest first.
+    pub fn backups(&self) -> Result<Vec<Manifest>> {
+        let dir = self.path("backups");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| Error::io("list backups in", &dir, e))? {
+            let entry = entry.map_err(|e| Error::io("list backups in", &dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if durable::is_temp_name(name) {
+                continue;
+            }
+            out.push(self.load_manifest(name)?);
+        }
+        out.sort_by(|a, b| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
+        Ok(out)
+    }
+
+    fn load_manifest(&self, id: &str) -> Result<Manifest> {
+        let p = self.path("backups").join(id).join("manifest.json");
+        let data = fs::read(&p).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::BackupNotFound { id: id.to_string() },
+            _ => Error::io("read", &p, e),
+        })?;
+        serde_json::from_slice(&data).map_err(|e| Error::BadFormat {
+            path: p,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Finds a backup by its id, a unique prefix of its id, or its name (the newest backup of that name).
+    pub fn resolve(&self, id_or_name: &str) -> Result<Manifest> {
+        let all = self.backups()?;
+        if let Some(m) = all.iter().find(|m| m.id == id_or_name) {
+            return Ok(m.clone());
+        }
+        let by_prefix: Vec<_> = all
+            .iter()
+            .filter(|m| m.id.starts_with(id_or_name))
+            .collect();
+        match by_prefix.len() {
+            1 => return Ok(by_prefix[0].clone()),
+            0 => {}
+            count => {
+                return Err(Error::AmbiguousBackupId {
+                    prefix: id_or_name.to_string(),
+                    count,
+                })
+            }
+        }
+        all.iter()
+            .rev()
+            .find(|m| m.name.as_deref() == Some(id_or_name))
+            .cloned()
+            .ok_or_else(|| Error::BackupNotFound {
+                id: id_or_name.to_string(),
+            })
+    }
+
+    /// Loads the chunk index of one disk of a backup, checked against the manifest.
+    pub fn load_index(&self, manifest: &Manifest, disk: usize) -> Result<DiskIndex> {
+        let d = manifest
+            .disks
+            .get(disk)
+            .ok_or_else(|| Error::DiskNotFound {
+                backup: manifest.id.clone(),
+                disk,
+            })?;
+        let p = self.path("backups").join(&manifest.id).join(&d.index_file);
+        let data = fs::read(&p).map_err(|e| Error::io("read", &p, e))?;
+        if blake3::hash(&data).to_hex().as_str() != d.index_blake3 {
+            return Err(Error::BadFormat {
+                path: p,
+                reason: "index does not match its checksum in manifest.json".into(),
+            });
+        }
+        let index = DiskIndex::decode(&p, &data)?;
+        if index.disk_size != d.size || index.chunk_size != d.chunk_size {
+            return Err(Error::BadFormat {
+                path: p,
+                reason: "index disagrees with manifest.json".into(),
+            });
+        }
+        Ok(index)
+    }
+
+    /// Removes a backup from the library. Its chunks stay until `gc` finds them unused.
+    pub fn forget(&self, id: &str) -> Result<Manifest> {
+        let manifest = self.resolve(id)?;
+        let backups = self.path("backups");
+        let dir = backups.join(&manifest.id);
+        // Rename first so that the backup disappears in one step, then delete at leisure.
+        let doomed = backups.join(format!(".tmp-forget-{}", manifest.id));
+        fs::rename(&dir, &doomed).map_err(|e| Error::io("remove backup", &dir, e))?;
+        durable::sync_dir(&backups).map_err(|e| Error::io("sync folder", &backups, e))?;
+        fs::remove_dir_all(&doomed).map_err(|e| Error::io("remove", &doomed, e))?;
+        Ok(manifest)
+    }
+}
+
+/// The current time as RFC 3339 in UTC.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("time formats")
+}

@@ -1,0 +1,99 @@
+//! Random-access reads of one disk of a backup: the API a pseudo-disk recalls from.
+//!
+//! The chunk of an offset is found by an array lookup in the disk's index. Each chunk is read, decompressed
+//! and checked against its id before a byte of it is returned: a missing or damaged chunk is an error,
+//! never wrong data. `BackupDisk` is `Sync`; any number of threads may read at once.
+
+use std::sync::Arc;
+
+use crate::chunk::ChunkId;
+use crate::error::{Error, Result};
+use crate::index::DiskIndex;
+use crate::library::Library;
+use crate::manifest::Manifest;
+
+pub struct BackupDisk {
+    lib: Arc<Library>,
+    backup_id: String,
+    disk: usize,
+    index: DiskIndex,
+}
+
+impl BackupDisk {
+    pub fn open(lib: Arc<Library>, manifest: &Manifest, disk: usize) -> Result<Self> {
+        let index = lib.load_index(manifest, disk)?;
+        Ok(BackupDisk {
+            lib,
+            backup_id: manifest.id.clone(),
+            disk,
+            index,
+        })
+    }
+
+    pub fn backup_id(&self) -> &str {
+        &self.backup_id
+    }
+
+    pub fn disk_number(&self) -> usize {
+        self.disk
+    }
+
+    pub fn size(&self) -> u64 {
+        self.index.disk_size
+    }
+
+    pub fn chunk_size(&self) -> u32 {
+        self.index.chunk_size
+    }
+
+    pub fn index(&self) -> &DiskIndex {
+        &self.index
+    }
+
+    pub fn chunk_id(&self, chunk: usize) -> Option<ChunkId> {
+        self.index.chunks.get(chunk).copied()
+    }
+
+    /// Reads the whole of chunk `chunk` (shorter for the last chunk of the disk) into `out`.
+    pub fn read_chunk(&self, chunk: usize, out: &mut Vec<u8>) -> Result<()> {
+        let id = self.index.chunks.get(chunk).ok_or(Error::OutOfRange {
+            offset: chunk as u64 * u64::from(self.index.chunk_size),
+            len: u64::from(self.index.chunk_size),
+            size: self.size(),
+        })?;
+        let range = self.index.chunk_range(chunk);
+        self.lib
+            .read_chunk(id, (range.end - range.start) as usize, out)
+    }
+
+    /// Reads `buf.len()` bytes at `offset`. The range must lie within the disk.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let len = buf.len() as u64;
+        if offset.checked_add(len).is_none_or(|end| end > self.size()) {
+            return Err(Error::OutOfRange {
+                offset,
+                len,
+                size: self.size(),
+            });
+        }
+        let cs = u64::from(self.index.chunk_size);
+        let mut scratch = Vec::new();
+        let mut pos = offset;
+        let mut filled = 0usize;
+        while filled < buf.len() {
+            let chunk = (pos / cs) as usize;
+            let within = (pos % cs) as usize;
+            let n = (buf.len() - filled).min(cs as usize - within);
+            let dest = &mut buf[filled..filled + n];
+            if self.index.chunks[chunk].is_zero() {
+                dest.fill(0);
+            } else {
+                self.read_chunk(chunk, &mut scratch)?;
+                dest.copy_from_slice(&scratch[within..within + n]);
+            }
+            filled += n;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,153 @@
+//! Verify: re-read and re-hash every chunk that backups use, and name each missing or corrupt chunk with the
+//! byte ranges of the disks it affects.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::chunk::{self, ChunkId};
+use crate::error::{Error, Result};
+use crate::library::Library;
+use crate::manifest::Manifest;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyReport {
+    pub backups: usize,
+    pub chunks_checked: u64,
+    pub bytes_checked: u64,
+    pub problems: Vec<ChunkProblem>,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ChunkProblem {
+    pub chunk: String,
+    /// "missing" or "corrupt".
+    pub kind: String,
+    pub reason: String,
+    pub affects: Vec<AffectedRange>,
+}
+
+/// Bytes `start..end` of disk `disk` of backup `backup` depend on the chunk.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AffectedRange {
+    pub backup: String,
+    pub disk: usize,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Checks every chunk used by `backups`. `progress` gets (chunks done, chunks total).
+pub fn verify(
+    lib: &Library,
+    backups: &[Manifest],
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<VerifyReport> {
+    // Where each chunk is used: (backup, disk, chunk number, chunk byte range).
+    let mut uses: HashMap<ChunkId, Vec<AffectedRange>> = HashMap::new();
+    for m in backups {
+        for disk in 0..m.disks.len() {
+            let index = lib.load_index(m, disk)?;
+            for (i, id) in index
+                .chunks
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| !id.is_zero())
+            {
+                let r = index.chunk_range(i);
+                let list = uses.entry(*id).or_default();
+                match list.last_mut() {
+                    Some(last)
+                        if last.backup == m.id && last.disk == disk && last.end == r.start =>
+                    {
+                        last.end = r.end
+                    }
+                    _ => list.push(AffectedRange {
+                        backup: m.id.clone(),
+                        disk,
+                        start: r.start,
+                        end: r.end,
+                    }),
+                }
+            }
+        }
+    }
+    let ids: Vec<ChunkId> = uses.keys().copied().collect();
+    let total = ids.len() as u64;
+    let next = AtomicUsize::new(0);
+    let done = AtomicU64::new(0);
+    let bytes = AtomicU64::new(0);
+    let problems: Mutex<Vec<(ChunkId, Error)>> = Mutex::new(Vec::new());
+    let fatal: Mutex<Option<Error>> = Mutex::new(None);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                let mut buf = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= ids.len() || fatal.lock().expect("not poisoned").is_some() {
+                        break;
+                    }
+                    let id = ids[i];
+                    let result = lib
+                        .store()
+                        .get(&id)
+                        .and_then(|stored| chunk::decode_verified(&id, &stored, &mut buf));
+                    match result {
+                        Ok(()) => {
+                            bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                        }
+                        Err(e) if e.is_bad_chunk() => {
+                            problems.lock().expect("not poisoned").push((id, e))
+                        }
+                        Err(e) => {
+                            fatal.lock().expect("not poisoned").get_or_insert(e);
+                        }
+                    }
+                    progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+                }
+            });
+        }
+    });
+    if let Some(e) = fatal.into_inner().expect("not poisoned") {
+        return Err(e);
+    }
+    let mut problems: Vec<ChunkProblem> = problems
+        .into_inner()
+        .expect("not poisoned")
+        .into_iter()
+        .map(|(id, e)| ChunkProblem {
+            chunk: id.to_hex(),
+            kind: if matches!(e, Error::ChunkMissing { .. }) {
+                "missing"
+            } else {
+                "corrupt"
+            }
+            .to_string(),
+            reason: e.to_string(),
+            affects: uses.remove(&id).unwrap_or_default(),
+        })
+        .collect();
+    problems.sort_by(|a, b| {
+        a.affects
+            .first()
+            .map(|r| (&r.backup, r.disk, r.start))
+            .cmp(&b.affects.first().map(|r| (&r.backup, r.disk, r.start)))
+    });
+    Ok(VerifyReport {
+        backups: backups.len(),
+        chunks_checked: total,
+        bytes_checked: bytes.into_inner(),
+        problems,
+    })
+}
