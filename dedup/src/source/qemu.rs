@@ -52,6 +52,35 @@ pub fn probe_format(path: &Path) -> Result<String> {
         .ok_or_else(|| source_err(path, "qemu-img names no format"))
 }
 
+/// Runs `qemu-img check`: a truncated or damaged image must be refused, not read as zeros where its data
+/// is gone (qemu reads clusters past the end of the file as zeros). Leaked clusters are harmless; formats
+/// without a check are taken as they are.
+fn check_consistent(path: &Path, format: &str) -> Result<()> {
+    let out = Command::new("qemu-img")
+        .args(["check", "--output=json", "-f", format])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| source_err(path, format!("cannot run qemu-img (install qemu-utils): {e}")))?;
+    match out.status.code() {
+        Some(0) | Some(3) | Some(63) => Ok(()), // clean, only leaks, check not supported by the format
+        _ => {
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let corruptions = report["corruptions"].as_u64().unwrap_or(0);
+            let first_error = String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim_start_matches("qemu-img: ")
+                .to_string();
+            Err(source_err(
+                path,
+                format!("the {format} image is damaged or truncated ({corruptions} corruptions; {first_error}); qemu-img check shows the details"),
+            ))
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct MapEntry {
     start: u64,
@@ -87,6 +116,7 @@ impl QemuImage {
         let size = info["virtual-size"]
             .as_u64()
             .ok_or_else(|| source_err(path, "qemu-img gives no virtual size"))?;
+        check_consistent(path, &format)?;
         let map = qemu_img_json(path, &["map", "-f", &format])?;
         let entries: Vec<MapEntry> = serde_json::from_value(map)
             .map_err(|e| source_err(path, format!("unexpected qemu-img map output: {e}")))?;
