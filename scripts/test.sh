@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what the tests need (idempotent) and runs every test of the workspace.
+# Usage: scripts/test.sh            (as root on Debian 12; CI runs exactly this)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Build artefacts live outside the clone so that CI and later runs reuse them.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/livemount/target}"
+mkdir -p "$CARGO_TARGET_DIR"
+
+scripts/install-deps.sh test
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    cargo install --locked cargo-nextest
+fi
+
+# One build of everything (tests need the livemount binary beside them), then the tests in parallel.
+cargo build --workspace --all-targets
+cargo nextest run --workspace --no-fail-fast --failure-output final
