@@ -1,5 +1,11 @@
-//! The pseudo-disk and its exports (the iSCSI target and the FUSE file view).
+//! The pseudo-disk and its exports.
 //!
-//! Empty for now: the pseudo-disk engine arrives with issue 3 and the iSCSI target with issue 4 (see
-//! `shared/DESIGN.md`). This crate will define the `Source` trait that a pseudo-disk reads from; it knows
-//! nothing of the dedup library or the cloud.
+//! A pseudo-disk (`pseudo_disk.rs`) serves a backed-up disk as a live, writable disk without restoring it.
+//! Reads come from the private store (every write), else from the recall store (chunks recalled before),
+//! else the chunk is recalled once from the `Source` into the recall store. Writes go to the private store
+//! only: the source is never written. Store I/O runs on the block engine (`engine/`, io_uring).
+//!
+//! This crate knows nothing of the dedup library or the cloud: it reads through the `Source` trait
+//! (`source.rs`), which the appliance implements for a library backup.
+
+pub mod engine;
