@@ -8,4 +8,13 @@
 //! This crate knows nothing of the dedup library or the cloud: it reads through the `Source` trait
 //! (`source.rs`), which the appliance implements for a library backup.
 
+pub mod alloc_log;
+pub mod bitmap;
 pub mod engine;
+pub mod error;
+pub mod pseudo_disk;
+pub mod source;
+
+pub use error::{Error, Result};
+pub use pseudo_disk::{Options, PseudoDisk};
+pub use source::{Source, SourceError};

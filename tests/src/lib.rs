@@ -7,9 +7,16 @@ use std::process::Command;
 /// The `livemount` binary that cargo built beside the test executable.
 pub fn livemount_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/..");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/..");
     let bin = dir.join("livemount");
-    assert!(bin.exists(), "{} is missing: build the workspace (cargo build --workspace) first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace (cargo build --workspace) first",
+        bin.display()
+    );
     bin
 }
 
@@ -22,7 +29,9 @@ pub fn livemount(lib: &Path) -> assert_cmd::Command {
 
 /// Runs a command and panics with its output unless it succeeds.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -51,7 +60,10 @@ pub fn text_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 64);
     let mut i = 0u64;
     while out.len() < len {
-        out.extend_from_slice(format!("line {i} of file {seed}: the quick brown fox jumps over the lazy dog\n").as_bytes());
+        out.extend_from_slice(
+            format!("line {i} of file {seed}: the quick brown fox jumps over the lazy dog\n")
+                .as_bytes(),
+        );
         i += 1;
     }
     out.truncate(len);
@@ -65,7 +77,11 @@ pub fn populate_tree(root: &Path, seed: u64, random_mib: usize) {
     std::fs::write(root.join("etc/hostname"), format!("guest-{seed}\n")).unwrap();
     std::fs::write(root.join("etc/app/config.txt"), text_bytes(seed, 200_000)).unwrap();
     for i in 0..random_mib {
-        std::fs::write(root.join(format!("var/data/blob{i}.bin")), random_bytes(seed * 1000 + i as u64, 1 << 20)).unwrap();
+        std::fs::write(
+            root.join(format!("var/data/blob{i}.bin")),
+            random_bytes(seed * 1000 + i as u64, 1 << 20),
+        )
+        .unwrap();
     }
 }
 
@@ -75,14 +91,26 @@ pub fn make_ext4_disk(dir: &Path, name: &str, tree: &Path, disk_mib: u64) -> Pat
     let disk = dir.join(name);
     let part = dir.join(format!("{name}.part"));
     let part_mib = disk_mib - 2;
-    std::fs::File::create(&disk).unwrap().set_len(disk_mib << 20).unwrap();
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(disk_mib << 20)
+        .unwrap();
     let mut sfdisk = Command::new("sfdisk");
-    sfdisk.arg("--quiet").arg(&disk).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+    sfdisk
+        .arg("--quiet")
+        .arg(&disk)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
     let mut child = sfdisk.spawn().expect("sfdisk (package fdisk) is installed");
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().unwrap();
-        writeln!(stdin, "label: gpt\nstart=2048, size={}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=root", part_mib * 2048).unwrap();
+        writeln!(
+            stdin,
+            "label: gpt\nstart=2048, size={}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=root",
+            part_mib * 2048
+        )
+        .unwrap();
     }
     assert!(child.wait().unwrap().success(), "sfdisk failed");
     run(Command::new("mkfs.ext4")
@@ -100,5 +128,6 @@ pub fn make_ext4_disk(dir: &Path, name: &str, tree: &Path, disk_mib: u64) -> Pat
 
 /// Parses a command's JSON output.
 pub fn json(out: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(out).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
+    serde_json::from_slice(out)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
 }

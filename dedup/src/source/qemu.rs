@@ -61,7 +61,12 @@ fn check_consistent(path: &Path, format: &str) -> Result<()> {
         .arg(path)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| source_err(path, format!("cannot run qemu-img (install qemu-utils): {e}")))?;
+        .map_err(|e| {
+            source_err(
+                path,
+                format!("cannot run qemu-img (install qemu-utils): {e}"),
+            )
+        })?;
     match out.status.code() {
         Some(0) | Some(3) | Some(63) => Ok(()), // clean, only leaks, check not supported by the format
         _ => {

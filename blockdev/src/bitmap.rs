@@ -1,0 +1,94 @@
+//! A fixed-size bitmap that any number of threads read and update without locks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub struct Bitmap {
+    words: Vec<AtomicU64>,
+    len: u64,
+}
+
+impl Bitmap {
+    pub fn new(len: u64) -> Self {
+        Bitmap {
+            words: (0..len.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            len,
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, i: u64) -> bool {
+        debug_assert!(i < self.len);
+        self.words[(i / 64) as usize].load(Ordering::Acquire) & (1 << (i % 64)) != 0
+    }
+
+    pub fn set_range(&self, start: u64, count: u64, value: bool) {
+        let end = (start + count).min(self.len);
+        let mut i = start;
+        while i < end {
+            let word = (i / 64) as usize;
+            let first = i % 64;
+            let n = (end - i).min(64 - first);
+            let mask = if n == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << n) - 1) << first
+            };
+            if value {
+                self.words[word].fetch_or(mask, Ordering::AcqRel);
+            } else {
+                self.words[word].fetch_and(!mask, Ordering::AcqRel);
+            }
+            i += n;
+        }
+    }
+
+    /// Number of set bits.
+    pub fn count_ones(&self) -> u64 {
+        self.words
+            .iter()
+            .map(|w| u64::from(w.load(Ordering::Acquire).count_ones()))
+            .sum()
+    }
+
+    /// Runs of set bits as (start, count).
+    pub fn runs(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut start: Option<u64> = None;
+        for i in 0..=self.len {
+            let set = i < self.len && self.get(i);
+            match (set, start) {
+                (true, None) => start = Some(i),
+                (false, Some(s)) => {
+                    out.push((s, i - s));
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_across_words() {
+        let b = Bitmap::new(300);
+        b.set_range(60, 10, true);
+        b.set_range(128, 64, true);
+        b.set_range(299, 5, true);
+        assert!(!b.get(59) && b.get(60) && b.get(69) && !b.get(70));
+        assert_eq!(b.count_ones(), 10 + 64 + 1);
+        b.set_range(62, 2, false);
+        assert_eq!(b.runs(), vec![(60, 2), (64, 6), (128, 64), (299, 1)]);
+    }
+}

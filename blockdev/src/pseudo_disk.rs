@@ -1,0 +1,664 @@
+//! The pseudo-disk: a backed-up disk served as a live, writable disk.
+//!
+//! Two stores sit in the pseudo-disk's folder, each a sparse data file laid out like the disk plus an
+//! allocation map (`alloc_log.rs`):
+//! - the **private store** (`private.data`, `private.map`) holds every write, tracked per 4 KiB block; a
+//!   block is either absent (read from below), data, or zero (discarded);
+//! - the **recall store** (`recall.data`, `recall.map`) holds the chunks recalled from the source, tracked
+//!   per source chunk.
+//!
+//! A read takes each block from the private store, else from the recall store, else recalls its chunk once
+//! (concurrent readers of one chunk wait for the same recall) and serves it from the recall store. A write
+//! smaller than its block first reads the rest of the block from below. The source is never written.
+//!
+//! Durability: a flush syncs both data files, then appends the allocation changes made since the last flush
+//! to the maps and syncs them. After a crash the maps name only data that was synced, so every write
+//! acknowledged before a completed flush reads back, and a recall cut off midway is recalled again rather
+//! than served.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_like::Counters;
+use tokio::sync::watch;
+
+use crate::alloc_log::{AllocLog, Record, RecordKind};
+use crate::bitmap::Bitmap;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::source::{chunk_len, Source};
+
+/// The private store's unit.
+pub const BLOCK: u64 = 4096;
+/// Chunks recalled ahead of a sequential reader.
+const READAHEAD_CHUNKS: u64 = 2;
+/// Stripes of the lock that orders read-modify-write of partial blocks.
+const RMW_STRIPES: usize = 64;
+/// A map log larger than this is compacted when the pseudo-disk opens.
+const COMPACT_OVER: u64 = 4 << 20;
+
+mod serde_like {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Counters of one pseudo-disk, read at any time.
+    #[derive(Default)]
+    pub struct Counters {
+        pub bytes_read: AtomicU64,
+        pub bytes_written: AtomicU64,
+        pub bytes_recalled: AtomicU64,
+        pub chunks_recalled: AtomicU64,
+        pub read_bytes_private: AtomicU64,
+        pub read_bytes_recall: AtomicU64,
+        pub flushes: AtomicU64,
+    }
+
+    /// A snapshot of the counters.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct CounterSnapshot {
+        pub bytes_read: u64,
+        pub bytes_written: u64,
+        pub bytes_recalled: u64,
+        pub chunks_recalled: u64,
+        pub read_bytes_private: u64,
+        pub read_bytes_recall: u64,
+        pub flushes: u64,
+        /// Blocks held by the private store and chunks held by the recall store now.
+        pub private_blocks: u64,
+        pub recalled_chunks: u64,
+    }
+
+    impl Counters {
+        pub fn snapshot(&self) -> CounterSnapshot {
+            let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            CounterSnapshot {
+                bytes_read: l(&self.bytes_read),
+                bytes_written: l(&self.bytes_written),
+                bytes_recalled: l(&self.bytes_recalled),
+                chunks_recalled: l(&self.chunks_recalled),
+                read_bytes_private: l(&self.read_bytes_private),
+                read_bytes_recall: l(&self.read_bytes_recall),
+                flushes: l(&self.flushes),
+                private_blocks: 0,
+                recalled_chunks: 0,
+            }
+        }
+    }
+}
+
+pub use serde_like::CounterSnapshot;
+
+/// One store: a sparse data file and its allocation map.
+struct Store {
+    name: &'static str,
+    data: Arc<File>,
+    log: tokio::sync::Mutex<AllocLog>,
+    /// Allocation changes made since the last flush, to be logged by the next one.
+    pending: Mutex<Vec<Record>>,
+    /// Unit is present in this store.
+    present: Bitmap,
+}
+
+impl Store {
+    fn open(
+        dir: &Path,
+        name: &'static str,
+        unit: u32,
+        units: u64,
+        disk_size: u64,
+    ) -> Result<(Store, Vec<Record>)> {
+        let err = |op: &'static str| {
+            move |source| Error::Store {
+                op,
+                store: name,
+                source,
+            }
+        };
+        let data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(format!("{name}.data")))
+            .map_err(err("open"))?;
+        data.set_len(disk_size).map_err(err("size"))?;
+        let (log, records) =
+            AllocLog::open(&dir.join(format!("{name}.map")), unit).map_err(err("open map"))?;
+        let present = Bitmap::new(units);
+        Ok((
+            Store {
+                name,
+                data: Arc::new(data),
+                log: tokio::sync::Mutex::new(log),
+                pending: Mutex::new(Vec::new()),
+                present,
+            },
+            records,
+        ))
+    }
+
+    fn note(&self, kind: RecordKind, start: u64, count: u64) {
+        let mut p = self.pending.lock().expect("not poisoned");
+        if let Some(last) = p.last_mut() {
+            if last.kind == kind
+                && last.start + last.count == start
+                && last.count + count <= u64::from(u32::MAX)
+            {
+                last.count += count;
+                return;
+            }
+        }
+        p.push(Record { kind, start, count });
+    }
+
+    fn io_err(&self, op: &'static str) -> impl Fn(std::io::Error) -> Error + '_ {
+        move |source| Error::Store {
+            op,
+            store: self.name,
+            source,
+        }
+    }
+}
+
+/// Options of a pseudo-disk.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub read_only: bool,
+}
+
+pub struct PseudoDisk {
+    dir: PathBuf,
+    source: Arc<dyn Source>,
+    engine: Engine,
+    size: u64,
+    chunk_size: u64,
+    read_only: bool,
+    private: Store,
+    /// Private blocks that read as zeros (discarded); meaningful only where `private.present` is set.
+    private_zero: Bitmap,
+    recall: Store,
+    /// Recalls in progress; followers wait on the receiver until the leader drops the sender.
+    recalling: Mutex<HashMap<u64, watch::Receiver<()>>>,
+    rmw: Vec<tokio::sync::Mutex<()>>,
+    flush_lock: tokio::sync::Mutex<()>,
+    next_sequential: AtomicU64,
+    counters: Counters,
+}
+
+impl PseudoDisk {
+    /// Opens the pseudo-disk kept in `dir` (created when new) over `source`.
+    pub fn open(
+        dir: &Path,
+        source: Arc<dyn Source>,
+        engine: Engine,
+        options: Options,
+    ) -> Result<Arc<PseudoDisk>> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Store {
+            op: "create folder",
+            store: "private",
+            source,
+        })?;
+        let size = source.size();
+        let chunk_size = u64::from(source.chunk_size());
+        let blocks = size.div_ceil(BLOCK);
+        let chunks = size.div_ceil(chunk_size);
+        let (private, private_records) = Store::open(dir, "private", BLOCK as u32, blocks, size)?;
+        let (recall, recall_records) =
+            Store::open(dir, "recall", source.chunk_size(), chunks, size)?;
+        let private_zero = Bitmap::new(blocks);
+        for r in &private_records {
+            private.present.set_range(r.start, r.count, true);
+            private_zero.set_range(r.start, r.count, r.kind == RecordKind::Zero);
+        }
+        for r in &recall_records {
+            recall.present.set_range(r.start, r.count, true);
+        }
+        let disk = PseudoDisk {
+            dir: dir.to_path_buf(),
+            source,
+            engine,
+            size,
+            chunk_size,
+            read_only: options.read_only,
+            private,
+            private_zero,
+            recall,
+            recalling: Mutex::new(HashMap::new()),
+            rmw: (0..RMW_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            flush_lock: tokio::sync::Mutex::new(()),
+            next_sequential: AtomicU64::new(u64::MAX),
+            counters: Counters::default(),
+        };
+        disk.compact_maps()?;
+        Ok(Arc::new(disk))
+    }
+
+    /// Rewrites a map log that has grown large as the runs of its bitmap.
+    fn compact_maps(&self) -> Result<()> {
+        let mut log = self
+            .private
+            .log
+            .try_lock()
+            .expect("no one else has the disk yet");
+        if log.size() > COMPACT_OVER {
+            let mut records = Vec::new();
+            for (start, count) in self.private.present.runs() {
+                for b in start..start + count {
+                    let kind = if self.private_zero.get(b) {
+                        RecordKind::Zero
+                    } else {
+                        RecordKind::Data
+                    };
+                    match records.last_mut() {
+                        Some(Record {
+                            kind: k,
+                            start: s,
+                            count: c,
+                        }) if *k == kind && *s + *c == b => *c += 1,
+                        _ => records.push(Record {
+                            kind,
+                            start: b,
+                            count: 1,
+                        }),
+                    }
+                }
+            }
+            log.rewrite(BLOCK as u32, &records)
+                .map_err(self.private.io_err("compact map"))?;
+        }
+        let mut log = self
+            .recall
+            .log
+            .try_lock()
+            .expect("no one else has the disk yet");
+        if log.size() > COMPACT_OVER {
+            let records: Vec<Record> = self
+                .recall
+                .present
+                .runs()
+                .into_iter()
+                .map(|(start, count)| Record {
+                    kind: RecordKind::Data,
+                    start,
+                    count,
+                })
+                .collect();
+            log.rewrite(self.chunk_size as u32, &records)
+                .map_err(self.recall.io_err("compact map"))?;
+        }
+        Ok(())
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn counters(&self) -> CounterSnapshot {
+        let mut s = self.counters.snapshot();
+        s.private_blocks = self.private.present.count_ones();
+        s.recalled_chunks = self.recall.present.count_ones();
+        s
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(Error::OutOfRange {
+                offset,
+                len,
+                size: self.size,
+            }),
+        }
+    }
+
+    /// Reads `len` bytes at `offset`.
+    pub async fn read(self: &Arc<Self>, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.check_range(offset, len as u64)?;
+        let mut out = vec![0u8; len];
+        self.read_into(offset, &mut out).await?;
+        self.counters
+            .bytes_read
+            .fetch_add(len as u64, Ordering::Relaxed);
+        self.readahead(offset, len as u64);
+        Ok(out)
+    }
+
+    /// Fills `out` from `offset`: each run of blocks from the layer that holds it.
+    async fn read_into(self: &Arc<Self>, offset: u64, out: &mut [u8]) -> Result<()> {
+        let end = offset + out.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let block = pos / BLOCK;
+            let layer = self.layer_of(block);
+            // Extend the run while the next blocks come from the same layer (and, below, the same chunk).
+            let mut run_end = ((block + 1) * BLOCK).min(end);
+            while run_end < end && self.layer_of(run_end / BLOCK) == layer {
+                if let Layer::Below = layer {
+                    if run_end / self.chunk_size != pos / self.chunk_size {
+                        break;
+                    }
+                }
+                run_end = ((run_end / BLOCK + 1) * BLOCK).min(end);
+            }
+            let dest = &mut out[(pos - offset) as usize..(run_end - offset) as usize];
+            match layer {
+                Layer::Zero => dest.fill(0),
+                Layer::Private => {
+                    let data = self
+                        .engine
+                        .read(&self.private.data, pos, dest.len())
+                        .await
+                        .map_err(self.private.io_err("read"))?;
+                    dest.copy_from_slice(&data);
+                    self.counters
+                        .read_bytes_private
+                        .fetch_add(dest.len() as u64, Ordering::Relaxed);
+                }
+                Layer::Below => {
+                    self.ensure_recalled(pos / self.chunk_size).await?;
+                    let data = self
+                        .engine
+                        .read(&self.recall.data, pos, dest.len())
+                        .await
+                        .map_err(self.recall.io_err("read"))?;
+                    dest.copy_from_slice(&data);
+                    self.counters
+                        .read_bytes_recall
+                        .fetch_add(dest.len() as u64, Ordering::Relaxed);
+                }
+            }
+            pos = run_end;
+        }
+        Ok(())
+    }
+
+    fn layer_of(&self, block: u64) -> Layer {
+        if self.private.present.get(block) {
+            if self.private_zero.get(block) {
+                Layer::Zero
+            } else {
+                Layer::Private
+            }
+        } else {
+            Layer::Below
+        }
+    }
+
+    /// Recalls chunk `chunk` into the recall store unless it is there; one recall per chunk at a time.
+    async fn ensure_recalled(self: &Arc<Self>, chunk: u64) -> Result<()> {
+        loop {
+            if self.recall.present.get(chunk) {
+                return Ok(());
+            }
+            let (leader, mut rx) = {
+                let mut map = self.recalling.lock().expect("not poisoned");
+                if self.recall.present.get(chunk) {
+                    return Ok(());
+                }
+                match map.get(&chunk) {
+                    Some(rx) => (None, rx.clone()),
+                    None => {
+                        let (tx, rx) = watch::channel(());
+                        map.insert(chunk, rx.clone());
+                        (Some(tx), rx)
+                    }
+                }
+            };
+            match leader {
+                Some(tx) => {
+                    let result = self.recall_chunk(chunk).await;
+                    self.recalling.lock().expect("not poisoned").remove(&chunk);
+                    drop(tx); // wakes the followers
+                    return result;
+                }
+                None => {
+                    // Returns when the leader drops its sender; then look again (a failed recall is tried
+                    // again by the next reader, so each reader gets the error for itself).
+                    let _ = rx.changed().await;
+                }
+            }
+        }
+    }
+
+    async fn recall_chunk(&self, chunk: u64) -> Result<()> {
+        let len = chunk_len(self.size, self.chunk_size as u32, chunk);
+        if !self.source.is_zero_chunk(chunk) {
+            let source = self.source.clone();
+            let data = tokio::task::spawn_blocking(move || {
+                let mut buf = Vec::with_capacity(len);
+                source.read_chunk(chunk, &mut buf).map(|()| buf)
+            })
+            .await
+            .map_err(|e| Error::Recall {
+                chunk,
+                source_name: self.source.describe(),
+                message: e.to_string(),
+            })?
+            .map_err(|e| {
+                tracing::error!(chunk, source = %self.source.describe(), "recall failed: {e}");
+                Error::Recall {
+                    chunk,
+                    source_name: self.source.describe(),
+                    message: e.to_string(),
+                }
+            })?;
+            if data.len() != len {
+                return Err(Error::Recall {
+                    chunk,
+                    source_name: self.source.describe(),
+                    message: format!("the source gave {} bytes for a chunk of {len}", data.len()),
+                });
+            }
+            // A chunk of zeros stays a hole of the sparse recall file.
+            if data.iter().any(|&b| b != 0) {
+                self.engine
+                    .write(&self.recall.data, chunk * self.chunk_size, data)
+                    .await
+                    .map_err(self.recall.io_err("write"))?;
+            }
+            self.counters
+                .bytes_recalled
+                .fetch_add(len as u64, Ordering::Relaxed);
+        }
+        self.counters
+            .chunks_recalled
+            .fetch_add(1, Ordering::Relaxed);
+        self.recall.present.set_range(chunk, 1, true);
+        self.recall.note(RecordKind::Data, chunk, 1);
+        Ok(())
+    }
+
+    /// On sequential access, recalls the next chunks in the background.
+    fn readahead(self: &Arc<Self>, offset: u64, len: u64) {
+        let sequential = self.next_sequential.swap(offset + len, Ordering::Relaxed) == offset;
+        if !sequential {
+            return;
+        }
+        let next = (offset + len).div_ceil(self.chunk_size);
+        let chunks = self.size.div_ceil(self.chunk_size);
+        for chunk in next..(next + READAHEAD_CHUNKS).min(chunks) {
+            if !self.recall.present.get(chunk)
+                && !self
+                    .recalling
+                    .lock()
+                    .expect("not poisoned")
+                    .contains_key(&chunk)
+            {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let _ = me.ensure_recalled(chunk).await;
+                });
+            }
+        }
+    }
+
+    /// Writes `data` at `offset` into the private store. With `fua`, the write is durable on return.
+    pub async fn write(self: &Arc<Self>, offset: u64, data: &[u8], fua: bool) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        self.check_range(offset, data.len() as u64)?;
+        let end = offset + data.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let block = pos / BLOCK;
+            let block_start = block * BLOCK;
+            let block_end = (block_start + BLOCK).min(self.size);
+            if pos == block_start && end >= block_end {
+                // A run of whole blocks.
+                let run_end = if end == self.size {
+                    end
+                } else {
+                    end / BLOCK * BLOCK
+                };
+                let piece = data[(pos - offset) as usize..(run_end - offset) as usize].to_vec();
+                self.engine
+                    .write(&self.private.data, pos, piece)
+                    .await
+                    .map_err(self.private.io_err("write"))?;
+                self.mark_private(block, (run_end - pos).div_ceil(BLOCK), RecordKind::Data);
+                pos = run_end;
+            } else {
+                // Part of a block: merge with the block as it reads now.
+                let piece_end = end.min(block_end);
+                let _guard = self.rmw[(block % RMW_STRIPES as u64) as usize].lock().await;
+                let mut whole = vec![0u8; (block_end - block_start) as usize];
+                self.read_into(block_start, &mut whole).await?;
+                whole[(pos - block_start) as usize..(piece_end - block_start) as usize]
+                    .copy_from_slice(&data[(pos - offset) as usize..(piece_end - offset) as usize]);
+                self.engine
+                    .write(&self.private.data, block_start, whole)
+                    .await
+                    .map_err(self.private.io_err("write"))?;
+                self.mark_private(block, 1, RecordKind::Data);
+                pos = piece_end;
+            }
+        }
+        self.counters
+            .bytes_written
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if fua {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn mark_private(&self, block: u64, count: u64, kind: RecordKind) {
+        self.private_zero
+            .set_range(block, count, kind == RecordKind::Zero);
+        self.private.present.set_range(block, count, true);
+        self.private.note(kind, block, count);
+    }
+
+    /// Discards `len` bytes at `offset`: they read as zeros from now on. Whole blocks are marked zero in the
+    /// private store (and their space freed); partial blocks at the edges are written with zeros.
+    pub async fn unmap(self: &Arc<Self>, offset: u64, len: u64) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        self.check_range(offset, len)?;
+        let end = offset + len;
+        let first_whole = offset.div_ceil(BLOCK);
+        let last_whole = if end == self.size {
+            self.size.div_ceil(BLOCK)
+        } else {
+            end / BLOCK
+        };
+        if first_whole >= last_whole {
+            return self.write(offset, &vec![0u8; len as usize], false).await;
+        }
+        let head_end = first_whole * BLOCK;
+        if offset < head_end {
+            self.write(offset, &vec![0u8; (head_end - offset) as usize], false)
+                .await?;
+        }
+        let (start, count) = (first_whole, last_whole - first_whole);
+        self.mark_private(start, count, RecordKind::Zero);
+        self.engine
+            .punch_hole(
+                &self.private.data,
+                start * BLOCK,
+                (count * BLOCK).min(self.size - start * BLOCK),
+            )
+            .await
+            .map_err(self.private.io_err("discard"))?;
+        let tail_start = (last_whole * BLOCK).min(self.size);
+        if tail_start < end {
+            self.write(tail_start, &vec![0u8; (end - tail_start) as usize], false)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Makes every write acknowledged so far durable.
+    pub async fn flush(&self) -> Result<()> {
+        let _one_at_a_time = self.flush_lock.lock().await;
+        for store in [&self.private, &self.recall] {
+            let records = std::mem::take(&mut *store.pending.lock().expect("not poisoned"));
+            self.engine
+                .sync(&store.data)
+                .await
+                .map_err(store.io_err("sync"))?;
+            let mut log = store.log.lock().await;
+            if let Err(e) = log.append(&self.engine, &records).await {
+                // Keep the records for the next flush.
+                store
+                    .pending
+                    .lock()
+                    .expect("not poisoned")
+                    .splice(0..0, records);
+                return Err(store.io_err("sync map")(e));
+            }
+        }
+        self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Which ranges of the disk the private store says are zeros or discarded, as (offset, length): what
+    /// GET LBA STATUS reports as deallocated.
+    pub fn discarded_ranges(&self) -> Vec<(u64, u64)> {
+        self.private
+            .present
+            .runs()
+            .into_iter()
+            .flat_map(|(s, c)| (s..s + c).filter(|&b| self.private_zero.get(b)))
+            .fold(Vec::<(u64, u64)>::new(), |mut acc, b| {
+                match acc.last_mut() {
+                    Some((s, l)) if *s + *l == b * BLOCK => *l += BLOCK,
+                    _ => acc.push((b * BLOCK, BLOCK)),
+                }
+                acc
+            })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layer {
+    Private,
+    Zero,
+    Below,
+}
+
+/// Deletes a pseudo-disk's stores (unmount).
+pub fn remove_stores(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+#[path = "pseudo_disk_tests.rs"]
+mod tests;
