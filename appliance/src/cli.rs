@@ -4,6 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::client::ApiAddr;
+use crate::commands::browse::{BrowseArgs, UnbrowseArgs};
+use crate::commands::mount::{MountArgs, UnmountArgs};
+use crate::commands::serve::ServeArgs;
 use crate::commands::{backup::BackupCmd, library::LibraryCmd};
 
 /// Where the library is when nothing else says.
@@ -16,6 +20,15 @@ pub struct Cli {
     /// The library folder.
     #[arg(long, global = true, env = "LIVEMOUNT_LIBRARY", default_value = DEFAULT_LIBRARY)]
     pub library: PathBuf,
+
+    /// The daemon's control API: a Unix socket path, or ADDR:PORT on loopback.
+    #[arg(
+        long,
+        global = true,
+        env = "LIVEMOUNT_API",
+        default_value = "/run/livemount/api.sock"
+    )]
+    pub api: ApiAddr,
 
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -33,6 +46,18 @@ pub enum Command {
     /// Back disks up into the library, list, show, restore, verify and forget backups.
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// Run the appliance daemon: the FUSE file view, the live mounts and the control API.
+    Serve(ServeArgs),
+    /// Live-mount a backup: its disks become writable pseudo-disks, without a restore.
+    Mount(MountArgs),
+    /// List the live mounts with their counters.
+    Mounts,
+    /// Remove a live mount: delete its stores; the backup stays exactly as it was.
+    Unmount(UnmountArgs),
+    /// Mount a backup's file systems read-only to copy files out.
+    Browse(BrowseArgs),
+    /// Undo a browse.
+    Unbrowse(UnbrowseArgs),
 }
 
 #[cfg(test)]

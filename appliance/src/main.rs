@@ -1,7 +1,11 @@
 //! The `livemount` binary: a thin adapter from the command line to the libraries.
 
+mod api_types;
 mod cli;
+mod client;
 mod commands;
+mod daemon;
+mod library_source;
 mod output;
 mod partitions;
 
@@ -12,6 +16,12 @@ fn main() {
     let result = match &cli.command {
         cli::Command::Library(cmd) => commands::library::run(&cli, cmd),
         cli::Command::Backup(cmd) => commands::backup::run(&cli, cmd),
+        cli::Command::Serve(args) => commands::serve::run(&cli, args),
+        cli::Command::Mount(args) => commands::mount::mount(&cli, args),
+        cli::Command::Mounts => commands::mount::list(&cli),
+        cli::Command::Unmount(args) => commands::mount::unmount(&cli, args),
+        cli::Command::Browse(args) => commands::browse::browse(&cli, args),
+        cli::Command::Unbrowse(args) => commands::browse::unbrowse(&cli, args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -12,6 +12,7 @@ pub mod alloc_log;
 pub mod bitmap;
 pub mod engine;
 pub mod error;
+pub mod fuse;
 pub mod pseudo_disk;
 pub mod source;
 

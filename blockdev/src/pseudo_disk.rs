@@ -297,6 +297,11 @@ impl PseudoDisk {
         self.size
     }
 
+    /// Chunks of the source (the recall store's units).
+    pub fn chunk_count(&self) -> u64 {
+        self.size.div_ceil(self.chunk_size)
+    }
+
     pub fn is_read_only(&self) -> bool {
         self.read_only
     }

@@ -1,7 +1,10 @@
 //! One module per subcommand group.
 
 pub mod backup;
+pub mod browse;
 pub mod library;
+pub mod mount;
+pub mod serve;
 
 use anyhow::Context;
 use dedup::Library;

@@ -1,0 +1,101 @@
+//! `livemount mount|mounts|unmount`: live mounts, through the daemon.
+
+use clap::Args;
+
+use crate::api_types::{MountInfo, MountRequest};
+use crate::cli::Cli;
+use crate::client::Client;
+use crate::output::{print_json, size};
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Backup id, unique id prefix, or name.
+    pub backup: String,
+    /// Serve the disks read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// A name to find the mount by.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UnmountArgs {
+    /// Mount id, unique id prefix, or name.
+    pub mount: String,
+}
+
+pub fn mount(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
+    let client = Client::new(cli.api.clone())?;
+    let req = MountRequest {
+        backup: args.backup.clone(),
+        name: args.name.clone(),
+        read_only: args.read_only,
+    };
+    let info: MountInfo = client.post("/v1/mounts", &req)?;
+    if cli.json {
+        print_json(&info);
+    } else {
+        println!(
+            "mount {} of backup {}{}",
+            info.id,
+            info.backup,
+            if info.read_only { " (read-only)" } else { "" }
+        );
+        for d in &info.disks {
+            println!("  disk {}: {} ({})", d.disk, d.fuse_path, size(d.size));
+        }
+    }
+    Ok(0)
+}
+
+pub fn list(cli: &Cli) -> anyhow::Result<i32> {
+    let client = Client::new(cli.api.clone())?;
+    let mounts: Vec<MountInfo> = client.get("/v1/mounts")?;
+    if cli.json {
+        print_json(&mounts);
+        return Ok(0);
+    }
+    if mounts.is_empty() {
+        println!("no mounts");
+    }
+    for m in &mounts {
+        println!(
+            "{}  backup {}  {}{}{}",
+            m.id,
+            m.backup,
+            m.name.as_deref().unwrap_or("-"),
+            if m.read_only { "  read-only" } else { "" },
+            if m.browse.is_some() { "  browsed" } else { "" }
+        );
+        for d in &m.disks {
+            let c = &d.counters;
+            println!(
+                "  disk {} {}: read {}, written {}, recalled {} ({}/{} chunks), private {} blocks",
+                d.disk,
+                d.fuse_path,
+                size(c.bytes_read),
+                size(c.bytes_written),
+                size(c.bytes_recalled),
+                c.recalled_chunks,
+                c.chunks_total,
+                c.private_blocks
+            );
+        }
+    }
+    Ok(0)
+}
+
+pub fn unmount(cli: &Cli, args: &UnmountArgs) -> anyhow::Result<i32> {
+    let client = Client::new(cli.api.clone())?;
+    let info: MountInfo = client.delete(&format!("/v1/mounts/{}", args.mount))?;
+    if cli.json {
+        print_json(&info);
+    } else {
+        println!(
+            "unmounted {}; its stores are deleted and backup {} is as it was",
+            info.id, info.backup
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,63 @@
+//! The control API: every route in one place; handlers are thin and call the manager.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::error::ApiError;
+use super::mounts::Manager;
+use crate::api_types::{BrowseRequest, MountInfo, MountRequest};
+
+pub fn routes(manager: Arc<Manager>) -> Router {
+    Router::new()
+        .route(
+            "/v1/health",
+            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        .route("/v1/mounts", get(list_mounts).post(create_mount))
+        .route("/v1/mounts/{id}", get(get_mount).delete(remove_mount))
+        .route("/v1/browse", post(browse))
+        .route("/v1/browse/{id}", axum::routing::delete(unbrowse))
+        .with_state(manager)
+}
+
+async fn list_mounts(State(m): State<Arc<Manager>>) -> Json<Vec<MountInfo>> {
+    Json(m.list().await)
+}
+
+async fn create_mount(
+    State(m): State<Arc<Manager>>,
+    Json(req): Json<MountRequest>,
+) -> Result<Json<MountInfo>, ApiError> {
+    m.create(&req, false).await.map(Json)
+}
+
+async fn get_mount(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+) -> Result<Json<MountInfo>, ApiError> {
+    m.get(&id).await.map(Json)
+}
+
+async fn remove_mount(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+) -> Result<Json<MountInfo>, ApiError> {
+    m.remove(&id).await.map(Json)
+}
+
+async fn browse(
+    State(m): State<Arc<Manager>>,
+    Json(req): Json<BrowseRequest>,
+) -> Result<Json<MountInfo>, ApiError> {
+    m.browse(&req.backup).await.map(Json)
+}
+
+async fn unbrowse(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+) -> Result<Json<MountInfo>, ApiError> {
+    m.unbrowse(&id).await.map(Json)
+}

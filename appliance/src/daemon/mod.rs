@@ -1,0 +1,122 @@
+//! `livemount serve`: the appliance daemon. It serves the FUSE file view, keeps the live mounts (restored
+//! after a restart) and answers the control API on a Unix socket or loopback TCP.
+
+mod api;
+mod browse;
+mod error;
+mod mounts;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use blockdev::engine::Engine;
+use blockdev::fuse::FileView;
+
+use crate::client::ApiAddr;
+
+pub struct ServeOptions {
+    pub state_dir: PathBuf,
+    pub fuse_root: PathBuf,
+    pub api: ApiAddr,
+    pub library: PathBuf,
+}
+
+pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(opts))
+}
+
+async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    if !Path::new("/dev/fuse").exists() {
+        bail!("/dev/fuse is missing, so the file view cannot be served: load the fuse module (`modprobe fuse`) or, in a container, pass the device through (`--device /dev/fuse`)");
+    }
+    for dir in [&opts.state_dir, &opts.fuse_root] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    detach_stale_mount(&opts.fuse_root);
+
+    let engine = Engine::start().context("starting the block engine")?;
+    tracing::info!(backend = ?engine.backend(), "block engine");
+    let view = FileView::new();
+    let manager = mounts::Manager::new(
+        &opts.state_dir,
+        &opts.fuse_root,
+        &opts.library,
+        engine,
+        view.clone(),
+    );
+    manager.show_backups();
+    manager.load().await;
+
+    let fuse = blockdev::fuse::mount(view, &opts.fuse_root, tokio::runtime::Handle::current())
+        .with_context(|| {
+            format!(
+                "mounting the file view at {} (is the daemon running as root?)",
+                opts.fuse_root.display()
+            )
+        })?;
+    tracing::info!(path = %opts.fuse_root.display(), "file view mounted");
+
+    let app = api::routes(manager.clone());
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        tracing::info!("stopping");
+    };
+    let served = match &opts.api {
+        ApiAddr::Unix(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let _ = std::fs::remove_file(path);
+            let listener = tokio::net::UnixListener::bind(path)
+                .with_context(|| format!("binding the API socket {}", path.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+            tracing::info!(socket = %path.display(), "API listening");
+            notify_ready();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        ApiAddr::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the API address {addr}"))?;
+            tracing::info!(%addr, "API listening");
+            notify_ready();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
+    manager.shutdown().await;
+    drop(fuse);
+    detach_stale_mount(&opts.fuse_root);
+    if let ApiAddr::Unix(path) = &opts.api {
+        let _ = std::fs::remove_file(path);
+    }
+    served.context("serving the API")
+}
+
+/// Tells systemd (Type=notify) that the daemon is ready; nothing happens outside systemd.
+fn notify_ready() {
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+}
+
+/// A file view left mounted by a daemon that died is detached, so that the new one can mount there.
+fn detach_stale_mount(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: umount2 reads a NUL-terminated path that lives across the call.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+}

@@ -1,0 +1,459 @@
+//! The live-mount manager: creates, lists and removes mounts, keeps their state under the state folder so
+//! that they come back after a restart, and shows their disks in the FUSE view.
+//!
+//! ```text
+//! <state>/mounts/<id>/mount.json   what the mount is (backup, library, options, browse state)
+//! <state>/mounts/<id>/disk<N>/     the pseudo-disk stores of disk N (private and recall)
+//! <state>/browse/<id>/             mount points of a browsed mount's file systems
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use blockdev::engine::Engine;
+use blockdev::fuse::{DiskFile, FileView, ViewFile};
+use blockdev::{Options, PseudoDisk};
+use dedup::{BackupDisk, Library};
+use serde::{Deserialize, Serialize};
+
+use super::browse;
+use super::error::ApiError;
+use crate::api_types::{BrowseInfo, DiskCounters, DiskInfo, MountInfo, MountRequest};
+use crate::library_source::{BackupFile, LibrarySource};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MountState {
+    id: String,
+    name: Option<String>,
+    backup: String,
+    library: PathBuf,
+    read_only: bool,
+    created: String,
+    disks: usize,
+    /// A mount made by `browse`: removed with its browse.
+    #[serde(default)]
+    for_browse: bool,
+    #[serde(default)]
+    browse: Option<BrowseInfo>,
+}
+
+struct Mount {
+    state: Mutex<MountState>,
+    disks: Vec<Arc<PseudoDisk>>,
+}
+
+pub struct Manager {
+    state_dir: PathBuf,
+    fuse_root: PathBuf,
+    library_path: PathBuf,
+    library: Mutex<Option<Arc<Library>>>,
+    engine: Engine,
+    view: Arc<FileView>,
+    mounts: tokio::sync::Mutex<BTreeMap<String, Arc<Mount>>>,
+}
+
+impl Manager {
+    pub fn new(
+        state_dir: &Path,
+        fuse_root: &Path,
+        library_path: &Path,
+        engine: Engine,
+        view: Arc<FileView>,
+    ) -> Arc<Manager> {
+        Arc::new(Manager {
+            state_dir: state_dir.to_path_buf(),
+            fuse_root: fuse_root.to_path_buf(),
+            library_path: library_path.to_path_buf(),
+            library: Mutex::new(None),
+            engine,
+            view,
+            mounts: tokio::sync::Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The library, opened on first use (it may be created after the daemon starts).
+    pub fn library(&self) -> Result<Arc<Library>, ApiError> {
+        let mut l = self.library.lock().expect("not poisoned");
+        if let Some(lib) = &*l {
+            return Ok(lib.clone());
+        }
+        let lib = Arc::new(Library::open(&self.library_path)?);
+        *l = Some(lib.clone());
+        Ok(lib)
+    }
+
+    /// Shows the library's backups as read-only files under `backups/`.
+    pub fn show_backups(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        let opened: Arc<Mutex<BTreeMap<String, Vec<Arc<dyn ViewFile>>>>> = Arc::default();
+        self.view.set_refresher(
+            &["backups"],
+            Arc::new(move || {
+                let Some(me) = me.upgrade() else {
+                    return Vec::new();
+                };
+                let Ok(lib) = me.library() else {
+                    return Vec::new();
+                };
+                let backups = match lib.backups() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!("cannot list backups: {e}");
+                        return Vec::new();
+                    }
+                };
+                let mut opened = opened.lock().expect("not poisoned");
+                let mut out = Vec::new();
+                for m in backups {
+                    if !opened.contains_key(&m.id) {
+                        let files: Result<Vec<Arc<dyn ViewFile>>, _> = (0..m.disks.len())
+                            .map(|d| {
+                                BackupDisk::open(lib.clone(), &m, d).map(|disk| {
+                                    Arc::new(BackupFile::new(Arc::new(disk))) as Arc<dyn ViewFile>
+                                })
+                            })
+                            .collect();
+                        match files {
+                            Ok(f) => {
+                                opened.insert(m.id.clone(), f);
+                            }
+                            Err(e) => {
+                                tracing::error!("cannot open backup {}: {e}", m.id);
+                                continue;
+                            }
+                        }
+                    }
+                    let files = opened[&m.id]
+                        .iter()
+                        .enumerate()
+                        .map(|(d, f)| (format!("disk{d}.img"), f.clone()))
+                        .collect();
+                    out.push((m.id.clone(), files, parse_time(&m.created)));
+                }
+                out
+            }),
+        );
+        self.view.add_dir(&["mounts"]);
+    }
+
+    fn mount_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join("mounts").join(id)
+    }
+
+    fn save(&self, state: &MountState) -> Result<(), ApiError> {
+        let json = serde_json::to_vec_pretty(state).expect("state serializes");
+        dedup::durable::write_file(&self.mount_dir(&state.id).join("mount.json"), &json)?;
+        Ok(())
+    }
+
+    /// Opens the pseudo-disks of a mount and shows them in the view.
+    fn open_mount(&self, state: MountState) -> Result<Arc<Mount>, ApiError> {
+        let lib = if state.library == self.library_path {
+            self.library()?
+        } else {
+            Arc::new(Library::open(&state.library)?)
+        };
+        let manifest = lib.resolve(&state.backup)?;
+        let mut disks = Vec::new();
+        for d in 0..state.disks {
+            let source = Arc::new(LibrarySource(Arc::new(BackupDisk::open(
+                lib.clone(),
+                &manifest,
+                d,
+            )?)));
+            let dir = self.mount_dir(&state.id).join(format!("disk{d}"));
+            disks.push(PseudoDisk::open(
+                &dir,
+                source,
+                self.engine.clone(),
+                Options {
+                    read_only: state.read_only,
+                },
+            )?);
+        }
+        let mtime = parse_time(&state.created);
+        for (d, disk) in disks.iter().enumerate() {
+            self.view.add_file(
+                &["mounts", &state.id, &format!("disk{d}.img")],
+                Arc::new(DiskFile(disk.clone())),
+                mtime,
+            );
+        }
+        Ok(Arc::new(Mount {
+            state: Mutex::new(state),
+            disks,
+        }))
+    }
+
+    /// Brings back the mounts of the state folder (after a restart). Browses cut off by a crash are undone.
+    pub async fn load(&self) {
+        let dir = self.state_dir.join("mounts");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path().join("mount.json");
+            let state: MountState = match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|d| serde_json::from_slice(&d).map_err(|e| e.to_string()))
+            {
+                Ok(s) => s,
+                Err(err) => {
+                    tracing::error!("skipping {}: {err}", path.display());
+                    continue;
+                }
+            };
+            if let Some(b) = &state.browse {
+                browse::undo(b).await;
+            }
+            if state.for_browse {
+                let _ = blockdev::pseudo_disk::remove_stores(&e.path());
+                continue;
+            }
+            let id = state.id.clone();
+            match self.open_mount(MountState {
+                browse: None,
+                ..state
+            }) {
+                Ok(m) => {
+                    tracing::info!(mount = %id, "mount restored");
+                    self.mounts.lock().await.insert(id, m);
+                }
+                Err(err) => tracing::error!(mount = %id, "cannot restore mount: {}", err.message),
+            }
+        }
+    }
+
+    pub async fn create(
+        &self,
+        req: &MountRequest,
+        for_browse: bool,
+    ) -> Result<MountInfo, ApiError> {
+        let lib = self.library()?;
+        let manifest = lib.resolve(&req.backup)?;
+        let id = new_mount_id();
+        let state = MountState {
+            id: id.clone(),
+            name: req.name.clone(),
+            backup: manifest.id.clone(),
+            library: lib.root().to_path_buf(),
+            read_only: req.read_only || for_browse,
+            created: dedup::library::now_rfc3339(),
+            disks: manifest.disks.len(),
+            for_browse,
+            browse: None,
+        };
+        std::fs::create_dir_all(self.mount_dir(&id))?;
+        let result = self.save(&state).and_then(|()| self.open_mount(state));
+        let mount = match result {
+            Ok(m) => m,
+            Err(e) => {
+                self.view.remove(&["mounts", &id]);
+                let _ = blockdev::pseudo_disk::remove_stores(&self.mount_dir(&id));
+                return Err(e);
+            }
+        };
+        tracing::info!(mount = %id, backup = %manifest.id, "mounted");
+        let info = self.info(&mount);
+        self.mounts.lock().await.insert(id, mount);
+        Ok(info)
+    }
+
+    fn info(&self, m: &Mount) -> MountInfo {
+        let s = m.state.lock().expect("not poisoned").clone();
+        MountInfo {
+            disks: m
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(d, disk)| {
+                    let c = disk.counters();
+                    DiskInfo {
+                        disk: d,
+                        size: disk.size(),
+                        fuse_path: self
+                            .fuse_root
+                            .join("mounts")
+                            .join(&s.id)
+                            .join(format!("disk{d}.img"))
+                            .display()
+                            .to_string(),
+                        counters: DiskCounters {
+                            bytes_read: c.bytes_read,
+                            bytes_written: c.bytes_written,
+                            bytes_recalled: c.bytes_recalled,
+                            chunks_recalled: c.chunks_recalled,
+                            read_bytes_private: c.read_bytes_private,
+                            read_bytes_recall: c.read_bytes_recall,
+                            flushes: c.flushes,
+                            private_blocks: c.private_blocks,
+                            recalled_chunks: c.recalled_chunks,
+                            chunks_total: disk.chunk_count(),
+                        },
+                    }
+                })
+                .collect(),
+            id: s.id,
+            name: s.name,
+            backup: s.backup,
+            read_only: s.read_only,
+            created: s.created,
+            browse: s.browse,
+        }
+    }
+
+    pub async fn list(&self) -> Vec<MountInfo> {
+        self.mounts
+            .lock()
+            .await
+            .values()
+            .map(|m| self.info(m))
+            .collect()
+    }
+
+    /// Finds a mount by id, unique id prefix, or name.
+    async fn find(&self, key: &str) -> Result<(String, Arc<Mount>), ApiError> {
+        let mounts = self.mounts.lock().await;
+        if let Some(m) = mounts.get(key) {
+            return Ok((key.to_string(), m.clone()));
+        }
+        let matches: Vec<_> = mounts
+            .iter()
+            .filter(|(id, m)| {
+                id.starts_with(key)
+                    || m.state.lock().expect("not poisoned").name.as_deref() == Some(key)
+            })
+            .collect();
+        match matches.as_slice() {
+            [(id, m)] => Ok(((*id).clone(), (*m).clone())),
+            [] => Err(ApiError::not_found(format!(
+                "no mount {key}; `livemount mounts` lists them"
+            ))),
+            _ => Err(ApiError::conflict(format!(
+                "{key} names {} mounts; give the mount id",
+                matches.len()
+            ))),
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<MountInfo, ApiError> {
+        let (_, m) = self.find(key).await?;
+        Ok(self.info(&m))
+    }
+
+    /// Removes a mount: its files leave the view, its stores are deleted. The backup is not touched.
+    pub async fn remove(&self, key: &str) -> Result<MountInfo, ApiError> {
+        let (id, m) = self.find(key).await?;
+        if m.state.lock().expect("not poisoned").browse.is_some() {
+            return Err(ApiError::conflict(format!(
+                "mount {id} is browsed; run `livemount unbrowse {id}` first"
+            )));
+        }
+        let info = self.info(&m);
+        self.mounts.lock().await.remove(&id);
+        self.view.remove(&["mounts", &id]);
+        drop(m);
+        blockdev::pseudo_disk::remove_stores(&self.mount_dir(&id))?;
+        tracing::info!(mount = %id, "unmounted");
+        Ok(info)
+    }
+
+    /// Mounts a backup read-only and mounts its file systems for file recovery.
+    pub async fn browse(&self, backup: &str) -> Result<MountInfo, ApiError> {
+        let info = self
+            .create(
+                &MountRequest {
+                    backup: backup.to_string(),
+                    name: None,
+                    read_only: true,
+                },
+                true,
+            )
+            .await?;
+        let files: Vec<PathBuf> = info
+            .disks
+            .iter()
+            .map(|d| PathBuf::from(&d.fuse_path))
+            .collect();
+        let root = self.state_dir.join("browse").join(&info.id);
+        match browse::browse(&files, &root).await {
+            Ok(b) => {
+                let (_, m) = self.find(&info.id).await?;
+                let state = {
+                    let mut s = m.state.lock().expect("not poisoned");
+                    s.browse = Some(b);
+                    s.clone()
+                };
+                self.save(&state)?;
+                Ok(self.info(&m))
+            }
+            Err(e) => {
+                let _ = self.remove(&info.id).await;
+                let _ = std::fs::remove_dir_all(&root);
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn unbrowse(&self, key: &str) -> Result<MountInfo, ApiError> {
+        let (id, m) = self.find(key).await?;
+        let (browse, for_browse) = {
+            let s = m.state.lock().expect("not poisoned");
+            (s.browse.clone(), s.for_browse)
+        };
+        let Some(b) = browse else {
+            return Err(ApiError::conflict(format!("mount {id} is not browsed")));
+        };
+        browse::undo(&b).await;
+        let _ = std::fs::remove_dir_all(self.state_dir.join("browse").join(&id));
+        let state = {
+            let mut s = m.state.lock().expect("not poisoned");
+            s.browse = None;
+            s.clone()
+        };
+        self.save(&state)?;
+        if for_browse {
+            self.remove(&id).await
+        } else {
+            Ok(self.info(&m))
+        }
+    }
+
+    /// Before the daemon stops: undo browses and flush every disk.
+    pub async fn shutdown(&self) {
+        let ids: Vec<String> = self.mounts.lock().await.keys().cloned().collect();
+        for id in ids {
+            let browsed = self
+                .mounts
+                .lock()
+                .await
+                .get(&id)
+                .is_some_and(|m| m.state.lock().expect("not poisoned").browse.is_some());
+            if browsed {
+                let _ = self.unbrowse(&id).await;
+            }
+        }
+        for m in self.mounts.lock().await.values() {
+            for d in &m.disks {
+                if let Err(e) = d.flush().await {
+                    tracing::error!("flush at shutdown failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// A mount id: 16 random hex digits (the unguessable part of the mount's iSCSI name later).
+fn new_mount_id() -> String {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).expect("the kernel's random source is available");
+    hex::encode(b)
+}
+
+fn parse_time(rfc3339: &str) -> SystemTime {
+    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .map(SystemTime::from)
+        .unwrap_or_else(|_| SystemTime::now())
+}

@@ -1,0 +1,123 @@
+//! Adapts a disk of a library backup to what `blockdev` reads: the `Source` a pseudo-disk recalls from, and
+//! a read-only file of the FUSE view straight from the library.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use blockdev::fuse::{BoxFuture, ViewFile};
+use blockdev::{Source, SourceError};
+use dedup::BackupDisk;
+
+/// A backup disk as a pseudo-disk's source.
+pub struct LibrarySource(pub Arc<BackupDisk>);
+
+impl Source for LibrarySource {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn chunk_size(&self) -> u32 {
+        self.0.chunk_size()
+    }
+    fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> Result<(), SourceError> {
+        self.0
+            .read_chunk(index as usize, buf)
+            .map_err(|e| SourceError(e.to_string()))
+    }
+    fn is_zero_chunk(&self, index: u64) -> bool {
+        self.0
+            .chunk_id(index as usize)
+            .is_some_and(|id| id.is_zero())
+    }
+    fn describe(&self) -> String {
+        format!(
+            "backup {} disk {}",
+            self.0.backup_id(),
+            self.0.disk_number()
+        )
+    }
+}
+
+/// Chunks kept decoded per file of the read-only view, so that a sequential reader decodes each chunk once.
+const CACHED_CHUNKS: usize = 8;
+
+/// A backup disk as a read-only file of the FUSE view (`backups/<id>/disk<N>.img`).
+pub struct BackupFile(Arc<Cached>);
+
+struct Cached {
+    disk: Arc<BackupDisk>,
+    chunks: Mutex<VecDeque<(usize, Arc<Vec<u8>>)>>,
+}
+
+impl BackupFile {
+    pub fn new(disk: Arc<BackupDisk>) -> Self {
+        BackupFile(Arc::new(Cached {
+            disk,
+            chunks: Mutex::new(VecDeque::new()),
+        }))
+    }
+}
+
+impl Cached {
+    fn chunk(&self, index: usize) -> Result<Arc<Vec<u8>>, dedup::Error> {
+        if let Some((_, data)) = self
+            .chunks
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .find(|(i, _)| *i == index)
+        {
+            return Ok(data.clone());
+        }
+        let mut buf = Vec::new();
+        self.disk.read_chunk(index, &mut buf)?;
+        let data = Arc::new(buf);
+        let mut cache = self.chunks.lock().expect("not poisoned");
+        if cache.len() >= CACHED_CHUNKS {
+            cache.pop_front();
+        }
+        cache.push_back((index, data.clone()));
+        Ok(data)
+    }
+
+    fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, dedup::Error> {
+        let cs = u64::from(self.disk.chunk_size());
+        let mut out = Vec::with_capacity(len);
+        let mut pos = offset;
+        let end = offset + len as u64;
+        while pos < end {
+            let index = (pos / cs) as usize;
+            let within = (pos % cs) as usize;
+            let n = ((end - pos) as usize).min(cs as usize - within);
+            let chunk = self.chunk(index)?;
+            out.extend_from_slice(&chunk[within..within + n]);
+            pos += n as u64;
+        }
+        Ok(out)
+    }
+}
+
+impl ViewFile for BackupFile {
+    fn size(&self) -> u64 {
+        self.0.disk.size()
+    }
+    fn writable(&self) -> bool {
+        false
+    }
+    fn read(&self, offset: u64, len: usize) -> BoxFuture<Result<Vec<u8>, i32>> {
+        let inner = self.0.clone();
+        Box::pin(async move {
+            let disk = inner.disk.clone();
+            tokio::task::spawn_blocking(move || inner.read(offset, len))
+                .await
+                .map_err(|_| libc::EIO)?
+                .map_err(|e| {
+                    tracing::error!(
+                        "read of backup {} disk {} failed: {e}",
+                        disk.backup_id(),
+                        disk.disk_number()
+                    );
+                    libc::EIO
+                })
+        })
+    }
+}
