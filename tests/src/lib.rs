@@ -131,3 +131,131 @@ pub fn json(out: &[u8]) -> serde_json::Value {
     serde_json::from_slice(out)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
 }
+
+/// A `livemount serve` daemon in a test folder (its own state, FUSE root and API socket), stopped with
+/// SIGTERM when dropped.
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub library: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Daemon {
+    pub fn start(dir: &Path, library: &Path) -> Daemon {
+        let mut d = Daemon {
+            dir: dir.to_path_buf(),
+            library: library.to_path_buf(),
+            child: None,
+        };
+        d.restart();
+        d
+    }
+
+    pub fn fuse_root(&self) -> PathBuf {
+        self.dir.join("fs")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    pub fn api(&self) -> PathBuf {
+        self.dir.join("api.sock")
+    }
+
+    /// `livemount` aimed at this daemon and its library.
+    pub fn cli(&self) -> assert_cmd::Command {
+        let mut c = livemount(&self.library);
+        c.arg("--api").arg(self.api());
+        c
+    }
+
+    /// Starts the daemon (again) and waits until its API answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .unwrap();
+        let child = Command::new(livemount_bin())
+            .arg("--library")
+            .arg(&self.library)
+            .arg("--api")
+            .arg(self.api())
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--fuse-root")
+            .arg(self.fuse_root())
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("livemount serve starts");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let ok = self.api().exists()
+                && self
+                    .cli()
+                    .args(["mounts", "--json"])
+                    .output()
+                    .map(|o| o.status.success())
+                    .unwrap_or(false);
+            if ok {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("the daemon exited ({status}): {}", self.log());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon did not come up: {}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the daemon cleanly (SIGTERM) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while child.try_wait().unwrap().is_none() {
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("the daemon did not stop on SIGTERM: {}", self.log());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+        // A crashed daemon leaves its FUSE mount behind; detach it so the test folder can go.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.fuse_root())
+            .status();
+    }
+}

@@ -33,10 +33,10 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     if !Path::new("/dev/fuse").exists() {
         bail!("/dev/fuse is missing, so the file view cannot be served: load the fuse module (`modprobe fuse`) or, in a container, pass the device through (`--device /dev/fuse`)");
     }
+    detach_stale_mount(&opts.fuse_root);
     for dir in [&opts.state_dir, &opts.fuse_root] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    detach_stale_mount(&opts.fuse_root);
 
     let engine = Engine::start().context("starting the block engine")?;
     tracing::info!(backend = ?engine.backend(), "block engine");
