@@ -1,22 +1,41 @@
 //! The directory chunk store: `chunks/<first two hex digits>/<64 hex digits>`, 256 shard folders so that no
-//! folder grows huge. New chunks are written through `durable::AtomicFile` (contents fsynced before the
-//! rename); the shard folders touched since the last `sync` are fsynced there, once each.
+//! folder grows huge.
+//!
+//! New chunks are written to temporary files and made durable in batches: one `syncfs` makes the contents of
+//! a whole batch durable, then each file is renamed to its final name. A chunk is therefore never visible
+//! under its name before its bytes are on disk (the rule of `durable.rs`), at the cost of one sync per batch
+//! instead of one per chunk. `sync` commits the open batch and fsyncs the shard folders that changed, so the
+//! names are durable before a manifest refers to them. Uncommitted temporary files are removed on drop.
 
 use std::fs;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
+use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use super::{ChunkStore, StoredChunk};
 use crate::chunk::ChunkId;
-use crate::durable::{self, AtomicFile};
+use crate::durable;
 use crate::error::{Error, Result};
+
+/// A batch is committed when it holds this many chunks or bytes.
+const BATCH_CHUNKS: usize = 512;
+const BATCH_BYTES: usize = 64 << 20;
 
 pub struct DirStore {
     root: PathBuf,
     tmp: PathBuf,
     dirty_shards: Vec<AtomicBool>,
+    batch: Mutex<Batch>,
+}
+
+/// Chunks written to temporary files, waiting for one sync and their renames.
+#[derive(Default)]
+struct Batch {
+    files: Vec<(PathBuf, PathBuf, u8)>,
+    bytes: usize,
 }
 
 impl DirStore {
@@ -30,6 +49,7 @@ impl DirStore {
             root: root.to_path_buf(),
             tmp: tmp.to_path_buf(),
             dirty_shards: (0..256).map(|_| AtomicBool::new(false)).collect(),
+            batch: Mutex::new(Batch::default()),
         })
     }
 
@@ -39,6 +59,44 @@ impl DirStore {
 
     pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
         self.shard_dir(id.0[0]).join(id.to_hex())
+    }
+}
+
+impl DirStore {
+    /// Makes the open batch durable (one syncfs), then gives its chunks their names.
+    fn commit_batch(&self) -> Result<()> {
+        let batch = std::mem::take(&mut *self.batch.lock().expect("not poisoned"));
+        if batch.files.is_empty() {
+            return Ok(());
+        }
+        let result = (|| {
+            let dir = fs::File::open(&self.tmp).map_err(|e| Error::io("open", &self.tmp, e))?;
+            // SAFETY: syncfs on a descriptor we own; no memory is passed.
+            if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+                return Err(Error::io("sync chunks in", &self.tmp, std::io::Error::last_os_error()));
+            }
+            for (tmp, dest, shard) in &batch.files {
+                fs::rename(tmp, dest).map_err(|e| Error::io("store chunk", dest, e))?;
+                self.dirty_shards[*shard as usize].store(true, Ordering::Release);
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            for (tmp, _, _) in &batch.files {
+                let _ = fs::remove_file(tmp);
+            }
+        }
+        result
+    }
+}
+
+impl Drop for DirStore {
+    fn drop(&mut self) {
+        // Chunks never committed are unfinished work: nothing refers to them.
+        let batch = std::mem::take(&mut *self.batch.lock().unwrap_or_else(|p| p.into_inner()));
+        for (tmp, _, _) in batch.files {
+            let _ = fs::remove_file(tmp);
+        }
     }
 }
 
@@ -63,16 +121,23 @@ impl ChunkStore for DirStore {
         let shard = id.0[0];
         let shard_dir = self.shard_dir(shard);
         if !shard_dir.is_dir() {
-            durable::create_dir_durable(&shard_dir)
-                .map_err(|e| Error::io("create folder", &shard_dir, e))?;
+            durable::create_dir_durable(&shard_dir).map_err(|e| Error::io("create folder", &shard_dir, e))?;
         }
-        let mut f = AtomicFile::create(&path, Some(&self.tmp))
-            .map_err(|e| Error::io("create chunk", &path, e))?;
-        f.write_all(encoded)
-            .map_err(|e| Error::io("write chunk", &path, e))?;
-        f.commit_without_dir_sync()
-            .map_err(|e| Error::io("store chunk", &path, e))?;
-        self.dirty_shards[shard as usize].store(true, Ordering::Release);
+        let tmp = self.tmp.join(format!(".tmp-{}-{}", id.to_hex(), durable::random_suffix()));
+        let written = fs::OpenOptions::new().write(true).create_new(true).open(&tmp).and_then(|mut f| f.write_all(encoded));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io("write chunk", &path, e));
+        }
+        let full = {
+            let mut b = self.batch.lock().expect("not poisoned");
+            b.files.push((tmp, path, shard));
+            b.bytes += encoded.len();
+            b.files.len() >= BATCH_CHUNKS || b.bytes >= BATCH_BYTES
+        };
+        if full {
+            self.commit_batch()?;
+        }
         Ok(())
     }
 
@@ -128,6 +193,7 @@ impl ChunkStore for DirStore {
     }
 
     fn sync(&self) -> Result<()> {
+        self.commit_batch()?;
         for (shard, dirty) in self.dirty_shards.iter().enumerate() {
             if dirty.swap(false, Ordering::AcqRel) {
                 let dir = self.shard_dir(shard as u8);
