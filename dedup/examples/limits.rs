@@ -18,9 +18,7 @@ fn main() {
         eprintln!("usage: limits IMAGE [SAMPLE_MIB]");
         std::process::exit(2);
     }
-    let sample_mib: usize = args
-        .get(2)
-        .map_or(256, |s| s.parse().expect("SAMPLE_MIB is a number"));
+    let sample_mib: usize = args.get(2).map_or(256, |s| s.parse().expect("SAMPLE_MIB is a number"));
     let file = File::open(&args[1]).expect("open the image");
     let size = file.metadata().expect("stat the image").len();
 
@@ -29,9 +27,7 @@ fn main() {
     let mut nonzero = Vec::new();
     let mut buf = vec![0u8; BLOCK];
     for b in 0..blocks {
-        let n = file
-            .read_at(&mut buf, (b * BLOCK) as u64)
-            .expect("read the image");
+        let n = file.read_at(&mut buf, (b * BLOCK) as u64).expect("read the image");
         if !dedup::chunk::is_all_zero(&buf[..n]) {
             nonzero.push(b);
         }
@@ -40,8 +36,7 @@ fn main() {
     let mut sample: Vec<Vec<u8>> = Vec::new();
     for &b in nonzero.iter().step_by(step).take(sample_mib) {
         let mut v = vec![0u8; BLOCK];
-        file.read_at(&mut v, (b * BLOCK) as u64)
-            .expect("read the image");
+        file.read_at(&mut v, (b * BLOCK) as u64).expect("read the image");
         sample.push(v);
     }
     let bytes: usize = sample.iter().map(Vec::len).sum();

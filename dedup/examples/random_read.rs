@@ -45,19 +45,13 @@ fn main() {
         eprintln!("usage: random_read LIBRARY BACKUP [READS] [SEED]");
         std::process::exit(2);
     }
-    let reads: usize = args
-        .get(3)
-        .map_or(300, |s| s.parse().expect("READS is a number"));
-    let seed: u64 = args
-        .get(4)
-        .map_or(42, |s| s.parse().expect("SEED is a number"));
+    let reads: usize = args.get(3).map_or(300, |s| s.parse().expect("READS is a number"));
+    let seed: u64 = args.get(4).map_or(42, |s| s.parse().expect("SEED is a number"));
 
-    let lib = Arc::new(
-        dedup::Library::open(Path::new(&args[1])).unwrap_or_else(|e| {
-            eprintln!("opening library {}: {e}", args[1]);
-            std::process::exit(1);
-        }),
-    );
+    let lib = Arc::new(dedup::Library::open(Path::new(&args[1])).unwrap_or_else(|e| {
+        eprintln!("opening library {}: {e}", args[1]);
+        std::process::exit(1);
+    }));
     let manifest = lib.resolve(&args[2]).unwrap_or_else(|e| {
         eprintln!("finding backup {}: {e}", args[2]);
         std::process::exit(1);
@@ -67,9 +61,8 @@ fn main() {
         std::process::exit(1);
     });
 
-    let data_chunks: Vec<usize> = (0..disk.index().chunks.len())
-        .filter(|&i| !disk.index().chunks[i].is_zero())
-        .collect();
+    let data_chunks: Vec<usize> =
+        (0..disk.index().chunks.len()).filter(|&i| !disk.index().chunks[i].is_zero()).collect();
     if data_chunks.is_empty() {
         eprintln!("backup {} holds no data", manifest.id);
         std::process::exit(1);
