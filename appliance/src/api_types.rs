@@ -10,6 +10,23 @@ pub struct MountRequest {
     pub name: Option<String>,
     #[serde(default)]
     pub read_only: bool,
+    /// iSCSI access rules of the mount's target.
+    #[serde(default)]
+    pub access: TargetAccess,
+}
+
+/// Who may log in to a mount's iSCSI target.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TargetAccess {
+    /// CHAP user and secret initiators must prove.
+    #[serde(default)]
+    pub chap: Option<(String, String)>,
+    /// Mutual CHAP: the target's user and secret.
+    #[serde(default)]
+    pub mutual_chap: Option<(String, String)>,
+    /// Initiator IQNs allowed to log in (empty: all).
+    #[serde(default)]
+    pub allowed_initiators: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,6 +36,8 @@ pub struct MountInfo {
     pub backup: String,
     pub read_only: bool,
     pub created: String,
+    /// The mount's iSCSI target name.
+    pub iqn: String,
     pub disks: Vec<DiskInfo>,
     /// Set while the mount is browsed (its file systems mounted for file recovery).
     #[serde(default)]
@@ -31,6 +50,8 @@ pub struct DiskInfo {
     pub size: u64,
     /// The disk as a file of the FUSE view.
     pub fuse_path: String,
+    /// The disk as an iSCSI LUN (iscsi://ADDR:PORT/IQN/LUN).
+    pub iscsi_url: String,
     pub counters: DiskCounters,
 }
 

@@ -22,12 +22,7 @@ pub struct Cli {
     pub library: PathBuf,
 
     /// The daemon's control API: a Unix socket path, or ADDR:PORT on loopback.
-    #[arg(
-        long,
-        global = true,
-        env = "LIVEMOUNT_API",
-        default_value = "/run/livemount/api.sock"
-    )]
+    #[arg(long, global = true, env = "LIVEMOUNT_API", default_value = "/run/livemount/api.sock")]
     pub api: ApiAddr,
 
     /// Print machine-readable JSON instead of text.

@@ -46,9 +46,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(addr: ApiAddr) -> anyhow::Result<Client> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         Ok(Client { addr, rt })
     }
 
@@ -56,11 +54,7 @@ impl Client {
         self.call("GET", path, None::<&()>)
     }
 
-    pub fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> anyhow::Result<T> {
+    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
         self.call("POST", path, Some(body))
     }
 
@@ -68,15 +62,8 @@ impl Client {
         self.call("DELETE", path, None::<&()>)
     }
 
-    fn call<B: Serialize, T: DeserializeOwned>(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&B>,
-    ) -> anyhow::Result<T> {
-        let body = body
-            .map(|b| serde_json::to_vec(b).expect("request serializes"))
-            .unwrap_or_default();
+    fn call<B: Serialize, T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<&B>) -> anyhow::Result<T> {
+        let body = body.map(|b| serde_json::to_vec(b).expect("request serializes")).unwrap_or_default();
         let req = Request::builder()
             .method(method)
             .uri(path)
@@ -109,10 +96,7 @@ impl Client {
     }
 }
 
-async fn send<S>(
-    stream: S,
-    req: Request<Full<Bytes>>,
-) -> anyhow::Result<hyper::Response<hyper::body::Incoming>>
+async fn send<S>(stream: S, req: Request<Full<Bytes>>) -> anyhow::Result<hyper::Response<hyper::body::Incoming>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

@@ -19,21 +19,13 @@ impl Source for LibrarySource {
         self.0.chunk_size()
     }
     fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> Result<(), SourceError> {
-        self.0
-            .read_chunk(index as usize, buf)
-            .map_err(|e| SourceError(e.to_string()))
+        self.0.read_chunk(index as usize, buf).map_err(|e| SourceError(e.to_string()))
     }
     fn is_zero_chunk(&self, index: u64) -> bool {
-        self.0
-            .chunk_id(index as usize)
-            .is_some_and(|id| id.is_zero())
+        self.0.chunk_id(index as usize).is_some_and(|id| id.is_zero())
     }
     fn describe(&self) -> String {
-        format!(
-            "backup {} disk {}",
-            self.0.backup_id(),
-            self.0.disk_number()
-        )
+        format!("backup {} disk {}", self.0.backup_id(), self.0.disk_number())
     }
 }
 
@@ -50,22 +42,13 @@ struct Cached {
 
 impl BackupFile {
     pub fn new(disk: Arc<BackupDisk>) -> Self {
-        BackupFile(Arc::new(Cached {
-            disk,
-            chunks: Mutex::new(VecDeque::new()),
-        }))
+        BackupFile(Arc::new(Cached { disk, chunks: Mutex::new(VecDeque::new()) }))
     }
 }
 
 impl Cached {
     fn chunk(&self, index: usize) -> Result<Arc<Vec<u8>>, dedup::Error> {
-        if let Some((_, data)) = self
-            .chunks
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .find(|(i, _)| *i == index)
-        {
+        if let Some((_, data)) = self.chunks.lock().expect("not poisoned").iter().find(|(i, _)| *i == index) {
             return Ok(data.clone());
         }
         let mut buf = Vec::new();
@@ -107,17 +90,10 @@ impl ViewFile for BackupFile {
         let inner = self.0.clone();
         Box::pin(async move {
             let disk = inner.disk.clone();
-            tokio::task::spawn_blocking(move || inner.read(offset, len))
-                .await
-                .map_err(|_| libc::EIO)?
-                .map_err(|e| {
-                    tracing::error!(
-                        "read of backup {} disk {} failed: {e}",
-                        disk.backup_id(),
-                        disk.disk_number()
-                    );
-                    libc::EIO
-                })
+            tokio::task::spawn_blocking(move || inner.read(offset, len)).await.map_err(|_| libc::EIO)?.map_err(|e| {
+                tracing::error!("read of backup {} disk {} failed: {e}", disk.backup_id(), disk.disk_number());
+                libc::EIO
+            })
         })
     }
 }

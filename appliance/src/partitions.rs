@@ -7,9 +7,7 @@ use dedup::source::DiskSource;
 pub fn summarize(source: &mut dyn DiskSource) -> anyhow::Result<Option<PartitionSummary>> {
     let size = source.size();
     let table = image::partition::read_partition_table(size, &mut |offset, buf| {
-        source
-            .read_exact_at(offset, buf)
-            .map_err(std::io::Error::other)
+        source.read_exact_at(offset, buf).map_err(std::io::Error::other)
     })?;
     Ok(table.map(|t| PartitionSummary {
         scheme: t.scheme.as_str().to_string(),

@@ -46,12 +46,7 @@ pub struct AllocLog {
 impl AllocLog {
     /// Opens (or creates) the log and returns the records it holds, in order.
     pub fn open(path: &Path, unit: u32) -> io::Result<(AllocLog, Vec<Record>)> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         let mut data = Vec::new();
         file.read_to_end(&mut data)?;
         if data.is_empty() {
@@ -64,21 +59,9 @@ impl AllocLog {
             if let Some(dir) = path.parent() {
                 File::open(dir)?.sync_all()?;
             }
-            return Ok((
-                AllocLog {
-                    path: path.to_path_buf(),
-                    file: Arc::new(file),
-                    end: HEADER_LEN,
-                },
-                Vec::new(),
-            ));
+            return Ok((AllocLog { path: path.to_path_buf(), file: Arc::new(file), end: HEADER_LEN }, Vec::new()));
         }
-        let bad = |m: &str| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {m}", path.display()),
-            )
-        };
+        let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {m}", path.display()));
         if data.len() < HEADER_LEN as usize || data[0..8] != FILE_MAGIC {
             return Err(bad("not an allocation map"));
         }
@@ -92,14 +75,7 @@ impl AllocLog {
             file.set_len(end)?;
             file.sync_all()?;
         }
-        Ok((
-            AllocLog {
-                path: path.to_path_buf(),
-                file: Arc::new(file),
-                end,
-            },
-            records,
-        ))
+        Ok((AllocLog { path: path.to_path_buf(), file: Arc::new(file), end }, records))
     }
 
     pub fn size(&self) -> u64 {
@@ -122,11 +98,7 @@ impl AllocLog {
     /// Replaces the log with one holding just `records` (compaction), atomically.
     pub fn rewrite(&mut self, unit: u32, records: &[Record]) -> io::Result<()> {
         let tmp = self.path.with_extension("map.tmp");
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
         let mut out = Vec::new();
         out.extend_from_slice(&FILE_MAGIC);
         out.extend_from_slice(&unit.to_le_bytes());
@@ -173,10 +145,7 @@ fn parse_batches(mut data: &[u8]) -> (Vec<Record>, usize) {
     while data.len() >= 16 && data[0..4] == BATCH_MAGIC {
         let count = u32::from_le_bytes(data[4..8].try_into().expect("4")) as usize;
         let crc = u32::from_le_bytes(data[8..12].try_into().expect("4"));
-        let Some(len) = count
-            .checked_mul(ENTRY_LEN)
-            .filter(|l| 16 + l <= data.len())
-        else {
+        let Some(len) = count.checked_mul(ENTRY_LEN).filter(|l| 16 + l <= data.len()) else {
             break;
         };
         let entries = &data[16..16 + len];
@@ -210,29 +179,15 @@ mod tests {
 
     #[test]
     fn append_replay_and_torn_tail() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.map");
         let engine = Engine::start().unwrap();
         let a = [
-            Record {
-                kind: RecordKind::Data,
-                start: 5,
-                count: 3,
-            },
-            Record {
-                kind: RecordKind::Zero,
-                start: 100,
-                count: 1,
-            },
+            Record { kind: RecordKind::Data, start: 5, count: 3 },
+            Record { kind: RecordKind::Zero, start: 100, count: 1 },
         ];
-        let b = [Record {
-            kind: RecordKind::Data,
-            start: 7,
-            count: 1,
-        }];
+        let b = [Record { kind: RecordKind::Data, start: 7, count: 1 }];
         {
             let (mut log, recs) = AllocLog::open(&p, 4096).unwrap();
             assert!(recs.is_empty());

@@ -9,10 +9,7 @@ pub struct Bitmap {
 
 impl Bitmap {
     pub fn new(len: u64) -> Self {
-        Bitmap {
-            words: (0..len.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
-            len,
-        }
+        Bitmap { words: (0..len.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(), len }
     }
 
     pub fn len(&self) -> u64 {
@@ -35,11 +32,7 @@ impl Bitmap {
             let word = (i / 64) as usize;
             let first = i % 64;
             let n = (end - i).min(64 - first);
-            let mask = if n == 64 {
-                u64::MAX
-            } else {
-                ((1u64 << n) - 1) << first
-            };
+            let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << first };
             if value {
                 self.words[word].fetch_or(mask, Ordering::AcqRel);
             } else {
@@ -51,10 +44,7 @@ impl Bitmap {
 
     /// Number of set bits.
     pub fn count_ones(&self) -> u64 {
-        self.words
-            .iter()
-            .map(|w| u64::from(w.load(Ordering::Acquire).count_ones()))
-            .sum()
+        self.words.iter().map(|w| u64::from(w.load(Ordering::Acquire).count_ones())).sum()
     }
 
     /// Runs of set bits as (start, count).

@@ -14,11 +14,7 @@ pub enum Error {
     },
 
     #[error("cannot recall chunk {chunk} of {source_name}: {message}")]
-    Recall {
-        chunk: u64,
-        source_name: String,
-        message: String,
-    },
+    Recall { chunk: u64, source_name: String, message: String },
 
     #[error("{len} bytes at offset {offset} lie beyond the end of the disk ({size} bytes)")]
     OutOfRange { offset: u64, len: u64, size: u64 },

@@ -13,7 +13,9 @@ pub mod bitmap;
 pub mod engine;
 pub mod error;
 pub mod fuse;
+pub mod iscsi;
 pub mod pseudo_disk;
+pub mod scsi;
 pub mod source;
 
 pub use error::{Error, Result};

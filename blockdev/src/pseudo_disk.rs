@@ -102,20 +102,8 @@ struct Store {
 }
 
 impl Store {
-    fn open(
-        dir: &Path,
-        name: &'static str,
-        unit: u32,
-        units: u64,
-        disk_size: u64,
-    ) -> Result<(Store, Vec<Record>)> {
-        let err = |op: &'static str| {
-            move |source| Error::Store {
-                op,
-                store: name,
-                source,
-            }
-        };
+    fn open(dir: &Path, name: &'static str, unit: u32, units: u64, disk_size: u64) -> Result<(Store, Vec<Record>)> {
+        let err = |op: &'static str| move |source| Error::Store { op, store: name, source };
         let data = OpenOptions::new()
             .read(true)
             .write(true)
@@ -124,8 +112,7 @@ impl Store {
             .open(dir.join(format!("{name}.data")))
             .map_err(err("open"))?;
         data.set_len(disk_size).map_err(err("size"))?;
-        let (log, records) =
-            AllocLog::open(&dir.join(format!("{name}.map")), unit).map_err(err("open map"))?;
+        let (log, records) = AllocLog::open(&dir.join(format!("{name}.map")), unit).map_err(err("open map"))?;
         let present = Bitmap::new(units);
         Ok((
             Store {
@@ -142,10 +129,7 @@ impl Store {
     fn note(&self, kind: RecordKind, start: u64, count: u64) {
         let mut p = self.pending.lock().expect("not poisoned");
         if let Some(last) = p.last_mut() {
-            if last.kind == kind
-                && last.start + last.count == start
-                && last.count + count <= u64::from(u32::MAX)
-            {
+            if last.kind == kind && last.start + last.count == start && last.count + count <= u64::from(u32::MAX) {
                 last.count += count;
                 return;
             }
@@ -154,11 +138,7 @@ impl Store {
     }
 
     fn io_err(&self, op: &'static str) -> impl Fn(std::io::Error) -> Error + '_ {
-        move |source| Error::Store {
-            op,
-            store: self.name,
-            source,
-        }
+        move |source| Error::Store { op, store: self.name, source }
     }
 }
 
@@ -189,12 +169,7 @@ pub struct PseudoDisk {
 
 impl PseudoDisk {
     /// Opens the pseudo-disk kept in `dir` (created when new) over `source`.
-    pub fn open(
-        dir: &Path,
-        source: Arc<dyn Source>,
-        engine: Engine,
-        options: Options,
-    ) -> Result<Arc<PseudoDisk>> {
+    pub fn open(dir: &Path, source: Arc<dyn Source>, engine: Engine, options: Options) -> Result<Arc<PseudoDisk>> {
         std::fs::create_dir_all(dir).map_err(|source| Error::Store {
             op: "create folder",
             store: "private",
@@ -205,8 +180,7 @@ impl PseudoDisk {
         let blocks = size.div_ceil(BLOCK);
         let chunks = size.div_ceil(chunk_size);
         let (private, private_records) = Store::open(dir, "private", BLOCK as u32, blocks, size)?;
-        let (recall, recall_records) =
-            Store::open(dir, "recall", source.chunk_size(), chunks, size)?;
+        let (recall, recall_records) = Store::open(dir, "recall", source.chunk_size(), chunks, size)?;
         let private_zero = Bitmap::new(blocks);
         for r in &private_records {
             private.present.set_range(r.start, r.count, true);
@@ -226,9 +200,7 @@ impl PseudoDisk {
             private_zero,
             recall,
             recalling: Mutex::new(HashMap::new()),
-            rmw: (0..RMW_STRIPES)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
+            rmw: (0..RMW_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             flush_lock: tokio::sync::Mutex::new(()),
             next_sequential: AtomicU64::new(u64::MAX),
             counters: Counters::default(),
@@ -239,56 +211,30 @@ impl PseudoDisk {
 
     /// Rewrites a map log that has grown large as the runs of its bitmap.
     fn compact_maps(&self) -> Result<()> {
-        let mut log = self
-            .private
-            .log
-            .try_lock()
-            .expect("no one else has the disk yet");
+        let mut log = self.private.log.try_lock().expect("no one else has the disk yet");
         if log.size() > COMPACT_OVER {
             let mut records = Vec::new();
             for (start, count) in self.private.present.runs() {
                 for b in start..start + count {
-                    let kind = if self.private_zero.get(b) {
-                        RecordKind::Zero
-                    } else {
-                        RecordKind::Data
-                    };
+                    let kind = if self.private_zero.get(b) { RecordKind::Zero } else { RecordKind::Data };
                     match records.last_mut() {
-                        Some(Record {
-                            kind: k,
-                            start: s,
-                            count: c,
-                        }) if *k == kind && *s + *c == b => *c += 1,
-                        _ => records.push(Record {
-                            kind,
-                            start: b,
-                            count: 1,
-                        }),
+                        Some(Record { kind: k, start: s, count: c }) if *k == kind && *s + *c == b => *c += 1,
+                        _ => records.push(Record { kind, start: b, count: 1 }),
                     }
                 }
             }
-            log.rewrite(BLOCK as u32, &records)
-                .map_err(self.private.io_err("compact map"))?;
+            log.rewrite(BLOCK as u32, &records).map_err(self.private.io_err("compact map"))?;
         }
-        let mut log = self
-            .recall
-            .log
-            .try_lock()
-            .expect("no one else has the disk yet");
+        let mut log = self.recall.log.try_lock().expect("no one else has the disk yet");
         if log.size() > COMPACT_OVER {
             let records: Vec<Record> = self
                 .recall
                 .present
                 .runs()
                 .into_iter()
-                .map(|(start, count)| Record {
-                    kind: RecordKind::Data,
-                    start,
-                    count,
-                })
+                .map(|(start, count)| Record { kind: RecordKind::Data, start, count })
                 .collect();
-            log.rewrite(self.chunk_size as u32, &records)
-                .map_err(self.recall.io_err("compact map"))?;
+            log.rewrite(self.chunk_size as u32, &records).map_err(self.recall.io_err("compact map"))?;
         }
         Ok(())
     }
@@ -320,11 +266,7 @@ impl PseudoDisk {
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.size => Ok(()),
-            _ => Err(Error::OutOfRange {
-                offset,
-                len,
-                size: self.size,
-            }),
+            _ => Err(Error::OutOfRange { offset, len, size: self.size }),
         }
     }
 
@@ -333,9 +275,7 @@ impl PseudoDisk {
         self.check_range(offset, len as u64)?;
         let mut out = vec![0u8; len];
         self.read_into(offset, &mut out).await?;
-        self.counters
-            .bytes_read
-            .fetch_add(len as u64, Ordering::Relaxed);
+        self.counters.bytes_read.fetch_add(len as u64, Ordering::Relaxed);
         self.readahead(offset, len as u64);
         Ok(out)
     }
@@ -367,9 +307,7 @@ impl PseudoDisk {
                         .await
                         .map_err(self.private.io_err("read"))?;
                     dest.copy_from_slice(&data);
-                    self.counters
-                        .read_bytes_private
-                        .fetch_add(dest.len() as u64, Ordering::Relaxed);
+                    self.counters.read_bytes_private.fetch_add(dest.len() as u64, Ordering::Relaxed);
                 }
                 Layer::Below => {
                     self.ensure_recalled(pos / self.chunk_size).await?;
@@ -379,9 +317,7 @@ impl PseudoDisk {
                         .await
                         .map_err(self.recall.io_err("read"))?;
                     dest.copy_from_slice(&data);
-                    self.counters
-                        .read_bytes_recall
-                        .fetch_add(dest.len() as u64, Ordering::Relaxed);
+                    self.counters.read_bytes_recall.fetch_add(dest.len() as u64, Ordering::Relaxed);
                 }
             }
             pos = run_end;
@@ -446,18 +382,10 @@ impl PseudoDisk {
                 source.read_chunk(chunk, &mut buf).map(|()| buf)
             })
             .await
-            .map_err(|e| Error::Recall {
-                chunk,
-                source_name: self.source.describe(),
-                message: e.to_string(),
-            })?
+            .map_err(|e| Error::Recall { chunk, source_name: self.source.describe(), message: e.to_string() })?
             .map_err(|e| {
                 tracing::error!(chunk, source = %self.source.describe(), "recall failed: {e}");
-                Error::Recall {
-                    chunk,
-                    source_name: self.source.describe(),
-                    message: e.to_string(),
-                }
+                Error::Recall { chunk, source_name: self.source.describe(), message: e.to_string() }
             })?;
             if data.len() != len {
                 return Err(Error::Recall {
@@ -473,13 +401,9 @@ impl PseudoDisk {
                     .await
                     .map_err(self.recall.io_err("write"))?;
             }
-            self.counters
-                .bytes_recalled
-                .fetch_add(len as u64, Ordering::Relaxed);
+            self.counters.bytes_recalled.fetch_add(len as u64, Ordering::Relaxed);
         }
-        self.counters
-            .chunks_recalled
-            .fetch_add(1, Ordering::Relaxed);
+        self.counters.chunks_recalled.fetch_add(1, Ordering::Relaxed);
         self.recall.present.set_range(chunk, 1, true);
         self.recall.note(RecordKind::Data, chunk, 1);
         Ok(())
@@ -494,13 +418,7 @@ impl PseudoDisk {
         let next = (offset + len).div_ceil(self.chunk_size);
         let chunks = self.size.div_ceil(self.chunk_size);
         for chunk in next..(next + READAHEAD_CHUNKS).min(chunks) {
-            if !self.recall.present.get(chunk)
-                && !self
-                    .recalling
-                    .lock()
-                    .expect("not poisoned")
-                    .contains_key(&chunk)
-            {
+            if !self.recall.present.get(chunk) && !self.recalling.lock().expect("not poisoned").contains_key(&chunk) {
                 let me = self.clone();
                 tokio::spawn(async move {
                     let _ = me.ensure_recalled(chunk).await;
@@ -523,16 +441,9 @@ impl PseudoDisk {
             let block_end = (block_start + BLOCK).min(self.size);
             if pos == block_start && end >= block_end {
                 // A run of whole blocks.
-                let run_end = if end == self.size {
-                    end
-                } else {
-                    end / BLOCK * BLOCK
-                };
+                let run_end = if end == self.size { end } else { end / BLOCK * BLOCK };
                 let piece = data[(pos - offset) as usize..(run_end - offset) as usize].to_vec();
-                self.engine
-                    .write(&self.private.data, pos, piece)
-                    .await
-                    .map_err(self.private.io_err("write"))?;
+                self.engine.write(&self.private.data, pos, piece).await.map_err(self.private.io_err("write"))?;
                 self.mark_private(block, (run_end - pos).div_ceil(BLOCK), RecordKind::Data);
                 pos = run_end;
             } else {
@@ -551,9 +462,7 @@ impl PseudoDisk {
                 pos = piece_end;
             }
         }
-        self.counters
-            .bytes_written
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.counters.bytes_written.fetch_add(data.len() as u64, Ordering::Relaxed);
         if fua {
             self.flush().await?;
         }
@@ -561,8 +470,7 @@ impl PseudoDisk {
     }
 
     fn mark_private(&self, block: u64, count: u64, kind: RecordKind) {
-        self.private_zero
-            .set_range(block, count, kind == RecordKind::Zero);
+        self.private_zero.set_range(block, count, kind == RecordKind::Zero);
         self.private.present.set_range(block, count, true);
         self.private.note(kind, block, count);
     }
@@ -576,33 +484,23 @@ impl PseudoDisk {
         self.check_range(offset, len)?;
         let end = offset + len;
         let first_whole = offset.div_ceil(BLOCK);
-        let last_whole = if end == self.size {
-            self.size.div_ceil(BLOCK)
-        } else {
-            end / BLOCK
-        };
+        let last_whole = if end == self.size { self.size.div_ceil(BLOCK) } else { end / BLOCK };
         if first_whole >= last_whole {
             return self.write(offset, &vec![0u8; len as usize], false).await;
         }
         let head_end = first_whole * BLOCK;
         if offset < head_end {
-            self.write(offset, &vec![0u8; (head_end - offset) as usize], false)
-                .await?;
+            self.write(offset, &vec![0u8; (head_end - offset) as usize], false).await?;
         }
         let (start, count) = (first_whole, last_whole - first_whole);
         self.mark_private(start, count, RecordKind::Zero);
         self.engine
-            .punch_hole(
-                &self.private.data,
-                start * BLOCK,
-                (count * BLOCK).min(self.size - start * BLOCK),
-            )
+            .punch_hole(&self.private.data, start * BLOCK, (count * BLOCK).min(self.size - start * BLOCK))
             .await
             .map_err(self.private.io_err("discard"))?;
         let tail_start = (last_whole * BLOCK).min(self.size);
         if tail_start < end {
-            self.write(tail_start, &vec![0u8; (end - tail_start) as usize], false)
-                .await?;
+            self.write(tail_start, &vec![0u8; (end - tail_start) as usize], false).await?;
         }
         Ok(())
     }
@@ -612,18 +510,11 @@ impl PseudoDisk {
         let _one_at_a_time = self.flush_lock.lock().await;
         for store in [&self.private, &self.recall] {
             let records = std::mem::take(&mut *store.pending.lock().expect("not poisoned"));
-            self.engine
-                .sync(&store.data)
-                .await
-                .map_err(store.io_err("sync"))?;
+            self.engine.sync(&store.data).await.map_err(store.io_err("sync"))?;
             let mut log = store.log.lock().await;
             if let Err(e) = log.append(&self.engine, &records).await {
                 // Keep the records for the next flush.
-                store
-                    .pending
-                    .lock()
-                    .expect("not poisoned")
-                    .splice(0..0, records);
+                store.pending.lock().expect("not poisoned").splice(0..0, records);
                 return Err(store.io_err("sync map")(e));
             }
         }

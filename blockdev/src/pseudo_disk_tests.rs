@@ -31,9 +31,7 @@ impl Source for MemSource {
         std::thread::sleep(std::time::Duration::from_millis(1)); // let concurrent readers pile up
         let start = (index * u64::from(self.chunk_size)) as usize;
         buf.clear();
-        buf.extend_from_slice(
-            &self.data[start..start + chunk_len(self.size(), self.chunk_size, index)],
-        );
+        buf.extend_from_slice(&self.data[start..start + chunk_len(self.size(), self.chunk_size, index)]);
         Ok(())
     }
     fn describe(&self) -> String {
@@ -57,20 +55,11 @@ fn source(size: usize, chunk: u32, bad: Option<u64>) -> Arc<MemSource> {
     let mut data = pattern(size, 77);
     // Some all-zero chunks, as real disks have.
     data[chunk as usize * 2..chunk as usize * 3].fill(0);
-    Arc::new(MemSource {
-        data,
-        chunk_size: chunk,
-        reads: AtomicU64::new(0),
-        bad_chunk: bad,
-    })
+    Arc::new(MemSource { data, chunk_size: chunk, reads: AtomicU64::new(0), bad_chunk: bad })
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 #[test]
@@ -82,13 +71,10 @@ fn random_operations_match_the_model_across_reopens() {
     let engine = Engine::start().unwrap();
     let mut model = src.data.clone();
     let mut flushed = model.clone();
-    let mut disk =
-        PseudoDisk::open(dir.path(), src.clone(), engine.clone(), Options::default()).unwrap();
+    let mut disk = PseudoDisk::open(dir.path(), src.clone(), engine.clone(), Options::default()).unwrap();
     let mut x = 0x1234_5678u64;
     let mut next = |m: u64| {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (x >> 33) % m
     };
     rt.block_on(async {
@@ -100,18 +86,11 @@ fn random_operations_match_the_model_across_reopens() {
             match op {
                 0..=39 => {
                     let got = disk.read(off, len as usize).await.unwrap();
-                    assert!(
-                        got[..] == model[off as usize..(off + len) as usize],
-                        "step {step}: read {off}+{len}"
-                    );
+                    assert!(got[..] == model[off as usize..(off + len) as usize], "step {step}: read {off}+{len}");
                 }
                 40..=74 => {
                     let aligned = next(2) == 0;
-                    let (off, len) = if aligned {
-                        (off / 4096 * 4096, (len / 4096).max(1) * 4096)
-                    } else {
-                        (off, len)
-                    };
+                    let (off, len) = if aligned { (off / 4096 * 4096, (len / 4096).max(1) * 4096) } else { (off, len) };
                     let len = len.min(size as u64 - off);
                     let data = pattern(len as usize, step);
                     disk.write(off, &data, next(10) == 0).await.unwrap();
@@ -131,13 +110,7 @@ fn random_operations_match_the_model_across_reopens() {
                     disk.flush().await.unwrap();
                     flushed = model.clone();
                     drop(disk);
-                    disk = PseudoDisk::open(
-                        dir.path(),
-                        src.clone(),
-                        engine.clone(),
-                        Options::default(),
-                    )
-                    .unwrap();
+                    disk = PseudoDisk::open(dir.path(), src.clone(), engine.clone(), Options::default()).unwrap();
                 }
             }
         }
@@ -145,10 +118,7 @@ fn random_operations_match_the_model_across_reopens() {
         assert!(all == model);
         let _ = flushed;
     });
-    assert!(
-        src.data.iter().zip(&model).any(|(a, b)| a != b),
-        "the test wrote something"
-    );
+    assert!(src.data.iter().zip(&model).any(|(a, b)| a != b), "the test wrote something");
 }
 
 #[test]
@@ -156,13 +126,7 @@ fn concurrent_readers_share_one_recall_per_chunk() {
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
     let src = source(8 * 65536, 65536, None);
-    let disk = PseudoDisk::open(
-        dir.path(),
-        src.clone(),
-        Engine::start().unwrap(),
-        Options::default(),
-    )
-    .unwrap();
+    let disk = PseudoDisk::open(dir.path(), src.clone(), Engine::start().unwrap(), Options::default()).unwrap();
     rt.block_on(async {
         let tasks: Vec<_> = (0..64u64)
             .map(|i| {
@@ -174,11 +138,7 @@ fn concurrent_readers_share_one_recall_per_chunk() {
             t.await.unwrap().unwrap();
         }
     });
-    assert_eq!(
-        src.reads.load(Ordering::SeqCst),
-        4,
-        "each of the four chunks is recalled exactly once"
-    );
+    assert_eq!(src.reads.load(Ordering::SeqCst), 4, "each of the four chunks is recalled exactly once");
     let c = disk.counters();
     assert_eq!(c.chunks_recalled, 4);
     assert_eq!(c.recalled_chunks, 4);
@@ -189,13 +149,7 @@ fn a_failing_chunk_is_an_error_not_data_and_other_chunks_still_read() {
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
     let src = source(4 * 65536, 65536, Some(1));
-    let disk = PseudoDisk::open(
-        dir.path(),
-        src.clone(),
-        Engine::start().unwrap(),
-        Options::default(),
-    )
-    .unwrap();
+    let disk = PseudoDisk::open(dir.path(), src.clone(), Engine::start().unwrap(), Options::default()).unwrap();
     rt.block_on(async {
         let err = disk.read(65536 + 10, 100).await.unwrap_err();
         assert_eq!(err.errno(), libc::EIO);
@@ -214,22 +168,11 @@ fn read_only_disks_refuse_writes_and_the_source_is_never_written() {
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
     let src = source(4 * 65536, 65536, None);
-    let disk = PseudoDisk::open(
-        dir.path(),
-        src.clone(),
-        Engine::start().unwrap(),
-        Options { read_only: true },
-    )
-    .unwrap();
+    let disk =
+        PseudoDisk::open(dir.path(), src.clone(), Engine::start().unwrap(), Options { read_only: true }).unwrap();
     rt.block_on(async {
-        assert_eq!(
-            disk.write(0, &[1], false).await.unwrap_err().errno(),
-            libc::EROFS
-        );
-        assert!(
-            disk.read(4 * 65536 - 1, 2).await.is_err(),
-            "reads past the end fail"
-        );
+        assert_eq!(disk.write(0, &[1], false).await.unwrap_err().errno(), libc::EROFS);
+        assert!(disk.read(4 * 65536 - 1, 2).await.is_err(), "reads past the end fail");
     });
 }
 
@@ -241,13 +184,7 @@ fn unflushed_state_after_a_crash_is_either_old_or_new_and_flushed_state_is_exact
     let dir = tempfile::tempdir().unwrap();
     let src = source(4 * 65536, 65536, None);
     let engine = Engine::start().unwrap();
-    let disk = PseudoDisk::open(
-        &dir.path().join("d"),
-        src.clone(),
-        engine.clone(),
-        Options::default(),
-    )
-    .unwrap();
+    let disk = PseudoDisk::open(&dir.path().join("d"), src.clone(), engine.clone(), Options::default()).unwrap();
     rt.block_on(async {
         disk.write(100, &[1u8; 5000], false).await.unwrap();
         disk.flush().await.unwrap();
@@ -257,8 +194,7 @@ fn unflushed_state_after_a_crash_is_either_old_or_new_and_flushed_state_is_exact
         for f in ["private.data", "private.map", "recall.data", "recall.map"] {
             std::fs::copy(dir.path().join("d").join(f), copy.join(f)).unwrap();
         }
-        let after =
-            PseudoDisk::open(&copy, src.clone(), engine.clone(), Options::default()).unwrap();
+        let after = PseudoDisk::open(&copy, src.clone(), engine.clone(), Options::default()).unwrap();
         assert_eq!(after.read(100, 5000).await.unwrap(), vec![1u8; 5000]);
         let maybe = after.read(70000, 100).await.unwrap();
         assert!(maybe == vec![2u8; 100] || maybe[..] == src.data[70000..70100]);

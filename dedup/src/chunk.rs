@@ -102,9 +102,7 @@ pub const ZSTD_LEVEL: i32 = 3;
 pub fn encode(plain: &[u8], compressor: &mut zstd::bulk::Compressor<'_>) -> Vec<u8> {
     let bound = zstd::zstd_safe::compress_bound(plain.len());
     let mut out = vec![0u8; CHUNK_HEADER_LEN + bound];
-    let compressed_len = compressor
-        .compress_to_buffer(plain, &mut out[CHUNK_HEADER_LEN..])
-        .ok();
+    let compressed_len = compressor.compress_to_buffer(plain, &mut out[CHUNK_HEADER_LEN..]).ok();
     let (codec, payload_len) = match compressed_len {
         Some(n) if n < plain.len() => (Codec::Zstd, n),
         _ => {
@@ -113,12 +111,7 @@ pub fn encode(plain: &[u8], compressor: &mut zstd::bulk::Compressor<'_>) -> Vec<
         }
     };
     out.truncate(CHUNK_HEADER_LEN + payload_len);
-    write_header(
-        &mut out[..CHUNK_HEADER_LEN],
-        codec,
-        plain.len(),
-        payload_len,
-    );
+    write_header(&mut out[..CHUNK_HEADER_LEN], codec, plain.len(), payload_len);
     out
 }
 
@@ -136,10 +129,7 @@ fn write_header(h: &mut [u8], codec: Codec, plain_len: usize, payload_len: usize
 pub fn decode_verified(id: &ChunkId, stored: &[u8], out: &mut Vec<u8>) -> Result<()> {
     let corrupt = |reason: String| Error::ChunkCorrupt { id: *id, reason };
     if stored.len() < CHUNK_HEADER_LEN {
-        return Err(corrupt(format!(
-            "{} bytes is shorter than the chunk header",
-            stored.len()
-        )));
+        return Err(corrupt(format!("{} bytes is shorter than the chunk header", stored.len())));
     }
     if stored[0..4] != CHUNK_MAGIC {
         return Err(corrupt("bad magic".into()));
@@ -147,21 +137,15 @@ pub fn decode_verified(id: &ChunkId, stored: &[u8], out: &mut Vec<u8>) -> Result
     if stored[4] != CHUNK_FORMAT_VERSION {
         return Err(corrupt(format!("unknown format version {}", stored[4])));
     }
-    let codec = Codec::from_byte(stored[5])
-        .ok_or_else(|| corrupt(format!("unknown codec {}", stored[5])))?;
+    let codec = Codec::from_byte(stored[5]).ok_or_else(|| corrupt(format!("unknown codec {}", stored[5])))?;
     let plain_len = u32::from_le_bytes(stored[8..12].try_into().expect("4 bytes")) as usize;
     let payload_len = u32::from_le_bytes(stored[12..16].try_into().expect("4 bytes")) as usize;
     let payload = &stored[CHUNK_HEADER_LEN..];
     if payload.len() != payload_len {
-        return Err(corrupt(format!(
-            "payload is {} bytes, header says {payload_len}",
-            payload.len()
-        )));
+        return Err(corrupt(format!("payload is {} bytes, header says {payload_len}", payload.len())));
     }
     if plain_len > crate::formats::MAX_CHUNK_SIZE as usize {
-        return Err(corrupt(format!(
-            "plain length {plain_len} is larger than any chunk"
-        )));
+        return Err(corrupt(format!("plain length {plain_len} is larger than any chunk")));
     }
     out.clear();
     match codec {
@@ -176,9 +160,7 @@ pub fn decode_verified(id: &ChunkId, stored: &[u8], out: &mut Vec<u8>) -> Result
             let n = zstd::bulk::decompress_to_buffer(payload, out.as_mut_slice())
                 .map_err(|e| corrupt(format!("zstd: {e}")))?;
             if n != plain_len {
-                return Err(corrupt(format!(
-                    "decompressed to {n} bytes, header says {plain_len}"
-                )));
+                return Err(corrupt(format!("decompressed to {n} bytes, header says {plain_len}")));
             }
         }
     }
@@ -205,12 +187,7 @@ mod tests {
 
     #[test]
     fn compressible_and_incompressible_roundtrip() {
-        let text: Vec<u8> = b"hello livemount "
-            .iter()
-            .cycle()
-            .take(65536)
-            .copied()
-            .collect();
+        let text: Vec<u8> = b"hello livemount ".iter().cycle().take(65536).copied().collect();
         assert_eq!(roundtrip(&text), Codec::Zstd);
         let mut noise = vec![0u8; 65536];
         let mut x = 0x9E3779B97F4A7C15u64;
@@ -237,10 +214,7 @@ mod tests {
                 continue; // reserved bytes carry no meaning
             }
             let r = decode_verified(&id, &bad, &mut out);
-            assert!(
-                matches!(r, Err(Error::ChunkCorrupt { .. })),
-                "flip at byte {i} went unnoticed"
-            );
+            assert!(matches!(r, Err(Error::ChunkCorrupt { .. })), "flip at byte {i} went unnoticed");
         }
         assert!(decode_verified(&id, &stored[..stored.len() - 1], &mut out).is_err());
     }

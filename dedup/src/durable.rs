@@ -19,25 +19,12 @@ impl AtomicFile {
     pub fn create(final_path: &Path, tmp_dir: Option<&Path>) -> io::Result<Self> {
         let dir = match tmp_dir {
             Some(d) => d.to_path_buf(),
-            None => final_path
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from(".")),
+            None => final_path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
         };
-        let name = final_path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("file");
+        let name = final_path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
         let tmp_path = dir.join(format!(".tmp-{}-{}", name, random_suffix()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)?;
-        Ok(AtomicFile {
-            file: Some(file),
-            tmp_path,
-            final_path: final_path.to_path_buf(),
-        })
+        let file = OpenOptions::new().write(true).create_new(true).open(&tmp_path)?;
+        Ok(AtomicFile { file: Some(file), tmp_path, final_path: final_path.to_path_buf() })
     }
 
     pub fn file(&mut self) -> &mut File {
@@ -136,14 +123,7 @@ mod tests {
             // dropped without commit
         }
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(
-            names.len(),
-            1,
-            "no temporary file is left behind: {names:?}"
-        );
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "no temporary file is left behind: {names:?}");
     }
 }

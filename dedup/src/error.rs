@@ -60,9 +60,7 @@ impl Error {
     pub fn io(op: impl Into<String>, path: impl Into<PathBuf>, source: io::Error) -> Self {
         let op = op.into();
         let path = path.into();
-        if source.raw_os_error() == Some(libc::ENOSPC)
-            || source.raw_os_error() == Some(libc::EDQUOT)
-        {
+        if source.raw_os_error() == Some(libc::ENOSPC) || source.raw_os_error() == Some(libc::EDQUOT) {
             return Error::NoSpace { op, path };
         }
         Error::Io { op, path, source }
@@ -71,9 +69,6 @@ impl Error {
     /// True when the error means the data of a chunk cannot be had (missing or corrupt), as opposed to a
     /// problem of the machine (I/O, space).
     pub fn is_bad_chunk(&self) -> bool {
-        matches!(
-            self,
-            Error::ChunkMissing { .. } | Error::ChunkCorrupt { .. }
-        )
+        matches!(self, Error::ChunkMissing { .. } | Error::ChunkCorrupt { .. })
     }
 }

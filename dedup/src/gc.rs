@@ -38,12 +38,9 @@ pub struct RunningBackup {
 impl RunningBackup {
     pub fn register(lib: &Library, id: &str) -> Result<Self> {
         let path = lib.path("running").join(id);
-        let mut file =
-            fs::File::create(&path).map_err(|e| Error::io("register backup in", &path, e))?;
+        let mut file = fs::File::create(&path).map_err(|e| Error::io("register backup in", &path, e))?;
         lock::lock(&file, LockKind::Exclusive, true).map_err(|e| Error::io("lock", &path, e))?;
-        let start = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
+        let start = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         write!(file, "{}", start.as_secs()).map_err(|e| Error::io("write", &path, e))?;
         Ok(RunningBackup { path, _file: file })
     }
@@ -100,22 +97,13 @@ pub fn collect_garbage(lib: &Library) -> Result<GcStats> {
     let mut in_use: HashSet<ChunkId> = HashSet::new();
     for manifest in lib.backups()? {
         for disk in 0..manifest.disks.len() {
-            in_use.extend(
-                lib.load_index(&manifest, disk)?
-                    .chunks
-                    .into_iter()
-                    .filter(|c| !c.is_zero()),
-            );
+            in_use.extend(lib.load_index(&manifest, disk)?.chunks.into_iter().filter(|c| !c.is_zero()));
         }
     }
-    let mut stats = GcStats {
-        chunks_in_use: in_use.len() as u64,
-        ..Default::default()
-    };
+    let mut stats = GcStats { chunks_in_use: in_use.len() as u64, ..Default::default() };
 
     let lock_file = lib.chunks_lock()?;
-    lock::lock(&lock_file, LockKind::Exclusive, true)
-        .map_err(|e| Error::io("lock", lib.path("chunks.lock"), e))?;
+    lock::lock(&lock_file, LockKind::Exclusive, true).map_err(|e| Error::io("lock", lib.path("chunks.lock"), e))?;
     let result = (|| {
         for chunk in lib.store().list()? {
             if in_use.contains(&chunk.id) {
@@ -132,32 +120,18 @@ pub fn collect_garbage(lib: &Library) -> Result<GcStats> {
         lib.store().sync()?;
         // Temporary files older than the cutoff belong to no live writer.
         let tmp = lib.path("tmp");
-        for entry in fs::read_dir(&tmp)
-            .map_err(|e| Error::io("list", &tmp, e))?
-            .flatten()
-        {
-            let old = entry
-                .metadata()
-                .ok()
-                .and_then(|m| m.modified().ok())
-                .is_some_and(|t| t < cutoff);
+        for entry in fs::read_dir(&tmp).map_err(|e| Error::io("list", &tmp, e))?.flatten() {
+            let old = entry.metadata().ok().and_then(|m| m.modified().ok()).is_some_and(|t| t < cutoff);
             if old && fs::remove_file(entry.path()).is_ok() {
                 stats.temp_files_removed += 1;
             }
         }
         // Backup folders of interrupted commits or forgets.
         let backups = lib.path("backups");
-        for entry in fs::read_dir(&backups)
-            .map_err(|e| Error::io("list", &backups, e))?
-            .flatten()
-        {
+        for entry in fs::read_dir(&backups).map_err(|e| Error::io("list", &backups, e))?.flatten() {
             let name = entry.file_name();
             let is_tmp = name.to_str().is_some_and(durable::is_temp_name);
-            let old = entry
-                .metadata()
-                .ok()
-                .and_then(|m| m.modified().ok())
-                .is_some_and(|t| t < cutoff);
+            let old = entry.metadata().ok().and_then(|m| m.modified().ok()).is_some_and(|t| t < cutoff);
             if is_tmp && old {
                 let _ = fs::remove_dir_all(entry.path());
             }

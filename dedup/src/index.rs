@@ -58,10 +58,7 @@ impl DiskIndex {
     }
 
     pub fn decode(path: &Path, data: &[u8]) -> Result<Self> {
-        let bad = |reason: &str| Error::BadFormat {
-            path: path.to_path_buf(),
-            reason: reason.to_string(),
-        };
+        let bad = |reason: &str| Error::BadFormat { path: path.to_path_buf(), reason: reason.to_string() };
         if data.len() < INDEX_HEADER_LEN || data[0..8] != INDEX_MAGIC {
             return Err(bad("not a disk index (bad magic or too short)"));
         }
@@ -86,15 +83,8 @@ impl DiskIndex {
         if hasher.finalize().as_bytes()[..] != data[32..64] {
             return Err(bad("checksum does not match"));
         }
-        let chunks = body
-            .chunks_exact(32)
-            .map(|c| ChunkId(c.try_into().expect("32 bytes")))
-            .collect();
-        Ok(DiskIndex {
-            chunk_size,
-            disk_size,
-            chunks,
-        })
+        let chunks = body.chunks_exact(32).map(|c| ChunkId(c.try_into().expect("32 bytes"))).collect();
+        Ok(DiskIndex { chunk_size, disk_size, chunks })
     }
 }
 
@@ -107,12 +97,7 @@ mod tests {
         let idx = DiskIndex {
             chunk_size: 65536,
             disk_size: 3 * 65536 + 10,
-            chunks: vec![
-                ChunkId::of(b"a"),
-                ChunkId::ZERO,
-                ChunkId::of(b"b"),
-                ChunkId::of(b"c"),
-            ],
+            chunks: vec![ChunkId::of(b"a"), ChunkId::ZERO, ChunkId::of(b"b"), ChunkId::of(b"c")],
         };
         let enc = idx.encode();
         let p = Path::new("disk0.index");

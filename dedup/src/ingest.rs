@@ -56,12 +56,7 @@ pub fn create_backup(
     let mut disk_manifests = Vec::new();
     for (n, mut disk) in disks.into_iter().enumerate() {
         let size = disk.source.size();
-        let report = |done: u64| {
-            progress(Progress {
-                done: done_before + done,
-                total,
-            })
-        };
+        let report = |done: u64| progress(Progress { done: done_before + done, total });
         let (index, disk_stats) = ingest_disk(lib, &mut *disk.source, &report)?;
         done_before += size;
         stats.add(&disk_stats);
@@ -123,20 +118,18 @@ fn write_new_durable(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut f = AtomicFile::create(path, None).map_err(|e| Error::io("create", path, e))?;
     f.write_all(data).map_err(|e| Error::io("write", path, e))?;
-    f.commit_without_dir_sync()
-        .map_err(|e| Error::io("write", path, e))
+    f.commit_without_dir_sync().map_err(|e| Error::io("write", path, e))
 }
 
 /// A new backup id: the UTC time (sortable and readable) and a random part (unique).
 fn new_backup_id() -> String {
     let now = time::OffsetDateTime::now_utc();
     let fmt = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
-    format!(
-        "{}-{}",
-        now.format(fmt).expect("time formats"),
-        &durable::random_suffix()[..6]
-    )
+    format!("{}-{}", now.format(fmt).expect("time formats"), &durable::random_suffix()[..6])
 }
+
+/// How far ahead of the reader the source is asked to fetch.
+const READ_AHEAD: u64 = 32 << 20;
 
 enum Outcome {
     Zero,
@@ -161,9 +154,7 @@ pub fn ingest_disk(
     let chunk_size = lib.chunk_size();
     let size = source.size();
     let count = DiskIndex::chunk_count(size, chunk_size) as usize;
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
     let fail = |e: Error| {
@@ -175,10 +166,7 @@ pub fn ingest_disk(
     let (free_tx, free_rx) = bounded::<Vec<u8>>(workers * 4);
 
     let mut ids = vec![ChunkId::ZERO; count];
-    let mut stats = IngestStats {
-        disk_bytes: size,
-        ..Default::default()
-    };
+    let mut stats = IngestStats { disk_bytes: size, ..Default::default() };
     let mut done_bytes = 0u64;
 
     std::thread::scope(|s| {
@@ -186,24 +174,14 @@ pub fn ingest_disk(
         let (fail_r, failed_r) = (&fail, &failed);
         let source_ranges: Vec<Range<u64>> = source.data_ranges().to_vec();
         let bytes_read = s.spawn(move || {
-            read_chunks(
-                &mut *source,
-                &source_ranges,
-                chunk_size,
-                count,
-                &job_tx,
-                &reader_done_tx,
-                &free_rx,
-                failed_r,
-            )
-            .unwrap_or_else(|e| {
-                fail_r(e);
-                0
-            })
+            read_chunks(&mut *source, &source_ranges, chunk_size, count, &job_tx, &reader_done_tx, &free_rx, failed_r)
+                .unwrap_or_else(|e| {
+                    fail_r(e);
+                    0
+                })
         });
         for _ in 0..workers {
-            let (job_rx, done_tx, fail_w, failed_w) =
-                (job_rx.clone(), done_tx.clone(), &fail, &failed);
+            let (job_rx, done_tx, fail_w, failed_w) = (job_rx.clone(), done_tx.clone(), &fail, &failed);
             s.spawn(move || {
                 if let Err(e) = store_chunks(lib, &job_rx, &done_tx, failed_w) {
                     fail_w(e);
@@ -234,14 +212,7 @@ pub fn ingest_disk(
     if let Some(e) = first_error.into_inner().expect("not poisoned") {
         return Err(e);
     }
-    Ok((
-        DiskIndex {
-            chunk_size,
-            disk_size: size,
-            chunks: ids,
-        },
-        stats,
-    ))
+    Ok((DiskIndex { chunk_size, disk_size: size, chunks: ids }, stats))
 }
 
 /// The reader: sends each chunk holding data to the workers, reports chunks without data as zero at once.
@@ -260,6 +231,8 @@ fn read_chunks(
     let size = source.size();
     let mut bytes_read = 0u64;
     let mut first_range = 0usize;
+    // Keep the source fetching ahead of the reader (a cold disk otherwise waits on every read).
+    let mut hinted_to = 0u64;
     for i in 0..count {
         if failed.load(Ordering::Relaxed) {
             break;
@@ -268,6 +241,11 @@ fn read_chunks(
         let end = (start + u64::from(chunk_size)).min(size);
         while first_range < ranges.len() && ranges[first_range].end <= start {
             first_range += 1;
+        }
+        if end > hinted_to.saturating_sub(READ_AHEAD / 2) {
+            let from = hinted_to.max(start);
+            source.will_need(from, READ_AHEAD);
+            hinted_to = from + READ_AHEAD;
         }
         let overlapping = ranges[first_range..].iter().take_while(|r| r.start < end);
         let mut buf: Option<Vec<u8>> = None;
@@ -284,14 +262,7 @@ fn read_chunks(
         }
         let sent = match buf {
             Some(b) => jobs.send((i, b)).is_ok(),
-            None => done
-                .send(Done {
-                    index: i,
-                    id: ChunkId::ZERO,
-                    outcome: Outcome::Zero,
-                    buf: None,
-                })
-                .is_ok(),
+            None => done.send(Done { index: i, id: ChunkId::ZERO, outcome: Outcome::Zero, buf: None }).is_ok(),
         };
         if !sent {
             break;
@@ -307,8 +278,8 @@ fn store_chunks(
     done: &Sender<Done>,
     failed: &AtomicBool,
 ) -> Result<()> {
-    let mut compressor = zstd::bulk::Compressor::new(chunk::ZSTD_LEVEL)
-        .map_err(|e| Error::io("start zstd", lib.root(), e))?;
+    let mut compressor =
+        zstd::bulk::Compressor::new(chunk::ZSTD_LEVEL).map_err(|e| Error::io("start zstd", lib.root(), e))?;
     let lock_file: File = lib.chunks_lock()?;
     for (index, data) in jobs.iter() {
         if failed.load(Ordering::Relaxed) {
@@ -327,23 +298,12 @@ fn store_chunks(
                 }
                 let encoded = chunk::encode(&data, &mut compressor);
                 lib.store().put(&id, &encoded)?;
-                Ok(Outcome::New {
-                    plain: data.len() as u64,
-                    stored: encoded.len() as u64,
-                })
+                Ok(Outcome::New { plain: data.len() as u64, stored: encoded.len() as u64 })
             })();
             let _ = lock::unlock(&lock_file);
             (id, result?)
         };
-        if done
-            .send(Done {
-                index,
-                id,
-                outcome,
-                buf: Some(data),
-            })
-            .is_err()
-        {
+        if done.send(Done { index, id, outcome, buf: Some(data) }).is_err() {
             break;
         }
     }

@@ -41,32 +41,21 @@ pub struct Library {
 impl Library {
     /// Creates a new directory library at `root` (the folder may exist but must not hold a library).
     pub fn init(root: &Path, chunk_size: u32) -> Result<Library> {
-        if !chunk_size.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size)
-        {
-            return Err(Error::InvalidChunkSize {
-                size: chunk_size.into(),
-            });
+        if !chunk_size.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+            return Err(Error::InvalidChunkSize { size: chunk_size.into() });
         }
         let config_path = root.join(LIBRARY_CONFIG_FILE);
         if config_path.exists() {
-            return Err(Error::LibraryExists {
-                path: root.to_path_buf(),
-            });
+            return Err(Error::LibraryExists { path: root.to_path_buf() });
         }
-        durable::create_dir_durable(root)
-            .map_err(|e| Error::io("create library folder", root, e))?;
+        durable::create_dir_durable(root).map_err(|e| Error::io("create library folder", root, e))?;
         for sub in ["chunks", "backups", "running", "tmp"] {
             let p = root.join(sub);
             durable::create_dir_durable(&p).map_err(|e| Error::io("create folder", &p, e))?;
         }
-        let config = LibraryConfig {
-            format_version: LIBRARY_FORMAT_VERSION,
-            chunk_size,
-            created: now_rfc3339(),
-        };
+        let config = LibraryConfig { format_version: LIBRARY_FORMAT_VERSION, chunk_size, created: now_rfc3339() };
         let json = serde_json::to_vec_pretty(&config).expect("config serializes");
-        durable::write_file(&config_path, &json)
-            .map_err(|e| Error::io("write", &config_path, e))?;
+        durable::write_file(&config_path, &json).map_err(|e| Error::io("write", &config_path, e))?;
         Self::open(root)
     }
 
@@ -76,32 +65,20 @@ impl Library {
         let data = match fs::read(&config_path) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotALibrary {
-                    path: root.to_path_buf(),
-                })
+                return Err(Error::NotALibrary { path: root.to_path_buf() })
             }
             Err(e) => return Err(Error::io("read", config_path, e)),
         };
-        let config: LibraryConfig =
-            serde_json::from_slice(&data).map_err(|e| Error::BadFormat {
-                path: config_path.clone(),
-                reason: e.to_string(),
-            })?;
+        let config: LibraryConfig = serde_json::from_slice(&data)
+            .map_err(|e| Error::BadFormat { path: config_path.clone(), reason: e.to_string() })?;
         if config.format_version != LIBRARY_FORMAT_VERSION {
             return Err(Error::BadFormat {
                 path: config_path,
-                reason: format!(
-                    "library format version {} is not supported",
-                    config.format_version
-                ),
+                reason: format!("library format version {} is not supported", config.format_version),
             });
         }
         let store = DirStore::open(&root.join("chunks"), &root.join("tmp"))?;
-        Ok(Library {
-            root: root.to_path_buf(),
-            config,
-            store: Arc::new(store),
-        })
+        Ok(Library { root: root.to_path_buf(), config, store: Arc::new(store) })
     }
 
     pub fn root(&self) -> &Path {
@@ -127,12 +104,7 @@ impl Library {
     /// The lock that separates chunk reuse from chunk deletion (see `gc.rs`).
     pub(crate) fn chunks_lock(&self) -> Result<File> {
         let p = self.path("chunks.lock");
-        fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(|e| Error::io("open", p, e))
+        fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(|e| Error::io("open", p, e))
     }
 
     /// Reads one chunk's plain bytes into `out`, verified against its id. The all-zero id gives zeros of
@@ -177,10 +149,7 @@ impl Library {
             std::io::ErrorKind::NotFound => Error::BackupNotFound { id: id.to_string() },
             _ => Error::io("read", &p, e),
         })?;
-        serde_json::from_slice(&data).map_err(|e| Error::BadFormat {
-            path: p,
-            reason: e.to_string(),
-        })
+        serde_json::from_slice(&data).map_err(|e| Error::BadFormat { path: p, reason: e.to_string() })
     }
 
     /// Finds a backup by its id, a unique prefix of its id, or its name (the newest backup of that name).
@@ -189,38 +158,22 @@ impl Library {
         if let Some(m) = all.iter().find(|m| m.id == id_or_name) {
             return Ok(m.clone());
         }
-        let by_prefix: Vec<_> = all
-            .iter()
-            .filter(|m| m.id.starts_with(id_or_name))
-            .collect();
+        let by_prefix: Vec<_> = all.iter().filter(|m| m.id.starts_with(id_or_name)).collect();
         match by_prefix.len() {
             1 => return Ok(by_prefix[0].clone()),
             0 => {}
-            count => {
-                return Err(Error::AmbiguousBackupId {
-                    prefix: id_or_name.to_string(),
-                    count,
-                })
-            }
+            count => return Err(Error::AmbiguousBackupId { prefix: id_or_name.to_string(), count }),
         }
         all.iter()
             .rev()
             .find(|m| m.name.as_deref() == Some(id_or_name))
             .cloned()
-            .ok_or_else(|| Error::BackupNotFound {
-                id: id_or_name.to_string(),
-            })
+            .ok_or_else(|| Error::BackupNotFound { id: id_or_name.to_string() })
     }
 
     /// Loads the chunk index of one disk of a backup, checked against the manifest.
     pub fn load_index(&self, manifest: &Manifest, disk: usize) -> Result<DiskIndex> {
-        let d = manifest
-            .disks
-            .get(disk)
-            .ok_or_else(|| Error::DiskNotFound {
-                backup: manifest.id.clone(),
-                disk,
-            })?;
+        let d = manifest.disks.get(disk).ok_or_else(|| Error::DiskNotFound { backup: manifest.id.clone(), disk })?;
         let p = self.path("backups").join(&manifest.id).join(&d.index_file);
         let data = fs::read(&p).map_err(|e| Error::io("read", &p, e))?;
         if blake3::hash(&data).to_hex().as_str() != d.index_blake3 {
@@ -231,10 +184,7 @@ impl Library {
         }
         let index = DiskIndex::decode(&p, &data)?;
         if index.disk_size != d.size || index.chunk_size != d.chunk_size {
-            return Err(Error::BadFormat {
-                path: p,
-                reason: "index disagrees with manifest.json".into(),
-            });
+            return Err(Error::BadFormat { path: p, reason: "index disagrees with manifest.json".into() });
         }
         Ok(index)
     }
@@ -255,7 +205,5 @@ impl Library {
 
 /// The current time as RFC 3339 in UTC.
 pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("time formats")
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).expect("time formats")
 }

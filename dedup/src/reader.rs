@@ -22,12 +22,7 @@ pub struct BackupDisk {
 impl BackupDisk {
     pub fn open(lib: Arc<Library>, manifest: &Manifest, disk: usize) -> Result<Self> {
         let index = lib.load_index(manifest, disk)?;
-        Ok(BackupDisk {
-            lib,
-            backup_id: manifest.id.clone(),
-            disk,
-            index,
-        })
+        Ok(BackupDisk { lib, backup_id: manifest.id.clone(), disk, index })
     }
 
     pub fn backup_id(&self) -> &str {
@@ -62,19 +57,14 @@ impl BackupDisk {
             size: self.size(),
         })?;
         let range = self.index.chunk_range(chunk);
-        self.lib
-            .read_chunk(id, (range.end - range.start) as usize, out)
+        self.lib.read_chunk(id, (range.end - range.start) as usize, out)
     }
 
     /// Reads `buf.len()` bytes at `offset`. The range must lie within the disk.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let len = buf.len() as u64;
         if offset.checked_add(len).is_none_or(|end| end > self.size()) {
-            return Err(Error::OutOfRange {
-                offset,
-                len,
-                size: self.size(),
-            });
+            return Err(Error::OutOfRange { offset, len, size: self.size() });
         }
         let cs = u64::from(self.index.chunk_size);
         let mut scratch = Vec::new();

@@ -55,10 +55,6 @@ pub fn library_stats(lib: &Library) -> Result<LibraryStats> {
         data_bytes: data,
         stored_chunks: chunks.len() as u64,
         stored_bytes: stored,
-        reduction_ratio: if stored == 0 {
-            0.0
-        } else {
-            data as f64 / stored as f64
-        },
+        reduction_ratio: if stored == 0 { 0.0 } else { data as f64 / stored as f64 },
     })
 }

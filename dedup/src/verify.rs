@@ -45,36 +45,18 @@ pub struct AffectedRange {
 }
 
 /// Checks every chunk used by `backups`. `progress` gets (chunks done, chunks total).
-pub fn verify(
-    lib: &Library,
-    backups: &[Manifest],
-    progress: &(dyn Fn(u64, u64) + Sync),
-) -> Result<VerifyReport> {
+pub fn verify(lib: &Library, backups: &[Manifest], progress: &(dyn Fn(u64, u64) + Sync)) -> Result<VerifyReport> {
     // Where each chunk is used: (backup, disk, chunk number, chunk byte range).
     let mut uses: HashMap<ChunkId, Vec<AffectedRange>> = HashMap::new();
     for m in backups {
         for disk in 0..m.disks.len() {
             let index = lib.load_index(m, disk)?;
-            for (i, id) in index
-                .chunks
-                .iter()
-                .enumerate()
-                .filter(|(_, id)| !id.is_zero())
-            {
+            for (i, id) in index.chunks.iter().enumerate().filter(|(_, id)| !id.is_zero()) {
                 let r = index.chunk_range(i);
                 let list = uses.entry(*id).or_default();
                 match list.last_mut() {
-                    Some(last)
-                        if last.backup == m.id && last.disk == disk && last.end == r.start =>
-                    {
-                        last.end = r.end
-                    }
-                    _ => list.push(AffectedRange {
-                        backup: m.id.clone(),
-                        disk,
-                        start: r.start,
-                        end: r.end,
-                    }),
+                    Some(last) if last.backup == m.id && last.disk == disk && last.end == r.start => last.end = r.end,
+                    _ => list.push(AffectedRange { backup: m.id.clone(), disk, start: r.start, end: r.end }),
                 }
             }
         }
@@ -86,9 +68,7 @@ pub fn verify(
     let bytes = AtomicU64::new(0);
     let problems: Mutex<Vec<(ChunkId, Error)>> = Mutex::new(Vec::new());
     let fatal: Mutex<Option<Error>> = Mutex::new(None);
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
@@ -99,17 +79,12 @@ pub fn verify(
                         break;
                     }
                     let id = ids[i];
-                    let result = lib
-                        .store()
-                        .get(&id)
-                        .and_then(|stored| chunk::decode_verified(&id, &stored, &mut buf));
+                    let result = lib.store().get(&id).and_then(|stored| chunk::decode_verified(&id, &stored, &mut buf));
                     match result {
                         Ok(()) => {
                             bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
                         }
-                        Err(e) if e.is_bad_chunk() => {
-                            problems.lock().expect("not poisoned").push((id, e))
-                        }
+                        Err(e) if e.is_bad_chunk() => problems.lock().expect("not poisoned").push((id, e)),
                         Err(e) => {
                             fatal.lock().expect("not poisoned").get_or_insert(e);
                         }
@@ -128,12 +103,7 @@ pub fn verify(
         .into_iter()
         .map(|(id, e)| ChunkProblem {
             chunk: id.to_hex(),
-            kind: if matches!(e, Error::ChunkMissing { .. }) {
-                "missing"
-            } else {
-                "corrupt"
-            }
-            .to_string(),
+            kind: if matches!(e, Error::ChunkMissing { .. }) { "missing" } else { "corrupt" }.to_string(),
             reason: e.to_string(),
             affects: uses.remove(&id).unwrap_or_default(),
         })
@@ -144,10 +114,5 @@ pub fn verify(
             .map(|r| (&r.backup, r.disk, r.start))
             .cmp(&b.affects.first().map(|r| (&r.backup, r.disk, r.start)))
     });
-    Ok(VerifyReport {
-        backups: backups.len(),
-        chunks_checked: total,
-        bytes_checked: bytes.into_inner(),
-        problems,
-    })
+    Ok(VerifyReport { backups: backups.len(), chunks_checked: total, bytes_checked: bytes.into_inner(), problems })
 }

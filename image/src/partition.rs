@@ -90,11 +90,7 @@ pub fn read_partition_table(
             read_logical(e.lba, &mut read, &mut partitions)?;
         }
     }
-    Ok(Some(PartitionTable {
-        scheme: Scheme::Mbr,
-        sector_size: 512,
-        partitions,
-    }))
+    Ok(Some(PartitionTable { scheme: Scheme::Mbr, sector_size: 512, partitions }))
 }
 
 struct MbrEntry {
@@ -115,11 +111,7 @@ fn mbr_entries(sector: &[u8; 512]) -> Vec<MbrEntry> {
     (0..4)
         .map(|i| {
             let e = &sector[446 + 16 * i..446 + 16 * (i + 1)];
-            MbrEntry {
-                kind: e[4],
-                lba: le32(e, 8).into(),
-                sectors: le32(e, 12).into(),
-            }
+            MbrEntry { kind: e[4], lba: le32(e, 8).into(), sectors: le32(e, 12).into() }
         })
         .collect()
 }
@@ -199,11 +191,8 @@ fn read_gpt(
             continue;
         }
         let type_id = guid_string(&e[0..16]);
-        let name_units: Vec<u16> = e[56..128]
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .take_while(|&u| u != 0)
-            .collect();
+        let name_units: Vec<u16> =
+            e[56..128].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
         partitions.push(Partition {
             number: i as u32 + 1,
             start: first * ss,
@@ -213,11 +202,7 @@ fn read_gpt(
             name: String::from_utf16_lossy(&name_units),
         });
     }
-    Ok(Some(PartitionTable {
-        scheme: Scheme::Gpt,
-        sector_size,
-        partitions,
-    }))
+    Ok(Some(PartitionTable { scheme: Scheme::Gpt, sector_size, partitions }))
 }
 
 /// A GUID as text: the first three fields are stored little endian.
@@ -337,9 +322,7 @@ mod tests {
         for _ in 0..200 {
             let mut img = vec![0u8; 64 * 1024];
             for b in img.iter_mut() {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 *b = (x >> 33) as u8;
             }
             img[510] = 0x55;

@@ -7,16 +7,9 @@ use std::process::Command;
 /// The `livemount` binary that cargo built beside the test executable.
 pub fn livemount_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/..");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/..");
     let bin = dir.join("livemount");
-    assert!(
-        bin.exists(),
-        "{} is missing: build the workspace (cargo build --workspace) first",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} is missing: build the workspace (cargo build --workspace) first", bin.display());
     bin
 }
 
@@ -29,9 +22,7 @@ pub fn livemount(lib: &Path) -> assert_cmd::Command {
 
 /// Runs a command and panics with its output unless it succeeds.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -61,8 +52,7 @@ pub fn text_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut i = 0u64;
     while out.len() < len {
         out.extend_from_slice(
-            format!("line {i} of file {seed}: the quick brown fox jumps over the lazy dog\n")
-                .as_bytes(),
+            format!("line {i} of file {seed}: the quick brown fox jumps over the lazy dog\n").as_bytes(),
         );
         i += 1;
     }
@@ -77,11 +67,8 @@ pub fn populate_tree(root: &Path, seed: u64, random_mib: usize) {
     std::fs::write(root.join("etc/hostname"), format!("guest-{seed}\n")).unwrap();
     std::fs::write(root.join("etc/app/config.txt"), text_bytes(seed, 200_000)).unwrap();
     for i in 0..random_mib {
-        std::fs::write(
-            root.join(format!("var/data/blob{i}.bin")),
-            random_bytes(seed * 1000 + i as u64, 1 << 20),
-        )
-        .unwrap();
+        std::fs::write(root.join(format!("var/data/blob{i}.bin")), random_bytes(seed * 1000 + i as u64, 1 << 20))
+            .unwrap();
     }
 }
 
@@ -91,16 +78,9 @@ pub fn make_ext4_disk(dir: &Path, name: &str, tree: &Path, disk_mib: u64) -> Pat
     let disk = dir.join(name);
     let part = dir.join(format!("{name}.part"));
     let part_mib = disk_mib - 2;
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(disk_mib << 20)
-        .unwrap();
+    std::fs::File::create(&disk).unwrap().set_len(disk_mib << 20).unwrap();
     let mut sfdisk = Command::new("sfdisk");
-    sfdisk
-        .arg("--quiet")
-        .arg(&disk)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null());
+    sfdisk.arg("--quiet").arg(&disk).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
     let mut child = sfdisk.spawn().expect("sfdisk (package fdisk) is installed");
     {
         use std::io::Write;
@@ -118,18 +98,19 @@ pub fn make_ext4_disk(dir: &Path, name: &str, tree: &Path, disk_mib: u64) -> Pat
         .arg(tree)
         .arg(&part)
         .arg(format!("{part_mib}M")));
-    run(Command::new("dd")
-        .arg(format!("if={}", part.display()))
-        .arg(format!("of={}", disk.display()))
-        .args(["bs=1M", "seek=1", "conv=notrunc,sparse", "status=none"]));
+    run(Command::new("dd").arg(format!("if={}", part.display())).arg(format!("of={}", disk.display())).args([
+        "bs=1M",
+        "seek=1",
+        "conv=notrunc,sparse",
+        "status=none",
+    ]));
     std::fs::remove_file(&part).unwrap();
     disk
 }
 
 /// Parses a command's JSON output.
 pub fn json(out: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(out)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
+    serde_json::from_slice(out).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
 }
 
 /// A `livemount serve` daemon in a test folder (its own state, FUSE root and API socket), stopped with
@@ -142,11 +123,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(dir: &Path, library: &Path) -> Daemon {
-        let mut d = Daemon {
-            dir: dir.to_path_buf(),
-            library: library.to_path_buf(),
-            child: None,
-        };
+        let mut d = Daemon { dir: dir.to_path_buf(), library: library.to_path_buf(), child: None };
         d.restart();
         d
     }
@@ -173,11 +150,7 @@ impl Daemon {
     /// Starts the daemon (again) and waits until its API answers.
     pub fn restart(&mut self) {
         self.stop();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("daemon.log"))
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log")).unwrap();
         let child = Command::new(livemount_bin())
             .arg("--library")
             .arg(&self.library)
@@ -197,23 +170,14 @@ impl Daemon {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             let ok = self.api().exists()
-                && self
-                    .cli()
-                    .args(["mounts", "--json"])
-                    .output()
-                    .map(|o| o.status.success())
-                    .unwrap_or(false);
+                && self.cli().args(["mounts", "--json"]).output().map(|o| o.status.success()).unwrap_or(false);
             if ok {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("the daemon exited ({status}): {}", self.log());
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the daemon did not come up: {}",
-                self.log()
-            );
+            assert!(std::time::Instant::now() < deadline, "the daemon did not come up: {}", self.log());
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
@@ -221,10 +185,7 @@ impl Daemon {
     /// Stops the daemon cleanly (SIGTERM) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
             while child.try_wait().unwrap().is_none() {
                 if std::time::Instant::now() > deadline {
@@ -253,9 +214,6 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
         // A crashed daemon leaves its FUSE mount behind; detach it so the test folder can go.
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.fuse_root())
-            .status();
+        let _ = Command::new("umount").arg("-l").arg(self.fuse_root()).status();
     }
 }

@@ -12,34 +12,19 @@ use tests::{json, livemount, make_ext4_disk, populate_tree, random_bytes, run};
 /// A library in a temporary folder, with the chunk size given.
 fn new_library(dir: &Path, chunk_size: &str) -> PathBuf {
     let lib = dir.join("library");
-    livemount(&lib)
-        .args(["library", "init", "--chunk-size", chunk_size])
-        .assert()
-        .success();
+    livemount(&lib).args(["library", "init", "--chunk-size", chunk_size]).assert().success();
     lib
 }
 
 fn backup(lib: &Path, sources: &[&Path]) -> serde_json::Value {
-    let out = livemount(lib)
-        .args(["backup", "create", "--json"])
-        .args(sources)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "backup failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = livemount(lib).args(["backup", "create", "--json"]).args(sources).output().unwrap();
+    assert!(out.status.success(), "backup failed: {}", String::from_utf8_lossy(&out.stderr));
     json(&out.stdout)
 }
 
 fn restore_and_compare(lib: &Path, id: &str, original: &Path) {
     let dest = original.with_extension("restored");
-    livemount(lib)
-        .args(["backup", "restore", id])
-        .arg(&dest)
-        .assert()
-        .success();
+    livemount(lib).args(["backup", "restore", id]).arg(&dest).assert().success();
     assert!(
         std::fs::read(&dest).unwrap() == std::fs::read(original).unwrap(),
         "restore of {id} differs from {}",
@@ -49,10 +34,7 @@ fn restore_and_compare(lib: &Path, id: &str, original: &Path) {
 }
 
 fn verify_clean(lib: &Path) {
-    let out = livemount(lib)
-        .args(["backup", "verify", "--json"])
-        .output()
-        .unwrap();
+    let out = livemount(lib).args(["backup", "verify", "--json"]).output().unwrap();
     let report = json(&out.stdout);
     assert!(out.status.success(), "verify failed: {report}");
     assert_eq!(report["problems"].as_array().unwrap().len(), 0);
@@ -76,34 +58,16 @@ fn backup_of_partitioned_ext4_restores_bit_identical() {
     let id = out["id"].as_str().unwrap().to_string();
     let stats = &out["stats"];
     assert_eq!(stats["disk_bytes"], 64 << 20);
-    assert!(
-        stats["chunks_new"].as_u64().unwrap() > 90,
-        "the files' data was stored: {stats}"
-    );
-    assert!(
-        stats["bytes_read"].as_u64().unwrap() < 64 << 20,
-        "holes of the sparse image are not read: {stats}"
-    );
+    assert!(stats["chunks_new"].as_u64().unwrap() > 90, "the files' data was stored: {stats}");
+    assert!(stats["bytes_read"].as_u64().unwrap() < 64 << 20, "holes of the sparse image are not read: {stats}");
 
-    let show = json(
-        &livemount(&lib)
-            .args(["backup", "show", &id, "--json"])
-            .output()
-            .unwrap()
-            .stdout,
-    );
+    let show = json(&livemount(&lib).args(["backup", "show", &id, "--json"]).output().unwrap().stdout);
     let table = &show["disks"][0]["partition_table"];
     assert_eq!(table["scheme"], "gpt");
     assert_eq!(table["partitions"][0]["start"], 1 << 20);
     assert_eq!(table["partitions"][0]["type_name"], "Linux filesystem");
 
-    let list = json(
-        &livemount(&lib)
-            .args(["backup", "list", "--json"])
-            .output()
-            .unwrap()
-            .stdout,
-    );
+    let list = json(&livemount(&lib).args(["backup", "list", "--json"]).output().unwrap().stdout);
     assert_eq!(list.as_array().unwrap().len(), 1);
     restore_and_compare(&lib, &id, &disk);
     // The restored file is sparse: unused space of the disk is not written.
@@ -131,13 +95,7 @@ fn incremental_backup_stores_only_changed_chunks() {
     let mut changed = data.clone();
     let mut touched = std::collections::BTreeSet::new();
     let mut n = 0u64;
-    for (i, id) in before
-        .iter()
-        .enumerate()
-        .filter(|(_, id)| !id.is_zero())
-        .skip(10)
-        .step_by(7)
-    {
+    for (i, id) in before.iter().enumerate().filter(|(_, id)| !id.is_zero()).skip(10).step_by(7) {
         let off = i * 65536 + 8192;
         changed[off..off + 4096].copy_from_slice(&random_bytes(900 + n, 4096));
         touched.insert(i);
@@ -149,15 +107,10 @@ fn incremental_backup_stores_only_changed_chunks() {
     }
     std::fs::write(&disk, &changed).unwrap();
     let inc = backup(&lib, &[&disk]);
-    assert_eq!(
-        inc["stats"]["chunks_new"], 3,
-        "only the three changed chunks are new: {inc}"
-    );
+    assert_eq!(inc["stats"]["chunks_new"], 3, "only the three changed chunks are new: {inc}");
     let inc_id = inc["id"].as_str().unwrap();
     let after = chunk_ids(&lib, inc_id);
-    let differing: std::collections::BTreeSet<usize> = (0..before.len())
-        .filter(|&i| before[i] != after[i])
-        .collect();
+    let differing: std::collections::BTreeSet<usize> = (0..before.len()).filter(|&i| before[i] != after[i]).collect();
     assert_eq!(differing, touched);
 
     restore_and_compare(&lib, inc_id, &disk);
@@ -172,41 +125,22 @@ fn qcow2_of_the_same_disk_gives_the_same_chunk_ids() {
     populate_tree(&tree, 3, 3);
     let disk = make_ext4_disk(dir.path(), "disk.img", &tree, 40);
     let qcow = dir.path().join("disk.qcow2");
-    run(Command::new("qemu-img")
-        .args(["convert", "-O", "qcow2"])
-        .arg(&disk)
-        .arg(&qcow));
+    run(Command::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(&disk).arg(&qcow));
     let lib = new_library(dir.path(), "64K");
     let raw_id = backup(&lib, &[&disk])["id"].as_str().unwrap().to_string();
     let q = backup(&lib, &[&qcow]);
     let q_id = q["id"].as_str().unwrap().to_string();
     assert_eq!(chunk_ids(&lib, &raw_id), chunk_ids(&lib, &q_id));
-    assert_eq!(
-        q["stats"]["chunks_new"], 0,
-        "the qcow2 dedups fully against the raw image: {q}"
-    );
-    assert!(
-        q["stats"]["bytes_read"].as_u64().unwrap() < 40 << 20,
-        "unallocated clusters are not read: {q}"
-    );
-    let show = json(
-        &livemount(&lib)
-            .args(["backup", "show", &q_id, "--json"])
-            .output()
-            .unwrap()
-            .stdout,
-    );
+    assert_eq!(q["stats"]["chunks_new"], 0, "the qcow2 dedups fully against the raw image: {q}");
+    assert!(q["stats"]["bytes_read"].as_u64().unwrap() < 40 << 20, "unallocated clusters are not read: {q}");
+    let show = json(&livemount(&lib).args(["backup", "show", &q_id, "--json"]).output().unwrap().stdout);
     assert_eq!(show["disks"][0]["format"], "qcow2");
     restore_and_compare(&lib, &q_id, &disk);
 
     // Two disks in one backup (a VM with a qcow2 and a raw disk) restore to one file each.
     let two = backup(&lib, &[&qcow, &disk]);
     let out = dir.path().join("two");
-    livemount(&lib)
-        .args(["backup", "restore", two["id"].as_str().unwrap()])
-        .arg(&out)
-        .assert()
-        .success();
+    livemount(&lib).args(["backup", "restore", two["id"].as_str().unwrap()]).arg(&out).assert().success();
     let original = std::fs::read(&disk).unwrap();
     assert!(std::fs::read(out.join("disk0.img")).unwrap() == original);
     assert!(std::fs::read(out.join("disk1.img")).unwrap() == original);
@@ -219,33 +153,14 @@ fn verify_names_corrupt_and_missing_chunks_and_reads_fail_cleanly() {
     populate_tree(&tree, 4, 3);
     let disk = make_ext4_disk(dir.path(), "disk.img", &tree, 32);
     let lib_path = new_library(dir.path(), "64K");
-    let id = backup(&lib_path, &[&disk])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = backup(&lib_path, &[&disk])["id"].as_str().unwrap().to_string();
     verify_clean(&lib_path);
 
     let ids = chunk_ids(&lib_path, &id);
-    let (bad_index, bad) = ids
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| !c.is_zero())
-        .nth(20)
-        .map(|(i, c)| (i, *c))
-        .unwrap();
-    let (gone_index, gone) = ids
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| !c.is_zero() && **c != bad)
-        .nth(40)
-        .map(|(i, c)| (i, *c))
-        .unwrap();
-    let chunk_file = |c: &dedup::ChunkId| {
-        lib_path
-            .join("chunks")
-            .join(&c.to_hex()[..2])
-            .join(c.to_hex())
-    };
+    let (bad_index, bad) = ids.iter().enumerate().filter(|(_, c)| !c.is_zero()).nth(20).map(|(i, c)| (i, *c)).unwrap();
+    let (gone_index, gone) =
+        ids.iter().enumerate().filter(|(_, c)| !c.is_zero() && **c != bad).nth(40).map(|(i, c)| (i, *c)).unwrap();
+    let chunk_file = |c: &dedup::ChunkId| lib_path.join("chunks").join(&c.to_hex()[..2]).join(c.to_hex());
     // Flip one bit in the middle of the stored chunk; remove another.
     let mut stored = std::fs::read(chunk_file(&bad)).unwrap();
     let mid = stored.len() / 2;
@@ -253,19 +168,13 @@ fn verify_names_corrupt_and_missing_chunks_and_reads_fail_cleanly() {
     std::fs::write(chunk_file(&bad), &stored).unwrap();
     std::fs::remove_file(chunk_file(&gone)).unwrap();
 
-    let out = livemount(&lib_path)
-        .args(["backup", "verify", "--json"])
-        .output()
-        .unwrap();
+    let out = livemount(&lib_path).args(["backup", "verify", "--json"]).output().unwrap();
     assert!(!out.status.success(), "verify must fail");
     let report = json(&out.stdout);
     let problems = report["problems"].as_array().unwrap();
     assert_eq!(problems.len(), 2, "{report}");
     let find = |c: &dedup::ChunkId| {
-        problems
-            .iter()
-            .find(|p| p["chunk"] == c.to_hex())
-            .unwrap_or_else(|| panic!("{c} not named: {report}"))
+        problems.iter().find(|p| p["chunk"] == c.to_hex()).unwrap_or_else(|| panic!("{c} not named: {report}"))
     };
     assert_eq!(find(&bad)["kind"], "corrupt");
     assert_eq!(find(&gone)["kind"], "missing");
@@ -273,57 +182,32 @@ fn verify_names_corrupt_and_missing_chunks_and_reads_fail_cleanly() {
     assert_eq!(range["backup"], id.as_str());
     assert_eq!(range["start"], bad_index as u64 * 65536);
     assert_eq!(range["end"], (bad_index as u64 + 1) * 65536);
-    assert_eq!(
-        find(&gone)["affects"][0]["start"],
-        gone_index as u64 * 65536
-    );
+    assert_eq!(find(&gone)["affects"][0]["start"], gone_index as u64 * 65536);
 
     // The text output names the chunk too.
-    let text = livemount(&lib_path)
-        .args(["backup", "verify"])
-        .output()
-        .unwrap();
+    let text = livemount(&lib_path).args(["backup", "verify"]).output().unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(
-        text.contains(&bad.to_hex()) && text.contains("CORRUPT"),
-        "{text}"
-    );
+    assert!(text.contains(&bad.to_hex()) && text.contains("CORRUPT"), "{text}");
 
     // Random-access reads: the damaged chunk is an error, never wrong bytes; others read fine.
     let lib = Arc::new(dedup::Library::open(&lib_path).unwrap());
     let m = lib.resolve(&id).unwrap();
     let reader = dedup::BackupDisk::open(lib.clone(), &m, 0).unwrap();
     let mut buf = vec![0u8; 4096];
-    let err = reader
-        .read_at(bad_index as u64 * 65536 + 100, &mut buf)
-        .unwrap_err();
+    let err = reader.read_at(bad_index as u64 * 65536 + 100, &mut buf).unwrap_err();
     assert!(matches!(err, dedup::Error::ChunkCorrupt { .. }), "{err}");
-    let err = reader
-        .read_at(gone_index as u64 * 65536, &mut buf)
-        .unwrap_err();
+    let err = reader.read_at(gone_index as u64 * 65536, &mut buf).unwrap_err();
     assert!(matches!(err, dedup::Error::ChunkMissing { .. }), "{err}");
     let original = std::fs::read(&disk).unwrap();
-    let good = ids
-        .iter()
-        .position(|c| !c.is_zero() && *c != bad && *c != gone)
-        .unwrap() as u64
-        * 65536
-        + 10;
+    let good = ids.iter().position(|c| !c.is_zero() && *c != bad && *c != gone).unwrap() as u64 * 65536 + 10;
     reader.read_at(good, &mut buf).unwrap();
     assert_eq!(buf[..], original[good as usize..good as usize + 4096]);
 
     // Restore fails with a message naming the chunk.
-    let out = livemount(&lib_path)
-        .args(["backup", "restore", &id])
-        .arg(dir.path().join("r.img"))
-        .output()
-        .unwrap();
+    let out = livemount(&lib_path).args(["backup", "restore", &id]).arg(dir.path().join("r.img")).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("chunk") && (err.contains(&bad.to_hex()) || err.contains(&gone.to_hex())),
-        "{err}"
-    );
+    assert!(err.contains("chunk") && (err.contains(&bad.to_hex()) || err.contains(&gone.to_hex())), "{err}");
 }
 
 #[test]
@@ -333,14 +217,10 @@ fn concurrent_reads_of_a_backup_disk() {
     populate_tree(&tree, 5, 4);
     let disk = make_ext4_disk(dir.path(), "disk.img", &tree, 32);
     let lib_path = new_library(dir.path(), "64K");
-    let id = backup(&lib_path, &[&disk])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = backup(&lib_path, &[&disk])["id"].as_str().unwrap().to_string();
     let original = Arc::new(std::fs::read(&disk).unwrap());
     let lib = Arc::new(dedup::Library::open(&lib_path).unwrap());
-    let reader =
-        Arc::new(dedup::BackupDisk::open(lib.clone(), &lib.resolve(&id).unwrap(), 0).unwrap());
+    let reader = Arc::new(dedup::BackupDisk::open(lib.clone(), &lib.resolve(&id).unwrap(), 0).unwrap());
     let threads: Vec<_> = (0..8u64)
         .map(|t| {
             let (reader, original) = (reader.clone(), original.clone());
@@ -348,17 +228,12 @@ fn concurrent_reads_of_a_backup_disk() {
                 let size = original.len() as u64;
                 let mut x = t + 1;
                 for _ in 0..300 {
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                     let len = ((x >> 40) % 200_000 + 1) as usize;
                     let off = (x >> 8) % (size - len as u64);
                     let mut buf = vec![0u8; len];
                     reader.read_at(off, &mut buf).unwrap();
-                    assert!(
-                        buf[..] == original[off as usize..off as usize + len],
-                        "read at {off}+{len}"
-                    );
+                    assert!(buf[..] == original[off as usize..off as usize + len], "read at {off}+{len}");
                 }
             })
         })
@@ -367,10 +242,7 @@ fn concurrent_reads_of_a_backup_disk() {
         t.join().unwrap();
     }
     let mut buf = [0u8; 10];
-    assert!(matches!(
-        reader.read_at(original.len() as u64 - 5, &mut buf),
-        Err(dedup::Error::OutOfRange { .. })
-    ));
+    assert!(matches!(reader.read_at(original.len() as u64 - 5, &mut buf), Err(dedup::Error::OutOfRange { .. })));
 }
 
 /// A raw image of incompressible data, big enough that a backup takes a while.
@@ -418,40 +290,20 @@ fn kill_9_during_backup_leaves_a_clean_library_and_a_rerun_reuses_it() {
         let _ = child.kill(); // SIGKILL
         let status = child.wait().unwrap();
         killed_with.push(count_chunks(&lib));
-        assert!(
-            !status.success(),
-            "the backup was killed before it finished (round {round})"
-        );
+        assert!(!status.success(), "the backup was killed before it finished (round {round})");
         // No half backup is visible, and every stored chunk is whole.
-        let list = json(
-            &livemount(&lib)
-                .args(["backup", "list", "--json"])
-                .output()
-                .unwrap()
-                .stdout,
-        );
-        assert_eq!(
-            list.as_array().unwrap().len(),
-            0,
-            "no backup appears from a killed run"
-        );
+        let list = json(&livemount(&lib).args(["backup", "list", "--json"]).output().unwrap().stdout);
+        assert_eq!(list.as_array().unwrap().len(), 0, "no backup appears from a killed run");
         let l = dedup::Library::open(&lib).unwrap();
         for c in l.store().list().unwrap() {
             let mut out = Vec::new();
-            l.read_chunk(&c.id, 65536, &mut out)
-                .unwrap_or_else(|e| panic!("stored chunk damaged after kill -9: {e}"));
+            l.read_chunk(&c.id, 65536, &mut out).unwrap_or_else(|e| panic!("stored chunk damaged after kill -9: {e}"));
         }
     }
-    assert!(
-        killed_with.windows(2).all(|w| w[0] < w[1]) && killed_with[2] < total_chunks,
-        "{killed_with:?}"
-    );
+    assert!(killed_with.windows(2).all(|w| w[0] < w[1]) && killed_with[2] < total_chunks, "{killed_with:?}");
     let done = backup(&lib, &[&img]);
     let reused = done["stats"]["chunks_reused"].as_u64().unwrap();
-    assert!(
-        reused >= killed_with[2] as u64,
-        "the rerun reuses what was stored: {done}"
-    );
+    assert!(reused >= killed_with[2] as u64, "the rerun reuses what was stored: {done}");
     verify_clean(&lib);
     restore_and_compare(&lib, done["id"].as_str().unwrap(), &img);
 }
@@ -464,17 +316,11 @@ fn gc_while_backups_run_never_deletes_a_used_chunk() {
     // Garbage: a backup of the same data, forgotten. Its chunks are exactly what the next backup reuses,
     // so gc and the backup race for every chunk.
     let old = backup(&lib, &[&img]);
-    livemount(&lib)
-        .args(["backup", "forget", old["id"].as_str().unwrap()])
-        .assert()
-        .success();
+    livemount(&lib).args(["backup", "forget", old["id"].as_str().unwrap()]).assert().success();
     // An unrelated forgotten backup whose chunks gc must remove.
     let junk = big_random_image(dir.path(), "junk.img", 16, 99);
     let junk_backup = backup(&lib, &[&junk]);
-    livemount(&lib)
-        .args(["backup", "forget", junk_backup["id"].as_str().unwrap()])
-        .assert()
-        .success();
+    livemount(&lib).args(["backup", "forget", junk_backup["id"].as_str().unwrap()]).assert().success();
     std::thread::sleep(Duration::from_secs(3)); // older than gc's time margin
 
     let mut child = Command::new(tests::livemount_bin())
@@ -489,30 +335,16 @@ fn gc_while_backups_run_never_deletes_a_used_chunk() {
     let mut gc_runs = 0;
     let mut removed = 0u64;
     while child.try_wait().unwrap().is_none() || gc_runs == 0 {
-        let out = livemount(&lib)
-            .args(["library", "gc", "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = livemount(&lib).args(["library", "gc", "--json"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         removed += json(&out.stdout)["chunks_removed"].as_u64().unwrap();
         gc_runs += 1;
     }
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let id = json(&out.stdout)["id"].as_str().unwrap().to_string();
     assert!(gc_runs >= 2, "gc ran while the backup ran ({gc_runs} runs)");
-    assert!(
-        removed >= 256,
-        "gc removed the unrelated garbage ({removed} chunks)"
-    );
+    assert!(removed >= 256, "gc removed the unrelated garbage ({removed} chunks)");
     // After the backup: one more gc, then everything the backup needs is there and intact.
     livemount(&lib).args(["library", "gc"]).assert().success();
     verify_clean(&lib);
@@ -541,10 +373,7 @@ fn two_backups_at_once_both_succeed() {
             .unwrap()
     };
     let (ca, cb) = (spawn(&a), spawn(&b));
-    let (oa, ob) = (
-        ca.wait_with_output().unwrap(),
-        cb.wait_with_output().unwrap(),
-    );
+    let (oa, ob) = (ca.wait_with_output().unwrap(), cb.wait_with_output().unwrap());
     assert!(
         oa.status.success() && ob.status.success(),
         "{} {}",
@@ -554,18 +383,8 @@ fn two_backups_at_once_both_succeed() {
     verify_clean(&lib);
     restore_and_compare(&lib, json(&oa.stdout)["id"].as_str().unwrap(), &a);
     restore_and_compare(&lib, json(&ob.stdout)["id"].as_str().unwrap(), &b);
-    let stats = json(
-        &livemount(&lib)
-            .args(["library", "stats", "--json"])
-            .output()
-            .unwrap()
-            .stdout,
-    );
-    assert_eq!(
-        stats["stored_chunks"],
-        144 * 16,
-        "the shared half is stored once: {stats}"
-    );
+    let stats = json(&livemount(&lib).args(["library", "stats", "--json"]).output().unwrap().stdout);
+    assert_eq!(stats["stored_chunks"], 144 * 16, "the shared half is stored once: {stats}");
 }
 
 fn stderr_of(cmd: &mut assert_cmd::Command) -> String {
@@ -580,21 +399,11 @@ fn stderr_of(cmd: &mut assert_cmd::Command) -> String {
 fn bad_input_gets_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let lib = new_library(dir.path(), "1M");
-    let err = stderr_of(
-        livemount(&lib)
-            .args(["backup", "create"])
-            .arg(dir.path().join("nope.img")),
-    );
-    assert!(
-        err.contains("nope.img") && err.contains("no such file"),
-        "{err}"
-    );
+    let err = stderr_of(livemount(&lib).args(["backup", "create"]).arg(dir.path().join("nope.img")));
+    assert!(err.contains("nope.img") && err.contains("no such file"), "{err}");
 
     let err = stderr_of(livemount(&dir.path().join("elsewhere")).args(["backup", "list"]));
-    assert!(
-        err.contains("not a livemount library") && err.contains("library init"),
-        "{err}"
-    );
+    assert!(err.contains("not a livemount library") && err.contains("library init"), "{err}");
 
     let err = stderr_of(livemount(&lib).args(["backup", "show", "20990101-000000-abcdef"]));
     assert!(err.contains("no backup 20990101-000000-abcdef"), "{err}");
@@ -602,37 +411,18 @@ fn bad_input_gets_one_clear_line() {
     let err = stderr_of(livemount(&lib).args(["library", "init"]));
     assert!(err.contains("already holds a library"), "{err}");
 
-    let err = stderr_of(livemount(&dir.path().join("other")).args([
-        "library",
-        "init",
-        "--chunk-size",
-        "3M",
-    ]));
+    let err = stderr_of(livemount(&dir.path().join("other")).args(["library", "init", "--chunk-size", "3M"]));
     assert!(err.contains("invalid chunk size"), "{err}");
 
     // A truncated qcow2.
     let raw = big_random_image(dir.path(), "r.img", 8, 5);
     let qcow = dir.path().join("t.qcow2");
-    run(Command::new("qemu-img")
-        .args(["convert", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&qcow));
+    run(Command::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(&raw).arg(&qcow));
     let len = std::fs::metadata(&qcow).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&qcow)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    std::fs::OpenOptions::new().write(true).open(&qcow).unwrap().set_len(len / 2).unwrap();
     let err = stderr_of(livemount(&lib).args(["backup", "create"]).arg(&qcow));
     assert!(err.contains("t.qcow2"), "{err}");
-    let list = json(
-        &livemount(&lib)
-            .args(["backup", "list", "--json"])
-            .output()
-            .unwrap()
-            .stdout,
-    );
+    let list = json(&livemount(&lib).args(["backup", "list", "--json"]).output().unwrap().stdout);
     assert_eq!(list.as_array().unwrap().len(), 0);
 }
 
@@ -641,9 +431,7 @@ fn a_full_disk_fails_the_backup_and_leaves_the_library_consistent() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
-    run(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
-        .arg(&mnt));
+    run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"]).arg(&mnt));
     struct Unmount(PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
@@ -652,22 +440,13 @@ fn a_full_disk_fails_the_backup_and_leaves_the_library_consistent() {
     }
     let _guard = Unmount(mnt.clone());
     let lib = mnt.join("library");
-    livemount(&lib)
-        .args(["library", "init", "--chunk-size", "64K"])
-        .assert()
-        .success();
+    livemount(&lib).args(["library", "init", "--chunk-size", "64K"]).assert().success();
     let small = big_random_image(dir.path(), "small.img", 2, 1);
     let first = backup(&lib, &[&small]);
     let img = big_random_image(dir.path(), "big.img", 16, 2);
     let err = stderr_of(livemount(&lib).args(["backup", "create"]).arg(&img));
     assert!(err.contains("is full"), "{err}");
-    let list = json(
-        &livemount(&lib)
-            .args(["backup", "list", "--json"])
-            .output()
-            .unwrap()
-            .stdout,
-    );
+    let list = json(&livemount(&lib).args(["backup", "list", "--json"]).output().unwrap().stdout);
     assert_eq!(list.as_array().unwrap().len(), 1);
     let tmp_left = std::fs::read_dir(lib.join("tmp")).unwrap().count();
     assert_eq!(tmp_left, 0, "no temporary file is left behind");
@@ -678,10 +457,6 @@ fn a_full_disk_fails_the_backup_and_leaves_the_library_consistent() {
 
 fn restore_and_compare_into(lib: &Path, id: &str, original: &Path, dir: &Path) {
     let dest = dir.join("restored.img");
-    livemount(lib)
-        .args(["backup", "restore", id])
-        .arg(&dest)
-        .assert()
-        .success();
+    livemount(lib).args(["backup", "restore", id]).arg(&dest).assert().success();
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(original).unwrap());
 }

@@ -26,54 +26,22 @@ fn setup(disk_mib: u64, chunk: &str) -> Setup {
     populate_tree(&tree, 31, 5);
     let disk = make_ext4_disk(&dir, "disk.img", &tree, disk_mib);
     let lib = dir.join("library");
-    livemount(&lib)
-        .args(["library", "init", "--chunk-size", chunk])
-        .assert()
-        .success();
-    let out = livemount(&lib)
-        .args(["backup", "create", "--json"])
-        .arg(&disk)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    livemount(&lib).args(["library", "init", "--chunk-size", chunk]).assert().success();
+    let out = livemount(&lib).args(["backup", "create", "--json"]).arg(&disk).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let backup = json(&out.stdout)["id"].as_str().unwrap().to_string();
     let daemon = Daemon::start(&dir, &lib);
-    Setup {
-        _dir: tmp,
-        dir,
-        disk,
-        tree,
-        daemon,
-        backup,
-    }
+    Setup { _dir: tmp, dir, disk, tree, daemon, backup }
 }
 
 fn mount(d: &Daemon, backup: &str, extra: &[&str]) -> serde_json::Value {
-    let out = d
-        .cli()
-        .args(["mount", backup, "--json"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        d.log()
-    );
+    let out = d.cli().args(["mount", backup, "--json"]).args(extra).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), d.log());
     json(&out.stdout)
 }
 
 fn open_rw(p: &Path) -> File {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(p)
-        .unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
+    OpenOptions::new().read(true).write(true).open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
 }
 
 fn punch_hole(f: &File, offset: u64, len: u64) {
@@ -91,20 +59,10 @@ fn punch_hole(f: &File, offset: u64, len: u64) {
 
 fn verify_and_restore_identical(s: &Setup) {
     let lib = &s.daemon.library;
-    livemount(lib)
-        .args(["backup", "verify", &s.backup])
-        .assert()
-        .success();
+    livemount(lib).args(["backup", "verify", &s.backup]).assert().success();
     let restored = s.dir.join("restored.img");
-    livemount(lib)
-        .args(["backup", "restore", &s.backup])
-        .arg(&restored)
-        .assert()
-        .success();
-    assert!(
-        std::fs::read(&restored).unwrap() == std::fs::read(&s.disk).unwrap(),
-        "the backup is unchanged"
-    );
+    livemount(lib).args(["backup", "restore", &s.backup]).arg(&restored).assert().success();
+    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&s.disk).unwrap(), "the backup is unchanged");
 }
 
 #[test]
@@ -114,28 +72,18 @@ fn mount_read_write_browse_unmount_through_the_daemon() {
     let original = std::fs::read(&s.disk).unwrap();
 
     // The read-only view of the backup, straight from the library.
-    let backup_file = d
-        .fuse_root()
-        .join("backups")
-        .join(&s.backup)
-        .join("disk0.img");
+    let backup_file = d.fuse_root().join("backups").join(&s.backup).join("disk0.img");
     assert!(std::fs::read(&backup_file).unwrap() == original);
     let meta = std::fs::metadata(&backup_file).unwrap();
     assert_eq!(meta.len(), 48 << 20);
     assert!(meta.permissions().readonly());
-    assert!(
-        OpenOptions::new().write(true).open(&backup_file).is_err(),
-        "the backup's file is read-only"
-    );
+    assert!(OpenOptions::new().write(true).open(&backup_file).is_err(), "the backup's file is read-only");
 
     // A mount: the same bytes, writable.
     let m = mount(d, &s.backup, &["--name", "e2e"]);
     let id = m["id"].as_str().unwrap().to_string();
     let path = PathBuf::from(m["disks"][0]["fuse_path"].as_str().unwrap());
-    assert!(
-        std::fs::read(&path).unwrap() == original,
-        "the mount's file is the backup, bit for bit"
-    );
+    assert!(std::fs::read(&path).unwrap() == original, "the mount's file is the backup, bit for bit");
     let f = open_rw(&path);
     let data = random_bytes(5, 300_000);
     f.write_all_at(&data, 12_345_678).unwrap();
@@ -143,62 +91,33 @@ fn mount_read_write_browse_unmount_through_the_daemon() {
     let mut back = vec![0u8; data.len()];
     f.read_exact_at(&mut back, 12_345_678).unwrap();
     assert!(back == data);
-    assert!(
-        f.write_all_at(b"x", 48 << 20).is_err(),
-        "a disk does not grow"
-    );
+    assert!(f.write_all_at(b"x", 48 << 20).is_err(), "a disk does not grow");
     drop(f);
 
     let list = json(&d.cli().args(["mounts", "--json"]).output().unwrap().stdout);
     let c = &list[0]["disks"][0]["counters"];
     assert!(c["bytes_written"].as_u64().unwrap() >= 300_000, "{c}");
-    assert!(
-        c["private_blocks"].as_u64().unwrap() >= 300_000 / 4096,
-        "{c}"
-    );
+    assert!(c["private_blocks"].as_u64().unwrap() >= 300_000 / 4096, "{c}");
 
     // Browse: the backup's ext4 mounted read-only; a file compares equal to the original.
-    let out = d
-        .cli()
-        .args(["browse", &s.backup, "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        d.log()
-    );
+    let out = d.cli().args(["browse", &s.backup, "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), d.log());
     let b = json(&out.stdout);
     let browse_id = b["id"].as_str().unwrap().to_string();
     let fs = &b["browse"]["filesystems"][0];
     assert_eq!(fs["fstype"], "ext4");
     let root = PathBuf::from(fs["path"].as_str().unwrap());
     for rel in ["etc/hostname", "etc/app/config.txt", "var/data/blob3.bin"] {
-        assert!(
-            std::fs::read(root.join(rel)).unwrap() == std::fs::read(s.tree.join(rel)).unwrap(),
-            "{rel}"
-        );
+        assert!(std::fs::read(root.join(rel)).unwrap() == std::fs::read(s.tree.join(rel)).unwrap(), "{rel}");
     }
     let out = d.cli().args(["unmount", &browse_id]).output().unwrap();
-    assert!(
-        !out.status.success(),
-        "a browsed mount is not removed from under its file systems"
-    );
+    assert!(!out.status.success(), "a browsed mount is not removed from under its file systems");
     d.cli().args(["unbrowse", &browse_id]).assert().success();
-    assert!(
-        !root.exists()
-            || std::fs::read_dir(&root)
-                .map(|mut r| r.next().is_none())
-                .unwrap_or(true)
-    );
+    assert!(!root.exists() || std::fs::read_dir(&root).map(|mut r| r.next().is_none()).unwrap_or(true));
 
     // Unmount: stores and files gone; the backup verifies and restores identical.
     d.cli().args(["unmount", "e2e"]).assert().success();
-    assert!(
-        !d.state_dir().join("mounts").join(&id).exists(),
-        "the mount's stores are deleted"
-    );
+    assert!(!d.state_dir().join("mounts").join(&id).exists(), "the mount's stores are deleted");
     assert!(!path.exists());
     let list = json(&d.cli().args(["mounts", "--json"]).output().unwrap().stdout);
     assert_eq!(list.as_array().unwrap().len(), 0);
@@ -209,37 +128,16 @@ fn mount_read_write_browse_unmount_through_the_daemon() {
 fn browsing_one_file_recalls_only_what_it_needs() {
     let s = setup(96, "64K");
     let d = &s.daemon;
-    let out = d
-        .cli()
-        .args(["browse", &s.backup, "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        d.log()
-    );
+    let out = d.cli().args(["browse", &s.backup, "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), d.log());
     let b = json(&out.stdout);
     let root = PathBuf::from(b["browse"]["filesystems"][0]["path"].as_str().unwrap());
-    assert!(
-        std::fs::read(root.join("etc/hostname")).unwrap()
-            == std::fs::read(s.tree.join("etc/hostname")).unwrap()
-    );
+    assert!(std::fs::read(root.join("etc/hostname")).unwrap() == std::fs::read(s.tree.join("etc/hostname")).unwrap());
     let info = json(&d.cli().args(["mounts", "--json"]).output().unwrap().stdout);
     let c = &info[0]["disks"][0]["counters"];
-    let (recalled, total) = (
-        c["recalled_chunks"].as_u64().unwrap(),
-        c["chunks_total"].as_u64().unwrap(),
-    );
-    assert!(
-        recalled * 10 < total,
-        "reading one small file recalled {recalled} of {total} chunks"
-    );
-    d.cli()
-        .args(["unbrowse", b["id"].as_str().unwrap()])
-        .assert()
-        .success();
+    let (recalled, total) = (c["recalled_chunks"].as_u64().unwrap(), c["chunks_total"].as_u64().unwrap());
+    assert!(recalled * 10 < total, "reading one small file recalled {recalled} of {total} chunks");
+    d.cli().args(["unbrowse", b["id"].as_str().unwrap()]).assert().success();
 }
 
 #[test]
@@ -252,9 +150,7 @@ fn random_operations_through_the_file_view_match_a_model_across_restarts() {
     let mut f = open_rw(&path);
     let mut x = 99u64;
     let mut next = |n: u64| {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (x >> 33) % n
     };
     let mut restarts = 0;
@@ -265,17 +161,11 @@ fn random_operations_through_the_file_view_match_a_model_across_restarts() {
             0..=39 => {
                 let mut buf = vec![0u8; len as usize];
                 f.read_exact_at(&mut buf, off).unwrap();
-                assert!(
-                    buf[..] == model[off as usize..(off + len) as usize],
-                    "step {step}: read {off}+{len}"
-                );
+                assert!(buf[..] == model[off as usize..(off + len) as usize], "step {step}: read {off}+{len}");
             }
             40..=74 => {
-                let (off, len) = if next(2) == 0 {
-                    (off / 4096 * 4096, (len / 4096).max(1) * 4096)
-                } else {
-                    (off, len)
-                };
+                let (off, len) =
+                    if next(2) == 0 { (off / 4096 * 4096, (len / 4096).max(1) * 4096) } else { (off, len) };
                 let len = len.min(size - off);
                 let data = random_bytes(step, len as usize);
                 f.write_all_at(&data, off).unwrap();
@@ -297,11 +187,7 @@ fn random_operations_through_the_file_view_match_a_model_across_restarts() {
     assert!(restarts >= 20, "{restarts} restarts");
     assert!(std::fs::read(&path).unwrap() == model);
     drop(f);
-    s.daemon
-        .cli()
-        .args(["unmount", m["id"].as_str().unwrap()])
-        .assert()
-        .success();
+    s.daemon.cli().args(["unmount", m["id"].as_str().unwrap()]).assert().success();
     verify_and_restore_identical(&s);
 }
 
@@ -345,10 +231,7 @@ fn flushed_writes_survive_kill_9_of_the_daemon() {
         s.daemon.kill9();
         let (acked, pending) = writer.join().unwrap();
         drop(f);
-        assert!(
-            !acked.is_empty(),
-            "round {round}: the writer got acknowledgements before the kill"
-        );
+        assert!(!acked.is_empty(), "round {round}: the writer got acknowledgements before the kill");
         total_acked += acked.len();
         let before = expected.clone();
         for (slot, data) in &acked {
@@ -363,15 +246,10 @@ fn flushed_writes_survive_kill_9_of_the_daemon() {
                 continue;
             }
             // Unacknowledged writes may or may not have landed, block by block.
-            let candidates: Vec<&Vec<u8>> = pending
-                .iter()
-                .filter(|(s2, _)| *s2 == slot)
-                .map(|(_, d)| d)
-                .collect();
+            let candidates: Vec<&Vec<u8>> = pending.iter().filter(|(s2, _)| *s2 == slot).map(|(_, d)| d).collect();
             for b in 0..SLOT / 4096 {
                 let r = b * 4096..(b + 1) * 4096;
-                let ok = got[r.clone()] == want[r.clone()]
-                    || candidates.iter().any(|c| got[r.clone()] == c[r.clone()]);
+                let ok = got[r.clone()] == want[r.clone()] || candidates.iter().any(|c| got[r.clone()] == c[r.clone()]);
                 assert!(ok, "round {round}: slot {slot} block {b} holds data that was neither flushed nor written");
             }
             // Adopt what is there now as the new expectation for unacknowledged slots.
@@ -379,15 +257,8 @@ fn flushed_writes_survive_kill_9_of_the_daemon() {
         }
         let _ = before;
     }
-    assert!(
-        total_acked > 40,
-        "{total_acked} acknowledged writes were checked"
-    );
-    s.daemon
-        .cli()
-        .args(["unmount", m["id"].as_str().unwrap()])
-        .assert()
-        .success();
+    assert!(total_acked > 40, "{total_acked} acknowledged writes were checked");
+    s.daemon.cli().args(["unmount", m["id"].as_str().unwrap()]).assert().success();
     verify_and_restore_identical(&s);
 }
 
@@ -397,22 +268,9 @@ fn a_missing_chunk_fails_reads_with_eio_and_the_log_names_it() {
     let lib = dedup::Library::open(&s.daemon.library).unwrap();
     let m = lib.resolve(&s.backup).unwrap();
     let index = lib.load_index(&m, 0).unwrap();
-    let (i, gone) = index
-        .chunks
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| !c.is_zero())
-        .nth(30)
-        .map(|(i, c)| (i, *c))
-        .unwrap();
-    std::fs::remove_file(
-        s.daemon
-            .library
-            .join("chunks")
-            .join(&gone.to_hex()[..2])
-            .join(gone.to_hex()),
-    )
-    .unwrap();
+    let (i, gone) =
+        index.chunks.iter().enumerate().filter(|(_, c)| !c.is_zero()).nth(30).map(|(i, c)| (i, *c)).unwrap();
+    std::fs::remove_file(s.daemon.library.join("chunks").join(&gone.to_hex()[..2]).join(gone.to_hex())).unwrap();
     let info = mount(&s.daemon, &s.backup, &[]);
     let path = PathBuf::from(info["disks"][0]["fuse_path"].as_str().unwrap());
     let f = File::open(&path).unwrap();
@@ -421,8 +279,5 @@ fn a_missing_chunk_fails_reads_with_eio_and_the_log_names_it() {
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     f.read_exact_at(&mut buf, 0).unwrap();
     let log = s.daemon.log();
-    assert!(
-        log.contains(&gone.to_hex()) && log.contains(&s.backup),
-        "the log names the chunk and the backup: {log}"
-    );
+    assert!(log.contains(&gone.to_hex()) && log.contains(&s.backup), "the log names the chunk and the backup: {log}");
 }

@@ -62,10 +62,7 @@ pub fn run(cli: &Cli, cmd: &BackupCmd) -> anyhow::Result<i32> {
             } else if all.is_empty() {
                 println!("no backups in {}", lib.root().display());
             } else {
-                println!(
-                    "{:<23} {:<20} {:<20} {:>5} {:>10}",
-                    "ID", "NAME", "CREATED", "DISKS", "SIZE"
-                );
+                println!("{:<23} {:<20} {:<20} {:>5} {:>10}", "ID", "NAME", "CREATED", "DISKS", "SIZE");
                 for m in &all {
                     let total: u64 = m.disks.iter().map(|d| d.size).sum();
                     println!(
@@ -96,32 +93,20 @@ pub fn run(cli: &Cli, cmd: &BackupCmd) -> anyhow::Result<i32> {
             if cli.json {
                 print_json(&serde_json::json!({ "forgotten": m.id }));
             } else {
-                println!(
-                    "forgot backup {}; run `livemount library gc` to free its unused chunks",
-                    m.id
-                );
+                println!("forgot backup {}; run `livemount library gc` to free its unused chunks", m.id);
             }
             Ok(0)
         }
     }
 }
 
-fn create(
-    cli: &Cli,
-    lib: &dedup::Library,
-    sources: &[PathBuf],
-    name: Option<String>,
-) -> anyhow::Result<i32> {
+fn create(cli: &Cli, lib: &dedup::Library, sources: &[PathBuf], name: Option<String>) -> anyhow::Result<i32> {
     let mut disks = Vec::new();
     for path in sources {
         let mut source = dedup::source::open(path)?;
         let partition_table = crate::partitions::summarize(&mut *source)
             .with_context(|| format!("reading the partition table of {}", path.display()))?;
-        disks.push(DiskInput {
-            label: path.display().to_string(),
-            source,
-            partition_table,
-        });
+        disks.push(DiskInput { label: path.display().to_string(), source, partition_table });
     }
     let total = disks.iter().map(|d| d.source.size()).sum();
     let bar = output::byte_bar(total, cli.json, "backup");
@@ -197,11 +182,7 @@ fn restore(
     let m = lib.resolve(id)?;
     let disks: Vec<usize> = match only {
         Some(d) if d >= m.disks.len() => {
-            return Err(dedup::Error::DiskNotFound {
-                backup: m.id.clone(),
-                disk: d,
-            }
-            .into())
+            return Err(dedup::Error::DiskNotFound { backup: m.id.clone(), disk: d }.into())
         }
         Some(d) => vec![d],
         None => (0..m.disks.len()).collect(),
@@ -209,34 +190,19 @@ fn restore(
     let targets: Vec<PathBuf> = if disks.len() == 1 {
         vec![dest.to_path_buf()]
     } else {
-        std::fs::create_dir_all(dest)
-            .with_context(|| format!("creating folder {}", dest.display()))?;
-        disks
-            .iter()
-            .map(|d| dest.join(format!("disk{d}.img")))
-            .collect()
+        std::fs::create_dir_all(dest).with_context(|| format!("creating folder {}", dest.display()))?;
+        disks.iter().map(|d| dest.join(format!("disk{d}.img"))).collect()
     };
     let mut written = Vec::new();
     for (d, target) in disks.iter().zip(&targets) {
         let disk = BackupDisk::open(lib.clone(), &m, *d)?;
         let bar = output::byte_bar(disk.size(), cli.json, &format!("disk {d}"));
-        dedup::restore::restore_disk(&disk, target, &|done| bar.set_position(done)).with_context(
-            || {
-                format!(
-                    "restoring disk {d} of backup {} to {}",
-                    m.id,
-                    target.display()
-                )
-            },
-        )?;
+        dedup::restore::restore_disk(&disk, target, &|done| bar.set_position(done))
+            .with_context(|| format!("restoring disk {d} of backup {} to {}", m.id, target.display()))?;
         bar.finish_and_clear();
         written.push(serde_json::json!({ "disk": d, "path": target, "size": disk.size() }));
         if !cli.json {
-            println!(
-                "restored disk {d} ({}) to {}",
-                size(disk.size()),
-                target.display()
-            );
+            println!("restored disk {d} ({}) to {}", size(disk.size()), target.display());
         }
     }
     if cli.json {
@@ -262,10 +228,7 @@ fn verify(cli: &Cli, lib: &dedup::Library, id: Option<&str>) -> anyhow::Result<i
         for p in &report.problems {
             println!("{} chunk {}: {}", p.kind.to_uppercase(), p.chunk, p.reason);
             for r in &p.affects {
-                println!(
-                    "  affects backup {} disk {} bytes {}..{}",
-                    r.backup, r.disk, r.start, r.end
-                );
+                println!("  affects backup {} disk {} bytes {}..{}", r.backup, r.disk, r.start, r.end);
             }
         }
         if report.is_clean() {
@@ -276,11 +239,7 @@ fn verify(cli: &Cli, lib: &dedup::Library, id: Option<&str>) -> anyhow::Result<i
                 size(report.bytes_checked)
             );
         } else {
-            println!(
-                "verify FAILED: {} of {} chunks missing or corrupt",
-                report.problems.len(),
-                report.chunks_checked
-            );
+            println!("verify FAILED: {} of {} chunks missing or corrupt", report.problems.len(), report.chunks_checked);
         }
     }
     Ok(if report.is_clean() { 0 } else { 1 })

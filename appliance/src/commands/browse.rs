@@ -21,24 +21,13 @@ pub struct UnbrowseArgs {
 
 pub fn browse(cli: &Cli, args: &BrowseArgs) -> anyhow::Result<i32> {
     let client = Client::new(cli.api.clone())?;
-    let info: MountInfo = client.post(
-        "/v1/browse",
-        &BrowseRequest {
-            backup: args.backup.clone(),
-        },
-    )?;
+    let info: MountInfo = client.post("/v1/browse", &BrowseRequest { backup: args.backup.clone() })?;
     if cli.json {
         print_json(&info);
     } else {
-        println!(
-            "browsing backup {} as mount {} (read-only)",
-            info.backup, info.id
-        );
+        println!("browsing backup {} as mount {} (read-only)", info.backup, info.id);
         for fs in info.browse.iter().flat_map(|b| &b.filesystems) {
-            println!(
-                "  disk {} partition {} ({}): {}",
-                fs.disk, fs.partition, fs.fstype, fs.path
-            );
+            println!("  disk {} partition {} ({}): {}", fs.disk, fs.partition, fs.fstype, fs.path);
         }
         println!("when done: livemount unbrowse {}", info.id);
     }

@@ -29,15 +29,9 @@ pub fn run(cli: &Cli, cmd: &LibraryCmd) -> anyhow::Result<i32> {
             let cs = u32::try_from(cs).map_err(|_| dedup::Error::InvalidChunkSize { size: cs })?;
             let lib = Library::init(&cli.library, cs)?;
             if cli.json {
-                print_json(
-                    &serde_json::json!({ "path": lib.root(), "chunk_size": lib.chunk_size() }),
-                );
+                print_json(&serde_json::json!({ "path": lib.root(), "chunk_size": lib.chunk_size() }));
             } else {
-                println!(
-                    "created library {} (chunk size {})",
-                    lib.root().display(),
-                    size(cs.into())
-                );
+                println!("created library {} (chunk size {})", lib.root().display(), size(cs.into()));
             }
         }
         LibraryCmd::Stats => {
@@ -50,19 +44,9 @@ pub fn run(cli: &Cli, cmd: &LibraryCmd) -> anyhow::Result<i32> {
                 println!("chunk size   {}", size(s.chunk_size.into()));
                 println!("backups      {} ({} disks)", s.backups, s.disks);
                 println!("disk bytes   {}", size(s.logical_bytes));
-                println!(
-                    "data bytes   {} (non-zero chunks of every disk)",
-                    size(s.data_bytes)
-                );
-                println!(
-                    "stored       {} in {} chunks",
-                    size(s.stored_bytes),
-                    s.stored_chunks
-                );
-                println!(
-                    "reduction    {:.2}x (dedup and compression)",
-                    s.reduction_ratio
-                );
+                println!("data bytes   {} (non-zero chunks of every disk)", size(s.data_bytes));
+                println!("stored       {} in {} chunks", size(s.stored_bytes), s.stored_chunks);
+                println!("reduction    {:.2}x (dedup and compression)", s.reduction_ratio);
             }
         }
         LibraryCmd::Gc => {

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::api_types::{MountInfo, MountRequest};
+use crate::api_types::{MountInfo, MountRequest, TargetAccess};
 use crate::cli::Cli;
 use crate::client::Client;
 use crate::output::{print_json, size};
@@ -17,6 +17,20 @@ pub struct MountArgs {
     /// A name to find the mount by.
     #[arg(long)]
     pub name: Option<String>,
+    /// Require CHAP: the user initiators log in as (with --chap-secret).
+    #[arg(long, requires = "chap_secret")]
+    pub chap_user: Option<String>,
+    /// The CHAP secret initiators must prove (12 to 16 characters is what most initiators accept).
+    #[arg(long, requires = "chap_user")]
+    pub chap_secret: Option<String>,
+    /// Mutual CHAP: the user the target answers as (with --mutual-chap-secret).
+    #[arg(long, requires_all = ["mutual_chap_secret", "chap_user"])]
+    pub mutual_chap_user: Option<String>,
+    #[arg(long, requires = "mutual_chap_user")]
+    pub mutual_chap_secret: Option<String>,
+    /// Only these initiator IQNs may log in (repeat for several).
+    #[arg(long = "allow-initiator")]
+    pub allow_initiators: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -27,21 +41,17 @@ pub struct UnmountArgs {
 
 pub fn mount(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
     let client = Client::new(cli.api.clone())?;
-    let req = MountRequest {
-        backup: args.backup.clone(),
-        name: args.name.clone(),
-        read_only: args.read_only,
+    let access = TargetAccess {
+        chap: args.chap_user.clone().zip(args.chap_secret.clone()),
+        mutual_chap: args.mutual_chap_user.clone().zip(args.mutual_chap_secret.clone()),
+        allowed_initiators: args.allow_initiators.clone(),
     };
+    let req = MountRequest { backup: args.backup.clone(), name: args.name.clone(), read_only: args.read_only, access };
     let info: MountInfo = client.post("/v1/mounts", &req)?;
     if cli.json {
         print_json(&info);
     } else {
-        println!(
-            "mount {} of backup {}{}",
-            info.id,
-            info.backup,
-            if info.read_only { " (read-only)" } else { "" }
-        );
+        println!("mount {} of backup {}{}", info.id, info.backup, if info.read_only { " (read-only)" } else { "" });
         for d in &info.disks {
             println!("  disk {}: {} ({})", d.disk, d.fuse_path, size(d.size));
         }
@@ -92,10 +102,7 @@ pub fn unmount(cli: &Cli, args: &UnmountArgs) -> anyhow::Result<i32> {
     if cli.json {
         print_json(&info);
     } else {
-        println!(
-            "unmounted {}; its stores are deleted and backup {} is as it was",
-            info.id, info.backup
-        );
+        println!("unmounted {}; its stores are deleted and backup {} is as it was", info.id, info.backup);
     }
     Ok(0)
 }

@@ -15,16 +15,28 @@ pub struct ServeArgs {
     /// Where the FUSE file view is mounted.
     #[arg(long, default_value = "/run/livemount/fs")]
     pub fuse_root: PathBuf,
+    /// The iSCSI portal's address.
+    #[arg(long, default_value = "0.0.0.0:3260")]
+    pub portal: std::net::SocketAddr,
+    /// The address initiators reach the appliance at (default: the portal's address, or 127.0.0.1 when it
+    /// listens on every address).
+    #[arg(long)]
+    pub advertise: Option<String>,
 }
 
 pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<i32> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LIVEMOUNT_LOG")
-        .unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LIVEMOUNT_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let advertise = args.advertise.clone().unwrap_or_else(|| {
+        if args.portal.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            args.portal.ip().to_string()
+        }
+    });
     daemon::run(ServeOptions {
+        portal: args.portal,
+        advertise,
         state_dir: args.state_dir.clone(),
         fuse_root: args.fuse_root.clone(),
         api: cli.api.clone(),

@@ -12,10 +12,7 @@ use crate::api_types::{BrowseRequest, MountInfo, MountRequest};
 
 pub fn routes(manager: Arc<Manager>) -> Router {
     Router::new()
-        .route(
-            "/v1/health",
-            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
-        )
+        .route("/v1/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/v1/mounts", get(list_mounts).post(create_mount))
         .route("/v1/mounts/{id}", get(get_mount).delete(remove_mount))
         .route("/v1/browse", post(browse))
@@ -34,30 +31,18 @@ async fn create_mount(
     m.create(&req, false).await.map(Json)
 }
 
-async fn get_mount(
-    State(m): State<Arc<Manager>>,
-    Path(id): Path<String>,
-) -> Result<Json<MountInfo>, ApiError> {
+async fn get_mount(State(m): State<Arc<Manager>>, Path(id): Path<String>) -> Result<Json<MountInfo>, ApiError> {
     m.get(&id).await.map(Json)
 }
 
-async fn remove_mount(
-    State(m): State<Arc<Manager>>,
-    Path(id): Path<String>,
-) -> Result<Json<MountInfo>, ApiError> {
+async fn remove_mount(State(m): State<Arc<Manager>>, Path(id): Path<String>) -> Result<Json<MountInfo>, ApiError> {
     m.remove(&id).await.map(Json)
 }
 
-async fn browse(
-    State(m): State<Arc<Manager>>,
-    Json(req): Json<BrowseRequest>,
-) -> Result<Json<MountInfo>, ApiError> {
+async fn browse(State(m): State<Arc<Manager>>, Json(req): Json<BrowseRequest>) -> Result<Json<MountInfo>, ApiError> {
     m.browse(&req.backup).await.map(Json)
 }
 
-async fn unbrowse(
-    State(m): State<Arc<Manager>>,
-    Path(id): Path<String>,
-) -> Result<Json<MountInfo>, ApiError> {
+async fn unbrowse(State(m): State<Arc<Manager>>, Path(id): Path<String>) -> Result<Json<MountInfo>, ApiError> {
     m.unbrowse(&id).await.map(Json)
 }

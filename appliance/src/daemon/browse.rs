@@ -29,10 +29,7 @@ async fn run(cmd: &mut Command) -> Result<String, ApiError> {
 
 /// Attaches each disk file read-only with partition scan and mounts every file system found.
 pub async fn browse(disk_files: &[PathBuf], root: &Path) -> Result<BrowseInfo, ApiError> {
-    let mut info = BrowseInfo {
-        loop_devices: Vec::new(),
-        filesystems: Vec::new(),
-    };
+    let mut info = BrowseInfo { loop_devices: Vec::new(), filesystems: Vec::new() };
     let result = browse_into(disk_files, root, &mut info).await;
     if let Err(e) = result {
         undo(&info).await;
@@ -40,23 +37,15 @@ pub async fn browse(disk_files: &[PathBuf], root: &Path) -> Result<BrowseInfo, A
     }
     if info.filesystems.is_empty() {
         undo(&info).await;
-        return Err(ApiError::conflict(
-            "no mountable file system was found on the backup's disks",
-        ));
+        return Err(ApiError::conflict("no mountable file system was found on the backup's disks"));
     }
     Ok(info)
 }
 
-async fn browse_into(
-    disk_files: &[PathBuf],
-    root: &Path,
-    info: &mut BrowseInfo,
-) -> Result<(), ApiError> {
+async fn browse_into(disk_files: &[PathBuf], root: &Path, info: &mut BrowseInfo) -> Result<(), ApiError> {
     for (disk, file) in disk_files.iter().enumerate() {
-        let dev = run(Command::new("losetup")
-            .args(["--find", "--show", "--read-only", "--partscan"])
-            .arg(file))
-        .await?;
+        let dev =
+            run(Command::new("losetup").args(["--find", "--show", "--read-only", "--partscan"]).arg(file)).await?;
         info.loop_devices.push(dev.clone());
         let name = dev.trim_start_matches("/dev/").to_string();
         // Some kernels leave the scan to user space: partx adds the partitions the table lists.
@@ -76,11 +65,7 @@ async fn browse_into(
             candidates.push((0, dev.clone())); // a file system on the whole disk
         }
         for (partition, device) in candidates {
-            let Ok(fstype) = run(Command::new("blkid")
-                .args(["-o", "value", "-s", "TYPE"])
-                .arg(&device))
-            .await
-            else {
+            let Ok(fstype) = run(Command::new("blkid").args(["-o", "value", "-s", "TYPE"]).arg(&device)).await else {
                 continue; // no file system (swap signatures, BIOS boot partitions, ...)
             };
             let options = match fstype.as_str() {
@@ -91,18 +76,8 @@ async fn browse_into(
             };
             let path = root.join(format!("disk{disk}p{partition}"));
             std::fs::create_dir_all(&path)?;
-            run(Command::new("mount")
-                .args(["-t", &fstype, "-o", options])
-                .arg(&device)
-                .arg(&path))
-            .await?;
-            info.filesystems.push(BrowsedFs {
-                disk,
-                partition,
-                device,
-                fstype,
-                path: path.display().to_string(),
-            });
+            run(Command::new("mount").args(["-t", &fstype, "-o", options]).arg(&device).arg(&path)).await?;
+            info.filesystems.push(BrowsedFs { disk, partition, device, fstype, path: path.display().to_string() });
         }
     }
     Ok(())

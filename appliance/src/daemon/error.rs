@@ -13,40 +13,24 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn not_found(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: message.into(),
-        }
+        ApiError { status: StatusCode::NOT_FOUND, message: message.into() }
     }
     pub fn conflict(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::CONFLICT,
-            message: message.into(),
-        }
+        ApiError { status: StatusCode::CONFLICT, message: message.into() }
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: message.into(),
-        }
+        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.into() }
     }
 }
 
 impl From<dedup::Error> for ApiError {
     fn from(e: dedup::Error) -> Self {
         let status = match &e {
-            dedup::Error::BackupNotFound { .. } | dedup::Error::DiskNotFound { .. } => {
-                StatusCode::NOT_FOUND
-            }
-            dedup::Error::AmbiguousBackupId { .. } | dedup::Error::NotALibrary { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            dedup::Error::BackupNotFound { .. } | dedup::Error::DiskNotFound { .. } => StatusCode::NOT_FOUND,
+            dedup::Error::AmbiguousBackupId { .. } | dedup::Error::NotALibrary { .. } => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError {
-            status,
-            message: e.to_string(),
-        }
+        ApiError { status, message: e.to_string() }
     }
 }
 
@@ -64,12 +48,6 @@ impl From<std::io::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            axum::Json(ErrorBody {
-                error: self.message,
-            }),
-        )
-            .into_response()
+        (self.status, axum::Json(ErrorBody { error: self.message })).into_response()
     }
 }

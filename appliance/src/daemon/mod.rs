@@ -15,6 +15,9 @@ use blockdev::fuse::FileView;
 use crate::client::ApiAddr;
 
 pub struct ServeOptions {
+    pub portal: std::net::SocketAddr,
+    /// The address initiators are told to reach the portal at (TargetAddress, iSCSI URLs).
+    pub advertise: String,
     pub state_dir: PathBuf,
     pub fuse_root: PathBuf,
     pub api: ApiAddr,
@@ -22,10 +25,7 @@ pub struct ServeOptions {
 }
 
 pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?;
     rt.block_on(serve(opts))
 }
 
@@ -41,29 +41,26 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let engine = Engine::start().context("starting the block engine")?;
     tracing::info!(backend = ?engine.backend(), "block engine");
     let view = FileView::new();
-    let manager = mounts::Manager::new(
-        &opts.state_dir,
-        &opts.fuse_root,
-        &opts.library,
-        engine,
-        view.clone(),
-    );
+    let iscsi = tokio::net::TcpListener::bind(opts.portal).await.with_context(|| {
+        format!("binding the iSCSI portal {} (is another target, such as tgtd, using the port?)", opts.portal)
+    })?;
+    let advertise = format!("{}:{}", opts.advertise, iscsi.local_addr()?.port());
+    let portal = blockdev::iscsi::Portal::new(advertise);
+    tracing::info!(portal = %opts.portal, advertise = %portal.advertise, "iSCSI portal listening");
+    tokio::spawn(blockdev::iscsi::serve(iscsi, portal.clone()));
+    let manager = mounts::Manager::new(&opts.state_dir, &opts.fuse_root, &opts.library, engine, view.clone(), portal);
     manager.show_backups();
     manager.load().await;
 
-    let fuse = blockdev::fuse::mount(view, &opts.fuse_root, tokio::runtime::Handle::current())
-        .with_context(|| {
-            format!(
-                "mounting the file view at {} (is the daemon running as root?)",
-                opts.fuse_root.display()
-            )
-        })?;
+    let fuse = blockdev::fuse::mount(view, &opts.fuse_root, tokio::runtime::Handle::current()).with_context(|| {
+        format!("mounting the file view at {} (is the daemon running as root?)", opts.fuse_root.display())
+    })?;
     tracing::info!(path = %opts.fuse_root.display(), "file view mounted");
 
     let app = api::routes(manager.clone());
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("signal handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
         tokio::select! {
             _ = term.recv() => {},
             _ = tokio::signal::ctrl_c() => {},
@@ -82,19 +79,14 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
             tracing::info!(socket = %path.display(), "API listening");
             notify_ready();
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
         }
         ApiAddr::Tcp(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the API address {addr}"))?;
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the API address {addr}"))?;
             tracing::info!(%addr, "API listening");
             notify_ready();
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
         }
     };
     manager.shutdown().await;

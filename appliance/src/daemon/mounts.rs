@@ -20,7 +20,11 @@ use serde::{Deserialize, Serialize};
 
 use super::browse;
 use super::error::ApiError;
-use crate::api_types::{BrowseInfo, DiskCounters, DiskInfo, MountInfo, MountRequest};
+use blockdev::iscsi::chap::ChapConfig;
+use blockdev::iscsi::{Portal, Target};
+use blockdev::scsi::{Lun, LunSet};
+
+use crate::api_types::{BrowseInfo, DiskCounters, DiskInfo, MountInfo, MountRequest, TargetAccess};
 use crate::library_source::{BackupFile, LibrarySource};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +41,8 @@ struct MountState {
     for_browse: bool,
     #[serde(default)]
     browse: Option<BrowseInfo>,
+    #[serde(default)]
+    access: TargetAccess,
 }
 
 struct Mount {
@@ -45,6 +51,7 @@ struct Mount {
 }
 
 pub struct Manager {
+    portal: Arc<Portal>,
     state_dir: PathBuf,
     fuse_root: PathBuf,
     library_path: PathBuf,
@@ -61,8 +68,10 @@ impl Manager {
         library_path: &Path,
         engine: Engine,
         view: Arc<FileView>,
+        portal: Arc<Portal>,
     ) -> Arc<Manager> {
         Arc::new(Manager {
+            portal,
             state_dir: state_dir.to_path_buf(),
             fuse_root: fuse_root.to_path_buf(),
             library_path: library_path.to_path_buf(),
@@ -110,9 +119,8 @@ impl Manager {
                     if !opened.contains_key(&m.id) {
                         let files: Result<Vec<Arc<dyn ViewFile>>, _> = (0..m.disks.len())
                             .map(|d| {
-                                BackupDisk::open(lib.clone(), &m, d).map(|disk| {
-                                    Arc::new(BackupFile::new(Arc::new(disk))) as Arc<dyn ViewFile>
-                                })
+                                BackupDisk::open(lib.clone(), &m, d)
+                                    .map(|disk| Arc::new(BackupFile::new(Arc::new(disk))) as Arc<dyn ViewFile>)
                             })
                             .collect();
                         match files {
@@ -125,11 +133,8 @@ impl Manager {
                             }
                         }
                     }
-                    let files = opened[&m.id]
-                        .iter()
-                        .enumerate()
-                        .map(|(d, f)| (format!("disk{d}.img"), f.clone()))
-                        .collect();
+                    let files =
+                        opened[&m.id].iter().enumerate().map(|(d, f)| (format!("disk{d}.img"), f.clone())).collect();
                     out.push((m.id.clone(), files, parse_time(&m.created)));
                 }
                 out
@@ -150,28 +155,14 @@ impl Manager {
 
     /// Opens the pseudo-disks of a mount and shows them in the view.
     fn open_mount(&self, state: MountState) -> Result<Arc<Mount>, ApiError> {
-        let lib = if state.library == self.library_path {
-            self.library()?
-        } else {
-            Arc::new(Library::open(&state.library)?)
-        };
+        let lib =
+            if state.library == self.library_path { self.library()? } else { Arc::new(Library::open(&state.library)?) };
         let manifest = lib.resolve(&state.backup)?;
         let mut disks = Vec::new();
         for d in 0..state.disks {
-            let source = Arc::new(LibrarySource(Arc::new(BackupDisk::open(
-                lib.clone(),
-                &manifest,
-                d,
-            )?)));
+            let source = Arc::new(LibrarySource(Arc::new(BackupDisk::open(lib.clone(), &manifest, d)?)));
             let dir = self.mount_dir(&state.id).join(format!("disk{d}"));
-            disks.push(PseudoDisk::open(
-                &dir,
-                source,
-                self.engine.clone(),
-                Options {
-                    read_only: state.read_only,
-                },
-            )?);
+            disks.push(PseudoDisk::open(&dir, source, self.engine.clone(), Options { read_only: state.read_only })?);
         }
         let mtime = parse_time(&state.created);
         for (d, disk) in disks.iter().enumerate() {
@@ -181,10 +172,8 @@ impl Manager {
                 mtime,
             );
         }
-        Ok(Arc::new(Mount {
-            state: Mutex::new(state),
-            disks,
-        }))
+        self.portal.add_target(Arc::new(target_of(&state, &disks)));
+        Ok(Arc::new(Mount { state: Mutex::new(state), disks }))
     }
 
     /// Brings back the mounts of the state folder (after a restart). Browses cut off by a crash are undone.
@@ -213,10 +202,7 @@ impl Manager {
                 continue;
             }
             let id = state.id.clone();
-            match self.open_mount(MountState {
-                browse: None,
-                ..state
-            }) {
+            match self.open_mount(MountState { browse: None, ..state }) {
                 Ok(m) => {
                     tracing::info!(mount = %id, "mount restored");
                     self.mounts.lock().await.insert(id, m);
@@ -226,11 +212,7 @@ impl Manager {
         }
     }
 
-    pub async fn create(
-        &self,
-        req: &MountRequest,
-        for_browse: bool,
-    ) -> Result<MountInfo, ApiError> {
+    pub async fn create(&self, req: &MountRequest, for_browse: bool) -> Result<MountInfo, ApiError> {
         let lib = self.library()?;
         let manifest = lib.resolve(&req.backup)?;
         let id = new_mount_id();
@@ -244,6 +226,7 @@ impl Manager {
             disks: manifest.disks.len(),
             for_browse,
             browse: None,
+            access: req.access.clone(),
         };
         std::fs::create_dir_all(self.mount_dir(&id))?;
         let result = self.save(&state).and_then(|()| self.open_mount(state));
@@ -280,6 +263,7 @@ impl Manager {
                             .join(format!("disk{d}.img"))
                             .display()
                             .to_string(),
+                        iscsi_url: format!("iscsi://{}/{}/{d}", self.portal.advertise, iqn_of(&s.id)),
                         counters: DiskCounters {
                             bytes_read: c.bytes_read,
                             bytes_written: c.bytes_written,
@@ -295,6 +279,7 @@ impl Manager {
                     }
                 })
                 .collect(),
+            iqn: iqn_of(&s.id),
             id: s.id,
             name: s.name,
             backup: s.backup,
@@ -305,12 +290,7 @@ impl Manager {
     }
 
     pub async fn list(&self) -> Vec<MountInfo> {
-        self.mounts
-            .lock()
-            .await
-            .values()
-            .map(|m| self.info(m))
-            .collect()
+        self.mounts.lock().await.values().map(|m| self.info(m)).collect()
     }
 
     /// Finds a mount by id, unique id prefix, or name.
@@ -321,20 +301,12 @@ impl Manager {
         }
         let matches: Vec<_> = mounts
             .iter()
-            .filter(|(id, m)| {
-                id.starts_with(key)
-                    || m.state.lock().expect("not poisoned").name.as_deref() == Some(key)
-            })
+            .filter(|(id, m)| id.starts_with(key) || m.state.lock().expect("not poisoned").name.as_deref() == Some(key))
             .collect();
         match matches.as_slice() {
             [(id, m)] => Ok(((*id).clone(), (*m).clone())),
-            [] => Err(ApiError::not_found(format!(
-                "no mount {key}; `livemount mounts` lists them"
-            ))),
-            _ => Err(ApiError::conflict(format!(
-                "{key} names {} mounts; give the mount id",
-                matches.len()
-            ))),
+            [] => Err(ApiError::not_found(format!("no mount {key}; `livemount mounts` lists them"))),
+            _ => Err(ApiError::conflict(format!("{key} names {} mounts; give the mount id", matches.len()))),
         }
     }
 
@@ -347,12 +319,11 @@ impl Manager {
     pub async fn remove(&self, key: &str) -> Result<MountInfo, ApiError> {
         let (id, m) = self.find(key).await?;
         if m.state.lock().expect("not poisoned").browse.is_some() {
-            return Err(ApiError::conflict(format!(
-                "mount {id} is browsed; run `livemount unbrowse {id}` first"
-            )));
+            return Err(ApiError::conflict(format!("mount {id} is browsed; run `livemount unbrowse {id}` first")));
         }
         let info = self.info(&m);
         self.mounts.lock().await.remove(&id);
+        self.portal.remove_target(&iqn_of(&id));
         self.view.remove(&["mounts", &id]);
         drop(m);
         blockdev::pseudo_disk::remove_stores(&self.mount_dir(&id))?;
@@ -368,15 +339,12 @@ impl Manager {
                     backup: backup.to_string(),
                     name: None,
                     read_only: true,
+                    access: TargetAccess::default(),
                 },
                 true,
             )
             .await?;
-        let files: Vec<PathBuf> = info
-            .disks
-            .iter()
-            .map(|d| PathBuf::from(&d.fuse_path))
-            .collect();
+        let files: Vec<PathBuf> = info.disks.iter().map(|d| PathBuf::from(&d.fuse_path)).collect();
         let root = self.state_dir.join("browse").join(&info.id);
         match browse::browse(&files, &root).await {
             Ok(b) => {
@@ -442,6 +410,33 @@ impl Manager {
                 }
             }
         }
+    }
+}
+
+/// The iSCSI name of a mount's target; the mount id in it is the unguessable part.
+pub fn iqn_of(mount_id: &str) -> String {
+    format!("iqn.2026-11.io.livemount:mount-{mount_id}")
+}
+
+/// The iSCSI target of a mount: one LUN per disk, each with its own serial and NAA identifier.
+fn target_of(state: &MountState, disks: &[Arc<PseudoDisk>]) -> Target {
+    let luns = disks
+        .iter()
+        .enumerate()
+        .map(|(d, disk)| {
+            let h = blake3::hash(format!("livemount {} disk {d}", state.id).as_bytes());
+            let mut naa = [0u8; 16];
+            naa.copy_from_slice(&h.as_bytes()[..16]);
+            naa[0] = 0x60 | (naa[0] & 0x0f); // NAA 6: IEEE Registered Extended
+            Arc::new(Lun { disk: disk.clone(), serial: format!("LM{}D{d}", &state.id[..12.min(state.id.len())]), naa })
+        })
+        .collect();
+    let a = &state.access;
+    Target {
+        iqn: iqn_of(&state.id),
+        luns: LunSet { luns },
+        chap: a.chap.clone().map(|(user, secret)| ChapConfig { user, secret, mutual: a.mutual_chap.clone() }),
+        allowed_initiators: a.allowed_initiators.clone(),
     }
 }
 

@@ -52,49 +52,25 @@ pub struct Engine {
 impl Engine {
     /// Starts the engine thread, on io_uring when the kernel allows it.
     pub fn start() -> io::Result<Engine> {
-        Ok(Engine {
-            inner: Arc::new(ring::Handle::start(true)?),
-        })
+        Ok(Engine { inner: Arc::new(ring::Handle::start(true)?) })
     }
 
     /// Starts an engine on plain syscalls (the fallback; also used to check io_uring against it).
     pub fn start_sync() -> io::Result<Engine> {
-        Ok(Engine {
-            inner: Arc::new(ring::Handle::start(false)?),
-        })
+        Ok(Engine { inner: Arc::new(ring::Handle::start(false)?) })
     }
 
     pub fn backend(&self) -> Backend {
         self.inner.backend()
     }
 
-    async fn submit(
-        &self,
-        op: Op,
-        file: &Arc<File>,
-        offset: u64,
-        buf: Vec<u8>,
-    ) -> (io::Result<()>, Vec<u8>) {
+    async fn submit(&self, op: Op, file: &Arc<File>, offset: u64, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let (tx, rx) = oneshot::channel();
-        let req = Request {
-            op,
-            file: file.clone(),
-            offset,
-            buf,
-            done: tx,
-        };
+        let req = Request { op, file: file.clone(), offset, buf, done: tx };
         if let Err(req) = self.inner.send(req) {
-            return (
-                Err(io::Error::other("the block engine has stopped")),
-                req.buf,
-            );
+            return (Err(io::Error::other("the block engine has stopped")), req.buf);
         }
-        rx.await.unwrap_or_else(|_| {
-            (
-                Err(io::Error::other("the block engine dropped a request")),
-                Vec::new(),
-            )
-        })
+        rx.await.unwrap_or_else(|_| (Err(io::Error::other("the block engine dropped a request")), Vec::new()))
     }
 
     /// Reads `len` bytes at `offset` into a new buffer.
@@ -116,9 +92,7 @@ impl Engine {
 
     /// Deallocates a range of the file (it reads back as zeros).
     pub async fn punch_hole(&self, file: &Arc<File>, offset: u64, len: u64) -> io::Result<()> {
-        self.submit(Op::Punch { len }, file, offset, Vec::new())
-            .await
-            .0
+        self.submit(Op::Punch { len }, file, offset, Vec::new()).await.0
     }
 }
 
@@ -130,10 +104,7 @@ mod tests {
     /// The same random operations through io_uring and through plain syscalls give identical files.
     #[test]
     fn io_uring_and_sync_backends_agree() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
         rt.block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let open = |name: &str| {
@@ -149,25 +120,16 @@ mod tests {
             };
             let (fa, fb) = (open("a"), open("b"));
             let (ea, eb) = (Engine::start().unwrap(), Engine::start_sync().unwrap());
-            assert_eq!(
-                ea.backend(),
-                Backend::IoUring,
-                "io_uring is usable on this kernel"
-            );
+            assert_eq!(ea.backend(), Backend::IoUring, "io_uring is usable on this kernel");
             let mut x = 42u64;
             for i in 0..400u64 {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let off = (x >> 20) % (1 << 20);
                 let len = ((x >> 8) % 20000).min((1 << 20) - off) as usize;
                 match i % 5 {
                     0..=2 => {
                         let data: Vec<u8> = (0..len).map(|k| (k as u64 ^ i) as u8).collect();
-                        let (a, b) = tokio::join!(
-                            ea.write(&fa, off, data.clone()),
-                            eb.write(&fb, off, data)
-                        );
+                        let (a, b) = tokio::join!(ea.write(&fa, off, data.clone()), eb.write(&fb, off, data));
                         a.unwrap();
                         b.unwrap();
                     }
@@ -176,10 +138,8 @@ mod tests {
                         assert_eq!(a.unwrap(), b.unwrap());
                     }
                     _ => {
-                        let (a, b) = tokio::join!(
-                            ea.punch_hole(&fa, off & !4095, 8192),
-                            eb.punch_hole(&fb, off & !4095, 8192)
-                        );
+                        let (a, b) =
+                            tokio::join!(ea.punch_hole(&fa, off & !4095, 8192), eb.punch_hole(&fb, off & !4095, 8192));
                         a.unwrap();
                         b.unwrap();
                     }
@@ -199,10 +159,7 @@ mod tests {
                 assert_eq!(t.await.unwrap().unwrap(), expect);
             }
             // Reading past the end of the file gives zeros.
-            assert_eq!(
-                ea.read(&fa, (1 << 20) - 10, 20).await.unwrap()[10..],
-                [0u8; 10]
-            );
+            assert_eq!(ea.read(&fa, (1 << 20) - 10, 20).await.unwrap()[10..], [0u8; 10]);
         });
     }
 }

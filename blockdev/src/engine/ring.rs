@@ -54,26 +54,15 @@ impl Handle {
         } else {
             None
         };
-        let backend = if ring.is_some() {
-            Backend::IoUring
-        } else {
-            Backend::Sync
-        };
+        let backend = if ring.is_some() { Backend::IoUring } else { Backend::Sync };
         tracing::info!(?backend, "block engine started");
         let (tx, rx) = crossbeam_channel::unbounded();
         let wake2 = wake.clone();
-        let thread = std::thread::Builder::new()
-            .name("livemount-io".into())
-            .spawn(move || match ring {
-                Some(ring) => run_ring(ring, &rx, &wake2),
-                None => run_sync(&rx),
-            })?;
-        Ok(Handle {
-            tx: Some(tx),
-            wake,
-            backend,
-            thread: Some(thread),
-        })
+        let thread = std::thread::Builder::new().name("livemount-io".into()).spawn(move || match ring {
+            Some(ring) => run_ring(ring, &rx, &wake2),
+            None => run_sync(&rx),
+        })?;
+        Ok(Handle { tx: Some(tx), wake, backend, thread: Some(thread) })
     }
 
     pub fn backend(&self) -> Backend {
@@ -115,9 +104,7 @@ fn run_ring(mut ring: IoUring, rx: &Receiver<Request>, wake: &OwnedFd) {
     let mut wake_armed = false;
     loop {
         if !wake_armed && !closing {
-            let e = opcode::Read::new(types::Fd(wake.as_raw_fd()), wake_buf.as_mut_ptr(), 8)
-                .build()
-                .user_data(WAKE);
+            let e = opcode::Read::new(types::Fd(wake.as_raw_fd()), wake_buf.as_mut_ptr(), 8).build().user_data(WAKE);
             // SAFETY: wake_buf is boxed and outlives the ring's use of it: the loop only returns after the
             // wake read has completed (see below).
             unsafe { push(&mut ring, &e) };
@@ -147,10 +134,7 @@ fn run_ring(mut ring: IoUring, rx: &Receiver<Request>, wake: &OwnedFd) {
             }
             continue;
         }
-        let completions: Vec<(u64, i32)> = ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
+        let completions: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
         for (user_data, res) in completions {
             if user_data == WAKE {
                 wake_armed = false;
@@ -188,16 +172,14 @@ fn submit_slot(ring: &mut IoUring, slots: &mut [Option<InFlight>], slot: usize) 
     let remaining = (f.req.buf.len() - f.done).min(1 << 30) as u32;
     let entry = match f.req.op {
         // SAFETY (pointer arithmetic): done <= buf.len(), so the pointer stays within the buffer.
-        Op::Read => opcode::Read::new(fd, unsafe { f.req.buf.as_mut_ptr().add(f.done) }, remaining)
-            .offset(offset)
-            .build(),
+        Op::Read => {
+            opcode::Read::new(fd, unsafe { f.req.buf.as_mut_ptr().add(f.done) }, remaining).offset(offset).build()
+        }
         // SAFETY: as above.
-        Op::Write => opcode::Write::new(fd, unsafe { f.req.buf.as_ptr().add(f.done) }, remaining)
-            .offset(offset)
-            .build(),
-        Op::Sync => opcode::Fsync::new(fd)
-            .flags(types::FsyncFlags::DATASYNC)
-            .build(),
+        Op::Write => {
+            opcode::Write::new(fd, unsafe { f.req.buf.as_ptr().add(f.done) }, remaining).offset(offset).build()
+        }
+        Op::Sync => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
         Op::Punch { len } => opcode::Fallocate::new(fd, len)
             .offset(offset)
             .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
@@ -223,10 +205,7 @@ fn complete_part(slots: &mut [Option<InFlight>], slot: usize, res: i32) -> bool 
                     f.req.buf[f.done..].fill(0); // past the end of the file
                     Some(Ok(()))
                 } else if n == 0 {
-                    Some(Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "write made no progress",
-                    )))
+                    Some(Err(io::Error::new(io::ErrorKind::WriteZero, "write made no progress")))
                 } else {
                     f.done += n;
                     if f.done >= f.req.buf.len() {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    FileAttr, FileType, Filesystem, KernelConfig, MountOption, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow,
+    FileAttr, FileType, Filesystem, KernelConfig, MountOption, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow,
 };
 
 use super::{FileView, NodeKind, ViewFile};
@@ -28,11 +28,7 @@ pub struct MountedView {
 }
 
 /// Mounts `view` at `mountpoint`. Needs /dev/fuse and the right to mount (root).
-pub fn mount(
-    view: Arc<FileView>,
-    mountpoint: &Path,
-    rt: tokio::runtime::Handle,
-) -> std::io::Result<MountedView> {
+pub fn mount(view: Arc<FileView>, mountpoint: &Path, rt: tokio::runtime::Handle) -> std::io::Result<MountedView> {
     let options = [
         MountOption::FSName("livemount".into()),
         MountOption::Subtype("livemount".into()),
@@ -50,12 +46,7 @@ impl ViewFs {
         let node = t.nodes.get(&ino)?;
         let (kind, size, perm, nlink) = match &node.kind {
             NodeKind::Dir(children) => (FileType::Directory, 0, 0o755, 2 + children.len() as u32),
-            NodeKind::File(f) => (
-                FileType::RegularFile,
-                f.size(),
-                if f.writable() { 0o644 } else { 0o444 },
-                1,
-            ),
+            NodeKind::File(f) => (FileType::RegularFile, f.size(), if f.writable() { 0o644 } else { 0o444 }, 1),
         };
         Some(FileAttr {
             ino,
@@ -97,12 +88,7 @@ impl Filesystem for ViewFs {
         let Some(name) = name.to_str() else {
             return reply.error(libc::ENOENT);
         };
-        let child = self
-            .view
-            .tree
-            .lock()
-            .expect("not poisoned")
-            .child(parent, name);
+        let child = self.view.tree.lock().expect("not poisoned").child(parent, name);
         match child.and_then(|ino| self.attr(ino)) {
             Some(attr) => reply.entry(&TTL, &attr, 0),
             None => reply.error(libc::ENOENT),
@@ -216,14 +202,7 @@ impl Filesystem for ViewFs {
         });
     }
 
-    fn fsync(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        _fh: u64,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    fn fsync(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _datasync: bool, reply: ReplyEmpty) {
         let Some(file) = self.file(ino) else {
             return reply.error(libc::ENOENT);
         };
@@ -264,14 +243,7 @@ impl Filesystem for ViewFs {
         });
     }
 
-    fn readdir(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        _fh: u64,
-        offset: i64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
         self.view.refresh(ino);
         let entries: Vec<(u64, FileType, String)> = {
             let t = self.view.tree.lock().expect("not poisoned");
@@ -281,10 +253,8 @@ impl Filesystem for ViewFs {
             let NodeKind::Dir(children) = &node.kind else {
                 return reply.error(libc::ENOTDIR);
             };
-            let mut v = vec![
-                (ino, FileType::Directory, ".".to_string()),
-                (node.parent, FileType::Directory, "..".to_string()),
-            ];
+            let mut v =
+                vec![(ino, FileType::Directory, ".".to_string()), (node.parent, FileType::Directory, "..".to_string())];
             for (name, child) in children {
                 let kind = match t.nodes.get(child).map(|n| &n.kind) {
                     Some(NodeKind::Dir(_)) => FileType::Directory,

@@ -65,8 +65,7 @@ impl ViewFile for DiskFile {
 }
 
 /// Lists the children of a refreshed folder: (name, files in it, time stamp).
-pub type Refresher =
-    Arc<dyn Fn() -> Vec<(String, Vec<(String, Arc<dyn ViewFile>)>, SystemTime)> + Send + Sync>;
+pub type Refresher = Arc<dyn Fn() -> Vec<(String, Vec<(String, Arc<dyn ViewFile>)>, SystemTime)> + Send + Sync>;
 
 pub(crate) enum NodeKind {
     Dir(BTreeMap<String, u64>),
@@ -99,19 +98,9 @@ impl FileView {
         let mut nodes = BTreeMap::new();
         nodes.insert(
             ROOT_INO,
-            Node {
-                parent: ROOT_INO,
-                kind: NodeKind::Dir(BTreeMap::new()),
-                mtime: SystemTime::now(),
-            },
+            Node { parent: ROOT_INO, kind: NodeKind::Dir(BTreeMap::new()), mtime: SystemTime::now() },
         );
-        Arc::new(FileView {
-            tree: Mutex::new(Tree {
-                nodes,
-                next_ino: ROOT_INO + 1,
-                refreshers: BTreeMap::new(),
-            }),
-        })
+        Arc::new(FileView { tree: Mutex::new(Tree { nodes, next_ino: ROOT_INO + 1, refreshers: BTreeMap::new() }) })
     }
 
     /// Adds a file at `path` (folders are created as needed).
@@ -124,10 +113,7 @@ impl FileView {
 
     /// Creates a folder (and its parents).
     pub fn add_dir(&self, path: &[&str]) -> u64 {
-        self.tree
-            .lock()
-            .expect("not poisoned")
-            .make_dirs(path, SystemTime::now())
+        self.tree.lock().expect("not poisoned").make_dirs(path, SystemTime::now())
     }
 
     /// Removes the entry at `path` with everything below it.
@@ -160,10 +146,7 @@ impl FileView {
         let listing = refresher(); // outside the lock: it may read the library
         let mut t = self.tree.lock().expect("not poisoned");
         let existing: Vec<(String, u64)> = match t.nodes.get(&dir) {
-            Some(Node {
-                kind: NodeKind::Dir(children),
-                ..
-            }) => children.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            Some(Node { kind: NodeKind::Dir(children), .. }) => children.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             _ => return,
         };
         for (name, ino) in &existing {
@@ -190,19 +173,8 @@ impl Tree {
         }
         let ino = self.next_ino;
         self.next_ino += 1;
-        self.nodes.insert(
-            ino,
-            Node {
-                parent,
-                kind,
-                mtime,
-            },
-        );
-        if let Some(Node {
-            kind: NodeKind::Dir(children),
-            ..
-        }) = self.nodes.get_mut(&parent)
-        {
+        self.nodes.insert(ino, Node { parent, kind, mtime });
+        if let Some(Node { kind: NodeKind::Dir(children), .. }) = self.nodes.get_mut(&parent) {
             children.insert(name.to_string(), ino);
         }
         ino
@@ -227,8 +199,7 @@ impl Tree {
     }
 
     fn resolve(&self, path: &[&str]) -> Option<u64> {
-        path.iter()
-            .try_fold(ROOT_INO, |cur, name| self.child(cur, name))
+        path.iter().try_fold(ROOT_INO, |cur, name| self.child(cur, name))
     }
 
     fn remove_ino(&mut self, ino: u64) {
@@ -241,11 +212,7 @@ impl Tree {
             }
         }
         self.refreshers.remove(&ino);
-        if let Some(Node {
-            kind: NodeKind::Dir(children),
-            ..
-        }) = self.nodes.get_mut(&node.parent)
-        {
+        if let Some(Node { kind: NodeKind::Dir(children), .. }) = self.nodes.get_mut(&node.parent) {
             children.retain(|_, v| *v != ino);
         }
     }

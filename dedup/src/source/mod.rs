@@ -24,6 +24,9 @@ pub trait DiskSource: Send {
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()>;
     /// The format name recorded in the manifest ("raw", "block-device", "qcow2", ...).
     fn format(&self) -> &str;
+    /// A hint that `offset..offset + len` will be read soon, so the source can start fetching it. The
+    /// default does nothing.
+    fn will_need(&self, _offset: u64, _len: u64) {}
 }
 
 /// Opens a source, choosing raw access or qemu by what the file is.
@@ -40,10 +43,7 @@ pub fn open(path: &Path) -> Result<Box<dyn DiskSource>> {
         return Ok(Box::new(RawFile::open(path)?));
     }
     if !meta.is_file() {
-        return Err(Error::Source {
-            path: path.to_path_buf(),
-            reason: "not a file or a block device".into(),
-        });
+        return Err(Error::Source { path: path.to_path_buf(), reason: "not a file or a block device".into() });
     }
     match qemu::probe_format(path)?.as_str() {
         "raw" => Ok(Box::new(RawFile::open(path)?)),

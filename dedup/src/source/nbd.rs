@@ -35,23 +35,14 @@ impl NbdClient {
         if u64::from_be_bytes(hello[0..8].try_into().expect("8")) != NBDMAGIC
             || u64::from_be_bytes(hello[8..16].try_into().expect("8")) != IHAVEOPT
         {
-            return Err(protocol_error(
-                "the NBD server does not speak the newstyle protocol",
-            ));
+            return Err(protocol_error("the NBD server does not speak the newstyle protocol"));
         }
         let server_flags = u16::from_be_bytes([hello[16], hello[17]]);
         if server_flags & FLAG_FIXED_NEWSTYLE == 0 {
-            return Err(protocol_error(
-                "the NBD server does not support fixed newstyle",
-            ));
+            return Err(protocol_error("the NBD server does not support fixed newstyle"));
         }
         let no_zeroes = server_flags & FLAG_NO_ZEROES != 0;
-        let client_flags: u32 = u32::from(FLAG_FIXED_NEWSTYLE)
-            | if no_zeroes {
-                u32::from(FLAG_NO_ZEROES)
-            } else {
-                0
-            };
+        let client_flags: u32 = u32::from(FLAG_FIXED_NEWSTYLE) | if no_zeroes { u32::from(FLAG_NO_ZEROES) } else { 0 };
         let mut msg = Vec::with_capacity(20);
         msg.extend_from_slice(&client_flags.to_be_bytes());
         msg.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -65,11 +56,7 @@ impl NbdClient {
             let mut zeroes = [0u8; 124];
             sock.read_exact(&mut zeroes)?;
         }
-        Ok(NbdClient {
-            sock,
-            size,
-            next_handle: 1,
-        })
+        Ok(NbdClient { sock, size, next_handle: 1 })
     }
 
     pub fn size(&self) -> u64 {

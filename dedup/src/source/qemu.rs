@@ -14,10 +14,7 @@ use super::{merge_ranges, DiskSource};
 use crate::error::{Error, Result};
 
 fn source_err(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Source {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
+    Error::Source { path: path.to_path_buf(), reason: reason.into() }
 }
 
 /// Runs a qemu-img subcommand with JSON output; its own error message becomes ours.
@@ -28,28 +25,19 @@ fn qemu_img_json(path: &Path, args: &[&str]) -> Result<serde_json::Value> {
         .arg(path)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| {
-            source_err(
-                path,
-                format!("cannot run qemu-img (install qemu-utils): {e}"),
-            )
-        })?;
+        .map_err(|e| source_err(path, format!("cannot run qemu-img (install qemu-utils): {e}")))?;
     if !out.status.success() {
         let msg = String::from_utf8_lossy(&out.stderr);
         let msg = msg.trim().trim_start_matches("qemu-img: ");
         return Err(source_err(path, format!("qemu-img cannot read it: {msg}")));
     }
-    serde_json::from_slice(&out.stdout)
-        .map_err(|e| source_err(path, format!("unexpected qemu-img output: {e}")))
+    serde_json::from_slice(&out.stdout).map_err(|e| source_err(path, format!("unexpected qemu-img output: {e}")))
 }
 
 /// The image format qemu detects for a file ("raw", "qcow2", ...).
 pub fn probe_format(path: &Path) -> Result<String> {
     let info = qemu_img_json(path, &["info"])?;
-    info["format"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| source_err(path, "qemu-img names no format"))
+    info["format"].as_str().map(str::to_string).ok_or_else(|| source_err(path, "qemu-img names no format"))
 }
 
 /// Runs `qemu-img check`: a truncated or damaged image must be refused, not read as zeros where its data
@@ -61,12 +49,7 @@ fn check_consistent(path: &Path, format: &str) -> Result<()> {
         .arg(path)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| {
-            source_err(
-                path,
-                format!("cannot run qemu-img (install qemu-utils): {e}"),
-            )
-        })?;
+        .map_err(|e| source_err(path, format!("cannot run qemu-img (install qemu-utils): {e}")))?;
     match out.status.code() {
         Some(0) | Some(3) | Some(63) => Ok(()), // clean, only leaks, check not supported by the format
         _ => {
@@ -118,25 +101,16 @@ impl QemuImage {
     pub fn open(path: &Path) -> Result<Self> {
         let info = qemu_img_json(path, &["info"])?;
         let format = info["format"].as_str().unwrap_or("raw").to_string();
-        let size = info["virtual-size"]
-            .as_u64()
-            .ok_or_else(|| source_err(path, "qemu-img gives no virtual size"))?;
+        let size = info["virtual-size"].as_u64().ok_or_else(|| source_err(path, "qemu-img gives no virtual size"))?;
         check_consistent(path, &format)?;
         let map = qemu_img_json(path, &["map", "-f", &format])?;
         let entries: Vec<MapEntry> = serde_json::from_value(map)
             .map_err(|e| source_err(path, format!("unexpected qemu-img map output: {e}")))?;
-        let ranges = merge_ranges(
-            entries
-                .iter()
-                .filter(|e| e.data && !e.zero)
-                .map(|e| e.start..e.start + e.length)
-                .collect(),
-        );
+        let ranges =
+            merge_ranges(entries.iter().filter(|e| e.data && !e.zero).map(|e| e.start..e.start + e.length).collect());
 
-        let dir =
-            std::env::temp_dir().join(format!("livemount-nbd-{}", crate::durable::random_suffix()));
-        std::fs::create_dir(&dir)
-            .map_err(|e| source_err(path, format!("cannot create {}: {e}", dir.display())))?;
+        let dir = std::env::temp_dir().join(format!("livemount-nbd-{}", crate::durable::random_suffix()));
+        std::fs::create_dir(&dir).map_err(|e| source_err(path, format!("cannot create {}: {e}", dir.display())))?;
         let socket_dir = SocketDir(dir);
         let socket = socket_dir.0.join("nbd.sock");
         let mut server = Command::new("qemu-nbd")
@@ -149,12 +123,7 @@ impl QemuImage {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| {
-                source_err(
-                    path,
-                    format!("cannot run qemu-nbd (install qemu-utils): {e}"),
-                )
-            })?;
+            .map_err(|e| source_err(path, format!("cannot run qemu-nbd (install qemu-utils): {e}")))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let nbd = loop {
             if let Ok(Some(status)) = server.try_wait() {
@@ -163,10 +132,7 @@ impl QemuImage {
                     use std::io::Read;
                     let _ = e.read_to_string(&mut msg);
                 }
-                return Err(source_err(
-                    path,
-                    format!("qemu-nbd exited ({status}): {}", msg.trim()),
-                ));
+                return Err(source_err(path, format!("qemu-nbd exited ({status}): {}", msg.trim())));
             }
             if socket.exists() {
                 match NbdClient::connect(&socket) {
@@ -184,20 +150,9 @@ impl QemuImage {
             std::thread::sleep(Duration::from_millis(10));
         };
         if nbd.size() != size {
-            return Err(source_err(
-                path,
-                format!("qemu-nbd serves {} bytes, qemu-img says {size}", nbd.size()),
-            ));
+            return Err(source_err(path, format!("qemu-nbd serves {} bytes, qemu-img says {size}", nbd.size())));
         }
-        Ok(QemuImage {
-            path: path.to_path_buf(),
-            format,
-            size,
-            ranges,
-            nbd,
-            server,
-            _socket_dir: socket_dir,
-        })
+        Ok(QemuImage { path: path.to_path_buf(), format, size, ranges, nbd, server, _socket_dir: socket_dir })
     }
 }
 
@@ -210,13 +165,7 @@ impl DiskSource for QemuImage {
     }
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.nbd.read_exact_at(offset, buf).map_err(|e| {
-            source_err(
-                &self.path,
-                format!(
-                    "read of {} bytes at offset {offset} through qemu-nbd: {e}",
-                    buf.len()
-                ),
-            )
+            source_err(&self.path, format!("read of {} bytes at offset {offset} through qemu-nbd: {e}", buf.len()))
         })
     }
     fn format(&self) -> &str {

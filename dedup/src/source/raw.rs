@@ -20,26 +20,17 @@ pub struct RawFile {
 
 impl RawFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let err = |reason: String| Error::Source {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let err = |reason: String| Error::Source { path: path.to_path_buf(), reason };
         let file = File::open(path).map_err(|e| err(e.to_string()))?;
         let meta = file.metadata().map_err(|e| err(e.to_string()))?;
         let is_dev = meta.file_type().is_block_device();
         let size = if is_dev {
             use std::io::{Seek, SeekFrom};
-            (&file)
-                .seek(SeekFrom::End(0))
-                .map_err(|e| err(e.to_string()))?
+            (&file).seek(SeekFrom::End(0)).map_err(|e| err(e.to_string()))?
         } else {
             meta.len()
         };
-        let ranges = if is_dev {
-            vec![0..size]
-        } else {
-            data_ranges(&file, size)
-        };
+        let ranges = if is_dev { vec![0..size] } else { data_ranges(&file, size) };
         Ok(RawFile {
             path: path.to_path_buf(),
             file,
@@ -82,15 +73,24 @@ impl DiskSource for RawFile {
         &self.ranges
     }
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|e| Error::Source {
-                path: self.path.clone(),
-                reason: format!("read of {} bytes at offset {offset}: {e}", buf.len()),
-            })
+        self.file.read_exact_at(buf, offset).map_err(|e| Error::Source {
+            path: self.path.clone(),
+            reason: format!("read of {} bytes at offset {offset}: {e}", buf.len()),
+        })
     }
     fn format(&self) -> &str {
         self.format
+    }
+    fn will_need(&self, offset: u64, len: u64) {
+        // SAFETY: posix_fadvise on a descriptor we own; no memory is passed. A failure only loses the hint.
+        unsafe {
+            libc::posix_fadvise(
+                self.file.as_raw_fd(),
+                offset as libc::off_t,
+                len as libc::off_t,
+                libc::POSIX_FADV_WILLNEED,
+            )
+        };
     }
 }
 
@@ -110,11 +110,7 @@ mod tests {
         let src = RawFile::open(&p).unwrap();
         assert_eq!(src.size(), 64 << 20);
         let covered: u64 = src.data_ranges().iter().map(|r| r.end - r.start).sum();
-        assert!(
-            covered < 8 << 20,
-            "the hole is not read: {:?}",
-            src.data_ranges()
-        );
+        assert!(covered < 8 << 20, "the hole is not read: {:?}", src.data_ranges());
         assert!(src.data_ranges().iter().any(|r| r.contains(&(8 << 20))));
     }
 }

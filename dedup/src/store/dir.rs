@@ -9,8 +9,8 @@
 
 use std::fs;
 use std::io::{ErrorKind, Write};
-use std::path::{Path, PathBuf};
 use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -124,7 +124,8 @@ impl ChunkStore for DirStore {
             durable::create_dir_durable(&shard_dir).map_err(|e| Error::io("create folder", &shard_dir, e))?;
         }
         let tmp = self.tmp.join(format!(".tmp-{}-{}", id.to_hex(), durable::random_suffix()));
-        let written = fs::OpenOptions::new().write(true).create_new(true).open(&tmp).and_then(|mut f| f.write_all(encoded));
+        let written =
+            fs::OpenOptions::new().write(true).create_new(true).open(&tmp).and_then(|mut f| f.write_all(encoded));
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
             return Err(Error::io("write chunk", &path, e));

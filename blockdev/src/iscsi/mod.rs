@@ -1,0 +1,38 @@
+//! The iSCSI target (RFC 7143), one module per concern: `pdu` (the wire codec), `text` (keys), `params`
+//! (negotiation rules as a table), `chap`, `login` (the login phase), `session` (full feature phase of a
+//! connection), `target` (the portal: targets, access rules, sessions). The SCSI command set itself lives
+//! in `crate::scsi`.
+//!
+//! Error recovery level 0, one connection per session. Every mount is a target; its disks are LUNs 0..n.
+
+pub mod chap;
+pub mod login;
+pub mod params;
+pub mod pdu;
+pub mod session;
+pub mod target;
+pub mod text;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use target::{Portal, Target};
+
+/// Accepts connections on `listener` and serves each on its own task, until the listener fails.
+pub async fn serve(listener: TcpListener, portal: Arc<Portal>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tracing::debug!(%peer, "iSCSI connection");
+                tokio::spawn(session::serve(stream, portal.clone()));
+            }
+            Err(e) => {
+                // Out of descriptors and the like: wait a little rather than spin.
+                tracing::warn!("iSCSI accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The SCSI command set of a pseudo-disk LUN (SPC-4 and SBC-3 subsets), independent of the transport.
+//!
+//! `COMMANDS` is the one table of what is supported: opcode (and service action), CDB length, whether the
+//! command writes, and its handler. `execute` does the shared checks once (LUN present, opcode known,
+//! write protection), then runs the handler. REPORT SUPPORTED OPERATION CODES answers from the same table.
+//! Every failure becomes sense data (`Sense`), never a dropped command.
+
+mod sbc;
+mod spc;
+
+use std::sync::Arc;
+
+use crate::PseudoDisk;
+
+/// Logical block size the LUNs report.
+pub const BLOCK_SIZE: u64 = 512;
+
+/// SAM status codes.
+pub const GOOD: u8 = 0x00;
+pub const CHECK_CONDITION: u8 = 0x02;
+
+/// A sense key with its additional sense code and qualifier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sense {
+    pub key: u8,
+    pub asc: u8,
+    pub ascq: u8,
+}
+
+impl Sense {
+    pub const INVALID_OPCODE: Sense = Sense { key: 0x05, asc: 0x20, ascq: 0x00 };
+    pub const LBA_OUT_OF_RANGE: Sense = Sense { key: 0x05, asc: 0x21, ascq: 0x00 };
+    pub const INVALID_FIELD_IN_CDB: Sense = Sense { key: 0x05, asc: 0x24, ascq: 0x00 };
+    pub const LUN_NOT_SUPPORTED: Sense = Sense { key: 0x05, asc: 0x25, ascq: 0x00 };
+    pub const INVALID_FIELD_IN_PARAMETERS: Sense = Sense { key: 0x05, asc: 0x26, ascq: 0x00 };
+    pub const PARAMETER_LIST_LENGTH: Sense = Sense { key: 0x05, asc: 0x1a, ascq: 0x00 };
+    pub const WRITE_PROTECTED: Sense = Sense { key: 0x07, asc: 0x27, ascq: 0x00 };
+    pub const UNRECOVERED_READ_ERROR: Sense = Sense { key: 0x03, asc: 0x11, ascq: 0x00 };
+    pub const WRITE_ERROR: Sense = Sense { key: 0x03, asc: 0x0c, ascq: 0x00 };
+    pub const SPACE_ALLOCATION_FAILED: Sense = Sense { key: 0x07, asc: 0x27, ascq: 0x07 };
+    pub const MISCOMPARE: Sense = Sense { key: 0x0e, asc: 0x1d, ascq: 0x00 };
+
+    /// Fixed-format sense data (SPC-4 4.5.3), 18 bytes.
+    pub fn fixed(&self) -> Vec<u8> {
+        let mut s = vec![0u8; 18];
+        s[0] = 0x70;
+        s[2] = self.key;
+        s[7] = 10;
+        s[12] = self.asc;
+        s[13] = self.ascq;
+        s
+    }
+
+    /// The sense of a pseudo-disk error.
+    pub fn of(e: &crate::Error, writing: bool) -> Sense {
+        match e {
+            crate::Error::OutOfRange { .. } => Sense::LBA_OUT_OF_RANGE,
+            crate::Error::ReadOnly => Sense::WRITE_PROTECTED,
+            crate::Error::Recall { .. } => Sense::UNRECOVERED_READ_ERROR,
+            crate::Error::Store { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                Sense::SPACE_ALLOCATION_FAILED
+            }
+            _ if writing => Sense::WRITE_ERROR,
+            _ => Sense::UNRECOVERED_READ_ERROR,
+        }
+    }
+}
+
+/// One LUN: a pseudo-disk with its identity.
+pub struct Lun {
+    pub disk: Arc<PseudoDisk>,
+    /// Unit serial number (VPD 0x80), unique per disk.
+    pub serial: String,
+    /// NAA IEEE Registered Extended designator (VPD 0x83), unique per disk.
+    pub naa: [u8; 16],
+}
+
+impl Lun {
+    pub fn blocks(&self) -> u64 {
+        self.disk.size() / BLOCK_SIZE
+    }
+}
+
+/// The result of a command: status, data for the initiator, sense on CHECK CONDITION.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: u8,
+    pub data: Vec<u8>,
+    pub sense: Option<Sense>,
+}
+
+impl Outcome {
+    pub fn good(data: Vec<u8>) -> Outcome {
+        Outcome { status: GOOD, data, sense: None }
+    }
+    pub fn check(sense: Sense) -> Outcome {
+        Outcome { status: CHECK_CONDITION, data: Vec::new(), sense: Some(sense) }
+    }
+}
+
+/// What a handler does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handler {
+    TestUnitReady,
+    RequestSense,
+    Inquiry,
+    ReportLuns,
+    ReadCapacity10,
+    ReadCapacity16,
+    Read,
+    Write,
+    Verify,
+    WriteSame,
+    Unmap,
+    GetLbaStatus,
+    SynchronizeCache,
+    ModeSense,
+    StartStopUnit,
+    PreventAllowMediumRemoval,
+    ReportSupportedOpcodes,
+}
+
+/// One supported command.
+pub struct CommandInfo {
+    pub opcode: u8,
+    pub service_action: Option<u8>,
+    pub cdb_len: u8,
+    /// Changes the medium: refused on a read-only LUN.
+    pub writes: bool,
+    pub handler: Handler,
+}
+
+const fn cmd(opcode: u8, service_action: Option<u8>, cdb_len: u8, writes: bool, handler: Handler) -> CommandInfo {
+    CommandInfo { opcode, service_action, cdb_len, writes, handler }
+}
+
+/// Every command the target supports; everything else is ILLEGAL REQUEST, INVALID OPERATION CODE.
+pub const COMMANDS: &[CommandInfo] = &[
+    cmd(0x00, None, 6, false, Handler::TestUnitReady),
+    cmd(0x03, None, 6, false, Handler::RequestSense),
+    cmd(0x08, None, 6, false, Handler::Read),
+    cmd(0x0a, None, 6, true, Handler::Write),
+    cmd(0x12, None, 6, false, Handler::Inquiry),
+    cmd(0x1a, None, 6, false, Handler::ModeSense),
+    cmd(0x1b, None, 6, false, Handler::StartStopUnit),
+    cmd(0x1e, None, 6, false, Handler::PreventAllowMediumRemoval),
+    cmd(0x25, None, 10, false, Handler::ReadCapacity10),
+    cmd(0x28, None, 10, false, Handler::Read),
+    cmd(0x2a, None, 10, true, Handler::Write),
+    cmd(0x2f, None, 10, false, Handler::Verify),
+    cmd(0x35, None, 10, false, Handler::SynchronizeCache),
+    cmd(0x41, None, 10, true, Handler::WriteSame),
+    cmd(0x42, None, 10, true, Handler::Unmap),
+    cmd(0x5a, None, 10, false, Handler::ModeSense),
+    cmd(0x88, None, 16, false, Handler::Read),
+    cmd(0x8a, None, 16, true, Handler::Write),
+    cmd(0x8f, None, 16, false, Handler::Verify),
+    cmd(0x91, None, 16, false, Handler::SynchronizeCache),
+    cmd(0x93, None, 16, true, Handler::WriteSame),
+    cmd(0x9e, Some(0x10), 16, false, Handler::ReadCapacity16),
+    cmd(0x9e, Some(0x12), 16, false, Handler::GetLbaStatus),
+    cmd(0xa0, None, 12, false, Handler::ReportLuns),
+    cmd(0xa3, Some(0x0c), 12, false, Handler::ReportSupportedOpcodes),
+    cmd(0xa8, None, 12, false, Handler::Read),
+    cmd(0xaa, None, 12, true, Handler::Write),
+];
+
+/// Finds the table entry of a CDB.
+pub fn lookup(cdb: &[u8]) -> Option<&'static CommandInfo> {
+    let opcode = *cdb.first()?;
+    let sa = cdb.get(1).map(|b| b & 0x1f);
+    COMMANDS.iter().find(|c| c.opcode == opcode && (c.service_action.is_none() || c.service_action == sa))
+}
+
+/// The LUNs of a target, by number; LUN 0 is always present.
+pub struct LunSet {
+    pub luns: Vec<Arc<Lun>>,
+}
+
+/// Runs one command on `lun` of `set`, with `data_out` the data the initiator sent.
+pub async fn execute(set: &LunSet, lun: u64, cdb: &[u8], data_out: &[u8]) -> Outcome {
+    let Some(info) = lookup(cdb) else { return Outcome::check(Sense::INVALID_OPCODE) };
+    if cdb.len() < usize::from(info.cdb_len) {
+        return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
+    }
+    let cdb = &cdb[..usize::from(info.cdb_len)];
+    // Commands that answer for the target whatever the LUN.
+    match info.handler {
+        Handler::ReportLuns => return spc::report_luns(set, cdb),
+        Handler::Inquiry if usize::try_from(lun).map_or(true, |l| l >= set.luns.len()) => {
+            return spc::inquiry_absent_lun(cdb)
+        }
+        Handler::RequestSense => return spc::request_sense(cdb),
+        _ => {}
+    }
+    let Some(unit) = usize::try_from(lun).ok().and_then(|l| set.luns.get(l)) else {
+        return Outcome::check(Sense::LUN_NOT_SUPPORTED);
+    };
+    if info.writes && unit.disk.is_read_only() {
+        return Outcome::check(Sense::WRITE_PROTECTED);
+    }
+    match info.handler {
+        Handler::TestUnitReady | Handler::StartStopUnit | Handler::PreventAllowMediumRemoval => {
+            Outcome::good(Vec::new())
+        }
+        Handler::Inquiry => spc::inquiry(unit, cdb),
+        Handler::ModeSense => spc::mode_sense(unit, cdb),
+        Handler::ReportSupportedOpcodes => spc::report_supported_opcodes(cdb),
+        Handler::ReadCapacity10 => sbc::read_capacity10(unit),
+        Handler::ReadCapacity16 => sbc::read_capacity16(unit, cdb),
+        Handler::Read => sbc::read(unit, cdb).await,
+        Handler::Write => sbc::write(unit, cdb, data_out).await,
+        Handler::Verify => sbc::verify(unit, cdb, data_out).await,
+        Handler::WriteSame => sbc::write_same(unit, cdb, data_out).await,
+        Handler::Unmap => sbc::unmap(unit, cdb, data_out).await,
+        Handler::GetLbaStatus => sbc::get_lba_status(unit, cdb),
+        Handler::SynchronizeCache => sbc::synchronize_cache(unit).await,
+        Handler::ReportLuns => spc::report_luns(set, cdb),
+        Handler::RequestSense => spc::request_sense(cdb),
+    }
+}
+
+/// Truncates data to the CDB's allocation length.
+fn truncate(mut data: Vec<u8>, alloc_len: usize) -> Outcome {
+    data.truncate(alloc_len);
+    Outcome::good(data)
+}
+
+fn be16(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
+}
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes(b[..4].try_into().expect("4 bytes"))
+}
+fn be64(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests;

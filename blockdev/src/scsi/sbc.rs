@@ -1,0 +1,244 @@
+//! Block commands (SBC-3): READ and WRITE 6/10/12/16, VERIFY, WRITE SAME, UNMAP, GET LBA STATUS, READ
+//! CAPACITY, SYNCHRONIZE CACHE. Blocks are 512 bytes; the pseudo-disk works in bytes.
+
+use super::spc::{MAX_TRANSFER_BLOCKS, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS};
+use super::{be16, be32, be64, Lun, Outcome, Sense, BLOCK_SIZE};
+
+/// LBA, block count and FUA of a READ or WRITE CDB of any length. None when a field is invalid.
+fn rw_fields(cdb: &[u8]) -> Option<(u64, u64, bool)> {
+    let fua = cdb.len() > 6 && cdb[1] & 0x08 != 0;
+    let protect = cdb.len() > 6 && cdb[1] & 0xe0 != 0;
+    if protect {
+        return None; // no protection information on these LUNs
+    }
+    Some(match cdb.len() {
+        6 => {
+            let lba = (u64::from(cdb[1] & 0x1f) << 16) | (u64::from(cdb[2]) << 8) | u64::from(cdb[3]);
+            let n = if cdb[4] == 0 { 256 } else { u64::from(cdb[4]) };
+            (lba, n, false)
+        }
+        10 => (u64::from(be32(&cdb[2..6])), u64::from(be16(&cdb[7..9])), fua),
+        12 => (u64::from(be32(&cdb[2..6])), u64::from(be32(&cdb[6..10])), fua),
+        _ => (be64(&cdb[2..10]), u64::from(be32(&cdb[10..14])), fua),
+    })
+}
+
+/// Checks that `lba..lba+blocks` lies on the LUN; the LBA itself must exist even for a zero-length transfer.
+fn in_range(lun: &Lun, lba: u64, blocks: u64) -> Result<(), Sense> {
+    match lba.checked_add(blocks) {
+        Some(end) if end <= lun.blocks() && lba < lun.blocks() => Ok(()),
+        _ => Err(Sense::LBA_OUT_OF_RANGE),
+    }
+}
+
+pub fn read_capacity10(lun: &Lun) -> Outcome {
+    let last = lun.blocks().saturating_sub(1).min(0xffff_ffff) as u32;
+    let mut d = last.to_be_bytes().to_vec();
+    d.extend_from_slice(&(BLOCK_SIZE as u32).to_be_bytes());
+    Outcome::good(d)
+}
+
+pub fn read_capacity16(lun: &Lun, cdb: &[u8]) -> Outcome {
+    let alloc = be32(&cdb[10..14]) as usize;
+    let mut d = vec![0u8; 32];
+    d[0..8].copy_from_slice(&lun.blocks().saturating_sub(1).to_be_bytes());
+    d[8..12].copy_from_slice(&(BLOCK_SIZE as u32).to_be_bytes());
+    d[13] = 3; // 8 logical blocks per 4 KiB physical block
+    d[14] = 0x80 | 0x40; // LBPME (thin provisioning), LBPRZ (unmapped blocks read as zeros)
+    super::truncate(d, alloc)
+}
+
+pub async fn read(lun: &Lun, cdb: &[u8]) -> Outcome {
+    let Some((lba, blocks, _)) = rw_fields(cdb) else { return Outcome::check(Sense::INVALID_FIELD_IN_CDB) };
+    if let Err(s) = in_range(lun, lba, blocks) {
+        return Outcome::check(s);
+    }
+    if blocks > u64::from(MAX_TRANSFER_BLOCKS) {
+        return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
+    }
+    if blocks == 0 {
+        return Outcome::good(Vec::new());
+    }
+    match lun.disk.read(lba * BLOCK_SIZE, (blocks * BLOCK_SIZE) as usize).await {
+        Ok(data) => Outcome::good(data),
+        Err(e) => Outcome::check(Sense::of(&e, false)),
+    }
+}
+
+pub async fn write(lun: &Lun, cdb: &[u8], data: &[u8]) -> Outcome {
+    let Some((lba, blocks, fua)) = rw_fields(cdb) else { return Outcome::check(Sense::INVALID_FIELD_IN_CDB) };
+    if let Err(s) = in_range(lun, lba, blocks) {
+        return Outcome::check(s);
+    }
+    if blocks > u64::from(MAX_TRANSFER_BLOCKS) {
+        return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
+    }
+    let len = (blocks * BLOCK_SIZE) as usize;
+    if data.len() < len {
+        // The initiator sent less than the CDB asks to write (its expected length was short).
+        return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
+    }
+    if blocks == 0 {
+        return Outcome::good(Vec::new());
+    }
+    match lun.disk.write(lba * BLOCK_SIZE, &data[..len], fua).await {
+        Ok(()) => Outcome::good(Vec::new()),
+        Err(e) => Outcome::check(Sense::of(&e, true)),
+    }
+}
+
+pub async fn verify(lun: &Lun, cdb: &[u8], data: &[u8]) -> Outcome {
+    let bytchk = (cdb[1] >> 1) & 0x03;
+    if cdb[1] & 0xe0 != 0 || bytchk == 2 {
+        return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
+    }
+    let (lba, blocks) = if cdb.len() == 10 {
+        (u64::from(be32(&cdb[2..6])), u64::from(be16(&cdb[7..9])))
+    } else {
+        (be64(&cdb[2..10]), u64::from(be32(&cdb[10..14])))
+    };
+    if let Err(s) = in_range(lun, lba, blocks) {
+        return Outcome::check(s);
+    }
+    if blocks > u64::from(MAX_TRANSFER_BLOCKS) {
+        return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
+    }
+    if blocks == 0 {
+        return Outcome::good(Vec::new());
+    }
+    let current = match lun.disk.read(lba * BLOCK_SIZE, (blocks * BLOCK_SIZE) as usize).await {
+        Ok(d) => d,
+        Err(e) => return Outcome::check(Sense::of(&e, false)),
+    };
+    let matches = match bytchk {
+        0 => true, // medium verification only: the read succeeded
+        1 => data.len() >= current.len() && data[..current.len()] == current[..],
+        _ => {
+            data.len() >= BLOCK_SIZE as usize
+                && current.chunks(BLOCK_SIZE as usize).all(|b| b == &data[..BLOCK_SIZE as usize])
+        }
+    };
+    if matches {
+        Outcome::good(Vec::new())
+    } else {
+        Outcome::check(Sense::MISCOMPARE)
+    }
+}
+
+pub async fn write_same(lun: &Lun, cdb: &[u8], data: &[u8]) -> Outcome {
+    let unmap = cdb[1] & 0x08 != 0;
+    let ndob = cdb.len() == 16 && cdb[1] & 0x01 != 0;
+    if cdb[1] & 0xe0 != 0 || cdb[1] & 0x16 != 0 {
+        return Outcome::check(Sense::INVALID_FIELD_IN_CDB); // protection, ANCHOR, PBDATA and LBDATA are not offered
+    }
+    let (lba, blocks) = if cdb.len() == 10 {
+        (u64::from(be32(&cdb[2..6])), u64::from(be16(&cdb[7..9])))
+    } else {
+        (be64(&cdb[2..10]), u64::from(be32(&cdb[10..14])))
+    };
+    if blocks == 0 || blocks > u64::from(MAX_UNMAP_BLOCKS) {
+        return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
+    }
+    if let Err(s) = in_range(lun, lba, blocks) {
+        return Outcome::check(s);
+    }
+    let block: Vec<u8> = if ndob {
+        vec![0u8; BLOCK_SIZE as usize]
+    } else if data.len() == BLOCK_SIZE as usize {
+        data.to_vec()
+    } else {
+        return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
+    };
+    let (offset, len) = (lba * BLOCK_SIZE, blocks * BLOCK_SIZE);
+    let zero = block.iter().all(|&b| b == 0);
+    let result = if zero && (unmap || ndob || len >= 4096) {
+        // Zeros: deallocate (LBPRZ makes them read back as zeros) rather than store them.
+        lun.disk.unmap(offset, len).await
+    } else {
+        let mut r = Ok(());
+        let mut pos = 0u64;
+        while pos < len && r.is_ok() {
+            let n = (len - pos).min(1 << 20);
+            let buf: Vec<u8> = block.iter().copied().cycle().take(n as usize).collect();
+            r = lun.disk.write(offset + pos, &buf, false).await;
+            pos += n;
+        }
+        r
+    };
+    match result {
+        Ok(()) => Outcome::good(Vec::new()),
+        Err(e) => Outcome::check(Sense::of(&e, true)),
+    }
+}
+
+pub async fn unmap(lun: &Lun, cdb: &[u8], data: &[u8]) -> Outcome {
+    if cdb[1] & 0x01 != 0 {
+        return Outcome::check(Sense::INVALID_FIELD_IN_CDB); // ANCHOR
+    }
+    let param_len = usize::from(be16(&cdb[7..9]));
+    if param_len == 0 {
+        return Outcome::good(Vec::new());
+    }
+    if param_len < 8 || data.len() < param_len {
+        return Outcome::check(Sense::PARAMETER_LIST_LENGTH);
+    }
+    let data = &data[..param_len];
+    let desc_len = usize::from(be16(&data[2..4]));
+    if 8 + desc_len > data.len() || desc_len % 16 != 0 {
+        return Outcome::check(Sense::PARAMETER_LIST_LENGTH);
+    }
+    let descs: Vec<(u64, u64)> =
+        data[8..8 + desc_len].chunks_exact(16).map(|d| (be64(&d[0..8]), u64::from(be32(&d[8..12])))).collect();
+    if descs.len() > MAX_UNMAP_DESCRIPTORS as usize {
+        return Outcome::check(Sense::INVALID_FIELD_IN_PARAMETERS);
+    }
+    for &(lba, blocks) in &descs {
+        if blocks > u64::from(MAX_UNMAP_BLOCKS) {
+            return Outcome::check(Sense::INVALID_FIELD_IN_PARAMETERS);
+        }
+        if let Err(s) = in_range(lun, lba, blocks) {
+            return Outcome::check(s);
+        }
+    }
+    for (lba, blocks) in descs {
+        if blocks == 0 {
+            continue;
+        }
+        if let Err(e) = lun.disk.unmap(lba * BLOCK_SIZE, blocks * BLOCK_SIZE).await {
+            return Outcome::check(Sense::of(&e, true));
+        }
+    }
+    Outcome::good(Vec::new())
+}
+
+/// GET LBA STATUS: one descriptor for the extent starting at the LBA: deallocated where the private store
+/// holds discarded (zero) blocks, mapped otherwise.
+pub fn get_lba_status(lun: &Lun, cdb: &[u8]) -> Outcome {
+    let lba = be64(&cdb[2..10]);
+    let alloc = be32(&cdb[10..14]) as usize;
+    if lba >= lun.blocks() {
+        return Outcome::check(Sense::LBA_OUT_OF_RANGE);
+    }
+    let at = lba * BLOCK_SIZE;
+    let discarded = lun.disk.discarded_ranges();
+    let (deallocated, end) = match discarded.iter().find(|(o, l)| at < o + l) {
+        Some(&(o, l)) if o <= at => (true, o + l),
+        Some(&(o, _)) => (false, o),
+        None => (false, lun.disk.size()),
+    };
+    let first = at / BLOCK_SIZE;
+    let count = (end.min(lun.disk.size()) / BLOCK_SIZE).saturating_sub(first).clamp(1, 0xffff_ffff) as u32;
+    let mut d = vec![0u8; 24];
+    d[0..4].copy_from_slice(&20u32.to_be_bytes());
+    d[8..16].copy_from_slice(&first.to_be_bytes());
+    d[16..20].copy_from_slice(&count.to_be_bytes());
+    d[20] = if deallocated { 0x01 } else { 0x00 };
+    super::truncate(d, alloc)
+}
+
+pub async fn synchronize_cache(lun: &Lun) -> Outcome {
+    match lun.disk.flush().await {
+        Ok(()) => Outcome::good(Vec::new()),
+        Err(e) => Outcome::check(Sense::of(&e, true)),
+    }
+}

@@ -1,0 +1,139 @@
+//! The command set against a pseudo-disk over an in-memory source.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::engine::Engine;
+use crate::source::{chunk_len, Source, SourceError};
+
+struct Zeros(u64);
+
+impl Source for Zeros {
+    fn size(&self) -> u64 {
+        self.0
+    }
+    fn chunk_size(&self) -> u32 {
+        65536
+    }
+    fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> Result<(), SourceError> {
+        buf.clear();
+        buf.resize(chunk_len(self.0, 65536, index), 0x5a);
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "test".into()
+    }
+}
+
+fn set(read_only: bool) -> (tempfile::TempDir, LunSet) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = crate::PseudoDisk::open(
+        dir.path(),
+        Arc::new(Zeros(1 << 20)),
+        Engine::start().unwrap(),
+        crate::Options { read_only },
+    )
+    .unwrap();
+    let lun = Lun { disk, serial: "LM0001".into(), naa: [0x6a; 16] };
+    (dir, LunSet { luns: vec![Arc::new(lun)] })
+}
+
+fn run(set: &LunSet, lun: u64, cdb: &[u8], data: &[u8]) -> Outcome {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(execute(set, lun, cdb, data))
+}
+
+#[test]
+fn capacity_inquiry_and_luns() {
+    let (_d, s) = set(false);
+    let rc = run(&s, 0, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
+    assert_eq!(rc.data, [0, 0, 0x07, 0xff, 0, 0, 2, 0]);
+    let mut rc16 = [0u8; 16];
+    rc16[0] = 0x9e;
+    rc16[1] = 0x10;
+    rc16[13] = 32;
+    let o = run(&s, 0, &rc16, &[]);
+    assert_eq!(o.data[0..8], 2047u64.to_be_bytes());
+    assert_eq!(o.data[14] & 0xc0, 0xc0, "LBPME and LBPRZ");
+    let inq = run(&s, 0, &[0x12, 0, 0, 0, 96, 0], &[]);
+    assert_eq!(&inq.data[8..16], b"LIVEMNT ");
+    let serial = run(&s, 0, &[0x12, 1, 0x80, 0, 96, 0], &[]);
+    assert_eq!(&serial.data[4..], b"LM0001");
+    let absent = run(&s, 3, &[0x12, 0, 0, 0, 96, 0], &[]);
+    assert_eq!(absent.data[0], 0x7f);
+    assert_eq!(run(&s, 3, &[0x00; 6], &[]).sense, Some(Sense::LUN_NOT_SUPPORTED));
+    let luns = run(&s, 0, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[]);
+    assert_eq!(luns.data[0..4], 8u32.to_be_bytes());
+}
+
+#[test]
+fn read_write_unmap_and_errors() {
+    let (_d, s) = set(false);
+    let read10 = |lba: u32, n: u16| {
+        let mut c = vec![0x28, 0];
+        c.extend_from_slice(&lba.to_be_bytes());
+        c.push(0);
+        c.extend_from_slice(&n.to_be_bytes());
+        c.push(0);
+        c
+    };
+    assert_eq!(run(&s, 0, &read10(0, 1), &[]).data, vec![0x5a; 512]);
+    let mut w = read10(3, 2);
+    w[0] = 0x2a;
+    assert_eq!(run(&s, 0, &w, &vec![7u8; 1024]).status, GOOD);
+    assert_eq!(run(&s, 0, &read10(3, 2), &[]).data, vec![7u8; 1024]);
+    assert_eq!(run(&s, 0, &read10(2047, 2), &[]).sense, Some(Sense::LBA_OUT_OF_RANGE));
+    assert_eq!(run(&s, 0, &[0xff; 16], &[]).sense, Some(Sense::INVALID_OPCODE));
+    // UNMAP of blocks 8..16 reads zeros.
+    let mut params = vec![0u8; 24];
+    params[0..2].copy_from_slice(&22u16.to_be_bytes());
+    params[2..4].copy_from_slice(&16u16.to_be_bytes());
+    params[8..16].copy_from_slice(&8u64.to_be_bytes());
+    params[16..20].copy_from_slice(&8u32.to_be_bytes());
+    assert_eq!(run(&s, 0, &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], &params).status, GOOD);
+    assert_eq!(run(&s, 0, &read10(8, 8), &[]).data, vec![0u8; 4096]);
+    let mut gls = [0u8; 16];
+    gls[0] = 0x9e;
+    gls[1] = 0x12;
+    gls[2..10].copy_from_slice(&8u64.to_be_bytes());
+    gls[13] = 24;
+    let st = run(&s, 0, &gls, &[]);
+    assert_eq!(st.data[20], 1, "deallocated");
+    assert_eq!(st.data[16..20], 8u32.to_be_bytes());
+}
+
+#[test]
+fn read_only_luns_are_write_protected() {
+    let (_d, s) = set(true);
+    let w = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    assert_eq!(run(&s, 0, &w, &[0u8; 512]).sense, Some(Sense::WRITE_PROTECTED));
+    let ms = run(&s, 0, &[0x1a, 0, 0x3f, 0, 255, 0], &[]);
+    assert_eq!(ms.data[2] & 0x80, 0x80, "WP bit in MODE SENSE");
+}
+
+#[test]
+fn report_supported_opcodes_reads_the_table() {
+    let (_d, s) = set(false);
+    let all = run(&s, 0, &[0xa3, 0x0c, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], &[]);
+    let len = u32::from_be_bytes(all.data[0..4].try_into().unwrap()) as usize;
+    assert_eq!(len, COMMANDS.len() * 8);
+    let one = run(&s, 0, &[0xa3, 0x0c, 1, 0x28, 0, 0, 0, 0, 0, 64, 0, 0], &[]);
+    assert_eq!(one.data[1] & 0x07, 0x03);
+    assert_eq!(one.data[4], 0x28);
+}
+
+#[test]
+fn garbage_cdbs_never_panic() {
+    let (_d, s) = set(false);
+    let mut x = 1u64;
+    for _ in 0..3000 {
+        let mut cdb = [0u8; 16];
+        for b in cdb.iter_mut() {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            *b = (x >> 56) as u8;
+        }
+        cdb[0] = COMMANDS[(x as usize >> 3) % COMMANDS.len()].opcode;
+        let data = vec![0u8; (x >> 40) as usize % 2048];
+        let _ = run(&s, 0, &cdb, &data);
+    }
+}
