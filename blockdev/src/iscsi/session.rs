@@ -409,6 +409,22 @@ impl Connection {
     }
 }
 
+/// How collecting a command's write data ended.
+enum Transfer {
+    Complete,
+    SequenceError,
+    Gone,
+}
+
+/// Appends one Data-Out's payload if it is the next in its sequence and continues the data exactly.
+fn take_data_out(d: &Pdu, data: &mut Vec<u8>, expected_data_sn: u32) -> bool {
+    if d.u32_at(36) != expected_data_sn || d.u32_at(40) as usize != data.len() {
+        return false;
+    }
+    data.extend_from_slice(&d.data);
+    true
+}
+
 /// What a command task needs of its connection.
 struct TaskContext {
     out: mpsc::UnboundedSender<Out>,
@@ -429,44 +445,42 @@ impl TaskContext {
         let mut data = cmd.data.clone();
         let received = match data_rx {
             Some(rx) => self.receive_data(&cmd, &mut data, edtl, rx).await,
-            None => true,
+            None => Transfer::Complete,
         };
         self.transfers.lock().expect("not poisoned").remove(&itt);
-        if !received {
-            self.tasks.lock().expect("not poisoned").remove(&itt);
-            return; // the connection is going away
-        }
-        let cdb = &cmd.bhs[32..48];
-        let outcome = scsi::execute(&target.luns, cmd.lun(), cdb, &data).await;
+        let outcome = match received {
+            Transfer::Complete => scsi::execute(&target.luns, cmd.lun(), &cmd.bhs[32..48], &data).await,
+            // A broken data sequence fails the command, and nothing of it is written.
+            Transfer::SequenceError => Outcome::check(Sense::DATA_PHASE_ERROR),
+            Transfer::Gone => {
+                self.tasks.lock().expect("not poisoned").remove(&itt);
+                return; // the connection is going away
+            }
+        };
         self.tasks.lock().expect("not poisoned").remove(&itt);
         self.respond(&cmd, outcome);
     }
 
     /// Collects the write data: unsolicited Data-Out first (when InitialR2T=No), then one R2T burst at a
-    /// time until the expected length is there.
-    async fn receive_data(
-        &self,
-        cmd: &Pdu,
-        data: &mut Vec<u8>,
-        edtl: usize,
-        mut rx: mpsc::UnboundedReceiver<Pdu>,
-    ) -> bool {
+    /// time until the expected length is there. Each sequence's DataSN counts from 0 and each PDU must
+    /// continue the data exactly; otherwise the rest of the sequence is drained and the command fails.
+    async fn receive_data(&self, cmd: &Pdu, data: &mut Vec<u8>, edtl: usize, mut rx: mpsc::UnboundedReceiver<Pdu>) -> Transfer {
         let itt = cmd.itt();
-        let final_cmd = cmd.final_bit();
-        if !self.params.initial_r2t && !final_cmd {
+        let mut broken = false;
+        if !self.params.initial_r2t && !cmd.final_bit() {
             let unsolicited = edtl.min(self.params.first_burst_length as usize);
-            while data.len() < unsolicited {
-                let Some(d) = rx.recv().await else { return false };
-                if !self.take_data_out(&d, data) {
-                    return false;
-                }
-                if d.final_bit() {
+            let mut data_sn = 0u32;
+            loop {
+                let Some(d) = rx.recv().await else { return Transfer::Gone };
+                broken |= !take_data_out(&d, data, data_sn);
+                data_sn += 1;
+                if d.final_bit() || (!broken && data.len() >= unsolicited) {
                     break;
                 }
             }
         }
         let mut r2t_sn = 0u32;
-        while data.len() < edtl {
+        while !broken && data.len() < edtl {
             let ttt = self.next_ttt.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
             let offset = data.len();
             let len = (edtl - offset).min(self.params.max_burst_length as usize);
@@ -481,34 +495,26 @@ impl TaskContext {
             r2t_sn += 1;
             self.send(r2t, false);
             let end = offset + len;
-            while data.len() < end {
-                let Some(d) = rx.recv().await else { return false };
-                if d.u32_at(20) != ttt && d.u32_at(20) != RESERVED_TAG {
-                    continue; // a stale Data-Out of an earlier burst
+            let mut data_sn = 0u32;
+            loop {
+                let Some(d) = rx.recv().await else { return Transfer::Gone };
+                if d.u32_at(20) != ttt {
+                    continue; // a stale Data-Out of an earlier sequence
                 }
-                if !self.take_data_out(&d, data) {
-                    return false;
-                }
+                broken |= !take_data_out(&d, data, data_sn);
+                data_sn += 1;
                 if d.final_bit() {
                     break;
                 }
             }
-            if data.len() < end {
-                return false; // the burst ended short: the initiator broke the protocol
-            }
+            broken |= data.len() != end;
         }
-        true
-    }
-
-    /// Appends one Data-Out's payload, which must continue the data exactly.
-    fn take_data_out(&self, d: &Pdu, data: &mut Vec<u8>) -> bool {
-        let offset = d.u32_at(40) as usize;
-        if offset != data.len() {
-            tracing::warn!(offset, have = data.len(), "Data-Out out of order; ending the connection's command");
-            return false;
+        if broken {
+            tracing::warn!(itt, "Data-Out sequence out of order or incomplete; the command fails");
+            Transfer::SequenceError
+        } else {
+            Transfer::Complete
         }
-        data.extend_from_slice(&d.data);
-        true
     }
 
     /// Sends Data-In (split at the initiator's limit, a sequence per MaxBurstLength) and the status.
@@ -525,8 +531,15 @@ impl TaskContext {
             } else {
                 (0, 0)
             }
-        } else if writes && outcome.status == GOOD && cmd.data.len() < edtl {
-            (0, 0)
+        } else if writes && outcome.status == GOOD {
+            let wanted = outcome.data_out_wanted;
+            if wanted > edtl {
+                (0x04, wanted - edtl)
+            } else if wanted < edtl {
+                (0x02, edtl - wanted)
+            } else {
+                (0, 0)
+            }
         } else if !reads && !writes && edtl > 0 {
             (0x02, edtl)
         } else {

@@ -39,6 +39,7 @@ impl Sense {
     pub const WRITE_ERROR: Sense = Sense { key: 0x03, asc: 0x0c, ascq: 0x00 };
     pub const SPACE_ALLOCATION_FAILED: Sense = Sense { key: 0x07, asc: 0x27, ascq: 0x07 };
     pub const MISCOMPARE: Sense = Sense { key: 0x0e, asc: 0x1d, ascq: 0x00 };
+    pub const DATA_PHASE_ERROR: Sense = Sense { key: 0x0b, asc: 0x4b, ascq: 0x00 };
 
     /// Fixed-format sense data (SPC-4 4.5.3), 18 bytes.
     pub fn fixed(&self) -> Vec<u8> {
@@ -87,14 +88,16 @@ pub struct Outcome {
     pub status: u8,
     pub data: Vec<u8>,
     pub sense: Option<Sense>,
+    /// Bytes of data-out the command asked for (its transfer length), for the transport's residuals.
+    pub data_out_wanted: usize,
 }
 
 impl Outcome {
     pub fn good(data: Vec<u8>) -> Outcome {
-        Outcome { status: GOOD, data, sense: None }
+        Outcome { status: GOOD, data, sense: None, data_out_wanted: 0 }
     }
     pub fn check(sense: Sense) -> Outcome {
-        Outcome { status: CHECK_CONDITION, data: Vec::new(), sense: Some(sense) }
+        Outcome { status: CHECK_CONDITION, data: Vec::new(), sense: Some(sense), data_out_wanted: 0 }
     }
 }
 

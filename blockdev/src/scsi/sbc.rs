@@ -73,18 +73,20 @@ pub async fn write(lun: &Lun, cdb: &[u8], data: &[u8]) -> Outcome {
     if blocks > u64::from(MAX_TRANSFER_BLOCKS) {
         return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
     }
-    let len = (blocks * BLOCK_SIZE) as usize;
-    if data.len() < len {
-        // The initiator sent less than the CDB asks to write (its expected length was short).
-        return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
-    }
-    if blocks == 0 {
-        return Outcome::good(Vec::new());
-    }
-    match lun.disk.write(lba * BLOCK_SIZE, &data[..len], fua).await {
-        Ok(()) => Outcome::good(Vec::new()),
-        Err(e) => Outcome::check(Sense::of(&e, true)),
-    }
+    let wanted = (blocks * BLOCK_SIZE) as usize;
+    // When the initiator's expected length is short, only the whole blocks it sent are written; the
+    // transport reports the rest as residual overflow (RFC 7143 11.4.5.2).
+    let len = wanted.min(data.len() / BLOCK_SIZE as usize * BLOCK_SIZE as usize);
+    let mut outcome = if len == 0 {
+        Outcome::good(Vec::new())
+    } else {
+        match lun.disk.write(lba * BLOCK_SIZE, &data[..len], fua).await {
+            Ok(()) => Outcome::good(Vec::new()),
+            Err(e) => Outcome::check(Sense::of(&e, true)),
+        }
+    };
+    outcome.data_out_wanted = wanted;
+    outcome
 }
 
 pub async fn verify(lun: &Lun, cdb: &[u8], data: &[u8]) -> Outcome {
@@ -196,8 +198,9 @@ pub async fn unmap(lun: &Lun, cdb: &[u8], data: &[u8]) -> Outcome {
         if blocks > u64::from(MAX_UNMAP_BLOCKS) {
             return Outcome::check(Sense::INVALID_FIELD_IN_PARAMETERS);
         }
-        if let Err(s) = in_range(lun, lba, blocks) {
-            return Outcome::check(s);
+        // Zero blocks at the end of the LUN is a valid, empty descriptor.
+        if lba.checked_add(blocks).is_none_or(|end| end > lun.blocks()) {
+            return Outcome::check(Sense::LBA_OUT_OF_RANGE);
         }
     }
     for (lba, blocks) in descs {

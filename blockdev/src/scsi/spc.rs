@@ -47,7 +47,7 @@ pub fn inquiry(lun: &Lun, cdb: &[u8]) -> Outcome {
             d[16..20].copy_from_slice(&MAX_UNMAP_BLOCKS.to_be_bytes());
             d[20..24].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
             d[24..28].copy_from_slice(&8u32.to_be_bytes()); // optimal unmap granularity
-            d[36..44].copy_from_slice(&u64::from(MAX_UNMAP_BLOCKS).to_be_bytes()); // max WRITE SAME length
+            d[32..40].copy_from_slice(&u64::from(MAX_UNMAP_BLOCKS).to_be_bytes()); // max WRITE SAME length
             d
         }
         0xb1 => {
