@@ -4,19 +4,36 @@
 set -euo pipefail
 what="${1:-run}"
 
-# Tools the appliance itself runs: qemu-img/qemu-nbd (image formats), sfdisk and mkfs (sample images).
-packages=(qemu-utils fdisk e2fsprogs)
+# Tools the appliance itself runs: qemu-img/qemu-nbd (image formats), sfdisk and mkfs (sample images),
+# losetup/partx/blkid/mount (browse).
+packages=(fdisk e2fsprogs util-linux mount)
+# QEMU 10 comes from bookworm-backports (bookworm's 7.2 would replace the qemu-utils 10 these machines have);
+# qemu-block-extra carries QEMU's iSCSI driver that the tests use as an initiator.
+backports=(qemu-utils)
 if [ "$what" = test ]; then
-    packages+=(xfsprogs)
+    packages+=(xfsprogs libiscsi-bin)
+    backports+=(qemu-block-extra)
 fi
 
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
 missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "installing: ${missing[*]}"
+for p in "${packages[@]}"; do installed "$p" || missing+=("$p"); done
+missing_bpo=()
+for p in "${backports[@]}"; do installed "$p" || missing_bpo+=("$p"); done
+
+if [ "${#missing[@]}" -gt 0 ] || [ "${#missing_bpo[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
+    if [ "${#missing_bpo[@]}" -gt 0 ] && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        echo "deb http://deb.debian.org/debian bookworm-backports main" > /etc/apt/sources.list.d/backports.list
+    fi
     apt-get update -qq
-    apt-get install -y -qq "${missing[@]}" >/dev/null
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "installing: ${missing[*]}"
+        apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if [ "${#missing_bpo[@]}" -gt 0 ]; then
+        echo "installing from bookworm-backports: ${missing_bpo[*]}"
+        apt-get install -y -qq -t bookworm-backports "${missing_bpo[@]}" >/dev/null
+    fi
 fi

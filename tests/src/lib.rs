@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests in `tests/`: the `livemount` binary, disk images built with the same
 //! tools people use (sfdisk, mkfs.ext4 -d), and deterministic test data.
 
+pub mod initiator;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -161,6 +163,8 @@ impl Daemon {
             .arg(self.state_dir())
             .arg("--fuse-root")
             .arg(self.fuse_root())
+            .arg("--portal")
+            .arg("127.0.0.1:0")
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -203,6 +207,10 @@ impl Daemon {
             child.kill().unwrap();
             child.wait().unwrap();
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon runs").id()
     }
 
     pub fn log(&self) -> String {

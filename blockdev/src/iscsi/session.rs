@@ -464,7 +464,13 @@ impl TaskContext {
     /// Collects the write data: unsolicited Data-Out first (when InitialR2T=No), then one R2T burst at a
     /// time until the expected length is there. Each sequence's DataSN counts from 0 and each PDU must
     /// continue the data exactly; otherwise the rest of the sequence is drained and the command fails.
-    async fn receive_data(&self, cmd: &Pdu, data: &mut Vec<u8>, edtl: usize, mut rx: mpsc::UnboundedReceiver<Pdu>) -> Transfer {
+    async fn receive_data(
+        &self,
+        cmd: &Pdu,
+        data: &mut Vec<u8>,
+        edtl: usize,
+        mut rx: mpsc::UnboundedReceiver<Pdu>,
+    ) -> Transfer {
         let itt = cmd.itt();
         let mut broken = false;
         if !self.params.initial_r2t && !cmd.final_bit() {

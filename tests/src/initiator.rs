@@ -1,0 +1,192 @@
+//! A minimal raw iSCSI initiator for tests that need what libiscsi's tools do not offer: data digests,
+//! many sessions held open at once, and deliberately broken PDUs.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+fn crc32c(data: &[u8]) -> u32 {
+    // Bitwise CRC32C (Castagnoli, reflected 0x82F63B78): small and obviously right, fast enough for tests.
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+pub struct Initiator {
+    pub stream: TcpStream,
+    isid: [u8; 6],
+    header_digest: bool,
+    data_digest: bool,
+    cmd_sn: u32,
+    exp_stat_sn: u32,
+    itt: u32,
+}
+
+fn keys(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in pairs {
+        out.extend_from_slice(format!("{k}={v}").as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+impl Initiator {
+    /// Logs in to `target` at `addr` (straight to operational negotiation, no authentication). Each call is
+    /// a new session (its own ISID).
+    pub fn login(addr: &str, target: &str, digests: bool) -> std::io::Result<Initiator> {
+        // A distinct ISID per session: the same initiator name and ISID would reinstate (end) the other one.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_be_bytes();
+        Self::login_full(addr, target, digests, [0x40, 0, n[0], n[1], n[2], n[3]])
+    }
+
+    /// Logs in with a given ISID.
+    pub fn login_with_isid(addr: &str, target: &str, isid: [u8; 6]) -> std::io::Result<Initiator> {
+        Self::login_full(addr, target, false, isid)
+    }
+
+    pub fn isid(&self) -> [u8; 6] {
+        self.isid
+    }
+
+    fn login_full(addr: &str, target: &str, digests: bool, isid: [u8; 6]) -> std::io::Result<Initiator> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut ini =
+            Initiator { stream, isid, header_digest: false, data_digest: false, cmd_sn: 1, exp_stat_sn: 0, itt: 1 };
+        let digest = if digests { "CRC32C" } else { "None" };
+        let data = keys(&[
+            ("InitiatorName", "iqn.2026-11.io.livemount:test-initiator"),
+            ("TargetName", target),
+            ("SessionType", "Normal"),
+            ("HeaderDigest", digest),
+            ("DataDigest", digest),
+            ("MaxRecvDataSegmentLength", "65536"),
+            ("InitialR2T", "No"),
+            ("ImmediateData", "Yes"),
+        ]);
+        let mut bhs = [0u8; 48];
+        bhs[0] = 0x43; // immediate login request
+        bhs[1] = 0x80 | (1 << 2) | 3; // T, CSG operational, NSG full feature
+        bhs[8..14].copy_from_slice(&isid);
+        bhs[16..20].copy_from_slice(&ini.itt.to_be_bytes());
+        bhs[24..28].copy_from_slice(&ini.cmd_sn.to_be_bytes());
+        ini.send_raw(bhs, &data)?;
+        let (rsp, answer) = ini.recv()?;
+        if rsp[36] != 0 {
+            return Err(std::io::Error::other(format!("login failed: class {} detail {}", rsp[36], rsp[37])));
+        }
+        let text = String::from_utf8_lossy(&answer).to_string();
+        ini.header_digest = text.contains("HeaderDigest=CRC32C");
+        ini.data_digest = text.contains("DataDigest=CRC32C");
+        Ok(ini)
+    }
+
+    pub fn digests(&self) -> (bool, bool) {
+        (self.header_digest, self.data_digest)
+    }
+
+    /// Sends a PDU (BHS and data), with the digests in use.
+    pub fn send_raw(&mut self, mut bhs: [u8; 48], data: &[u8]) -> std::io::Result<()> {
+        let len = data.len();
+        bhs[5] = (len >> 16) as u8;
+        bhs[6] = (len >> 8) as u8;
+        bhs[7] = len as u8;
+        let mut out = bhs.to_vec();
+        if self.header_digest {
+            out.extend_from_slice(&crc32c(&bhs).to_le_bytes());
+        }
+        if len > 0 {
+            let mut padded = data.to_vec();
+            padded.resize(len.div_ceil(4) * 4, 0);
+            out.extend_from_slice(&padded);
+            if self.data_digest {
+                out.extend_from_slice(&crc32c(&padded).to_le_bytes());
+            }
+        }
+        self.stream.write_all(&out)
+    }
+
+    /// Receives one PDU, checking its digests. Returns the BHS and the data.
+    pub fn recv(&mut self) -> std::io::Result<([u8; 48], Vec<u8>)> {
+        let mut bhs = [0u8; 48];
+        self.stream.read_exact(&mut bhs)?;
+        if self.header_digest {
+            let mut d = [0u8; 4];
+            self.stream.read_exact(&mut d)?;
+            assert_eq!(u32::from_le_bytes(d), crc32c(&bhs), "header digest from the target is right");
+        }
+        let len = (usize::from(bhs[5]) << 16) | (usize::from(bhs[6]) << 8) | usize::from(bhs[7]);
+        let mut data = vec![0u8; len.div_ceil(4) * 4];
+        self.stream.read_exact(&mut data)?;
+        if self.data_digest && len > 0 {
+            let mut d = [0u8; 4];
+            self.stream.read_exact(&mut d)?;
+            assert_eq!(u32::from_le_bytes(d), crc32c(&data), "data digest from the target is right");
+        }
+        data.truncate(len);
+        self.exp_stat_sn = u32::from_be_bytes(bhs[24..28].try_into().unwrap()).wrapping_add(1);
+        Ok((bhs, data))
+    }
+
+    /// READ(10) of `blocks` 512-byte blocks at `lba` on LUN 0; returns the data and the SCSI status.
+    pub fn read10(&mut self, lba: u32, blocks: u16) -> std::io::Result<(Vec<u8>, u8)> {
+        self.itt += 1;
+        let mut bhs = [0u8; 48];
+        bhs[0] = 0x01;
+        bhs[1] = 0x80 | 0x40; // F, R
+        bhs[16..20].copy_from_slice(&self.itt.to_be_bytes());
+        bhs[20..24].copy_from_slice(&(u32::from(blocks) * 512).to_be_bytes());
+        bhs[24..28].copy_from_slice(&self.cmd_sn.to_be_bytes());
+        bhs[28..32].copy_from_slice(&self.exp_stat_sn.to_be_bytes());
+        self.cmd_sn += 1;
+        bhs[32] = 0x28;
+        bhs[34..38].copy_from_slice(&lba.to_be_bytes());
+        bhs[39..41].copy_from_slice(&blocks.to_be_bytes());
+        self.send_raw(bhs, &[])?;
+        let mut data = Vec::new();
+        loop {
+            let (rsp, d) = self.recv()?;
+            match rsp[0] & 0x3f {
+                0x25 => {
+                    data.extend_from_slice(&d);
+                    if rsp[1] & 0x01 != 0 {
+                        return Ok((data, rsp[3]));
+                    }
+                }
+                0x21 => return Ok((data, rsp[3])),
+                _ => {} // NOP-In pings and the like
+            }
+        }
+    }
+
+    /// WRITE(10) with all data as immediate data.
+    pub fn write10(&mut self, lba: u32, data: &[u8]) -> std::io::Result<u8> {
+        self.itt += 1;
+        let blocks = (data.len() / 512) as u16;
+        let mut bhs = [0u8; 48];
+        bhs[0] = 0x01;
+        bhs[1] = 0x80 | 0x20; // F, W
+        bhs[16..20].copy_from_slice(&self.itt.to_be_bytes());
+        bhs[20..24].copy_from_slice(&(data.len() as u32).to_be_bytes());
+        bhs[24..28].copy_from_slice(&self.cmd_sn.to_be_bytes());
+        bhs[28..32].copy_from_slice(&self.exp_stat_sn.to_be_bytes());
+        self.cmd_sn += 1;
+        bhs[32] = 0x2a;
+        bhs[34..38].copy_from_slice(&lba.to_be_bytes());
+        bhs[39..41].copy_from_slice(&blocks.to_be_bytes());
+        self.send_raw(bhs, data)?;
+        loop {
+            let (rsp, _) = self.recv()?;
+            if rsp[0] & 0x3f == 0x21 {
+                return Ok(rsp[3]);
+            }
+        }
+    }
+}
