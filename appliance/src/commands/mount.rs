@@ -52,8 +52,10 @@ pub fn mount(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
         print_json(&info);
     } else {
         println!("mount {} of backup {}{}", info.id, info.backup, if info.read_only { " (read-only)" } else { "" });
+        println!("  iSCSI target {}", info.iqn);
         for d in &info.disks {
             println!("  disk {}: {} ({})", d.disk, d.fuse_path, size(d.size));
+            println!("          {}", d.iscsi_url);
         }
     }
     Ok(0)
