@@ -13,6 +13,34 @@ pub struct MountRequest {
     /// iSCSI access rules of the mount's target.
     #[serde(default)]
     pub access: TargetAccess,
+    /// Prepare the guest and publish an iPXE script so that a VM boots from the mount.
+    #[serde(default)]
+    pub boot: Option<BootRequest>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BootRequest {
+    /// The MAC address of the machine that boots this mount (the entry script picks the mount by it).
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// How to boot a mount.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BootInfo {
+    /// The per-mount iPXE script (unguessable URL).
+    pub script_url: String,
+    /// The fixed entry script a boot image carries; it chains to the per-mount script.
+    pub entry_url: String,
+    /// iPXE's SAN URI of the boot disk.
+    pub sanboot: String,
+    pub initiator_iqn: String,
+    pub mac: Option<String>,
+    /// The prepared guest and what was changed in it.
+    pub guest_os: String,
+    pub changes: Vec<String>,
+    /// A QEMU command line that boots the mount (user-mode networking: the host is 10.0.2.2).
+    pub qemu_command: String,
 }
 
 /// Who may log in to a mount's iSCSI target.
@@ -42,6 +70,9 @@ pub struct MountInfo {
     /// Set while the mount is browsed (its file systems mounted for file recovery).
     #[serde(default)]
     pub browse: Option<BrowseInfo>,
+    /// Set for mounts made to boot a VM.
+    #[serde(default)]
+    pub boot: Option<BootInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,4 +1,6 @@
 //! Guest disk images: what is on a disk (partition tables) and, later, preparing a guest to boot from
 //! iSCSI, iPXE scripts and the iPXE boot image (issue 5).
 
+pub mod guest;
+pub mod ipxe;
 pub mod partition;

@@ -165,6 +165,8 @@ impl Daemon {
             .arg(self.fuse_root())
             .arg("--portal")
             .arg("127.0.0.1:0")
+            .arg("--http")
+            .arg("127.0.0.1:0")
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

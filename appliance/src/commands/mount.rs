@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::api_types::{MountInfo, MountRequest, TargetAccess};
+use crate::api_types::{BootRequest, MountInfo, MountRequest, TargetAccess};
 use crate::cli::Cli;
 use crate::client::Client;
 use crate::output::{print_json, size};
@@ -28,6 +28,12 @@ pub struct MountArgs {
     pub mutual_chap_user: Option<String>,
     #[arg(long, requires = "mutual_chap_user")]
     pub mutual_chap_secret: Option<String>,
+    /// Prepare the guest to boot from iSCSI and publish an iPXE script (a live-mounted VM).
+    #[arg(long)]
+    pub boot: bool,
+    /// With --boot: the MAC address of the machine that boots it (the entry script picks the mount by it).
+    #[arg(long, requires = "boot")]
+    pub mac: Option<String>,
     /// Only these initiator IQNs may log in (repeat for several).
     #[arg(long = "allow-initiator")]
     pub allow_initiators: Vec<String>,
@@ -46,13 +52,22 @@ pub fn mount(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
         mutual_chap: args.mutual_chap_user.clone().zip(args.mutual_chap_secret.clone()),
         allowed_initiators: args.allow_initiators.clone(),
     };
-    let req = MountRequest { backup: args.backup.clone(), name: args.name.clone(), read_only: args.read_only, access };
+    let boot = args.boot.then(|| BootRequest { mac: args.mac.clone() });
+    let req =
+        MountRequest { backup: args.backup.clone(), name: args.name.clone(), read_only: args.read_only, access, boot };
     let info: MountInfo = client.post("/v1/mounts", &req)?;
     if cli.json {
         print_json(&info);
     } else {
         println!("mount {} of backup {}{}", info.id, info.backup, if info.read_only { " (read-only)" } else { "" });
         println!("  iSCSI target {}", info.iqn);
+        if let Some(b) = &info.boot {
+            println!("  guest {} prepared: {}", b.guest_os, b.changes.join("; "));
+            println!("  ready to boot: iPXE script {}", b.script_url);
+            println!("                 entry script {} (for boot images; picks the mount by MAC)", b.entry_url);
+            println!("                 sanboot {}", b.sanboot);
+            println!("  boot it with:  {}", b.qemu_command);
+        }
         for d in &info.disks {
             println!("  disk {}: {} ({})", d.disk, d.fuse_path, size(d.size));
             println!("          {}", d.iscsi_url);

@@ -18,6 +18,12 @@ pub struct ServeArgs {
     /// The iSCSI portal's address.
     #[arg(long, default_value = "0.0.0.0:3260")]
     pub portal: std::net::SocketAddr,
+    /// The HTTP server for iPXE scripts.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub http: std::net::SocketAddr,
+    /// Packages installed into guests that lack the iSCSI initiator (default: STATE_DIR/guest-packages).
+    #[arg(long)]
+    pub guest_packages: Option<PathBuf>,
     /// The address initiators reach the appliance at (default: the portal's address, or 127.0.0.1 when it
     /// listens on every address).
     #[arg(long)]
@@ -37,6 +43,8 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<i32> {
     daemon::run(ServeOptions {
         portal: args.portal,
         advertise,
+        http: args.http,
+        guest_packages: args.guest_packages.clone().unwrap_or_else(|| args.state_dir.join("guest-packages")),
         state_dir: args.state_dir.clone(),
         fuse_root: args.fuse_root.clone(),
         api: cli.api.clone(),

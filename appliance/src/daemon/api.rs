@@ -20,6 +20,26 @@ pub fn routes(manager: Arc<Manager>) -> Router {
         .with_state(manager)
 }
 
+/// The HTTP server iPXE talks to: the entry script's answer and the per-mount scripts.
+pub fn ipxe_routes(manager: Arc<Manager>) -> Router {
+    Router::new()
+        .route("/ipxe/entry.ipxe", get(ipxe_entry))
+        .route("/ipxe/m/{file}", get(ipxe_mount_script))
+        .with_state(manager)
+}
+
+async fn ipxe_entry(
+    State(m): State<Arc<Manager>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> String {
+    m.entry_for(q.get("mac").map(String::as_str).unwrap_or("")).await
+}
+
+async fn ipxe_mount_script(State(m): State<Arc<Manager>>, Path(file): Path<String>) -> Result<String, ApiError> {
+    let token = file.strip_suffix(".ipxe").unwrap_or(&file);
+    m.script_by_token(token).await.ok_or_else(|| ApiError::not_found("no such boot script"))
+}
+
 async fn list_mounts(State(m): State<Arc<Manager>>) -> Json<Vec<MountInfo>> {
     Json(m.list().await)
 }

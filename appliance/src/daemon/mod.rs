@@ -2,8 +2,10 @@
 //! after a restart) and answers the control API on a Unix socket or loopback TCP.
 
 mod api;
+mod boot;
 mod browse;
 mod error;
+mod loopdev;
 mod mounts;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +20,10 @@ pub struct ServeOptions {
     pub portal: std::net::SocketAddr,
     /// The address initiators are told to reach the portal at (TargetAddress, iSCSI URLs).
     pub advertise: String,
+    /// The HTTP server for iPXE scripts.
+    pub http: std::net::SocketAddr,
+    /// Packages the appliance installs into guests that lack the iSCSI initiator.
+    pub guest_packages: PathBuf,
     pub state_dir: PathBuf,
     pub fuse_root: PathBuf,
     pub api: ApiAddr,
@@ -48,7 +54,20 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let portal = blockdev::iscsi::Portal::new(advertise);
     tracing::info!(portal = %opts.portal, advertise = %portal.advertise, "iSCSI portal listening");
     tokio::spawn(blockdev::iscsi::serve(iscsi, portal.clone()));
-    let manager = mounts::Manager::new(&opts.state_dir, &opts.fuse_root, &opts.library, engine, view.clone(), portal);
+    let http = tokio::net::TcpListener::bind(opts.http)
+        .await
+        .with_context(|| format!("binding the HTTP address {} for iPXE scripts", opts.http))?;
+    let http_base = format!("http://{}:{}", opts.advertise, http.local_addr()?.port());
+    tracing::info!(http = %opts.http, base = %http_base, "iPXE scripts served");
+    let boot = mounts::BootSettings { http_base, packages_dir: opts.guest_packages.clone() };
+    let manager =
+        mounts::Manager::new(&opts.state_dir, &opts.fuse_root, &opts.library, engine, view.clone(), portal, boot);
+    let ipxe = api::ipxe_routes(manager.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(http, ipxe).await {
+            tracing::error!("the iPXE HTTP server stopped: {e}");
+        }
+    });
     manager.show_backups();
     manager.load().await;
 

@@ -24,7 +24,7 @@ use blockdev::iscsi::chap::ChapConfig;
 use blockdev::iscsi::{Portal, Target};
 use blockdev::scsi::{Lun, LunSet};
 
-use crate::api_types::{BrowseInfo, DiskCounters, DiskInfo, MountInfo, MountRequest, TargetAccess};
+use crate::api_types::{BootInfo, BrowseInfo, DiskCounters, DiskInfo, MountInfo, MountRequest, TargetAccess};
 use crate::library_source::{BackupFile, LibrarySource};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,6 +43,24 @@ struct MountState {
     browse: Option<BrowseInfo>,
     #[serde(default)]
     access: TargetAccess,
+    #[serde(default)]
+    boot: Option<BootState>,
+}
+
+/// What a boot mount publishes: the token of its script URL, and the prepared guest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BootState {
+    token: String,
+    mac: Option<String>,
+    initiator_iqn: String,
+    guest_os: String,
+    changes: Vec<String>,
+}
+
+/// Where the daemon's HTTP server (iPXE scripts) is reached, and where guest packages are.
+pub struct BootSettings {
+    pub http_base: String,
+    pub packages_dir: PathBuf,
 }
 
 struct Mount {
@@ -52,6 +70,7 @@ struct Mount {
 
 pub struct Manager {
     portal: Arc<Portal>,
+    boot: BootSettings,
     state_dir: PathBuf,
     fuse_root: PathBuf,
     library_path: PathBuf,
@@ -69,9 +88,11 @@ impl Manager {
         engine: Engine,
         view: Arc<FileView>,
         portal: Arc<Portal>,
+        boot: BootSettings,
     ) -> Arc<Manager> {
         Arc::new(Manager {
             portal,
+            boot,
             state_dir: state_dir.to_path_buf(),
             fuse_root: fuse_root.to_path_buf(),
             library_path: library_path.to_path_buf(),
@@ -227,6 +248,7 @@ impl Manager {
             for_browse,
             browse: None,
             access: req.access.clone(),
+            boot: None,
         };
         std::fs::create_dir_all(self.mount_dir(&id))?;
         let result = self.save(&state).and_then(|()| self.open_mount(state));
@@ -239,9 +261,103 @@ impl Manager {
             }
         };
         tracing::info!(mount = %id, backup = %manifest.id, "mounted");
+        if let Some(boot) = &req.boot {
+            if let Err(e) = self.make_bootable(&mount, boot.mac.clone()).await {
+                self.portal.remove_target(&iqn_of(&id));
+                self.view.remove(&["mounts", &id]);
+                drop(mount);
+                let _ = blockdev::pseudo_disk::remove_stores(&self.mount_dir(&id));
+                let _ = std::fs::remove_dir_all(self.state_dir.join("boot").join(&id));
+                tracing::warn!(mount = %id, "boot preparation failed; mount rolled back: {}", e.message);
+                return Err(e);
+            }
+        }
         let info = self.info(&mount);
         self.mounts.lock().await.insert(id, mount);
         Ok(info)
+    }
+
+    /// Prepares the mount's guest to boot from iSCSI and publishes its iPXE script.
+    async fn make_bootable(&self, mount: &Mount, mac: Option<String>) -> Result<(), ApiError> {
+        let id = mount.state.lock().expect("not poisoned").id.clone();
+        let initiator_iqn = format!("iqn.2026-11.io.livemount:initiator-{id}");
+        let files: Vec<PathBuf> = (0..mount.disks.len())
+            .map(|d| self.fuse_root.join("mounts").join(&id).join(format!("disk{d}.img")))
+            .collect();
+        let work = self.state_dir.join("boot").join(&id);
+        std::fs::create_dir_all(&work)?;
+        let opts = image::guest::PrepareOptions {
+            initiator_iqn: initiator_iqn.clone(),
+            packages_dir: self.boot.packages_dir.clone(),
+        };
+        let prepared = super::boot::prepare_guest(&files, &work, opts).await?;
+        let _ = std::fs::remove_dir_all(&work);
+        for d in &mount.disks {
+            d.flush().await?;
+        }
+        let state = {
+            let mut s = mount.state.lock().expect("not poisoned");
+            s.boot = Some(BootState {
+                token: new_mount_id() + &new_mount_id(),
+                mac: mac.map(|m| m.to_ascii_lowercase()),
+                initiator_iqn,
+                guest_os: prepared.os,
+                changes: prepared.changes,
+            });
+            s.clone()
+        };
+        self.save(&state)?;
+        tracing::info!(mount = %id, "guest prepared; iPXE script published");
+        Ok(())
+    }
+
+    /// The per-mount iPXE script for a token.
+    pub async fn script_by_token(&self, token: &str) -> Option<String> {
+        let mounts = self.mounts.lock().await;
+        mounts.values().find_map(|m| {
+            let s = m.state.lock().expect("not poisoned");
+            let b = s.boot.as_ref()?;
+            (b.token == token).then(|| image::ipxe::mount_script(&self.boot_target(&s.id, b)))
+        })
+    }
+
+    /// What the entry script gets for a machine: a chain to its mount's script (by MAC, or the only boot
+    /// mount there is), or a script saying there is none.
+    pub async fn entry_for(&self, mac: &str) -> String {
+        let mac = mac.to_ascii_lowercase();
+        let mounts = self.mounts.lock().await;
+        let boots: Vec<(Option<String>, String)> = mounts
+            .values()
+            .filter_map(|m| {
+                let s = m.state.lock().expect("not poisoned");
+                s.boot.as_ref().map(|b| (b.mac.clone(), b.token.clone()))
+            })
+            .collect();
+        let chosen =
+            boots.iter().find(|(m, _)| m.as_deref() == Some(mac.as_str())).or_else(|| match boots.as_slice() {
+                [only] if only.0.is_none() => Some(only),
+                _ => None,
+            });
+        match chosen {
+            Some((_, token)) => image::ipxe::chain_script(&self.script_url(token)),
+            None => image::ipxe::no_mount_script(&mac),
+        }
+    }
+
+    fn script_url(&self, token: &str) -> String {
+        format!("{}/ipxe/m/{token}.ipxe", self.boot.http_base)
+    }
+
+    fn boot_target(&self, id: &str, b: &BootState) -> image::ipxe::BootTarget {
+        let (server, port) = self.portal.advertise.rsplit_once(':').unwrap_or((&self.portal.advertise, "3260"));
+        image::ipxe::BootTarget {
+            server: server.to_string(),
+            port: port.parse().unwrap_or(3260),
+            lun: 0,
+            target_iqn: iqn_of(id),
+            initiator_iqn: b.initiator_iqn.clone(),
+            keep_san: true,
+        }
     }
 
     fn info(&self, m: &Mount) -> MountInfo {
@@ -280,6 +396,23 @@ impl Manager {
                 })
                 .collect(),
             iqn: iqn_of(&s.id),
+            boot: s.boot.as_ref().map(|b| {
+                let target = self.boot_target(&s.id, b);
+                let script_url = self.script_url(&b.token);
+                BootInfo {
+                    qemu_command: format!(
+                        "qemu-system-x86_64 -accel tcg -m 1024 -nographic -netdev user,id=n0,bootfile={script_url} -device virtio-net-pci,netdev=n0{} -boot n",
+                        b.mac.as_ref().map(|m| format!(",mac={m}")).unwrap_or_default()
+                    ),
+                    script_url,
+                    entry_url: format!("{}/ipxe/entry.ipxe", self.boot.http_base),
+                    sanboot: image::ipxe::sanboot_uri(&target),
+                    initiator_iqn: b.initiator_iqn.clone(),
+                    mac: b.mac.clone(),
+                    guest_os: b.guest_os.clone(),
+                    changes: b.changes.clone(),
+                }
+            }),
             id: s.id,
             name: s.name,
             backup: s.backup,
@@ -340,6 +473,7 @@ impl Manager {
                     name: None,
                     read_only: true,
                     access: TargetAccess::default(),
+                    boot: None,
                 },
                 true,
             )
