@@ -326,12 +326,25 @@ PY
 # ---------------------------------------------------------------------------------------------------------
 # livemount: library, daemon, a fresh mount; then the library view of the same backup.
 # ---------------------------------------------------------------------------------------------------------
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 start_daemon() {
     local state=$1 fuse=$2 i
     mkdir -p "$state" "$fuse"
     rm -f "$WORK/api.sock"
+    # Builds with an iSCSI portal and an HTTP server listen on 0.0.0.0:3260 and :8080 by default: keep this
+    # daemon on loopback ports nobody uses, so it never collides with another daemon of the machine.
+    local extra=()
+    if "$LIVEMOUNT" serve --help 2>/dev/null | grep -q -- --portal; then
+        extra+=(--portal "127.0.0.1:$(free_port)")
+    fi
+    if "$LIVEMOUNT" serve --help 2>/dev/null | grep -q -- --http; then
+        extra+=(--http "127.0.0.1:$(free_port)")
+    fi
     "$LIVEMOUNT" --library "$WORK/livemount-lib" --api "$WORK/api.sock" serve --state-dir "$state" \
-        --fuse-root "$fuse" < /dev/null >> "$WORK/logs/daemon.log" 2>&1 &
+        --fuse-root "$fuse" "${extra[@]}" < /dev/null >> "$WORK/logs/daemon.log" 2>&1 &
     DAEMON_PID=$!
     for i in $(seq 1 600); do
         if [[ -S $WORK/api.sock ]] && lm --json mounts > /dev/null 2>&1; then return 0; fi
