@@ -8,7 +8,7 @@ use crate::client::ApiAddr;
 use crate::commands::browse::{BrowseArgs, UnbrowseArgs};
 use crate::commands::mount::{MountArgs, UnmountArgs};
 use crate::commands::serve::ServeArgs;
-use crate::commands::{backup::BackupCmd, library::LibraryCmd};
+use crate::commands::{backup::BackupCmd, image::ImageCmd, library::LibraryCmd};
 
 /// Where the library is when nothing else says.
 pub const DEFAULT_LIBRARY: &str = "/var/lib/livemount/library";
@@ -53,6 +53,9 @@ pub enum Command {
     Browse(BrowseArgs),
     /// Undo a browse.
     Unbrowse(UnbrowseArgs),
+    /// Build appliance images (the iPXE boot disk).
+    #[command(subcommand)]
+    Image(ImageCmd),
 }
 
 #[cfg(test)]

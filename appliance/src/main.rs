@@ -22,6 +22,7 @@ fn main() {
         cli::Command::Unmount(args) => commands::mount::unmount(&cli, args),
         cli::Command::Browse(args) => commands::browse::browse(&cli, args),
         cli::Command::Unbrowse(args) => commands::browse::unbrowse(&cli, args),
+        cli::Command::Image(cmd) => commands::image::run(&cli, cmd),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod browse;
+pub mod image;
 pub mod library;
 pub mod mount;
 pub mod serve;

@@ -1,0 +1,122 @@
+//! The iPXE boot disk: a small disk image that boots iPXE (Debian's `ipxe` package, `ipxe.lkrn`) with the
+//! appliance's entry script, so that one image boots every live mount (the entry script asks the appliance
+//! which mount the machine gets). A cloud machine image is made from it.
+//!
+//! Layout: an MBR (syslinux's boot code) and one active FAT16 partition holding SYSLINUX, `ipxe.lkrn` and
+//! `entry.ipxe`. SYSLINUX loads ipxe.lkrn as a Linux kernel with the script as its initrd; iPXE runs an
+//! initrd script as its embedded script. Built without loop devices or mounts (mtools and
+//! `syslinux --offset` work on the image file), so it needs no privileges.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Size of the image and where its partition starts.
+const DISK_BYTES: u64 = 32 << 20;
+const PART_START_SECTOR: u64 = 2048;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootDiskError {
+    #[error("{what} is missing: install the Debian packages ipxe, syslinux, syslinux-common, mtools and dosfstools")]
+    Missing { what: String },
+    #[error("`{command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn run(cmd: &mut Command) -> Result<(), BootDiskError> {
+    let command = format!("{cmd:?}");
+    let out = cmd.output().map_err(|e| BootDiskError::Missing { what: format!("{command} ({e})") })?;
+    if !out.status.success() {
+        return Err(BootDiskError::Command {
+            command,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn first_existing(candidates: &[&str]) -> Option<PathBuf> {
+    candidates.iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+/// Writes the boot disk to `out`, with `entry_script` (see `ipxe::entry_script`) as iPXE's script.
+pub fn build(out: &Path, entry_script: &str) -> Result<(), BootDiskError> {
+    let lkrn = first_existing(&["/usr/lib/ipxe/ipxe.lkrn", "/boot/ipxe.lkrn"])
+        .ok_or_else(|| BootDiskError::Missing { what: "ipxe.lkrn (package ipxe)".into() })?;
+    let mbr = first_existing(&["/usr/lib/syslinux/mbr/mbr.bin", "/usr/lib/SYSLINUX/mbr.bin"])
+        .ok_or_else(|| BootDiskError::Missing { what: "mbr.bin (package syslinux-common)".into() })?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BootDiskError::Io { path, source }
+    };
+    let tmp = out.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::File::create(&tmp).and_then(|f| f.set_len(DISK_BYTES)).map_err(io(&tmp))?;
+    let result = (|| {
+        // One active FAT16 partition from sector 2048 to the end.
+        let mut sfdisk = Command::new("sfdisk");
+        sfdisk.arg("--quiet").arg(&tmp).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+        let mut child = sfdisk.spawn().map_err(|_| BootDiskError::Missing { what: "sfdisk (package fdisk)".into() })?;
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("piped");
+            writeln!(stdin, "label: dos\nstart={PART_START_SECTOR}, type=6, bootable").map_err(io(&tmp))?;
+        }
+        if !child.wait().map_err(io(&tmp))?.success() {
+            return Err(BootDiskError::Command {
+                command: "sfdisk".into(),
+                stderr: "could not write the partition table".into(),
+            });
+        }
+        // syslinux's MBR boot code (the first 440 bytes; the partition table after it stays).
+        let code = std::fs::read(&mbr).map_err(io(&mbr))?;
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(&tmp).map_err(io(&tmp))?;
+            f.write_all_at(&code[..440.min(code.len())], 0).map_err(io(&tmp))?;
+        }
+        let offset = PART_START_SECTOR * 512;
+        let sectors = (DISK_BYTES - offset) / 512;
+        run(Command::new("mkfs.fat")
+            .args(["-F", "16", "-n", "LIVEMOUNT", "--offset", &PART_START_SECTOR.to_string()])
+            .arg(&tmp)
+            .arg((sectors / 2).to_string()))?;
+        run(Command::new("syslinux").args(["--install", "--offset", &offset.to_string()]).arg(&tmp))?;
+        let dir = tempfile_dir()?;
+        let cfg = dir.join("syslinux.cfg");
+        std::fs::write(
+            &cfg,
+            "DEFAULT livemount\nPROMPT 0\nTIMEOUT 0\nLABEL livemount\n  KERNEL ipxe.lkrn\n  INITRD entry.ipxe\n",
+        )
+        .map_err(io(&cfg))?;
+        let script = dir.join("entry.ipxe");
+        std::fs::write(&script, entry_script).map_err(io(&script))?;
+        let image_at = format!("{}@@{offset}", tmp.display());
+        for file in [cfg.as_path(), script.as_path(), lkrn.as_path()] {
+            run(Command::new("mcopy").args(["-o", "-i", &image_at]).arg(file).arg("::/"))?;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    })();
+    match result {
+        Ok(()) => std::fs::rename(&tmp, out).map_err(io(out)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn tempfile_dir() -> Result<PathBuf, BootDiskError> {
+    let mut b = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    let dir = std::env::temp_dir()
+        .join(format!("livemount-bootdisk-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>()));
+    std::fs::create_dir_all(&dir).map_err(|source| BootDiskError::Io { path: dir.clone(), source })?;
+    Ok(dir)
+}
