@@ -410,14 +410,16 @@ verify_lun() {
 # Conformance: one family per process, each with a timeout; then one single-process run for reference.
 # ---------------------------------------------------------------------------------------------------------
 conformance() {  # conformance TARGET URL PID
-    local target=$1 url=$2 pid=$3 fam rc t0 dir=$WORK/cu/$1
+    local target=$1 url=$2 pid=$3 fam rc t0 l0 dir=$WORK/cu/$1
     mkdir -p "$dir"
     t0=$(now)
     for fam in $(iscsi-test-cu --list | grep -E '^ALL\.[A-Za-z0-9]+$'); do
         rc=0
+        l0=$(wc -l < "$WORK/logs/daemon.log")
         timeout -k 10 "$CU_TIMEOUT" stdbuf -o0 -e0 iscsi-test-cu --dataloss -t "$fam" "$url" \
             > "$dir/$fam.out" 2>&1 < /dev/null || rc=$?
         echo "$fam $rc" >> "$dir/rc"
+        echo "$target $fam $l0 $(wc -l < "$WORK/logs/daemon.log")" >> "$WORK/daemon-log-phases"
         ((rc == 124 || rc == 137)) && echo "   $target: $fam timed out after ${CU_TIMEOUT}s" >&2
         if ! kill -0 "$pid" 2>/dev/null; then
             echo "   $target: the target process died during $fam" >&2
@@ -428,9 +430,11 @@ conformance() {  # conformance TARGET URL PID
     rec "$target.cu_s" "$(since "$t0")"
     # For reference: the whole suite in one process (see the header about the leaked PDU hook).
     rc=0
+    l0=$(wc -l < "$WORK/logs/daemon.log")
     timeout -k 10 "$CU_TIMEOUT" stdbuf -o0 -e0 iscsi-test-cu --dataloss -t ALL "$url" > "$dir/single-process.out" \
         2>&1 < /dev/null || rc=$?
     echo "single-process $rc" >> "$dir/rc"
+    echo "$target single-process $l0 $(wc -l < "$WORK/logs/daemon.log")" >> "$WORK/daemon-log-phases"
     python3 "$WORK/cu_parse.py" summary "$dir" >&2
 }
 
@@ -462,7 +466,7 @@ def parse(text):
             res[cur] = ("notrun", "no verdict (interrupted)")
         elif any(m.group(1) == "FAILED" for m in v):
             msg = re.search(r"\[FAILED\][^\n]*", t) or re.search(r"^\s+1\. [^\n]*", t, re.M)
-            res[cur] = ("fail", msg.group(0).strip()[:240] if msg else "")
+            res[cur] = ("fail", re.sub(r"\s+\[SKIPPED\].*", "", msg.group(0)).strip()[:240] if msg else "")
         elif "[SKIPPED]" in t[: v[-1].start()]:
             msg = re.search(r"\[SKIPPED\][^\n]*", t)
             res[cur] = ("skip", msg.group(0).strip()[:240])
@@ -534,7 +538,7 @@ report() {
     if [[ -d $WORK/cu/livemount ]]; then python3 "$WORK/cu_parse.py" json "$WORK/cu/livemount" > "$WORK/cu-livemount.json"; fi
     if [[ -d $WORK/cu/tgt ]]; then python3 "$WORK/cu_parse.py" json "$WORK/cu/tgt" > "$WORK/cu-tgt.json"; fi
     # The daemon's warnings and errors, without colours, counted by message (ITTs and times stripped).
-    sed 's/\x1b\[[0-9;]*m//g' "$WORK/logs/daemon.log" | grep -E ' (WARN|ERROR) ' > "$WORK/daemon-problems.txt" || true
+    sed 's/\x1b\[[0-9;]*m//g' "$WORK/logs/daemon.log" | grep -n -E ' (WARN|ERROR) ' > "$WORK/daemon-problems.txt" || true
     grep -v -E 'iser_ib_init|oom_score_adj|nr_open|work_timer_start|bs_init|device_mgmt|bs_thread_open' \
         "$WORK/logs/tgtd.log" > "$WORK/tgtd-problems.txt" 2>/dev/null || true
     WORK=$WORK RESULTS=$RESULTS FULL=$FULL T=$T LOAD_START=$LOAD_START CACHE_DROPS=$CACHE_DROPS \
@@ -560,8 +564,22 @@ cu = {t: json.load(open(os.path.join(W, f"cu-{t}.json"))) for t in ("livemount",
 def norm(line):
     line = re.sub(r"^\S+Z\s+", "", line)
     return re.sub(r"\b(itt|cmdsn|ttt|lba|offset|len|expected|got)=\S+", r"\1=N", line).strip()
-problems = [l.rstrip("\n") for l in open(os.path.join(W, "daemon-problems.txt"))]
-grouped = collections.Counter(norm(l) for l in problems)
+phases = []
+if os.path.exists(os.path.join(W, "daemon-log-phases")):
+    for l in open(os.path.join(W, "daemon-log-phases")):
+        t, fam, a, b = l.split()
+        phases.append((int(a), int(b), f"conformance {fam}"))
+def phase(n):
+    for a, b, name in phases:
+        if a < n <= b:
+            return name
+    return "outside the conformance runs"
+problems, where = [], []
+for l in open(os.path.join(W, "daemon-problems.txt")):
+    n, _, text = l.rstrip("\n").partition(":")
+    problems.append(text)
+    where.append(phase(int(n)))
+grouped = collections.Counter(f"{norm(l)}   [during {w}]" for l, w in zip(problems, where))
 tgt_problems = [l.rstrip("\n") for l in open(os.path.join(W, "tgtd-problems.txt"))] \
     if os.path.exists(os.path.join(W, "tgtd-problems.txt")) else []
 deaths = open(os.path.join(W, "target-deaths")).read().split("\n")[:-1] \
@@ -603,6 +621,7 @@ res = {
     "conformance": cu,
     "target_deaths": deaths,
     "daemon_log_problems": {"count": len(problems), "by_message": grouped.most_common(), "first": problems[:20]},
+    "tgtd_log_lines": len(tgt_problems),
     "tgtd_log": tgt_problems[:50],
 }
 json.dump(res, open(env["RESULTS"], "w"), indent=2)
@@ -672,9 +691,19 @@ if cu:
         if to:
             print(f"  families that timed out on {t}: " + ", ".join(to))
     if len(cu) == 2:
-        print(f"  results that differ between the targets ({len(diff)}): livemount / tgt")
+        print(f"  results that differ between the targets ({len(diff)}), by livemount / tgt result:")
+        groups = collections.defaultdict(list)
         for n in diff:
-            print(f"    {n:<48} {cu['livemount']['tests'].get(n, {}).get('result', '-'):>7} / {cu['tgt']['tests'].get(n, {}).get('result', '-')}")
+            groups[(cu["livemount"]["tests"].get(n, {}).get("result", "-"), cu["tgt"]["tests"].get(n, {}).get("result", "-"))].append(n[4:])
+        for (a, b), ns in sorted(groups.items()):
+            suites = collections.Counter(n.split(".")[0] for n in ns)
+            full = {n.split(".")[0] for n in ns if sum(1 for t in names if t.startswith("ALL." + n.split(".")[0] + ".")) == suites[n.split(".")[0]]}
+            parts = [f"{s_}.* ({c})" if s_ in full else ", ".join(n for n in ns if n.startswith(s_ + ".")) for s_, c in suites.items()]
+            print(f"    {a} / {b} ({len(ns)}): " + "; ".join(parts))
+    for t, r in cu.items():
+        why = collections.Counter(re.sub(r"^\[SKIPPED\]\s*", "", x["detail"]) for x in r["tests"].values() if x["result"] == "skip")
+        print(f"  why tests were skipped on {t}: " + "; ".join(f"{n} x {m}" for m, n in why.most_common(6))
+              + (" ..." if len(why) > 6 else ""))
     for t, r in cu.items():
         sp = r.get("single_process")
         if sp and sp["failed"]:
@@ -688,8 +717,8 @@ if deaths:
 print()
 if problems:
     print(f"the livemount daemon logged {len(problems)} warnings/errors:")
-    for m, n in grouped.most_common(8):
-        print(f"  {n:>5} x {m[:150]}")
+    for m, n in grouped.most_common(10):
+        print(f"  {n:>5} x {m[:170]}")
 else:
     print("the livemount daemon logged no warnings or errors")
 print()
