@@ -8,11 +8,13 @@ use std::path::Path;
 use super::chroot::Chroot;
 use super::{io_err, GuestError, PrepareOptions, Prepared};
 
-/// Sourced by open-iscsi's initramfs script. iPXE's sanboot publishes an "iBFT" ACPI table.
+/// Sourced by open-iscsi's initramfs script (local-top/iscsi). iPXE's sanboot leaves an iBFT in memory,
+/// which the iscsi_ibft module finds and shows under /sys/firmware/ibft.
 const ISCSI_INITRAMFS: &str = "\
 # Written by livemount: log in to the boot disk from the iBFT only when the firmware (iPXE sanboot) left one,
 # so that a local boot of this disk does not wait for a network.
-if [ -e /sys/firmware/acpi/tables/iBFT ]; then
+modprobe iscsi_ibft 2>/dev/null
+if [ -d /sys/firmware/ibft/initiator ] || [ -e /sys/firmware/acpi/tables/iBFT ]; then
     ISCSI_AUTO=true
 fi
 ";
