@@ -5,11 +5,12 @@ set -euo pipefail
 what="${1:-run}"
 
 # Tools the appliance itself runs: qemu-img/qemu-nbd (image formats), sfdisk and mkfs (sample images),
-# losetup/partx/blkid/mount (browse).
-packages=(fdisk e2fsprogs util-linux mount)
+# losetup/partx/blkid/mount (browse, guest preparation), ipxe + syslinux + mtools + dosfstools (the iPXE
+# boot disk), debootstrap and curl (the sample guest and its packages).
+packages=(fdisk e2fsprogs util-linux mount ipxe syslinux syslinux-common mtools dosfstools debootstrap curl)
 # QEMU 10 comes from bookworm-backports (bookworm's 7.2 would replace the qemu-utils 10 these machines have);
 # qemu-block-extra carries QEMU's iSCSI driver that the tests use as an initiator.
-backports=(qemu-utils)
+backports=(qemu-utils qemu-system-x86 ipxe-qemu)
 if [ "$what" = test ]; then
     packages+=(xfsprogs libiscsi-bin)
     backports+=(qemu-block-extra)

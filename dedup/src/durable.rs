@@ -88,10 +88,11 @@ pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
         return Ok(());
     }
     fs::create_dir_all(dir)?;
-    if let Some(parent) = dir.parent() {
-        sync_dir(parent)?;
+    // A relative one-component path has "" as its parent: that is the current folder.
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
+        _ => sync_dir(Path::new(".")),
     }
-    Ok(())
 }
 
 /// A random suffix that keeps temporary names of concurrent writers apart.

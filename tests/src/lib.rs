@@ -120,12 +120,19 @@ pub fn json(out: &[u8]) -> serde_json::Value {
 pub struct Daemon {
     pub dir: PathBuf,
     pub library: PathBuf,
+    extra: Vec<String>,
     child: Option<std::process::Child>,
 }
 
 impl Daemon {
     pub fn start(dir: &Path, library: &Path) -> Daemon {
-        let mut d = Daemon { dir: dir.to_path_buf(), library: library.to_path_buf(), child: None };
+        Self::start_with(dir, library, &[])
+    }
+
+    /// Starts the daemon with more `serve` options (e.g. `--advertise 10.0.2.2` for QEMU guests).
+    pub fn start_with(dir: &Path, library: &Path, extra: &[&str]) -> Daemon {
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut d = Daemon { dir: dir.to_path_buf(), library: library.to_path_buf(), extra, child: None };
         d.restart();
         d
     }
@@ -167,6 +174,7 @@ impl Daemon {
             .arg("127.0.0.1:0")
             .arg("--http")
             .arg("127.0.0.1:0")
+            .args(&self.extra)
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

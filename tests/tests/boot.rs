@@ -1,0 +1,133 @@
+//! Live-mount a VM: a bootable Debian guest (built from Debian packages, without open-iscsi) is backed up,
+//! mounted with --boot (the appliance installs open-iscsi offline and prepares the initramfs), and QEMU
+//! boots it through the appliance's iPXE boot disk: iPXE fetches the entry script over HTTP, chains to
+//! the mount's script and sanboots from the native iSCSI target; the guest's initramfs logs in again from
+//! the iBFT and the guest runs to userspace with its root on the iSCSI disk, writes a marker file, prints
+//! a marker on the serial console and powers off. Afterwards the backup verifies and restores identical.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tests::{json, livemount, run, Daemon};
+
+const GUEST_CACHE: &str = "/var/cache/livemount-guest";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// The cached guest image and the open-iscsi packages for it (built on first use).
+fn guest_image_and_packages() -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(GUEST_CACHE).unwrap();
+    let image = Path::new(GUEST_CACHE).join("bookworm.img");
+    run(Command::new(fixtures().join("make-guest-image.sh")).arg(&image));
+    let debs = Path::new(GUEST_CACHE).join("guest-packages/debian-12");
+    if !debs.join(".complete").exists() {
+        std::fs::create_dir_all(&debs).unwrap();
+        run(Command::new(fixtures().join("fetch-open-iscsi-debs.sh")).arg(&debs));
+        std::fs::write(debs.join(".complete"), b"").unwrap();
+    }
+    (image, debs.parent().unwrap().to_path_buf())
+}
+
+/// Reads a file from the guest's ext4 root (partition at 1 MiB) in a disk image file, without mounting.
+fn read_guest_file(disk: &Path, path: &str) -> String {
+    let dev = run(Command::new("losetup").args(["--find", "--show", "--read-only", "--offset", "1048576"]).arg(disk));
+    let dev = dev.trim().to_string();
+    let out = Command::new("debugfs").args(["-R", &format!("cat {path}")]).arg(&dev).output().unwrap();
+    let _ = Command::new("losetup").arg("-d").arg(&dev).status();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_debian_vm_boots_from_a_live_mount_over_ipxe_and_iscsi() {
+    let (guest, packages) = guest_image_and_packages();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let lib = dir.join("library");
+    livemount(&lib).args(["library", "init"]).assert().success();
+    let out = livemount(&lib).args(["backup", "create", "--json", "--name", "guest"]).arg(&guest).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let backup = json(&out.stdout)["id"].as_str().unwrap().to_string();
+
+    // QEMU's user-mode network reaches the host's 127.0.0.1 as 10.0.2.2.
+    let packages_arg = packages.display().to_string();
+    let daemon = Daemon::start_with(dir, &lib, &["--advertise", "10.0.2.2", "--guest-packages", &packages_arg]);
+    let mac = "52:54:00:4c:4d:01";
+    let out = daemon.cli().args(["mount", &backup, "--boot", "--mac", mac, "--json"]).output().unwrap();
+    assert!(out.status.success(), "mount --boot: {}\n{}", String::from_utf8_lossy(&out.stderr), daemon.log());
+    let m = json(&out.stdout);
+    let boot = &m["boot"];
+    assert!(boot["changes"].to_string().contains("installed open-iscsi"), "{boot}");
+    let script_url = boot["script_url"].as_str().unwrap();
+    let entry_url = boot["entry_url"].as_str().unwrap();
+    let fuse_file = PathBuf::from(m["disks"][0]["fuse_path"].as_str().unwrap());
+    let mount_id = m["id"].as_str().unwrap().to_string();
+
+    // The scripts as iPXE will fetch them (the host sees the HTTP server on 127.0.0.1).
+    let local = |url: &str| url.replace("10.0.2.2", "127.0.0.1");
+    let script = run(Command::new("curl").args(["-sf", &local(script_url)]));
+    assert!(script.contains("sanboot") && script.contains(m["iqn"].as_str().unwrap()), "{script}");
+    let entry = run(Command::new("curl").args(["-sf", &format!("{}?mac={mac}", local(entry_url))]));
+    assert!(entry.contains(&format!("chain {script_url}")), "{entry}");
+
+    // The boot disk a machine image would carry, with the entry script inside.
+    let base = entry_url.trim_end_matches("/ipxe/entry.ipxe");
+    let boot_disk = dir.join("ipxe-boot.img");
+    livemount(&lib).args(["image", "ipxe-disk", "--appliance-url", base]).arg(&boot_disk).assert().success();
+
+    let started = Instant::now();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-m", "1024", "-nographic", "-no-reboot"])
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=ide", boot_disk.display()))
+        .args(["-netdev", "user,id=n0", "-device", &format!("virtio-net-pci,netdev=n0,mac={mac}"), "-boot", "c"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64 (qemu-system-x86 from bookworm-backports) is installed");
+    let mut console = String::new();
+    let mut stdout = qemu.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    let deadline = Duration::from_secs(900);
+    loop {
+        if qemu.try_wait().unwrap().is_some() {
+            break;
+        }
+        if started.elapsed() > deadline {
+            let _ = qemu.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = qemu.wait();
+    console.push_str(&reader.join().unwrap());
+    let booted = started.elapsed();
+    let marker = console.lines().find(|l| l.contains("LIVEMOUNT-BOOT-MARKER")).map(str::to_string);
+    let tail: String = console.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
+    let marker = marker.unwrap_or_else(|| panic!("no boot marker on the console after {booted:?}:\n{tail}\n{}", daemon.log()));
+    assert!(marker.contains("tran=iscsi"), "the root file system is on the iSCSI disk: {marker}");
+    assert!(console.contains("iscsistart"), "the initramfs logged in from the iBFT");
+    eprintln!("booted to the marker in {booted:?}: {marker}");
+
+    // The marker file the guest wrote is in the mount's private store, readable through the FUSE file.
+    let file = read_guest_file(&fuse_file, "/var/lib/livemount-marker");
+    assert!(file.contains("booted") && file.contains("iscsi"), "marker file: {file:?}");
+    // ... and not in the backup.
+    let pristine = read_guest_file(&guest, "/var/lib/livemount-marker");
+    assert!(!pristine.contains("tran=iscsi"), "the backup's image was not written: {pristine:?}");
+
+    daemon.cli().args(["unmount", &mount_id]).assert().success();
+    livemount(&lib).args(["backup", "verify", &backup]).assert().success();
+    let restored = dir.join("restored.img");
+    livemount(&lib).args(["backup", "restore", &backup]).arg(&restored).assert().success();
+    let same = Command::new("cmp").arg(&restored).arg(&guest).status().unwrap().success();
+    assert!(same, "the backup restores identical to the original guest image");
+}
