@@ -29,8 +29,9 @@ impl Source for LibrarySource {
     }
 }
 
-/// Chunks kept decoded per file of the read-only view, so that a sequential reader decodes each chunk once.
-const CACHED_CHUNKS: usize = 8;
+/// Chunks kept decoded per file of the read-only view (least recently used go first), so that a reader
+/// decodes each chunk once while it works in a region.
+const CACHED_CHUNKS: usize = 64;
 
 /// A backup disk as a read-only file of the FUSE view (`backups/<id>/disk<N>.img`).
 pub struct BackupFile(Arc<Cached>);
@@ -48,8 +49,13 @@ impl BackupFile {
 
 impl Cached {
     fn chunk(&self, index: usize) -> Result<Arc<Vec<u8>>, dedup::Error> {
-        if let Some((_, data)) = self.chunks.lock().expect("not poisoned").iter().find(|(i, _)| *i == index) {
-            return Ok(data.clone());
+        {
+            let mut cache = self.chunks.lock().expect("not poisoned");
+            if let Some(pos) = cache.iter().position(|(i, _)| *i == index) {
+                let hit = cache.remove(pos).expect("position is valid");
+                cache.push_back(hit.clone());
+                return Ok(hit.1);
+            }
         }
         let mut buf = Vec::new();
         self.disk.read_chunk(index, &mut buf)?;

@@ -310,7 +310,15 @@ impl PseudoDisk {
                     self.counters.read_bytes_private.fetch_add(dest.len() as u64, Ordering::Relaxed);
                 }
                 Layer::Below => {
-                    self.ensure_recalled(pos / self.chunk_size).await?;
+                    let chunk = pos / self.chunk_size;
+                    if let Some(fresh) = self.ensure_recalled(chunk).await? {
+                        // The reader that recalled the chunk is served from memory, not from the file.
+                        let within = (pos - chunk * self.chunk_size) as usize;
+                        dest.copy_from_slice(&fresh[within..within + dest.len()]);
+                        self.counters.read_bytes_recall.fetch_add(dest.len() as u64, Ordering::Relaxed);
+                        pos = run_end;
+                        continue;
+                    }
                     let data = self
                         .engine
                         .read(&self.recall.data, pos, dest.len())
@@ -337,16 +345,17 @@ impl PseudoDisk {
         }
     }
 
-    /// Recalls chunk `chunk` into the recall store unless it is there; one recall per chunk at a time.
-    async fn ensure_recalled(self: &Arc<Self>, chunk: u64) -> Result<()> {
+    /// Recalls chunk `chunk` into the recall store unless it is there; one recall per chunk at a time. The
+    /// task that did the recall gets the chunk's bytes back (None for everyone else, and for zero chunks).
+    async fn ensure_recalled(self: &Arc<Self>, chunk: u64) -> Result<Option<Arc<Vec<u8>>>> {
         loop {
             if self.recall.present.get(chunk) {
-                return Ok(());
+                return Ok(None);
             }
             let (leader, mut rx) = {
                 let mut map = self.recalling.lock().expect("not poisoned");
                 if self.recall.present.get(chunk) {
-                    return Ok(());
+                    return Ok(None);
                 }
                 match map.get(&chunk) {
                     Some(rx) => (None, rx.clone()),
@@ -373,8 +382,9 @@ impl PseudoDisk {
         }
     }
 
-    async fn recall_chunk(&self, chunk: u64) -> Result<()> {
+    async fn recall_chunk(&self, chunk: u64) -> Result<Option<Arc<Vec<u8>>>> {
         let len = chunk_len(self.size, self.chunk_size as u32, chunk);
+        let mut fresh = None;
         if !self.source.is_zero_chunk(chunk) {
             let source = self.source.clone();
             let data = tokio::task::spawn_blocking(move || {
@@ -395,18 +405,19 @@ impl PseudoDisk {
                 });
             }
             // A chunk of zeros stays a hole of the sparse recall file.
-            if data.iter().any(|&b| b != 0) {
-                self.engine
-                    .write(&self.recall.data, chunk * self.chunk_size, data)
-                    .await
-                    .map_err(self.recall.io_err("write"))?;
-            }
+            let data = if data.iter().any(|&b| b != 0) {
+                self.engine.write(&self.recall.data, chunk * self.chunk_size, data).await.map_err(self.recall.io_err("write"))?
+            } else {
+                data
+            };
             self.counters.bytes_recalled.fetch_add(len as u64, Ordering::Relaxed);
+            // Only chunks that held data count as recalled: zero chunks read nothing from the source.
+            self.counters.chunks_recalled.fetch_add(1, Ordering::Relaxed);
+            fresh = Some(Arc::new(data));
         }
-        self.counters.chunks_recalled.fetch_add(1, Ordering::Relaxed);
         self.recall.present.set_range(chunk, 1, true);
         self.recall.note(RecordKind::Data, chunk, 1);
-        Ok(())
+        Ok(fresh.or_else(|| Some(Arc::new(vec![0u8; len]))))
     }
 
     /// On sequential access, recalls the next chunks in the background.

@@ -32,7 +32,13 @@ pub struct ServeArgs {
 
 pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<i32> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LIVEMOUNT_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    // Colours only on a terminal: logs in files and the journal stay plain text.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     let advertise = args.advertise.clone().unwrap_or_else(|| {
         if args.portal.ip().is_unspecified() {
             "127.0.0.1".to_string()
