@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job on a fresh Debian 12 machine: build livemount, create the default library, make a sample disk
-# image (a real GPT-partitioned ext4 image with files), back it up, verify it and show it.
+# The main job on a fresh Debian 12 machine: build livemount, create the default library, back up a sample
+# disk image (a real GPT-partitioned ext4 image with files), verify and show it; then live-mount a VM: build
+# a bootable Debian guest disk from Debian packages, back it up, start the daemon, mount the backup with
+# --boot (the guest is prepared to run from iSCSI) and print how to boot it.
 # Usage: scripts/demo.sh            (as root; the library goes to /var/lib/livemount/library unless
 #                                    LIVEMOUNT_LIBRARY says otherwise)
 set -euo pipefail
@@ -12,6 +14,7 @@ cargo build --release -p appliance
 livemount="$CARGO_TARGET_DIR/release/livemount"
 library="${LIVEMOUNT_LIBRARY:-/var/lib/livemount/library}"
 export LIVEMOUNT_LIBRARY="$library"
+export LIVEMOUNT_API="${LIVEMOUNT_API:-/run/livemount/api.sock}"
 
 if [ ! -f "$library/library.json" ]; then
     "$livemount" library init
@@ -47,3 +50,47 @@ echo "== the backup"
 "$livemount" backup show sample
 echo "== the library"
 "$livemount" library stats
+
+echo "== a bootable Debian guest (built once from Debian packages, cached)"
+guest_cache=/var/cache/livemount-guest
+mkdir -p "$guest_cache"
+tests/fixtures/make-guest-image.sh "$guest_cache/bookworm.img"
+packages=/var/lib/livemount/guest-packages/debian-12
+if [ ! -f "$packages/.complete" ]; then
+    mkdir -p "$packages"
+    tests/fixtures/fetch-open-iscsi-debs.sh "$packages"
+    touch "$packages/.complete"
+fi
+"$livemount" backup create "$guest_cache/bookworm.img" --name demo-guest
+
+echo "== the daemon"
+if ! "$livemount" mounts >/dev/null 2>&1; then
+    # QEMU's user-mode network reaches this host's 127.0.0.1 as 10.0.2.2.
+    mkdir -p /var/log/livemount
+    setsid "$livemount" serve --portal 127.0.0.1:3260 --http 127.0.0.1:8080 --advertise 10.0.2.2 \
+        >>/var/log/livemount/daemon.log 2>&1 < /dev/null &
+    for _ in $(seq 1 100); do
+        "$livemount" mounts >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    "$livemount" mounts >/dev/null
+    echo "livemount serve is running (log: /var/log/livemount/daemon.log; stop it with: pkill -TERM -f 'livemount serve')"
+fi
+
+echo "== live-mounting the guest to boot it"
+"$livemount" unmount demo-vm >/dev/null 2>&1 || true
+mac=52:54:00:4c:4d:00
+"$livemount" mount demo-guest --boot --mac "$mac" --name demo-vm
+"$livemount" image ipxe-disk /var/lib/livemount/ipxe-boot.img --appliance-url http://10.0.2.2:8080
+cat <<TXT
+
+Ready. Boot the live-mounted VM through the iPXE boot disk (about a minute under TCG; the guest prints
+LIVEMOUNT-BOOT-MARKER on the serial console when its userspace runs from the iSCSI disk):
+
+  cp /var/lib/livemount/ipxe-boot.img /tmp/boot.img && \\
+  qemu-system-x86_64 -accel tcg -m 1024 -nographic -drive file=/tmp/boot.img,format=raw,if=ide \\
+      -netdev user,id=n0 -device virtio-net-pci,netdev=n0,mac=$mac -boot c
+
+or straight from QEMU's iPXE with the "boot it with" line above. Writes land in the mount's private store;
+\`livemount unmount demo-vm\` deletes them and leaves the backup as it was.
+TXT

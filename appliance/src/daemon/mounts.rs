@@ -401,7 +401,7 @@ impl Manager {
                 let script_url = self.script_url(&b.token);
                 BootInfo {
                     qemu_command: format!(
-                        "qemu-system-x86_64 -accel tcg -m 1024 -nographic -netdev user,id=n0,bootfile={script_url} -device virtio-net-pci,netdev=n0{} -boot n",
+                        "qemu-system-x86_64 -accel tcg -m 1024 -nographic -netdev user,id=n0,bootfile={script_url} -device virtio-net-pci,netdev=n0,disable-legacy=on{} -boot n",
                         b.mac.as_ref().map(|m| format!(",mac={m}")).unwrap_or_default()
                     ),
                     script_url,
