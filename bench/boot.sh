@@ -330,7 +330,8 @@ boot_mount() {
 
 drop_mount() {  # drop_mount ID
     local id=$1 keep=() m
-    timeout 120 lm unmount "$id" > /dev/null 2>&1 || echo "bench: unmount $id failed" >&2
+    timeout 120 "$LIVEMOUNT" --library "$LIB" --api "$WORK/api.sock" unmount "$id" > /dev/null 2>&1 \
+        || echo "bench: unmount $id failed" >&2
     for m in "${LM_MOUNTS[@]}"; do [[ $m == "$id" ]] || keep+=("$m"); done
     LM_MOUNTS=("${keep[@]}")
 }
@@ -400,7 +401,16 @@ start_tgtd() {
 
 # A fresh copy of the prepared guest as LUN 1 (every tgt boot starts from the same disk).
 tgt_fresh_lun() {
-    tgtadm -C "$TGT_CONTROL" --lld iscsi --op delete --mode logicalunit --tid 1 --lun 1 > /dev/null 2>&1 || true
+    local i
+    if [[ -f $WORK/tgt.img ]]; then
+        # The last boot's session may linger a moment after QEMU's exit.
+        for i in $(seq 1 100); do
+            tgtadm -C "$TGT_CONTROL" --lld iscsi --op delete --mode logicalunit --tid 1 --lun 1 > /dev/null 2>&1 \
+                && break
+            sleep 0.2
+        done
+        ((i < 100)) || die "tgt: cannot remove LUN 1 (a session still open?)"
+    fi
     rm -f "$WORK/tgt.img"
     cp --sparse=always "$WORK/tgt-pristine.img" "$WORK/tgt.img"
     tgtadm -C "$TGT_CONTROL" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$WORK/tgt.img"
@@ -469,13 +479,14 @@ while True:
     out.write(data)
     buf += data
     *lines, buf = buf.split(b"\n")
-    for raw in lines + [buf]:
+    for raw in lines:
         line = raw.decode("utf-8", "replace")
-        for key, text in MILESTONES:
-            if key not in seen and text in line:
-                seen[key] = round(t, 2)
-        if marker_line is None and "LIVEMOUNT-BOOT-MARKER" in line and raw is not buf:
+        if marker_line is None and "LIVEMOUNT-BOOT-MARKER" in line:
             marker_line = line.strip()
+    partial = buf.decode("utf-8", "replace")
+    for key, text in MILESTONES:
+        if key not in seen and (any(text in l.decode("utf-8", "replace") for l in lines) or text in partial):
+            seen.setdefault(key, round(t, 2))
 rc = q.wait()
 exit_s = round(time.monotonic() - t0, 2)
 out.close()
@@ -490,7 +501,7 @@ PY
 # boot_vm RUN MODE ARG MAC: MODE net (ARG: the bootfile URL) or disk (ARG: the boot disk image). Appends a
 # JSON line to $WORK/boots.jsonl (with the run's tag) and sets BOOT_OK.
 boot_vm() {
-    local run=$1 mode=$2 arg=$3 mac=$4 net=(-netdev user,id=n0) line
+    local run=$1 mode=$2 arg=$3 mac=$4 line
     local args=(qemu-system-x86_64 -accel tcg -m 1024 -nographic -no-reboot)
     if [[ $mode == net ]]; then
         args+=(-netdev "user,id=n0,bootfile=$arg" -device "virtio-net-pci,netdev=n0,mac=$mac" -boot n)
@@ -498,7 +509,6 @@ boot_vm() {
         args+=(-drive "file=$arg,format=raw,if=ide,readonly=on" -netdev user,id=n0
                -device "virtio-net-pci,netdev=n0,mac=$mac" -boot c)
     fi
-    : "${net[@]}"
     python3 "$WORK/boot.py" "$run" "$BOOT_TIMEOUT" "$WORK/logs/console-$run.log" "$WORK/qemu.pid" -- "${args[@]}" \
         > "$WORK/boot-$run.json" 2> "$WORK/logs/boot-$run.err" &
     BOOT_PID=$!

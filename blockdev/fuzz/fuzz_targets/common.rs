@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each fuzz target uses a part of it
 //! A small in-memory LUN shared by the fuzz targets.
 
 use std::sync::{Arc, OnceLock};
