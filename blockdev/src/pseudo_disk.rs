@@ -273,11 +273,30 @@ impl PseudoDisk {
     /// Reads `len` bytes at `offset`.
     pub async fn read(self: &Arc<Self>, offset: u64, len: usize) -> Result<Vec<u8>> {
         self.check_range(offset, len as u64)?;
-        let mut out = vec![0u8; len];
-        self.read_into(offset, &mut out).await?;
+        let end = offset + len as u64;
+        let (layer, run_end) = self.run_at(offset, end);
+        // The common case, one run for the whole request: the run's own buffer is the answer.
+        let out = if run_end == end && len > 0 {
+            self.read_run(layer, offset, len).await?
+        } else {
+            let mut out = vec![0u8; len];
+            self.read_into(offset, &mut out).await?;
+            out
+        };
         self.counters.bytes_read.fetch_add(len as u64, Ordering::Relaxed);
         self.readahead(offset, len as u64);
         Ok(out)
+    }
+
+    /// The layer that holds the block at `pos`, and where the run of blocks from that layer ends (at most
+    /// `end`).
+    fn run_at(&self, pos: u64, end: u64) -> (Layer, u64) {
+        let layer = self.layer_of(pos / BLOCK);
+        let mut run_end = ((pos / BLOCK + 1) * BLOCK).min(end);
+        while run_end < end && self.layer_of(run_end / BLOCK) == layer {
+            run_end = ((run_end / BLOCK + 1) * BLOCK).min(end);
+        }
+        (layer, run_end)
     }
 
     /// Fills `out` from `offset`: each run of blocks from the layer that holds it.
@@ -285,52 +304,46 @@ impl PseudoDisk {
         let end = offset + out.len() as u64;
         let mut pos = offset;
         while pos < end {
-            let block = pos / BLOCK;
-            let layer = self.layer_of(block);
-            // Extend the run while the next blocks come from the same layer (and, below, the same chunk).
-            let mut run_end = ((block + 1) * BLOCK).min(end);
-            while run_end < end && self.layer_of(run_end / BLOCK) == layer {
-                if let Layer::Below = layer {
-                    if run_end / self.chunk_size != pos / self.chunk_size {
-                        break;
-                    }
-                }
-                run_end = ((run_end / BLOCK + 1) * BLOCK).min(end);
-            }
+            let (layer, run_end) = self.run_at(pos, end);
             let dest = &mut out[(pos - offset) as usize..(run_end - offset) as usize];
-            match layer {
-                Layer::Zero => dest.fill(0),
-                Layer::Private => {
-                    let data = self
-                        .engine
-                        .read(&self.private.data, pos, dest.len())
-                        .await
-                        .map_err(self.private.io_err("read"))?;
-                    dest.copy_from_slice(&data);
-                    self.counters.read_bytes_private.fetch_add(dest.len() as u64, Ordering::Relaxed);
-                }
-                Layer::Below => {
-                    let chunk = pos / self.chunk_size;
-                    if let Some(fresh) = self.ensure_recalled(chunk).await? {
-                        // The reader that recalled the chunk is served from memory, not from the file.
-                        let within = (pos - chunk * self.chunk_size) as usize;
-                        dest.copy_from_slice(&fresh[within..within + dest.len()]);
-                        self.counters.read_bytes_recall.fetch_add(dest.len() as u64, Ordering::Relaxed);
-                        pos = run_end;
-                        continue;
-                    }
-                    let data = self
-                        .engine
-                        .read(&self.recall.data, pos, dest.len())
-                        .await
-                        .map_err(self.recall.io_err("read"))?;
-                    dest.copy_from_slice(&data);
-                    self.counters.read_bytes_recall.fetch_add(dest.len() as u64, Ordering::Relaxed);
-                }
+            if layer == Layer::Zero {
+                dest.fill(0);
+            } else {
+                let data = self.read_run(layer, pos, dest.len()).await?;
+                dest.copy_from_slice(&data);
             }
             pos = run_end;
         }
         Ok(())
+    }
+
+    /// Reads one run of blocks that all come from `layer`. Below the private store, every chunk of the run
+    /// is recalled first (each once), then the run is read from the recall store in one operation; a run
+    /// within the one chunk this reader has just recalled is served from memory.
+    async fn read_run(self: &Arc<Self>, layer: Layer, pos: u64, len: usize) -> Result<Vec<u8>> {
+        match layer {
+            Layer::Zero => Ok(vec![0u8; len]),
+            Layer::Private => {
+                let data = self.engine.read(&self.private.data, pos, len).await.map_err(self.private.io_err("read"))?;
+                self.counters.read_bytes_private.fetch_add(len as u64, Ordering::Relaxed);
+                Ok(data)
+            }
+            Layer::Below => {
+                let (first, last) = (pos / self.chunk_size, (pos + len as u64 - 1) / self.chunk_size);
+                let mut fresh = None;
+                for chunk in first..=last {
+                    fresh = self.ensure_recalled(chunk).await?;
+                }
+                self.counters.read_bytes_recall.fetch_add(len as u64, Ordering::Relaxed);
+                match fresh {
+                    Some(data) if first == last => {
+                        let within = (pos - first * self.chunk_size) as usize;
+                        Ok(data[within..within + len].to_vec())
+                    }
+                    _ => self.engine.read(&self.recall.data, pos, len).await.map_err(self.recall.io_err("read")),
+                }
+            }
+        }
     }
 
     fn layer_of(&self, block: u64) -> Layer {
@@ -406,7 +419,10 @@ impl PseudoDisk {
             }
             // A chunk of zeros stays a hole of the sparse recall file.
             let data = if data.iter().any(|&b| b != 0) {
-                self.engine.write(&self.recall.data, chunk * self.chunk_size, data).await.map_err(self.recall.io_err("write"))?
+                self.engine
+                    .write(&self.recall.data, chunk * self.chunk_size, data)
+                    .await
+                    .map_err(self.recall.io_err("write"))?
             } else {
                 data
             };

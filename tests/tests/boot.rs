@@ -112,7 +112,8 @@ fn a_debian_vm_boots_from_a_live_mount_over_ipxe_and_iscsi() {
     let booted = started.elapsed();
     let marker = console.lines().find(|l| l.contains("LIVEMOUNT-BOOT-MARKER")).map(str::to_string);
     let tail: String = console.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
-    let marker = marker.unwrap_or_else(|| panic!("no boot marker on the console after {booted:?}:\n{tail}\n{}", daemon.log()));
+    let marker =
+        marker.unwrap_or_else(|| panic!("no boot marker on the console after {booted:?}:\n{tail}\n{}", daemon.log()));
     assert!(marker.contains("tran=iscsi"), "the root file system is on the iSCSI disk: {marker}");
     assert!(console.contains("iscsistart"), "the initramfs logged in from the iBFT");
     eprintln!("booted to the marker in {booted:?}: {marker}");

@@ -211,9 +211,33 @@ impl Pdu {
         out
     }
 
+    /// Writes the PDU; the data segment goes out as it is, without being copied into one buffer with the
+    /// header (Data-In segments are large).
     pub async fn write<W: AsyncWrite + Unpin>(&mut self, w: &mut W, digests: Digests) -> io::Result<()> {
-        let bytes = self.encode(digests);
-        w.write_all(&bytes).await
+        let data = std::mem::take(&mut self.data);
+        let len = data.len();
+        self.bhs[4] = (self.ahs.len() / 4) as u8;
+        self.bhs[5] = (len >> 16) as u8;
+        self.bhs[6] = (len >> 8) as u8;
+        self.bhs[7] = len as u8;
+        let mut header = Vec::with_capacity(BHS_LEN + self.ahs.len() + 4);
+        header.extend_from_slice(&self.bhs);
+        header.extend_from_slice(&self.ahs);
+        if digests.header {
+            header.extend_from_slice(&crc32c(&[&self.bhs, &self.ahs]).to_le_bytes());
+        }
+        w.write_all(&header).await?;
+        if len > 0 {
+            let pad = [0u8; 3];
+            let pad = &pad[..pad4(len)];
+            w.write_all(&data).await?;
+            w.write_all(pad).await?;
+            if digests.data {
+                w.write_all(&crc32c(&[&data, pad]).to_le_bytes()).await?;
+            }
+        }
+        self.data = data;
+        Ok(())
     }
 }
 
@@ -274,6 +298,20 @@ mod tests {
             let r = rt.block_on(Pdu::read(&mut &bad[..], digests, 1 << 20));
             if digests.header {
                 assert!(matches!(r, Err(PduError::HeaderDigest)));
+            }
+        }
+    }
+
+    #[test]
+    fn write_and_encode_agree() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        for digests in [Digests::default(), Digests { header: true, data: true }] {
+            for len in [0usize, 1, 4, 5, 4099] {
+                let mut p = Pdu::new(TargetOp::DataIn);
+                p.data = (0..len).map(|i| i as u8).collect();
+                let mut written = Vec::new();
+                rt.block_on(p.clone().write(&mut written, digests)).unwrap();
+                assert_eq!(written, p.encode(digests), "len {len}");
             }
         }
     }
