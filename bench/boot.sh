@@ -506,7 +506,7 @@ boot_vm() {
     if [[ $mode == net ]]; then
         args+=(-netdev "user,id=n0,bootfile=$arg" -device "virtio-net-pci,netdev=n0,mac=$mac" -boot n)
     else
-        args+=(-drive "file=$arg,format=raw,if=ide,readonly=on" -netdev user,id=n0
+        args+=(-drive "file=$arg,format=raw,if=ide,snapshot=on" -netdev user,id=n0
                -device "virtio-net-pci,netdev=n0,mac=$mac" -boot c)
     fi
     python3 "$WORK/boot.py" "$run" "$BOOT_TIMEOUT" "$WORK/logs/console-$run.log" "$WORK/qemu.pid" -- "${args[@]}" \
@@ -517,13 +517,16 @@ boot_vm() {
     line=$(cat "$WORK/boot-$run.json")
     [[ -n $line ]] || { cat "$WORK/logs/boot-$run.err" >&2; die "the boot helper failed for $run"; }
     echo "$line" >> "$WORK/boots.jsonl"
-    BOOT_OK=$(python3 -c 'import json,sys; print("yes" if json.loads(sys.argv[1])["ok"] else "no")' "$line")
-    python3 -c '
+    BOOT_OK=$(python3 - "$WORK/boot-$run.json" <<'PY'
 import json, sys
-r = json.loads(sys.argv[1])
+r = json.load(open(sys.argv[1]))
 f = lambda k: "-" if r.get(k) is None else f"{r[k]:.1f}s"
-print(f"   {r[\"name\"]:<16} kernel {f(\"kernel_s\")}  iscsistart {f(\"iscsistart_s\")}  marker {f(\"marker_s\")}  "
-      f"exit {f(\"exit_s\")}  {\"ok\" if r[\"ok\"] else \"FAILED (no tran=iscsi marker)\"}")' "$line" >&2
+verdict = "ok" if r["ok"] else "FAILED (no marker with tran=iscsi)"
+print(f"   {r['name']:<16} kernel {f('kernel_s')}  iscsistart {f('iscsistart_s')}  marker {f('marker_s')}  "
+      f"exit {f('exit_s')}  {verdict}", file=sys.stderr)
+print("yes" if r["ok"] else "no")
+PY
+)
     if [[ $BOOT_OK != yes ]]; then
         echo "   console tail ($WORK/logs/console-$run.log):" >&2
         tail -c 2000 "$WORK/logs/console-$run.log" | tr -d '\033' | tail -15 | sed 's/^/     | /' >&2
@@ -613,9 +616,9 @@ boots = [json.loads(l) for l in open(os.path.join(work, "boots.jsonl"))] if os.p
 def sub(prefix):
     return {k[len(prefix):]: v for k, v in figs.items() if k.startswith(prefix)}
 
-def med(xs):
+def med(xs, digits=2):
     xs = [x for x in xs if x is not None]
-    return round(statistics.median(xs), 2) if xs else None
+    return round(statistics.median(xs), digits) if xs else None
 
 res = {
     "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -666,7 +669,7 @@ for path in env["PATHS"].split():
     if ok and "recall" in ok[0]:
         for when in ("after_mount_boot", "after_boot"):
             p[f"recalled_{when}"] = med([b["recall"][when]["bytes_recalled"] for b in ok])
-            p[f"share_{when}"] = med([b["recall"][when]["share_of_allocated"] for b in ok])
+            p[f"share_{when}"] = med([b["recall"][when]["share_of_allocated"] for b in ok], 4)
     res["paths"][path] = p
 
 for tag in env["SWEEP"].split():
