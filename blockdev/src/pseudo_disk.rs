@@ -381,10 +381,10 @@ impl PseudoDisk {
             };
             match leader {
                 Some(tx) => {
-                    let result = self.recall_chunk(chunk).await;
-                    self.recalling.lock().expect("not poisoned").remove(&chunk);
-                    drop(tx); // wakes the followers
-                    return result;
+                    // The entry goes (and the followers wake) however this ends, also when this reader's
+                    // task is cancelled midway (an aborted iSCSI task, a dropped connection).
+                    let _entry = RecallEntry { map: &self.recalling, chunk, tx: Some(tx) };
+                    return self.recall_chunk(chunk).await;
                 }
                 None => {
                     // Returns when the leader drops its sender; then look again (a failed recall is tried
@@ -564,6 +564,20 @@ impl PseudoDisk {
                 }
                 acc
             })
+    }
+}
+
+/// A recall in progress, registered in `PseudoDisk::recalling` for as long as this value lives.
+struct RecallEntry<'a> {
+    map: &'a Mutex<HashMap<u64, watch::Receiver<()>>>,
+    chunk: u64,
+    tx: Option<watch::Sender<()>>,
+}
+
+impl Drop for RecallEntry<'_> {
+    fn drop(&mut self) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.chunk);
+        drop(self.tx.take()); // wakes the followers, after the entry is gone
     }
 }
 

@@ -200,3 +200,25 @@ fn unflushed_state_after_a_crash_is_either_old_or_new_and_flushed_state_is_exact
         assert!(maybe == vec![2u8; 100] || maybe[..] == src.data[70000..70100]);
     });
 }
+
+#[test]
+fn a_cancelled_recall_does_not_wedge_its_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(4 * 65536, 65536, None);
+    let disk = PseudoDisk::open(dir.path(), src.clone(), Engine::start().unwrap(), Options::default()).unwrap();
+    // Each runtime is dropped right after its read started: the recall is cancelled midway.
+    for _ in 0..5 {
+        let rt = rt();
+        let d = disk.clone();
+        rt.block_on(async move {
+            let t = tokio::spawn(async move { d.read(65536, 4096).await });
+            tokio::task::yield_now().await;
+            t.abort();
+        });
+        drop(rt);
+    }
+    let rt = rt();
+    let got =
+        rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(10), disk.read(65536, 4096)).await });
+    assert_eq!(got.expect("the read finishes").unwrap()[..], src.data[65536..65536 + 4096]);
+}

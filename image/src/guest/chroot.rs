@@ -26,6 +26,15 @@ impl Chroot {
             run(cmd.arg(&target))?;
             c.mounted.push(target);
         }
+        // Scratch space in memory: mkinitramfs builds its image under /var/tmp, and those hundreds of MiB
+        // would otherwise land in the mount's private store although they are deleted at once.
+        for scratch in ["tmp", "var/tmp"] {
+            let target = root.join(scratch);
+            if target.is_dir() {
+                run(Command::new("mount").args(["-t", "tmpfs", "-o", "mode=1777", "tmpfs"]).arg(&target))?;
+                c.mounted.push(target);
+            }
+        }
         Ok(c)
     }
 
