@@ -232,7 +232,7 @@ start_daemon() {
     mkdir -p "$WORK/state" "$WORK/fs"
     rm -f "$WORK/api.sock"
     "$LIVEMOUNT" --library "$WORK/lib" --api "$WORK/api.sock" serve --state-dir "$WORK/state" --http 127.0.0.1:0 \
-        --fuse-root "$WORK/fs" --portal "127.0.0.1:$LM_PORT" < /dev/null >> "$WORK/logs/daemon.log" 2>&1 &
+        --fuse-root "$WORK/fs" --portal "127.0.0.1:$LM_PORT" --http 127.0.0.1:0 < /dev/null >> "$WORK/logs/daemon.log" 2>&1 &
     DAEMON_PID=$!
     for i in $(seq 1 600); do
         if [[ -S $WORK/api.sock ]] && lm --json mounts > /dev/null 2>&1; then return 0; fi
