@@ -231,7 +231,7 @@ start_daemon() {
     port_free "$LM_PORT" || die "port $LM_PORT is in use (set BENCH_LM_PORT)"
     mkdir -p "$WORK/state" "$WORK/fs"
     rm -f "$WORK/api.sock"
-    "$LIVEMOUNT" --library "$WORK/lib" --api "$WORK/api.sock" serve --state-dir "$WORK/state" --http 127.0.0.1:0 \
+    "$LIVEMOUNT" --library "$WORK/lib" --api "$WORK/api.sock" serve --state-dir "$WORK/state" \
         --fuse-root "$WORK/fs" --portal "127.0.0.1:$LM_PORT" --http 127.0.0.1:0 < /dev/null >> "$WORK/logs/daemon.log" 2>&1 &
     DAEMON_PID=$!
     for i in $(seq 1 600); do
