@@ -235,3 +235,12 @@ impl Drop for Daemon {
         let _ = Command::new("umount").arg("-l").arg(self.fuse_root()).status();
     }
 }
+
+/// Checks what every live-mount test ends with: the backup still verifies and restores bit-identical to the
+/// disk it was made from (serving it never wrote to it).
+pub fn verify_and_restore_identical(library: &Path, backup: &str, original: &Path, scratch: &Path) {
+    livemount(library).args(["backup", "verify", backup]).assert().success();
+    let restored = scratch.join("restored.img");
+    livemount(library).args(["backup", "restore", backup]).arg(&restored).assert().success();
+    assert!(std::fs::read(&restored).unwrap() == std::fs::read(original).unwrap(), "the backup is unchanged");
+}

@@ -57,11 +57,7 @@ fn tool(args: &[&str]) -> (bool, String) {
 }
 
 fn verify_and_restore_identical(s: &Setup) {
-    let lib = &s.daemon.library;
-    livemount(lib).args(["backup", "verify", &s.backup]).assert().success();
-    let restored = s.dir.join("restored.img");
-    livemount(lib).args(["backup", "restore", &s.backup]).arg(&restored).assert().success();
-    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&s.disk).unwrap(), "the backup is unchanged");
+    tests::verify_and_restore_identical(&s.daemon.library, &s.backup, &s.disk, &s.dir);
 }
 
 #[test]

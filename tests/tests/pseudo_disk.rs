@@ -58,11 +58,7 @@ fn punch_hole(f: &File, offset: u64, len: u64) {
 }
 
 fn verify_and_restore_identical(s: &Setup) {
-    let lib = &s.daemon.library;
-    livemount(lib).args(["backup", "verify", &s.backup]).assert().success();
-    let restored = s.dir.join("restored.img");
-    livemount(lib).args(["backup", "restore", &s.backup]).arg(&restored).assert().success();
-    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&s.disk).unwrap(), "the backup is unchanged");
+    tests::verify_and_restore_identical(&s.daemon.library, &s.backup, &s.disk, &s.dir);
 }
 
 #[test]
