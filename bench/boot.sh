@@ -59,6 +59,7 @@
 #   BENCH_NO_BUILD=1         use target/release/livemount as it is instead of running cargo
 #   BENCH_KEEP_WORK=1        keep the run's folder (libraries, copies, console logs)
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${BENCH_CACHE:-/var/cache/livemount-bench}
@@ -90,9 +91,6 @@ BOOT_PID=""      # the boot helper (python) of the boot under way
 LM_MOUNTS=()     # livemount mount ids to unmount
 
 log() { printf '\n== %s\n' "$*" >&2; }
-die() { printf 'bench: FAILED: %s\n' "$*" >&2; exit 1; }
-now() { date +%s.%N; }
-since() { echo "$(now) - $1" | bc -l; }
 lm() { "$LIVEMOUNT" --library "$LIB" --api "$WORK/api.sock" "$@"; }
 json_get() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))
 for k in sys.argv[2:]: d = d[int(k)] if k.isdigit() else d[k]
@@ -101,18 +99,6 @@ print(d)' "$@"; }
 # ---------------------------------------------------------------------------------------------------------
 # Clean-up: whatever was started, in reverse order of dependence. Never fails.
 # ---------------------------------------------------------------------------------------------------------
-stop_pid() {  # stop_pid PID SIGNAL SECONDS: signal it and wait, then SIGKILL
-    local pid=$1 sig=$2 secs=${3:-30} i
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    kill "-$sig" "$pid" 2>/dev/null || true
-    for i in $(seq 1 $((secs * 10))); do
-        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-        sleep 0.1
-    done
-    echo "bench: $pid did not stop on SIG$sig within ${secs}s: killed" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 
 stop_boot() {
     local q
@@ -144,30 +130,6 @@ stop_www() {
     WWW_PID=""
 }
 
-unmount_all() {
-    local id
-    for id in "${LM_MOUNTS[@]}"; do
-        timeout 120 "$LIVEMOUNT" --library "$LIB" --api "$WORK/api.sock" unmount "$id" > /dev/null 2>&1 \
-            || echo "bench: unmount $id failed" >&2
-    done
-    LM_MOUNTS=()
-}
-
-stop_daemon() {
-    [[ -n $DAEMON_PID ]] && unmount_all
-    if [[ -n $DAEMON_PID ]]; then
-        stop_pid "$DAEMON_PID" TERM 30
-        DAEMON_PID=""
-    fi
-    # A daemon that died leaves its FUSE root behind.
-    if [[ -n $WORK ]]; then
-        local m
-        for m in $(awk -v w="$WORK/" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r); do
-            fusermount -u "$m" 2>/dev/null || umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
-        done
-    fi
-}
-
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -184,18 +146,10 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 CACHE_DROPS=yes
-drop_caches() {
-    sync
-    if ! { echo 3 > /proc/sys/vm/drop_caches; } 2>/dev/null; then
-        [[ $CACHE_DROPS == yes ]] && echo "bench: cannot drop the page cache (not root?): figures are WARM" >&2
-        CACHE_DROPS=no
-    fi
-}
 
 # Records one figure: rec KEY VALUE (gathered into the JSON at the end).
 rec() { echo "$1=$2" >> "$WORK/figures"; }
 
-port_free() { ! ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
 
 # ---------------------------------------------------------------------------------------------------------
 # Tools, guest, build.

@@ -45,6 +45,7 @@
 #   BENCH_KEEP_WORK=1       keep the run's folder (repositories, logs, raw latencies) instead of removing it
 #   RESTIC_PASSWORD         restic's repository password (default: a fixed benchmark password)
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${BENCH_CACHE:-/var/cache/livemount-bench}
@@ -69,27 +70,12 @@ export RESTIC_PASSWORD=${RESTIC_PASSWORD:-livemount-bench}
 export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 
 log() { printf '\n== %s\n' "$*" >&2; }
-die() { printf 'bench: FAILED: %s\n' "$*" >&2; exit 1; }
-now() { date +%s.%N; }
-since() { echo "$(now) - $1" | bc -l; }
 
 # ---------------------------------------------------------------------------------------------------------
 # Clean-up: whatever was mounted or started, in reverse order of dependence. Never fails.
 # ---------------------------------------------------------------------------------------------------------
 lm() { "$LIVEMOUNT" --library "$WORK/livemount-lib" --api "$WORK/api.sock" "$@"; }
 
-stop_pid() {  # stop_pid PID SIGNAL: signal it and wait up to 30 s, then SIGKILL
-    local pid=$1 sig=$2 i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill "-$sig" "$pid" 2>/dev/null || true
-    for i in $(seq 1 300); do
-        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-        sleep 0.1
-    done
-    echo "bench: $pid did not stop on SIG$sig: killed" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 
 unmount_fuse() {  # unmount_fuse DIR: a FUSE mount point, lazily if it is busy
     local dir=$1
@@ -147,13 +133,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 CACHE_DROPS=yes
-drop_caches() {
-    sync
-    if ! { echo 3 > /proc/sys/vm/drop_caches; } 2>/dev/null; then
-        [[ $CACHE_DROPS == yes ]] && echo "bench: cannot drop the page cache (not root?): cold figures are WARM" >&2
-        CACHE_DROPS=no
-    fi
-}
 
 du_bytes() { du -sb "$1" | cut -f1; }
 

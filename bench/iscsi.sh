@@ -52,6 +52,7 @@
 #   BENCH_NO_BUILD=1         use target/release/livemount as it is instead of running cargo
 #   BENCH_KEEP_WORK=1        keep the run's folder (library, restored image, logs, raw outputs)
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${BENCH_CACHE:-/var/cache/livemount-bench}
@@ -73,9 +74,6 @@ LM_MOUNTS=()     # livemount mount ids to unmount
 LOAD_START=""
 
 log() { printf '\n== %s\n' "$*" >&2; }
-die() { printf 'bench: FAILED: %s\n' "$*" >&2; exit 1; }
-now() { date +%s.%N; }
-since() { echo "$(now) - $1" | bc -l; }
 lm() { "$LIVEMOUNT" --library "$WORK/lib" --api "$WORK/api.sock" "$@"; }
 json_get() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))
 for k in sys.argv[2:]: d = d[int(k)] if k.isdigit() else d[k]
@@ -84,18 +82,6 @@ print(d)' "$@"; }
 # ---------------------------------------------------------------------------------------------------------
 # Clean-up: whatever was started, in reverse order of dependence. Never fails.
 # ---------------------------------------------------------------------------------------------------------
-stop_pid() {  # stop_pid PID SIGNAL SECONDS: signal it and wait, then SIGKILL
-    local pid=$1 sig=$2 secs=${3:-30} i
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    kill "-$sig" "$pid" 2>/dev/null || true
-    for i in $(seq 1 $((secs * 10))); do
-        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-        sleep 0.1
-    done
-    echo "bench: $pid did not stop on SIG$sig within ${secs}s: killed" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 
 stop_tgtd() {
     [[ -n $TGTD_PID ]] || return 0
@@ -108,30 +94,6 @@ stop_tgtd() {
         stop_pid "$TGTD_PID" INT 10
     fi
     TGTD_PID=""
-}
-
-unmount_all() {
-    local id
-    for id in "${LM_MOUNTS[@]}"; do
-        timeout 120 "$LIVEMOUNT" --library "$WORK/lib" --api "$WORK/api.sock" unmount "$id" > /dev/null 2>&1 \
-            || echo "bench: unmount $id failed" >&2
-    done
-    LM_MOUNTS=()
-}
-
-stop_daemon() {
-    [[ -n $DAEMON_PID ]] && unmount_all
-    if [[ -n $DAEMON_PID ]]; then
-        stop_pid "$DAEMON_PID" TERM 30
-        DAEMON_PID=""
-    fi
-    # A daemon that died leaves its FUSE root behind.
-    if [[ -n $WORK ]]; then
-        local m
-        for m in $(awk -v w="$WORK/" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r); do
-            fusermount -u "$m" 2>/dev/null || umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
-        done
-    fi
 }
 
 cleanup() {
@@ -148,13 +110,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 CACHE_DROPS=yes
-drop_caches() {
-    sync
-    if ! { echo 3 > /proc/sys/vm/drop_caches; } 2>/dev/null; then
-        [[ $CACHE_DROPS == yes ]] && echo "bench: cannot drop the page cache (not root?): cold figures are WARM" >&2
-        CACHE_DROPS=no
-    fi
-}
 
 # Records one figure: rec KEY VALUE (gathered into the JSON at the end).
 rec() { echo "$1=$2" >> "$WORK/figures"; }
@@ -164,7 +119,6 @@ cpu_s() {
     awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
 
-port_free() { ! ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
 
 # ---------------------------------------------------------------------------------------------------------
 # Tools, corpus, build.

@@ -22,6 +22,7 @@
 #   BENCH_NO_BUILD=1       use the binaries already in target/release instead of running cargo
 #   RESTIC_PASSWORD        restic's repository password (default: a fixed benchmark password)
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${BENCH_CACHE:-/var/cache/livemount-bench}
@@ -47,7 +48,6 @@ export RESTIC_PASSWORD=${RESTIC_PASSWORD:-livemount-bench}
 export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 
 log() { printf '\n== %s\n' "$*" >&2; }
-die() { printf 'bench: FAILED: %s\n' "$*" >&2; exit 1; }
 
 cleanup() {
     local rc=$?
@@ -63,17 +63,7 @@ trap 'exit 130' INT TERM
 # Cold-cache timings only mean something if the page cache really is empty; without the permission the figures
 # are warm and the report says so.
 CACHE_DROPS=yes
-drop_caches() {
-    sync
-    if ! { echo 3 > /proc/sys/vm/drop_caches; } 2>/dev/null; then
-        if [[ $CACHE_DROPS == yes ]]; then
-            echo "bench: cannot drop the page cache (not root?): timings below are WARM" >&2
-        fi
-        CACHE_DROPS=no
-    fi
-}
 
-now() { date +%s.%N; }
 
 # Runs "$@" after dropping the page cache, with its output in $WORK/logs; sets ELAPSED (seconds, wall clock,
 # up to the end of a final sync).

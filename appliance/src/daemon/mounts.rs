@@ -135,6 +135,8 @@ impl Manager {
                     }
                 };
                 let mut opened = opened.lock().expect("not poisoned");
+                // Forgotten backups leave the view, and their readers with them.
+                opened.retain(|id, _| backups.iter().any(|m| &m.id == id));
                 let mut out = Vec::new();
                 for m in backups {
                     if !opened.contains_key(&m.id) {

@@ -583,14 +583,7 @@ impl TaskContext {
             }
         }
         let mut r = Pdu::new(TargetOp::ScsiResponse);
-        r.bhs[1] = 0x80
-            | if residual_flag == 0x04 {
-                0x04
-            } else if residual_flag == 0x02 {
-                0x02
-            } else {
-                0
-            };
+        r.bhs[1] = 0x80 | residual_flag; // O (0x04) and U (0x02) sit at the same bits as in Data-In
         r.bhs[2] = 0x00; // command completed at target
         r.bhs[3] = outcome.status;
         r.set_itt(cmd.itt());
