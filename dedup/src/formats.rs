@@ -17,10 +17,24 @@ pub const INDEX_FORMAT_VERSION: u32 = 1;
 /// Size of the disk index header in bytes.
 pub const INDEX_HEADER_LEN: usize = 64;
 
-/// Version of `library.json` and of the backup manifest JSON.
-pub const LIBRARY_FORMAT_VERSION: u32 = 1;
+/// Version of `library.json` and of the backup manifest JSON. Version 1 (before any release) kept one file per
+/// chunk; version 2 keeps chunks in pack files. Version 1 libraries are not read.
+pub const LIBRARY_FORMAT_VERSION: u32 = 2;
 /// The file that marks a folder as a library and holds its settings.
 pub const LIBRARY_CONFIG_FILE: &str = "library.json";
+
+/// First eight bytes of every pack file (see `store/pack_format.rs`).
+pub const PACK_MAGIC: [u8; 8] = *b"LMPACK\0\0";
+/// First eight bytes of every pack index file.
+pub const PACK_INDEX_MAGIC: [u8; 8] = *b"LMPKIDX\0";
+/// Layout version of pack files and their index files.
+pub const PACK_FORMAT_VERSION: u32 = 1;
+/// Size of the pack file header in bytes.
+pub const PACK_HEADER_LEN: usize = 16;
+/// Size of the pack index header in bytes.
+pub const PACK_INDEX_HEADER_LEN: usize = 56;
+/// Size of one pack index entry: chunk id, offset, length.
+pub const PACK_INDEX_ENTRY_LEN: usize = 44;
 
 /// Smallest and largest chunk sizes a library accepts. Both are powers of two; chunks are aligned to the disk.
 pub const MIN_CHUNK_SIZE: u32 = 4096;

@@ -2,13 +2,15 @@
 //!
 //! Mark and sweep by time, safe while backups run:
 //! - A backup in progress registers itself in `running/<id>` (holding an exclusive flock on that file, with
-//!   its start time inside) for as long as it runs, and marks every chunk it reuses or adds as used now.
+//!   its start time inside) for as long as it runs, and marks the container (pack) of every chunk it reuses
+//!   as used, after it started; the chunks it adds are in packs it writes.
 //! - gc first reads the running registry (the oldest start time S among live entries), then marks the chunks
-//!   of every finished backup, then deletes unmarked chunks last used before min(gc start, S), minus a
-//!   margin for time-stamp granularity.
-//! - The delete phase holds `chunks.lock` exclusively; a backup reuses or adds a chunk holding it shared, so
-//!   a chunk is never deleted between a backup finding it and marking it. A backup that finds a chunk gone
-//!   writes it again.
+//!   of every finished backup, then has the store sweep unmarked chunks whose containers were last used
+//!   before min(gc start, S), minus a margin for time-stamp granularity.
+//! - The sweep holds `chunks.lock` exclusively; a backup reuses or adds a chunk holding it shared, so a chunk
+//!   is never deleted between a backup finding it and marking it. A backup that finds a chunk gone writes it
+//!   again.
+//!
 //! The order matters: a backup that finishes while gc runs either is still registered when gc reads the
 //! registry, or its manifest is already there when gc marks.
 
@@ -25,6 +27,7 @@ use crate::durable;
 use crate::error::{Error, Result};
 use crate::library::Library;
 use crate::lock::{self, LockKind};
+use crate::store::SweepStats;
 
 /// Margin subtracted from the cutoff: file time stamps may be coarser than the clock.
 const TIME_MARGIN: Duration = Duration::from_secs(2);
@@ -82,9 +85,8 @@ fn oldest_running_start(lib: &Library) -> Result<Option<SystemTime>> {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct GcStats {
     pub chunks_in_use: u64,
-    pub chunks_removed: u64,
-    pub bytes_removed: u64,
-    pub chunks_kept_recent: u64,
+    #[serde(flatten)]
+    pub sweep: SweepStats,
     pub temp_files_removed: u64,
 }
 
@@ -105,19 +107,7 @@ pub fn collect_garbage(lib: &Library) -> Result<GcStats> {
     let lock_file = lib.chunks_lock()?;
     lock::lock(&lock_file, LockKind::Exclusive, true).map_err(|e| Error::io("lock", lib.path("chunks.lock"), e))?;
     let result = (|| {
-        for chunk in lib.store().list()? {
-            if in_use.contains(&chunk.id) {
-                continue;
-            }
-            if chunk.used >= cutoff {
-                stats.chunks_kept_recent += 1;
-                continue;
-            }
-            lib.store().remove(&chunk.id)?;
-            stats.chunks_removed += 1;
-            stats.bytes_removed += chunk.stored_bytes;
-        }
-        lib.store().sync()?;
+        stats.sweep = lib.store().sweep(&in_use, cutoff)?;
         // Temporary files older than the cutoff belong to no live writer.
         let tmp = lib.path("tmp");
         for entry in fs::read_dir(&tmp).map_err(|e| Error::io("list", &tmp, e))?.flatten() {

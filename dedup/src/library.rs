@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! <library>/library.json          settings (format version, chunk size); marks the folder as a library
-//! <library>/chunks/<xx>/<id>      encoded chunks (see `store::DirStore`)
+//! <library>/packs/<name>.pack     encoded chunks, many to a pack file (see `store::PackStore`)
+//! <library>/packs/<name>.idx      where each chunk of the pack is; written once the pack is durable
 //! <library>/backups/<id>/         one folder per finished backup: manifest.json and disk<N>.index
 //! <library>/running/<id>          one file per backup in progress, flock-ed by its process (see `gc.rs`)
 //! <library>/tmp/                  temporary files; anything here is unfinished work
@@ -23,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::formats::{LIBRARY_CONFIG_FILE, LIBRARY_FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use crate::index::DiskIndex;
 use crate::manifest::Manifest;
-use crate::store::{ChunkStore, DirStore};
+use crate::store::{ChunkStore, PackStore};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LibraryConfig {
@@ -49,7 +50,7 @@ impl Library {
             return Err(Error::LibraryExists { path: root.to_path_buf() });
         }
         durable::create_dir_durable(root).map_err(|e| Error::io("create library folder", root, e))?;
-        for sub in ["chunks", "backups", "running", "tmp"] {
+        for sub in ["packs", "backups", "running", "tmp"] {
             let p = root.join(sub);
             durable::create_dir_durable(&p).map_err(|e| Error::io("create folder", &p, e))?;
         }
@@ -77,7 +78,7 @@ impl Library {
                 reason: format!("library format version {} is not supported", config.format_version),
             });
         }
-        let store = DirStore::open(&root.join("chunks"), &root.join("tmp"))?;
+        let store = PackStore::open(&root.join("packs"), &root.join("tmp"))?;
         Ok(Library { root: root.to_path_buf(), config, store: Arc::new(store) })
     }
 

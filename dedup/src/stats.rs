@@ -16,7 +16,7 @@ pub struct LibraryStats {
     /// Sum of the non-zero chunks of every disk of every backup (what a naive copy of the data would take).
     pub data_bytes: u64,
     pub stored_chunks: u64,
-    /// Bytes of the stored chunk files.
+    /// Bytes of the stored chunks (every copy).
     pub stored_bytes: u64,
     /// data_bytes / stored_bytes: the saving of dedup and compression together.
     pub reduction_ratio: f64,
@@ -46,6 +46,8 @@ pub fn library_stats(lib: &Library) -> Result<LibraryStats> {
     }
     let chunks = lib.store().list()?;
     let stored: u64 = chunks.iter().map(|c| c.stored_bytes).sum();
+    // A chunk two backups stored at once has two copies until gc drops one; it counts once here.
+    let distinct: std::collections::HashSet<_> = chunks.iter().map(|c| c.id).collect();
     Ok(LibraryStats {
         path: lib.root().display().to_string(),
         chunk_size: lib.chunk_size(),
@@ -53,7 +55,7 @@ pub fn library_stats(lib: &Library) -> Result<LibraryStats> {
         disks,
         logical_bytes: logical,
         data_bytes: data,
-        stored_chunks: chunks.len() as u64,
+        stored_chunks: distinct.len() as u64,
         stored_bytes: stored,
         reduction_ratio: if stored == 0 { 0.0 } else { data as f64 / stored as f64 },
     })

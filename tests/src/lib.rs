@@ -244,3 +244,34 @@ pub fn verify_and_restore_identical(library: &Path, backup: &str, original: &Pat
     livemount(library).args(["backup", "restore", backup]).arg(&restored).assert().success();
     assert!(std::fs::read(&restored).unwrap() == std::fs::read(original).unwrap(), "the backup is unchanged");
 }
+
+/// Damages one stored chunk of a library as a failing disk would: one bit flipped in the middle of its
+/// encoded bytes in its pack.
+pub fn corrupt_chunk(library: &Path, id: &dedup::ChunkId) {
+    use std::os::unix::fs::FileExt;
+    let lib = dedup::Library::open(library).unwrap();
+    let loc = lib.store().locate(id).unwrap().expect("the chunk is stored");
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&loc.pack).unwrap();
+    let at = loc.offset + u64::from(loc.len) / 2;
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+}
+
+/// Makes one chunk go missing from a library: its entry leaves the index of its pack (the index is written
+/// again with a valid checksum, so only that chunk is lost).
+pub fn remove_chunk(library: &Path, id: &dedup::ChunkId) {
+    use dedup::store::pack_format::PackIndex;
+    let lib = dedup::Library::open(library).unwrap();
+    let loc = lib.store().locate(id).unwrap().expect("the chunk is stored");
+    let mut index = PackIndex::read(&loc.index).unwrap();
+    index.entries.retain(|e| e.id != *id);
+    std::fs::write(&loc.index, index.encode()).unwrap();
+}
+
+/// How many distinct chunks a library holds.
+pub fn stored_chunk_count(library: &Path) -> usize {
+    let lib = dedup::Library::open(library).unwrap();
+    let ids: std::collections::HashSet<_> = lib.store().list().unwrap().into_iter().map(|c| c.id).collect();
+    ids.len()
+}

@@ -160,13 +160,9 @@ fn verify_names_corrupt_and_missing_chunks_and_reads_fail_cleanly() {
     let (bad_index, bad) = ids.iter().enumerate().filter(|(_, c)| !c.is_zero()).nth(20).map(|(i, c)| (i, *c)).unwrap();
     let (gone_index, gone) =
         ids.iter().enumerate().filter(|(_, c)| !c.is_zero() && **c != bad).nth(40).map(|(i, c)| (i, *c)).unwrap();
-    let chunk_file = |c: &dedup::ChunkId| lib_path.join("chunks").join(&c.to_hex()[..2]).join(c.to_hex());
     // Flip one bit in the middle of the stored chunk; remove another.
-    let mut stored = std::fs::read(chunk_file(&bad)).unwrap();
-    let mid = stored.len() / 2;
-    stored[mid] ^= 0x10;
-    std::fs::write(chunk_file(&bad), &stored).unwrap();
-    std::fs::remove_file(chunk_file(&gone)).unwrap();
+    tests::corrupt_chunk(&lib_path, &bad);
+    tests::remove_chunk(&lib_path, &gone);
 
     let out = livemount(&lib_path).args(["backup", "verify", "--json"]).output().unwrap();
     assert!(!out.status.success(), "verify must fail");
@@ -253,12 +249,7 @@ fn big_random_image(dir: &Path, name: &str, mib: usize, seed: u64) -> PathBuf {
 }
 
 fn count_chunks(lib: &Path) -> usize {
-    std::fs::read_dir(lib.join("chunks"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .map(|e| std::fs::read_dir(e.path()).unwrap().count())
-        .sum()
+    tests::stored_chunk_count(lib)
 }
 
 #[test]

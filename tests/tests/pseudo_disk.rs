@@ -266,7 +266,7 @@ fn a_missing_chunk_fails_reads_with_eio_and_the_log_names_it() {
     let index = lib.load_index(&m, 0).unwrap();
     let (i, gone) =
         index.chunks.iter().enumerate().filter(|(_, c)| !c.is_zero()).nth(30).map(|(i, c)| (i, *c)).unwrap();
-    std::fs::remove_file(s.daemon.library.join("chunks").join(&gone.to_hex()[..2]).join(gone.to_hex())).unwrap();
+    tests::remove_chunk(&s.daemon.library, &gone);
     let info = mount(&s.daemon, &s.backup, &[]);
     let path = PathBuf::from(info["disks"][0]["fuse_path"].as_str().unwrap());
     let f = File::open(&path).unwrap();

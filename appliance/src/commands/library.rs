@@ -55,12 +55,16 @@ pub fn run(cli: &Cli, cmd: &LibraryCmd) -> anyhow::Result<i32> {
             if cli.json {
                 print_json(&s);
             } else {
+                let w = &s.sweep;
                 println!(
-                    "removed {} chunks ({}); {} chunks in use, {} recent kept for running backups",
-                    s.chunks_removed,
-                    size(s.bytes_removed),
+                    "removed {} chunks ({}): {} packs deleted, {} rewritten; {} chunks in use, {} unused kept in \
+                     packs used recently",
+                    w.chunks_removed,
+                    size(w.bytes_removed),
+                    w.packs_removed,
+                    w.packs_rewritten,
                     s.chunks_in_use,
-                    s.chunks_kept_recent
+                    w.chunks_kept_recent
                 );
             }
         }

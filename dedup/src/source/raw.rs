@@ -30,7 +30,7 @@ impl RawFile {
         } else {
             meta.len()
         };
-        let ranges = if is_dev { vec![0..size] } else { data_ranges(&file, size) };
+        let ranges = if is_dev { std::iter::once(0..size).collect() } else { data_ranges(&file, size) };
         Ok(RawFile {
             path: path.to_path_buf(),
             file,
@@ -54,7 +54,7 @@ fn data_ranges(file: &File, size: u64) -> Vec<Range<u64>> {
             if errno == Some(libc::ENXIO) {
                 break; // no data after pos
             }
-            return vec![0..size]; // SEEK_DATA unsupported: read it all
+            return std::iter::once(0..size).collect(); // SEEK_DATA unsupported: read it all
         }
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };

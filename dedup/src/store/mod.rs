@@ -1,11 +1,17 @@
-//! Chunk stores: where the encoded chunks of a library live. The directory store is the embedded default;
-//! every store keeps the same contract so that an S3 store can take its place.
+//! Chunk stores: where the encoded chunks of a library live. The pack store in a folder is the embedded
+//! default; every store keeps the same contract so that an S3 store can take its place.
 
-mod dir;
+mod catalog;
+mod pack;
+pub mod pack_format;
 
-pub use dir::DirStore;
+pub use pack::PackStore;
 
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::SystemTime;
+
+use serde::Serialize;
 
 use crate::chunk::ChunkId;
 use crate::error::Result;
@@ -17,20 +23,25 @@ pub trait ChunkStore: Send + Sync {
     /// and returns true. Returns false when it is absent.
     fn touch(&self, id: &ChunkId) -> Result<bool>;
 
-    /// Stores an encoded chunk durably under its id.
+    /// Stores an encoded chunk under its id. It is durable once `sync` returns.
     fn put(&self, id: &ChunkId, encoded: &[u8]) -> Result<()>;
 
     /// Reads an encoded chunk; `ChunkMissing` when it is absent.
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>>;
 
-    /// Removes a chunk (garbage collection only).
-    fn remove(&self, id: &ChunkId) -> Result<()>;
-
-    /// Every stored chunk with the time it was last written or touched, and its stored size.
+    /// Every stored copy of every chunk, with the time its container was last written or used, and its
+    /// stored size.
     fn list(&self) -> Result<Vec<StoredChunk>>;
 
     /// Makes every `put` so far durable, names included. Called before a manifest refers to the chunks.
     fn sync(&self) -> Result<()>;
+
+    /// Garbage collection's sweep: removes stored chunks that are not `in_use`, leaving alone everything
+    /// used or written at or after `cutoff`. Called with the library's chunk lock held exclusively.
+    fn sweep(&self, in_use: &HashSet<ChunkId>, cutoff: SystemTime) -> Result<SweepStats>;
+
+    /// Where a chunk's bytes are, for diagnostics and repair tools; `None` when it is not stored.
+    fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLocation>>;
 }
 
 #[derive(Clone, Debug)]
@@ -38,4 +49,27 @@ pub struct StoredChunk {
     pub id: ChunkId,
     pub used: SystemTime,
     pub stored_bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct ChunkLocation {
+    /// The pack file holding the chunk, and the index file that says where.
+    pub pack: PathBuf,
+    pub index: PathBuf,
+    /// Offset and length of the encoded chunk in the pack.
+    pub offset: u64,
+    pub len: u32,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SweepStats {
+    pub chunks_removed: u64,
+    pub bytes_removed: u64,
+    /// Unused chunks left in containers used after the cutoff.
+    pub chunks_kept_recent: u64,
+    pub packs_removed: u64,
+    /// Packs rewritten without their unused chunks.
+    pub packs_rewritten: u64,
+    /// Packs left by writers that died before sealing them.
+    pub unfinished_packs_removed: u64,
 }

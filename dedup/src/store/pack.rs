@@ -1,0 +1,566 @@
+//! The pack store: encoded chunks appended to pack files of about `PACK_TARGET_BYTES`, each with an index
+//! file written once the pack is durable (layout in `pack_format.rs`).
+//!
+//! Why packs: a library of millions of small chunk files is slow to write (a create and a rename per chunk),
+//! slow to read cold (a folder lookup and an inode read before the data), and wastes the tail block of every
+//! file. A pack is one open file; a cold chunk read is one positioned read.
+//!
+//! Durability: a writer appends records to its open pack, then seals it: fdatasync of the pack, then its
+//! index written through a temporary file, fsynced and renamed into place. `sync` seals the open pack and
+//! fsyncs the folder, so every chunk put before it is durable, names included, before a manifest refers to
+//! it. A pack without an index is unfinished work: readers ignore it and `sweep` removes it.
+//!
+//! Concurrency: each process keeps a catalog (`catalog.rs`) of where chunks are. Two backups running at once
+//! may both store a chunk neither had (each in its own pack); reads use either copy and `sweep` drops the
+//! spare one.
+//!
+//! Garbage: `sweep` deletes packs whose chunks are all unused, and rewrites packs that are mostly unused,
+//! keeping only the chunks in use. A pack used (read by a backup, or written) after the cutoff is left
+//! alone whole: a backup in progress may be about to refer to any chunk of it.
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use super::catalog::{index_names, Catalog, Loc, Pack};
+use super::pack_format::{pack_header, PackEntry, PackIndex};
+use super::{ChunkLocation, ChunkStore, StoredChunk, SweepStats};
+use crate::chunk::{self, ChunkId};
+use crate::durable::{self, AtomicFile};
+use crate::error::{Error, Result};
+use crate::formats::PACK_HEADER_LEN;
+
+/// A pack is sealed once it holds this many bytes.
+const PACK_TARGET_BYTES: u64 = 16 << 20;
+/// A pack is rewritten by `sweep` when at least this share of its bytes is unused (1/4).
+const REWRITE_DEAD_SHARE: (u64, u64) = (1, 4);
+/// Packs this process keeps open at most; the least recently opened is closed first.
+const MAX_OPEN_PACKS: usize = 256;
+/// Length of the chunk id before each record.
+const RECORD_ID_LEN: u64 = 32;
+
+pub struct PackStore {
+    dir: PathBuf,
+    tmp: PathBuf,
+    catalog: RwLock<Catalog>,
+    writer: Mutex<Option<OpenPack>>,
+    /// Held while a pack is sealed, so that `sync` can wait for seals other threads started.
+    sealing: Mutex<()>,
+    /// Names were added to or removed from the folder since it was last fsynced.
+    dir_dirty: AtomicBool,
+    open_files: Mutex<VecDeque<Arc<Pack>>>,
+}
+
+/// The pack this process is appending to.
+struct OpenPack {
+    no: u32,
+    pack: Arc<Pack>,
+    file: Arc<File>,
+    len: u64,
+    entries: Vec<PackEntry>,
+    record: Vec<u8>,
+}
+
+impl PackStore {
+    /// Opens (creating when needed) the store in `dir`; temporary files go to `tmp` on the same file system.
+    /// Pack indexes are read when first needed.
+    pub fn open(dir: &Path, tmp: &Path) -> Result<Self> {
+        for d in [dir, tmp] {
+            durable::create_dir_durable(d).map_err(|e| Error::io("create folder", d, e))?;
+        }
+        Ok(PackStore {
+            dir: dir.to_path_buf(),
+            tmp: tmp.to_path_buf(),
+            catalog: RwLock::new(Catalog::default()),
+            writer: Mutex::new(None),
+            sealing: Mutex::new(()),
+            dir_dirty: AtomicBool::new(false),
+            open_files: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    fn pack_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.pack"))
+    }
+
+    fn index_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.idx"))
+    }
+
+    /// Where the catalog says a chunk is, scanning the folder first when it never was.
+    fn lookup(&self, id: &ChunkId) -> Result<Option<(Loc, Arc<Pack>)>> {
+        {
+            let cat = self.catalog.read().expect("not poisoned");
+            if cat.is_scanned() {
+                return Ok(cat.lookup(id));
+            }
+        }
+        let mut cat = self.catalog.write().expect("not poisoned");
+        if !cat.is_scanned() {
+            cat.refresh(&self.dir)?;
+        }
+        Ok(cat.lookup(id))
+    }
+
+    fn refresh(&self) -> Result<()> {
+        self.catalog.write().expect("not poisoned").refresh(&self.dir)
+    }
+
+    /// The pack's open file, opening it when needed.
+    fn file_of(&self, pack: &Arc<Pack>) -> std::io::Result<Arc<File>> {
+        if let Some(f) = pack.cached_file() {
+            return Ok(f);
+        }
+        let file = Arc::new(File::open(&pack.path)?);
+        pack.set_file(Some(file.clone()));
+        let mut open = self.open_files.lock().expect("not poisoned");
+        open.push_back(pack.clone());
+        while open.len() > MAX_OPEN_PACKS {
+            if let Some(old) = open.pop_front() {
+                old.set_file(None);
+            }
+        }
+        Ok(file)
+    }
+
+    /// Reads the record of a chunk: the id before it must match, and the pack must hold all of it.
+    fn read_record(&self, id: &ChunkId, loc: Loc, pack: &Arc<Pack>) -> std::result::Result<Vec<u8>, ReadFailure> {
+        let file = self.file_of(pack).map_err(ReadFailure::Open)?;
+        let mut buf = vec![0u8; RECORD_ID_LEN as usize + loc.len as usize];
+        match file.read_exact_at(&mut buf, loc.offset - RECORD_ID_LEN) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                return Err(ReadFailure::Bad(Error::ChunkCorrupt {
+                    id: *id,
+                    reason: format!("pack {} is shorter than its index says", pack.path.display()),
+                }))
+            }
+            Err(e) => return Err(ReadFailure::Bad(Error::io("read chunk from", &pack.path, e))),
+        }
+        if buf[..RECORD_ID_LEN as usize] != id.0 {
+            return Err(ReadFailure::Bad(Error::ChunkCorrupt {
+                id: *id,
+                reason: format!("pack {} holds another chunk where its index says", pack.path.display()),
+            }));
+        }
+        buf.drain(..RECORD_ID_LEN as usize);
+        Ok(buf)
+    }
+
+    /// Starts a new pack file.
+    fn new_pack(&self) -> Result<OpenPack> {
+        let name = durable::random_suffix();
+        let path = self.pack_path(&name);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io("create pack", &path, e))?;
+        let file = Arc::new(file);
+        if let Err(e) = file.write_all_at(&pack_header(), 0) {
+            let _ = fs::remove_file(&path);
+            return Err(Error::io("write pack", &path, e));
+        }
+        self.dir_dirty.store(true, Ordering::Release);
+        let pack = Pack::new(name, path, false, Some(file.clone()));
+        let mut cat = self.catalog.write().expect("not poisoned");
+        let no = cat.add_pack(pack);
+        let pack = cat.lookup_pack(no).expect("just added");
+        Ok(OpenPack { no, pack, file, len: PACK_HEADER_LEN as u64, entries: Vec::new(), record: Vec::new() })
+    }
+
+    /// Makes a pack durable and gives it its index. On failure the pack is abandoned.
+    fn seal(&self, open: OpenPack) -> Result<()> {
+        let _sealing = self.sealing.lock().expect("not poisoned");
+        let result = (|| {
+            open.file.sync_data().map_err(|e| Error::io("sync pack", &open.pack.path, e))?;
+            let index = PackIndex { pack_len: open.len, entries: open.entries.clone() };
+            let idx_path = self.index_path(&open.pack.name);
+            let mut f =
+                AtomicFile::create(&idx_path, Some(&self.tmp)).map_err(|e| Error::io("create", &idx_path, e))?;
+            std::io::Write::write_all(&mut f, &index.encode()).map_err(|e| Error::io("write", &idx_path, e))?;
+            f.commit_without_dir_sync().map_err(|e| Error::io("write", &idx_path, e))
+        })();
+        match result {
+            Ok(()) => {
+                open.pack.mark_sealed();
+                self.dir_dirty.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                self.abandon(open);
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops an unfinished pack: its chunks are forgotten and its file removed.
+    fn abandon(&self, open: OpenPack) {
+        self.catalog.write().expect("not poisoned").remove_pack(open.no);
+        let _ = fs::remove_file(&open.pack.path);
+    }
+
+    /// Seals the open pack, waits for seals in progress, and makes the folder's names durable.
+    fn seal_and_sync_dir(&self) -> Result<()> {
+        let open = self.writer.lock().expect("not poisoned").take();
+        if let Some(open) = open {
+            self.seal(open)?;
+        }
+        let _sealing = self.sealing.lock().expect("not poisoned");
+        if self.dir_dirty.swap(false, Ordering::AcqRel) {
+            durable::sync_dir(&self.dir).map_err(|e| Error::io("sync folder", &self.dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// Copies the chunks of `index` that `keep` names into the open pack, each checked first. Returns false
+    /// (and copies nothing more) when a chunk of the pack is damaged: the pack is then kept as it is.
+    fn copy_live_chunks(&self, name: &str, keep: &[PackEntry]) -> Result<bool> {
+        let path = self.pack_path(name);
+        let file = File::open(&path).map_err(|e| Error::io("open pack", &path, e))?;
+        let mut plain = Vec::new();
+        let mut buf = Vec::new();
+        for e in keep {
+            buf.resize(e.len as usize, 0);
+            if file.read_exact_at(&mut buf, e.offset).is_err()
+                || chunk::decode_verified(&e.id, &buf, &mut plain).is_err()
+            {
+                tracing::warn!("pack {name}: chunk {} is damaged; the pack is kept as it is", e.id);
+                return Ok(false);
+            }
+            self.put(&e.id, &buf)?;
+        }
+        Ok(true)
+    }
+}
+
+enum ReadFailure {
+    /// The pack could not be opened (it may have been removed by garbage collection).
+    Open(std::io::Error),
+    Bad(Error),
+}
+
+impl Drop for PackStore {
+    fn drop(&mut self) {
+        // A pack never sealed is unfinished work: nothing refers to its chunks.
+        let open = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(open) = open {
+            let _ = fs::remove_file(&open.pack.path);
+        }
+    }
+}
+
+impl ChunkStore for PackStore {
+    fn touch(&self, id: &ChunkId) -> Result<bool> {
+        let Some((loc, pack)) = self.lookup(id)? else {
+            return Ok(false);
+        };
+        if !pack.is_sealed() || pack.touched.load(Ordering::Acquire) {
+            return Ok(true);
+        }
+        // One mark per pack and process is enough: gc keeps a pack used after the oldest running backup
+        // started (see gc.rs), and this backup started before this mark.
+        match nix::sys::stat::utimensat(
+            None,
+            &pack.path,
+            &nix::sys::time::TimeSpec::UTIME_OMIT,
+            &nix::sys::time::TimeSpec::UTIME_NOW,
+            nix::sys::stat::UtimensatFlags::FollowSymlink,
+        ) {
+            Ok(()) => {
+                pack.touched.store(true, Ordering::Release);
+                Ok(true)
+            }
+            Err(nix::errno::Errno::ENOENT) => {
+                // Removed by gc since the catalog was read: the chunk must be written again.
+                self.catalog.write().expect("not poisoned").remove_pack(loc.pack);
+                Ok(false)
+            }
+            Err(e) => Err(Error::io("mark as used", &pack.path, e.into())),
+        }
+    }
+
+    fn put(&self, id: &ChunkId, encoded: &[u8]) -> Result<()> {
+        let mut writer = self.writer.lock().expect("not poisoned");
+        if writer.is_none() {
+            *writer = Some(self.new_pack()?);
+        }
+        let open = writer.as_mut().expect("just opened");
+        open.record.clear();
+        open.record.extend_from_slice(&id.0);
+        open.record.extend_from_slice(encoded);
+        if let Err(e) = open.file.write_all_at(&open.record, open.len) {
+            let open = writer.take().expect("open");
+            let path = open.pack.path.clone();
+            self.abandon(open);
+            return Err(Error::io("write pack", path, e));
+        }
+        let entry = PackEntry { id: *id, offset: open.len + RECORD_ID_LEN, len: encoded.len() as u32 };
+        open.len += open.record.len() as u64;
+        open.entries.push(entry);
+        self.catalog
+            .write()
+            .expect("not poisoned")
+            .insert(*id, Loc { pack: open.no, offset: entry.offset, len: entry.len });
+        if open.len >= PACK_TARGET_BYTES {
+            let full = writer.take().expect("open");
+            drop(writer);
+            self.seal(full)?;
+        }
+        Ok(())
+    }
+
+    fn get(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let mut refreshed = false;
+        loop {
+            let found = self.lookup(id)?;
+            let failure = match found {
+                Some((loc, pack)) => match self.read_record(id, loc, &pack) {
+                    Ok(data) => return Ok(data),
+                    Err(ReadFailure::Bad(e)) => return Err(e),
+                    Err(ReadFailure::Open(e)) if e.kind() == ErrorKind::NotFound => Error::ChunkMissing { id: *id },
+                    Err(ReadFailure::Open(e)) => return Err(Error::io("open pack", &pack.path, e)),
+                },
+                None => Error::ChunkMissing { id: *id },
+            };
+            // Another process may have added the chunk (a new backup) or moved it (gc): look again, once.
+            if refreshed {
+                return Err(failure);
+            }
+            self.refresh()?;
+            refreshed = true;
+        }
+    }
+
+    fn list(&self) -> Result<Vec<StoredChunk>> {
+        let mut out = Vec::new();
+        for name in index_names(&self.dir)? {
+            let index = match PackIndex::read(&self.index_path(&name)) {
+                Ok(i) => i,
+                Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound => continue,
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    continue;
+                }
+            };
+            let used = match fs::metadata(self.pack_path(&name)).and_then(|m| m.modified()) {
+                Ok(t) => t,
+                Err(_) => continue, // an index without its pack: its chunks are missing
+            };
+            out.extend(index.entries.iter().map(|e| StoredChunk {
+                id: e.id,
+                used,
+                stored_bytes: u64::from(e.len) + RECORD_ID_LEN,
+            }));
+        }
+        Ok(out)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.seal_and_sync_dir()
+    }
+
+    fn sweep(&self, in_use: &HashSet<ChunkId>, cutoff: SystemTime) -> Result<SweepStats> {
+        let mut stats = SweepStats::default();
+        let mut names = index_names(&self.dir)?;
+        names.sort();
+        let mut claimed: HashSet<ChunkId> = HashSet::new();
+        let mut doomed: Vec<String> = Vec::new();
+        for name in &names {
+            let index = match PackIndex::read(&self.index_path(name)) {
+                Ok(i) => i,
+                Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound => continue,
+                Err(e) => {
+                    // Never delete what cannot be read: verify reports the chunks, a repair may save them.
+                    tracing::warn!("gc leaves pack {name} alone: {e}");
+                    continue;
+                }
+            };
+            let Ok(used) = fs::metadata(self.pack_path(name)).and_then(|m| m.modified()) else {
+                continue;
+            };
+            // A chunk in use is kept in the first pack that holds it; other copies are spare.
+            let (live, dead): (Vec<PackEntry>, Vec<PackEntry>) =
+                index.entries.iter().partition(|e| in_use.contains(&e.id) && claimed.insert(e.id));
+            if used >= cutoff {
+                stats.chunks_kept_recent += dead.len() as u64;
+                continue;
+            }
+            let dead_bytes: u64 = dead.iter().map(|e| u64::from(e.len) + RECORD_ID_LEN).sum();
+            if dead.is_empty() {
+                continue;
+            }
+            let whole = live.is_empty();
+            let (num, den) = REWRITE_DEAD_SHARE;
+            if !whole && dead_bytes * den < index.pack_len * num {
+                continue; // mostly in use: not worth rewriting yet
+            }
+            if !whole {
+                if !self.copy_live_chunks(name, &live)? {
+                    continue;
+                }
+                stats.packs_rewritten += 1;
+            } else {
+                stats.packs_removed += 1;
+            }
+            stats.chunks_removed += dead.len() as u64;
+            stats.bytes_removed += dead_bytes;
+            doomed.push(name.clone());
+        }
+        // The copies are durable before the packs they came from go.
+        self.seal_and_sync_dir()?;
+        for name in &doomed {
+            // The index first: a pack without an index is unfinished work, never half a pack.
+            let idx = self.index_path(name);
+            fs::remove_file(&idx).map_err(|e| Error::io("remove", &idx, e))?;
+            let _ = fs::remove_file(self.pack_path(name));
+        }
+        // Packs never sealed by writers that died.
+        for entry in fs::read_dir(&self.dir).map_err(|e| Error::io("list packs in", &self.dir, e))?.flatten() {
+            let file_name = entry.file_name();
+            let Some(stem) = file_name.to_str().and_then(|n| n.strip_suffix(".pack")) else { continue };
+            if self.index_path(stem).exists() {
+                continue;
+            }
+            let old = entry.metadata().ok().and_then(|m| m.modified().ok()).is_some_and(|t| t < cutoff);
+            if old && fs::remove_file(entry.path()).is_ok() {
+                stats.unfinished_packs_removed += 1;
+            }
+        }
+        durable::sync_dir(&self.dir).map_err(|e| Error::io("sync folder", &self.dir, e))?;
+        self.refresh()?;
+        Ok(stats)
+    }
+
+    fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
+        Ok(self.lookup(id)?.map(|(loc, pack)| ChunkLocation {
+            index: self.index_path(&pack.name),
+            pack: pack.path.clone(),
+            offset: loc.offset,
+            len: loc.len,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn encoded(n: u32) -> (ChunkId, Vec<u8>) {
+        let plain: Vec<u8> = (0..65536u32).map(|i| (i.wrapping_mul(n + 7) >> 3) as u8).collect();
+        let mut z = zstd::bulk::Compressor::new(chunk::ZSTD_LEVEL).unwrap();
+        (ChunkId::of(&plain), chunk::encode(&plain, &mut z))
+    }
+
+    fn open(dir: &Path) -> PackStore {
+        PackStore::open(&dir.join("packs"), &dir.join("tmp")).unwrap()
+    }
+
+    #[test]
+    fn chunks_put_by_one_store_are_read_by_another_after_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = open(dir.path());
+        let reader = open(dir.path());
+        let chunks: Vec<_> = (0..50).map(encoded).collect();
+        for (id, enc) in &chunks[..20] {
+            writer.put(id, enc).unwrap();
+        }
+        writer.sync().unwrap();
+        // The reader scans on first use, then finds later packs when a chunk is not in its catalog.
+        assert_eq!(reader.get(&chunks[3].0).unwrap(), chunks[3].1);
+        for (id, enc) in &chunks[20..] {
+            writer.put(id, enc).unwrap();
+        }
+        // Not sealed yet: the writer reads its own chunks, the reader does not see them.
+        assert_eq!(writer.get(&chunks[40].0).unwrap(), chunks[40].1);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(matches!(reader.get(&chunks[40].0), Err(Error::ChunkMissing { .. })));
+        writer.sync().unwrap();
+        for (id, enc) in &chunks {
+            assert_eq!(&reader.get(id).unwrap(), enc);
+            assert!(reader.touch(id).unwrap());
+        }
+        assert_eq!(reader.list().unwrap().len(), 50);
+        assert!(!reader.touch(&ChunkId::of(b"absent")).unwrap());
+    }
+
+    #[test]
+    fn an_unsealed_pack_is_dropped_and_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, enc) = encoded(1);
+        {
+            let s = open(dir.path());
+            s.put(&id, &enc).unwrap();
+            // Dropped without sync: the pack is unfinished work.
+        }
+        let s = open(dir.path());
+        assert!(!s.touch(&id).unwrap());
+        assert_eq!(fs::read_dir(dir.path().join("packs")).unwrap().count(), 0, "the unsealed pack was removed");
+        // A pack left by a writer that died (no index) goes with the next sweep once old enough.
+        fs::write(dir.path().join("packs/0123456789abcdef.pack"), pack_header()).unwrap();
+        let stats = s.sweep(&HashSet::new(), SystemTime::now() + Duration::from_secs(1)).unwrap();
+        assert_eq!(stats.unfinished_packs_removed, 1);
+    }
+
+    #[test]
+    fn sweep_removes_dead_packs_and_rewrites_mostly_dead_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let chunks: Vec<_> = (0..30).map(encoded).collect();
+        for (id, enc) in &chunks[..10] {
+            s.put(id, enc).unwrap();
+        }
+        s.sync().unwrap();
+        for (id, enc) in &chunks[10..] {
+            s.put(id, enc).unwrap();
+        }
+        s.sync().unwrap();
+        // Pack one: all dead. Pack two: 5 of 20 kept.
+        let in_use: HashSet<ChunkId> = chunks[10..15].iter().map(|c| c.0).collect();
+        // A cutoff in the past keeps everything.
+        let kept = s.sweep(&in_use, SystemTime::now() - Duration::from_secs(60)).unwrap();
+        assert_eq!((kept.chunks_removed, kept.chunks_kept_recent), (0, 25));
+        let stats = s.sweep(&in_use, SystemTime::now() + Duration::from_secs(1)).unwrap();
+        assert_eq!((stats.packs_removed, stats.packs_rewritten, stats.chunks_removed), (1, 1, 25));
+        let fresh = open(dir.path());
+        for (id, enc) in &chunks[10..15] {
+            assert_eq!(&fresh.get(id).unwrap(), enc);
+            assert_eq!(&s.get(id).unwrap(), enc, "the sweeping store follows the move");
+        }
+        assert!(matches!(fresh.get(&chunks[0].0), Err(Error::ChunkMissing { .. })));
+        assert_eq!(fresh.list().unwrap().len(), 5);
+        assert_eq!(fs::read_dir(dir.path().join("packs")).unwrap().count(), 2, "one pack and its index");
+    }
+
+    #[test]
+    fn damage_is_reported_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let (id, enc) = encoded(3);
+        let (id2, enc2) = encoded(4);
+        s.put(&id, &enc).unwrap();
+        s.put(&id2, &enc2).unwrap();
+        s.sync().unwrap();
+        let loc = s.locate(&id).unwrap().unwrap();
+        // The id before the record no longer matches: the index and the pack disagree.
+        let f = OpenOptions::new().write(true).open(&loc.pack).unwrap();
+        f.write_all_at(&[0xff], loc.offset - 1).unwrap();
+        assert!(matches!(open(dir.path()).get(&id), Err(Error::ChunkCorrupt { .. })));
+        // A truncated pack.
+        f.set_len(loc.offset + 10).unwrap();
+        let err = open(dir.path()).get(&id2).unwrap_err();
+        assert!(matches!(err, Error::ChunkCorrupt { .. }), "{err}");
+        // A damaged index: gc leaves the pack alone.
+        fs::write(&loc.index, b"garbage").unwrap();
+        let stats = s.sweep(&HashSet::new(), SystemTime::now() + Duration::from_secs(1)).unwrap();
+        assert_eq!(stats.chunks_removed + stats.unfinished_packs_removed, 0);
+        assert!(loc.pack.exists());
+    }
+}
