@@ -476,7 +476,7 @@ if res["sweep"]:
     print(f"recommendation: default chunk size {pick['chunk_size']}: stores {pick['stored_bytes'] / best:.2f}x the "
           f"least, ingests in {(pick['full_s'] + pick['incr_s']) / fastest:.2f}x the fastest time, cold read "
           f"{pick['median_ms']:.2f} ms median (rule: storage within 2%, ingest within 2x, then fastest read); "
-          f"library default today: 1M")
+          f"library default today: {res['livemount']['library_stats']['chunk_size'] // 1024}K")
 
 json.dump(res, open(env["RESULTS"], "w"), indent=2)
 print()

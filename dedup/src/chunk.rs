@@ -124,6 +124,11 @@ fn write_header(h: &mut [u8], codec: Codec, plain_len: usize, payload_len: usize
     h[12..16].copy_from_slice(&(payload_len as u32).to_le_bytes());
 }
 
+thread_local! {
+    static DECOMPRESSOR: std::cell::RefCell<std::io::Result<zstd::bulk::Decompressor<'static>>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new());
+}
+
 /// Decodes a stored chunk into `out` (resized to the plain length) and checks that its hash is `id`.
 /// Damage of any kind is `ChunkCorrupt`, never wrong bytes.
 pub fn decode_verified(id: &ChunkId, stored: &[u8], out: &mut Vec<u8>) -> Result<()> {
@@ -147,17 +152,26 @@ pub fn decode_verified(id: &ChunkId, stored: &[u8], out: &mut Vec<u8>) -> Result
     if plain_len > crate::formats::MAX_CHUNK_SIZE as usize {
         return Err(corrupt(format!("plain length {plain_len} is larger than any chunk")));
     }
-    out.clear();
     match codec {
         Codec::Plain => {
             if plain_len != payload_len {
                 return Err(corrupt("plain chunk with mismatched lengths".into()));
             }
+            out.clear();
             out.extend_from_slice(payload);
         }
         Codec::Zstd => {
-            out.resize(plain_len, 0);
-            let n = zstd::bulk::decompress_to_buffer(payload, out.as_mut_slice())
+            // Every byte is overwritten by the decompressor: a reused buffer of the right size is not cleared.
+            if out.len() != plain_len {
+                out.clear();
+                out.resize(plain_len, 0);
+            }
+            // One decompression context per thread: making one per chunk costs as much as a small chunk.
+            let n = DECOMPRESSOR
+                .with(|d| match d.borrow_mut().as_mut() {
+                    Ok(d) => d.decompress_to_buffer(payload, out.as_mut_slice()),
+                    Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                })
                 .map_err(|e| corrupt(format!("zstd: {e}")))?;
             if n != plain_len {
                 return Err(corrupt(format!("decompressed to {n} bytes, header says {plain_len}")));

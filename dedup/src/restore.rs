@@ -14,6 +14,8 @@ use crate::reader::BackupDisk;
 
 /// Block size below which zeros are written rather than left as holes.
 const HOLE_GRANULE: usize = 4096;
+/// Bytes of disk restored between two starts of write-back.
+const WRITEBACK_EVERY: u64 = 32 << 20;
 
 /// Restores `disk` to `dest` (created or truncated). `progress` receives bytes done so far.
 pub fn restore_disk(disk: &BackupDisk, dest: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<()> {
@@ -27,8 +29,10 @@ pub fn restore_disk(disk: &BackupDisk, dest: &Path, progress: &(dyn Fn(u64) + Sy
     let count = disk.index().chunks.len();
     let next = AtomicUsize::new(0);
     let done = AtomicU64::new(0);
+    let written = AtomicU64::new(0);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
+    // Twice the cores: a worker waiting for a pack read leaves its core to another.
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) * 2;
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
@@ -64,16 +68,13 @@ pub fn restore_disk(disk: &BackupDisk, dest: &Path, progress: &(dyn Fn(u64) + Sy
                             }
                             pos = end;
                         }
-                        // Start writing the chunk back now, so that the final fsync has little left to do.
-                        // SAFETY: sync_file_range on a descriptor we own; no memory is passed.
-                        unsafe {
-                            libc::sync_file_range(
-                                file.as_raw_fd(),
-                                range.start as libc::off64_t,
-                                (range.end - range.start) as libc::off64_t,
-                                libc::SYNC_FILE_RANGE_WRITE,
-                            )
-                        };
+                        // Start the write-back of what is written so far every few MiB, so that the final
+                        // fsync has little left to do (one call per chunk costs more than it saves).
+                        let before = written.fetch_add(range.end - range.start, Ordering::Relaxed);
+                        if before / WRITEBACK_EVERY != (before + range.end - range.start) / WRITEBACK_EVERY {
+                            // SAFETY: sync_file_range on a descriptor we own; no memory is passed.
+                            unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+                        }
                         Ok(())
                     })();
                     if let Err(e) = result {

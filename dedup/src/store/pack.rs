@@ -131,24 +131,32 @@ impl PackStore {
     /// Reads the record of a chunk: the id before it must match, and the pack must hold all of it.
     fn read_record(&self, id: &ChunkId, loc: Loc, pack: &Arc<Pack>) -> std::result::Result<Vec<u8>, ReadFailure> {
         let file = self.file_of(pack).map_err(ReadFailure::Open)?;
-        let mut buf = vec![0u8; RECORD_ID_LEN as usize + loc.len as usize];
-        match file.read_exact_at(&mut buf, loc.offset - RECORD_ID_LEN) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+        let mut record_id = [0u8; RECORD_ID_LEN as usize];
+        let mut buf = vec![0u8; loc.len as usize];
+        let wanted = record_id.len() + buf.len();
+        // One read for the id and the chunk, each into its own buffer.
+        let read = nix::sys::uio::preadv(
+            &*file,
+            &mut [std::io::IoSliceMut::new(&mut record_id), std::io::IoSliceMut::new(&mut buf)],
+            (loc.offset - RECORD_ID_LEN) as i64,
+        );
+        match read {
+            Ok(n) if n == wanted => {}
+            Ok(_) => {
+                // Short: the end of the file (a read of a regular file returns all it can).
                 return Err(ReadFailure::Bad(Error::ChunkCorrupt {
                     id: *id,
                     reason: format!("pack {} is shorter than its index says", pack.path.display()),
-                }))
+                }));
             }
-            Err(e) => return Err(ReadFailure::Bad(Error::io("read chunk from", &pack.path, e))),
+            Err(e) => return Err(ReadFailure::Bad(Error::io("read chunk from", &pack.path, e.into()))),
         }
-        if buf[..RECORD_ID_LEN as usize] != id.0 {
+        if record_id != id.0 {
             return Err(ReadFailure::Bad(Error::ChunkCorrupt {
                 id: *id,
                 reason: format!("pack {} holds another chunk where its index says", pack.path.display()),
             }));
         }
-        buf.drain(..RECORD_ID_LEN as usize);
         Ok(buf)
     }
 
