@@ -74,7 +74,7 @@ impl DiskIndex {
             return Err(bad("chunk size, disk size and chunk count disagree"));
         }
         let body = &data[INDEX_HEADER_LEN..];
-        if body.len() as u64 != count * 32 {
+        if count.checked_mul(32) != Some(body.len() as u64) {
             return Err(bad("truncated: fewer chunk ids than the header says"));
         }
         let mut hasher = blake3::Hasher::new();
