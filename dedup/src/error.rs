@@ -39,6 +39,9 @@ pub enum Error {
     #[error("no backup {id} in the library; `livemount backup list` shows the backups")]
     BackupNotFound { id: String },
 
+    #[error("backup {id} is in use by {holders}; end that use first (`livemount unmount MOUNT` for a mount), or forget it anyway with --force")]
+    BackupHeld { id: String, holders: String },
+
     #[error("backup id {prefix} is ambiguous: it starts {count} backups; give more of it")]
     AmbiguousBackupId { prefix: String, count: usize },
 

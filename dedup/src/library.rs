@@ -6,6 +6,8 @@
 //! <library>/packs/<name>.idx      where each chunk of the pack is; written once the pack is durable
 //! <library>/backups/<id>/         one folder per finished backup: manifest.json and disk<N>.index
 //! <library>/running/<id>          one file per backup in progress, flock-ed by its process (see `gc.rs`)
+//! <library>/holds/<holder>        one file per use of a backup that must outlive commands (a live mount):
+//!                                 the backup id, then what holds it; `forget` refuses a held backup
 //! <library>/tmp/                  temporary files; anything here is unfinished work
 //! <library>/chunks.lock           taken shared to reuse or add a chunk, exclusive by gc while it deletes
 //! ```
@@ -190,9 +192,55 @@ impl Library {
         Ok(index)
     }
 
-    /// Removes a backup from the library. Its chunks stay until `gc` finds them unused.
-    pub fn forget(&self, id: &str) -> Result<Manifest> {
+    /// Records that `holder` (a mount id) uses backup `backup_id`, described by `what`, until `release`.
+    pub fn hold(&self, holder: &str, backup_id: &str, what: &str) -> Result<()> {
+        let dir = self.path("holds");
+        durable::create_dir_durable(&dir).map_err(|e| Error::io("create folder", &dir, e))?;
+        let p = dir.join(holder);
+        durable::write_file(&p, format!("{backup_id}\n{what}\n").as_bytes()).map_err(|e| Error::io("write", &p, e))
+    }
+
+    /// Ends a hold (absent holds are fine: release is idempotent).
+    pub fn release(&self, holder: &str) -> Result<()> {
+        let p = self.path("holds").join(holder);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", &p, e)),
+        }
+    }
+
+    /// What holds backup `backup_id` (the descriptions of its holds).
+    pub fn holds_of(&self, backup_id: &str) -> Result<Vec<String>> {
+        let dir = self.path("holds");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("list", &dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            if entry.file_name().to_str().is_some_and(durable::is_temp_name) {
+                continue;
+            }
+            let text = fs::read_to_string(entry.path()).unwrap_or_default();
+            let mut lines = text.lines();
+            if lines.next() == Some(backup_id) {
+                out.push(lines.next().unwrap_or("an unnamed holder").to_string());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes a backup from the library. Its chunks stay until `gc` finds them unused. A backup in use (a
+    /// live mount holds it) is refused unless `force`.
+    pub fn forget(&self, id: &str, force: bool) -> Result<Manifest> {
         let manifest = self.resolve(id)?;
+        let holders = self.holds_of(&manifest.id)?;
+        if !holders.is_empty() && !force {
+            return Err(Error::BackupHeld { id: manifest.id.clone(), holders: holders.join(", ") });
+        }
         let backups = self.path("backups");
         let dir = backups.join(&manifest.id);
         // Rename first so that the backup disappears in one step, then delete at leisure.

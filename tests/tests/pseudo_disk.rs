@@ -111,8 +111,15 @@ fn mount_read_write_browse_unmount_through_the_daemon() {
     d.cli().args(["unbrowse", &browse_id]).assert().success();
     assert!(!root.exists() || std::fs::read_dir(&root).map(|mut r| r.next().is_none()).unwrap_or(true));
 
-    // Unmount: stores and files gone; the backup verifies and restores identical.
+    // The mounted backup cannot be forgotten from under the mount.
+    let out = d.cli().args(["backup", "forget", &s.backup]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&format!("live mount {id} (e2e)")), "{err}");
+
+    // Unmount: stores and files gone, the hold released; the backup verifies and restores identical.
     d.cli().args(["unmount", "e2e"]).assert().success();
+    let lib = dedup::Library::open(&d.library).unwrap();
+    assert_eq!(lib.holds_of(&s.backup).unwrap(), Vec::<String>::new(), "unmount releases the backup");
     assert!(!d.state_dir().join("mounts").join(&id).exists(), "the mount's stores are deleted");
     assert!(!path.exists());
     let list = json(&d.cli().args(["mounts", "--json"]).output().unwrap().stdout);

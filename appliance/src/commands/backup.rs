@@ -48,6 +48,9 @@ pub enum BackupCmd {
     Forget {
         /// Backup id, unique id prefix, or name.
         id: String,
+        /// Forget it even while a live mount uses it (the mount's reads of chunks that gc then removes fail).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -88,8 +91,8 @@ pub fn run(cli: &Cli, cmd: &BackupCmd) -> anyhow::Result<i32> {
         }
         BackupCmd::Restore { id, dest, disk } => restore(cli, &lib, id, dest, *disk),
         BackupCmd::Verify { id } => verify(cli, &lib, id.as_deref()),
-        BackupCmd::Forget { id } => {
-            let m = lib.forget(id)?;
+        BackupCmd::Forget { id, force } => {
+            let m = lib.forget(id, *force)?;
             if cli.json {
                 print_json(&serde_json::json!({ "forgotten": m.id }));
             } else {

@@ -28,6 +28,7 @@ impl From<dedup::Error> for ApiError {
         let status = match &e {
             dedup::Error::BackupNotFound { .. } | dedup::Error::DiskNotFound { .. } => StatusCode::NOT_FOUND,
             dedup::Error::AmbiguousBackupId { .. } | dedup::Error::NotALibrary { .. } => StatusCode::BAD_REQUEST,
+            dedup::Error::BackupHeld { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError { status, message: e.to_string() }

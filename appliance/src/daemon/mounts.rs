@@ -253,10 +253,21 @@ impl Manager {
             boot: None,
         };
         std::fs::create_dir_all(self.mount_dir(&id))?;
-        let result = self.save(&state).and_then(|()| self.open_mount(state));
+        // The backup may not be forgotten while the mount reads from it.
+        let what = match (&req.name, for_browse) {
+            (_, true) => format!("browse mount {id} of livemount serve"),
+            (Some(name), false) => format!("live mount {id} ({name}) of livemount serve"),
+            (None, false) => format!("live mount {id} of livemount serve"),
+        };
+        let result = lib
+            .hold(&id, &manifest.id, &what)
+            .map_err(ApiError::from)
+            .and_then(|()| self.save(&state))
+            .and_then(|()| self.open_mount(state));
         let mount = match result {
             Ok(m) => m,
             Err(e) => {
+                let _ = lib.release(&id);
                 self.view.remove(&["mounts", &id]);
                 let _ = blockdev::pseudo_disk::remove_stores(&self.mount_dir(&id));
                 return Err(e);
@@ -268,6 +279,7 @@ impl Manager {
                 self.portal.remove_target(&iqn_of(&id));
                 self.view.remove(&["mounts", &id]);
                 drop(mount);
+                let _ = lib.release(&id);
                 let _ = blockdev::pseudo_disk::remove_stores(&self.mount_dir(&id));
                 let _ = std::fs::remove_dir_all(self.state_dir.join("boot").join(&id));
                 tracing::warn!(mount = %id, "boot preparation failed; mount rolled back: {}", e.message);
@@ -460,8 +472,12 @@ impl Manager {
         self.mounts.lock().await.remove(&id);
         self.portal.remove_target(&iqn_of(&id));
         self.view.remove(&["mounts", &id]);
+        let library = m.state.lock().expect("not poisoned").library.clone();
         drop(m);
         blockdev::pseudo_disk::remove_stores(&self.mount_dir(&id))?;
+        if let Err(e) = Library::open(&library).and_then(|lib| lib.release(&id)) {
+            tracing::warn!(mount = %id, "the mount is gone but its hold on the backup stays: {e}");
+        }
         tracing::info!(mount = %id, "unmounted");
         Ok(info)
     }
