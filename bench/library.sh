@@ -450,6 +450,11 @@ if lim:
         got = s["bytes_read"] / MiB / T["livemount"]["full_s"]
         print(f"  hash+compress of new data: {both:,.0f} MiB/s per core, {both * res['cores']:,.0f} MiB/s on "
               f"{res['cores']} cores; livemount's full ingest ran at {got:,.0f} MiB/s of data read")
+        # The best any zstd -3 ingest could do here: every core hashing and compressing, nothing else.
+        floor = s["bytes_read"] / MiB / (both * res["cores"])
+        if "borg" in T:
+            print(f"  at that ceiling the full ingest takes at least {floor:.2f} s: at most "
+                  f"{T['borg']['full_s'] / floor:.2f}x borg's {T['borg']['full_s']:.1f} s")
 
 if res["sweep"]:
     print()
