@@ -100,9 +100,18 @@ pub const ZSTD_LEVEL: i32 = 3;
 /// Encodes plain chunk bytes into the stored format (header plus zstd payload, or the plain bytes when
 /// compression does not help).
 pub fn encode(plain: &[u8], compressor: &mut zstd::bulk::Compressor<'_>) -> Vec<u8> {
-    let bound = zstd::zstd_safe::compress_bound(plain.len());
-    let mut out = vec![0u8; CHUNK_HEADER_LEN + bound];
-    let compressed_len = compressor.compress_to_buffer(plain, &mut out[CHUNK_HEADER_LEN..]).ok();
+    let mut out = Vec::new();
+    encode_into(plain, compressor, &mut out);
+    out
+}
+
+/// `encode` into a buffer the caller reuses from chunk to chunk (it is only cleared when it must grow).
+pub fn encode_into(plain: &[u8], compressor: &mut zstd::bulk::Compressor<'_>, out: &mut Vec<u8>) {
+    let needed = CHUNK_HEADER_LEN + zstd::zstd_safe::compress_bound(plain.len());
+    if out.len() < needed {
+        out.resize(needed, 0);
+    }
+    let compressed_len = compressor.compress_to_buffer(plain, &mut out[CHUNK_HEADER_LEN..needed]).ok();
     let (codec, payload_len) = match compressed_len {
         Some(n) if n < plain.len() => (Codec::Zstd, n),
         _ => {
@@ -112,7 +121,6 @@ pub fn encode(plain: &[u8], compressor: &mut zstd::bulk::Compressor<'_>) -> Vec<
     };
     out.truncate(CHUNK_HEADER_LEN + payload_len);
     write_header(&mut out[..CHUNK_HEADER_LEN], codec, plain.len(), payload_len);
-    out
 }
 
 fn write_header(h: &mut [u8], codec: Codec, plain_len: usize, payload_len: usize) {

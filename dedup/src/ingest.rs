@@ -248,12 +248,18 @@ fn read_chunks(
             hinted_to = from + READ_AHEAD;
         }
         let overlapping = ranges[first_range..].iter().take_while(|r| r.start < end);
+        // A chunk wholly inside one data range is overwritten whole: its buffer need not be zeroed first.
+        let whole =
+            ranges[first_range..].iter().take_while(|r| r.start < end).any(|r| r.start <= start && r.end >= end);
         let mut buf: Option<Vec<u8>> = None;
         for r in overlapping {
             let b = buf.get_or_insert_with(|| {
                 let mut b = free.try_recv().unwrap_or_default();
-                b.clear();
-                b.resize((end - start) as usize, 0);
+                let len = (end - start) as usize;
+                if !whole || b.len() != len {
+                    b.clear();
+                    b.resize(len, 0);
+                }
                 b
             });
             let (from, to) = (r.start.max(start), r.end.min(end));
@@ -281,6 +287,7 @@ fn store_chunks(
     let mut compressor =
         zstd::bulk::Compressor::new(chunk::ZSTD_LEVEL).map_err(|e| Error::io("start zstd", lib.root(), e))?;
     let lock_file: File = lib.chunks_lock()?;
+    let mut encoded = Vec::new();
     for (index, data) in jobs.iter() {
         if failed.load(Ordering::Relaxed) {
             break;
@@ -296,7 +303,7 @@ fn store_chunks(
                 if lib.store().touch(&id)? {
                     return Ok(Outcome::Reused);
                 }
-                let encoded = chunk::encode(&data, &mut compressor);
+                chunk::encode_into(&data, &mut compressor, &mut encoded);
                 lib.store().put(&id, &encoded)?;
                 Ok(Outcome::New { plain: data.len() as u64, stored: encoded.len() as u64 })
             })();
