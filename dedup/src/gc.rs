@@ -40,11 +40,21 @@ pub struct RunningBackup {
 
 impl RunningBackup {
     pub fn register(lib: &Library, id: &str) -> Result<Self> {
+        // The entry appears under its name already locked and holding its start time: gc removes entries
+        // it can lock, so an entry must never be visible unlocked.
+        let tmp = lib.path("tmp").join(format!(".tmp-running-{id}"));
         let path = lib.path("running").join(id);
-        let mut file = fs::File::create(&path).map_err(|e| Error::io("register backup in", &path, e))?;
-        lock::lock(&file, LockKind::Exclusive, true).map_err(|e| Error::io("lock", &path, e))?;
-        let start = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        write!(file, "{}", start.as_secs()).map_err(|e| Error::io("write", &path, e))?;
+        let mut file = fs::File::create(&tmp).map_err(|e| Error::io("register backup in", &tmp, e))?;
+        let registered = (|| {
+            lock::lock(&file, LockKind::Exclusive, true).map_err(|e| Error::io("lock", &tmp, e))?;
+            let start = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            write!(file, "{}", start.as_secs()).map_err(|e| Error::io("write", &tmp, e))?;
+            fs::rename(&tmp, &path).map_err(|e| Error::io("register backup in", &path, e))
+        })();
+        if let Err(e) = registered {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         Ok(RunningBackup { path, _file: file })
     }
 }

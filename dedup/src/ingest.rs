@@ -49,6 +49,7 @@ pub fn create_backup(
     let started = Instant::now();
     let id = new_backup_id();
     let _running = RunningBackup::register(lib, &id)?;
+    lib.store().start_marking();
     let total: u64 = disks.iter().map(|d| d.source.size()).sum();
     let mut done_before = 0u64;
     let mut stats = IngestStats::default();

@@ -95,10 +95,15 @@ impl Catalog {
         self.chunks.insert(id, loc);
     }
 
-    /// Forgets a pack and every chunk located in it.
+    pub fn for_each_pack(&self, mut f: impl FnMut(&Pack)) {
+        self.packs.iter().flatten().for_each(|p| f(p));
+    }
+
+    /// Forgets a pack and every chunk located in it (closing its file: it may be deleted).
     pub fn remove_pack(&mut self, no: u32) {
         if let Some(Some(pack)) = self.packs.get(no as usize) {
             self.by_name.remove(&pack.name);
+            pack.set_file(None);
         }
         if let Some(slot) = self.packs.get_mut(no as usize) {
             *slot = None;
@@ -118,9 +123,9 @@ impl Catalog {
         let dir_mtime =
             std::fs::metadata(dir).and_then(|m| m.modified()).map_err(|e| Error::io("read folder", dir, e))?;
         if let Some((mtime, scanned_at)) = self.last_scan {
-            // File times are coarser than the clock: trust an unchanged time only when the last scan started
-            // well after it.
-            if mtime == dir_mtime && scanned_at > dir_mtime + Duration::from_millis(50) {
+            // File times may be coarser than the clock (a second on some file systems): trust an unchanged
+            // time only when the last scan started well after it.
+            if mtime == dir_mtime && scanned_at > dir_mtime + Duration::from_secs(2) {
                 return Ok(());
             }
         }

@@ -33,6 +33,10 @@ pub trait ChunkStore: Send + Sync {
     /// stored size.
     fn list(&self) -> Result<Vec<StoredChunk>>;
 
+    /// Called when a backup starts: marks made earlier in this process (by an earlier backup) do not count
+    /// for it, so every container it reuses is marked again after its start.
+    fn start_marking(&self);
+
     /// Makes every `put` so far durable, names included. Called before a manifest refers to the chunks.
     fn sync(&self) -> Result<()>;
 

@@ -46,13 +46,16 @@ const RECORD_ID_LEN: u64 = 32;
 
 pub struct PackStore {
     dir: PathBuf,
+    /// `PACK_TARGET_BYTES`, smaller in tests.
+    pack_target: u64,
     tmp: PathBuf,
     catalog: RwLock<Catalog>,
     writer: Mutex<Option<OpenPack>>,
-    /// Held while a pack is sealed, so that `sync` can wait for seals other threads started.
+    /// Held while a pack is sealed, so that `sync` can wait for seals other threads started. Taken before
+    /// the writer lock is released, so no full pack is ever outside both.
     sealing: Mutex<()>,
-    /// Names were added to or removed from the folder since it was last fsynced.
-    dir_dirty: AtomicBool,
+    /// A write or seal failed: chunks whose `put` succeeded are lost, so `sync` must fail from now on.
+    failed: AtomicBool,
     open_files: Mutex<VecDeque<Arc<Pack>>>,
 }
 
@@ -75,11 +78,12 @@ impl PackStore {
         }
         Ok(PackStore {
             dir: dir.to_path_buf(),
+            pack_target: PACK_TARGET_BYTES,
             tmp: tmp.to_path_buf(),
             catalog: RwLock::new(Catalog::default()),
             writer: Mutex::new(None),
             sealing: Mutex::new(()),
-            dir_dirty: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             open_files: Mutex::new(VecDeque::new()),
         })
     }
@@ -175,7 +179,6 @@ impl PackStore {
             let _ = fs::remove_file(&path);
             return Err(Error::io("write pack", &path, e));
         }
-        self.dir_dirty.store(true, Ordering::Release);
         let pack = Pack::new(name, path, false, Some(file.clone()));
         let mut cat = self.catalog.write().expect("not poisoned");
         let no = cat.add_pack(pack);
@@ -184,8 +187,7 @@ impl PackStore {
     }
 
     /// Makes a pack durable and gives it its index. On failure the pack is abandoned.
-    fn seal(&self, open: OpenPack) -> Result<()> {
-        let _sealing = self.sealing.lock().expect("not poisoned");
+    fn seal(&self, open: OpenPack, _sealing: &std::sync::MutexGuard<'_, ()>) -> Result<()> {
         let result = (|| {
             open.file.sync_data().map_err(|e| Error::io("sync pack", &open.pack.path, e))?;
             let index = PackIndex { pack_len: open.len, entries: open.entries.clone() };
@@ -198,7 +200,8 @@ impl PackStore {
         match result {
             Ok(()) => {
                 open.pack.mark_sealed();
-                self.dir_dirty.store(true, Ordering::Release);
+                // Reads of its chunks open it through the bounded set of open files, like any pack.
+                open.pack.set_file(None);
                 Ok(())
             }
             Err(e) => {
@@ -210,21 +213,30 @@ impl PackStore {
 
     /// Drops an unfinished pack: its chunks are forgotten and its file removed.
     fn abandon(&self, open: OpenPack) {
+        self.failed.store(true, Ordering::Release);
         self.catalog.write().expect("not poisoned").remove_pack(open.no);
         let _ = fs::remove_file(&open.pack.path);
     }
 
-    /// Seals the open pack, waits for seals in progress, and makes the folder's names durable.
+    /// Seals the open pack, waits for seals in progress, and makes the folder's names durable (always: an
+    /// index another thread or process sealed may be what the caller's manifest refers to).
     fn seal_and_sync_dir(&self) -> Result<()> {
-        let open = self.writer.lock().expect("not poisoned").take();
-        if let Some(open) = open {
-            self.seal(open)?;
+        let mut writer = self.writer.lock().expect("not poisoned");
+        let sealing = self.sealing.lock().expect("not poisoned");
+        if let Some(open) = writer.take() {
+            drop(writer);
+            self.seal(open, &sealing)?;
+        } else {
+            drop(writer);
         }
-        let _sealing = self.sealing.lock().expect("not poisoned");
-        if self.dir_dirty.swap(false, Ordering::AcqRel) {
-            durable::sync_dir(&self.dir).map_err(|e| Error::io("sync folder", &self.dir, e))?;
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Error::io(
+                "store chunks in",
+                &self.dir,
+                std::io::Error::other("an earlier write of chunks failed; they were not kept"),
+            ));
         }
-        Ok(())
+        durable::sync_dir(&self.dir).map_err(|e| Error::io("sync folder", &self.dir, e))
     }
 
     /// Copies the chunks of `index` that `keep` names into the open pack, each checked first. Returns false
@@ -281,11 +293,13 @@ impl ChunkStore for PackStore {
             &nix::sys::time::TimeSpec::UTIME_NOW,
             nix::sys::stat::UtimensatFlags::FollowSymlink,
         ) {
-            Ok(()) => {
+            // The mark counts only if the pack still has its index: a gc that removed the index and then
+            // died (or failed to remove the pack) leaves a pack that the next sweep removes as unfinished.
+            Ok(()) if self.index_path(&pack.name).exists() => {
                 pack.touched.store(true, Ordering::Release);
                 Ok(true)
             }
-            Err(nix::errno::Errno::ENOENT) => {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => {
                 // Removed by gc since the catalog was read: the chunk must be written again.
                 self.catalog.write().expect("not poisoned").remove_pack(loc.pack);
                 Ok(false)
@@ -316,10 +330,11 @@ impl ChunkStore for PackStore {
             .write()
             .expect("not poisoned")
             .insert(*id, Loc { pack: open.no, offset: entry.offset, len: entry.len });
-        if open.len >= PACK_TARGET_BYTES {
+        if open.len >= self.pack_target {
             let full = writer.take().expect("open");
+            let sealing = self.sealing.lock().expect("not poisoned");
             drop(writer);
-            self.seal(full)?;
+            self.seal(full, &sealing)?;
         }
         Ok(())
     }
@@ -372,6 +387,11 @@ impl ChunkStore for PackStore {
 
     fn sync(&self) -> Result<()> {
         self.seal_and_sync_dir()
+    }
+
+    fn start_marking(&self) {
+        let cat = self.catalog.read().expect("not poisoned");
+        cat.for_each_pack(|p| p.touched.store(false, Ordering::Release));
     }
 
     fn sweep(&self, in_use: &HashSet<ChunkId>, cutoff: SystemTime) -> Result<SweepStats> {
@@ -497,6 +517,56 @@ mod tests {
         }
         assert_eq!(reader.list().unwrap().len(), 50);
         assert!(!reader.touch(&ChunkId::of(b"absent")).unwrap());
+    }
+
+    #[test]
+    fn writing_many_packs_keeps_few_files_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path());
+        s.pack_target = 1; // one chunk per pack
+        let open_fds = || fs::read_dir("/proc/self/fd").unwrap().count();
+        let before = open_fds();
+        for n in 0..40 {
+            let (id, enc) = encoded(n);
+            s.put(&id, &enc).unwrap();
+        }
+        s.sync().unwrap();
+        // Other tests run in parallel threads of this process: allow them a few.
+        assert!(open_fds() < before + 10, "{} files open after 40 packs, {before} before", open_fds());
+        let (id, enc) = encoded(7);
+        assert_eq!(s.get(&id).unwrap(), enc);
+    }
+
+    #[test]
+    fn a_pack_that_lost_its_index_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, enc) = encoded(5);
+        let s = open(dir.path());
+        s.put(&id, &enc).unwrap();
+        s.sync().unwrap();
+        let reader = open(dir.path());
+        assert!(reader.get(&id).is_ok());
+        // A gc removed the index and died before removing the pack.
+        let loc = reader.locate(&id).unwrap().unwrap();
+        fs::remove_file(&loc.index).unwrap();
+        reader.start_marking();
+        assert!(!reader.touch(&id).unwrap(), "the chunk must be written again");
+        assert!(loc.pack.exists());
+    }
+
+    #[test]
+    fn a_failed_write_fails_the_next_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let (id, enc) = encoded(6);
+        s.put(&id, &enc).unwrap();
+        // The open pack vanishes under the writer: sealing it fails, and so does every later sync.
+        let loc = s.locate(&id).unwrap().unwrap();
+        fs::remove_file(&loc.pack).unwrap();
+        fs::remove_dir_all(dir.path().join("tmp")).unwrap();
+        assert!(s.sync().is_err());
+        fs::create_dir(dir.path().join("tmp")).unwrap();
+        assert!(s.sync().is_err(), "chunks put before the failure are lost: sync keeps saying so");
     }
 
     #[test]
