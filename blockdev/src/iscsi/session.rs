@@ -30,6 +30,9 @@ use crate::scsi::{self, Outcome, Sense, CHECK_CONDITION, GOOD};
 /// are tolerated: the ping only keeps the connection's state visible in traces and middleboxes.
 const PING_EVERY: Duration = Duration::from_secs(30);
 const RESERVED_TAG: u32 = 0xffff_ffff;
+/// The largest read (by its expected length) the connection's reader answers itself; a larger one runs as a
+/// task, so that copying it does not hold up the commands queued behind it.
+const INLINE_READ_MAX: usize = 1 << 20;
 
 /// A PDU for the writer; `status` PDUs take the next StatSN.
 struct Out {
@@ -377,7 +380,8 @@ impl Connection {
             self.reject(&pdu, 0x09);
             return;
         }
-        if !writes {
+        let edtl = pdu.u32_at(20) as usize;
+        if !writes && edtl <= INLINE_READ_MAX {
             // The fast path: a read the page cache can answer is answered now, without a task.
             if let Some(outcome) = scsi::execute_now(&target.luns, pdu.lun(), &pdu.bhs[32..48]) {
                 self.ctx.respond(&pdu, outcome);
@@ -386,7 +390,6 @@ impl Connection {
         }
         self.numbers.in_flight.fetch_add(1, Ordering::AcqRel);
         let guard = InFlight(self.numbers.clone());
-        let edtl = pdu.u32_at(20) as usize;
         let data_rx = if writes && pdu.data.len() < edtl {
             let (tx, rx) = mpsc::unbounded_channel();
             self.ctx.transfers.lock().expect("not poisoned").insert(itt, tx);
