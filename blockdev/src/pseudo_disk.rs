@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_like::Counters;
@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use crate::alloc_log::{AllocLog, Record, RecordKind};
 use crate::bitmap::Bitmap;
-use crate::engine::Engine;
+use crate::engine::{self, CachedRead, Engine};
 use crate::error::{Error, Result};
 use crate::source::{chunk_len, Source};
 
@@ -99,6 +99,8 @@ struct Store {
     pending: Mutex<Vec<Record>>,
     /// Unit is present in this store.
     present: Bitmap,
+    /// The file system lets reads try the page cache without waiting (`engine::read_cached`).
+    cached_reads: AtomicBool,
 }
 
 impl Store {
@@ -121,6 +123,7 @@ impl Store {
                 log: tokio::sync::Mutex::new(log),
                 pending: Mutex::new(Vec::new()),
                 present,
+                cached_reads: AtomicBool::new(true),
             },
             records,
         ))
@@ -135,6 +138,22 @@ impl Store {
             }
         }
         p.push(Record { kind, start, count });
+    }
+
+    /// Reads from the page cache if it holds all of the range; None when it does not (or cannot tell).
+    fn read_cached(&self, pos: u64, len: usize) -> Option<Vec<u8>> {
+        if !self.cached_reads.load(Ordering::Relaxed) {
+            return None;
+        }
+        match engine::read_cached(&self.data, pos, len) {
+            CachedRead::Data(d) => Some(d),
+            CachedRead::Miss => None,
+            CachedRead::Unsupported => {
+                tracing::info!(store = self.name, "no RWF_NOWAIT reads here: every read goes through the engine");
+                self.cached_reads.store(false, Ordering::Relaxed);
+                None
+            }
+        }
     }
 
     fn io_err(&self, op: &'static str) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -272,6 +291,9 @@ impl PseudoDisk {
 
     /// Reads `len` bytes at `offset`.
     pub async fn read(self: &Arc<Self>, offset: u64, len: usize) -> Result<Vec<u8>> {
+        if let Some(data) = self.read_now(offset, len) {
+            return Ok(data);
+        }
         self.check_range(offset, len as u64)?;
         let end = offset + len as u64;
         let (layer, run_end) = self.run_at(offset, end);
@@ -286,6 +308,37 @@ impl PseudoDisk {
         self.counters.bytes_read.fetch_add(len as u64, Ordering::Relaxed);
         self.readahead(offset, len as u64);
         Ok(out)
+    }
+
+    /// Reads `len` bytes at `offset` if that can be done at once, without waiting: the range is one run of
+    /// one layer, nothing of it needs a recall, and the page cache holds it. None otherwise (also for a bad
+    /// range): `read` then does the work. This is the whole read path of a warm disk.
+    pub fn read_now(self: &Arc<Self>, offset: u64, len: usize) -> Option<Vec<u8>> {
+        let end = offset.checked_add(len as u64).filter(|&e| e <= self.size && len > 0)?;
+        let (layer, run_end) = self.run_at(offset, end);
+        if run_end != end {
+            return None;
+        }
+        let data = match layer {
+            Layer::Zero => vec![0u8; len],
+            Layer::Private => {
+                let d = self.private.read_cached(offset, len)?;
+                self.counters.read_bytes_private.fetch_add(len as u64, Ordering::Relaxed);
+                d
+            }
+            Layer::Below => {
+                let (first, last) = (offset / self.chunk_size, (end - 1) / self.chunk_size);
+                if !(first..=last).all(|c| self.recall.present.get(c)) {
+                    return None;
+                }
+                let d = self.recall.read_cached(offset, len)?;
+                self.counters.read_bytes_recall.fetch_add(len as u64, Ordering::Relaxed);
+                d
+            }
+        };
+        self.counters.bytes_read.fetch_add(len as u64, Ordering::Relaxed);
+        self.readahead(offset, len as u64);
+        Some(data)
     }
 
     /// The layer that holds the block at `pos`, and where the run of blocks from that layer ends (at most

@@ -222,3 +222,33 @@ fn a_cancelled_recall_does_not_wedge_its_chunk() {
         rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(10), disk.read(65536, 4096)).await });
     assert_eq!(got.expect("the read finishes").unwrap()[..], src.data[65536..65536 + 4096]);
 }
+
+/// The read that does not wait answers only what needs no recall, and answers it as `read` does: recalled
+/// data, private data, discarded blocks. A range not yet recalled, or across layers, is left to `read`.
+#[test]
+fn reads_without_waiting_only_where_nothing_must_be_recalled() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(4 * 65536, 65536, None);
+    let disk = PseudoDisk::open(dir.path(), src.clone(), Engine::start().unwrap(), Options::default()).unwrap();
+    // Where the file system offers no RWF_NOWAIT reads, every answer is None (and `read` does the work).
+    let probe = std::fs::File::open(dir.path().join("recall.data")).unwrap();
+    let cached = crate::engine::read_cached(&probe, 0, 4096) != crate::engine::CachedRead::Unsupported;
+    let now = |offset: u64, len: usize| disk.read_now(offset, len);
+    assert_eq!(now(4096, 4096), None, "chunk 0 is not recalled yet");
+    rt.block_on(async {
+        assert_eq!(disk.read(0, 4096).await.unwrap(), src.data[..4096]);
+        disk.write(65536 + 8192, &[9u8; 4096], false).await.unwrap();
+        disk.unmap(65536 + 16384, 8192).await.unwrap();
+    });
+    assert_eq!(src.reads.load(Ordering::SeqCst), 1);
+    assert_eq!(now(60000, 8192), None, "runs into chunk 1, not recalled");
+    assert_eq!(now(65536 + 8192 - 512, 1024), None, "across the recall and private layers");
+    assert_eq!(now(3 * 65536, 70000), None, "past the end");
+    if cached {
+        assert_eq!(now(512, 8192).as_deref(), Some(&src.data[512..512 + 8192]));
+        assert_eq!(now(65536 + 8192, 4096).as_deref(), Some(&[9u8; 4096][..]));
+        assert_eq!(now(65536 + 16384, 8192).as_deref(), Some(&[0u8; 8192][..]));
+    }
+    assert_eq!(src.reads.load(Ordering::SeqCst), 1, "the source is never read");
+}

@@ -127,12 +127,11 @@ fn mbr_partition(number: u32, e: &MbrEntry, base_lba: u64) -> Partition {
     }
 }
 
+/// Reads `buf` at a byte offset of the disk; false when the range lies past the disk's end.
+type ReadSectors<'a> = dyn FnMut(u64, &mut [u8]) -> Result<bool, PartitionError> + 'a;
+
 /// Walks the chain of extended boot records; at most 128 of them, so that a looping chain ends.
-fn read_logical(
-    extended_lba: u64,
-    read: &mut dyn FnMut(u64, &mut [u8]) -> Result<bool, PartitionError>,
-    out: &mut Vec<Partition>,
-) -> Result<(), PartitionError> {
+fn read_logical(extended_lba: u64, read: &mut ReadSectors, out: &mut Vec<Partition>) -> Result<(), PartitionError> {
     let mut ebr_lba = extended_lba;
     for number in 5..5 + 128 {
         let mut sector = [0u8; 512];
@@ -154,7 +153,7 @@ fn read_logical(
 fn read_gpt(
     sector_size: u32,
     disk_size: u64,
-    read: &mut dyn FnMut(u64, &mut [u8]) -> Result<bool, PartitionError>,
+    read: &mut ReadSectors,
 ) -> Result<Option<PartitionTable>, PartitionError> {
     let ss = u64::from(sector_size);
     let mut header = vec![0u8; sector_size as usize];

@@ -117,7 +117,9 @@ impl Manager {
     /// Shows the library's backups as read-only files under `backups/`.
     pub fn show_backups(self: &Arc<Self>) {
         let me = Arc::downgrade(self);
-        let opened: Arc<Mutex<BTreeMap<String, Vec<Arc<dyn ViewFile>>>>> = Arc::default();
+        // The open files of each backup shown, by backup id.
+        type Opened = BTreeMap<String, Vec<Arc<dyn ViewFile>>>;
+        let opened: Arc<Mutex<Opened>> = Arc::default();
         self.view.set_refresher(
             &["backups"],
             Arc::new(move || {

@@ -5,8 +5,14 @@
 //! kernel refuses it (old kernels, seccomp), the same thread serves requests with plain syscalls instead,
 //! and the choice is logged. Buffers are owned by the request while it is in flight and handed back with
 //! the result, so a caller that stops waiting can never leave the kernel writing into freed memory.
+//!
+//! Reads the page cache can serve at once skip the thread: `read_cached` (`cached.rs`) tries them on the
+//! caller's thread first.
 
+mod cached;
 mod ring;
+
+pub use cached::{read_cached, CachedRead};
 
 use std::fs::File;
 use std::io;

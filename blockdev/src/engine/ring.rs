@@ -171,14 +171,9 @@ fn submit_slot(ring: &mut IoUring, slots: &mut [Option<InFlight>], slot: usize) 
     let offset = f.req.offset + f.done as u64;
     let remaining = (f.req.buf.len() - f.done).min(1 << 30) as u32;
     let entry = match f.req.op {
-        // SAFETY (pointer arithmetic): done <= buf.len(), so the pointer stays within the buffer.
-        Op::Read => {
-            opcode::Read::new(fd, unsafe { f.req.buf.as_mut_ptr().add(f.done) }, remaining).offset(offset).build()
-        }
-        // SAFETY: as above.
-        Op::Write => {
-            opcode::Write::new(fd, unsafe { f.req.buf.as_ptr().add(f.done) }, remaining).offset(offset).build()
-        }
+        // The remainder of the buffer: done <= buf.len(), so slicing cannot fail.
+        Op::Read => opcode::Read::new(fd, f.req.buf[f.done..].as_mut_ptr(), remaining).offset(offset).build(),
+        Op::Write => opcode::Write::new(fd, f.req.buf[f.done..].as_ptr(), remaining).offset(offset).build(),
         Op::Sync => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
         Op::Punch { len } => opcode::Fallocate::new(fd, len)
             .offset(offset)

@@ -140,7 +140,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Step::Fail(status, keys) => {
                 let mut rsp = response_to(&req, &st, status);
-                rsp.data = text::encode(&keys);
+                rsp.data = text::encode(&keys).into();
                 rsp.write(stream, Digests::default()).await?;
                 return Ok(None);
             }
@@ -194,10 +194,11 @@ fn step(req: &Pdu, st: &mut LoginState, portal: &Portal) -> Step {
     if transit && cont {
         return Step::Fail(LoginStatus::INITIATOR_ERROR, vec![]);
     }
-    if csg != st.stage && !(st.first && csg == Stage::Operational) {
-        if !(csg == Stage::Operational && st.stage == Stage::Security && matches!(st.auth, Auth::Done)) {
-            return Step::Fail(LoginStatus::INITIATOR_ERROR, vec![]);
-        }
+    if csg != st.stage
+        && !(st.first && csg == Stage::Operational)
+        && !(csg == Stage::Operational && st.stage == Stage::Security && matches!(st.auth, Auth::Done))
+    {
+        return Step::Fail(LoginStatus::INITIATOR_ERROR, vec![]);
     }
     st.partial.extend_from_slice(&req.data);
     if cont {
@@ -280,7 +281,7 @@ fn step(req: &Pdu, st: &mut LoginState, portal: &Portal) -> Step {
             let target_name = st.target.as_ref().map(|t| t.iqn.clone()).unwrap_or_default();
             let (tsih, stop) = portal.register_session(&initiator, st.isid, &target_name);
             rsp.set_u16(14, tsih);
-            rsp.data = text::encode(&answer);
+            rsp.data = text::encode(&answer).into();
             let session = Session {
                 kind: st.kind,
                 initiator,
@@ -296,12 +297,12 @@ fn step(req: &Pdu, st: &mut LoginState, portal: &Portal) -> Step {
         }
         Some(stage) => {
             st.stage = stage;
-            rsp.data = text::encode(&answer);
+            rsp.data = text::encode(&answer).into();
             st.stat_sn = st.stat_sn.wrapping_add(1);
             Step::Continue(rsp)
         }
         None => {
-            rsp.data = text::encode(&answer);
+            rsp.data = text::encode(&answer).into();
             st.stat_sn = st.stat_sn.wrapping_add(1);
             Step::Continue(rsp)
         }

@@ -1,7 +1,7 @@
 //! The iSCSI target (RFC 7143), one module per concern: `pdu` (the wire codec), `text` (keys), `params`
 //! (negotiation rules as a table), `chap`, `login` (the login phase), `session` (full feature phase of a
-//! connection), `target` (the portal: targets, access rules, sessions). The SCSI command set itself lives
-//! in `crate::scsi`.
+//! connection), `writer` (outgoing PDUs batched into vectored writes), `target` (the portal: targets, access
+//! rules, sessions). The SCSI command set itself lives in `crate::scsi`.
 //!
 //! Error recovery level 0, one connection per session. Every mount is a target; its disks are LUNs 0..n.
 
@@ -12,6 +12,7 @@ pub mod pdu;
 pub mod session;
 pub mod target;
 pub mod text;
+pub mod writer;
 
 use std::sync::Arc;
 

@@ -2,16 +2,19 @@
 //! unsolicited and R2T-solicited data, Data-In split at the initiator's MaxRecvDataSegmentLength, status
 //! and residuals, the CmdSN window, NOP-Out/NOP-In, task management, text (SendTargets) and logout.
 //!
-//! The connection reader dispatches PDUs and never waits on the disk: each SCSI command runs as its own
-//! task, and a single writer task sends every outgoing PDU, stamping StatSN, ExpCmdSN and MaxCmdSN at the
-//! moment it goes out, so that the numbers always follow the order on the wire.
+//! The connection reader dispatches PDUs and never waits on the disk. A READ whose data the page cache
+//! holds (a warm disk) is answered by the reader itself, at once: no task, no trip to the engine thread.
+//! Every other SCSI command runs as its own task. A single writer task sends every outgoing PDU, stamping
+//! StatSN, ExpCmdSN and MaxCmdSN at the moment it goes out, so that the numbers always follow the order on
+//! the wire; it sends whatever has queued up in one batch (`writer.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, BufReader, BufWriter};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
@@ -20,12 +23,16 @@ use super::params::{SessionParams, OUR_MAX_RECV_DSL};
 use super::pdu::{Digests, InitiatorOp, Pdu, PduError, TargetOp};
 use super::target::{Portal, Target};
 use super::text;
+use super::writer::Batch;
 use crate::scsi::{self, Outcome, Sense, CHECK_CONDITION, GOOD};
 
 /// How long a connection may be idle before the target sends a NOP-In ping. Initiators that never answer
 /// are tolerated: the ping only keeps the connection's state visible in traces and middleboxes.
 const PING_EVERY: Duration = Duration::from_secs(30);
 const RESERVED_TAG: u32 = 0xffff_ffff;
+/// The largest read (by its expected length) the connection's reader answers itself; a larger one runs as a
+/// task, so that copying it does not hold up the commands queued behind it.
+const INLINE_READ_MAX: usize = 1 << 20;
 
 /// A PDU for the writer; `status` PDUs take the next StatSN.
 struct Out {
@@ -69,14 +76,9 @@ struct Connection {
     target: Option<Arc<Target>>,
     kind: SessionType,
     initiator: String,
-    params: SessionParams,
     numbers: Arc<Numbers>,
-    out: mpsc::UnboundedSender<Out>,
-    /// Commands waiting for Data-Out, by ITT.
-    transfers: Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Pdu>>>>,
-    /// Running commands, by ITT: their LUN and a handle to abort them.
-    tasks: Arc<Mutex<HashMap<u32, (u64, AbortHandle)>>>,
-    next_ttt: Arc<AtomicU32>,
+    /// What the command tasks share with the reader.
+    ctx: Arc<TaskContext>,
 }
 
 /// Serves one connection: login, then full feature phase until logout or disconnect.
@@ -109,18 +111,14 @@ where
     let numbers = Arc::new(Numbers { exp_cmd_sn: AtomicU32::new(exp_cmd_sn), in_flight: AtomicU32::new(0) });
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_loop(wr, out_rx, digests, stat_sn, numbers.clone()));
-    let conn = Connection {
-        portal,
-        target,
-        kind,
-        initiator,
-        params,
-        numbers,
+    let ctx = Arc::new(TaskContext {
         out: out_tx,
-        transfers: Arc::default(),
-        tasks: Arc::default(),
-        next_ttt: Arc::new(AtomicU32::new(1)),
-    };
+        params,
+        transfers: Mutex::default(),
+        tasks: Mutex::default(),
+        next_ttt: AtomicU32::new(1),
+    });
+    let conn = Connection { portal, target, kind, initiator, numbers, ctx };
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     loop {
@@ -152,7 +150,7 @@ where
             break;
         }
     }
-    for (_, (_, h)) in conn.tasks.lock().expect("not poisoned").drain() {
+    for (_, (_, h)) in conn.ctx.tasks.lock().expect("not poisoned").drain() {
         h.abort();
     }
     drop(conn);
@@ -160,17 +158,18 @@ where
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
-    wr: W,
+    mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Out>,
     digests: Digests,
     mut stat_sn: u32,
     numbers: Arc<Numbers>,
 ) {
     use tokio::io::AsyncWriteExt;
-    let mut wr = BufWriter::with_capacity(256 * 1024, wr);
+    let mut batch = Batch::default();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
-        // Send everything queued, then flush once.
+        let mut logout = false;
+        // Everything queued goes out in one batch (up to its limit).
         while let Some(Out { mut pdu, status }) = next {
             pdu.set_u32(24, stat_sn);
             if status {
@@ -178,18 +177,18 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
             pdu.set_u32(28, numbers.exp_cmd_sn.load(Ordering::Acquire));
             pdu.set_u32(32, numbers.max_cmd_sn());
-            let logout = pdu.bhs[0] & 0x3f == TargetOp::LogoutResponse as u8;
-            if pdu.write(&mut wr, digests).await.is_err() {
-                return;
-            }
-            if logout {
-                let _ = wr.flush().await;
-                let _ = wr.shutdown().await;
-                return;
+            batch.push(&mut pdu, digests);
+            logout = pdu.bhs[0] & 0x3f == TargetOp::LogoutResponse as u8;
+            if logout || batch.is_full() {
+                break;
             }
             next = rx.try_recv().ok();
         }
-        if wr.flush().await.is_err() {
+        if batch.write_to(&mut wr).await.is_err() {
+            return;
+        }
+        if logout {
+            let _ = wr.shutdown().await;
             return;
         }
     }
@@ -197,7 +196,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 
 impl Connection {
     fn send(&self, pdu: Pdu, status: bool) {
-        let _ = self.out.send(Out { pdu, status });
+        self.ctx.send(pdu, status);
     }
 
     fn reject(&self, bad: &Pdu, reason: u8) {
@@ -205,7 +204,7 @@ impl Connection {
         r.bhs[1] = 0x80;
         r.bhs[2] = reason;
         r.set_itt(RESERVED_TAG);
-        r.data = bad.bhs.to_vec();
+        r.data = Bytes::copy_from_slice(&bad.bhs);
         self.send(r, true);
     }
 
@@ -213,7 +212,7 @@ impl Connection {
         let mut p = Pdu::new(TargetOp::NopIn);
         p.bhs[1] = 0x80;
         p.set_itt(RESERVED_TAG);
-        p.set_u32(20, self.next_ttt.fetch_add(1, Ordering::Relaxed) | 0x8000_0000);
+        p.set_u32(20, self.ctx.next_ttt.fetch_add(1, Ordering::Relaxed) | 0x8000_0000);
         self.send(p, false);
     }
 
@@ -262,7 +261,7 @@ impl Connection {
                 true
             }
             InitiatorOp::DataOut => {
-                let tx = self.transfers.lock().expect("not poisoned").get(&pdu.itt()).cloned();
+                let tx = self.ctx.transfers.lock().expect("not poisoned").get(&pdu.itt()).cloned();
                 match tx {
                     Some(tx) => {
                         let _ = tx.send(pdu);
@@ -327,7 +326,7 @@ impl Connection {
                 answer.push((k, "NotUnderstood".to_string()));
             }
         }
-        r.data = text::encode(&answer);
+        r.data = text::encode(&answer).into();
         self.send(r, true);
     }
 
@@ -335,14 +334,14 @@ impl Connection {
         let function = pdu.flags() & 0x7f;
         let lun = pdu.lun();
         let lun_exists = self.target.as_ref().is_some_and(|t| (lun as usize) < t.luns.luns.len());
-        let mut tasks = self.tasks.lock().expect("not poisoned");
+        let mut tasks = self.ctx.tasks.lock().expect("not poisoned");
         let mut abort_where = |pred: &dyn Fn(u32, u64) -> bool| {
             let doomed: Vec<u32> = tasks.iter().filter(|(itt, (l, _))| pred(**itt, *l)).map(|(itt, _)| *itt).collect();
             for itt in doomed {
                 if let Some((_, h)) = tasks.remove(&itt) {
                     h.abort();
                 }
-                self.transfers.lock().expect("not poisoned").remove(&itt);
+                self.ctx.transfers.lock().expect("not poisoned").remove(&itt);
             }
         };
         let response = match function {
@@ -376,31 +375,32 @@ impl Connection {
         let Some(target) = self.target.clone() else { return };
         let itt = pdu.itt();
         let writes = pdu.flags() & 0x20 != 0;
-        if !pdu.ahs.is_empty() || (writes && !pdu.data.is_empty() && !self.params.immediate_data) {
+        if !pdu.ahs.is_empty() || (writes && !pdu.data.is_empty() && !self.ctx.params.immediate_data) {
             // Extended CDBs are not offered; immediate data must have been agreed.
             self.reject(&pdu, 0x09);
             return;
         }
+        let edtl = pdu.u32_at(20) as usize;
+        if !writes && edtl <= INLINE_READ_MAX {
+            // The fast path: a read the page cache can answer is answered now, without a task.
+            if let Some(outcome) = scsi::execute_now(&target.luns, pdu.lun(), &pdu.bhs[32..48]) {
+                self.ctx.respond(&pdu, outcome);
+                return;
+            }
+        }
         self.numbers.in_flight.fetch_add(1, Ordering::AcqRel);
         let guard = InFlight(self.numbers.clone());
-        let edtl = pdu.u32_at(20) as usize;
         let data_rx = if writes && pdu.data.len() < edtl {
             let (tx, rx) = mpsc::unbounded_channel();
-            self.transfers.lock().expect("not poisoned").insert(itt, tx);
+            self.ctx.transfers.lock().expect("not poisoned").insert(itt, tx);
             Some(rx)
         } else {
             None
         };
-        let ctx = TaskContext {
-            out: self.out.clone(),
-            params: self.params.clone(),
-            transfers: self.transfers.clone(),
-            tasks: self.tasks.clone(),
-            next_ttt: self.next_ttt.clone(),
-        };
+        let ctx = self.ctx.clone();
         let lun = pdu.lun();
         // Holding the lock while spawning: the task cannot remove its entry before it is there.
-        let mut tasks = self.tasks.lock().expect("not poisoned");
+        let mut tasks = self.ctx.tasks.lock().expect("not poisoned");
         let handle = tokio::spawn(async move {
             let _guard = guard;
             ctx.run_command(target, pdu, data_rx).await;
@@ -425,13 +425,15 @@ fn take_data_out(d: &Pdu, data: &mut Vec<u8>, expected_data_sn: u32) -> bool {
     true
 }
 
-/// What a command task needs of its connection.
+/// What a command task needs of its connection (shared by the connection's reader and its tasks).
 struct TaskContext {
     out: mpsc::UnboundedSender<Out>,
     params: SessionParams,
-    transfers: Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Pdu>>>>,
-    tasks: Arc<Mutex<HashMap<u32, (u64, AbortHandle)>>>,
-    next_ttt: Arc<AtomicU32>,
+    /// Commands waiting for Data-Out, by ITT.
+    transfers: Mutex<HashMap<u32, mpsc::UnboundedSender<Pdu>>>,
+    /// Running commands, by ITT: their LUN and a handle to abort them.
+    tasks: Mutex<HashMap<u32, (u64, AbortHandle)>>,
+    next_ttt: AtomicU32,
 }
 
 impl TaskContext {
@@ -442,12 +444,15 @@ impl TaskContext {
     async fn run_command(&self, target: Arc<Target>, cmd: Pdu, data_rx: Option<mpsc::UnboundedReceiver<Pdu>>) {
         let itt = cmd.itt();
         let edtl = cmd.u32_at(20) as usize;
-        let mut data = cmd.data.clone();
+        let mut data = cmd.data.to_vec();
         let received = match data_rx {
-            Some(rx) => self.receive_data(&cmd, &mut data, edtl, rx).await,
+            Some(rx) => {
+                let r = self.receive_data(&cmd, &mut data, edtl, rx).await;
+                self.transfers.lock().expect("not poisoned").remove(&itt);
+                r
+            }
             None => Transfer::Complete,
         };
-        self.transfers.lock().expect("not poisoned").remove(&itt);
         let outcome = match received {
             Transfer::Complete => scsi::execute(&target.luns, cmd.lun(), &cmd.bhs[32..48], &data).await,
             // A broken data sequence fails the command, and nothing of it is written.
@@ -568,7 +573,7 @@ impl TaskContext {
                 p.set_u32(20, RESERVED_TAG);
                 p.set_u32(36, data_sn);
                 p.set_u32(40, offset as u32);
-                p.data = outcome.data[offset..offset + n].to_vec();
+                p.data = outcome.data.slice(offset..offset + n);
                 data_sn += 1;
                 if last && outcome.status == GOOD {
                     // Phase collapse: status rides on the last Data-In.
@@ -593,7 +598,7 @@ impl TaskContext {
             let sense = outcome.sense.unwrap_or(Sense::INVALID_FIELD_IN_CDB).fixed();
             let mut d = (sense.len() as u16).to_be_bytes().to_vec();
             d.extend_from_slice(&sense);
-            r.data = d;
+            r.data = d.into();
         }
         self.send(r, true);
     }

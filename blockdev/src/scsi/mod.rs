@@ -3,12 +3,15 @@
 //! `COMMANDS` is the one table of what is supported: opcode (and service action), CDB length, whether the
 //! command writes, and its handler. `execute` does the shared checks once (LUN present, opcode known,
 //! write protection), then runs the handler. REPORT SUPPORTED OPERATION CODES answers from the same table.
-//! Every failure becomes sense data (`Sense`), never a dropped command.
+//! Every failure becomes sense data (`Sense`), never a dropped command. `execute_now` is the fast path of a
+//! transport: a READ the page cache can answer, done without waiting.
 
 mod sbc;
 mod spc;
 
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use crate::PseudoDisk;
 
@@ -82,11 +85,12 @@ impl Lun {
     }
 }
 
-/// The result of a command: status, data for the initiator, sense on CHECK CONDITION.
+/// The result of a command: status, data for the initiator, sense on CHECK CONDITION. The data is shared,
+/// so the transport can cut it into PDUs without copying it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Outcome {
     pub status: u8,
-    pub data: Vec<u8>,
+    pub data: Bytes,
     pub sense: Option<Sense>,
     /// Bytes of data-out the command asked for (its transfer length), for the transport's residuals.
     pub data_out_wanted: usize,
@@ -94,10 +98,10 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn good(data: Vec<u8>) -> Outcome {
-        Outcome { status: GOOD, data, sense: None, data_out_wanted: 0 }
+        Outcome { status: GOOD, data: data.into(), sense: None, data_out_wanted: 0 }
     }
     pub fn check(sense: Sense) -> Outcome {
-        Outcome { status: CHECK_CONDITION, data: Vec::new(), sense: Some(sense), data_out_wanted: 0 }
+        Outcome { status: CHECK_CONDITION, data: Bytes::new(), sense: Some(sense), data_out_wanted: 0 }
     }
 }
 
@@ -221,6 +225,19 @@ pub async fn execute(set: &LunSet, lun: u64, cdb: &[u8], data_out: &[u8]) -> Out
         Handler::ReportLuns => spc::report_luns(set, cdb),
         Handler::RequestSense => spc::request_sense(cdb),
     }
+}
+
+/// Runs a command at once if it can complete without waiting: a READ of data the page cache holds. None
+/// for anything else (including every error, which `execute` then reports), and the caller runs `execute`.
+/// READ needs none of `execute`'s target-wide checks: it is never one of the commands that answer for the
+/// target, and it does not write.
+pub fn execute_now(set: &LunSet, lun: u64, cdb: &[u8]) -> Option<Outcome> {
+    let info = lookup(cdb)?;
+    if info.handler != Handler::Read || cdb.len() < usize::from(info.cdb_len) {
+        return None;
+    }
+    let unit = set.luns.get(usize::try_from(lun).ok()?)?;
+    sbc::read_now(unit, &cdb[..usize::from(info.cdb_len)])
 }
 
 /// Truncates data to the CDB's allocation length.

@@ -48,21 +48,35 @@ pub fn read_capacity16(lun: &Lun, cdb: &[u8]) -> Outcome {
     super::truncate(d, alloc)
 }
 
-pub async fn read(lun: &Lun, cdb: &[u8]) -> Outcome {
-    let Some((lba, blocks, _)) = rw_fields(cdb) else { return Outcome::check(Sense::INVALID_FIELD_IN_CDB) };
-    if let Err(s) = in_range(lun, lba, blocks) {
-        return Outcome::check(s);
-    }
+/// The byte range a READ asks for, or the outcome that answers it without reading anything (an invalid
+/// CDB, or no blocks).
+fn read_range(lun: &Lun, cdb: &[u8]) -> Result<(u64, usize), Outcome> {
+    let Some((lba, blocks, _)) = rw_fields(cdb) else { return Err(Outcome::check(Sense::INVALID_FIELD_IN_CDB)) };
+    in_range(lun, lba, blocks).map_err(Outcome::check)?;
     if blocks > u64::from(MAX_TRANSFER_BLOCKS) {
-        return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
+        return Err(Outcome::check(Sense::INVALID_FIELD_IN_CDB));
     }
     if blocks == 0 {
-        return Outcome::good(Vec::new());
+        return Err(Outcome::good(Vec::new()));
     }
-    match lun.disk.read(lba * BLOCK_SIZE, (blocks * BLOCK_SIZE) as usize).await {
+    Ok((lba * BLOCK_SIZE, (blocks * BLOCK_SIZE) as usize))
+}
+
+pub async fn read(lun: &Lun, cdb: &[u8]) -> Outcome {
+    let (offset, len) = match read_range(lun, cdb) {
+        Ok(r) => r,
+        Err(answer) => return answer,
+    };
+    match lun.disk.read(offset, len).await {
         Ok(data) => Outcome::good(data),
         Err(e) => Outcome::check(Sense::of(&e, false)),
     }
+}
+
+/// READ without waiting: the data when the page cache holds all of it, else None (and `read` does it).
+pub fn read_now(lun: &Lun, cdb: &[u8]) -> Option<Outcome> {
+    let (offset, len) = read_range(lun, cdb).ok()?;
+    lun.disk.read_now(offset, len).map(Outcome::good)
 }
 
 pub async fn write(lun: &Lun, cdb: &[u8], data: &[u8]) -> Outcome {

@@ -211,7 +211,7 @@ pub fn report_supported_opcodes(cdb: &[u8]) -> Outcome {
             out.extend_from_slice(&list);
             truncate(out, alloc)
         }
-        1 | 2 | 3 => {
+        1..=3 => {
             let found = COMMANDS.iter().find(|c| {
                 c.opcode == opcode
                     && match options {

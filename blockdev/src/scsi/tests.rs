@@ -47,7 +47,7 @@ fn run(set: &LunSet, lun: u64, cdb: &[u8], data: &[u8]) -> Outcome {
 fn capacity_inquiry_and_luns() {
     let (_d, s) = set(false);
     let rc = run(&s, 0, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
-    assert_eq!(rc.data, [0, 0, 0x07, 0xff, 0, 0, 2, 0]);
+    assert_eq!(rc.data[..], [0, 0, 0x07, 0xff, 0, 0, 2, 0]);
     let mut rc16 = [0u8; 16];
     rc16[0] = 0x9e;
     rc16[1] = 0x10;
