@@ -122,16 +122,20 @@ where
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     loop {
-        let pdu = tokio::select! {
-            r = Pdu::read(&mut rd, digests, OUR_MAX_RECV_DSL as usize) => r,
-            _ = stop.changed() => {
-                tracing::info!(initiator = %conn.initiator, "session ended by the target (reinstated or removed)");
-                break;
+        // The read of one PDU lives across pings: dropping it midway would lose the bytes it has taken from
+        // the stream, and with them the connection's place in it.
+        let read = Pdu::read(&mut rd, digests, OUR_MAX_RECV_DSL as usize);
+        tokio::pin!(read);
+        let pdu = loop {
+            tokio::select! {
+                r = &mut read => break Some(r),
+                _ = stop.changed() => break None,
+                _ = ping.tick() => conn.ping(),
             }
-            _ = ping.tick() => {
-                conn.ping();
-                continue;
-            }
+        };
+        let Some(pdu) = pdu else {
+            tracing::info!(initiator = %conn.initiator, "session ended by the target (reinstated or removed)");
+            break;
         };
         ping.reset();
         let pdu = match pdu {
