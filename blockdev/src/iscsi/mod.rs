@@ -10,6 +10,8 @@ pub mod login;
 pub mod params;
 pub mod pdu;
 pub mod session;
+#[cfg(test)]
+mod session_tests;
 pub mod target;
 pub mod text;
 pub mod writer;

@@ -1,0 +1,60 @@
+//! The full feature phase over an in-memory stream, with tokio's clock under the test's control.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+use super::{session, Portal};
+
+/// A discovery login that goes straight to full feature phase.
+fn discovery_login() -> Vec<u8> {
+    let mut keys = Vec::new();
+    for kv in ["InitiatorName=iqn.2026-11.io.livemount:test", "SessionType=Discovery"] {
+        keys.extend_from_slice(kv.as_bytes());
+        keys.push(0);
+    }
+    let mut bhs = [0u8; 48];
+    bhs[0] = 0x43; // immediate Login Request
+    bhs[1] = 0x80 | (1 << 2) | 3; // Transit, operational stage -> full feature phase
+    bhs[7] = keys.len() as u8;
+    bhs[8..14].copy_from_slice(&[0x40, 0, 0, 0, 0, 1]); // ISID
+    let mut out = bhs.to_vec();
+    out.extend_from_slice(&keys);
+    out.resize(out.len().div_ceil(4) * 4, 0);
+    out
+}
+
+/// Reads one PDU (no digests): its header and padded data segment.
+async fn read_pdu(s: &mut DuplexStream) -> ([u8; 48], Vec<u8>) {
+    let mut bhs = [0u8; 48];
+    s.read_exact(&mut bhs).await.unwrap();
+    let len = u32::from_be_bytes([0, bhs[5], bhs[6], bhs[7]]) as usize;
+    let mut data = vec![0u8; len.div_ceil(4) * 4];
+    s.read_exact(&mut data).await.unwrap();
+    (bhs, data)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pdu_half_received_when_the_idle_ping_fires_is_still_read_whole() {
+    let (mut initiator, target_side) = tokio::io::duplex(1 << 16);
+    let server = tokio::spawn(session::serve(target_side, Portal::new("127.0.0.1:3260".into())));
+    initiator.write_all(&discovery_login()).await.unwrap();
+    let (login, _) = read_pdu(&mut initiator).await;
+    assert_eq!((login[0] & 0x3f, login[36]), (0x23, 0), "login accepted");
+
+    // A NOP-Out, sent in two halves with the idle ping in between.
+    let mut nop = [0u8; 48];
+    nop[0] = 0x40; // immediate NOP-Out
+    nop[1] = 0x80;
+    nop[16..20].copy_from_slice(&0x1234u32.to_be_bytes()); // initiator task tag: answer me
+    nop[20..24].copy_from_slice(&u32::MAX.to_be_bytes());
+    initiator.write_all(&nop[..20]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let (ping, _) = read_pdu(&mut initiator).await;
+    assert_eq!((ping[0] & 0x3f, &ping[16..20]), (0x20, &[0xff; 4][..]), "the target's own NOP-In ping");
+    initiator.write_all(&nop[20..]).await.unwrap();
+    let (answer, _) = read_pdu(&mut initiator).await;
+    assert_eq!((answer[0] & 0x3f, &answer[16..20]), (0x20, &0x1234u32.to_be_bytes()[..]), "the NOP-Out answered");
+    drop(initiator);
+    server.await.unwrap();
+}
