@@ -27,6 +27,9 @@ pub enum Error {
         source: io::Error,
     },
 
+    #[error("{path} is a library of format {found}, made by an earlier development version of livemount; this version reads format {supported} only: create a new library (`livemount library init --library NEW`) and back up into it again")]
+    UnsupportedLibrary { path: PathBuf, found: u32, supported: u32 },
+
     #[error("{path} is damaged: {reason}")]
     BadFormat { path: PathBuf, reason: String },
 

@@ -75,9 +75,10 @@ impl Library {
         let config: LibraryConfig = serde_json::from_slice(&data)
             .map_err(|e| Error::BadFormat { path: config_path.clone(), reason: e.to_string() })?;
         if config.format_version != LIBRARY_FORMAT_VERSION {
-            return Err(Error::BadFormat {
-                path: config_path,
-                reason: format!("library format version {} is not supported", config.format_version),
+            return Err(Error::UnsupportedLibrary {
+                path: root.to_path_buf(),
+                found: config.format_version,
+                supported: LIBRARY_FORMAT_VERSION,
             });
         }
         let store = PackStore::open(&root.join("packs"), &root.join("tmp"))?;
