@@ -141,3 +141,13 @@ pub fn collect_garbage(lib: &Library) -> Result<GcStats> {
     let _ = lock::unlock(&lock_file);
     result.map(|()| stats)
 }
+
+/// Rebuilds damaged or missing pack indexes from the packs (see `ChunkStore::repair`), with the chunk lock held
+/// exclusively so that no backup adds chunks meanwhile.
+pub fn repair(lib: &Library) -> Result<crate::store::RepairStats> {
+    let lock_file = lib.chunks_lock()?;
+    lock::lock(&lock_file, LockKind::Exclusive, true).map_err(|e| Error::io("lock", lib.path("chunks.lock"), e))?;
+    let result = lib.store().repair();
+    let _ = lock::unlock(&lock_file);
+    result
+}

@@ -451,3 +451,29 @@ fn restore_and_compare_into(lib: &Path, id: &str, original: &Path, dir: &Path) {
     livemount(lib).args(["backup", "restore", id]).arg(&dest).assert().success();
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(original).unwrap());
 }
+
+#[test]
+fn repair_rebuilds_a_damaged_pack_index_from_the_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    populate_tree(&tree, 6, 3);
+    let disk = make_ext4_disk(dir.path(), "disk.img", &tree, 32);
+    let lib_path = new_library(dir.path(), "64K");
+    let id = backup(&lib_path, &[&disk])["id"].as_str().unwrap().to_string();
+    let ids = chunk_ids(&lib_path, &id);
+    let some = *ids.iter().find(|c| !c.is_zero()).unwrap();
+    let loc = dedup::Library::open(&lib_path).unwrap().store().locate(&some).unwrap().unwrap();
+    // The index of a pack is lost to a bad sector: its chunks are missing, and verify says how to recover.
+    std::fs::write(&loc.index, b"not an index any more").unwrap();
+    let out = livemount(&lib_path).args(["backup", "verify"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && text.contains("MISSING") && text.contains("library repair"), "{text}");
+
+    let out = livemount(&lib_path).args(["library", "repair", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stats = json(&out.stdout);
+    assert_eq!(stats["indexes_rebuilt"], 1, "{stats}");
+    assert!(stats["chunks_recovered"].as_u64().unwrap() > 0 && stats["chunks_damaged"] == 0, "{stats}");
+    verify_clean(&lib_path);
+    restore_and_compare(&lib_path, &id, &disk);
+}

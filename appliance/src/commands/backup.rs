@@ -243,6 +243,12 @@ fn verify(cli: &Cli, lib: &dedup::Library, id: Option<&str>) -> anyhow::Result<i
             );
         } else {
             println!("verify FAILED: {} of {} chunks missing or corrupt", report.problems.len(), report.chunks_checked);
+            if report.problems.iter().any(|p| p.kind == "missing") {
+                println!(
+                    "missing chunks may still be in their packs with a damaged index: `livemount library repair` \
+                     rebuilds indexes from the packs, then verify again"
+                );
+            }
         }
     }
     Ok(if report.is_clean() { 0 } else { 1 })

@@ -20,6 +20,8 @@ pub enum LibraryCmd {
     Stats,
     /// Delete chunks that no backup uses. Safe while backups run.
     Gc,
+    /// Rebuild damaged or missing pack indexes from the packs themselves (every chunk checked).
+    Repair,
 }
 
 pub fn run(cli: &Cli, cmd: &LibraryCmd) -> anyhow::Result<i32> {
@@ -47,6 +49,22 @@ pub fn run(cli: &Cli, cmd: &LibraryCmd) -> anyhow::Result<i32> {
                 println!("data bytes   {} (non-zero chunks of every disk)", size(s.data_bytes));
                 println!("stored       {} in {} chunks", size(s.stored_bytes), s.stored_chunks);
                 println!("reduction    {:.2}x (dedup and compression)", s.reduction_ratio);
+            }
+        }
+        LibraryCmd::Repair => {
+            let lib = super::open_library(cli)?;
+            let s = dedup::gc::repair(&lib)?;
+            if cli.json {
+                print_json(&s);
+            } else {
+                println!(
+                    "checked {} packs: rebuilt {} indexes ({} chunks recovered); {} damaged chunks and {} left out",
+                    s.packs_checked,
+                    s.indexes_rebuilt,
+                    s.chunks_recovered,
+                    s.chunks_damaged,
+                    size(s.bytes_unreadable)
+                );
             }
         }
         LibraryCmd::Gc => {

@@ -44,6 +44,11 @@ pub trait ChunkStore: Send + Sync {
     /// used or written at or after `cutoff`. Called with the library's chunk lock held exclusively.
     fn sweep(&self, in_use: &HashSet<ChunkId>, cutoff: SystemTime) -> Result<SweepStats>;
 
+    /// Rebuilds what says where chunks are (a pack's index) from the stored chunks themselves, wherever it is
+    /// missing or damaged. Every chunk recovered is checked against its id first. Called with the library's
+    /// chunk lock held exclusively.
+    fn repair(&self) -> Result<RepairStats>;
+
     /// Where a chunk's bytes are, for diagnostics and repair tools; `None` when it is not stored.
     fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLocation>>;
 }
@@ -76,4 +81,15 @@ pub struct SweepStats {
     pub packs_rewritten: u64,
     /// Packs left by writers that died before sealing them.
     pub unfinished_packs_removed: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RepairStats {
+    pub packs_checked: u64,
+    /// Indexes written again from their packs' records.
+    pub indexes_rebuilt: u64,
+    pub chunks_recovered: u64,
+    /// Records that failed their check (left out of the rebuilt index) and bytes after the last readable one.
+    pub chunks_damaged: u64,
+    pub bytes_unreadable: u64,
 }

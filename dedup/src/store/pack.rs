@@ -29,11 +29,11 @@ use std::time::SystemTime;
 
 use super::catalog::{index_names, Catalog, Loc, Pack};
 use super::pack_format::{pack_header, PackEntry, PackIndex};
-use super::{ChunkLocation, ChunkStore, StoredChunk, SweepStats};
+use super::{ChunkLocation, ChunkStore, RepairStats, StoredChunk, SweepStats};
 use crate::chunk::{self, ChunkId};
 use crate::durable::{self, AtomicFile};
 use crate::error::{Error, Result};
-use crate::formats::PACK_HEADER_LEN;
+use crate::formats::{CHUNK_HEADER_LEN, CHUNK_MAGIC, PACK_HEADER_LEN, PACK_MAGIC};
 
 /// A pack is sealed once it holds this many bytes.
 const PACK_TARGET_BYTES: u64 = 16 << 20;
@@ -260,6 +260,36 @@ impl PackStore {
     }
 }
 
+/// The index of a pack, read back from its records: each record's id, then its encoded chunk, which says its
+/// own length. A record that fails its check is left out; reading stops where no record header can be found.
+fn index_from_records(data: &[u8], stats: &mut RepairStats) -> PackIndex {
+    let mut entries = Vec::new();
+    let mut pos = PACK_HEADER_LEN;
+    let mut plain = Vec::new();
+    let record_start = RECORD_ID_LEN as usize;
+    while pos + record_start + CHUNK_HEADER_LEN <= data.len() {
+        let id = ChunkId(data[pos..pos + record_start].try_into().expect("32 bytes"));
+        let chunk_at = pos + record_start;
+        let header = &data[chunk_at..chunk_at + CHUNK_HEADER_LEN];
+        if header[..4] != CHUNK_MAGIC {
+            break;
+        }
+        let payload_len = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes")) as usize;
+        let end = chunk_at + CHUNK_HEADER_LEN + payload_len;
+        if end > data.len() {
+            break;
+        }
+        if chunk::decode_verified(&id, &data[chunk_at..end], &mut plain).is_ok() {
+            entries.push(PackEntry { id, offset: chunk_at as u64, len: (end - chunk_at) as u32 });
+        } else {
+            stats.chunks_damaged += 1;
+        }
+        pos = end;
+    }
+    stats.bytes_unreadable += (data.len() - pos.min(data.len())) as u64;
+    PackIndex { pack_len: pos as u64, entries }
+}
+
 enum ReadFailure {
     /// The pack could not be opened (it may have been removed by garbage collection).
     Open(std::io::Error),
@@ -466,6 +496,48 @@ impl ChunkStore for PackStore {
         Ok(stats)
     }
 
+    fn repair(&self) -> Result<RepairStats> {
+        let mut stats = RepairStats::default();
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(|e| Error::io("list packs in", &self.dir, e))? {
+            let entry = entry.map_err(|e| Error::io("list packs in", &self.dir, e))?;
+            if let Some(stem) = entry.file_name().to_str().and_then(|n| n.strip_suffix(".pack")) {
+                names.push(stem.to_string());
+            }
+        }
+        names.sort();
+        for name in names {
+            stats.packs_checked += 1;
+            let idx_path = self.index_path(&name);
+            match PackIndex::read(&idx_path) {
+                Ok(_) => continue,
+                Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("rebuilding the index of pack {name}: {e}"),
+            }
+            let pack_path = self.pack_path(&name);
+            let data = fs::read(&pack_path).map_err(|e| Error::io("read", &pack_path, e))?;
+            if data.len() < PACK_HEADER_LEN || data[..8] != PACK_MAGIC {
+                tracing::warn!("{} is not a pack; left alone", pack_path.display());
+                continue;
+            }
+            let index = index_from_records(&data, &mut stats);
+            if index.entries.is_empty() {
+                continue; // nothing to recover: an unfinished pack that gc removes
+            }
+            // The same order as a seal: the pack's bytes durable before an index names them (it may be a pack a
+            // writer never synced).
+            File::open(&pack_path).and_then(|f| f.sync_data()).map_err(|e| Error::io("sync", &pack_path, e))?;
+            let mut f =
+                AtomicFile::create(&idx_path, Some(&self.tmp)).map_err(|e| Error::io("create", &idx_path, e))?;
+            std::io::Write::write_all(&mut f, &index.encode()).map_err(|e| Error::io("write", &idx_path, e))?;
+            f.commit().map_err(|e| Error::io("write", &idx_path, e))?;
+            stats.indexes_rebuilt += 1;
+            stats.chunks_recovered += index.entries.len() as u64;
+        }
+        self.refresh()?;
+        Ok(stats)
+    }
+
     fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
         Ok(self.lookup(id)?.map(|(loc, pack)| ChunkLocation {
             index: self.index_path(&pack.name),
@@ -567,6 +639,34 @@ mod tests {
         assert!(s.sync().is_err());
         fs::create_dir(dir.path().join("tmp")).unwrap();
         assert!(s.sync().is_err(), "chunks put before the failure are lost: sync keeps saying so");
+    }
+
+    #[test]
+    fn repair_recovers_every_intact_record_and_skips_damaged_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let chunks: Vec<_> = (0..6).map(encoded).collect();
+        for (id, enc) in &chunks {
+            s.put(id, enc).unwrap();
+        }
+        s.sync().unwrap();
+        let bad = s.locate(&chunks[2].0).unwrap().unwrap();
+        let last = s.locate(&chunks[5].0).unwrap().unwrap();
+        // One record's payload damaged, the last one cut short, and the index gone.
+        let f = OpenOptions::new().write(true).open(&bad.pack).unwrap();
+        f.write_all_at(&[0x5a; 8], bad.offset + u64::from(bad.len) / 2).unwrap();
+        f.set_len(last.offset + 40).unwrap();
+        fs::remove_file(&bad.index).unwrap();
+        let stats = s.repair().unwrap();
+        assert_eq!((stats.indexes_rebuilt, stats.chunks_recovered, stats.chunks_damaged), (1, 4, 1));
+        let fresh = open(dir.path());
+        for (n, (id, enc)) in chunks.iter().enumerate() {
+            match n {
+                2 | 5 => assert!(fresh.get(id).is_err(), "chunk {n} is not recovered"),
+                _ => assert_eq!(&fresh.get(id).unwrap(), enc, "chunk {n}"),
+            }
+        }
+        assert_eq!(s.repair().unwrap().indexes_rebuilt, 0, "a sound index is left as it is");
     }
 
     #[test]
