@@ -3,7 +3,7 @@
 //! PLEASE DO NOT MODIFY the values below: libraries written with them must stay readable. A change of layout
 //! gets a new version number next to the old one, and readers keep accepting the old one.
 
-/// First four bytes of every stored chunk file.
+/// First four bytes of every encoded chunk (see `chunk.rs`).
 pub const CHUNK_MAGIC: [u8; 4] = *b"LMCK";
 /// Layout version of the chunk header (see `chunk.rs`).
 pub const CHUNK_FORMAT_VERSION: u8 = 1;

@@ -7,8 +7,10 @@
 //!   (`chunk.rs`). All-zero chunks are not stored.
 //! - **Backups.** A backup is a folder holding `manifest.json` (`manifest.rs`) and one binary index of chunk
 //!   ids per disk (`index.rs`). It appears in one rename once every chunk it names is durable.
-//! - **Durability.** Every write goes through `durable.rs`: temporary file, fsync, rename, fsync of the
-//!   folder. A crash leaves only temporary files, which `gc` removes.
+//! - **Durability.** Every file that says something is written through `durable.rs`: temporary file, fsync,
+//!   rename, fsync of the folder. Chunks are appended to pack files (`store/pack.rs`), each fdatasynced before
+//!   its index is written that way. A crash leaves only temporary files and packs without an index, which `gc`
+//!   removes (`library repair` rebuilds an index from its pack).
 //! - **Concurrency.** Any number of backups and readers may run at once. Garbage collection is mark and sweep
 //!   by time, made safe against backups in progress by a registry and one lock (`gc.rs`).
 //!
