@@ -35,8 +35,8 @@ use crate::source::{chunk_len, Source};
 pub const BLOCK: u64 = 4096;
 /// Chunks recalled ahead of a sequential reader.
 const READAHEAD_CHUNKS: u64 = 2;
-/// Stripes of the lock that orders read-modify-write of partial blocks.
-const RMW_STRIPES: usize = 64;
+/// Stripes of the lock that orders overlapping changes of the private store (by 4 KiB block).
+const WRITE_STRIPES: usize = 1024;
 /// A map log larger than this is compacted when the pseudo-disk opens.
 const COMPACT_OVER: u64 = 4 << 20;
 
@@ -180,7 +180,8 @@ pub struct PseudoDisk {
     recall: Store,
     /// Recalls in progress; followers wait on the receiver until the leader drops the sender.
     recalling: Mutex<HashMap<u64, watch::Receiver<()>>>,
-    rmw: Vec<tokio::sync::Mutex<()>>,
+    /// Held by every write and unmap for the blocks it changes, until its store operations have completed.
+    write_stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
     flush_lock: tokio::sync::Mutex<()>,
     next_sequential: AtomicU64,
     counters: Counters,
@@ -219,7 +220,7 @@ impl PseudoDisk {
             private_zero,
             recall,
             recalling: Mutex::new(HashMap::new()),
-            rmw: (0..RMW_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            write_stripes: (0..WRITE_STRIPES).map(|_| Arc::new(tokio::sync::Mutex::new(()))).collect(),
             flush_lock: tokio::sync::Mutex::new(()),
             next_sequential: AtomicU64::new(u64::MAX),
             counters: Counters::default(),
@@ -513,6 +514,54 @@ impl PseudoDisk {
             return Err(Error::ReadOnly);
         }
         self.check_range(offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let data = data.to_vec();
+        let end = offset + data.len() as u64;
+        self.change(offset, end, move |me| async move { me.write_locked(offset, &data).await }).await?;
+        if fua {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a change of the private store to its end, with the blocks it changes locked until its store
+    /// operations have completed, even when the caller is cancelled (an aborted iSCSI task, a dropped
+    /// connection): an operation already handed to the engine must not land after a later change of the same
+    /// blocks, so that later change waits for it.
+    async fn change<F, Fut>(self: &Arc<Self>, offset: u64, end: u64, body: F) -> Result<()>
+    where
+        F: FnOnce(Arc<Self>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
+        let mut stripes: Vec<usize> = if last - first + 1 >= WRITE_STRIPES as u64 {
+            (0..WRITE_STRIPES).collect()
+        } else {
+            (first..=last).map(|b| (b % WRITE_STRIPES as u64) as usize).collect()
+        };
+        // One order for everyone: no two changes wait for each other.
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for stripe in stripes {
+            guards.push(self.write_stripes[stripe].clone().lock_owned().await);
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let result = body(me).await;
+            drop(guards);
+            result
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(Error::Store { op: "write", store: "private", source: std::io::Error::other(e.to_string()) })
+        })
+    }
+
+    /// `write` with its blocks already locked.
+    async fn write_locked(self: &Arc<Self>, offset: u64, data: &[u8]) -> Result<()> {
         let end = offset + data.len() as u64;
         let mut pos = offset;
         while pos < end {
@@ -529,7 +578,6 @@ impl PseudoDisk {
             } else {
                 // Part of a block: merge with the block as it reads now.
                 let piece_end = end.min(block_end);
-                let _guard = self.rmw[(block % RMW_STRIPES as u64) as usize].lock().await;
                 let mut whole = vec![0u8; (block_end - block_start) as usize];
                 self.read_into(block_start, &mut whole).await?;
                 whole[(pos - block_start) as usize..(piece_end - block_start) as usize]
@@ -543,9 +591,6 @@ impl PseudoDisk {
             }
         }
         self.counters.bytes_written.fetch_add(data.len() as u64, Ordering::Relaxed);
-        if fua {
-            self.flush().await?;
-        }
         Ok(())
     }
 
@@ -562,15 +607,23 @@ impl PseudoDisk {
             return Err(Error::ReadOnly);
         }
         self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.change(offset, offset + len, move |me| async move { me.unmap_locked(offset, len).await }).await
+    }
+
+    /// `unmap` with its blocks already locked.
+    async fn unmap_locked(self: &Arc<Self>, offset: u64, len: u64) -> Result<()> {
         let end = offset + len;
         let first_whole = offset.div_ceil(BLOCK);
         let last_whole = if end == self.size { self.size.div_ceil(BLOCK) } else { end / BLOCK };
         if first_whole >= last_whole {
-            return self.write(offset, &vec![0u8; len as usize], false).await;
+            return self.write_locked(offset, &vec![0u8; len as usize]).await;
         }
         let head_end = first_whole * BLOCK;
         if offset < head_end {
-            self.write(offset, &vec![0u8; (head_end - offset) as usize], false).await?;
+            self.write_locked(offset, &vec![0u8; (head_end - offset) as usize]).await?;
         }
         let (start, count) = (first_whole, last_whole - first_whole);
         self.mark_private(start, count, RecordKind::Zero);
@@ -580,7 +633,7 @@ impl PseudoDisk {
             .map_err(self.private.io_err("discard"))?;
         let tail_start = (last_whole * BLOCK).min(self.size);
         if tail_start < end {
-            self.write(tail_start, &vec![0u8; (end - tail_start) as usize], false).await?;
+            self.write_locked(tail_start, &vec![0u8; (end - tail_start) as usize]).await?;
         }
         Ok(())
     }

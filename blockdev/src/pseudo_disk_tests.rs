@@ -252,3 +252,32 @@ fn reads_without_waiting_only_where_nothing_must_be_recalled() {
     }
     assert_eq!(src.reads.load(Ordering::SeqCst), 1, "the source is never read");
 }
+
+/// An aborted write (an iSCSI ABORT TASK, a dropped connection) whose store operations are already in flight
+/// must not land after a later write of the same blocks: the later write waits for it.
+#[test]
+fn a_cancelled_write_never_lands_after_a_later_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 16 << 20;
+    let src = source(size, 65536, None);
+    let disk = PseudoDisk::open(dir.path(), src, Engine::start().unwrap(), Options::default()).unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        for round in 0..40u64 {
+            let big = vec![round as u8 + 1; 8 << 20];
+            let d = disk.clone();
+            let t = tokio::spawn(async move { d.write(0, &big, false).await });
+            // Cancel it at a different moment each round, often while its data is being written.
+            for _ in 0..round % 8 {
+                tokio::task::yield_now().await;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50 * (round % 5)));
+            t.abort();
+            // A later partial write inside the big one's range, then a read of it.
+            let at = 10 * crate::pseudo_disk::BLOCK + 100 + round;
+            disk.write(at, b"later", false).await.unwrap();
+            let got = disk.read(at, 5).await.unwrap();
+            assert_eq!(&got[..], b"later", "round {round}: the cancelled write landed over the later one");
+        }
+    });
+}
