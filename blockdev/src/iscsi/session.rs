@@ -30,8 +30,8 @@ use crate::scsi::{self, Outcome, Sense, CHECK_CONDITION, GOOD};
 /// are tolerated: the ping only keeps the connection's state visible in traces and middleboxes.
 const PING_EVERY: Duration = Duration::from_secs(30);
 const RESERVED_TAG: u32 = 0xffff_ffff;
-/// The largest read (by its expected length) the connection's reader answers itself; a larger one runs as a
-/// task, so that copying it does not hold up the commands queued behind it.
+/// The largest read (by its expected length and by its CDB) the connection's reader answers itself; a larger
+/// one runs as a task, so that copying it does not hold up the commands queued behind it.
 const INLINE_READ_MAX: usize = 1 << 20;
 
 /// A PDU for the writer; `status` PDUs take the next StatSN.
@@ -387,7 +387,7 @@ impl Connection {
         let edtl = pdu.u32_at(20) as usize;
         if !writes && edtl <= INLINE_READ_MAX {
             // The fast path: a read the page cache can answer is answered now, without a task.
-            if let Some(outcome) = scsi::execute_now(&target.luns, pdu.lun(), &pdu.bhs[32..48]) {
+            if let Some(outcome) = scsi::execute_now(&target.luns, pdu.lun(), &pdu.bhs[32..48], INLINE_READ_MAX) {
                 self.ctx.respond(&pdu, outcome);
                 return;
             }

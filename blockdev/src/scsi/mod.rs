@@ -231,13 +231,14 @@ pub async fn execute(set: &LunSet, lun: u64, cdb: &[u8], data_out: &[u8]) -> Out
 /// for anything else (including every error, which `execute` then reports), and the caller runs `execute`.
 /// READ needs none of `execute`'s target-wide checks: it is never one of the commands that answer for the
 /// target, and it does not write.
-pub fn execute_now(set: &LunSet, lun: u64, cdb: &[u8]) -> Option<Outcome> {
+/// Reads of at most `max_len` bytes (by the CDB) are answered; larger ones are left to `execute`.
+pub fn execute_now(set: &LunSet, lun: u64, cdb: &[u8], max_len: usize) -> Option<Outcome> {
     let info = lookup(cdb)?;
     if info.handler != Handler::Read || cdb.len() < usize::from(info.cdb_len) {
         return None;
     }
     let unit = set.luns.get(usize::try_from(lun).ok()?)?;
-    sbc::read_now(unit, &cdb[..usize::from(info.cdb_len)])
+    sbc::read_now(unit, &cdb[..usize::from(info.cdb_len)], max_len)
 }
 
 /// Truncates data to the CDB's allocation length.

@@ -74,8 +74,11 @@ pub async fn read(lun: &Lun, cdb: &[u8]) -> Outcome {
 }
 
 /// READ without waiting: the data when the page cache holds all of it, else None (and `read` does it).
-pub fn read_now(lun: &Lun, cdb: &[u8]) -> Option<Outcome> {
+pub fn read_now(lun: &Lun, cdb: &[u8], max_len: usize) -> Option<Outcome> {
     let (offset, len) = read_range(lun, cdb).ok()?;
+    if len > max_len {
+        return None;
+    }
     lun.disk.read_now(offset, len).map(Outcome::good)
 }
 

@@ -146,6 +146,10 @@ pub fn mode_sense(lun: &Lun, cdb: &[u8]) -> Outcome {
         p[1] = 10;
         if !changeable {
             p[2] = 0x02; // GLTSD
+                         // QAM 1: commands may run in any order. Task attributes are not honoured and a read answered from
+                         // the page cache may pass an earlier write still waiting for its data; initiators order what
+                         // depends on what (Linux sends every command SIMPLE).
+            p[3] = 0x10;
             p[5] = 0x40; // TAS
             p[8..10].copy_from_slice(&0xffffu16.to_be_bytes()); // busy timeout: unlimited
         }
