@@ -9,7 +9,7 @@
 //! the wire; it sends whatever has queued up in one batch (`writer.rs`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +33,46 @@ const RESERVED_TAG: u32 = 0xffff_ffff;
 /// The largest read (by its expected length and by its CDB) the connection's reader answers itself; a larger
 /// one runs as a task, so that copying it does not hold up the commands queued behind it.
 const INLINE_READ_MAX: usize = 1 << 20;
+/// Bytes queued for the initiator above which the connection stops reading new PDUs until the queue drains:
+/// an initiator that does not read its socket (or ignores MaxCmdSN) cannot make the daemon hoard responses.
+const BACKLOG_MAX: usize = 64 << 20;
+
+/// What is queued for the writer and not yet written, and a wake-up for the reader waiting on it.
+#[derive(Default)]
+struct Backlog {
+    bytes: AtomicUsize,
+    /// The writer has stopped (the connection failed): nothing will drain.
+    closed: AtomicBool,
+    drained: tokio::sync::Notify,
+}
+
+impl Backlog {
+    /// Waits until the backlog is under its limit; false when the writer has stopped.
+    async fn wait_room(&self) -> bool {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.closed.load(Ordering::Acquire) {
+                return false;
+            }
+            if self.bytes.load(Ordering::Acquire) < BACKLOG_MAX {
+                return true;
+            }
+            drained.await;
+        }
+    }
+
+    fn written(&self, bytes: usize) {
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.drained.notify_waiters();
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.drained.notify_waiters();
+    }
+}
 
 /// A PDU for the writer; `status` PDUs take the next StatSN.
 struct Out {
@@ -110,9 +150,11 @@ where
     let mut rd = BufReader::with_capacity(256 * 1024, rd);
     let numbers = Arc::new(Numbers { exp_cmd_sn: AtomicU32::new(exp_cmd_sn), in_flight: AtomicU32::new(0) });
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_loop(wr, out_rx, digests, stat_sn, numbers.clone()));
+    let backlog = Arc::new(Backlog::default());
+    let writer = tokio::spawn(write_loop(wr, out_rx, digests, stat_sn, numbers.clone(), backlog.clone()));
     let ctx = Arc::new(TaskContext {
         out: out_tx,
+        backlog,
         params,
         transfers: Mutex::default(),
         tasks: Mutex::default(),
@@ -122,6 +164,9 @@ where
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     loop {
+        if !conn.ctx.backlog.wait_room().await {
+            break;
+        }
         // The read of one PDU lives across pings: dropping it midway would lose the bytes it has taken from
         // the stream, and with them the connection's place in it.
         let read = Pdu::read(&mut rd, digests, OUR_MAX_RECV_DSL as usize);
@@ -161,16 +206,31 @@ where
     let _ = writer.await;
 }
 
+/// What a queued PDU counts for in the backlog.
+fn queued_size(pdu: &Pdu) -> usize {
+    48 + pdu.data.len()
+}
+
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Out>,
     digests: Digests,
     mut stat_sn: u32,
     numbers: Arc<Numbers>,
+    backlog: Arc<Backlog>,
 ) {
     use tokio::io::AsyncWriteExt;
+    // However the writer ends, a reader waiting for the backlog to drain must not wait forever.
+    struct CloseOnExit(Arc<Backlog>);
+    impl Drop for CloseOnExit {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+    let _close = CloseOnExit(backlog.clone());
     let mut batch = Batch::default();
     while let Some(first) = rx.recv().await {
+        let mut batch_bytes = 0usize;
         let mut next = Some(first);
         let mut logout = false;
         // Everything queued goes out in one batch (up to its limit).
@@ -181,6 +241,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
             pdu.set_u32(28, numbers.exp_cmd_sn.load(Ordering::Acquire));
             pdu.set_u32(32, numbers.max_cmd_sn());
+            batch_bytes += queued_size(&pdu);
             batch.push(&mut pdu, digests);
             logout = pdu.bhs[0] & 0x3f == TargetOp::LogoutResponse as u8;
             if logout || batch.is_full() {
@@ -191,6 +252,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         if batch.write_to(&mut wr).await.is_err() {
             return;
         }
+        backlog.written(batch_bytes);
         if logout {
             let _ = wr.shutdown().await;
             return;
@@ -432,6 +494,7 @@ fn take_data_out(d: &Pdu, data: &mut Vec<u8>, expected_data_sn: u32) -> bool {
 /// What a command task needs of its connection (shared by the connection's reader and its tasks).
 struct TaskContext {
     out: mpsc::UnboundedSender<Out>,
+    backlog: Arc<Backlog>,
     params: SessionParams,
     /// Commands waiting for Data-Out, by ITT.
     transfers: Mutex<HashMap<u32, mpsc::UnboundedSender<Pdu>>>,
@@ -442,6 +505,7 @@ struct TaskContext {
 
 impl TaskContext {
     fn send(&self, pdu: Pdu, status: bool) {
+        self.backlog.bytes.fetch_add(queued_size(&pdu), Ordering::AcqRel);
         let _ = self.out.send(Out { pdu, status });
     }
 

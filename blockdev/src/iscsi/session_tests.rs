@@ -58,3 +58,33 @@ async fn a_pdu_half_received_when_the_idle_ping_fires_is_still_read_whole() {
     drop(initiator);
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn an_initiator_that_never_reads_cannot_make_the_target_hoard_responses() {
+    let (mut initiator, target_side) = tokio::io::duplex(1 << 16);
+    let server = tokio::spawn(session::serve(target_side, Portal::new("127.0.0.1:3260".into())));
+    initiator.write_all(&discovery_login()).await.unwrap();
+    let _ = read_pdu(&mut initiator).await;
+
+    // NOP-Outs with 8 KiB of ping data each: every one is answered with the same 8 KiB, which this initiator
+    // never reads. The target must stop reading once its unsent answers reach its limit.
+    const DATA: usize = 8192;
+    let mut nop = vec![0u8; 48 + DATA];
+    nop[0] = 0x40;
+    nop[1] = 0x80;
+    nop[5..8].copy_from_slice(&(DATA as u32).to_be_bytes()[1..]);
+    nop[16..20].copy_from_slice(&1u32.to_be_bytes());
+    nop[20..24].copy_from_slice(&u32::MAX.to_be_bytes());
+    let mut sent = 0usize;
+    while sent < 40_000 {
+        match tokio::time::timeout(Duration::from_secs(2), initiator.write_all(&nop)).await {
+            Ok(r) => r.unwrap(),
+            Err(_) => break, // the target has stopped reading
+        }
+        sent += 1;
+    }
+    let queued_mib = sent * (48 + DATA) >> 20;
+    assert!(sent < 40_000 && queued_mib <= 80, "the target read {sent} pings ({queued_mib} MiB of answers queued)");
+    drop(initiator);
+    server.await.unwrap();
+}
