@@ -83,7 +83,7 @@ async fn an_initiator_that_never_reads_cannot_make_the_target_hoard_responses() 
         }
         sent += 1;
     }
-    let queued_mib = sent * (48 + DATA) >> 20;
+    let queued_mib = (sent * (48 + DATA)) >> 20;
     assert!(sent < 40_000 && queued_mib <= 80, "the target read {sent} pings ({queued_mib} MiB of answers queued)");
     drop(initiator);
     server.await.unwrap();
