@@ -454,8 +454,12 @@ impl Connection {
                 return;
             }
         }
-        self.numbers.in_flight.fetch_add(1, Ordering::AcqRel);
-        let guard = InFlight(self.numbers.clone());
+        // Only commands that took a CmdSN narrow the window: an immediate command leaves ExpCmdSN where it was,
+        // and counting it would pull MaxCmdSN below what the initiator was already told it may send.
+        let guard = (!pdu.immediate()).then(|| {
+            self.numbers.in_flight.fetch_add(1, Ordering::AcqRel);
+            InFlight(self.numbers.clone())
+        });
         let data_rx = if writes && pdu.data.len() < edtl {
             let (tx, rx) = mpsc::unbounded_channel();
             self.ctx.transfers.lock().expect("not poisoned").insert(itt, tx);
