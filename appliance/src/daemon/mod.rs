@@ -38,15 +38,20 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
 
 /// Serves large allocations (the read buffers of 1 MiB reads, recalled chunks) from the heap and keeps freed
 /// memory there. By default glibc maps each one afresh and unmaps it when freed: 256 page faults, each page
-/// zeroed by the kernel, per megabyte read, which cost more than the read itself on a warm disk. The heap
-/// then stays at the daemon's peak use (reads in flight are bounded by the sessions' queue depths).
+/// zeroed by the kernel, per megabyte read, which cost more than the read itself on a warm disk. What stays
+/// kept is bounded: at most 64 MiB free at the top of each heap before it is given back, and at most four
+/// heaps (arenas) however many threads allocate.
 fn keep_large_buffers() {
     #[cfg(target_env = "gnu")]
     {
         // SAFETY: mallopt takes no pointers; it only changes the allocator's settings, under its own lock.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+        let ok = unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20) == 1
+                && libc::mallopt(libc::M_ARENA_MAX, 4) == 1
+        };
+        if !ok {
+            tracing::warn!("the allocator refused a setting; large reads will be slower");
         }
     }
 }
