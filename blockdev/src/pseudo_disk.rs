@@ -106,13 +106,18 @@ struct Store {
 impl Store {
     fn open(dir: &Path, name: &'static str, unit: u32, units: u64, disk_size: u64) -> Result<(Store, Vec<Record>)> {
         let err = |op: &'static str| move |source| Error::Store { op, store: name, source };
-        let data = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dir.join(format!("{name}.data")))
-            .map_err(err("open"))?;
+        let path = dir.join(format!("{name}.data"));
+        let open = |flags: i32| {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).custom_flags(flags).open(&path)
+        };
+        // No access-time updates: a read answered from the page cache must not start a journal transaction.
+        // O_NOATIME needs the file's owner (or CAP_FOWNER); anyone else opens it plainly.
+        let data = match open(libc::O_NOATIME) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+            other => other,
+        }
+        .map_err(err("open"))?;
         data.set_len(disk_size).map_err(err("size"))?;
         let (log, records) = AllocLog::open(&dir.join(format!("{name}.map")), unit).map_err(err("open map"))?;
         let present = Bitmap::new(units);
