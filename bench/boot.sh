@@ -137,9 +137,7 @@ cleanup() {
     stop_tgtd
     stop_www
     stop_daemon
-    if [[ -n $WORK && -d $WORK ]]; then
-        if [[ ${BENCH_KEEP_WORK:-0} == 1 ]]; then echo "bench: kept $WORK" >&2; else rm -rf "$WORK"; fi
-    fi
+    remove_work
     exit $rc
 }
 trap cleanup EXIT
@@ -147,26 +145,14 @@ trap 'exit 130' INT TERM
 
 CACHE_DROPS=yes
 
-# Records one figure: rec KEY VALUE (gathered into the JSON at the end).
-rec() { echo "$1=$2" >> "$WORK/figures"; }
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Tools, guest, build.
 # ---------------------------------------------------------------------------------------------------------
 ensure_tools() {
-    local missing=() pair cmd pkg
-    for pair in qemu-system-x86_64:qemu-system-x86 tgtd:tgt tgtadm:tgt python3:python3 bc:bc fusermount:fuse \
-                ss:iproute2 curl:curl debugfs:e2fsprogs losetup:mount; do
-        cmd=${pair%%:*} pkg=${pair#*:}
-        command -v "$cmd" > /dev/null || missing+=("$pkg")
-    done
-    if ((${#missing[@]})); then
-        mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
-        log "installing ${missing[*]}"
-        apt-get update -q
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
-    fi
+    install_missing qemu-system-x86_64:qemu-system-x86 tgtd:tgt tgtadm:tgt python3:python3 bc:bc fusermount:fuse \
+        ss:iproute2 curl:curl debugfs:e2fsprogs losetup:mount
     [[ -e /dev/fuse ]] || die "/dev/fuse is missing: FUSE is needed"
     [[ $(id -u) == 0 ]] || die "run as root (FUSE, tgtd, dropping the page cache, the guest image)"
 }
@@ -186,15 +172,6 @@ prepare_guest() {
     fi
 }
 
-build() {
-    if [[ ${BENCH_NO_BUILD:-0} == 1 ]]; then
-        [[ -x $LIVEMOUNT ]] || die "BENCH_NO_BUILD=1 but $LIVEMOUNT is missing"
-        return 0
-    fi
-    command -v cargo > /dev/null || die "cargo is needed to build livemount (or set BENCH_NO_BUILD=1)"
-    log "building livemount (release)"
-    (cd "$ROOT" && CARGO_TARGET_DIR=$ROOT/target cargo build --release -q -p appliance)
-}
 
 # Bytes in the data extents of a file (SEEK_DATA / SEEK_HOLE): what is allocated, not its apparent size.
 data_bytes() {
@@ -748,7 +725,7 @@ main() {
     local round path tag cs
     ensure_tools
     prepare_guest
-    build
+    build_livemount
     mkdir -p "$CACHE"
     WORK=$(mktemp -d "$CACHE/boot-run.XXXXXX")
     mkdir -p "$WORK/logs"

@@ -124,9 +124,7 @@ cleanup() {
     trap - EXIT INT TERM
     stop_peers
     [[ -n $WORK ]] && stop_daemon
-    if [[ -n $WORK && -d $WORK ]]; then
-        if [[ ${BENCH_KEEP_WORK:-0} == 1 ]]; then echo "bench: kept $WORK" >&2; else rm -rf "$WORK"; fi
-    fi
+    remove_work
     exit $rc
 }
 trap cleanup EXIT
@@ -136,8 +134,6 @@ CACHE_DROPS=yes
 
 du_bytes() { du -sb "$1" | cut -f1; }
 
-# Records one figure: rec KEY VALUE (gathered into the JSON at the end).
-rec() { echo "$1=$2" >> "$WORK/figures"; }
 
 # Waits until path $1 exists (a file of a FUSE mount that is coming up), at most $2 seconds, while process $3
 # lives.
@@ -155,39 +151,14 @@ wait_for() {
 # Tools, corpus, build.
 # ---------------------------------------------------------------------------------------------------------
 ensure_tools() {
-    local missing=() pair cmd pkg
     local need=(python3:python3 bc:bc fusermount:fuse losetup:mount)
     [[ ${BENCH_SKIP_PEERS:-0} == 1 ]] || need+=(restic:restic borg:borgbackup casync:casync)
-    for pair in "${need[@]}"; do
-        cmd=${pair%%:*} pkg=${pair#*:}
-        command -v "$cmd" > /dev/null || missing+=("$pkg")
-    done
-    if ((${#missing[@]})); then
-        log "installing ${missing[*]}"
-        apt-get update -q
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
-    fi
+    install_missing "${need[@]}"
     [[ -e /dev/fuse ]] || die "/dev/fuse is missing: FUSE is needed"
     [[ $(id -u) == 0 ]] || die "run as root (FUSE mounts of the peers, browse's loop devices, dropping the page cache)"
 }
 
-prepare_corpus() {
-    if [[ ! -f $FULL ]]; then
-        log "no corpus in $CACHE: building it with bench/library.sh (debootstrap, several minutes)"
-        BENCH_CACHE=$CACHE BENCH_ONLY_CORPUS=1 bash "$ROOT/bench/library.sh"
-    fi
-    [[ -f $FULL ]] || die "$FULL is missing: run 'sudo bench/library.sh' first"
-}
 
-build() {
-    if [[ ${BENCH_NO_BUILD:-0} == 1 ]]; then
-        [[ -x $LIVEMOUNT ]] || die "BENCH_NO_BUILD=1 but $LIVEMOUNT is missing"
-        return 0
-    fi
-    command -v cargo > /dev/null || die "cargo is needed to build livemount (or set BENCH_NO_BUILD=1)"
-    log "building livemount (release)"
-    (cd "$ROOT" && CARGO_TARGET_DIR=$ROOT/target cargo build --release -q -p appliance)
-}
 
 # ---------------------------------------------------------------------------------------------------------
 # The two Python helpers: drawing the offsets, and one timed pass of reads over a file.
@@ -668,8 +639,8 @@ PY
 
 main() {
     ensure_tools
-    prepare_corpus
-    build
+    need_corpus
+    build_livemount
     WORK=$(mktemp -d "$CACHE/fuse-run.XXXXXX")
     mkdir -p "$WORK/logs"
     : > "$WORK/figures"

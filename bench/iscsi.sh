@@ -101,9 +101,7 @@ cleanup() {
     trap - EXIT INT TERM
     stop_tgtd
     stop_daemon
-    if [[ -n $WORK && -d $WORK ]]; then
-        if [[ ${BENCH_KEEP_WORK:-0} == 1 ]]; then echo "bench: kept $WORK" >&2; else rm -rf "$WORK"; fi
-    fi
+    remove_work
     exit $rc
 }
 trap cleanup EXIT
@@ -111,8 +109,6 @@ trap 'exit 130' INT TERM
 
 CACHE_DROPS=yes
 
-# Records one figure: rec KEY VALUE (gathered into the JSON at the end).
-rec() { echo "$1=$2" >> "$WORK/figures"; }
 
 # CPU seconds (user + system) process $1 has used so far.
 cpu_s() {
@@ -124,39 +120,13 @@ cpu_s() {
 # Tools, corpus, build.
 # ---------------------------------------------------------------------------------------------------------
 ensure_tools() {
-    local missing=() pair cmd pkg
-    for pair in iscsi-perf:libiscsi-bin iscsi-test-cu:libiscsi-bin iscsi-inq:libiscsi-bin tgtd:tgt tgtadm:tgt \
-                python3:python3 bc:bc fusermount:fuse ss:iproute2 stdbuf:coreutils cmp:diffutils; do
-        cmd=${pair%%:*} pkg=${pair#*:}
-        command -v "$cmd" > /dev/null || missing+=("$pkg")
-    done
-    if ((${#missing[@]})); then
-        mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
-        log "installing ${missing[*]}"
-        apt-get update -q
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
-    fi
+    install_missing iscsi-perf:libiscsi-bin iscsi-test-cu:libiscsi-bin iscsi-inq:libiscsi-bin tgtd:tgt tgtadm:tgt \
+        python3:python3 bc:bc fusermount:fuse ss:iproute2 stdbuf:coreutils cmp:diffutils
     [[ -e /dev/fuse ]] || die "/dev/fuse is missing: FUSE is needed"
     [[ $(id -u) == 0 ]] || die "run as root (FUSE, tgtd, dropping the page cache)"
 }
 
-prepare_corpus() {
-    if [[ ! -f $FULL ]]; then
-        log "no corpus in $CACHE: building it with bench/library.sh (debootstrap, several minutes)"
-        BENCH_CACHE=$CACHE BENCH_ONLY_CORPUS=1 bash "$ROOT/bench/library.sh"
-    fi
-    [[ -f $FULL ]] || die "$FULL is missing: run 'sudo bench/library.sh' first"
-}
 
-build() {
-    if [[ ${BENCH_NO_BUILD:-0} == 1 ]]; then
-        [[ -x $LIVEMOUNT ]] || die "BENCH_NO_BUILD=1 but $LIVEMOUNT is missing"
-        return 0
-    fi
-    command -v cargo > /dev/null || die "cargo is needed to build livemount (or set BENCH_NO_BUILD=1)"
-    log "building livemount (release)"
-    (cd "$ROOT" && CARGO_TARGET_DIR=$ROOT/target cargo build --release -q -p appliance)
-}
 
 # ---------------------------------------------------------------------------------------------------------
 # The two targets.
@@ -682,8 +652,8 @@ PY
 
 main() {
     ensure_tools
-    prepare_corpus
-    build
+    need_corpus
+    build_livemount
     WORK=$(mktemp -d "$CACHE/iscsi-run.XXXXXX")
     mkdir -p "$WORK/logs" "$WORK/perf" "$WORK/cu"
     : > "$WORK/figures"

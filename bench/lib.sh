@@ -54,3 +54,46 @@ stop_daemon() {
         done
     fi
 }
+
+# install_missing CMD:PACKAGE...: installs (apt) the packages of the commands that are missing, so a script runs
+# as is on a fresh Debian 12.
+install_missing() {
+    local missing=() pair
+    for pair in "$@"; do
+        command -v "${pair%%:*}" > /dev/null || missing+=("${pair#*:}")
+    done
+    ((${#missing[@]})) || return 0
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+    echo "bench: installing ${missing[*]}" >&2
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+}
+
+# Records one figure: rec KEY VALUE (gathered from $WORK/figures into the JSON at the end).
+rec() { echo "$1=$2" >> "$WORK/figures"; }
+
+# Removes the run's folder, or keeps it with BENCH_KEEP_WORK=1.
+remove_work() {
+    [[ -n $WORK && -d $WORK ]] || return 0
+    if [[ ${BENCH_KEEP_WORK:-0} == 1 ]]; then echo "bench: kept $WORK" >&2; else rm -rf "$WORK"; fi
+}
+
+# Builds the release binary $LIVEMOUNT (under $ROOT/target), unless BENCH_NO_BUILD=1 says to use it as it is.
+build_livemount() {
+    if [[ ${BENCH_NO_BUILD:-0} == 1 ]]; then
+        [[ -x $LIVEMOUNT ]] || die "BENCH_NO_BUILD=1 but $LIVEMOUNT is missing"
+        return 0
+    fi
+    command -v cargo > /dev/null || die "cargo is needed to build livemount (or set BENCH_NO_BUILD=1)"
+    echo "bench: building livemount (release)" >&2
+    (cd "$ROOT" && CARGO_TARGET_DIR=$ROOT/target cargo build --release -q -p appliance)
+}
+
+# The library benchmark's corpus ($FULL in $CACHE), built by bench/library.sh when it is missing.
+need_corpus() {
+    if [[ ! -f $FULL ]]; then
+        echo "bench: no corpus in $CACHE: building it with bench/library.sh (debootstrap, several minutes)" >&2
+        BENCH_CACHE=$CACHE BENCH_ONLY_CORPUS=1 bash "$ROOT/bench/library.sh"
+    fi
+    [[ -f $FULL ]] || die "$FULL is missing: run 'sudo bench/library.sh' first"
+}

@@ -90,17 +90,8 @@ du_bytes() { du -sb "$1" | cut -f1; }
 # Tools. Idempotent: only what is missing is installed, so the script runs as is on a fresh Debian 12.
 # ---------------------------------------------------------------------------------------------------------
 ensure_tools() {
-    local missing=() cmd pkg
-    for pair in debootstrap:debootstrap restic:restic borg:borgbackup casync:casync sfdisk:fdisk \
-                mkfs.ext4:e2fsprogs python3:python3 bc:bc cmp:diffutils losetup:mount; do
-        cmd=${pair%%:*} pkg=${pair#*:}
-        command -v "$cmd" > /dev/null || missing+=("$pkg")
-    done
-    if ((${#missing[@]})); then
-        log "installing ${missing[*]}"
-        apt-get update -q
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
-    fi
+    install_missing debootstrap:debootstrap restic:restic borg:borgbackup casync:casync sfdisk:fdisk \
+        mkfs.ext4:e2fsprogs python3:python3 bc:bc cmp:diffutils losetup:mount
     command -v cargo > /dev/null || die "cargo is needed to build livemount (install Rust first)"
 }
 
@@ -215,8 +206,6 @@ build() {
         && cargo build --release -q -p dedup --example limits --example random_read)
 }
 
-# Records one figure: rec KEY VALUE (collected into the JSON and the report at the end).
-rec() { echo "$1=$2" >> "$WORK/figures"; }
 
 # ---------------------------------------------------------------------------------------------------------
 # Single-core ceilings on the corpus data.
