@@ -173,10 +173,15 @@ impl Catalog {
 
 /// The names (without extension) of the packs in `dir` that have an index file.
 pub(super) fn index_names(dir: &Path) -> Result<Vec<String>> {
+    file_stems(dir, ".idx")
+}
+
+/// The names, without `extension`, of the files in `dir` that end with it (temporary files left out).
+pub(super) fn file_stems(dir: &Path, extension: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io("list packs in", dir, e))? {
         let entry = entry.map_err(|e| Error::io("list packs in", dir, e))?;
-        if let Some(stem) = entry.file_name().to_str().and_then(|n| n.strip_suffix(".idx")) {
+        if let Some(stem) = entry.file_name().to_str().and_then(|n| n.strip_suffix(extension)) {
             if !stem.starts_with('.') {
                 out.push(stem.to_string());
             }

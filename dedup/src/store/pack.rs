@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use super::catalog::{index_names, Catalog, Loc, Pack};
+use super::catalog::{file_stems, index_names, Catalog, Loc, Pack};
 use super::pack_format::{pack_header, PackEntry, PackIndex};
 use super::{ChunkLocation, ChunkStore, RepairStats, StoredChunk, SweepStats};
 use crate::chunk::{self, ChunkId};
@@ -239,6 +239,29 @@ impl PackStore {
         durable::sync_dir(&self.dir).map_err(|e| Error::io("sync folder", &self.dir, e))
     }
 
+    /// Every pack with a readable index, by name, with the index and the time the pack was last used.
+    /// A damaged index is skipped with a warning (verify reports its chunks; `repair` rebuilds it), and so is an
+    /// index whose pack is gone (its chunks are missing).
+    fn sealed_packs(&self) -> Result<Vec<(String, PackIndex, SystemTime)>> {
+        let mut names = index_names(&self.dir)?;
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let index = match PackIndex::read(&self.index_path(&name)) {
+                Ok(i) => i,
+                Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound => continue,
+                Err(e) => {
+                    tracing::warn!("pack {name} left alone: {e}");
+                    continue;
+                }
+            };
+            if let Ok(used) = fs::metadata(self.pack_path(&name)).and_then(|m| m.modified()) {
+                out.push((name, index, used));
+            }
+        }
+        Ok(out)
+    }
+
     /// Copies the chunks of `index` that `keep` names into the open pack, each checked first. Returns false
     /// (and copies nothing more) when a chunk of the pack is damaged: the pack is then kept as it is.
     fn copy_live_chunks(&self, name: &str, keep: &[PackEntry]) -> Result<bool> {
@@ -392,27 +415,17 @@ impl ChunkStore for PackStore {
     }
 
     fn list(&self) -> Result<Vec<StoredChunk>> {
-        let mut out = Vec::new();
-        for name in index_names(&self.dir)? {
-            let index = match PackIndex::read(&self.index_path(&name)) {
-                Ok(i) => i,
-                Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound => continue,
-                Err(e) => {
-                    tracing::warn!("{e}");
-                    continue;
-                }
-            };
-            let used = match fs::metadata(self.pack_path(&name)).and_then(|m| m.modified()) {
-                Ok(t) => t,
-                Err(_) => continue, // an index without its pack: its chunks are missing
-            };
-            out.extend(index.entries.iter().map(|e| StoredChunk {
-                id: e.id,
-                used,
-                stored_bytes: u64::from(e.len) + RECORD_ID_LEN,
-            }));
-        }
-        Ok(out)
+        let packs = self.sealed_packs()?;
+        Ok(packs
+            .iter()
+            .flat_map(|(_, index, used)| {
+                index.entries.iter().map(|e| StoredChunk {
+                    id: e.id,
+                    used: *used,
+                    stored_bytes: u64::from(e.len) + RECORD_ID_LEN,
+                })
+            })
+            .collect())
     }
 
     fn sync(&self) -> Result<()> {
@@ -426,23 +439,10 @@ impl ChunkStore for PackStore {
 
     fn sweep(&self, in_use: &HashSet<ChunkId>, cutoff: SystemTime) -> Result<SweepStats> {
         let mut stats = SweepStats::default();
-        let mut names = index_names(&self.dir)?;
-        names.sort();
         let mut claimed: HashSet<ChunkId> = HashSet::new();
         let mut doomed: Vec<String> = Vec::new();
-        for name in &names {
-            let index = match PackIndex::read(&self.index_path(name)) {
-                Ok(i) => i,
-                Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound => continue,
-                Err(e) => {
-                    // Never delete what cannot be read: verify reports the chunks, a repair may save them.
-                    tracing::warn!("gc leaves pack {name} alone: {e}");
-                    continue;
-                }
-            };
-            let Ok(used) = fs::metadata(self.pack_path(name)).and_then(|m| m.modified()) else {
-                continue;
-            };
+        // Never delete what cannot be read: a pack with a damaged index is not among these.
+        for (name, index, used) in self.sealed_packs()? {
             // A chunk in use is kept in the first pack that holds it; other copies are spare.
             let (live, dead): (Vec<PackEntry>, Vec<PackEntry>) =
                 index.entries.iter().partition(|e| in_use.contains(&e.id) && claimed.insert(e.id));
@@ -460,7 +460,7 @@ impl ChunkStore for PackStore {
                 continue; // mostly in use: not worth rewriting yet
             }
             if !whole {
-                if !self.copy_live_chunks(name, &live)? {
+                if !self.copy_live_chunks(&name, &live)? {
                     continue;
                 }
                 stats.packs_rewritten += 1;
@@ -469,7 +469,7 @@ impl ChunkStore for PackStore {
             }
             stats.chunks_removed += dead.len() as u64;
             stats.bytes_removed += dead_bytes;
-            doomed.push(name.clone());
+            doomed.push(name);
         }
         // The copies are durable before the packs they came from go.
         self.seal_and_sync_dir()?;
@@ -480,14 +480,13 @@ impl ChunkStore for PackStore {
             let _ = fs::remove_file(self.pack_path(name));
         }
         // Packs never sealed by writers that died.
-        for entry in fs::read_dir(&self.dir).map_err(|e| Error::io("list packs in", &self.dir, e))?.flatten() {
-            let file_name = entry.file_name();
-            let Some(stem) = file_name.to_str().and_then(|n| n.strip_suffix(".pack")) else { continue };
-            if self.index_path(stem).exists() {
+        for name in file_stems(&self.dir, ".pack")? {
+            if self.index_path(&name).exists() {
                 continue;
             }
-            let old = entry.metadata().ok().and_then(|m| m.modified().ok()).is_some_and(|t| t < cutoff);
-            if old && fs::remove_file(entry.path()).is_ok() {
+            let path = self.pack_path(&name);
+            let old = fs::metadata(&path).and_then(|m| m.modified()).is_ok_and(|t| t < cutoff);
+            if old && fs::remove_file(&path).is_ok() {
                 stats.unfinished_packs_removed += 1;
             }
         }
@@ -498,13 +497,7 @@ impl ChunkStore for PackStore {
 
     fn repair(&self) -> Result<RepairStats> {
         let mut stats = RepairStats::default();
-        let mut names = Vec::new();
-        for entry in fs::read_dir(&self.dir).map_err(|e| Error::io("list packs in", &self.dir, e))? {
-            let entry = entry.map_err(|e| Error::io("list packs in", &self.dir, e))?;
-            if let Some(stem) = entry.file_name().to_str().and_then(|n| n.strip_suffix(".pack")) {
-                names.push(stem.to_string());
-            }
-        }
+        let mut names = file_stems(&self.dir, ".pack")?;
         names.sort();
         for name in names {
             stats.packs_checked += 1;
