@@ -524,7 +524,7 @@ impl PseudoDisk {
         }
         let data = data.to_vec();
         let end = offset + data.len() as u64;
-        self.change(offset, end, move |me| async move { me.write_locked(offset, &data).await }).await?;
+        self.change(offset, end, move |me| async move { me.write_locked(offset, data).await }).await?;
         if fua {
             self.flush().await?;
         }
@@ -566,8 +566,9 @@ impl PseudoDisk {
     }
 
     /// `write` with its blocks already locked.
-    async fn write_locked(self: &Arc<Self>, offset: u64, data: &[u8]) -> Result<()> {
-        let end = offset + data.len() as u64;
+    async fn write_locked(self: &Arc<Self>, offset: u64, mut data: Vec<u8>) -> Result<()> {
+        let len = data.len();
+        let end = offset + len as u64;
         let mut pos = offset;
         while pos < end {
             let block = pos / BLOCK;
@@ -576,7 +577,12 @@ impl PseudoDisk {
             if pos == block_start && end >= block_end {
                 // A run of whole blocks.
                 let run_end = if end == self.size { end } else { end / BLOCK * BLOCK };
-                let piece = data[(pos - offset) as usize..(run_end - offset) as usize].to_vec();
+                // The common case, the whole write one run of whole blocks, hands its buffer over as it is.
+                let piece = if pos == offset && run_end == end {
+                    std::mem::take(&mut data)
+                } else {
+                    data[(pos - offset) as usize..(run_end - offset) as usize].to_vec()
+                };
                 self.engine.write(&self.private.data, pos, piece).await.map_err(self.private.io_err("write"))?;
                 self.mark_private(block, (run_end - pos).div_ceil(BLOCK), RecordKind::Data);
                 pos = run_end;
@@ -595,7 +601,7 @@ impl PseudoDisk {
                 pos = piece_end;
             }
         }
-        self.counters.bytes_written.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.counters.bytes_written.fetch_add(len as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -624,11 +630,11 @@ impl PseudoDisk {
         let first_whole = offset.div_ceil(BLOCK);
         let last_whole = if end == self.size { self.size.div_ceil(BLOCK) } else { end / BLOCK };
         if first_whole >= last_whole {
-            return self.write_locked(offset, &vec![0u8; len as usize]).await;
+            return self.write_locked(offset, vec![0u8; len as usize]).await;
         }
         let head_end = first_whole * BLOCK;
         if offset < head_end {
-            self.write_locked(offset, &vec![0u8; (head_end - offset) as usize]).await?;
+            self.write_locked(offset, vec![0u8; (head_end - offset) as usize]).await?;
         }
         let (start, count) = (first_whole, last_whole - first_whole);
         self.mark_private(start, count, RecordKind::Zero);
@@ -638,7 +644,7 @@ impl PseudoDisk {
             .map_err(self.private.io_err("discard"))?;
         let tail_start = (last_whole * BLOCK).min(self.size);
         if tail_start < end {
-            self.write_locked(tail_start, &vec![0u8; (end - tail_start) as usize]).await?;
+            self.write_locked(tail_start, vec![0u8; (end - tail_start) as usize]).await?;
         }
         Ok(())
     }
