@@ -114,9 +114,7 @@ pub fn collect_garbage(lib: &Library) -> Result<GcStats> {
     }
     let mut stats = GcStats { chunks_in_use: in_use.len() as u64, ..Default::default() };
 
-    let lock_file = lib.chunks_lock()?;
-    lock::lock(&lock_file, LockKind::Exclusive, true).map_err(|e| Error::io("lock", lib.path("chunks.lock"), e))?;
-    let result = (|| {
+    with_chunks_locked(lib, || {
         stats.sweep = lib.store().sweep(&in_use, cutoff)?;
         // Temporary files older than the cutoff belong to no live writer.
         let tmp = lib.path("tmp");
@@ -137,17 +135,21 @@ pub fn collect_garbage(lib: &Library) -> Result<GcStats> {
             }
         }
         Ok(())
-    })();
-    let _ = lock::unlock(&lock_file);
-    result.map(|()| stats)
+    })?;
+    Ok(stats)
 }
 
 /// Rebuilds damaged or missing pack indexes from the packs (see `ChunkStore::repair`), with the chunk lock held
 /// exclusively so that no backup adds chunks meanwhile.
 pub fn repair(lib: &Library) -> Result<crate::store::RepairStats> {
+    with_chunks_locked(lib, || lib.store().repair())
+}
+
+/// Runs `f` with `chunks.lock` held exclusively: no backup reuses or adds a chunk meanwhile.
+fn with_chunks_locked<T>(lib: &Library, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let lock_file = lib.chunks_lock()?;
     lock::lock(&lock_file, LockKind::Exclusive, true).map_err(|e| Error::io("lock", lib.path("chunks.lock"), e))?;
-    let result = lib.store().repair();
+    let result = f();
     let _ = lock::unlock(&lock_file);
     result
 }
