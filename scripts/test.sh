@@ -14,6 +14,10 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
 
+# The habits CI keeps: formatted code and no clippy warnings, before anything runs.
+cargo fmt --all -- --check || { echo "test.sh: run 'cargo fmt --all'" >&2; exit 1; }
+cargo clippy --workspace --all-targets -q -- -D warnings
+
 # One build of everything (tests need the livemount binary beside them), then the tests in parallel.
 cargo build --workspace --all-targets
 cargo nextest run --workspace --no-fail-fast --failure-output final
