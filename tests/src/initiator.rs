@@ -161,7 +161,7 @@ impl Initiator {
         data: &[u8],
         bad_data_digest: bool,
     ) -> std::io::Result<[u8; 48]> {
-        assert!(ahs.len() % 4 == 0 && ahs.len() / 4 < 256, "AHS in whole words");
+        assert!(ahs.len().is_multiple_of(4) && ahs.len() / 4 < 256, "AHS in whole words");
         let len = data.len();
         bhs[4] = (ahs.len() / 4) as u8;
         bhs[5] = (len >> 16) as u8;
