@@ -529,6 +529,56 @@ mod tests {
         }
     }
 
+    /// The named fields land at the offsets of RFC 7143 section 11 (the layout at the top of this file).
+    #[test]
+    fn named_fields_sit_where_the_rfc_puts_them() {
+        let be = |p: &Pdu, at: usize| u32::from_be_bytes(p.bhs[at..at + 4].try_into().unwrap());
+        let mut p = Pdu::new(TargetOp::DataIn);
+        p.set_flags(flag::FINAL | flag::STATUS);
+        p.set_itt(1);
+        p.set_ttt(2);
+        p.set_stat_sn(3);
+        p.set_exp_cmd_sn(4);
+        p.set_max_cmd_sn(5);
+        p.set_data_sn(6);
+        p.set_buffer_offset(7);
+        p.set_residual(Residual::Underflow(8));
+        p.set_scsi_status(0x02);
+        assert_eq!(p.bhs[0], 0x25);
+        assert_eq!(p.bhs[1], 0x80 | 0x01 | 0x02);
+        assert_eq!(p.bhs[3], 0x02);
+        let fields: Vec<u32> = [16, 20, 24, 28, 32, 36, 40, 44].iter().map(|&at| be(&p, at)).collect();
+        assert_eq!(fields, [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(p.residual(), Residual::Underflow(8));
+        p.set_residual(Residual::Overflow(9));
+        assert_eq!((p.bhs[1] & 0x06, be(&p, 44)), (0x04, 9), "O replaces U");
+
+        let mut r = Pdu::new(TargetOp::Reject);
+        r.set_reject_reason(RejectReason::ProtocolError);
+        assert_eq!((r.bhs[0], r.bhs[2]), (0x3f, 0x04));
+
+        let mut login = Pdu::request(InitiatorOp::Login, true);
+        login.set_login_stages(1, Some(3));
+        login.set_isid([1, 2, 3, 4, 5, 6]);
+        login.set_tsih(0x0708);
+        login.set_cmd_sn(9);
+        assert_eq!((login.bhs[0], login.bhs[1]), (0x43, 0x80 | 0x04 | 0x03));
+        assert_eq!(&login.bhs[8..16], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert!(login.transit() && !login.continues() && login.immediate());
+        assert_eq!((login.current_stage(), login.next_stage(), login.cmd_sn()), (1, 3, 9));
+        login.set_login_status(2, 1);
+        assert_eq!(&login.bhs[36..38], &[2, 1]);
+
+        let mut cmd = Pdu::request(InitiatorOp::ScsiCommand, false);
+        cmd.set_flags(flag::FINAL | flag::READ);
+        cmd.set_expected_length(512);
+        cmd.set_cdb(&[0x28, 0, 0, 0, 0, 1]);
+        cmd.set_lun_field(encode_lun(3));
+        assert!(cmd.reads() && !cmd.writes() && !cmd.immediate());
+        assert_eq!((be(&cmd, 20), cmd.bhs[32], cmd.bhs[37], cmd.lun()), (512, 0x28, 1, 3));
+        assert_eq!(cmd.cdb().len(), 16);
+    }
+
     #[test]
     fn luns() {
         for lun in [0u64, 1, 255, 256, 1000] {
