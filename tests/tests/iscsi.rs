@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use tests::initiator::Initiator;
+use tests::initiator::{op, reason, Initiator, LoginOptions};
 use tests::{json, livemount, make_ext4_disk, populate_tree, Daemon};
 
 struct Setup {
@@ -343,4 +343,97 @@ fn sixty_four_sessions_at_once_on_one_and_on_several_mounts() {
     for h in handles {
         h.join().unwrap();
     }
+}
+
+/// Sends `bhs` (with `ahs` and `data`) and checks that the target rejects it with `code` and echoes the
+/// rejected header as the Reject's data segment (RFC 7143 section 11.17).
+fn assert_rejected(
+    ini: &mut Initiator,
+    bhs: [u8; 48],
+    ahs: &[u8],
+    data: &[u8],
+    bad_digest: bool,
+    code: u8,
+    what: &str,
+) {
+    let sent = ini.send_pdu(bhs, ahs, data, bad_digest).unwrap();
+    let r = ini.recv_reject().unwrap_or_else(|e| panic!("{what}: no Reject ({e})"));
+    assert_eq!(r.reason, code, "{what}: reason code");
+    assert_eq!(r.itt, u32::MAX, "{what}: a Reject's ITT is the reserved tag");
+    assert!(r.data[..] == sent[..], "{what}: the rejected header is echoed: {:?}", r.data);
+}
+
+/// A SCSI command header: opcode, flags, ITT, expected data transfer length and CDB. Immediate, so that
+/// a rejected one takes no CmdSN.
+fn command(flags: u8, itt: u32, edtl: u32, cdb: &[u8]) -> [u8; 48] {
+    let mut bhs = [0u8; 48];
+    bhs[0] = op::IMMEDIATE | op::SCSI_COMMAND;
+    bhs[1] = flags;
+    bhs[16..20].copy_from_slice(&itt.to_be_bytes());
+    bhs[20..24].copy_from_slice(&edtl.to_be_bytes());
+    bhs[32..32 + cdb.len()].copy_from_slice(cdb);
+    bhs
+}
+
+/// Every Reject the target sends, each with its reason code (RFC 7143 section 11.17.1) and the rejected
+/// header echoed back; the session survives all of them but the login in full feature phase.
+#[test]
+fn every_reject_carries_its_reason_code_and_the_rejected_header() {
+    let s = setup();
+    let (_, iqn, portal, _, _) = mount(&s, &[]);
+    let read10 = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    let write10 = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+
+    // A data digest error: the header is sound, so the PDU is rejected and the connection kept.
+    let mut ini = Initiator::login(&portal, &iqn, true).unwrap();
+    let mut nop = [0u8; 48];
+    nop[0] = op::IMMEDIATE | op::NOP_OUT;
+    nop[1] = 0x80;
+    nop[16..20].copy_from_slice(&u32::MAX.to_be_bytes());
+    nop[20..24].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert_rejected(&mut ini, nop, &[], &[7u8; 100], true, reason::DATA_DIGEST_ERROR, "bad data digest");
+    assert_eq!(ini.read10(0, 1).unwrap().1, 0, "the session goes on after a data digest error");
+
+    // Protocol errors: a SCSI command in a discovery session; SNACK (error recovery level 0) and an opcode
+    // that does not exist in full feature phase.
+    let mut discovery =
+        Initiator::login_with(&portal, "", LoginOptions { discovery: true, ..Default::default() }).unwrap();
+    let cmd = command(0x80 | 0x40, 5, 512, &read10);
+    assert_rejected(&mut discovery, cmd, &[], &[], false, reason::PROTOCOL_ERROR, "SCSI command in discovery");
+    let mut ini = Initiator::login(&portal, &iqn, false).unwrap();
+    for opcode in [op::SNACK, 0x1f] {
+        let mut bhs = [0u8; 48];
+        bhs[0] = op::IMMEDIATE | opcode;
+        bhs[1] = 0x80;
+        bhs[16..20].copy_from_slice(&9u32.to_be_bytes());
+        assert_rejected(&mut ini, bhs, &[], &[], false, reason::PROTOCOL_ERROR, &format!("opcode {opcode:#x}"));
+    }
+
+    // Invalid PDU fields: Data-Out for a task that does not exist; an additional header segment (extended
+    // CDBs are not offered); immediate data that was not agreed.
+    let mut data_out = [0u8; 48];
+    data_out[0] = op::DATA_OUT;
+    data_out[1] = 0x80;
+    data_out[16..20].copy_from_slice(&0x4242u32.to_be_bytes());
+    data_out[20..24].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert_rejected(&mut ini, data_out, &[], &[0u8; 512], false, reason::INVALID_PDU_FIELD, "Data-Out of no task");
+    let cmd = command(0x80 | 0x40, 11, 512, &read10);
+    let ahs = [0, 4, 0x01, 0, 0, 0, 0, 0]; // an extended CDB AHS (length 4, type 1) of 4 more CDB bytes
+    assert_rejected(&mut ini, cmd, &ahs, &[], false, reason::INVALID_PDU_FIELD, "an AHS");
+    assert_eq!(ini.read10(0, 1).unwrap().1, 0, "the session goes on after its PDUs were rejected");
+    let mut no_immediate =
+        Initiator::login_with(&portal, &iqn, LoginOptions { immediate_data: false, ..Default::default() }).unwrap();
+    let cmd = command(0x80 | 0x20, 12, 512, &write10);
+    assert_rejected(&mut no_immediate, cmd, &[], &[0xab; 512], false, reason::INVALID_PDU_FIELD, "immediate data");
+
+    // A login in full feature phase is a protocol error, not the deprecated Negotiation Reset (0x0b); the
+    // connection then ends.
+    let mut login = [0u8; 48];
+    login[0] = op::IMMEDIATE | op::LOGIN;
+    login[1] = 0x80 | (1 << 2) | 3;
+    login[8..14].copy_from_slice(&ini.isid());
+    login[16..20].copy_from_slice(&77u32.to_be_bytes());
+    let keys = b"InitiatorName=iqn.2026-11.io.livemount:test-initiator\0";
+    assert_rejected(&mut ini, login, &[], keys, false, reason::PROTOCOL_ERROR, "login in full feature phase");
+    assert!(ini.recv().is_err(), "the connection ends after a login in full feature phase");
 }

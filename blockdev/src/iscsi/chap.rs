@@ -36,35 +36,24 @@ pub fn encode_binary(b: &[u8]) -> String {
     format!("0x{}", hex::encode(b))
 }
 
+/// Base64 as RFC 7143 section 6.1 writes binary values after `0b`: the standard alphabet; the padding may
+/// be there or not, as initiators differ.
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => u32::from(c - b'A'),
-            b'a'..=b'z' => u32::from(c - b'a') + 26,
-            b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        })
-    };
-    let s = s.trim_end_matches('=').as_bytes();
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for &c in s {
-        acc = (acc << 6) | val(c)?;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
+    use base64::engine::{general_purpose, DecodePaddingMode, Engine as _, GeneralPurpose};
+    const ENGINE: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        general_purpose::PAD
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
+    ENGINE.decode(s).ok()
 }
 
 /// Compares in constant time, so that timing tells nothing of the expected response.
 pub fn equal(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    // Unequal lengths compare false at once: the length of a CHAP response is no secret.
+    bool::from(a.ct_eq(b))
 }
 
 #[cfg(test)]
@@ -79,5 +68,18 @@ mod tests {
         assert_eq!(decode_binary("0bAQL/").unwrap(), vec![1, 2, 255]);
         assert_eq!(decode_binary("zz"), None);
         assert!(equal(b"abc", b"abc") && !equal(b"abc", b"abd") && !equal(b"ab", b"abc"));
+    }
+
+    #[test]
+    fn base64_values_with_and_without_padding() {
+        assert_eq!(decode_binary("0b").unwrap(), Vec::<u8>::new());
+        assert_eq!(decode_binary("0bAQ==").unwrap(), vec![1]);
+        assert_eq!(decode_binary("0bAQ").unwrap(), vec![1]);
+        assert_eq!(decode_binary("0bAQI=").unwrap(), vec![1, 2]);
+        assert_eq!(decode_binary("0BAQI").unwrap(), vec![1, 2]);
+        let challenge: Vec<u8> = (0u8..16).map(|i| i * 17).collect();
+        assert_eq!(decode_binary("0bABEiM0RVZneImaq7zN3u/w==").unwrap(), challenge);
+        assert_eq!(decode_binary("0bAQ!="), None, "a character outside the alphabet");
+        assert_eq!(decode_binary("0bA"), None, "a lone sextet is no byte");
     }
 }

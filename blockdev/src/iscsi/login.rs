@@ -58,6 +58,7 @@ impl LoginStatus {
     const UNSUPPORTED_VERSION: LoginStatus = LoginStatus(2, 0x05);
     const NO_SESSION: LoginStatus = LoginStatus(2, 0x0a);
     const INVALID_REQUEST: LoginStatus = LoginStatus(2, 0x0b);
+    const TARGET_ERROR: LoginStatus = LoginStatus(3, 0x00);
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,33 +161,32 @@ enum Step {
 
 fn response_to(req: &Pdu, st: &LoginState, status: LoginStatus) -> Pdu {
     let mut rsp = Pdu::new(TargetOp::LoginResponse);
-    rsp.bhs[1] = req.flags() & 0x0c; // CSG echoed, T and NSG clear
-    rsp.bhs[8..14].copy_from_slice(&req.bhs[8..14]);
+    rsp.set_login_stages(req.current_stage(), None); // CSG echoed, T and NSG clear
+    rsp.set_isid(req.isid());
     rsp.set_itt(req.itt());
-    rsp.set_u32(24, st.stat_sn);
-    rsp.set_u32(28, st.exp_cmd_sn);
-    rsp.set_u32(32, st.exp_cmd_sn.wrapping_add(QUEUE_DEPTH - 1));
-    rsp.bhs[36] = status.0;
-    rsp.bhs[37] = status.1;
+    rsp.set_stat_sn(st.stat_sn);
+    rsp.set_exp_cmd_sn(st.exp_cmd_sn);
+    rsp.set_max_cmd_sn(st.exp_cmd_sn.wrapping_add(QUEUE_DEPTH - 1));
+    rsp.set_login_status(status.0, status.1);
     rsp
 }
 
 fn step(req: &Pdu, st: &mut LoginState, portal: &Portal) -> Step {
-    let transit = req.flags() & 0x80 != 0;
-    let cont = req.flags() & 0x40 != 0;
-    let Some(csg) = Stage::from_bits((req.flags() >> 2) & 3) else {
+    let transit = req.transit();
+    let cont = req.continues();
+    let Some(csg) = Stage::from_bits(req.current_stage()) else {
         return Step::Fail(LoginStatus::INITIATOR_ERROR, vec![]);
     };
-    let nsg = Stage::from_bits(req.flags() & 3);
-    let (version_max, version_min) = (req.bhs[2], req.bhs[3]);
+    let nsg = Stage::from_bits(req.next_stage());
+    let (version_max, version_min) = req.version_max_min();
     if st.first {
         if version_min > 0 || version_max < version_min {
             return Step::Fail(LoginStatus::UNSUPPORTED_VERSION, vec![]);
         }
-        st.isid.copy_from_slice(&req.bhs[8..14]);
-        st.stat_sn = req.u32_at(28);
-        st.exp_cmd_sn = req.u32_at(24);
-        if req.u16_at(14) != 0 {
+        st.isid = req.isid();
+        st.stat_sn = req.exp_stat_sn();
+        st.exp_cmd_sn = req.cmd_sn();
+        if req.tsih() != 0 {
             // Adding or reinstating a connection of a session: sessions have one connection here.
             return Step::Fail(LoginStatus::NO_SESSION, vec![]);
         }
@@ -204,7 +204,7 @@ fn step(req: &Pdu, st: &mut LoginState, portal: &Portal) -> Step {
     if cont {
         // More text follows: acknowledge with an empty response.
         let mut rsp = response_to(req, st, LoginStatus::SUCCESS);
-        rsp.bhs[1] = csg.bits() << 2;
+        rsp.set_login_stages(csg.bits(), None);
         return Step::Continue(rsp);
     }
     let Ok(keys) = text::parse(&std::mem::take(&mut st.partial)) else {
@@ -271,16 +271,13 @@ fn step(req: &Pdu, st: &mut LoginState, portal: &Portal) -> Step {
         answer.push(("MaxRecvDataSegmentLength".into(), OUR_MAX_RECV_DSL.to_string()));
         st.declared = true;
     }
-    rsp.bhs[1] = csg.bits() << 2;
-    if let Some(n) = next {
-        rsp.bhs[1] |= 0x80 | n.bits();
-    }
+    rsp.set_login_stages(csg.bits(), next.map(Stage::bits));
     match next {
         Some(Stage::FullFeature) => {
             let initiator = st.initiator.clone().unwrap_or_default();
             let target_name = st.target.as_ref().map(|t| t.iqn.clone()).unwrap_or_default();
             let (tsih, stop) = portal.register_session(&initiator, st.isid, &target_name);
-            rsp.set_u16(14, tsih);
+            rsp.set_tsih(tsih);
             rsp.data = text::encode(&answer).into();
             let session = Session {
                 kind: st.kind,
@@ -343,7 +340,7 @@ fn security(
             return Err(LoginStatus::AUTH_FAILED);
         }
         let mut rnd = [0u8; 17];
-        getrandom::getrandom(&mut rnd).map_err(|_| LoginStatus(3, 0))?;
+        getrandom::getrandom(&mut rnd).map_err(|_| LoginStatus::TARGET_ERROR)?;
         let (id, challenge) = (rnd[0], rnd[1..].to_vec());
         answer.push(("CHAP_A".into(), "5".into()));
         answer.push(("CHAP_I".into(), id.to_string()));

@@ -1,11 +1,15 @@
-//! The iSCSI target (RFC 7143), one module per concern: `pdu` (the wire codec), `text` (keys), `params`
-//! (negotiation rules as a table), `chap`, `login` (the login phase), `session` (full feature phase of a
-//! connection), `writer` (outgoing PDUs batched into vectored writes), `target` (the portal: targets, access
-//! rules, sessions). The SCSI command set itself lives in `crate::scsi`.
+//! The iSCSI target (RFC 7143), one module per concern: `codes` (the wire's numbers by name), `pdu` (the
+//! wire codec and the header's fields), `text` (keys), `params` (negotiation rules as a table), `chap`,
+//! `login` (the login phase), `session` (full feature phase of a connection: its reader and dispatch),
+//! `command` (one SCSI command's data and answer), `window` (the CmdSN window and the answer backlog),
+//! `writer` (outgoing PDUs batched into vectored writes), `target` (the portal: targets, access rules,
+//! sessions). The SCSI command set itself lives in `crate::scsi`.
 //!
 //! Error recovery level 0, one connection per session. Every mount is a target; its disks are LUNs 0..n.
 
 pub mod chap;
+pub mod codes;
+mod command;
 pub mod login;
 pub mod params;
 pub mod pdu;
@@ -14,6 +18,7 @@ pub mod session;
 mod session_tests;
 pub mod target;
 pub mod text;
+mod window;
 pub mod writer;
 
 use std::sync::Arc;

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncWriteExt, DuplexStream};
 
+use super::pdu::{flag, Digests, InitiatorOp, Pdu, RejectReason, TargetOp, RESERVED_TAG};
 use super::{session, Portal, Target};
 
 const TARGET: &str = "iqn.2026-11.io.livemount:session-test";
@@ -20,25 +21,30 @@ fn login(pairs: &[&str]) -> Vec<u8> {
         keys.extend_from_slice(kv.as_bytes());
         keys.push(0);
     }
-    let mut bhs = [0u8; 48];
-    bhs[0] = 0x43; // immediate Login Request
-    bhs[1] = 0x80 | (1 << 2) | 3; // Transit, operational stage -> full feature phase
-    bhs[7] = keys.len() as u8;
-    bhs[8..14].copy_from_slice(&[0x40, 0, 0, 0, 0, 1]); // ISID
-    let mut out = bhs.to_vec();
-    out.extend_from_slice(&keys);
-    out.resize(out.len().div_ceil(4) * 4, 0);
-    out
+    let mut pdu = Pdu::request(InitiatorOp::Login, true);
+    pdu.set_login_stages(1, Some(3)); // Transit, operational stage -> full feature phase
+    pdu.set_isid([0x40, 0, 0, 0, 0, 1]);
+    pdu.data = keys.into();
+    pdu.encode(Digests::default())
 }
 
-/// Reads one PDU (no digests): its header and padded data segment.
-async fn read_pdu(s: &mut DuplexStream) -> ([u8; 48], Vec<u8>) {
-    let mut bhs = [0u8; 48];
-    s.read_exact(&mut bhs).await.unwrap();
-    let len = u32::from_be_bytes([0, bhs[5], bhs[6], bhs[7]]) as usize;
-    let mut data = vec![0u8; len.div_ceil(4) * 4];
-    s.read_exact(&mut data).await.unwrap();
-    (bhs, data)
+/// Reads one PDU the target sent (no digests).
+async fn read_pdu(s: &mut DuplexStream) -> Pdu {
+    Pdu::read(s, Digests::default(), 1 << 24).await.unwrap()
+}
+
+/// A NOP-Out that asks for an answer (its ITT is not the reserved tag).
+fn nop_out(itt: u32) -> Pdu {
+    let mut nop = Pdu::request(InitiatorOp::NopOut, true);
+    nop.set_flags(flag::FINAL);
+    nop.set_itt(itt);
+    nop.set_ttt(RESERVED_TAG);
+    nop
+}
+
+/// Checks that `pdu` is a login response of success.
+fn assert_logged_in(pdu: &Pdu) {
+    assert_eq!((pdu.target_opcode(), pdu.login_status()), (TargetOp::LoginResponse, (0, 0)), "login accepted");
 }
 
 #[tokio::test(start_paused = true)]
@@ -46,22 +52,17 @@ async fn a_pdu_half_received_when_the_idle_ping_fires_is_still_read_whole() {
     let (mut initiator, target_side) = tokio::io::duplex(1 << 16);
     let server = tokio::spawn(session::serve(target_side, Portal::new("127.0.0.1:3260".into())));
     initiator.write_all(&discovery_login()).await.unwrap();
-    let (login, _) = read_pdu(&mut initiator).await;
-    assert_eq!((login[0] & 0x3f, login[36]), (0x23, 0), "login accepted");
+    assert_logged_in(&read_pdu(&mut initiator).await);
 
     // A NOP-Out, sent in two halves with the idle ping in between.
-    let mut nop = [0u8; 48];
-    nop[0] = 0x40; // immediate NOP-Out
-    nop[1] = 0x80;
-    nop[16..20].copy_from_slice(&0x1234u32.to_be_bytes()); // initiator task tag: answer me
-    nop[20..24].copy_from_slice(&u32::MAX.to_be_bytes());
+    let nop = nop_out(0x1234).encode(Digests::default());
     initiator.write_all(&nop[..20]).await.unwrap();
     tokio::time::sleep(Duration::from_secs(31)).await;
-    let (ping, _) = read_pdu(&mut initiator).await;
-    assert_eq!((ping[0] & 0x3f, &ping[16..20]), (0x20, &[0xff; 4][..]), "the target's own NOP-In ping");
+    let ping = read_pdu(&mut initiator).await;
+    assert_eq!((ping.target_opcode(), ping.itt()), (TargetOp::NopIn, RESERVED_TAG), "the target's own NOP-In ping");
     initiator.write_all(&nop[20..]).await.unwrap();
-    let (answer, _) = read_pdu(&mut initiator).await;
-    assert_eq!((answer[0] & 0x3f, &answer[16..20]), (0x20, &0x1234u32.to_be_bytes()[..]), "the NOP-Out answered");
+    let answer = read_pdu(&mut initiator).await;
+    assert_eq!((answer.target_opcode(), answer.itt()), (TargetOp::NopIn, 0x1234), "the NOP-Out answered");
     drop(initiator);
     server.await.unwrap();
 }
@@ -76,12 +77,9 @@ async fn an_initiator_that_never_reads_cannot_make_the_target_hoard_responses() 
     // NOP-Outs with 8 KiB of ping data each: every one is answered with the same 8 KiB, which this initiator
     // never reads. The target must stop reading once its unsent answers reach its limit.
     const DATA: usize = 8192;
-    let mut nop = vec![0u8; 48 + DATA];
-    nop[0] = 0x40;
-    nop[1] = 0x80;
-    nop[5..8].copy_from_slice(&(DATA as u32).to_be_bytes()[1..]);
-    nop[16..20].copy_from_slice(&1u32.to_be_bytes());
-    nop[20..24].copy_from_slice(&u32::MAX.to_be_bytes());
+    let mut nop = nop_out(1);
+    nop.data = vec![0u8; DATA].into();
+    let nop = nop.encode(Digests::default());
     let mut sent = 0usize;
     while sent < 40_000 {
         match tokio::time::timeout(Duration::from_secs(2), initiator.write_all(&nop)).await {
@@ -126,10 +124,6 @@ fn portal_with_a_disk(dir: &std::path::Path) -> std::sync::Arc<Portal> {
     portal
 }
 
-fn max_cmd_sn(bhs: &[u8; 48]) -> u32 {
-    u32::from_be_bytes(bhs[32..36].try_into().unwrap())
-}
-
 #[tokio::test]
 async fn an_immediate_command_never_pulls_max_cmd_sn_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,32 +131,44 @@ async fn an_immediate_command_never_pulls_max_cmd_sn_back() {
     let server = tokio::spawn(session::serve(target_side, portal_with_a_disk(dir.path())));
     let target_name = format!("TargetName={TARGET}");
     initiator.write_all(&login(&["InitiatorName=iqn.2026-11.io.livemount:test", &target_name])).await.unwrap();
-    let (answer, _) = read_pdu(&mut initiator).await;
-    assert_eq!((answer[0] & 0x3f, answer[36]), (0x23, 0), "login accepted");
-    let advertised = max_cmd_sn(&answer);
+    let answer = read_pdu(&mut initiator).await;
+    assert_logged_in(&answer);
+    let advertised = answer.max_cmd_sn();
 
     // An immediate WRITE of one block without its data: it waits for Data-Out after its R2T.
-    let mut write = [0u8; 48];
-    write[0] = 0x40 | 0x01; // immediate SCSI Command
-    write[1] = 0x80 | 0x20; // final, write
-    write[16..20].copy_from_slice(&7u32.to_be_bytes());
-    write[20..24].copy_from_slice(&512u32.to_be_bytes());
-    write[32] = 0x2a; // WRITE(10), LBA 0
-    write[39..41].copy_from_slice(&1u16.to_be_bytes());
-    initiator.write_all(&write).await.unwrap();
-    let (r2t, _) = read_pdu(&mut initiator).await;
-    assert_eq!(r2t[0] & 0x3f, 0x31, "an R2T");
+    let mut write = Pdu::request(InitiatorOp::ScsiCommand, true);
+    write.set_flags(flag::FINAL | flag::WRITE);
+    write.set_itt(7);
+    write.set_expected_length(512);
+    write.set_cdb(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0]); // WRITE(10) of one block at LBA 0
+    initiator.write_all(&write.encode(Digests::default())).await.unwrap();
+    assert_eq!(read_pdu(&mut initiator).await.target_opcode(), TargetOp::R2t, "an R2T");
 
     // While it waits, a NOP-Out's answer says how far the window reaches.
-    let mut nop = [0u8; 48];
-    nop[0] = 0x40;
-    nop[1] = 0x80;
-    nop[16..20].copy_from_slice(&9u32.to_be_bytes());
-    nop[20..24].copy_from_slice(&u32::MAX.to_be_bytes());
-    initiator.write_all(&nop).await.unwrap();
-    let (answer, _) = read_pdu(&mut initiator).await;
-    assert_eq!(answer[0] & 0x3f, 0x20);
-    assert_eq!(max_cmd_sn(&answer), advertised, "MaxCmdSN moved back while an immediate command waited");
+    initiator.write_all(&nop_out(9).encode(Digests::default())).await.unwrap();
+    let answer = read_pdu(&mut initiator).await;
+    assert_eq!(answer.target_opcode(), TargetOp::NopIn);
+    assert_eq!(answer.max_cmd_sn(), advertised, "MaxCmdSN moved back while an immediate command waited");
     drop(initiator);
+    server.await.unwrap();
+}
+
+/// A Login Request in full feature phase is a protocol error (RFC 7143 section 11.17.1, reason 0x04; 0x0b
+/// is the deprecated Negotiation Reset): it is rejected with its header echoed, and the connection ends.
+#[tokio::test]
+async fn a_login_in_full_feature_phase_is_rejected_as_a_protocol_error() {
+    let (mut initiator, target_side) = tokio::io::duplex(1 << 16);
+    let server = tokio::spawn(session::serve(target_side, Portal::new("127.0.0.1:3260".into())));
+    initiator.write_all(&discovery_login()).await.unwrap();
+    assert_logged_in(&read_pdu(&mut initiator).await);
+
+    let again = discovery_login();
+    initiator.write_all(&again).await.unwrap();
+    let reject = read_pdu(&mut initiator).await;
+    assert_eq!(reject.target_opcode(), TargetOp::Reject);
+    assert_eq!(reject.reject_reason(), RejectReason::ProtocolError);
+    assert_eq!(reject.reject_reason().code(), 0x04);
+    assert_eq!(reject.itt(), RESERVED_TAG);
+    assert_eq!(&reject.data[..], &again[..48], "the rejected header is echoed back");
     server.await.unwrap();
 }
