@@ -2,6 +2,8 @@
 //! after a restart) and answers the control API on a Unix socket or loopback TCP.
 
 mod api;
+mod api_info;
+mod backups_view;
 mod boot;
 mod browse;
 mod error;
@@ -81,7 +83,7 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .with_context(|| format!("binding the HTTP address {} for iPXE scripts", opts.http))?;
     let http_base = format!("http://{}:{}", opts.advertise, http.local_addr()?.port());
     tracing::info!(http = %opts.http, base = %http_base, "iPXE scripts served");
-    let boot = mounts::BootSettings { http_base, packages_dir: opts.guest_packages.clone() };
+    let boot = boot::BootSettings { http_base, packages_dir: opts.guest_packages.clone() };
     let manager =
         mounts::Manager::new(&opts.state_dir, &opts.fuse_root, &opts.library, engine, view.clone(), portal, boot);
     let ipxe = api::ipxe_routes(manager.clone());
