@@ -73,3 +73,7 @@ async fn browse(
 async fn unbrowse(State(m): State<Arc<Manager>>, Path(id): Path<String>) -> Result<Json<MountInfo>, ApiError> {
     m.unbrowse(&id).await.map(Json)
 }
+
+#[cfg(test)]
+#[path = "api_tests.rs"]
+mod tests;

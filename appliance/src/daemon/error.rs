@@ -173,7 +173,7 @@ mod tests {
     }
 
     #[test]
-    fn the_body_carries_the_message() {
+    fn the_response_has_the_status() {
         let resp = ApiError::not_found("no mount x").into_response();
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     }
