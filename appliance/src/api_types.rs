@@ -1,4 +1,6 @@
-//! The JSON bodies of the daemon's control API, shared by the daemon and the CLI.
+//! The JSON bodies of the daemon's control API, shared by the daemon and the CLI, and how a pseudo-disk's
+//! counters become the API's. (The daemon's own state becomes these types in `daemon/api_info.rs`, next
+//! to that state, whose types are private to the daemon.)
 
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +101,25 @@ pub struct DiskCounters {
     pub recalled_chunks: u64,
     /// Chunks of the disk in all.
     pub chunks_total: u64,
+}
+
+/// A pseudo-disk's counters as the API shows them. The snapshot does not know how many chunks the disk has:
+/// `chunks_total` is left 0 for the caller to fill in from the disk.
+impl From<blockdev::pseudo_disk::CounterSnapshot> for DiskCounters {
+    fn from(c: blockdev::pseudo_disk::CounterSnapshot) -> Self {
+        DiskCounters {
+            bytes_read: c.bytes_read,
+            bytes_written: c.bytes_written,
+            bytes_recalled: c.bytes_recalled,
+            chunks_recalled: c.chunks_recalled,
+            read_bytes_private: c.read_bytes_private,
+            read_bytes_recall: c.read_bytes_recall,
+            flushes: c.flushes,
+            private_blocks: c.private_blocks,
+            recalled_chunks: c.recalled_chunks,
+            chunks_total: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::Request;
@@ -37,6 +37,14 @@ impl std::fmt::Display for ApiAddr {
             ApiAddr::Tcp(a) => write!(f, "{a}"),
         }
     }
+}
+
+/// An error answer of the daemon: its HTTP status, and the message the CLI prints.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct DaemonError {
+    pub status: u16,
+    pub message: String,
 }
 
 pub struct Client {
@@ -87,10 +95,10 @@ impl Client {
             anyhow::Ok((status, bytes))
         })?;
         if !status.is_success() {
-            let msg = serde_json::from_slice::<ErrorBody>(&bytes)
+            let message = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(anyhow!("{msg}"));
+            return Err(DaemonError { status: status.as_u16(), message }.into());
         }
         serde_json::from_slice(&bytes).context("unexpected answer from the daemon")
     }

@@ -9,20 +9,9 @@ pub fn print_json<T: Serialize + ?Sized>(value: &T) {
     println!("{}", serde_json::to_string_pretty(value).expect("output serializes"));
 }
 
-/// 1536 -> "1.5 KiB".
+/// Sizes for people in binary units: 1536 -> "1.50 KiB", 100 -> "100 B".
 pub fn size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    indicatif::HumanBytes(bytes).to_string()
 }
 
 /// Parses "1M", "256K", "4MiB", "65536".
@@ -81,6 +70,8 @@ mod tests {
         assert_eq!(parse_size("256KiB").unwrap(), 256 << 10);
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("12X").is_err());
-        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(1536), "1.50 KiB");
+        assert_eq!(size(100), "100 B");
+        assert_eq!(size(3 << 30), "3.00 GiB");
     }
 }

@@ -1,7 +1,9 @@
-//! The control API: every route in one place; handlers are thin and call the manager.
+//! The control API: every route in one place; handlers are thin and call the manager. A request body that
+//! is not the JSON a route takes is answered like every other error (400, with the message in the body).
 
 use std::sync::Arc;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -46,8 +48,9 @@ async fn list_mounts(State(m): State<Arc<Manager>>) -> Json<Vec<MountInfo>> {
 
 async fn create_mount(
     State(m): State<Arc<Manager>>,
-    Json(req): Json<MountRequest>,
+    req: Result<Json<MountRequest>, JsonRejection>,
 ) -> Result<Json<MountInfo>, ApiError> {
+    let Json(req) = req?;
     m.create(&req, false).await.map(Json)
 }
 
@@ -59,10 +62,18 @@ async fn remove_mount(State(m): State<Arc<Manager>>, Path(id): Path<String>) -> 
     m.remove(&id).await.map(Json)
 }
 
-async fn browse(State(m): State<Arc<Manager>>, Json(req): Json<BrowseRequest>) -> Result<Json<MountInfo>, ApiError> {
+async fn browse(
+    State(m): State<Arc<Manager>>,
+    req: Result<Json<BrowseRequest>, JsonRejection>,
+) -> Result<Json<MountInfo>, ApiError> {
+    let Json(req) = req?;
     m.browse(&req.backup).await.map(Json)
 }
 
 async fn unbrowse(State(m): State<Arc<Manager>>, Path(id): Path<String>) -> Result<Json<MountInfo>, ApiError> {
     m.unbrowse(&id).await.map(Json)
 }
+
+#[cfg(test)]
+#[path = "api_tests.rs"]
+mod tests;

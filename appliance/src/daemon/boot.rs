@@ -1,13 +1,104 @@
-//! Preparing a mount to boot a VM (the live-mount flow of the patent, figures 4 to 6): find the guest's
-//! root file system on the mount's disks, mount it read-write through the FUSE file (every change lands in
-//! the private store), prepare the guest to keep running from iSCSI, and unmount it again.
+//! Booting a VM from a mount (the live-mount flow of the patent, figures 4 to 6). Preparing: find the
+//! guest's root file system on the mount's disks, mount it read-write through the FUSE file (every change
+//! lands in the private store), prepare the guest to keep running from iSCSI, and unmount it again.
+//! Publishing: the per-mount iPXE script behind an unguessable token, and the entry script that chains a
+//! machine to its mount's script.
 
 use std::path::{Path, PathBuf};
 
 use image::guest::{self, PrepareOptions, Prepared};
+use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::loopdev;
+use super::mounts::iqn_of;
+
+/// Where the daemon's HTTP server (iPXE scripts) is reached, and where guest packages are.
+pub struct BootSettings {
+    pub http_base: String,
+    pub packages_dir: PathBuf,
+}
+
+impl BootSettings {
+    /// The URL of the per-mount script behind `token`.
+    pub fn script_url(&self, token: &str) -> String {
+        format!("{}/ipxe/m/{token}.ipxe", self.http_base)
+    }
+
+    /// The URL of the fixed entry script.
+    pub fn entry_url(&self) -> String {
+        format!("{}/ipxe/entry.ipxe", self.http_base)
+    }
+}
+
+/// What a boot mount publishes: the token of its script URL, and the prepared guest. Kept in mount.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BootState {
+    pub token: String,
+    pub mac: Option<String>,
+    pub initiator_iqn: String,
+    pub guest_os: String,
+    pub changes: Vec<String>,
+}
+
+/// Prepares the guest of mount `mount_id` on its disk files to boot from iSCSI, using `work` as scratch
+/// space, and gives what to publish for it. The caller flushes the disks and keeps the state.
+pub async fn make_bootable(
+    mount_id: &str,
+    disk_files: &[PathBuf],
+    work: &Path,
+    settings: &BootSettings,
+    mac: Option<String>,
+) -> Result<BootState, ApiError> {
+    let initiator_iqn = format!("iqn.2026-11.io.livemount:initiator-{mount_id}");
+    std::fs::create_dir_all(work).map_err(ApiError::io("create", work))?;
+    let opts = PrepareOptions { initiator_iqn: initiator_iqn.clone(), packages_dir: settings.packages_dir.clone() };
+    let prepared = prepare_guest(disk_files, work, opts).await?;
+    let _ = std::fs::remove_dir_all(work);
+    Ok(BootState {
+        token: new_token(),
+        mac: mac.map(|m| m.to_ascii_lowercase()),
+        initiator_iqn,
+        guest_os: prepared.os,
+        changes: prepared.changes,
+    })
+}
+
+/// The iSCSI boot disk of a boot mount as iPXE is told it: LUN 0 of the mount's target at the portal's
+/// advertised address (`host:port`, port 3260 when it has none).
+pub fn boot_target(advertise: &str, mount_id: &str, b: &BootState) -> image::ipxe::BootTarget {
+    let (server, port) = advertise.rsplit_once(':').unwrap_or((advertise, "3260"));
+    image::ipxe::BootTarget {
+        server: server.to_string(),
+        port: port.parse().unwrap_or(3260),
+        lun: 0,
+        target_iqn: iqn_of(mount_id),
+        initiator_iqn: b.initiator_iqn.clone(),
+        keep_san: true,
+    }
+}
+
+/// What the entry script gets for a machine, given the boot mounts as (MAC, token): a chain to its mount's
+/// script (by MAC, or the only boot mount there is when that one names no MAC), or a script saying there
+/// is none.
+pub fn entry_script(boots: &[(Option<String>, String)], mac: &str, settings: &BootSettings) -> String {
+    let mac = mac.to_ascii_lowercase();
+    let chosen = boots.iter().find(|(m, _)| m.as_deref() == Some(mac.as_str())).or_else(|| match boots {
+        [only] if only.0.is_none() => Some(only),
+        _ => None,
+    });
+    match chosen {
+        Some((_, token)) => image::ipxe::chain_script(&settings.script_url(token)),
+        None => image::ipxe::no_mount_script(&mac),
+    }
+}
+
+/// A script token: 32 random hex digits, the unguessable part of the script's URL.
+fn new_token() -> String {
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b).expect("the kernel's random source is available");
+    hex::encode(b)
+}
 
 /// Prepares the guest found on `disk_files`. `work` is a folder for the temporary mount point.
 pub async fn prepare_guest(disk_files: &[PathBuf], work: &Path, opts: PrepareOptions) -> Result<Prepared, ApiError> {
@@ -41,7 +132,7 @@ async fn prepare_on(
             let r = tokio::task::spawn_blocking(move || guest::prepare(&root2, &opts2))
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))?;
-            Some(r.map_err(|e| ApiError::conflict(format!("cannot prepare the guest on {device}: {e}"))))
+            Some(r.map_err(|source| ApiError::Guest { device: device.clone(), source }))
         } else {
             None
         };

@@ -14,13 +14,12 @@ pub async fn run(cmd: &mut Command) -> Result<String, ApiError> {
         .stdin(std::process::Stdio::null())
         .output()
         .await
-        .map_err(|e| ApiError::internal(format!("cannot run {cmd:?}: {e}")))?;
+        .map_err(|source| ApiError::Spawn { command: format!("{cmd:?}"), source })?;
     if !out.status.success() {
-        return Err(ApiError::internal(format!(
-            "{:?} failed: {}",
-            cmd.as_std().get_program(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(ApiError::CommandFailed {
+            program: format!("{:?}", cmd.as_std().get_program()),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -94,14 +93,14 @@ pub async fn mount(device: &str, fstype: &str, path: &Path, read_only: bool) -> 
         (_, true) => "ro",
         (_, false) => "rw",
     };
-    std::fs::create_dir_all(path)?;
+    std::fs::create_dir_all(path).map_err(ApiError::io("create", path))?;
     run(Command::new("mount").args(["-t", fstype, "-o", options]).arg(device).arg(path)).await.map(|_| ())
 }
 
 /// Unmounts, lazily when something still holds the file system.
 pub async fn unmount(path: &Path) {
     if let Err(e) = run(Command::new("umount").arg(path)).await {
-        tracing::warn!("{}; unmounting lazily", e.message);
+        tracing::warn!("{e}; unmounting lazily");
         let _ = run(Command::new("umount").arg("-l").arg(path)).await;
     }
     let _ = std::fs::remove_dir(path);
@@ -109,6 +108,6 @@ pub async fn unmount(path: &Path) {
 
 pub async fn detach(device: &str) {
     if let Err(e) = run(Command::new("losetup").arg("-d").arg(device)).await {
-        tracing::warn!("{}", e.message);
+        tracing::warn!("{e}");
     }
 }

@@ -2,6 +2,8 @@
 //! after a restart) and answers the control API on a Unix socket or loopback TCP.
 
 mod api;
+mod api_info;
+mod backups_view;
 mod boot;
 mod browse;
 mod error;
@@ -44,6 +46,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
 fn keep_large_buffers() {
     #[cfg(target_env = "gnu")]
     {
+        // nix has no binding of mallopt, so this stays a libc call.
         // SAFETY: mallopt takes no pointers; it only changes the allocator's settings, under its own lock.
         let ok = unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20) == 1
@@ -80,7 +83,7 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .with_context(|| format!("binding the HTTP address {} for iPXE scripts", opts.http))?;
     let http_base = format!("http://{}:{}", opts.advertise, http.local_addr()?.port());
     tracing::info!(http = %opts.http, base = %http_base, "iPXE scripts served");
-    let boot = mounts::BootSettings { http_base, packages_dir: opts.guest_packages.clone() };
+    let boot = boot::BootSettings { http_base, packages_dir: opts.guest_packages.clone() };
     let manager =
         mounts::Manager::new(&opts.state_dir, &opts.fuse_root, &opts.library, engine, view.clone(), portal, boot);
     let ipxe = api::ipxe_routes(manager.clone());
@@ -98,9 +101,9 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     tracing::info!(path = %opts.fuse_root.display(), "file view mounted");
 
     let app = api::routes(manager.clone());
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let shutdown = async move {
         tokio::select! {
             _ = term.recv() => {},
             _ = tokio::signal::ctrl_c() => {},
@@ -145,10 +148,6 @@ fn notify_ready() {
 
 /// A file view left mounted by a daemon that died is detached, so that the new one can mount there.
 fn detach_stale_mount(path: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return;
-    };
-    // SAFETY: umount2 reads a NUL-terminated path that lives across the call.
-    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    // Nothing mounted there (EINVAL) or no such folder (ENOENT) is the usual case, and fine.
+    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
 }

@@ -1,5 +1,7 @@
-//! The live-mount manager: creates, lists and removes mounts, keeps their state under the state folder so
-//! that they come back after a restart, and shows their disks in the FUSE view.
+//! The mount registry: creates, finds, lists, browses and removes mounts, keeps their state under the state
+//! folder so that they come back after a restart, and serves their disks in the FUSE view and as iSCSI
+//! targets. Booting lives in `boot`, the `backups/` listing in `backups_view`, and the API's view of a mount
+//! in `api_info`.
 //!
 //! ```text
 //! <state>/mounts/<id>/mount.json   what the mount is (backup, library, options, browse state)
@@ -10,57 +12,42 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use blockdev::engine::Engine;
-use blockdev::fuse::{DiskFile, FileView, ViewFile};
+use blockdev::fuse::{DiskFile, FileView};
+use blockdev::iscsi::chap::ChapConfig;
+use blockdev::iscsi::{Portal, Target};
+use blockdev::scsi::{Lun, LunSet};
 use blockdev::{Options, PseudoDisk};
 use dedup::{BackupDisk, Library};
 use serde::{Deserialize, Serialize};
 
-use super::browse;
+use super::api_info::{MountView, Reach};
+use super::boot::{self, BootSettings, BootState};
 use super::error::ApiError;
-use blockdev::iscsi::chap::ChapConfig;
-use blockdev::iscsi::{Portal, Target};
-use blockdev::scsi::{Lun, LunSet};
+use super::{backups_view, browse};
+use crate::api_types::{BrowseInfo, MountInfo, MountRequest, TargetAccess};
+use crate::library_source::LibrarySource;
 
-use crate::api_types::{BootInfo, BrowseInfo, DiskCounters, DiskInfo, MountInfo, MountRequest, TargetAccess};
-use crate::library_source::{BackupFile, LibrarySource};
-
+/// A mount as `mount.json` keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct MountState {
-    id: String,
-    name: Option<String>,
-    backup: String,
-    library: PathBuf,
-    read_only: bool,
-    created: String,
-    disks: usize,
+pub struct MountState {
+    pub id: String,
+    pub name: Option<String>,
+    pub backup: String,
+    pub library: PathBuf,
+    pub read_only: bool,
+    pub created: String,
+    pub disks: usize,
     /// A mount made by `browse`: removed with its browse.
     #[serde(default)]
-    for_browse: bool,
+    pub for_browse: bool,
     #[serde(default)]
-    browse: Option<BrowseInfo>,
+    pub browse: Option<BrowseInfo>,
     #[serde(default)]
-    access: TargetAccess,
+    pub access: TargetAccess,
     #[serde(default)]
-    boot: Option<BootState>,
-}
-
-/// What a boot mount publishes: the token of its script URL, and the prepared guest.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct BootState {
-    token: String,
-    mac: Option<String>,
-    initiator_iqn: String,
-    guest_os: String,
-    changes: Vec<String>,
-}
-
-/// Where the daemon's HTTP server (iPXE scripts) is reached, and where guest packages are.
-pub struct BootSettings {
-    pub http_base: String,
-    pub packages_dir: PathBuf,
+    pub boot: Option<BootState>,
 }
 
 struct Mount {
@@ -114,57 +101,10 @@ impl Manager {
         Ok(lib)
     }
 
-    /// Shows the library's backups as read-only files under `backups/`.
+    /// Shows the library's backups as read-only files under `backups/`, and makes the `mounts/` folder.
     pub fn show_backups(self: &Arc<Self>) {
         let me = Arc::downgrade(self);
-        // The open files of each backup shown, by backup id.
-        type Opened = BTreeMap<String, Vec<Arc<dyn ViewFile>>>;
-        let opened: Arc<Mutex<Opened>> = Arc::default();
-        self.view.set_refresher(
-            &["backups"],
-            Arc::new(move || {
-                let Some(me) = me.upgrade() else {
-                    return Vec::new();
-                };
-                let Ok(lib) = me.library() else {
-                    return Vec::new();
-                };
-                let backups = match lib.backups() {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::error!("cannot list backups: {e}");
-                        return Vec::new();
-                    }
-                };
-                let mut opened = opened.lock().expect("not poisoned");
-                // Forgotten backups leave the view, and their readers with them.
-                opened.retain(|id, _| backups.iter().any(|m| &m.id == id));
-                let mut out = Vec::new();
-                for m in backups {
-                    if !opened.contains_key(&m.id) {
-                        let files: Result<Vec<Arc<dyn ViewFile>>, _> = (0..m.disks.len())
-                            .map(|d| {
-                                BackupDisk::open(lib.clone(), &m, d)
-                                    .map(|disk| Arc::new(BackupFile::new(Arc::new(disk))) as Arc<dyn ViewFile>)
-                            })
-                            .collect();
-                        match files {
-                            Ok(f) => {
-                                opened.insert(m.id.clone(), f);
-                            }
-                            Err(e) => {
-                                tracing::error!("cannot open backup {}: {e}", m.id);
-                                continue;
-                            }
-                        }
-                    }
-                    let files =
-                        opened[&m.id].iter().enumerate().map(|(d, f)| (format!("disk{d}.img"), f.clone())).collect();
-                    out.push((m.id.clone(), files, parse_time(&m.created)));
-                }
-                out
-            }),
-        );
+        backups_view::show(&self.view, move || me.upgrade()?.library().ok());
         self.view.add_dir(&["mounts"]);
     }
 
@@ -173,9 +113,9 @@ impl Manager {
     }
 
     fn save(&self, state: &MountState) -> Result<(), ApiError> {
-        let json = serde_json::to_vec_pretty(state).expect("state serializes");
-        dedup::durable::write_file(&self.mount_dir(&state.id).join("mount.json"), &json)?;
-        Ok(())
+        let json = serde_json::to_vec_pretty(state).expect("a mount's state is plain data and serializes");
+        let path = self.mount_dir(&state.id).join("mount.json");
+        dedup::durable::write_file(&path, &json).map_err(ApiError::io("write", &path))
     }
 
     /// Opens the pseudo-disks of a mount and shows them in the view.
@@ -189,7 +129,7 @@ impl Manager {
             let dir = self.mount_dir(&state.id).join(format!("disk{d}"));
             disks.push(PseudoDisk::open(&dir, source, self.engine.clone(), Options { read_only: state.read_only })?);
         }
-        let mtime = parse_time(&state.created);
+        let mtime = backups_view::mtime_of(&state.created);
         for (d, disk) in disks.iter().enumerate() {
             self.view.add_file(
                 &["mounts", &state.id, &format!("disk{d}.img")],
@@ -232,7 +172,7 @@ impl Manager {
                     tracing::info!(mount = %id, "mount restored");
                     self.mounts.lock().await.insert(id, m);
                 }
-                Err(err) => tracing::error!(mount = %id, "cannot restore mount: {}", err.message),
+                Err(err) => tracing::error!(mount = %id, "cannot restore mount: {err}"),
             }
         }
     }
@@ -254,40 +194,28 @@ impl Manager {
             access: req.access.clone(),
             boot: None,
         };
-        std::fs::create_dir_all(self.mount_dir(&id))?;
+        let mount_dir = self.mount_dir(&id);
+        std::fs::create_dir_all(&mount_dir).map_err(ApiError::io("create", &mount_dir))?;
+        // From here on, a failure undoes everything made so far.
+        let undo = Unmade { manager: self, lib: &lib, id: &id, armed: true };
         // The backup may not be forgotten while the mount reads from it.
         let what = match (&req.name, for_browse) {
             (_, true) => format!("browse mount {id} of livemount serve"),
             (Some(name), false) => format!("live mount {id} ({name}) of livemount serve"),
             (None, false) => format!("live mount {id} of livemount serve"),
         };
-        let result = lib
-            .hold(&id, &manifest.id, &what)
-            .map_err(ApiError::from)
-            .and_then(|()| self.save(&state))
-            .and_then(|()| self.open_mount(state));
-        let mount = match result {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = lib.release(&id);
-                self.view.remove(&["mounts", &id]);
-                let _ = blockdev::pseudo_disk::remove_stores(&self.mount_dir(&id));
-                return Err(e);
-            }
-        };
+        lib.hold(&id, &manifest.id, &what)?;
+        self.save(&state)?;
+        // Declared after `undo`, so dropped before it: the disks are closed before their stores go.
+        let mount = self.open_mount(state)?;
         tracing::info!(mount = %id, backup = %manifest.id, "mounted");
         if let Some(boot) = &req.boot {
             if let Err(e) = self.make_bootable(&mount, boot.mac.clone()).await {
-                self.portal.remove_target(&iqn_of(&id));
-                self.view.remove(&["mounts", &id]);
-                drop(mount);
-                let _ = lib.release(&id);
-                let _ = blockdev::pseudo_disk::remove_stores(&self.mount_dir(&id));
-                let _ = std::fs::remove_dir_all(self.state_dir.join("boot").join(&id));
-                tracing::warn!(mount = %id, "boot preparation failed; mount rolled back: {}", e.message);
+                tracing::warn!(mount = %id, "boot preparation failed; rolling the mount back: {e}");
                 return Err(e);
             }
         }
+        undo.commit();
         let info = self.info(&mount);
         self.mounts.lock().await.insert(id, mount);
         Ok(info)
@@ -296,30 +224,15 @@ impl Manager {
     /// Prepares the mount's guest to boot from iSCSI and publishes its iPXE script.
     async fn make_bootable(&self, mount: &Mount, mac: Option<String>) -> Result<(), ApiError> {
         let id = mount.state.lock().expect("not poisoned").id.clone();
-        let initiator_iqn = format!("iqn.2026-11.io.livemount:initiator-{id}");
-        let files: Vec<PathBuf> = (0..mount.disks.len())
-            .map(|d| self.fuse_root.join("mounts").join(&id).join(format!("disk{d}.img")))
-            .collect();
+        let files: Vec<PathBuf> = (0..mount.disks.len()).map(|d| disk_file(&self.fuse_root, &id, d)).collect();
         let work = self.state_dir.join("boot").join(&id);
-        std::fs::create_dir_all(&work)?;
-        let opts = image::guest::PrepareOptions {
-            initiator_iqn: initiator_iqn.clone(),
-            packages_dir: self.boot.packages_dir.clone(),
-        };
-        let prepared = super::boot::prepare_guest(&files, &work, opts).await?;
-        let _ = std::fs::remove_dir_all(&work);
+        let published = boot::make_bootable(&id, &files, &work, &self.boot, mac).await?;
         for d in &mount.disks {
             d.flush().await?;
         }
         let state = {
             let mut s = mount.state.lock().expect("not poisoned");
-            s.boot = Some(BootState {
-                token: new_mount_id() + &new_mount_id(),
-                mac: mac.map(|m| m.to_ascii_lowercase()),
-                initiator_iqn,
-                guest_os: prepared.os,
-                changes: prepared.changes,
-            });
+            s.boot = Some(published);
             s.clone()
         };
         self.save(&state)?;
@@ -332,15 +245,13 @@ impl Manager {
         let mounts = self.mounts.lock().await;
         mounts.values().find_map(|m| {
             let s = m.state.lock().expect("not poisoned");
-            let b = s.boot.as_ref()?;
-            (b.token == token).then(|| image::ipxe::mount_script(&self.boot_target(&s.id, b)))
+            let b = s.boot.as_ref().filter(|b| b.token == token)?;
+            Some(image::ipxe::mount_script(&boot::boot_target(&self.portal.advertise, &s.id, b)))
         })
     }
 
-    /// What the entry script gets for a machine: a chain to its mount's script (by MAC, or the only boot
-    /// mount there is), or a script saying there is none.
+    /// What the entry script gets for the machine with MAC address `mac` (see `boot::entry_script`).
     pub async fn entry_for(&self, mac: &str) -> String {
-        let mac = mac.to_ascii_lowercase();
         let mounts = self.mounts.lock().await;
         let boots: Vec<(Option<String>, String)> = mounts
             .values()
@@ -349,93 +260,13 @@ impl Manager {
                 s.boot.as_ref().map(|b| (b.mac.clone(), b.token.clone()))
             })
             .collect();
-        let chosen =
-            boots.iter().find(|(m, _)| m.as_deref() == Some(mac.as_str())).or_else(|| match boots.as_slice() {
-                [only] if only.0.is_none() => Some(only),
-                _ => None,
-            });
-        match chosen {
-            Some((_, token)) => image::ipxe::chain_script(&self.script_url(token)),
-            None => image::ipxe::no_mount_script(&mac),
-        }
-    }
-
-    fn script_url(&self, token: &str) -> String {
-        format!("{}/ipxe/m/{token}.ipxe", self.boot.http_base)
-    }
-
-    fn boot_target(&self, id: &str, b: &BootState) -> image::ipxe::BootTarget {
-        let (server, port) = self.portal.advertise.rsplit_once(':').unwrap_or((&self.portal.advertise, "3260"));
-        image::ipxe::BootTarget {
-            server: server.to_string(),
-            port: port.parse().unwrap_or(3260),
-            lun: 0,
-            target_iqn: iqn_of(id),
-            initiator_iqn: b.initiator_iqn.clone(),
-            keep_san: true,
-        }
+        boot::entry_script(&boots, mac, &self.boot)
     }
 
     fn info(&self, m: &Mount) -> MountInfo {
-        let s = m.state.lock().expect("not poisoned").clone();
-        MountInfo {
-            disks: m
-                .disks
-                .iter()
-                .enumerate()
-                .map(|(d, disk)| {
-                    let c = disk.counters();
-                    DiskInfo {
-                        disk: d,
-                        size: disk.size(),
-                        fuse_path: self
-                            .fuse_root
-                            .join("mounts")
-                            .join(&s.id)
-                            .join(format!("disk{d}.img"))
-                            .display()
-                            .to_string(),
-                        iscsi_url: format!("iscsi://{}/{}/{d}", self.portal.advertise, iqn_of(&s.id)),
-                        counters: DiskCounters {
-                            bytes_read: c.bytes_read,
-                            bytes_written: c.bytes_written,
-                            bytes_recalled: c.bytes_recalled,
-                            chunks_recalled: c.chunks_recalled,
-                            read_bytes_private: c.read_bytes_private,
-                            read_bytes_recall: c.read_bytes_recall,
-                            flushes: c.flushes,
-                            private_blocks: c.private_blocks,
-                            recalled_chunks: c.recalled_chunks,
-                            chunks_total: disk.chunk_count(),
-                        },
-                    }
-                })
-                .collect(),
-            iqn: iqn_of(&s.id),
-            boot: s.boot.as_ref().map(|b| {
-                let target = self.boot_target(&s.id, b);
-                let script_url = self.script_url(&b.token);
-                BootInfo {
-                    qemu_command: format!(
-                        "qemu-system-x86_64 -accel tcg -m 1024 -nographic -netdev user,id=n0,bootfile={script_url} -device virtio-net-pci,netdev=n0,disable-legacy=on{} -boot n",
-                        b.mac.as_ref().map(|m| format!(",mac={m}")).unwrap_or_default()
-                    ),
-                    script_url,
-                    entry_url: format!("{}/ipxe/entry.ipxe", self.boot.http_base),
-                    sanboot: image::ipxe::sanboot_uri(&target),
-                    initiator_iqn: b.initiator_iqn.clone(),
-                    mac: b.mac.clone(),
-                    guest_os: b.guest_os.clone(),
-                    changes: b.changes.clone(),
-                }
-            }),
-            id: s.id,
-            name: s.name,
-            backup: s.backup,
-            read_only: s.read_only,
-            created: s.created,
-            browse: s.browse,
-        }
+        let state = m.state.lock().expect("not poisoned").clone();
+        let reach = Reach { fuse_root: &self.fuse_root, advertise: &self.portal.advertise, boot: &self.boot };
+        MountInfo::from(MountView { state, disks: &m.disks, reach })
     }
 
     pub async fn list(&self) -> Vec<MountInfo> {
@@ -476,7 +307,8 @@ impl Manager {
         self.view.remove(&["mounts", &id]);
         let library = m.state.lock().expect("not poisoned").library.clone();
         drop(m);
-        blockdev::pseudo_disk::remove_stores(&self.mount_dir(&id))?;
+        let mount_dir = self.mount_dir(&id);
+        blockdev::pseudo_disk::remove_stores(&mount_dir).map_err(ApiError::io("remove", &mount_dir))?;
         if let Err(e) = Library::open(&library).and_then(|lib| lib.release(&id)) {
             tracing::warn!(mount = %id, "the mount is gone but its hold on the backup stays: {e}");
         }
@@ -601,8 +433,38 @@ fn new_mount_id() -> String {
     hex::encode(b)
 }
 
-fn parse_time(rfc3339: &str) -> SystemTime {
-    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
-        .map(SystemTime::from)
-        .unwrap_or_else(|_| SystemTime::now())
+/// Disk `d` of mount `id` as a file of the FUSE view mounted at `fuse_root`.
+pub fn disk_file(fuse_root: &Path, id: &str, d: usize) -> PathBuf {
+    fuse_root.join("mounts").join(id).join(format!("disk{d}.img"))
+}
+
+/// A mount being made: unless committed, dropping it undoes whatever of the mount exists (its iSCSI
+/// target, its files in the view, the hold on the backup, its stores and its boot scratch folder). Each
+/// step is harmless when its part was never made, so one guard covers every point of failure.
+struct Unmade<'a> {
+    manager: &'a Manager,
+    lib: &'a Library,
+    id: &'a str,
+    armed: bool,
+}
+
+impl Unmade<'_> {
+    /// The mount is complete: keep it.
+    fn commit(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unmade<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let m = self.manager;
+        m.portal.remove_target(&iqn_of(self.id));
+        m.view.remove(&["mounts", self.id]);
+        let _ = self.lib.release(self.id);
+        let _ = blockdev::pseudo_disk::remove_stores(&m.mount_dir(self.id));
+        let _ = std::fs::remove_dir_all(m.state_dir.join("boot").join(self.id));
+    }
 }

@@ -97,7 +97,8 @@ fn install_open_iscsi(root: &Path, chroot: &Chroot, opts: &PrepareOptions) -> Re
     std::fs::create_dir_all(&staging).map_err(io_err("create", &staging))?;
     let mut inside = Vec::new();
     for deb in &debs {
-        let name = deb.file_name().expect("a file").to_string_lossy().to_string();
+        let name =
+            deb.file_name().expect("paths listed from a folder end in a file name").to_string_lossy().to_string();
         std::fs::copy(deb, staging.join(&name)).map_err(io_err("copy", deb))?;
         inside.push(format!("/var/cache/livemount-debs/{name}"));
     }
