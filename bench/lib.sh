@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers of the bench/*.sh scripts (sourced, not run). The scripts' Python lives in bench/report.py
 # ($REPORT_PY), one subcommand per job.
 # Globals the helpers use, when a script has them: WORK (the run's folder), LIVEMOUNT (the binary), LM_LIB
@@ -45,10 +46,10 @@ load_span() { echo "$LOAD_START -> $(cut -d' ' -f1 /proc/loadavg)"; }
 
 # stop_pid PID SIGNAL [SECONDS]: signal it and wait (30 s by default), then SIGKILL.
 stop_pid() {
-    local pid=$1 sig=$2 secs=${3:-30} i
+    local pid=$1 sig=$2 secs=${3:-30}
     kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
     kill "-$sig" "$pid" 2>/dev/null || true
-    for i in $(seq 1 $((secs * 10))); do
+    for _ in $(seq 1 $((secs * 10))); do
         kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
         sleep 0.1
     done
