@@ -127,8 +127,6 @@ trap 'exit 130' INT TERM
 
 CACHE_DROPS=yes
 
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Tools, guest, build.
 # ---------------------------------------------------------------------------------------------------------
@@ -153,7 +151,6 @@ prepare_guest() {
         : > "$debs/.complete"
     fi
 }
-
 
 # Bytes in the data extents of a file (SEEK_DATA / SEEK_HOLE): what is allocated, not its apparent size.
 data_bytes() { python3 "$REPORT_PY" data-bytes "$1"; }

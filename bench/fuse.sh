@@ -129,7 +129,6 @@ trap 'exit 130' INT TERM
 
 CACHE_DROPS=yes
 
-
 # ---------------------------------------------------------------------------------------------------------
 # Tools, corpus, build.
 # ---------------------------------------------------------------------------------------------------------
@@ -140,8 +139,6 @@ ensure_tools() {
     [[ -e /dev/fuse ]] || die "/dev/fuse is missing: FUSE is needed"
     [[ $(id -u) == 0 ]] || die "run as root (FUSE mounts of the peers, browse's loop devices, dropping the page cache)"
 }
-
-
 
 # ---------------------------------------------------------------------------------------------------------
 # The reads: offsets drawn once (report.py fuse-offsets), one timed pass over a file (report.py fuse-reads).

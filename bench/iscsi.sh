@@ -91,12 +91,10 @@ trap 'exit 130' INT TERM
 
 CACHE_DROPS=yes
 
-
 # CPU seconds (user + system) process $1 has used so far.
 cpu_s() {
     awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Tools, corpus, build.
@@ -107,8 +105,6 @@ ensure_tools() {
     [[ -e /dev/fuse ]] || die "/dev/fuse is missing: FUSE is needed"
     [[ $(id -u) == 0 ]] || die "run as root (FUSE, tgtd, dropping the page cache)"
 }
-
-
 
 # ---------------------------------------------------------------------------------------------------------
 # The two targets.

@@ -63,7 +63,6 @@ trap 'exit 130' INT TERM
 # are warm and the report says so.
 CACHE_DROPS=yes
 
-
 # Runs "$@" after dropping the page cache, with its output in $WORK/logs; sets ELAPSED (seconds, wall clock,
 # up to the end of a final sync).
 ELAPSED=0
@@ -195,7 +194,6 @@ build() {
     (cd "$ROOT" && cargo build --release -q -p appliance \
         && cargo build --release -q -p dedup --example limits --example random_read)
 }
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Single-core ceilings on the corpus data.
