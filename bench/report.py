@@ -9,6 +9,10 @@ arguments. Output formats are what the scripts print and what people read: chang
 
 Each cmd_* function receives argv as a script would see sys.argv: argv[0] is the subcommand's name, then
 its positional arguments in the order of its usage line.
+
+Why one file of over 1,000 lines: it holds the Python of four scripts, which until now lived as heredocs
+inside them; the subcommands share nothing but argument handling, and one file keeps them together for the
+scripts to call (python3 "$REPORT_PY" SUBCOMMAND, see bench/lib.sh). The sections follow the scripts.
 """
 import argparse
 import bisect
@@ -84,6 +88,9 @@ def cmd_browse_root(argv):
             break
 
 
+# ---------------------------------------------------------------------------------------------------------
+# bench/boot.sh
+# ---------------------------------------------------------------------------------------------------------
 def cmd_data_bytes(argv):
     """data-bytes FILE: bytes in the data extents of FILE (SEEK_DATA / SEEK_HOLE): what is allocated, not
     its apparent size (boot.sh)."""
@@ -387,6 +394,9 @@ def cmd_summary_boot(argv):
     print(f"results written to {env['RESULTS']}")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# bench/fuse.sh
+# ---------------------------------------------------------------------------------------------------------
 def cmd_fuse_offsets(argv):
     """fuse-offsets IMAGE N SEED OUT: N distinct 4 KiB-aligned offsets of non-zero 4 KiB blocks inside the
     image's data ranges (SEEK_DATA/SEEK_HOLE), in random order; OUT gets "offset digest" lines (fuse.sh)."""
@@ -635,6 +645,9 @@ def cmd_summary_fuse(argv):
     print(f"results written to {env['RESULTS']}")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# bench/iscsi.sh
+# ---------------------------------------------------------------------------------------------------------
 def cmd_iscsi_perf(argv):
     """iscsi-perf OUT TARGET CASE RC CPU_S SPEC: the JSON line of one iscsi-perf run (its output in OUT) on
     stdout, one line about it on stderr (iscsi.sh)."""
@@ -924,6 +937,9 @@ def cmd_summary_iscsi(argv):
     print(f"results written to {env['RESULTS']}")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# bench/library.sh
+# ---------------------------------------------------------------------------------------------------------
 def cmd_summary_library(argv):
     """summary-library: results.json and the tables of bench/library.sh (inputs in the environment)."""
     env = os.environ
@@ -1075,6 +1091,9 @@ def cmd_summary_library(argv):
     print(f"results written to {env['RESULTS']}")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Command line.
+# ---------------------------------------------------------------------------------------------------------
 # Subcommand: (function, positional arguments, the last one takes the rest of the line).
 COMMANDS = {
     "json-get": (cmd_json_get, ["file", "key+"]),
