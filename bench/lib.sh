@@ -1,16 +1,55 @@
-# Shared helpers of the bench/*.sh scripts (sourced, not run).
+# shellcheck shell=bash
+# Shared helpers of the bench/*.sh scripts (sourced, not run). The scripts' Python lives in bench/report.py
+# ($REPORT_PY), one subcommand per job.
+# Globals the helpers use, when a script has them: WORK (the run's folder), LIVEMOUNT (the binary), LM_LIB
+# (the library its daemon serves), DAEMON_PID, LM_MOUNTS, TGTD_PID, TGT_PORT, TGT_CONTROL, TGT_IQN,
+# LOAD_START.
+
+REPORT_PY=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/report.py
 
 die() { printf 'bench: FAILED: %s\n' "$*" >&2; exit 1; }
+log() { printf '\n== %s\n' "$*" >&2; }
 now() { date +%s.%N; }
 since() { echo "$(now) - $1" | bc -l; }
 port_free() { ! ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
+free_port() { python3 "$REPORT_PY" free-port; }
+du_bytes() { du -sb "$1" | cut -f1; }
+
+# The CLI on the daemon's library and API socket.
+lm() { "$LIVEMOUNT" --library "$LM_LIB" --api "$WORK/api.sock" "$@"; }
+
+# json_get FILE KEY...: one field of a JSON file (a KEY of digits indexes a list), as Python prints it.
+json_get() { python3 "$REPORT_PY" json-get "$@"; }
+
+# Waits until path $1 exists (a file of a FUSE mount that is coming up), at most $2 seconds, while process $3
+# lives.
+wait_for() {
+    local path=$1 limit=$2 pid=${3:-} t0
+    t0=$(now)
+    until [[ -e $path ]]; do
+        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
+        (( $(echo "$(since "$t0") > $limit" | bc -l) )) && return 1
+        sleep 0.05
+    done
+}
+
+# Sets LOAD_START; on a shared 2-core machine, someone else's build halves every figure: say so.
+load_prologue() {
+    LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
+    if (( $(echo "$LOAD_START > 0.7" | bc -l) )); then
+        echo "bench: WARNING: load average $LOAD_START before the run: other work will skew the timings" >&2
+    fi
+}
+
+# The load average at the start and now, for the reports: "START -> NOW".
+load_span() { echo "$LOAD_START -> $(cut -d' ' -f1 /proc/loadavg)"; }
 
 # stop_pid PID SIGNAL [SECONDS]: signal it and wait (30 s by default), then SIGKILL.
 stop_pid() {
-    local pid=$1 sig=$2 secs=${3:-30} i
+    local pid=$1 sig=$2 secs=${3:-30}
     kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
     kill "-$sig" "$pid" 2>/dev/null || true
-    for i in $(seq 1 $((secs * 10))); do
+    for _ in $(seq 1 $((secs * 10))); do
         kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
         sleep 0.1
     done
@@ -96,4 +135,78 @@ need_corpus() {
         BENCH_CACHE=$CACHE BENCH_ONLY_CORPUS=1 bash "$ROOT/bench/library.sh"
     fi
     [[ -f $FULL ]] || die "$FULL is missing: run 'sudo bench/library.sh' first"
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# The livemount daemon and its mounts.
+# ---------------------------------------------------------------------------------------------------------
+# serve_daemon SERVE_ARGS...: starts `livemount serve` on $LM_LIB and $WORK/api.sock in the background
+# (DAEMON_PID, log in $WORK/logs/daemon.log) and waits until its API answers (30 s at most).
+serve_daemon() {
+    rm -f "$WORK/api.sock"
+    "$LIVEMOUNT" --library "$LM_LIB" --api "$WORK/api.sock" serve "$@" < /dev/null >> "$WORK/logs/daemon.log" 2>&1 &
+    DAEMON_PID=$!
+    for _ in $(seq 1 600); do
+        if [[ -S $WORK/api.sock ]] && lm --json mounts > /dev/null 2>&1; then return 0; fi
+        kill -0 "$DAEMON_PID" 2>/dev/null || { tail -20 "$WORK/logs/daemon.log" >&2; die "the daemon exited"; }
+        sleep 0.05
+    done
+    tail -20 "$WORK/logs/daemon.log" >&2
+    die "the daemon did not come up in 30 s"
+}
+
+daemon_alive() { kill -0 "$DAEMON_PID" 2>/dev/null; }
+
+# drop_mount ID: unmounts it and forgets it in LM_MOUNTS (the next case gets a fresh one).
+drop_mount() {
+    local id=$1 keep=() m
+    timeout 120 "$LIVEMOUNT" --library "$LM_LIB" --api "$WORK/api.sock" unmount "$id" > /dev/null 2>&1 \
+        || echo "bench: unmount $id failed" >&2
+    for m in "${LM_MOUNTS[@]}"; do [[ $m == "$id" ]] || keep+=("$m"); done
+    LM_MOUNTS=("${keep[@]}")
+}
+
+# mount_counters ID [first-disk]: the counters of mount ID as KEY=VALUE lines, summed over its disks (or of
+# its first disk only).
+mount_counters() { lm --json mounts | python3 "$REPORT_PY" mount-counters "$@"; }
+
+# ---------------------------------------------------------------------------------------------------------
+# tgtd (the Linux SCSI target framework), on 127.0.0.1:$TGT_PORT, managed through control port $TGT_CONTROL.
+# ---------------------------------------------------------------------------------------------------------
+# start_tgtd [BACKING_FILE]: starts tgtd (TGTD_PID, log in $WORK/logs/tgtd.log) with target 1 ($TGT_IQN),
+# open to any initiator; with BACKING_FILE, that file as its LUN 1.
+start_tgtd() {
+    local backing=${1:-}
+    port_free "$TGT_PORT" || die "port $TGT_PORT is in use (set BENCH_TGT_PORT)"
+    [[ -S /var/run/tgtd/socket.$TGT_CONTROL ]] && tgtadm -C "$TGT_CONTROL" --op show --mode system > /dev/null 2>&1 \
+        && die "a tgtd already listens on control port $TGT_CONTROL (set BENCH_TGT_CONTROL)"
+    # A background job of a script starts with SIGINT ignored, and tgtd keeps that disposition (it would then
+    # ignore the SIGINT that stops it): exec it with SIGINT back at its default. (Inline, not in report.py:
+    # the exec must replace this very process, so that TGTD_PID is tgtd's.)
+    python3 -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])' \
+        tgtd -f -C "$TGT_CONTROL" --iscsi "portal=127.0.0.1:$TGT_PORT" < /dev/null >> "$WORK/logs/tgtd.log" 2>&1 &
+    TGTD_PID=$!
+    for _ in $(seq 1 200); do
+        tgtadm -C "$TGT_CONTROL" --op show --mode system > /dev/null 2>&1 && break
+        kill -0 "$TGTD_PID" 2>/dev/null || { tail -20 "$WORK/logs/tgtd.log" >&2; die "tgtd exited"; }
+        sleep 0.05
+    done
+    tgtadm -C "$TGT_CONTROL" --lld iscsi --op new --mode target --tid 1 -T "$TGT_IQN"
+    if [[ -n $backing ]]; then
+        tgtadm -C "$TGT_CONTROL" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$backing"
+    fi
+    tgtadm -C "$TGT_CONTROL" --lld iscsi --op bind --mode target --tid 1 -I ALL
+}
+
+stop_tgtd() {
+    [[ -n $TGTD_PID ]] || return 0
+    # tgtd stops on SIGINT (it is started with SIGINT at its default disposition, see start_tgtd); if it does
+    # not, its own shutdown: remove the target, then the system.
+    stop_pid "$TGTD_PID" INT 10 2>/dev/null || true
+    if kill -0 "$TGTD_PID" 2>/dev/null; then
+        tgtadm -C "$TGT_CONTROL" --lld iscsi --op delete --mode target --tid 1 --force > /dev/null 2>&1 || true
+        tgtadm -C "$TGT_CONTROL" --lld iscsi --op delete --mode system > /dev/null 2>&1 || true
+        stop_pid "$TGTD_PID" INT 10
+    fi
+    TGTD_PID=""
 }

@@ -22,6 +22,7 @@
 #   BENCH_NO_BUILD=1       use the binaries already in target/release instead of running cargo
 #   RESTIC_PASSWORD        restic's repository password (default: a fixed benchmark password)
 set -euo pipefail
+# shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -47,8 +48,6 @@ LOAD_START=""
 export RESTIC_PASSWORD=${RESTIC_PASSWORD:-livemount-bench}
 export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 
-log() { printf '\n== %s\n' "$*" >&2; }
-
 cleanup() {
     local rc=$?
     if [[ -n $MNT ]] && mountpoint -q "$MNT"; then umount "$MNT" || true; fi
@@ -63,7 +62,6 @@ trap 'exit 130' INT TERM
 # Cold-cache timings only mean something if the page cache really is empty; without the permission the figures
 # are warm and the report says so.
 CACHE_DROPS=yes
-
 
 # Runs "$@" after dropping the page cache, with its output in $WORK/logs; sets ELAPSED (seconds, wall clock,
 # up to the end of a final sync).
@@ -84,8 +82,6 @@ timed() {
     printf '   %-28s %8.2f s   (load average %s)\n' "$name" "$ELAPSED" "$(cut -d' ' -f1 /proc/loadavg)" >&2
 }
 
-du_bytes() { du -sb "$1" | cut -f1; }
-
 # ---------------------------------------------------------------------------------------------------------
 # Tools. Idempotent: only what is missing is installed, so the script runs as is on a fresh Debian 12.
 # ---------------------------------------------------------------------------------------------------------
@@ -100,14 +96,7 @@ ensure_tools() {
 # ---------------------------------------------------------------------------------------------------------
 
 # Start and size in bytes of the first partition of image $1.
-partition_of() {
-    sfdisk -J "$1" | python3 -c '
-import json, sys
-t = json.load(sys.stdin)["partitiontable"]
-sector = t.get("sectorsize", 512)
-p = t["partitions"][0]
-print(p["start"] * sector, p["size"] * sector)'
-}
+partition_of() { sfdisk -J "$1" | python3 "$REPORT_PY" partition-of; }
 
 build_full_image() {
     local rootfs=$CACHE/rootfs
@@ -205,7 +194,6 @@ build() {
     (cd "$ROOT" && cargo build --release -q -p appliance \
         && cargo build --release -q -p dedup --example limits --example random_read)
 }
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Single-core ceilings on the corpus data.
@@ -325,157 +313,7 @@ report() {
     versions+=" $(borg --version); casync $(casync --version | head -1 | awk '{print $2}')"
     WORK="$WORK" RESULTS="$RESULTS" FULL="$FULL" INCR="$INCR" CACHE_DROPS="$CACHE_DROPS" \
     SWEEP_SIZES="$SWEEP_SIZES" NPROC="$(nproc)" VERSIONS="$versions" \
-    LOAD="$LOAD_START -> $(cut -d' ' -f1 /proc/loadavg)" python3 - <<'PY'
-import json, os, time
-
-env = os.environ
-work = env["WORK"]
-MiB = 1 << 20
-
-def load(name):
-    p = os.path.join(work, name)
-    return json.load(open(p)) if os.path.exists(p) else None
-
-figs = {}
-for line in open(os.path.join(work, "figures")):
-    k, v = line.strip().split("=", 1)
-    figs[k] = float(v)
-
-def img(path):
-    st = os.stat(path)
-    return {"path": path, "size": st.st_size, "allocated": st.st_blocks * 512}
-
-res = {
-    "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    "cores": int(env["NPROC"]),
-    "versions": env["VERSIONS"],
-    "cold_cache": env["CACHE_DROPS"] == "yes",
-    "load_average": env["LOAD"],
-    "images": {"full": img(env["FULL"]), "incr": img(env["INCR"])},
-    "limits": load("limits.json"),
-    "tools": {},
-    "livemount": {"full": load("livemount-full.json"), "incr": load("livemount-incr.json"),
-                  "library_stats": load("livemount-stats.json")},
-    "sweep": [],
-}
-for tool in ["livemount", "restic", "borg", "casync"]:
-    t = {k.split(".", 1)[1]: v for k, v in figs.items() if k.startswith(tool + ".")}
-    if t:
-        res["tools"][tool] = t
-for cs in env["SWEEP_SIZES"].split():
-    st, rd = load(f"sweep-{cs}-stats.json"), load(f"sweep-{cs}-read.json")
-    if st and rd:
-        res["sweep"].append({
-            "chunk_size": cs, "data_bytes": st["data_bytes"], "stored_bytes": st["stored_bytes"],
-            "du_bytes": int(figs[f"sweep.{cs}.du_bytes"]), "reduction_ratio": st["reduction_ratio"],
-            "full_s": figs[f"sweep.{cs}.full_s"], "incr_s": figs[f"sweep.{cs}.incr_s"],
-            "median_ms": rd["median_ms"], "p99_ms": rd["p99_ms"], "mean_ms": rd["mean_ms"],
-            "reads": rd["reads"], "cold": rd["cold"]})
-
-size = res["images"]["incr"]["size"]
-print()
-print("=" * 100)
-print(f"livemount library benchmark  {res['date']}  ({res['cores']} cores; page cache "
-      f"{'dropped before every timed step' if res['cold_cache'] else 'NOT dropped: WARM figures'})")
-print(f"versions: {res['versions']}")
-print(f"load average (1 min) at start -> end: {res['load_average']}  (figures need a quiet machine)")
-for k, v in res["images"].items():
-    print(f"image {k:<5} {v['path']}: {v['size'] / MiB:,.0f} MiB, {v['allocated'] / MiB:,.0f} MiB allocated")
-lm = res["livemount"]
-if lm["full"]:
-    s = lm["full"]["stats"]
-    print(f"livemount full: read {s['bytes_read'] / MiB:,.0f} MiB, stored {s['new_bytes_stored'] / MiB:,.0f} MiB new "
-          f"({s['chunks_new']} chunks new, {s['chunks_reused']} reused)")
-    s = lm["incr"]["stats"]
-    print(f"livemount incr: read {s['bytes_read'] / MiB:,.0f} MiB, stored {s['new_bytes_stored'] / MiB:,.0f} MiB new "
-          f"({s['chunks_new']} chunks new, {s['chunks_reused']} reused)")
-
-print()
-hdr = f"{'tool':<10} {'full ingest':>18} {'incr ingest':>18} {'restore incr':>18} {'stored full':>13} {'stored full+incr':>17}"
-print(hdr)
-print("-" * len(hdr))
-def t(v):
-    return f"{v:7.1f} s {size / MiB / v:5.0f} MiB/s" if v else "-"
-for name, f in res["tools"].items():
-    print(f"{name:<10} {t(f.get('full_s')):>18} {t(f.get('incr_s')):>18} {t(f.get('restore_s')):>18} "
-          f"{f.get('full_bytes', 0) / MiB:>9,.0f} MiB {f.get('incr_bytes', 0) / MiB:>13,.0f} MiB")
-print("(MiB/s over the image's full size; stored = du -sb of the repository folder; each tool at its defaults)")
-
-goals = []
-T = res["tools"]
-if "livemount" in T:
-    L = T["livemount"]
-    print()
-    print("ratios (livemount against the peers):")
-    def ratio(label, value, goal, met):
-        goals.append({"goal": label, "value": value, "target": goal, "met": met})
-        print(f"  {label:<44} {value:6.2f}x   goal {goal:<7} {'MET' if met else 'NOT MET'}")
-    if "borg" in T:
-        ratio("ingest speedup vs borg (full image)", T["borg"]["full_s"] / L["full_s"], ">= 5x",
-              T["borg"]["full_s"] / L["full_s"] >= 5)
-        print(f"  {'  (incremental image: ' + format(T['borg']['incr_s'] / L['incr_s'], '.2f') + 'x)'}")
-    if "restic" in T:
-        r = L["incr_bytes"] / T["restic"]["incr_bytes"]
-        ratio("stored size vs restic (after full+incr)", r, "<= 1.0x", r <= 1.0)
-        print(f"    (after the full image alone: {L['full_bytes'] / T['restic']['full_bytes']:.2f}x)")
-        r = T["restic"]["restore_s"] / L["restore_s"]
-        ratio("restore speedup vs restic", r, ">= 5x", r >= 5)
-    if "casync" in T:
-        print(f"  (vs casync: ingest {T['casync']['full_s'] / L['full_s']:.2f}x faster, "
-              f"stored {L['incr_bytes'] / T['casync']['incr_bytes']:.2f}x, "
-              f"restore {T['casync']['restore_s'] / L['restore_s']:.2f}x faster)")
-res["goals"] = goals
-
-lim = res["limits"]
-if lim:
-    print()
-    print(f"single-core ceilings on the corpus ({lim['sample_bytes'] / MiB:.0f} MiB sample of non-zero data): "
-          f"BLAKE3 {lim['blake3_mib_s']:,.0f} MiB/s, zstd -{lim['zstd_level']} compress "
-          f"{lim['zstd_compress_mib_s']:,.0f} MiB/s (ratio {lim['zstd_ratio']:.2f}), decompress "
-          f"{lim['zstd_decompress_mib_s']:,.0f} MiB/s")
-    if lm["full"]:
-        both = 1 / (1 / lim["blake3_mib_s"] + 1 / lim["zstd_compress_mib_s"])
-        s = lm["full"]["stats"]
-        got = s["bytes_read"] / MiB / T["livemount"]["full_s"]
-        print(f"  hash+compress of new data: {both:,.0f} MiB/s per core, {both * res['cores']:,.0f} MiB/s on "
-              f"{res['cores']} cores; livemount's full ingest ran at {got:,.0f} MiB/s of data read")
-        # The best any zstd -3 ingest could do here: every core hashing and compressing, nothing else.
-        floor = s["bytes_read"] / MiB / (both * res["cores"])
-        if "borg" in T:
-            print(f"  at that ceiling the full ingest takes at least {floor:.2f} s: at most "
-                  f"{T['borg']['full_s'] / floor:.2f}x borg's {T['borg']['full_s']:.1f} s")
-
-if res["sweep"]:
-    print()
-    hdr = (f"{'chunk':>6} {'data':>10} {'stored':>10} {'dedup':>7} {'full ingest':>12} {'incr ingest':>12} "
-           f"{'cold 4K read median':>20} {'p99':>9}")
-    print("chunk-size sweep (full + incremental in one library; cold random 4 KiB reads of the incremental):")
-    print(hdr)
-    print("-" * len(hdr))
-    for r in res["sweep"]:
-        print(f"{r['chunk_size']:>6} {r['data_bytes'] / MiB:>6,.0f} MiB {r['stored_bytes'] / MiB:>6,.0f} MiB "
-              f"{r['reduction_ratio']:>6.2f}x {r['full_s']:>10.1f} s {r['incr_s']:>10.1f} s "
-              f"{r['median_ms']:>17.2f} ms {r['p99_ms']:>6.2f} ms")
-    print("(dedup = data bytes / stored bytes, dedup and compression together, from `library stats`; data bytes count"
-          " whole non-zero chunks, so they grow with the chunk size: compare the stored column across sizes)")
-    # The default trades three things. Storage first: sizes within 2% of the least stored bytes (the goal is
-    # to store no more than restic). Ingest next: sizes taking more than 2x the fastest full+incremental ingest
-    # are out (a wide margin: this machine is shared and ingest times are noisy). Then the fastest cold read.
-    best = min(r["stored_bytes"] for r in res["sweep"])
-    fastest = min(r["full_s"] + r["incr_s"] for r in res["sweep"])
-    ok = [r for r in res["sweep"]
-          if r["stored_bytes"] <= 1.02 * best and r["full_s"] + r["incr_s"] <= 2 * fastest]
-    pick = min(ok or res["sweep"], key=lambda r: r["median_ms"])
-    res["recommended_chunk_size"] = pick["chunk_size"]
-    print(f"recommendation: default chunk size {pick['chunk_size']}: stores {pick['stored_bytes'] / best:.2f}x the "
-          f"least, ingests in {(pick['full_s'] + pick['incr_s']) / fastest:.2f}x the fastest time, cold read "
-          f"{pick['median_ms']:.2f} ms median (rule: storage within 2%, ingest within 2x, then fastest read); "
-          f"library default today: {res['livemount']['library_stats']['chunk_size'] // 1024}K")
-
-json.dump(res, open(env["RESULTS"], "w"), indent=2)
-print()
-print(f"results written to {env['RESULTS']}")
-PY
+    LOAD="$(load_span)" python3 "$REPORT_PY" summary-library
 }
 
 main() {
@@ -486,11 +324,7 @@ main() {
     WORK=$(mktemp -d "$CACHE/run.XXXXXX")
     mkdir -p "$WORK/logs"
     : > "$WORK/figures"
-    # On a shared 2-core machine, someone else's build halves every figure: say so in the report.
-    LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
-    if (( $(echo "$LOAD_START > 0.7" | bc -l) )); then
-        echo "bench: WARNING: load average $LOAD_START before the run: other work will skew the timings" >&2
-    fi
+    load_prologue
     drop_caches
     [[ ${BENCH_SKIP_LIMITS:-0} == 1 ]] || run_limits
     bench_livemount
