@@ -17,6 +17,7 @@
 #   BENCH_SWEEP_SIZES="64K 256K 1M 4M"   chunk sizes of the sweep
 #   BENCH_READS=300        random 4 KiB reads per chunk size
 #   BENCH_IMAGE_SIZE=4G    size of the disk image (only when it is built)
+#   BENCH_MIRROR=URL       Debian mirror for debootstrap (default: the one this machine's apt sources use)
 #   BENCH_REBUILD=1        throw the cached images away and build them again (the debootstrapped tree in
 #                          BENCH_CACHE/rootfs is kept; delete it to debootstrap again)
 #   BENCH_NO_BUILD=1       use the binaries already in target/release instead of running cargo
@@ -30,7 +31,7 @@ CACHE=${BENCH_CACHE:-/var/cache/livemount-bench}
 IMAGE_SIZE=${BENCH_IMAGE_SIZE:-4G}
 SWEEP_SIZES=${BENCH_SWEEP_SIZES:-64K 256K 1M 4M}
 READS=${BENCH_READS:-300}
-MIRROR=http://deb.debian.org/debian
+MIRROR=${BENCH_MIRROR:-$("$ROOT/scripts/debian-mirror.sh")}   # the machine's own Debian mirror
 SUITE=bookworm
 # Enough packages that the root file system holds well over 1 GiB: a kernel and its modules, a compiler tool
 # chain, python, and the usual server bits. debootstrap leaves the downloaded .debs in /var/cache/apt/archives,

@@ -16,29 +16,9 @@ if [ "$what" = test ]; then
     backports+=(qemu-block-extra)
 fi
 
-# The archive this machine already installs bookworm from (its own mirror, as its apt sources say), so that
-# backports come from the same place: deb822 `.sources` files first, then one-line `sources.list` entries.
-debian_archive() {
-    local f
-    for f in /etc/apt/sources.list.d/*.sources; do
-        [ -f "$f" ] || continue
-        awk 'BEGIN { RS = ""; FS = "\n" }
-             /(^|\n)Suites:[^\n]*[[:space:]]bookworm([[:space:]]|$)/ && /(^|\n)Types:[^\n]*deb([[:space:]]|$)/ {
-                 for (i = 1; i <= NF; i++) if ($i ~ /^URIs:/) { sub(/^URIs:[[:space:]]*/, "", $i); split($i, u, " "); print u[1]; exit }
-             }' "$f"
-    done | head -n 1 | grep . && return 0
-    grep -hsE '^[[:space:]]*deb[[:space:]]' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
-        | awk '{ for (i = 2; i <= NF; i++) if ($i !~ /^\[/) { if ($(i + 1) == "bookworm") { print $i; exit } break } }' \
-        | head -n 1 | grep .
-}
-
 add_backports() {
     local uri
-    uri=$(debian_archive) || {
-        echo "install-deps: no apt source for Debian bookworm found in /etc/apt/sources.list{,.d}:" \
-             "add one (or bookworm-backports) and run again" >&2
-        exit 1
-    }
+    uri=$("$(dirname "$0")/debian-mirror.sh") || exit 1
     printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: %s\n' \
         "$uri" /usr/share/keyrings/debian-archive-keyring.gpg > /etc/apt/sources.list.d/backports.sources
     echo "install-deps: added bookworm-backports from $uri"
