@@ -93,7 +93,7 @@ fn random_operations_match_the_model_across_reopens() {
                     let (off, len) = if aligned { (off / 4096 * 4096, (len / 4096).max(1) * 4096) } else { (off, len) };
                     let len = len.min(size as u64 - off);
                     let data = pattern(len as usize, step);
-                    disk.write(off, &data, next(10) == 0).await.unwrap();
+                    disk.write(off, data.clone().into(), next(10) == 0).await.unwrap();
                     model[off as usize..(off + len) as usize].copy_from_slice(&data);
                 }
                 75..=84 => {
@@ -158,7 +158,7 @@ fn a_failing_chunk_is_an_error_not_data_and_other_chunks_still_read() {
         // Not marked as recalled: a later read tries again and fails again.
         assert!(disk.read(65536, 1).await.is_err());
         // A write over the whole bad chunk makes it readable from the private store.
-        disk.write(65536, &vec![7u8; 65536], false).await.unwrap();
+        disk.write(65536, vec![7u8; 65536].into(), false).await.unwrap();
         assert_eq!(disk.read(65536 + 10, 100).await.unwrap(), vec![7u8; 100]);
     });
 }
@@ -171,7 +171,7 @@ fn read_only_disks_refuse_writes_and_the_source_is_never_written() {
     let disk =
         PseudoDisk::open(dir.path(), src.clone(), Engine::start().unwrap(), Options { read_only: true }).unwrap();
     rt.block_on(async {
-        assert_eq!(disk.write(0, &[1], false).await.unwrap_err().errno(), libc::EROFS);
+        assert_eq!(disk.write(0, vec![1].into(), false).await.unwrap_err().errno(), libc::EROFS);
         assert!(disk.read(4 * 65536 - 1, 2).await.is_err(), "reads past the end fail");
     });
 }
@@ -186,9 +186,9 @@ fn unflushed_state_after_a_crash_is_either_old_or_new_and_flushed_state_is_exact
     let engine = Engine::start().unwrap();
     let disk = PseudoDisk::open(&dir.path().join("d"), src.clone(), engine.clone(), Options::default()).unwrap();
     rt.block_on(async {
-        disk.write(100, &[1u8; 5000], false).await.unwrap();
+        disk.write(100, vec![1u8; 5000].into(), false).await.unwrap();
         disk.flush().await.unwrap();
-        disk.write(70000, &[2u8; 100], false).await.unwrap(); // not flushed
+        disk.write(70000, vec![2u8; 100].into(), false).await.unwrap(); // not flushed
         let copy = dir.path().join("copy");
         std::fs::create_dir(&copy).unwrap();
         for f in ["private.data", "private.map", "recall.data", "recall.map"] {
@@ -238,7 +238,7 @@ fn reads_without_waiting_only_where_nothing_must_be_recalled() {
     assert_eq!(now(4096, 4096), None, "chunk 0 is not recalled yet");
     rt.block_on(async {
         assert_eq!(disk.read(0, 4096).await.unwrap(), src.data[..4096]);
-        disk.write(65536 + 8192, &[9u8; 4096], false).await.unwrap();
+        disk.write(65536 + 8192, vec![9u8; 4096].into(), false).await.unwrap();
         disk.unmap(65536 + 16384, 8192).await.unwrap();
     });
     assert_eq!(src.reads.load(Ordering::SeqCst), 1);
@@ -266,7 +266,7 @@ fn a_cancelled_write_never_lands_after_a_later_write() {
         for round in 0..40u64 {
             let big = vec![round as u8 + 1; 8 << 20];
             let d = disk.clone();
-            let t = tokio::spawn(async move { d.write(0, &big, false).await });
+            let t = tokio::spawn(async move { d.write(0, big.into(), false).await });
             // Cancel it at a different moment each round, often while its data is being written.
             for _ in 0..round % 8 {
                 tokio::task::yield_now().await;
@@ -275,7 +275,7 @@ fn a_cancelled_write_never_lands_after_a_later_write() {
             t.abort();
             // A later partial write inside the big one's range, then a read of it.
             let at = 10 * crate::pseudo_disk::BLOCK + 100 + round;
-            disk.write(at, b"later", false).await.unwrap();
+            disk.write(at, bytes::Bytes::from_static(b"later"), false).await.unwrap();
             let got = disk.read(at, 5).await.unwrap();
             assert_eq!(&got[..], b"later", "round {round}: the cancelled write landed over the later one");
         }

@@ -526,7 +526,7 @@ impl TaskContext {
             None => Transfer::Complete,
         };
         let outcome = match received {
-            Transfer::Complete => scsi::execute(&target.luns, cmd.lun(), &cmd.bhs[32..48], &data).await,
+            Transfer::Complete => scsi::execute(&target.luns, cmd.lun(), &cmd.bhs[32..48], data.into()).await,
             // A broken data sequence fails the command, and nothing of it is written.
             Transfer::SequenceError => Outcome::check(Sense::DATA_PHASE_ERROR),
             Transfer::Gone => {

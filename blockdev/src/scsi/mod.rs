@@ -184,8 +184,9 @@ pub struct LunSet {
     pub luns: Vec<Arc<Lun>>,
 }
 
-/// Runs one command on `lun` of `set`, with `data_out` the data the initiator sent.
-pub async fn execute(set: &LunSet, lun: u64, cdb: &[u8], data_out: &[u8]) -> Outcome {
+/// Runs one command on `lun` of `set`, with `data_out` the data the initiator sent (owned, so that a WRITE
+/// hands it to the pseudo-disk without a copy).
+pub async fn execute(set: &LunSet, lun: u64, cdb: &[u8], data_out: Bytes) -> Outcome {
     let Some(info) = lookup(cdb) else { return Outcome::check(Sense::INVALID_OPCODE) };
     if cdb.len() < usize::from(info.cdb_len) {
         return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
@@ -217,9 +218,9 @@ pub async fn execute(set: &LunSet, lun: u64, cdb: &[u8], data_out: &[u8]) -> Out
         Handler::ReadCapacity16 => sbc::read_capacity16(unit, cdb),
         Handler::Read => sbc::read(unit, cdb).await,
         Handler::Write => sbc::write(unit, cdb, data_out).await,
-        Handler::Verify => sbc::verify(unit, cdb, data_out).await,
-        Handler::WriteSame => sbc::write_same(unit, cdb, data_out).await,
-        Handler::Unmap => sbc::unmap(unit, cdb, data_out).await,
+        Handler::Verify => sbc::verify(unit, cdb, &data_out).await,
+        Handler::WriteSame => sbc::write_same(unit, cdb, &data_out).await,
+        Handler::Unmap => sbc::unmap(unit, cdb, &data_out).await,
         Handler::GetLbaStatus => sbc::get_lba_status(unit, cdb),
         Handler::SynchronizeCache => sbc::synchronize_cache(unit).await,
         Handler::ReportLuns => spc::report_luns(set, cdb),

@@ -40,7 +40,7 @@ fn set(read_only: bool) -> (tempfile::TempDir, LunSet) {
 
 fn run(set: &LunSet, lun: u64, cdb: &[u8], data: &[u8]) -> Outcome {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(execute(set, lun, cdb, data))
+    rt.block_on(execute(set, lun, cdb, Bytes::copy_from_slice(data)))
 }
 
 #[test]
