@@ -25,7 +25,7 @@ impl Source for MemSource {
     }
     fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> Result<(), SourceError> {
         if Some(index) == self.bad_chunk {
-            return Err(SourceError(format!("chunk {index} is corrupt")));
+            return Err(SourceError::Corrupt { chunk: index, source: "checksum mismatch".into() });
         }
         self.reads.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(std::time::Duration::from_millis(1)); // let concurrent readers pile up

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use super::{PseudoDisk, READAHEAD_CHUNKS};
 use crate::alloc_log::RecordKind;
 use crate::error::{Error, Result};
-use crate::source::chunk_len;
+use crate::source::{chunk_len, SourceError};
 
 impl PseudoDisk {
     /// Recalls chunk `chunk` into the recall store unless it is there; one recall per chunk at a time. The
@@ -64,18 +64,20 @@ impl PseudoDisk {
                 source.read_chunk(chunk, &mut buf).map(|()| buf)
             })
             .await
-            .map_err(|e| Error::Recall { chunk, source_name: self.source.describe(), message: e.to_string() })?
+            .map_err(|e| SourceError::Other { chunk, source: Box::new(e) })
+            .and_then(|r| r)
+            .and_then(|data| {
+                if data.len() == len {
+                    Ok(data)
+                } else {
+                    let why = format!("the source gave {} bytes for a chunk of {len}", data.len());
+                    Err(SourceError::Corrupt { chunk, source: why.into() })
+                }
+            })
             .map_err(|e| {
-                tracing::error!(chunk, source = %self.source.describe(), "recall failed: {e}");
-                Error::Recall { chunk, source_name: self.source.describe(), message: e.to_string() }
+                tracing::error!(chunk, source = %self.source.describe(), "recall failed: {}", chain(&e));
+                Error::Recall { chunk, source_name: self.source.describe(), source: e }
             })?;
-            if data.len() != len {
-                return Err(Error::Recall {
-                    chunk,
-                    source_name: self.source.describe(),
-                    message: format!("the source gave {} bytes for a chunk of {len}", data.len()),
-                });
-            }
             // A chunk of zeros stays a hole of the sparse recall file.
             let data = if data.iter().any(|&b| b != 0) {
                 self.engine
@@ -126,4 +128,19 @@ impl Drop for RecallEntry<'_> {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.chunk);
         drop(self.tx.take()); // wakes the followers, after the entry is gone
     }
+}
+
+/// An error with its causes, for the log: "a: b: c" (each cause once, also where a message repeats it).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
