@@ -194,7 +194,8 @@ fn complete_part(slots: &mut [Option<InFlight>], slot: usize, res: i32) -> bool 
                 if n == 0 && matches!(f.req.op, Op::Read) {
                     f.req.buf[f.done..].fill(0); // past the end of the file
                     Some(Ok(()))
-                } else if n == 0 {
+                } else if n == 0 && f.done < f.req.buf.len() {
+                    // (An empty write writes nothing and is done, as write_all_at of nothing is.)
                     Some(Err(io::Error::new(io::ErrorKind::WriteZero, "write made no progress")))
                 } else {
                     f.done += n;

@@ -122,8 +122,11 @@ fn report_supported_opcodes_reads_the_table() {
     assert_eq!(one.data[4], 0x28);
 }
 
+/// Makes the error of one chunk.
+type MakeError = fn(u64) -> SourceError;
+
 /// A source whose every chunk fails with one kind of error.
-struct Failing(fn(u64) -> SourceError);
+struct Failing(MakeError);
 
 impl Source for Failing {
     fn size(&self) -> u64 {
@@ -143,7 +146,7 @@ impl Source for Failing {
 /// Each way a source fails reaches the initiator as its own sense, and the file view as its own errno.
 #[test]
 fn each_source_error_kind_has_its_sense_and_errno() {
-    let cases: [(fn(u64) -> SourceError, Sense, i32); 5] = [
+    let cases: [(MakeError, Sense, i32); 5] = [
         (|chunk| SourceError::Missing { chunk, source: "gone".into() }, Sense::UNRECOVERED_READ_ERROR, libc::EIO),
         (|chunk| SourceError::Corrupt { chunk, source: "bad".into() }, Sense::UNRECOVERED_READ_ERROR, libc::EIO),
         (
