@@ -1,8 +1,10 @@
 //! Adapts a disk of a library backup to what `blockdev` reads: the `Source` a pseudo-disk recalls from, and
 //! a read-only file of the FUSE view straight from the library.
 
-use std::collections::VecDeque;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
 
 use blockdev::fuse::{BoxFuture, ViewFile};
 use blockdev::{Source, SourceError};
@@ -19,7 +21,7 @@ impl Source for LibrarySource {
         self.0.chunk_size()
     }
     fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> Result<(), SourceError> {
-        self.0.read_chunk(index as usize, buf).map_err(|e| SourceError(e.to_string()))
+        self.0.read_chunk(index as usize, buf).map_err(|e| source_error(index, e))
     }
     fn is_zero_chunk(&self, index: u64) -> bool {
         self.0.chunk_id(index as usize).is_some_and(|id| id.is_zero())
@@ -29,42 +31,54 @@ impl Source for LibrarySource {
     }
 }
 
+/// The kind of a library's failure to give a chunk, with the library's error as its cause.
+fn source_error(chunk: u64, e: dedup::Error) -> SourceError {
+    match e {
+        dedup::Error::ChunkMissing { .. } => SourceError::Missing { chunk, source: Box::new(e) },
+        dedup::Error::ChunkCorrupt { .. } | dedup::Error::BadFormat { .. } => {
+            SourceError::Corrupt { chunk, source: Box::new(e) }
+        }
+        dedup::Error::Io { op, path, source } => {
+            SourceError::Io { chunk, what: format!("{op} {}", path.display()), source }
+        }
+        // A full disk while reading is no medium fault of the chunk; keep its errno for the initiator.
+        dedup::Error::NoSpace { op, path } => SourceError::Io {
+            chunk,
+            what: format!("{op} {}", path.display()),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        },
+        other => SourceError::Other { chunk, source: Box::new(other) },
+    }
+}
+
 /// Chunks kept decoded per file of the read-only view (least recently used go first), so that a reader
 /// decodes each chunk once while it works in a region.
-const CACHED_CHUNKS: usize = 64;
+const CACHED_CHUNKS: NonZeroUsize = NonZeroUsize::new(64).expect("not zero");
 
 /// A backup disk as a read-only file of the FUSE view (`backups/<id>/disk<N>.img`).
 pub struct BackupFile(Arc<Cached>);
 
 struct Cached {
     disk: Arc<BackupDisk>,
-    chunks: Mutex<VecDeque<(usize, Arc<Vec<u8>>)>>,
+    chunks: Mutex<LruCache<usize, Arc<Vec<u8>>>>,
 }
 
 impl BackupFile {
     pub fn new(disk: Arc<BackupDisk>) -> Self {
-        BackupFile(Arc::new(Cached { disk, chunks: Mutex::new(VecDeque::new()) }))
+        BackupFile(Arc::new(Cached { disk, chunks: Mutex::new(LruCache::new(CACHED_CHUNKS)) }))
     }
 }
 
 impl Cached {
     fn chunk(&self, index: usize) -> Result<Arc<Vec<u8>>, dedup::Error> {
-        {
-            let mut cache = self.chunks.lock().expect("not poisoned");
-            if let Some(pos) = cache.iter().position(|(i, _)| *i == index) {
-                let hit = cache.remove(pos).expect("position is valid");
-                cache.push_back(hit.clone());
-                return Ok(hit.1);
-            }
+        if let Some(hit) = self.chunks.lock().expect("not poisoned").get(&index) {
+            return Ok(hit.clone());
         }
         let mut buf = Vec::new();
         self.disk.read_chunk(index, &mut buf)?;
         let data = Arc::new(buf);
-        let mut cache = self.chunks.lock().expect("not poisoned");
-        if cache.len() >= CACHED_CHUNKS {
-            cache.pop_front();
-        }
-        cache.push_back((index, data.clone()));
+        // At capacity, the least recently used chunk goes.
+        self.chunks.lock().expect("not poisoned").put(index, data.clone());
         Ok(data)
     }
 

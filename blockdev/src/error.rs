@@ -1,6 +1,9 @@
-//! Errors of the pseudo-disk, with the errno and (later) SCSI sense they map to.
+//! Errors of the pseudo-disk, with the errno a file view returns for each (`scsi::Sense::of` gives the SCSI
+//! sense).
 
 use std::io;
+
+use crate::source::SourceError;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -13,8 +16,13 @@ pub enum Error {
         source: io::Error,
     },
 
-    #[error("cannot recall chunk {chunk} of {source_name}: {message}")]
-    Recall { chunk: u64, source_name: String, message: String },
+    #[error("cannot recall chunk {chunk} of {source_name}: {source}")]
+    Recall {
+        chunk: u64,
+        source_name: String,
+        #[source]
+        source: SourceError,
+    },
 
     #[error("{len} bytes at offset {offset} lie beyond the end of the disk ({size} bytes)")]
     OutOfRange { offset: u64, len: u64, size: u64 },
@@ -28,7 +36,10 @@ impl Error {
     pub fn errno(&self) -> i32 {
         match self {
             Error::Store { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            Error::Recall { .. } => libc::EIO,
+            Error::Recall { source, .. } => match source {
+                SourceError::Missing { .. } | SourceError::Corrupt { .. } | SourceError::Other { .. } => libc::EIO,
+                SourceError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            },
             Error::OutOfRange { .. } => libc::EINVAL,
             Error::ReadOnly => libc::EROFS,
         }

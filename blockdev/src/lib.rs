@@ -1,6 +1,6 @@
 //! The pseudo-disk and its exports.
 //!
-//! A pseudo-disk (`pseudo_disk.rs`) serves a backed-up disk as a live, writable disk without restoring it.
+//! A pseudo-disk (`pseudo_disk/`) serves a backed-up disk as a live, writable disk without restoring it.
 //! Reads come from the private store (every write), else from the recall store (chunks recalled before),
 //! else the chunk is recalled once from the `Source` into the recall store. Writes go to the private store
 //! only: the source is never written. Store I/O runs on the block engine (`engine/`, io_uring).
@@ -20,4 +20,4 @@ pub mod source;
 
 pub use error::{Error, Result};
 pub use pseudo_disk::{Options, PseudoDisk};
-pub use source::{Source, SourceError};
+pub use source::{BoxError, Source, SourceError};

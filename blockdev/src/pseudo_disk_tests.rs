@@ -25,7 +25,7 @@ impl Source for MemSource {
     }
     fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> Result<(), SourceError> {
         if Some(index) == self.bad_chunk {
-            return Err(SourceError(format!("chunk {index} is corrupt")));
+            return Err(SourceError::Corrupt { chunk: index, source: "checksum mismatch".into() });
         }
         self.reads.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(std::time::Duration::from_millis(1)); // let concurrent readers pile up
@@ -62,53 +62,61 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-#[test]
-fn random_operations_match_the_model_across_reopens() {
+/// One step of the model test: what it does, and numbers its ranges are made of.
+#[derive(Clone, Debug)]
+struct Step {
+    op: u64,
+    off: u64,
+    len: u64,
+    aligned: bool,
+    fua: bool,
+}
+
+fn steps(n: usize) -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
+    use proptest::prelude::*;
+    proptest::collection::vec(
+        (0..100u64, any::<u64>(), any::<u64>(), any::<bool>(), 0..10u64)
+            .prop_map(|(op, off, len, aligned, fua)| Step { op, off, len, aligned, fua: fua == 0 }),
+        1..=n,
+    )
+}
+
+/// Runs `ops` against a fresh disk and the model; true when the disk ended different from its source.
+fn random_operations_match_the_model(ops: &[Step]) -> bool {
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
     let size = 3 * 65536 * 4 + 12345; // not a multiple of the block size
     let src = source(size, 65536, None);
     let engine = Engine::start().unwrap();
     let mut model = src.data.clone();
-    let mut flushed = model.clone();
     let mut disk = PseudoDisk::open(dir.path(), src.clone(), engine.clone(), Options::default()).unwrap();
-    let mut x = 0x1234_5678u64;
-    let mut next = |m: u64| {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (x >> 33) % m
-    };
     rt.block_on(async {
-        for step in 0..3000 {
-            let op = next(100);
-            let off = next(size as u64);
+        for (step, s) in ops.iter().enumerate() {
+            let off = s.off % size as u64;
             let max = (size as u64 - off).min(70000);
-            let len = if max == 0 { 0 } else { next(max) + 1 };
-            match op {
+            let len = if max == 0 { 0 } else { s.len % max + 1 };
+            match s.op {
                 0..=39 => {
                     let got = disk.read(off, len as usize).await.unwrap();
                     assert!(got[..] == model[off as usize..(off + len) as usize], "step {step}: read {off}+{len}");
                 }
                 40..=74 => {
-                    let aligned = next(2) == 0;
-                    let (off, len) = if aligned { (off / 4096 * 4096, (len / 4096).max(1) * 4096) } else { (off, len) };
+                    let (off, len) =
+                        if s.aligned { (off / 4096 * 4096, (len / 4096).max(1) * 4096) } else { (off, len) };
                     let len = len.min(size as u64 - off);
-                    let data = pattern(len as usize, step);
-                    disk.write(off, &data, next(10) == 0).await.unwrap();
+                    let data = pattern(len as usize, step as u64);
+                    disk.write(off, data.clone().into(), s.fua).await.unwrap();
                     model[off as usize..(off + len) as usize].copy_from_slice(&data);
                 }
                 75..=84 => {
                     disk.unmap(off, len).await.unwrap();
                     model[off as usize..(off + len) as usize].fill(0);
                 }
-                85..=92 => {
-                    disk.flush().await.unwrap();
-                    flushed = model.clone();
-                }
+                85..=92 => disk.flush().await.unwrap(),
                 _ => {
                     // Restart: a clean reopen keeps what was flushed; an unflushed write may or may not
                     // survive, so flush first to keep the model exact.
                     disk.flush().await.unwrap();
-                    flushed = model.clone();
                     drop(disk);
                     disk = PseudoDisk::open(dir.path(), src.clone(), engine.clone(), Options::default()).unwrap();
                 }
@@ -116,9 +124,28 @@ fn random_operations_match_the_model_across_reopens() {
         }
         let all = disk.read(0, size).await.unwrap();
         assert!(all == model);
-        let _ = flushed;
     });
-    assert!(src.data.iter().zip(&model).any(|(a, b)| a != b), "the test wrote something");
+    src.data.iter().zip(&model).any(|(a, b)| a != b)
+}
+
+proptest::proptest! {
+    // Three runs of up to 1000 steps: about the 3000 steps of one run before, with shrinking to the
+    // shortest failing sequence when one fails.
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3))]
+
+    /// Random reads, writes (aligned and not), unmaps, flushes and reopenings, checked after every step.
+    #[test]
+    fn random_operations_match_the_model_across_reopens(ops in steps(1000)) {
+        random_operations_match_the_model(&ops);
+    }
+}
+
+/// The model test writes something: its writes are not lost on the way.
+#[test]
+fn the_model_test_writes() {
+    let ops: Vec<Step> =
+        (0..20).map(|k| Step { op: 50, off: k * 9000, len: 5000, aligned: k % 2 == 0, fua: false }).collect();
+    assert!(random_operations_match_the_model(&ops), "the test wrote something");
 }
 
 #[test]
@@ -158,7 +185,7 @@ fn a_failing_chunk_is_an_error_not_data_and_other_chunks_still_read() {
         // Not marked as recalled: a later read tries again and fails again.
         assert!(disk.read(65536, 1).await.is_err());
         // A write over the whole bad chunk makes it readable from the private store.
-        disk.write(65536, &vec![7u8; 65536], false).await.unwrap();
+        disk.write(65536, vec![7u8; 65536].into(), false).await.unwrap();
         assert_eq!(disk.read(65536 + 10, 100).await.unwrap(), vec![7u8; 100]);
     });
 }
@@ -171,7 +198,7 @@ fn read_only_disks_refuse_writes_and_the_source_is_never_written() {
     let disk =
         PseudoDisk::open(dir.path(), src.clone(), Engine::start().unwrap(), Options { read_only: true }).unwrap();
     rt.block_on(async {
-        assert_eq!(disk.write(0, &[1], false).await.unwrap_err().errno(), libc::EROFS);
+        assert_eq!(disk.write(0, vec![1].into(), false).await.unwrap_err().errno(), libc::EROFS);
         assert!(disk.read(4 * 65536 - 1, 2).await.is_err(), "reads past the end fail");
     });
 }
@@ -186,9 +213,9 @@ fn unflushed_state_after_a_crash_is_either_old_or_new_and_flushed_state_is_exact
     let engine = Engine::start().unwrap();
     let disk = PseudoDisk::open(&dir.path().join("d"), src.clone(), engine.clone(), Options::default()).unwrap();
     rt.block_on(async {
-        disk.write(100, &[1u8; 5000], false).await.unwrap();
+        disk.write(100, vec![1u8; 5000].into(), false).await.unwrap();
         disk.flush().await.unwrap();
-        disk.write(70000, &[2u8; 100], false).await.unwrap(); // not flushed
+        disk.write(70000, vec![2u8; 100].into(), false).await.unwrap(); // not flushed
         let copy = dir.path().join("copy");
         std::fs::create_dir(&copy).unwrap();
         for f in ["private.data", "private.map", "recall.data", "recall.map"] {
@@ -238,7 +265,7 @@ fn reads_without_waiting_only_where_nothing_must_be_recalled() {
     assert_eq!(now(4096, 4096), None, "chunk 0 is not recalled yet");
     rt.block_on(async {
         assert_eq!(disk.read(0, 4096).await.unwrap(), src.data[..4096]);
-        disk.write(65536 + 8192, &[9u8; 4096], false).await.unwrap();
+        disk.write(65536 + 8192, vec![9u8; 4096].into(), false).await.unwrap();
         disk.unmap(65536 + 16384, 8192).await.unwrap();
     });
     assert_eq!(src.reads.load(Ordering::SeqCst), 1);
@@ -266,7 +293,7 @@ fn a_cancelled_write_never_lands_after_a_later_write() {
         for round in 0..40u64 {
             let big = vec![round as u8 + 1; 8 << 20];
             let d = disk.clone();
-            let t = tokio::spawn(async move { d.write(0, &big, false).await });
+            let t = tokio::spawn(async move { d.write(0, big.into(), false).await });
             // Cancel it at a different moment each round, often while its data is being written.
             for _ in 0..round % 8 {
                 tokio::task::yield_now().await;
@@ -275,7 +302,7 @@ fn a_cancelled_write_never_lands_after_a_later_write() {
             t.abort();
             // A later partial write inside the big one's range, then a read of it.
             let at = 10 * crate::pseudo_disk::BLOCK + 100 + round;
-            disk.write(at, b"later", false).await.unwrap();
+            disk.write(at, bytes::Bytes::from_static(b"later"), false).await.unwrap();
             let got = disk.read(at, 5).await.unwrap();
             assert_eq!(&got[..], b"later", "round {round}: the cancelled write landed over the later one");
         }

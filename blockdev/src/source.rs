@@ -1,8 +1,6 @@
 //! What a pseudo-disk reads from. The appliance implements this for a backup in the dedup library (and later
 //! a cloud snapshot); this crate knows nothing behind it.
 
-use std::fmt;
-
 /// A read-only disk cut into chunks of `chunk_size` bytes (the last one may be shorter).
 pub trait Source: Send + Sync + 'static {
     fn size(&self) -> u64;
@@ -18,18 +16,44 @@ pub trait Source: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
-/// A source's failure to give a chunk, with a message that names what is wrong (missing or damaged chunk,
-/// I/O error).
-#[derive(Debug, Clone)]
-pub struct SourceError(pub String);
+/// Any error a source wraps as the cause of its failure.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-impl fmt::Display for SourceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// A source's failure to give a chunk, by what went wrong, with the cause kept as the error's source. The
+/// kind decides what an initiator is told: a missing or corrupt chunk is a medium error, an I/O error of
+/// the source's store keeps its errno.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The chunk is not where the source keeps it (deleted from the library, never stored).
+    #[error("chunk {chunk} is missing: {source}")]
+    Missing {
+        chunk: u64,
+        #[source]
+        source: BoxError,
+    },
+    /// The chunk is there but its bytes are damaged (checksum, decoding or length wrong).
+    #[error("chunk {chunk} is corrupt: {source}")]
+    Corrupt {
+        chunk: u64,
+        #[source]
+        source: BoxError,
+    },
+    /// Reading the source's store failed; `what` names the operation and file.
+    #[error("reading chunk {chunk} failed: cannot {what}: {source}")]
+    Io {
+        chunk: u64,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Anything else (the reading task died, an unexpected answer).
+    #[error("chunk {chunk} cannot be read: {source}")]
+    Other {
+        chunk: u64,
+        #[source]
+        source: BoxError,
+    },
 }
-
-impl std::error::Error for SourceError {}
 
 /// Chunk index and byte length of chunk `index` of a disk.
 pub fn chunk_len(size: u64, chunk_size: u32, index: u64) -> usize {

@@ -8,6 +8,8 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use proptest::strategy::Strategy;
+
 use tests::{json, livemount, make_ext4_disk, populate_tree, random_bytes, Daemon};
 
 struct Setup {
@@ -143,32 +145,41 @@ fn browsing_one_file_recalls_only_what_it_needs() {
     d.cli().args(["unbrowse", b["id"].as_str().unwrap()]).assert().success();
 }
 
-#[test]
-fn random_operations_through_the_file_view_match_a_model_across_restarts() {
+/// One step of the file-view model test: its kind (0..100, as a percentage split) and the numbers its
+/// range is made of.
+#[derive(Clone, Debug)]
+struct Step {
+    op: u64,
+    off: u64,
+    len: u64,
+    aligned: bool,
+}
+
+/// Restarts of the daemon among `ops`.
+fn restarts_of(ops: &[Step]) -> usize {
+    ops.iter().filter(|s| s.op >= 98).count()
+}
+
+fn random_operations_through_the_file_view(ops: &[Step]) {
     let mut s = setup(24, "64K");
     let m = mount(&s.daemon, &s.backup, &[]);
     let path = PathBuf::from(m["disks"][0]["fuse_path"].as_str().unwrap());
     let mut model = std::fs::read(&s.disk).unwrap();
     let size = model.len() as u64;
     let mut f = open_rw(&path);
-    let mut x = 99u64;
-    let mut next = |n: u64| {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (x >> 33) % n
-    };
     let mut restarts = 0;
-    for step in 0..2500u64 {
-        let off = next(size);
-        let len = next((size - off).min(200_000)) + 1;
-        match next(100) {
+    for (step, st) in ops.iter().enumerate() {
+        let step = step as u64;
+        let off = st.off % size;
+        let len = st.len % (size - off).min(200_000) + 1;
+        match st.op {
             0..=39 => {
                 let mut buf = vec![0u8; len as usize];
                 f.read_exact_at(&mut buf, off).unwrap();
                 assert!(buf[..] == model[off as usize..(off + len) as usize], "step {step}: read {off}+{len}");
             }
             40..=74 => {
-                let (off, len) =
-                    if next(2) == 0 { (off / 4096 * 4096, (len / 4096).max(1) * 4096) } else { (off, len) };
+                let (off, len) = if st.aligned { (off / 4096 * 4096, (len / 4096).max(1) * 4096) } else { (off, len) };
                 let len = len.min(size - off);
                 let data = random_bytes(step, len as usize);
                 f.write_all_at(&data, off).unwrap();
@@ -192,6 +203,25 @@ fn random_operations_through_the_file_view_match_a_model_across_restarts() {
     drop(f);
     s.daemon.cli().args(["unmount", m["id"].as_str().unwrap()]).assert().success();
     verify_and_restore_identical(&s);
+}
+
+proptest::proptest! {
+    // One run of up to 2500 steps (each case starts a daemon over a new backup); a failure shrinks to the
+    // shortest sequence that still fails.
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1))]
+
+    #[test]
+    fn random_operations_through_the_file_view_match_a_model_across_restarts(
+        ops in proptest::collection::vec(
+            (0..100u64, proptest::prelude::any::<u64>(), proptest::prelude::any::<u64>(), proptest::prelude::any::<bool>())
+                .prop_map(|(op, off, len, aligned)| Step { op, off, len, aligned }),
+            1..=2500,
+        )
+    ) {
+        // Only sequences that restart the daemon often enough are run (and shrunk to).
+        proptest::prop_assume!(restarts_of(&ops) >= 20);
+        random_operations_through_the_file_view(&ops);
+    }
 }
 
 #[test]

@@ -2,13 +2,15 @@
 //! by an eventfd that the ring itself reads; or, where io_uring is not allowed, plain syscalls one at a time.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use io_uring::{opcode, types, IoUring};
+use nix::fcntl::{fallocate, FallocateFlags};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::{Backend, Op, Request};
 
@@ -19,25 +21,18 @@ const WAKE: u64 = u64::MAX;
 
 pub(crate) struct Handle {
     tx: Option<Sender<Request>>,
-    wake: Arc<OwnedFd>,
+    wake: Arc<EventFd>,
     backend: Backend,
     thread: Option<JoinHandle<()>>,
 }
 
-fn new_eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd has no memory arguments; a non-negative result is a new descriptor we own.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh, valid descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+fn new_eventfd() -> io::Result<EventFd> {
+    Ok(EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)?)
 }
 
-fn signal(fd: &OwnedFd) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
-    unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+fn signal(fd: &EventFd) {
+    // A failed wake-up cannot be reported to anyone; the counter only overflows after 2^64 - 2 wake-ups.
+    let _ = fd.write(1);
 }
 
 impl Handle {
@@ -96,7 +91,7 @@ struct InFlight {
     done: usize,
 }
 
-fn run_ring(mut ring: IoUring, rx: &Receiver<Request>, wake: &OwnedFd) {
+fn run_ring(mut ring: IoUring, rx: &Receiver<Request>, wake: &EventFd) {
     let mut wake_buf = Box::new([0u8; 8]);
     let mut slots: Vec<Option<InFlight>> = (0..DEPTH).map(|_| None).collect();
     let mut free: Vec<usize> = (0..DEPTH).rev().collect();
@@ -199,7 +194,8 @@ fn complete_part(slots: &mut [Option<InFlight>], slot: usize, res: i32) -> bool 
                 if n == 0 && matches!(f.req.op, Op::Read) {
                     f.req.buf[f.done..].fill(0); // past the end of the file
                     Some(Ok(()))
-                } else if n == 0 {
+                } else if n == 0 && f.done < f.req.buf.len() {
+                    // (An empty write writes nothing and is done, as write_all_at of nothing is.)
                     Some(Err(io::Error::new(io::ErrorKind::WriteZero, "write made no progress")))
                 } else {
                     f.done += n;
@@ -230,20 +226,9 @@ fn run_sync(rx: &Receiver<Request>) {
             Op::Write => req.file.write_all_at(&req.buf, req.offset),
             Op::Sync => req.file.sync_data(),
             Op::Punch { len } => {
-                // SAFETY: fallocate on a descriptor owned by the request's file; no memory arguments.
-                let r = unsafe {
-                    libc::fallocate(
-                        req.file.as_raw_fd(),
-                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                        req.offset as libc::off_t,
-                        len as libc::off_t,
-                    )
-                };
-                if r == 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
+                let mode = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+                fallocate(req.file.as_raw_fd(), mode, req.offset as libc::off_t, len as libc::off_t)
+                    .map_err(io::Error::from)
             }
         };
         let _ = req.done.send((r, req.buf));

@@ -52,7 +52,8 @@ impl ViewFile for DiskFile {
     }
     fn write(&self, offset: u64, data: Vec<u8>) -> BoxFuture<Result<(), i32>> {
         let d = self.0.clone();
-        Box::pin(async move { d.write(offset, &data, false).await.map_err(|e| e.errno()) })
+        // The view's buffer becomes the write's without a copy.
+        Box::pin(async move { d.write(offset, bytes::Bytes::from(data), false).await.map_err(|e| e.errno()) })
     }
     fn flush(&self) -> BoxFuture<Result<(), i32>> {
         let d = self.0.clone();

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
@@ -15,6 +16,10 @@ use super::pdu::{flag, CommandResponse, Pdu, Residual, TargetOp, RESERVED_TAG};
 use super::target::Target;
 use super::window::{Backlog, Out};
 use crate::scsi::{self, Outcome, Sense, CHECK_CONDITION, GOOD};
+
+/// The most write buffer reserved up front from the expected length, which the initiator chooses: a larger
+/// write grows its buffer as its data arrives, so a lying header cannot make the target reserve gigabytes.
+const MAX_PREALLOCATED: usize = 16 << 20;
 
 /// What a command task needs of its connection (shared by the connection's reader and its tasks).
 pub(super) struct TaskContext {
@@ -59,17 +64,20 @@ impl TaskContext {
     pub async fn run_command(&self, target: Arc<Target>, cmd: Pdu, data_rx: Option<mpsc::UnboundedReceiver<Pdu>>) {
         let itt = cmd.itt();
         let edtl = cmd.expected_length() as usize;
-        let mut data = cmd.data.to_vec();
-        let received = match data_rx {
+        // The write data is copied at most once: not at all when it all came with the command (the PDU's own
+        // buffer goes to the pseudo-disk), once into one buffer when Data-Out PDUs bring the rest.
+        let (received, data) = match data_rx {
             Some(rx) => {
+                let mut data = Vec::with_capacity(edtl.min(MAX_PREALLOCATED));
+                data.extend_from_slice(&cmd.data);
                 let r = self.receive_data(&cmd, &mut data, edtl, rx).await;
                 self.transfers.lock().expect("not poisoned").remove(&itt);
-                r
+                (r, Bytes::from(data))
             }
-            None => Transfer::Complete,
+            None => (Transfer::Complete, cmd.data.clone()),
         };
         let outcome = match received {
-            Transfer::Complete => scsi::execute(&target.luns, cmd.lun(), cmd.cdb(), &data).await,
+            Transfer::Complete => scsi::execute(&target.luns, cmd.lun(), cmd.cdb(), data).await,
             // A broken data sequence fails the command, and nothing of it is written.
             Transfer::SequenceError => Outcome::check(Sense::DATA_PHASE_ERROR),
             Transfer::Gone => {

@@ -42,6 +42,8 @@ impl Sense {
     pub const WRITE_ERROR: Sense = Sense { key: 0x03, asc: 0x0c, ascq: 0x00 };
     pub const SPACE_ALLOCATION_FAILED: Sense = Sense { key: 0x07, asc: 0x27, ascq: 0x07 };
     pub const MISCOMPARE: Sense = Sense { key: 0x0e, asc: 0x1d, ascq: 0x00 };
+    /// HARDWARE ERROR, INTERNAL TARGET FAILURE.
+    pub const INTERNAL_TARGET_FAILURE: Sense = Sense { key: 0x04, asc: 0x44, ascq: 0x00 };
     pub const DATA_PHASE_ERROR: Sense = Sense { key: 0x0b, asc: 0x4b, ascq: 0x00 };
 
     /// Fixed-format sense data (SPC-4 4.5.3), 18 bytes.
@@ -55,17 +57,31 @@ impl Sense {
         s
     }
 
-    /// The sense of a pseudo-disk error.
+    /// The sense of a pseudo-disk error: one match over every error and, for a recall, every way the source
+    /// failed. Data that cannot be had (a missing or corrupt chunk) is a MEDIUM ERROR, as a bad sector
+    /// would be; an I/O error of a store is a MEDIUM ERROR when the device said EIO and a HARDWARE ERROR
+    /// otherwise (the target could not do the work; the medium is not known to be bad).
     pub fn of(e: &crate::Error, writing: bool) -> Sense {
+        use crate::source::SourceError;
+        use crate::Error;
+        let medium = if writing { Sense::WRITE_ERROR } else { Sense::UNRECOVERED_READ_ERROR };
+        let io = |source: &std::io::Error| match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => Sense::SPACE_ALLOCATION_FAILED,
+            Some(libc::EIO) | Some(libc::ENODATA) | Some(libc::EBADMSG) => medium,
+            _ => Sense::INTERNAL_TARGET_FAILURE,
+        };
         match e {
-            crate::Error::OutOfRange { .. } => Sense::LBA_OUT_OF_RANGE,
-            crate::Error::ReadOnly => Sense::WRITE_PROTECTED,
-            crate::Error::Recall { .. } => Sense::UNRECOVERED_READ_ERROR,
-            crate::Error::Store { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
-                Sense::SPACE_ALLOCATION_FAILED
-            }
-            _ if writing => Sense::WRITE_ERROR,
-            _ => Sense::UNRECOVERED_READ_ERROR,
+            Error::OutOfRange { .. } => Sense::LBA_OUT_OF_RANGE,
+            Error::ReadOnly => Sense::WRITE_PROTECTED,
+            Error::Recall { source, .. } => match source {
+                SourceError::Missing { .. } | SourceError::Corrupt { .. } => Sense::UNRECOVERED_READ_ERROR,
+                SourceError::Io { source, .. } => match source.raw_os_error() {
+                    Some(libc::EIO) | Some(libc::ENODATA) | Some(libc::EBADMSG) => Sense::UNRECOVERED_READ_ERROR,
+                    _ => Sense::INTERNAL_TARGET_FAILURE,
+                },
+                SourceError::Other { .. } => Sense::INTERNAL_TARGET_FAILURE,
+            },
+            Error::Store { source, .. } => io(source),
         }
     }
 }
@@ -184,8 +200,9 @@ pub struct LunSet {
     pub luns: Vec<Arc<Lun>>,
 }
 
-/// Runs one command on `lun` of `set`, with `data_out` the data the initiator sent.
-pub async fn execute(set: &LunSet, lun: u64, cdb: &[u8], data_out: &[u8]) -> Outcome {
+/// Runs one command on `lun` of `set`, with `data_out` the data the initiator sent (owned, so that a WRITE
+/// hands it to the pseudo-disk without a copy).
+pub async fn execute(set: &LunSet, lun: u64, cdb: &[u8], data_out: Bytes) -> Outcome {
     let Some(info) = lookup(cdb) else { return Outcome::check(Sense::INVALID_OPCODE) };
     if cdb.len() < usize::from(info.cdb_len) {
         return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
@@ -217,9 +234,9 @@ pub async fn execute(set: &LunSet, lun: u64, cdb: &[u8], data_out: &[u8]) -> Out
         Handler::ReadCapacity16 => sbc::read_capacity16(unit, cdb),
         Handler::Read => sbc::read(unit, cdb).await,
         Handler::Write => sbc::write(unit, cdb, data_out).await,
-        Handler::Verify => sbc::verify(unit, cdb, data_out).await,
-        Handler::WriteSame => sbc::write_same(unit, cdb, data_out).await,
-        Handler::Unmap => sbc::unmap(unit, cdb, data_out).await,
+        Handler::Verify => sbc::verify(unit, cdb, &data_out).await,
+        Handler::WriteSame => sbc::write_same(unit, cdb, &data_out).await,
+        Handler::Unmap => sbc::unmap(unit, cdb, &data_out).await,
         Handler::GetLbaStatus => sbc::get_lba_status(unit, cdb),
         Handler::SynchronizeCache => sbc::synchronize_cache(unit).await,
         Handler::ReportLuns => spc::report_luns(set, cdb),

@@ -1,6 +1,8 @@
 //! Block commands (SBC-3): READ and WRITE 6/10/12/16, VERIFY, WRITE SAME, UNMAP, GET LBA STATUS, READ
 //! CAPACITY, SYNCHRONIZE CACHE. Blocks are 512 bytes; the pseudo-disk works in bytes.
 
+use bytes::Bytes;
+
 use super::spc::{MAX_TRANSFER_BLOCKS, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS};
 use super::{be16, be32, be64, Lun, Outcome, Sense, BLOCK_SIZE};
 
@@ -82,7 +84,7 @@ pub fn read_now(lun: &Lun, cdb: &[u8], max_len: usize) -> Option<Outcome> {
     lun.disk.read_now(offset, len).map(Outcome::good)
 }
 
-pub async fn write(lun: &Lun, cdb: &[u8], data: &[u8]) -> Outcome {
+pub async fn write(lun: &Lun, cdb: &[u8], data: Bytes) -> Outcome {
     let Some((lba, blocks, fua)) = rw_fields(cdb) else { return Outcome::check(Sense::INVALID_FIELD_IN_CDB) };
     if let Err(s) = in_range(lun, lba, blocks) {
         return Outcome::check(s);
@@ -97,7 +99,7 @@ pub async fn write(lun: &Lun, cdb: &[u8], data: &[u8]) -> Outcome {
     let mut outcome = if len == 0 {
         Outcome::good(Vec::new())
     } else {
-        match lun.disk.write(lba * BLOCK_SIZE, &data[..len], fua).await {
+        match lun.disk.write(lba * BLOCK_SIZE, data.slice(..len), fua).await {
             Ok(()) => Outcome::good(Vec::new()),
             Err(e) => Outcome::check(Sense::of(&e, true)),
         }
@@ -179,7 +181,7 @@ pub async fn write_same(lun: &Lun, cdb: &[u8], data: &[u8]) -> Outcome {
         while pos < len && r.is_ok() {
             let n = (len - pos).min(1 << 20);
             let buf: Vec<u8> = block.iter().copied().cycle().take(n as usize).collect();
-            r = lun.disk.write(offset + pos, &buf, false).await;
+            r = lun.disk.write(offset + pos, Bytes::from(buf), false).await;
             pos += n;
         }
         r

@@ -15,21 +15,37 @@
 //! to the maps and syncs them. After a crash the maps name only data that was synced, so every write
 //! acknowledged before a completed flush reads back, and a recall cut off midway is recalled again rather
 //! than served.
+//!
+//! Locking: every write and unmap holds the write stripes of the blocks it changes (taken in one order, so
+//! no two changes wait for each other) until its store operations have completed, even when its caller is
+//! cancelled; a flush runs one at a time under `flush_lock` and takes each store's pending records before
+//! it syncs that store's data file, so it logs only changes whose data the sync covers. Recalls take no
+//! stripe: the recall store is written only by the one leader of each chunk's recall (`recall.rs`).
+//!
+//! Files: this one has the read, write, unmap and flush API; `stores.rs` the stores and the compaction of
+//! their maps; `recall.rs` the single-flight recall and readahead; `counters.rs` the counters.
+
+mod counters;
+mod recall;
+mod stores;
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde_like::Counters;
+use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::alloc_log::{AllocLog, Record, RecordKind};
+use crate::alloc_log::RecordKind;
 use crate::bitmap::Bitmap;
-use crate::engine::{self, CachedRead, Engine};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::source::{chunk_len, Source};
+use crate::source::Source;
+use counters::Counters;
+use stores::Store;
+
+pub use stores::remove_stores;
 
 /// The private store's unit.
 pub const BLOCK: u64 = 4096;
@@ -40,131 +56,7 @@ const WRITE_STRIPES: usize = 1024;
 /// A map log larger than this is compacted when the pseudo-disk opens.
 const COMPACT_OVER: u64 = 4 << 20;
 
-mod serde_like {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    /// Counters of one pseudo-disk, read at any time.
-    #[derive(Default)]
-    pub struct Counters {
-        pub bytes_read: AtomicU64,
-        pub bytes_written: AtomicU64,
-        pub bytes_recalled: AtomicU64,
-        pub chunks_recalled: AtomicU64,
-        pub read_bytes_private: AtomicU64,
-        pub read_bytes_recall: AtomicU64,
-        pub flushes: AtomicU64,
-    }
-
-    /// A snapshot of the counters.
-    #[derive(Clone, Debug, Default, PartialEq, Eq)]
-    pub struct CounterSnapshot {
-        pub bytes_read: u64,
-        pub bytes_written: u64,
-        pub bytes_recalled: u64,
-        pub chunks_recalled: u64,
-        pub read_bytes_private: u64,
-        pub read_bytes_recall: u64,
-        pub flushes: u64,
-        /// Blocks held by the private store and chunks held by the recall store now.
-        pub private_blocks: u64,
-        pub recalled_chunks: u64,
-    }
-
-    impl Counters {
-        pub fn snapshot(&self) -> CounterSnapshot {
-            let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-            CounterSnapshot {
-                bytes_read: l(&self.bytes_read),
-                bytes_written: l(&self.bytes_written),
-                bytes_recalled: l(&self.bytes_recalled),
-                chunks_recalled: l(&self.chunks_recalled),
-                read_bytes_private: l(&self.read_bytes_private),
-                read_bytes_recall: l(&self.read_bytes_recall),
-                flushes: l(&self.flushes),
-                private_blocks: 0,
-                recalled_chunks: 0,
-            }
-        }
-    }
-}
-
-pub use serde_like::CounterSnapshot;
-
-/// One store: a sparse data file and its allocation map.
-struct Store {
-    name: &'static str,
-    data: Arc<File>,
-    log: tokio::sync::Mutex<AllocLog>,
-    /// Allocation changes made since the last flush, to be logged by the next one.
-    pending: Mutex<Vec<Record>>,
-    /// Unit is present in this store.
-    present: Bitmap,
-    /// The file system lets reads try the page cache without waiting (`engine::read_cached`).
-    cached_reads: AtomicBool,
-}
-
-impl Store {
-    fn open(dir: &Path, name: &'static str, unit: u32, units: u64, disk_size: u64) -> Result<(Store, Vec<Record>)> {
-        let err = |op: &'static str| move |source| Error::Store { op, store: name, source };
-        let path = dir.join(format!("{name}.data"));
-        let open = |flags: i32| {
-            use std::os::unix::fs::OpenOptionsExt;
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).custom_flags(flags).open(&path)
-        };
-        // No access-time updates: a read answered from the page cache must not start a journal transaction.
-        // O_NOATIME needs the file's owner (or CAP_FOWNER); anyone else opens it plainly.
-        let data = match open(libc::O_NOATIME) {
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
-            other => other,
-        }
-        .map_err(err("open"))?;
-        data.set_len(disk_size).map_err(err("size"))?;
-        let (log, records) = AllocLog::open(&dir.join(format!("{name}.map")), unit).map_err(err("open map"))?;
-        let present = Bitmap::new(units);
-        Ok((
-            Store {
-                name,
-                data: Arc::new(data),
-                log: tokio::sync::Mutex::new(log),
-                pending: Mutex::new(Vec::new()),
-                present,
-                cached_reads: AtomicBool::new(true),
-            },
-            records,
-        ))
-    }
-
-    fn note(&self, kind: RecordKind, start: u64, count: u64) {
-        let mut p = self.pending.lock().expect("not poisoned");
-        if let Some(last) = p.last_mut() {
-            if last.kind == kind && last.start + last.count == start && last.count + count <= u64::from(u32::MAX) {
-                last.count += count;
-                return;
-            }
-        }
-        p.push(Record { kind, start, count });
-    }
-
-    /// Reads from the page cache if it holds all of the range; None when it does not (or cannot tell).
-    fn read_cached(&self, pos: u64, len: usize) -> Option<Vec<u8>> {
-        if !self.cached_reads.load(Ordering::Relaxed) {
-            return None;
-        }
-        match engine::read_cached(&self.data, pos, len) {
-            CachedRead::Data(d) => Some(d),
-            CachedRead::Miss => None,
-            CachedRead::Unsupported => {
-                tracing::info!(store = self.name, "no RWF_NOWAIT reads here: every read goes through the engine");
-                self.cached_reads.store(false, Ordering::Relaxed);
-                None
-            }
-        }
-    }
-
-    fn io_err(&self, op: &'static str) -> impl Fn(std::io::Error) -> Error + '_ {
-        move |source| Error::Store { op, store: self.name, source }
-    }
-}
+pub use counters::CounterSnapshot;
 
 /// Options of a pseudo-disk.
 #[derive(Clone, Debug, Default)]
@@ -234,36 +126,6 @@ impl PseudoDisk {
         Ok(Arc::new(disk))
     }
 
-    /// Rewrites a map log that has grown large as the runs of its bitmap.
-    fn compact_maps(&self) -> Result<()> {
-        let mut log = self.private.log.try_lock().expect("no one else has the disk yet");
-        if log.size() > COMPACT_OVER {
-            let mut records = Vec::new();
-            for (start, count) in self.private.present.runs() {
-                for b in start..start + count {
-                    let kind = if self.private_zero.get(b) { RecordKind::Zero } else { RecordKind::Data };
-                    match records.last_mut() {
-                        Some(Record { kind: k, start: s, count: c }) if *k == kind && *s + *c == b => *c += 1,
-                        _ => records.push(Record { kind, start: b, count: 1 }),
-                    }
-                }
-            }
-            log.rewrite(BLOCK as u32, &records).map_err(self.private.io_err("compact map"))?;
-        }
-        let mut log = self.recall.log.try_lock().expect("no one else has the disk yet");
-        if log.size() > COMPACT_OVER {
-            let records: Vec<Record> = self
-                .recall
-                .present
-                .runs()
-                .into_iter()
-                .map(|(start, count)| Record { kind: RecordKind::Data, start, count })
-                .collect();
-            log.rewrite(self.chunk_size as u32, &records).map_err(self.recall.io_err("compact map"))?;
-        }
-        Ok(())
-    }
-
     pub fn size(&self) -> u64 {
         self.size
     }
@@ -279,13 +141,6 @@ impl PseudoDisk {
 
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    pub fn counters(&self) -> CounterSnapshot {
-        let mut s = self.counters.snapshot();
-        s.private_blocks = self.private.present.count_ones();
-        s.recalled_chunks = self.recall.present.count_ones();
-        s
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
@@ -417,104 +272,9 @@ impl PseudoDisk {
         }
     }
 
-    /// Recalls chunk `chunk` into the recall store unless it is there; one recall per chunk at a time. The
-    /// task that did the recall gets the chunk's bytes back (None for everyone else, and for zero chunks).
-    async fn ensure_recalled(self: &Arc<Self>, chunk: u64) -> Result<Option<Arc<Vec<u8>>>> {
-        loop {
-            if self.recall.present.get(chunk) {
-                return Ok(None);
-            }
-            let (leader, mut rx) = {
-                let mut map = self.recalling.lock().expect("not poisoned");
-                if self.recall.present.get(chunk) {
-                    return Ok(None);
-                }
-                match map.get(&chunk) {
-                    Some(rx) => (None, rx.clone()),
-                    None => {
-                        let (tx, rx) = watch::channel(());
-                        map.insert(chunk, rx.clone());
-                        (Some(tx), rx)
-                    }
-                }
-            };
-            match leader {
-                Some(tx) => {
-                    // The entry goes (and the followers wake) however this ends, also when this reader's
-                    // task is cancelled midway (an aborted iSCSI task, a dropped connection).
-                    let _entry = RecallEntry { map: &self.recalling, chunk, tx: Some(tx) };
-                    return self.recall_chunk(chunk).await;
-                }
-                None => {
-                    // Returns when the leader drops its sender; then look again (a failed recall is tried
-                    // again by the next reader, so each reader gets the error for itself).
-                    let _ = rx.changed().await;
-                }
-            }
-        }
-    }
-
-    async fn recall_chunk(&self, chunk: u64) -> Result<Option<Arc<Vec<u8>>>> {
-        let len = chunk_len(self.size, self.chunk_size as u32, chunk);
-        let mut fresh = None;
-        if !self.source.is_zero_chunk(chunk) {
-            let source = self.source.clone();
-            let data = tokio::task::spawn_blocking(move || {
-                let mut buf = Vec::with_capacity(len);
-                source.read_chunk(chunk, &mut buf).map(|()| buf)
-            })
-            .await
-            .map_err(|e| Error::Recall { chunk, source_name: self.source.describe(), message: e.to_string() })?
-            .map_err(|e| {
-                tracing::error!(chunk, source = %self.source.describe(), "recall failed: {e}");
-                Error::Recall { chunk, source_name: self.source.describe(), message: e.to_string() }
-            })?;
-            if data.len() != len {
-                return Err(Error::Recall {
-                    chunk,
-                    source_name: self.source.describe(),
-                    message: format!("the source gave {} bytes for a chunk of {len}", data.len()),
-                });
-            }
-            // A chunk of zeros stays a hole of the sparse recall file.
-            let data = if data.iter().any(|&b| b != 0) {
-                self.engine
-                    .write(&self.recall.data, chunk * self.chunk_size, data)
-                    .await
-                    .map_err(self.recall.io_err("write"))?
-            } else {
-                data
-            };
-            self.counters.bytes_recalled.fetch_add(len as u64, Ordering::Relaxed);
-            // Only chunks that held data count as recalled: zero chunks read nothing from the source.
-            self.counters.chunks_recalled.fetch_add(1, Ordering::Relaxed);
-            fresh = Some(Arc::new(data));
-        }
-        self.recall.present.set_range(chunk, 1, true);
-        self.recall.note(RecordKind::Data, chunk, 1);
-        Ok(fresh.or_else(|| Some(Arc::new(vec![0u8; len]))))
-    }
-
-    /// On sequential access, recalls the next chunks in the background.
-    fn readahead(self: &Arc<Self>, offset: u64, len: u64) {
-        let sequential = self.next_sequential.swap(offset + len, Ordering::Relaxed) == offset;
-        if !sequential {
-            return;
-        }
-        let next = (offset + len).div_ceil(self.chunk_size);
-        let chunks = self.size.div_ceil(self.chunk_size);
-        for chunk in next..(next + READAHEAD_CHUNKS).min(chunks) {
-            if !self.recall.present.get(chunk) && !self.recalling.lock().expect("not poisoned").contains_key(&chunk) {
-                let me = self.clone();
-                tokio::spawn(async move {
-                    let _ = me.ensure_recalled(chunk).await;
-                });
-            }
-        }
-    }
-
     /// Writes `data` at `offset` into the private store. With `fua`, the write is durable on return.
-    pub async fn write(self: &Arc<Self>, offset: u64, data: &[u8], fua: bool) -> Result<()> {
+    /// The buffer is taken as it is: a write of whole blocks reaches the engine without a copy.
+    pub async fn write(self: &Arc<Self>, offset: u64, data: Bytes, fua: bool) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
@@ -522,7 +282,6 @@ impl PseudoDisk {
         if data.is_empty() {
             return Ok(());
         }
-        let data = data.to_vec();
         let end = offset + data.len() as u64;
         self.change(offset, end, move |me| async move { me.write_locked(offset, data).await }).await?;
         if fua {
@@ -566,7 +325,7 @@ impl PseudoDisk {
     }
 
     /// `write` with its blocks already locked.
-    async fn write_locked(self: &Arc<Self>, offset: u64, mut data: Vec<u8>) -> Result<()> {
+    async fn write_locked(self: &Arc<Self>, offset: u64, mut data: Bytes) -> Result<()> {
         let len = data.len();
         let end = offset + len as u64;
         let mut pos = offset;
@@ -577,9 +336,11 @@ impl PseudoDisk {
             if pos == block_start && end >= block_end {
                 // A run of whole blocks.
                 let run_end = if end == self.size { end } else { end / BLOCK * BLOCK };
-                // The common case, the whole write one run of whole blocks, hands its buffer over as it is.
+                // The common case, the whole write one run of whole blocks, hands its buffer over as it is
+                // (a Bytes that owns its whole buffer becomes a Vec without a copy); a run cut out of a
+                // larger write is copied.
                 let piece = if pos == offset && run_end == end {
-                    std::mem::take(&mut data)
+                    Vec::from(std::mem::take(&mut data))
                 } else {
                     data[(pos - offset) as usize..(run_end - offset) as usize].to_vec()
                 };
@@ -630,11 +391,11 @@ impl PseudoDisk {
         let first_whole = offset.div_ceil(BLOCK);
         let last_whole = if end == self.size { self.size.div_ceil(BLOCK) } else { end / BLOCK };
         if first_whole >= last_whole {
-            return self.write_locked(offset, vec![0u8; len as usize]).await;
+            return self.write_locked(offset, Bytes::from(vec![0u8; len as usize])).await;
         }
         let head_end = first_whole * BLOCK;
         if offset < head_end {
-            self.write_locked(offset, vec![0u8; (head_end - offset) as usize]).await?;
+            self.write_locked(offset, Bytes::from(vec![0u8; (head_end - offset) as usize])).await?;
         }
         let (start, count) = (first_whole, last_whole - first_whole);
         self.mark_private(start, count, RecordKind::Zero);
@@ -644,7 +405,7 @@ impl PseudoDisk {
             .map_err(self.private.io_err("discard"))?;
         let tail_start = (last_whole * BLOCK).min(self.size);
         if tail_start < end {
-            self.write_locked(tail_start, vec![0u8; (end - tail_start) as usize]).await?;
+            self.write_locked(tail_start, Bytes::from(vec![0u8; (end - tail_start) as usize])).await?;
         }
         Ok(())
     }
@@ -684,20 +445,6 @@ impl PseudoDisk {
     }
 }
 
-/// A recall in progress, registered in `PseudoDisk::recalling` for as long as this value lives.
-struct RecallEntry<'a> {
-    map: &'a Mutex<HashMap<u64, watch::Receiver<()>>>,
-    chunk: u64,
-    tx: Option<watch::Sender<()>>,
-}
-
-impl Drop for RecallEntry<'_> {
-    fn drop(&mut self) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.chunk);
-        drop(self.tx.take()); // wakes the followers, after the entry is gone
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Layer {
     Private,
@@ -705,14 +452,6 @@ enum Layer {
     Below,
 }
 
-/// Deletes a pseudo-disk's stores (unmount).
-pub fn remove_stores(dir: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
-#[path = "pseudo_disk_tests.rs"]
+#[path = "../pseudo_disk_tests.rs"]
 mod tests;
