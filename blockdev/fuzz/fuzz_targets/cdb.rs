@@ -13,6 +13,11 @@ fuzz_target!(|data: &[u8]| {
     let split = data.len().min(16);
     let (cdb, out) = data.split_at(split);
     let lun = u64::from(data[0] & 1);
-    let outcome = common::runtime().block_on(blockdev::scsi::execute(common::luns(), lun, cdb, bytes::Bytes::copy_from_slice(out)));
+    let outcome = common::runtime().block_on(blockdev::scsi::execute(
+        common::luns(),
+        lun,
+        cdb,
+        bytes::Bytes::copy_from_slice(out),
+    ));
     assert!(outcome.status == blockdev::scsi::GOOD || outcome.sense.is_some());
 });
