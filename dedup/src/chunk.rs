@@ -196,6 +196,8 @@ pub fn decode_verified(id: &ChunkId, stored: &[u8], out: &mut Vec<u8>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
 
     fn roundtrip(data: &[u8]) -> Codec {
         let mut c = zstd::bulk::Compressor::new(ZSTD_LEVEL).unwrap();
@@ -208,18 +210,23 @@ mod tests {
     }
 
     #[test]
-    fn compressible_and_incompressible_roundtrip() {
+    fn compressible_bytes_are_stored_compressed() {
         let text: Vec<u8> = b"hello livemount ".iter().cycle().take(65536).copied().collect();
         assert_eq!(roundtrip(&text), Codec::Zstd);
-        let mut noise = vec![0u8; 65536];
-        let mut x = 0x9E3779B97F4A7C15u64;
-        for b in noise.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        #[test]
+        fn incompressible_bytes_are_stored_plain(noise in vec(any::<u8>(), 65536)) {
+            prop_assert_eq!(roundtrip(&noise), Codec::Plain);
         }
-        assert_eq!(roundtrip(&noise), Codec::Plain);
+
+        #[test]
+        fn any_bytes_roundtrip(data in vec(any::<u8>(), 0..100_000)) {
+            roundtrip(&data);
+        }
     }
 
     #[test]
