@@ -20,8 +20,9 @@ pub struct Held(Flock<File>);
 impl Held {
     /// Releases the lock and gives the file back, to be locked again later.
     pub fn release(self) -> io::Result<File> {
-        // LOCK_UN on a descriptor we own does not fail (flock(2): it neither waits nor allocates); should it,
-        // the guard handed back is dropped, which tries again.
+        // LOCK_UN on a descriptor we own does not fail (flock(2): it neither waits nor allocates). Should it,
+        // the guard handed back is dropped here: nix's Drop unlocks again (and panics if that fails too), then
+        // the file is closed, which releases the lock in any case.
         self.0.unlock().map_err(|(_, e)| e.into())
     }
 
