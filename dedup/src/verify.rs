@@ -2,15 +2,17 @@
 //! byte ranges of the disks it affects.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::chunk::{self, ChunkId};
 use crate::error::{Error, Result};
 use crate::library::Library;
 use crate::manifest::Manifest;
+use crate::workers;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct VerifyReport {
@@ -63,40 +65,24 @@ pub fn verify(lib: &Library, backups: &[Manifest], progress: &(dyn Fn(u64, u64) 
     }
     let ids: Vec<ChunkId> = uses.keys().copied().collect();
     let total = ids.len() as u64;
-    let next = AtomicUsize::new(0);
     let done = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
     let problems: Mutex<Vec<(ChunkId, Error)>> = Mutex::new(Vec::new());
-    let fatal: Mutex<Option<Error>> = Mutex::new(None);
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                let mut buf = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= ids.len() || fatal.lock().expect("not poisoned").is_some() {
-                        break;
-                    }
-                    let id = ids[i];
-                    let result = lib.store().get(&id).and_then(|stored| chunk::decode_verified(&id, &stored, &mut buf));
-                    match result {
-                        Ok(()) => {
-                            bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
-                        }
-                        Err(e) if e.is_bad_chunk() => problems.lock().expect("not poisoned").push((id, e)),
-                        Err(e) => {
-                            fatal.lock().expect("not poisoned").get_or_insert(e);
-                        }
-                    }
-                    progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+    let pool = workers::pool(workers::cores(), lib.root())?;
+    // A bad chunk is a finding; any other error (the store cannot be read) stops the verify.
+    pool.install(|| {
+        ids.par_iter().try_for_each_init(Vec::new, |buf, id| {
+            match lib.store().get(id).and_then(|stored| chunk::decode_verified(id, &stored, buf)) {
+                Ok(()) => {
+                    bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
                 }
-            });
-        }
-    });
-    if let Some(e) = fatal.into_inner().expect("not poisoned") {
-        return Err(e);
-    }
+                Err(e) if e.is_bad_chunk() => problems.lock().expect("not poisoned").push((*id, e)),
+                Err(e) => return Err(e),
+            }
+            progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+            Ok(())
+        })
+    })?;
     let mut problems: Vec<ChunkProblem> = problems
         .into_inner()
         .expect("not poisoned")

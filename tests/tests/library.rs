@@ -7,6 +7,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tests::{json, livemount, make_ext4_disk, populate_tree, random_bytes, run};
 
 /// A library in a temporary folder, with the chunk size given.
@@ -214,28 +216,39 @@ fn concurrent_reads_of_a_backup_disk() {
     let disk = make_ext4_disk(dir.path(), "disk.img", &tree, 32);
     let lib_path = new_library(dir.path(), "64K");
     let id = backup(&lib_path, &[&disk])["id"].as_str().unwrap().to_string();
-    let original = Arc::new(std::fs::read(&disk).unwrap());
+    let original = std::fs::read(&disk).unwrap();
     let lib = Arc::new(dedup::Library::open(&lib_path).unwrap());
-    let reader = Arc::new(dedup::BackupDisk::open(lib.clone(), &lib.resolve(&id).unwrap(), 0).unwrap());
-    let threads: Vec<_> = (0..8u64)
-        .map(|t| {
-            let (reader, original) = (reader.clone(), original.clone());
-            std::thread::spawn(move || {
-                let size = original.len() as u64;
-                let mut x = t + 1;
-                for _ in 0..300 {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    let len = ((x >> 40) % 200_000 + 1) as usize;
-                    let off = (x >> 8) % (size - len as u64);
-                    let mut buf = vec![0u8; len];
-                    reader.read_at(off, &mut buf).unwrap();
-                    assert!(buf[..] == original[off as usize..off as usize + len], "read at {off}+{len}");
-                }
-            })
+    let reader = dedup::BackupDisk::open(lib.clone(), &lib.resolve(&id).unwrap(), 0).unwrap();
+    // Each case: 8 threads at once, each making its own list of reads (offset, length up to 200 000 bytes);
+    // 20 cases of up to 30 reads a thread make about as many reads as 8 threads of 300. A failing case is
+    // shrunk to the fewest, shortest reads that still fail.
+    let size = original.len() as u64;
+    let read = (1usize..=200_000, any::<u64>()).prop_map(move |(len, at)| (at % (size - len as u64), len));
+    let plan = proptest::collection::vec(proptest::collection::vec(read, 1..=30), 8);
+    let mut runner = TestRunner::new(Config { cases: 20, failure_persistence: None, ..Config::default() });
+    let outcome = runner.run(&plan, |plan| {
+        let (reader, original) = (&reader, &original);
+        std::thread::scope(|s| {
+            let threads: Vec<_> = plan
+                .iter()
+                .map(|reads| {
+                    s.spawn(move || -> Result<(), TestCaseError> {
+                        for &(off, len) in reads {
+                            let mut buf = vec![0u8; len];
+                            reader
+                                .read_at(off, &mut buf)
+                                .map_err(|e| TestCaseError::fail(format!("{off}+{len}: {e}")))?;
+                            prop_assert!(buf[..] == original[off as usize..off as usize + len], "read at {off}+{len}");
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            threads.into_iter().try_for_each(|t| t.join().unwrap())
         })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
+    });
+    if let Err(e) = outcome {
+        panic!("{e}");
     }
     let mut buf = [0u8; 10];
     assert!(matches!(reader.read_at(original.len() as u64 - 5, &mut buf), Err(dedup::Error::OutOfRange { .. })));

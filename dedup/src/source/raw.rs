@@ -7,6 +7,10 @@ use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+use nix::unistd::{lseek, Whence};
+
 use super::{merge_ranges, DiskSource};
 use crate::error::{Error, Result};
 
@@ -47,18 +51,12 @@ fn data_ranges(file: &File, size: u64) -> Vec<Range<u64>> {
     let mut ranges = Vec::new();
     let mut pos: i64 = 0;
     while (pos as u64) < size {
-        // SAFETY: lseek on a file descriptor we own; no memory is passed.
-        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            let errno = std::io::Error::last_os_error().raw_os_error();
-            if errno == Some(libc::ENXIO) {
-                break; // no data after pos
-            }
-            return std::iter::once(0..size).collect(); // SEEK_DATA unsupported: read it all
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let end = if hole < 0 { size as i64 } else { hole };
+        let data = match lseek(fd, pos, Whence::SeekData) {
+            Ok(data) => data,
+            Err(Errno::ENXIO) => break,                          // no data after pos
+            Err(_) => return std::iter::once(0..size).collect(), // SEEK_DATA unsupported: read it all
+        };
+        let end = lseek(fd, data, Whence::SeekHole).unwrap_or(size as i64);
         ranges.push(data as u64..(end as u64).min(size));
         pos = end;
     }
@@ -82,15 +80,13 @@ impl DiskSource for RawFile {
         self.format
     }
     fn will_need(&self, offset: u64, len: u64) {
-        // SAFETY: posix_fadvise on a descriptor we own; no memory is passed. A failure only loses the hint.
-        unsafe {
-            libc::posix_fadvise(
-                self.file.as_raw_fd(),
-                offset as libc::off_t,
-                len as libc::off_t,
-                libc::POSIX_FADV_WILLNEED,
-            )
-        };
+        // A failure only loses the hint.
+        let _ = posix_fadvise(
+            self.file.as_raw_fd(),
+            offset as libc::off_t,
+            len as libc::off_t,
+            PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        );
     }
 }
 

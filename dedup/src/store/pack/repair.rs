@@ -1,0 +1,87 @@
+//! Repair of the pack store: a pack whose index is missing or damaged gets its index rebuilt from its own
+//! records, each checked against its id before it is named.
+//!
+//! Order on disk, the same as a seal: the pack's bytes are made durable before an index names them (the pack
+//! may be one a writer never synced), then the index is written through a temporary file, fsynced and renamed
+//! into place.
+
+use std::fs::{self, File};
+use std::io::ErrorKind;
+
+use super::{PackStore, RECORD_ID_LEN};
+use crate::chunk::{self, ChunkId};
+use crate::durable::AtomicFile;
+use crate::error::{Error, Result};
+use crate::formats::{CHUNK_HEADER_LEN, CHUNK_MAGIC, PACK_HEADER_LEN, PACK_MAGIC};
+use crate::store::catalog::file_stems;
+use crate::store::pack_format::{PackEntry, PackIndex};
+use crate::store::RepairStats;
+
+impl PackStore {
+    /// `ChunkStore::repair` for the pack store; the caller holds the library's chunk lock exclusively.
+    pub(super) fn repair_indexes(&self) -> Result<RepairStats> {
+        let mut stats = RepairStats::default();
+        let mut names = file_stems(&self.dir, ".pack")?;
+        names.sort();
+        for name in names {
+            stats.packs_checked += 1;
+            let idx_path = self.index_path(&name);
+            match PackIndex::read(&idx_path) {
+                Ok(_) => continue,
+                Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("rebuilding the index of pack {name}: {e}"),
+            }
+            let pack_path = self.pack_path(&name);
+            let data = fs::read(&pack_path).map_err(|e| Error::io("read", &pack_path, e))?;
+            if data.len() < PACK_HEADER_LEN || data[..8] != PACK_MAGIC {
+                tracing::warn!("{} is not a pack; left alone", pack_path.display());
+                continue;
+            }
+            let index = index_from_records(&data, &mut stats);
+            if index.entries.is_empty() {
+                continue; // nothing to recover: an unfinished pack that gc removes
+            }
+            // The same order as a seal: the pack's bytes durable before an index names them (it may be a pack a
+            // writer never synced).
+            File::open(&pack_path).and_then(|f| f.sync_data()).map_err(|e| Error::io("sync", &pack_path, e))?;
+            let mut f =
+                AtomicFile::create(&idx_path, Some(&self.tmp)).map_err(|e| Error::io("create", &idx_path, e))?;
+            std::io::Write::write_all(&mut f, &index.encode()).map_err(|e| Error::io("write", &idx_path, e))?;
+            f.commit().map_err(|e| Error::io("write", &idx_path, e))?;
+            stats.indexes_rebuilt += 1;
+            stats.chunks_recovered += index.entries.len() as u64;
+        }
+        self.refresh()?;
+        Ok(stats)
+    }
+}
+
+/// The index of a pack, read back from its records: each record's id, then its encoded chunk, which says its
+/// own length. A record that fails its check is left out; reading stops where no record header can be found.
+fn index_from_records(data: &[u8], stats: &mut RepairStats) -> PackIndex {
+    let mut entries = Vec::new();
+    let mut pos = PACK_HEADER_LEN;
+    let mut plain = Vec::new();
+    let record_start = RECORD_ID_LEN as usize;
+    while pos + record_start + CHUNK_HEADER_LEN <= data.len() {
+        let id = ChunkId(data[pos..pos + record_start].try_into().expect("32 bytes"));
+        let chunk_at = pos + record_start;
+        let header = &data[chunk_at..chunk_at + CHUNK_HEADER_LEN];
+        if header[..4] != CHUNK_MAGIC {
+            break;
+        }
+        let payload_len = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes")) as usize;
+        let end = chunk_at + CHUNK_HEADER_LEN + payload_len;
+        if end > data.len() {
+            break;
+        }
+        if chunk::decode_verified(&id, &data[chunk_at..end], &mut plain).is_ok() {
+            entries.push(PackEntry { id, offset: chunk_at as u64, len: (end - chunk_at) as u32 });
+        } else {
+            stats.chunks_damaged += 1;
+        }
+        pos = end;
+    }
+    stats.bytes_unreadable += (data.len() - pos.min(data.len())) as u64;
+    PackIndex { pack_len: pos as u64, entries }
+}
