@@ -36,6 +36,18 @@ import time
 # ---------------------------------------------------------------------------------------------------------
 # Small helpers of all the scripts.
 # ---------------------------------------------------------------------------------------------------------
+
+def run_facts(env):
+    """What every results file records of the run itself: when, on how many cores, with which peers, whether
+    the page cache could be dropped, and the load average over the run."""
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cores": int(env["NPROC"]),
+        "versions": env["VERSIONS"],
+        "cold_cache": env["CACHE_DROPS"] == "yes",
+        "load_average": env["LOAD"],
+    }
+
 def cmd_json_get(argv):
     """json-get FILE KEY...: prints one field of a JSON file; KEY is a name, a list index (digits) or a
     dotted path of both (disks.0.fuse_path)."""
@@ -227,11 +239,7 @@ def cmd_summary_boot(argv):
         return round(statistics.median(xs), digits) if xs else None
 
     res = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "cores": int(env["NPROC"]),
-        "versions": env["VERSIONS"],
-        "cold_cache": env["CACHE_DROPS"] == "yes",
-        "load_average": env["LOAD"],
+        **run_facts(env),
         "guest": {"path": env["GUEST"], "size": os.stat(env["GUEST"]).st_size, "data_bytes": int(env["GUEST_DATA"])},
         "rounds": int(env["N"]),
         "copy": sub("copy."),
@@ -526,11 +534,7 @@ def cmd_summary_fuse(argv):
     chunk_size = int(open(os.path.join(work, "chunk_size")).read())
     st = os.stat(env["FULL"])
     res = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "cores": int(env["NPROC"]),
-        "versions": env["VERSIONS"],
-        "cold_cache": env["CACHE_DROPS"] == "yes",
-        "load_average": env["LOAD"],
+        **run_facts(env),
         "image": {"path": env["FULL"], "size": st.st_size, "allocated": st.st_blocks * 512},
         "reads": int(env["N"]), "seed": int(env["SEED"]), "read_size": 4096,
         "livemount_chunk_size": chunk_size, "livemount_chunk_size_arg": env["CHUNK_SIZE_ARG"],
@@ -960,11 +964,7 @@ def cmd_summary_library(argv):
         return {"path": path, "size": st.st_size, "allocated": st.st_blocks * 512}
 
     res = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "cores": int(env["NPROC"]),
-        "versions": env["VERSIONS"],
-        "cold_cache": env["CACHE_DROPS"] == "yes",
-        "load_average": env["LOAD"],
+        **run_facts(env),
         "images": {"full": img(env["FULL"]), "incr": img(env["INCR"])},
         "limits": load("limits.json"),
         "tools": {},
