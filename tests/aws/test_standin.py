@@ -524,7 +524,8 @@ class Extended(unittest.TestCase):
         self.assertEqual(self.ec2.describe_volumes()["Volumes"], [])
         self.assertEqual(self.ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"], [])
         self.assertEqual(os.listdir(self.data_path("snapshots")), [])
-        self.assertEqual(self.s.control("GET", "/standin/counters")["actions"], {"DescribeVolumes": {SERVICE: 1}})
+        self.assertEqual(self.s.control("GET", "/standin/counters")["actions"],
+                         {"DescribeVolumes": {SERVICE: 1}, "DescribeSnapshots": {SERVICE: 1}})
 
 
 class Stock(unittest.TestCase):

@@ -89,15 +89,12 @@ class BlockStore:
             with open(self.snapshot_path(snapshot_id), "wb") as f:
                 f.truncate(size_gib * GIB)
             if parent_meta:
-                with open(self.snapshot_path(parent), "rb") as src, open(
-                    self.snapshot_path(snapshot_id), "r+b"
-                ) as dst:
+                with open(self.snapshot_path(snapshot_id), "r+b") as dst:
                     for idx in sorted(parent_meta.blocks):
                         if idx >= meta.block_count:
                             continue
                         dst.seek(idx * BLOCK_SIZE)
-                        src.seek(idx * BLOCK_SIZE)
-                        dst.write(src.read(BLOCK_SIZE))
+                        dst.write(self.read_block(parent, idx))
                         meta.blocks[idx] = parent_meta.blocks[idx]
             self.snaps[snapshot_id] = meta
             return meta
@@ -111,26 +108,32 @@ class BlockStore:
             meta = SnapMeta(snapshot_id, source.size_gib, snapshot_id, None)
             with open(self.snapshot_path(snapshot_id), "wb") as f:
                 f.truncate(source.size_gib * GIB)
-            with open(self.snapshot_path(source_id), "rb") as src, open(
-                self.snapshot_path(snapshot_id), "r+b"
-            ) as dst:
+            with open(self.snapshot_path(snapshot_id), "r+b") as dst:
                 for idx in sorted(source.blocks):
-                    src.seek(idx * BLOCK_SIZE)
                     dst.seek(idx * BLOCK_SIZE)
-                    dst.write(src.read(BLOCK_SIZE))
+                    dst.write(self.read_block(source_id, idx))
                     meta.blocks[idx] = (new_token(), source.blocks[idx][1])
             self.snaps[snapshot_id] = meta
 
     def put_block(self, snapshot_id: str, idx: int, data: bytes) -> None:
         with self.lock:
             meta = self.snaps[snapshot_id]
+            self._ensure_file(snapshot_id)
             with open(self.snapshot_path(snapshot_id), "r+b") as f:
                 f.seek(idx * BLOCK_SIZE)
                 f.write(data)
             meta.blocks[idx] = (new_token(), hashlib.sha256(data).digest())
             meta.written.add(idx)
 
+    def _ensure_file(self, snapshot_id: str) -> None:
+        path = self.snapshot_path(snapshot_id)
+        if not os.path.exists(path):
+            with open(path, "wb") as f:
+                f.truncate(self.snaps[snapshot_id].size_gib * GIB)
+
     def read_block(self, snapshot_id: str, idx: int) -> bytes:
+        if not os.path.exists(self.snapshot_path(snapshot_id)):
+            return bytes(BLOCK_SIZE)
         with open(self.snapshot_path(snapshot_id), "rb") as f:
             f.seek(idx * BLOCK_SIZE)
             data = f.read(BLOCK_SIZE)
@@ -154,23 +157,30 @@ class BlockStore:
             lineage = self.volume_lineage.get(volume_id) or snapshot_id
             meta = SnapMeta(snapshot_id, size_gib, lineage, source)
             dst_path = self.snapshot_path(snapshot_id)
-            with open(dst_path, "wb") as f:
-                f.truncate(size_gib * GIB)
             src_path = self.volume_path(volume_id)
+            dst = None
             if os.path.exists(src_path):
-                with open(src_path, "rb") as src, open(dst_path, "r+b") as dst:
+                with open(src_path, "rb") as src:
                     for idx in _data_blocks(src, meta.block_count):
                         src.seek(idx * BLOCK_SIZE)
                         data = src.read(BLOCK_SIZE)
                         if not data.strip(b"\0"):
                             continue
                         data = data + bytes(BLOCK_SIZE - len(data))
+                        if dst is None:
+                            # The file is made at the first data block: moto makes an
+                            # empty snapshot for each of its stock images, in every account.
+                            with open(dst_path, "wb") as f:
+                                f.truncate(size_gib * GIB)
+                            dst = open(dst_path, "r+b")
                         dst.seek(idx * BLOCK_SIZE)
                         dst.write(data)
                         digest = hashlib.sha256(data).digest()
                         old = source_meta.blocks.get(idx) if source_meta else None
                         token = old[0] if old and old[1] == digest else new_token()
                         meta.blocks[idx] = (token, digest)
+            if dst is not None:
+                dst.close()
             self.snaps[snapshot_id] = meta
             return meta
 
@@ -186,13 +196,12 @@ class BlockStore:
                 return
             self.volume_lineage[volume_id] = meta.lineage
             self.volume_source[volume_id] = meta.id
-            with open(self.snapshot_path(meta.id), "rb") as src, open(path, "r+b") as dst:
+            with open(path, "r+b") as dst:
                 for idx in sorted(meta.blocks):
                     if idx * BLOCK_SIZE >= size_gib * GIB:
                         continue
-                    src.seek(idx * BLOCK_SIZE)
                     dst.seek(idx * BLOCK_SIZE)
-                    dst.write(src.read(BLOCK_SIZE))
+                    dst.write(self.read_block(meta.id, idx))
 
     def delete_volume(self, volume_id: str) -> None:
         with self.lock:

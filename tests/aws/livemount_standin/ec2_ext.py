@@ -134,11 +134,21 @@ def _visible_snapshots(backend: EC2Backend) -> dict[str, Snapshot]:
     return snaps
 
 
+# Set while RunInstances builds an instance's volumes from its image: launching
+# an AMI shared by launch permission needs no create volume permission on the
+# AMI's snapshots (EC2 user guide, "Share an AMI": the snapshots are shared by
+# the AMI's launch permission for launching).
+_launching = [False]
+
+
 def get_snapshot(self, snapshot_id: str) -> Snapshot:
     # CreateVolume, SnapshotId: "The snapshot from which to create the volume."
     # A snapshot that is neither owned nor shared with the caller answers
     # InvalidSnapshot.NotFound ("The specified snapshot does not exist").
     snap = _visible_snapshots(self).get(snapshot_id)
+    if snap is None and _launching[0]:
+        snap = next((b.snapshots[snapshot_id] for _, b in _region_backends(self.region_name)
+                     if snapshot_id in b.snapshots), None)
     if snap is None:
         raise InvalidSnapshotIdError()
     return snap
@@ -436,6 +446,19 @@ def apply(store: BlockStore) -> None:
 
     AmisResponse.register_image = register_image
 
+    orig_run_instances = EC2Backend.run_instances
+
+    def run_instances(self, image_id, count, user_data, security_group_names, **kwargs):
+        # RunInstances, ImageId: "The ID of the AMI." An AMI the caller can neither
+        # see nor launch (not owned, not public, not shared by launch permission)
+        # answers InvalidAMIID.NotFound. moto checks this only with
+        # MOTO_ENABLE_AMI_VALIDATION; here always.
+        if image_id:
+            self.describe_images(ami_ids=[image_id])
+        return orig_run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
+
+    EC2Backend.run_instances = run_instances
+
     orig_setup_defaults = Instance.setup_defaults
 
     def setup_defaults(self) -> None:
@@ -450,11 +473,15 @@ def apply(store: BlockStore) -> None:
             ebs = m.get("Ebs")
             if not ebs:
                 continue
-            volume = self.ec2_backend.create_volume(
-                size=ebs.get("VolumeSize") or 8,
-                zone_name=self._placement.zone,
-                snapshot_id=ebs.get("SnapshotId"),
-            )
+            _launching[0] = True
+            try:
+                volume = self.ec2_backend.create_volume(
+                    size=ebs.get("VolumeSize") or 8,
+                    zone_name=self._placement.zone,
+                    snapshot_id=ebs.get("SnapshotId"),
+                )
+            finally:
+                _launching[0] = False
             self.ec2_backend.attach_volume(volume.id, self.id, m["DeviceName"],
                                            bool(ebs.get("DeleteOnTermination", True)))
         self.root_device_name = ami.root_device_name
