@@ -558,8 +558,9 @@ class Stock(unittest.TestCase):
         data = block_of(3)
         ebs.put_snapshot_block(SnapshotId=sid, BlockIndex=0, BlockData=data, DataLength=BLOCK,
                                Checksum=sha(b"wrong"), ChecksumAlgorithm="SHA256")
-        self.assertEqual(ebs.start_snapshot(VolumeSize=1, ClientToken="t")["SnapshotId"] ==
-                         ebs.start_snapshot(VolumeSize=1, ClientToken="t")["SnapshotId"], False)
+        # ...and makes a new snapshot for a repeated ClientToken.
+        self.assertNotEqual(ebs.start_snapshot(VolumeSize=1, ClientToken="t")["SnapshotId"],
+                            ebs.start_snapshot(VolumeSize=1, ClientToken="t")["SnapshotId"])
 
 
 if __name__ == "__main__":
