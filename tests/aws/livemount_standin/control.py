@@ -1,0 +1,116 @@
+"""Request counters and fault injection (the stand-in's own control plane).
+
+Counters: every request that reaches the stand-in is counted per action and per
+account before any fault or handler runs. Faults: a rule fails the Nth and
+following matching calls (N times, or forever) with an AWS error code and HTTP
+status; a throttle rule fails every matching call for S seconds with the
+service's throttling error.
+"""
+
+import threading
+import time
+
+
+class Fault:
+    def __init__(self, spec: dict):
+        if not spec.get("action"):
+            raise ValueError("a fault needs 'action'")
+        self.action = spec["action"]
+        self.account = spec.get("account")
+        self.service = spec.get("service")
+        self.throttle_seconds = spec.get("throttle_seconds")
+        self.nth = int(spec.get("nth", 1))
+        times = spec.get("times", 1 if self.throttle_seconds is None else None)
+        self.times = None if times is None else int(times)
+        self.code = spec.get("code")
+        self.status = spec.get("status")
+        self.message = spec.get("message") or "Injected by the livemount AWS stand-in."
+        self.installed = time.monotonic()
+        self.seen = 0
+        self.fired = 0
+        if self.throttle_seconds is None and not self.code:
+            raise ValueError("a fault needs 'code' (or 'throttle_seconds')")
+
+    def matches(self, service: str, action: str, account: str) -> bool:
+        return (
+            action == self.action
+            and (self.account is None or self.account == account)
+            and (self.service is None or self.service == service)
+        )
+
+    def fire(self, service: str) -> tuple[str, str, int] | None:
+        """Count one matching call; the error to answer, or None to let it pass."""
+        self.seen += 1
+        if self.throttle_seconds is not None:
+            if time.monotonic() - self.installed >= float(self.throttle_seconds):
+                return None
+            code = self.code or ("RequestLimitExceeded" if service == "ec2" else "ThrottlingException")
+            status = self.status or (503 if service == "ec2" else 400)
+            self.fired += 1
+            return code, "Request limit exceeded." if service == "ec2" else "Rate exceeded", status
+        if self.seen < self.nth:
+            return None
+        if self.times is not None and self.fired >= self.times:
+            return None
+        self.fired += 1
+        return self.code, self.message, int(self.status or 400)
+
+    def to_json(self) -> dict:
+        return {
+            "action": self.action,
+            "account": self.account,
+            "service": self.service,
+            "nth": self.nth,
+            "times": self.times,
+            "code": self.code,
+            "status": self.status,
+            "throttle_seconds": self.throttle_seconds,
+            "seen": self.seen,
+            "fired": self.fired,
+        }
+
+
+class Control:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.counts: dict[str, dict[str, int]] = {}
+        self.faults: list[Fault] = []
+
+    def reset(self) -> None:
+        with self.lock:
+            self.counts.clear()
+            self.faults.clear()
+
+    def count(self, action: str, account: str) -> None:
+        with self.lock:
+            per = self.counts.setdefault(action, {})
+            per[account] = per.get(account, 0) + 1
+
+    def counters(self) -> dict:
+        with self.lock:
+            actions = {a: dict(per) for a, per in self.counts.items()}
+        return {"actions": actions, "total": sum(sum(p.values()) for p in actions.values())}
+
+    def add_faults(self, doc) -> list[dict]:
+        specs = doc if isinstance(doc, list) else doc.get("faults", [doc])
+        new = [Fault(s) for s in specs]
+        with self.lock:
+            self.faults.extend(new)
+        return [f.to_json() for f in new]
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.faults.clear()
+
+    def list_faults(self) -> list[dict]:
+        with self.lock:
+            return [f.to_json() for f in self.faults]
+
+    def check(self, service: str, action: str, account: str):
+        with self.lock:
+            for fault in self.faults:
+                if fault.matches(service, action, account):
+                    hit = fault.fire(service)
+                    if hit:
+                        return hit
+        return None

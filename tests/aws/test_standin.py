@@ -1,0 +1,567 @@
+"""Tests of the AWS stand-in (tests/aws/standin) through boto3, on 127.0.0.1 only.
+
+Run: python3 -m unittest discover -s tests/aws
+Each test talks to a stand-in started on a free loopback port with a temporary
+--data directory; a service account (moto's default 123456789012) and a member
+account reached by STS AssumeRole (arn:aws:iam::111111111111:role/x).
+"""
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STANDIN = os.path.join(HERE, "standin")
+SERVICE = "123456789012"
+MEMBER = "111111111111"
+BLOCK = 524288
+REGION = "us-east-1"
+
+# Dummy credentials, one region, and nothing that could reach past loopback
+# (no profile, no instance metadata lookups).
+for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+    os.environ.pop(var, None)
+os.environ.update({
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": "/dev/null",
+    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+})
+
+import boto3  # noqa: E402
+from botocore.config import Config  # noqa: E402
+from botocore.exceptions import ClientError  # noqa: E402
+
+NO_RETRY = Config(retries={"mode": "standard", "total_max_attempts": 1})
+
+
+class Standin:
+    """A stand-in process on a free 127.0.0.1 port."""
+
+    def __init__(self, stock: bool = False):
+        self.data = tempfile.TemporaryDirectory(prefix="standin-")
+        cmd = [sys.executable, STANDIN, "--port", "0", "--data", self.data.name]
+        if stock:
+            cmd.append("--stock")
+        started = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()
+        self.start_seconds = time.monotonic() - started
+        if "listening on 127.0.0.1:" not in line:
+            self.proc.kill()
+            raise RuntimeError(f"stand-in did not start: {line!r}")
+        self.port = int(line.split("127.0.0.1:")[1].split()[0])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.proc.stdout.close()
+        self.data.cleanup()
+
+    def control(self, method: str, path: str, doc=None):
+        body = json.dumps(doc).encode() if doc is not None else None
+        req = urllib.request.Request(self.url + path, data=body, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def client(self, service: str, creds: dict | None = None, config: Config | None = None):
+        kwargs = {}
+        if creds:
+            kwargs = {
+                "aws_access_key_id": creds["AccessKeyId"],
+                "aws_secret_access_key": creds["SecretAccessKey"],
+                "aws_session_token": creds["SessionToken"],
+            }
+        return boto3.client(service, region_name=REGION, endpoint_url=self.url, config=config, **kwargs)
+
+    def member_creds(self) -> dict:
+        sts = self.client("sts")
+        return sts.assume_role(RoleArn=f"arn:aws:iam::{MEMBER}:role/x", RoleSessionName="test-session",
+                               ExternalId="livemount-ext")["Credentials"]
+
+
+def sha(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def block_of(seed: int) -> bytes:
+    return hashlib.sha256(str(seed).encode()).digest() * (BLOCK // 32)
+
+
+def upload(ebs, blocks: dict[int, bytes], size_gib: int = 1, parent: str | None = None,
+           aggregate: bool = True, count: int | None = None) -> str:
+    """Upload blocks (index -> 512 KiB) as coldsnap does; the snapshot id."""
+    args = {"VolumeSize": size_gib, "Description": "test"}
+    if parent:
+        args["ParentSnapshotId"] = parent
+    sid = ebs.start_snapshot(**args)["SnapshotId"]
+    for idx, data in sorted(blocks.items()):
+        ebs.put_snapshot_block(SnapshotId=sid, BlockIndex=idx, BlockData=data, DataLength=len(data),
+                               Checksum=sha(data), ChecksumAlgorithm="SHA256")
+    extra = {}
+    if aggregate:
+        agg = hashlib.sha256(b"".join(hashlib.sha256(blocks[i]).digest() for i in sorted(blocks)))
+        extra = {"Checksum": base64.b64encode(agg.digest()).decode(), "ChecksumAlgorithm": "SHA256",
+                 "ChecksumAggregationMethod": "LINEAR"}
+    ebs.complete_snapshot(SnapshotId=sid, ChangedBlocksCount=len(blocks) if count is None else count, **extra)
+    return sid
+
+
+def all_blocks(ebs, sid: str, page: int = 10000) -> list[dict]:
+    out, token = [], None
+    while True:
+        args = {"SnapshotId": sid, "MaxResults": page}
+        if token:
+            args["NextToken"] = token
+        resp = ebs.list_snapshot_blocks(**args)
+        out += resp["Blocks"]
+        token = resp.get("NextToken")
+        if not token:
+            return out
+
+
+def error_code(ctx) -> str:
+    return ctx.exception.response["Error"]["Code"]
+
+
+class Extended(unittest.TestCase):
+    """The stand-in with its extensions."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.s = Standin()
+        print(f"\nstand-in started in {cls.s.start_seconds:.2f}s", file=sys.stderr)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.s.stop()
+
+    def setUp(self):
+        self.s.control("POST", "/standin/reset", {})
+        self.ec2 = self.s.client("ec2")
+        self.ebs = self.s.client("ebs")
+        creds = self.s.member_creds()
+        self.m_ec2 = self.s.client("ec2", creds)
+        self.m_ebs = self.s.client("ebs", creds)
+        self.m_sts = self.s.client("sts", creds)
+
+    def data_path(self, *parts) -> str:
+        return os.path.join(self.s.data.name, *parts)
+
+    def service_image(self, name: str = "ipxe") -> tuple[str, str]:
+        sid = upload(self.ebs, {0: block_of(1)})
+        ami = self.ec2.register_image(
+            Name=name, RootDeviceName="/dev/xvda", EnaSupport=True, BootMode="uefi",
+            Architecture="x86_64", VirtualizationType="hvm",
+            BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": sid}}],
+        )["ImageId"]
+        return ami, sid
+
+    # ---- accounts ----
+    def test_member_account_through_assume_role(self):
+        self.assertEqual(self.s.client("sts").get_caller_identity()["Account"], SERVICE)
+        self.assertEqual(self.m_sts.get_caller_identity()["Account"], MEMBER)
+        vol = self.m_ec2.create_volume(Size=1, AvailabilityZone="us-east-1a")["VolumeId"]
+        mine = [v["VolumeId"] for v in self.ec2.describe_volumes()["Volumes"]]
+        self.assertNotIn(vol, mine)
+
+    # ---- 1. sharing ----
+    def test_image_visible_to_member_only_once_shared(self):
+        ami, _ = self.service_image()
+        with self.assertRaises(ClientError) as ctx:
+            self.m_ec2.describe_images(ImageIds=[ami])
+        self.assertEqual(error_code(ctx), "InvalidAMIID.NotFound")
+        with self.assertRaises(ClientError) as ctx:
+            self.m_ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)
+        self.assertEqual(error_code(ctx), "InvalidAMIID.NotFound")
+
+        self.ec2.modify_image_attribute(ImageId=ami, LaunchPermission={"Add": [{"UserId": MEMBER}]})
+        got = self.m_ec2.describe_images(ImageIds=[ami])["Images"]
+        self.assertEqual([i["ImageId"] for i in got], [ami])
+        self.assertEqual(got[0]["OwnerId"], SERVICE)
+        shared = self.m_ec2.describe_images(ExecutableUsers=["self"])["Images"]
+        self.assertEqual([i["ImageId"] for i in shared], [ami])
+        by_owner = self.m_ec2.describe_images(Owners=[SERVICE])["Images"]
+        self.assertEqual([i["ImageId"] for i in by_owner], [ami])
+        self.assertEqual(self.m_ec2.describe_images(Owners=["self"])["Images"], [])
+        # The owner's own image is not "explicitly shared" with itself.
+        self.assertEqual(self.ec2.describe_images(ExecutableUsers=["self"])["Images"], [])
+        self.assertEqual([i["ImageId"] for i in self.ec2.describe_images(ExecutableUsers=[MEMBER])["Images"]],
+                         [ami])
+
+        inst = self.m_ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)["Instances"][0]
+        self.assertEqual(inst["ImageId"], ami)
+        # Only the owner changes launch permissions.
+        with self.assertRaises(ClientError) as ctx:
+            self.m_ec2.modify_image_attribute(ImageId=ami, LaunchPermission={"Add": [{"UserId": "222222222222"}]})
+        self.assertEqual(error_code(ctx), "AuthFailure")
+
+        other, _ = self.service_image("unshared")
+        with self.assertRaises(ClientError) as ctx:
+            self.m_ec2.run_instances(ImageId=other, MinCount=1, MaxCount=1)
+        self.assertEqual(error_code(ctx), "InvalidAMIID.NotFound")
+
+    def test_snapshot_usable_by_member_only_once_shared(self):
+        data = {0: block_of(5), 3: block_of(6)}
+        sid = upload(self.ebs, data)
+        with self.assertRaises(ClientError) as ctx:
+            self.m_ec2.create_volume(SnapshotId=sid, AvailabilityZone="us-east-1a")
+        self.assertEqual(error_code(ctx), "InvalidSnapshot.NotFound")
+        self.assertEqual(self.m_ec2.describe_snapshots(RestorableByUserIds=["self"])["Snapshots"], [])
+        # DescribeSnapshots leaves out an id the caller has no access to.
+        self.assertEqual(self.m_ec2.describe_snapshots(SnapshotIds=[sid])["Snapshots"], [])
+
+        self.ec2.modify_snapshot_attribute(SnapshotId=sid, Attribute="createVolumePermission",
+                                           OperationType="add", UserIds=[MEMBER])
+        restorable = self.m_ec2.describe_snapshots(RestorableByUserIds=["self"])["Snapshots"]
+        self.assertEqual([x["SnapshotId"] for x in restorable], [sid])
+        self.assertEqual(
+            [x["SnapshotId"] for x in self.m_ec2.describe_snapshots(OwnerIds=[SERVICE])["Snapshots"]], [sid])
+        self.assertEqual(self.m_ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"], [])
+        vol = self.m_ec2.create_volume(SnapshotId=sid, AvailabilityZone="us-east-1a")
+        self.assertEqual(vol["Size"], 1)
+        with open(self.data_path("volumes", vol["VolumeId"] + ".img"), "rb") as f:
+            self.assertEqual(f.read(BLOCK), data[0])
+            f.seek(3 * BLOCK)
+            self.assertEqual(f.read(BLOCK), data[3])
+        # The member also reads the shared snapshot through EBS direct.
+        self.assertEqual([b["BlockIndex"] for b in all_blocks(self.m_ebs, sid)], [0, 3])
+
+    def test_register_image_keeps_its_mapping(self):
+        snaps_before = {x["SnapshotId"] for x in self.ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+        ami, sid = self.service_image()
+        img = self.ec2.describe_images(ImageIds=[ami])["Images"][0]
+        self.assertEqual(img["RootDeviceName"], "/dev/xvda")
+        self.assertEqual(img["RootDeviceType"], "ebs")
+        self.assertTrue(img["EnaSupport"])
+        self.assertEqual(img["BootMode"], "uefi")
+        self.assertEqual(img["BlockDeviceMappings"][0]["DeviceName"], "/dev/xvda")
+        self.assertEqual(img["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"], sid)
+        snaps_after = {x["SnapshotId"] for x in self.ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+        self.assertEqual(snaps_after - snaps_before, {sid})
+        # An instance launched from it gets a root volume holding the snapshot's data.
+        inst = self.ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)["Instances"][0]
+        vols = self.ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id",
+                                                   "Values": [inst["InstanceId"]]}])["Volumes"]
+        self.assertEqual([v["SnapshotId"] for v in vols], [sid])
+        with open(self.data_path("volumes", vols[0]["VolumeId"] + ".img"), "rb") as f:
+            self.assertEqual(f.read(BLOCK), block_of(1))
+
+    # ---- 2. ClientToken ----
+    def test_client_token_run_instances(self):
+        ami, _ = self.service_image()
+        a = self.ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, ClientToken="tok-1")
+        b = self.ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, ClientToken="tok-1")
+        self.assertEqual(a["Instances"][0]["InstanceId"], b["Instances"][0]["InstanceId"])
+        ids = [i["InstanceId"] for r in self.ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+        self.assertEqual(ids, [a["Instances"][0]["InstanceId"]])
+        with self.assertRaises(ClientError) as ctx:
+            self.ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="m5.large",
+                                   ClientToken="tok-1")
+        self.assertEqual(error_code(ctx), "IdempotentParameterMismatch")
+        # The token is per account: the member's own RunInstances with it is new.
+        self.ec2.modify_image_attribute(ImageId=ami, LaunchPermission={"Add": [{"UserId": MEMBER}]})
+        c = self.m_ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, ClientToken="tok-1")
+        self.assertNotEqual(c["Instances"][0]["InstanceId"], a["Instances"][0]["InstanceId"])
+
+    def test_client_token_create_volume_and_start_snapshot(self):
+        a = self.ec2.create_volume(Size=2, AvailabilityZone="us-east-1a", ClientToken="v1")
+        b = self.ec2.create_volume(Size=2, AvailabilityZone="us-east-1a", ClientToken="v1")
+        self.assertEqual(a["VolumeId"], b["VolumeId"])
+        self.assertEqual(len(self.ec2.describe_volumes()["Volumes"]), 1)
+        with self.assertRaises(ClientError) as ctx:
+            self.ec2.create_volume(Size=3, AvailabilityZone="us-east-1a", ClientToken="v1")
+        self.assertEqual(error_code(ctx), "IdempotentParameterMismatch")
+
+        s1 = self.ebs.start_snapshot(VolumeSize=1, ClientToken="s1")["SnapshotId"]
+        s2 = self.ebs.start_snapshot(VolumeSize=1, ClientToken="s1")["SnapshotId"]
+        self.assertEqual(s1, s2)
+        with self.assertRaises(ClientError) as ctx:
+            self.ebs.start_snapshot(VolumeSize=2, ClientToken="s1")
+        self.assertEqual(error_code(ctx), "ConflictException")
+
+    # ---- 3. EBS direct ----
+    def test_ebs_direct_upload_and_read_back(self):
+        # A 4 MiB disk: 8 blocks, blocks 2 and 5 all zero and so not uploaded.
+        disk = b"".join(bytes(BLOCK) if i in (2, 5) else block_of(100 + i) for i in range(8))
+        blocks = {i: disk[i * BLOCK:(i + 1) * BLOCK] for i in range(8) if i not in (2, 5)}
+        start = self.ebs.start_snapshot(VolumeSize=1, Description="disk")
+        self.assertEqual(start["BlockSize"], BLOCK)
+        self.assertEqual(start["Status"], "pending")
+        sid = start["SnapshotId"]
+        pending = self.ec2.describe_snapshots(SnapshotIds=[sid])["Snapshots"][0]
+        self.assertEqual(pending["State"], "pending")
+        for idx, data in blocks.items():
+            resp = self.ebs.put_snapshot_block(SnapshotId=sid, BlockIndex=idx, BlockData=data, DataLength=BLOCK,
+                                               Checksum=sha(data), ChecksumAlgorithm="SHA256")
+            self.assertEqual(resp["Checksum"], sha(data))
+        agg = hashlib.sha256(b"".join(hashlib.sha256(blocks[i]).digest() for i in sorted(blocks))).digest()
+        done = self.ebs.complete_snapshot(SnapshotId=sid, ChangedBlocksCount=len(blocks),
+                                          Checksum=base64.b64encode(agg).decode(), ChecksumAlgorithm="SHA256",
+                                          ChecksumAggregationMethod="LINEAR")
+        self.assertEqual(done["Status"], "completed")
+        snap = self.ec2.describe_snapshots(OwnerIds=["self"], SnapshotIds=[sid])["Snapshots"][0]
+        self.assertEqual((snap["State"], snap["VolumeSize"], snap["OwnerId"]), ("completed", 1, SERVICE))
+
+        listed = all_blocks(self.ebs, sid)
+        self.assertEqual([b["BlockIndex"] for b in listed], sorted(blocks))
+        back = bytearray(len(disk))
+        for b in listed:
+            got = self.ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=b["BlockIndex"], BlockToken=b["BlockToken"])
+            data = got["BlockData"].read()
+            self.assertEqual(got["Checksum"], sha(data))
+            self.assertEqual(got["ChecksumAlgorithm"], "SHA256")
+            self.assertEqual(got["DataLength"], BLOCK)
+            back[b["BlockIndex"] * BLOCK:(b["BlockIndex"] + 1) * BLOCK] = data
+        self.assertEqual(bytes(back), disk)
+
+    def test_ebs_direct_rejects_bad_blocks(self):
+        sid = self.ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+        data = block_of(7)
+        with self.assertRaises(ClientError) as ctx:
+            self.ebs.put_snapshot_block(SnapshotId=sid, BlockIndex=0, BlockData=data, DataLength=BLOCK,
+                                        Checksum=sha(b"other"), ChecksumAlgorithm="SHA256")
+        self.assertEqual(error_code(ctx), "ValidationException")
+        short = data[:4096]
+        with self.assertRaises(ClientError) as ctx:
+            self.ebs.put_snapshot_block(SnapshotId=sid, BlockIndex=0, BlockData=short, DataLength=len(short),
+                                        Checksum=sha(short), ChecksumAlgorithm="SHA256")
+        self.assertEqual(error_code(ctx), "ValidationException")
+        with self.assertRaises(ClientError) as ctx:
+            self.ebs.put_snapshot_block(SnapshotId=sid, BlockIndex=2048, BlockData=data, DataLength=BLOCK,
+                                        Checksum=sha(data), ChecksumAlgorithm="SHA256")
+        self.assertEqual(error_code(ctx), "ValidationException")
+        self.ebs.put_snapshot_block(SnapshotId=sid, BlockIndex=1, BlockData=data, DataLength=BLOCK,
+                                    Checksum=sha(data), ChecksumAlgorithm="SHA256")
+        with self.assertRaises(ClientError) as ctx:
+            self.ebs.complete_snapshot(SnapshotId=sid, ChangedBlocksCount=2)
+        self.assertEqual(error_code(ctx), "ValidationException")
+        with self.assertRaises(ClientError) as ctx:
+            self.ebs.complete_snapshot(SnapshotId=sid, ChangedBlocksCount=1, Checksum=sha(b"x"),
+                                       ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR")
+        self.assertEqual(error_code(ctx), "ValidationException")
+        self.ebs.complete_snapshot(SnapshotId=sid, ChangedBlocksCount=1)
+        # A block never written has no token: a ValidationException, not a 500.
+        token = all_blocks(self.ebs, sid)[0]["BlockToken"]
+        with self.assertRaises(ClientError) as ctx:
+            self.ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=0, BlockToken=token)
+        self.assertEqual(error_code(ctx), "ValidationException")
+        self.assertEqual(ctx.exception.response["ResponseMetadata"]["HTTPStatusCode"], 400)
+        with self.assertRaises(ClientError) as ctx:
+            self.ebs.list_snapshot_blocks(SnapshotId="snap-0000000000000000f")
+        self.assertEqual(error_code(ctx), "ResourceNotFoundException")
+        # Writing to a completed snapshot is refused.
+        with self.assertRaises(ClientError) as ctx:
+            self.ebs.put_snapshot_block(SnapshotId=sid, BlockIndex=0, BlockData=data, DataLength=BLOCK,
+                                        Checksum=sha(data), ChecksumAlgorithm="SHA256")
+        self.assertEqual(error_code(ctx), "ValidationException")
+
+    def test_parent_snapshot_and_changed_blocks(self):
+        parent_blocks = {i: block_of(200 + i) for i in range(6)}
+        parent = upload(self.ebs, parent_blocks)
+        child_writes = {1: block_of(301), 7: block_of(307)}
+        child = upload(self.ebs, child_writes, parent=parent)
+        self.assertEqual([b["BlockIndex"] for b in all_blocks(self.ebs, child)], [0, 1, 2, 3, 4, 5, 7])
+        changed = self.ebs.list_changed_blocks(FirstSnapshotId=parent, SecondSnapshotId=child)["ChangedBlocks"]
+        self.assertEqual([c["BlockIndex"] for c in changed], [1, 7])
+        self.assertIn("FirstBlockToken", changed[0])
+        self.assertIn("SecondBlockToken", changed[0])
+        self.assertNotIn("FirstBlockToken", changed[1])
+        # Unchanged blocks read the parent's data through the child.
+        c0 = [b for b in all_blocks(self.ebs, child) if b["BlockIndex"] == 0][0]
+        got = self.ebs.get_snapshot_block(SnapshotId=child, BlockIndex=0, BlockToken=c0["BlockToken"])
+        self.assertEqual(got["BlockData"].read(), parent_blocks[0])
+        g1 = self.ebs.get_snapshot_block(SnapshotId=child, BlockIndex=1, BlockToken=changed[0]["SecondBlockToken"])
+        self.assertEqual(g1["BlockData"].read(), child_writes[1])
+        g1p = self.ebs.get_snapshot_block(SnapshotId=parent, BlockIndex=1, BlockToken=changed[0]["FirstBlockToken"])
+        self.assertEqual(g1p["BlockData"].read(), parent_blocks[1])
+        unrelated = upload(self.ebs, {0: block_of(9)})
+        with self.assertRaises(ClientError) as ctx:
+            self.ebs.list_changed_blocks(FirstSnapshotId=unrelated, SecondSnapshotId=child)
+        self.assertEqual(error_code(ctx), "ValidationException")
+
+    def test_listing_pages(self):
+        blocks = {i: block_of(i) for i in range(130)}
+        sid = upload(self.ebs, blocks, aggregate=False)
+        first = self.ebs.list_snapshot_blocks(SnapshotId=sid, MaxResults=100)
+        self.assertEqual(len(first["Blocks"]), 100)
+        self.assertIn("NextToken", first)
+        listed = all_blocks(self.ebs, sid, page=100)
+        self.assertEqual([b["BlockIndex"] for b in listed], list(range(130)))
+        tail = self.ebs.list_snapshot_blocks(SnapshotId=sid, StartingBlockIndex=125)["Blocks"]
+        self.assertEqual([b["BlockIndex"] for b in tail], [125, 126, 127, 128, 129])
+
+    # ---- 4. data plane ----
+    def test_volume_devices_and_snapshot_of_volume(self):
+        ami, _ = self.service_image()
+        src = upload(self.ebs, {0: block_of(40), 2: block_of(42)})
+        inst = self.ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+        vol = self.ec2.create_volume(SnapshotId=src, AvailabilityZone="us-east-1a")["VolumeId"]
+        name = "nvme-Amazon_Elastic_Block_Store_" + vol.replace("-", "")
+        link = self.data_path("devices", name)
+        self.assertFalse(os.path.lexists(link))
+        self.ec2.attach_volume(VolumeId=vol, InstanceId=inst, Device="/dev/sdf")
+        self.assertTrue(os.path.islink(link))
+        self.assertTrue(os.path.islink(self.data_path("devices", inst, name)))
+        with open(link, "r+b") as dev:
+            self.assertEqual(dev.read(BLOCK), block_of(40))
+            dev.seek(2 * BLOCK)
+            self.assertEqual(dev.read(BLOCK), block_of(42))
+            # The appliance writes through the device: block 5.
+            dev.seek(5 * BLOCK)
+            dev.write(block_of(45))
+        other = self.ec2.create_volume(Size=1, AvailabilityZone="us-east-1a")["VolumeId"]
+        with self.assertRaises(ClientError) as ctx:
+            self.ec2.attach_volume(VolumeId=other, InstanceId=inst, Device="/dev/sdf")
+        self.assertEqual(error_code(ctx), "InvalidParameterValue")
+        with self.assertRaises(ClientError) as ctx:
+            self.ec2.attach_volume(VolumeId=vol, InstanceId=inst, Device="/dev/sdg")
+        self.assertEqual(error_code(ctx), "VolumeInUse")
+
+        snap = self.ec2.create_snapshot(VolumeId=vol)["SnapshotId"]
+        self.assertEqual([b["BlockIndex"] for b in all_blocks(self.ebs, snap)], [0, 2, 5])
+        changed = self.ebs.list_changed_blocks(FirstSnapshotId=src, SecondSnapshotId=snap)["ChangedBlocks"]
+        self.assertEqual([c["BlockIndex"] for c in changed], [5])
+
+        self.ec2.detach_volume(VolumeId=vol)  # no InstanceId
+        self.assertFalse(os.path.lexists(link))
+        self.assertEqual(self.ec2.describe_volumes(VolumeIds=[vol])["Volumes"][0]["State"], "available")
+        restored = self.ec2.create_volume(SnapshotId=snap, AvailabilityZone="us-east-1a")["VolumeId"]
+        with open(self.data_path("volumes", restored + ".img"), "rb") as f:
+            f.seek(5 * BLOCK)
+            self.assertEqual(f.read(BLOCK), block_of(45))
+
+    def test_create_image_snapshots_the_instance_volumes(self):
+        ami, root_snap = self.service_image()
+        inst = self.ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+        data_vol = self.ec2.create_volume(Size=2, AvailabilityZone="us-east-1a")["VolumeId"]
+        self.ec2.attach_volume(VolumeId=data_vol, InstanceId=inst, Device="/dev/sdf")
+        with open(self.data_path("volumes", data_vol + ".img"), "r+b") as f:
+            f.seek(3 * BLOCK)
+            f.write(block_of(77))
+        image = self.ec2.create_image(InstanceId=inst, Name="backup")["ImageId"]
+        bdm = self.ec2.describe_images(ImageIds=[image])["Images"][0]["BlockDeviceMappings"]
+        by_dev = {m["DeviceName"]: m["Ebs"] for m in bdm}
+        self.assertEqual(set(by_dev), {"/dev/xvda", "/dev/sdf"})
+        self.assertEqual(by_dev["/dev/sdf"]["VolumeSize"], 2)
+        self.assertEqual(by_dev["/dev/xvda"]["VolumeSize"], 1)
+        sdf = by_dev["/dev/sdf"]["SnapshotId"]
+        self.assertEqual([b["BlockIndex"] for b in all_blocks(self.ebs, sdf)], [3])
+        root = by_dev["/dev/xvda"]["SnapshotId"]
+        changed = self.ebs.list_changed_blocks(FirstSnapshotId=root_snap, SecondSnapshotId=root)["ChangedBlocks"]
+        self.assertEqual(changed, [])
+        sizes = {s["VolumeSize"] for s in self.ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+        self.assertNotIn(15, sizes)
+
+    # ---- 5. counters, faults, reset ----
+    def test_counters_per_action_and_account(self):
+        self.ec2.describe_volumes()
+        self.ec2.describe_volumes()
+        self.m_ec2.describe_volumes()
+        self.ebs.start_snapshot(VolumeSize=1)
+        counts = self.s.control("GET", "/standin/counters")["actions"]
+        self.assertEqual(counts["DescribeVolumes"], {SERVICE: 2, MEMBER: 1})
+        self.assertEqual(counts["StartSnapshot"], {SERVICE: 1})
+        self.assertEqual(counts["AssumeRole"], {SERVICE: 1})
+
+    def test_fault_nth_call_per_account(self):
+        self.s.control("POST", "/standin/faults", {"action": "DescribeVolumes", "account": MEMBER, "nth": 2,
+                                                   "times": 1, "code": "InternalError", "status": 500})
+        ec2 = self.s.client("ec2", self.s.member_creds(), NO_RETRY)
+        ec2.describe_volumes()
+        self.ec2.describe_volumes()  # another account: not counted by the fault
+        with self.assertRaises(ClientError) as ctx:
+            ec2.describe_volumes()
+        self.assertEqual(error_code(ctx), "InternalError")
+        self.assertEqual(ctx.exception.response["ResponseMetadata"]["HTTPStatusCode"], 500)
+        ec2.describe_volumes()
+        faults = self.s.control("GET", "/standin/faults")["faults"]
+        self.assertEqual((faults[0]["seen"], faults[0]["fired"]), (3, 1))
+
+    def test_fault_forever_and_throttle(self):
+        self.s.control("POST", "/standin/faults", {"action": "CreateVolume", "times": None,
+                                                   "code": "InsufficientVolumeCapacity", "status": 503})
+        ec2 = self.s.client("ec2", config=NO_RETRY)
+        for _ in range(3):
+            with self.assertRaises(ClientError) as ctx:
+                ec2.create_volume(Size=1, AvailabilityZone="us-east-1a")
+            self.assertEqual(error_code(ctx), "InsufficientVolumeCapacity")
+        self.s.control("DELETE", "/standin/faults")
+        ec2.create_volume(Size=1, AvailabilityZone="us-east-1a")
+
+        self.s.control("POST", "/standin/faults", {"action": "DescribeInstances", "throttle_seconds": 1})
+        self.s.control("POST", "/standin/faults", {"action": "StartSnapshot", "throttle_seconds": 1})
+        with self.assertRaises(ClientError) as ctx:
+            ec2.describe_instances()
+        self.assertEqual(error_code(ctx), "RequestLimitExceeded")
+        with self.assertRaises(ClientError) as ctx:
+            self.s.client("ebs", config=NO_RETRY).start_snapshot(VolumeSize=1)
+        self.assertEqual(error_code(ctx), "ThrottlingException")
+        time.sleep(1.1)
+        ec2.describe_instances()
+        # The SDK's own retries ride out a short throttle.
+        self.s.control("POST", "/standin/faults", {"action": "DescribeVolumes", "nth": 1, "times": 2,
+                                                   "code": "RequestLimitExceeded", "status": 503})
+        self.ec2.describe_volumes()
+        self.assertEqual(self.s.control("GET", "/standin/counters")["actions"]["DescribeVolumes"][SERVICE], 3)
+
+    def test_reset_clears_everything(self):
+        self.upload_marker = upload(self.ebs, {0: block_of(1)})
+        self.ec2.create_volume(Size=1, AvailabilityZone="us-east-1a")
+        self.s.control("POST", "/standin/faults", {"action": "DescribeVolumes", "code": "X", "times": None})
+        self.s.control("POST", "/standin/reset", {})
+        self.assertEqual(self.ec2.describe_volumes()["Volumes"], [])
+        self.assertEqual(self.ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"], [])
+        self.assertEqual(os.listdir(self.data_path("snapshots")), [])
+        self.assertEqual(self.s.control("GET", "/standin/counters")["actions"],
+                         {"DescribeVolumes": {SERVICE: 1}, "DescribeSnapshots": {SERVICE: 1}})
+
+
+class Stock(unittest.TestCase):
+    """--stock: moto 5.2.1 as it is, to document what the extensions change."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.s = Standin(stock=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.s.stop()
+
+    def test_shared_image_stays_invisible_in_stock_moto(self):
+        ec2 = self.s.client("ec2")
+        m_ec2 = self.s.client("ec2", self.s.member_creds())
+        ami = ec2.register_image(Name="ipxe", RootDeviceName="/dev/xvda")["ImageId"]
+        ec2.modify_image_attribute(ImageId=ami, LaunchPermission={"Add": [{"UserId": MEMBER}]})
+        with self.assertRaises(ClientError) as ctx:
+            m_ec2.describe_images(ImageIds=[ami])
+        self.assertEqual(error_code(ctx), "InvalidAMIID.NotFound")
+        # Stock moto also drops RegisterImage's root device name and makes a 15 GiB snapshot.
+        img = ec2.describe_images(ImageIds=[ami])["Images"][0]
+        self.assertEqual(img["RootDeviceName"], "/dev/sda1")
+        self.assertEqual(img["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"], 15)
+
+    def test_stock_ebs_accepts_a_wrong_checksum(self):
+        ebs = self.s.client("ebs")
+        sid = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+        data = block_of(3)
+        ebs.put_snapshot_block(SnapshotId=sid, BlockIndex=0, BlockData=data, DataLength=BLOCK,
+                               Checksum=sha(b"wrong"), ChecksumAlgorithm="SHA256")
+        # ...and makes a new snapshot for a repeated ClientToken.
+        self.assertNotEqual(ebs.start_snapshot(VolumeSize=1, ClientToken="t")["SnapshotId"],
+                            ebs.start_snapshot(VolumeSize=1, ClientToken="t")["SnapshotId"])
+
+
+if __name__ == "__main__":
+    unittest.main()
