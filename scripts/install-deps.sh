@@ -46,3 +46,9 @@ if [ "${#missing[@]}" -gt 0 ] || [ "${#missing_bpo[@]}" -gt 0 ]; then
         apt-get install -y -qq -t bookworm-backports "${missing_bpo[@]}" >/dev/null
     fi
 fi
+
+# The local AWS stand-in of the tests (tests/aws) is moto, pinned: its extensions follow moto's internals.
+if [ "$what" = test ] && ! python3 -c 'import moto, sys; sys.exit(moto.__version__ != "5.2.1")' 2>/dev/null; then
+    echo "installing from PyPI: moto[server]==5.2.1"
+    python3 -m pip install -q 'moto[server]==5.2.1'
+fi

@@ -21,3 +21,6 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 # One build of everything (tests need the livemount binary beside them), then the tests in parallel.
 cargo build --workspace --all-targets
 cargo nextest run --workspace --no-fail-fast --failure-output final
+
+# The local AWS stand-in (moto extended as AWS documents it) against boto3, and stock moto beside it.
+python3 -m unittest discover -s tests/aws
