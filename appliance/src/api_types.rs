@@ -25,6 +25,28 @@ pub struct BootRequest {
     /// The MAC address of the machine that boots this mount (the entry script picks the mount by it).
     #[serde(default)]
     pub mac: Option<String>,
+    /// The guest already boots from iSCSI (its initramfs logs in from the iBFT): publish the script
+    /// without preparing it.
+    #[serde(default)]
+    pub skip_prepare: bool,
+    /// Launch the VM in AWS from the iPXE image.
+    #[serde(default)]
+    pub cloud: Option<CloudRequest>,
+}
+
+/// Where and how `mount --boot --cloud` launches the VM.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CloudRequest {
+    /// The account to launch in: a member account's name, or `service`.
+    pub account: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub subnet: Option<String>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    #[serde(default)]
+    pub instance_type: Option<String>,
 }
 
 /// How to boot a mount.
@@ -75,6 +97,18 @@ pub struct MountInfo {
     /// Set for mounts made to boot a VM.
     #[serde(default)]
     pub boot: Option<BootInfo>,
+    /// Set for mounts whose VM runs in AWS.
+    #[serde(default)]
+    pub cloud: Option<CloudInfo>,
+}
+
+/// The cloud part of a mount: the instance that boots it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CloudInfo {
+    #[serde(flatten)]
+    pub mount: crate::cloud::instances::CloudMount,
+    /// How to read the instance's serial console.
+    pub console: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -145,4 +179,43 @@ pub struct BrowsedFs {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+/// `cloud account add`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountRequest {
+    pub name: String,
+    pub role_arn: String,
+    #[serde(default)]
+    pub external_id: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+/// `cloud account check`: the account the credentials reached.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountCheck {
+    pub name: String,
+    pub account_id: String,
+    pub arn: String,
+    pub region: String,
+}
+
+/// `cloud image ipxe`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IpxeImageRequest {
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub share_with: Vec<String>,
+}
+
+/// `cloud cleanup`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CleanupRequest {
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Also remove the iPXE images (kept otherwise: every cloud mount launches from them).
+    #[serde(default)]
+    pub images: bool,
 }

@@ -8,7 +8,7 @@ use crate::client::ApiAddr;
 use crate::commands::browse::{BrowseArgs, UnbrowseArgs};
 use crate::commands::mount::{MountArgs, UnmountArgs};
 use crate::commands::serve::ServeArgs;
-use crate::commands::{backup::BackupCmd, image::ImageCmd, library::LibraryCmd};
+use crate::commands::{backup::BackupCmd, cloud::CloudCmd, image::ImageCmd, library::LibraryCmd};
 
 /// Where the library is when nothing else says.
 pub const DEFAULT_LIBRARY: &str = "/var/lib/livemount/library";
@@ -56,6 +56,9 @@ pub enum Command {
     /// Build appliance images (the iPXE boot disk).
     #[command(subcommand)]
     Image(ImageCmd),
+    /// AWS: accounts, the iPXE machine image, and the resources this appliance made.
+    #[command(subcommand)]
+    Cloud(CloudCmd),
 }
 
 #[cfg(test)]

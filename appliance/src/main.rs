@@ -3,11 +3,13 @@
 mod api_types;
 mod cli;
 mod client;
+mod cloud;
 mod commands;
 mod daemon;
 mod library_source;
 mod output;
 mod partitions;
+mod random;
 
 use clap::Parser;
 
@@ -23,6 +25,7 @@ fn main() {
         cli::Command::Browse(args) => commands::browse::browse(&cli, args),
         cli::Command::Unbrowse(args) => commands::browse::unbrowse(&cli, args),
         cli::Command::Image(cmd) => commands::image::run(&cli, cmd),
+        cli::Command::Cloud(cmd) => commands::cloud::run(&cli, cmd),
     };
     match result {
         Ok(code) => std::process::exit(code),

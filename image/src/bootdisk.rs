@@ -13,6 +13,8 @@ use std::process::Command;
 /// Size of the image and where its partition starts.
 const DISK_BYTES: u64 = 32 << 20;
 const PART_START_SECTOR: u64 = 2048;
+/// The modification time of the files the disk is built with (2026-11-01), for reproducible disks.
+const FIXED_MTIME: u64 = 1_793_491_200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootDiskError {
@@ -83,7 +85,9 @@ pub fn build(out: &Path, entry_script: &str) -> Result<(), BootDiskError> {
         let offset = PART_START_SECTOR * 512;
         let sectors = (DISK_BYTES - offset) / 512;
         run(Command::new("mkfs.fat")
-            .args(["-F", "16", "-n", "LIVEMOUNT", "--offset", &PART_START_SECTOR.to_string()])
+            // No random volume id or creation time: the same inputs give the same disk, byte for byte
+            // (the cloud image is found again by the hash of its content).
+            .args(["-F", "16", "-n", "LIVEMOUNT", "--invariant", "--offset", &PART_START_SECTOR.to_string()])
             .arg(&tmp)
             .arg((sectors / 2).to_string()))?;
         run(Command::new("syslinux").args(["--install", "--offset", &offset.to_string()]).arg(&tmp))?;
@@ -97,8 +101,13 @@ pub fn build(out: &Path, entry_script: &str) -> Result<(), BootDiskError> {
         let script = dir.join("entry.ipxe");
         std::fs::write(&script, entry_script).map_err(io(&script))?;
         let image_at = format!("{}@@{offset}", tmp.display());
+        let fixed = std::time::UNIX_EPOCH + std::time::Duration::from_secs(FIXED_MTIME);
+        for file in [cfg.as_path(), script.as_path()] {
+            std::fs::File::options().write(true).open(file).and_then(|f| f.set_modified(fixed)).map_err(io(file))?;
+        }
         for file in [cfg.as_path(), script.as_path(), lkrn.as_path()] {
-            run(Command::new("mcopy").args(["-o", "-i", &image_at]).arg(file).arg("::/"))?;
+            // -m: the files keep their own times, not the time of the copy.
+            run(Command::new("mcopy").args(["-o", "-m", "-i", &image_at]).arg(file).arg("::/"))?;
         }
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())

@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests in `tests/`: the `livemount` binary, disk images built with the same
 //! tools people use (sfdisk, mkfs.ext4 -d), and deterministic test data.
 
+pub mod aws;
+pub mod guest;
 pub mod initiator;
 
 use std::path::{Path, PathBuf};
@@ -121,6 +123,8 @@ pub struct Daemon {
     pub dir: PathBuf,
     pub library: PathBuf,
     extra: Vec<String>,
+    /// Environment of the daemon process (e.g. where AWS is).
+    pub env: Vec<(String, String)>,
     child: Option<std::process::Child>,
 }
 
@@ -131,8 +135,19 @@ impl Daemon {
 
     /// Starts the daemon with more `serve` options (e.g. `--advertise 10.0.2.2` for QEMU guests).
     pub fn start_with(dir: &Path, library: &Path, extra: &[&str]) -> Daemon {
+        Self::start_env(dir, library, extra, &[])
+    }
+
+    /// Starts the daemon with more `serve` options and environment variables.
+    pub fn start_env(dir: &Path, library: &Path, extra: &[&str], env: &[(String, String)]) -> Daemon {
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        let mut d = Daemon { dir: dir.to_path_buf(), library: library.to_path_buf(), extra, child: None };
+        let mut d = Daemon {
+            dir: dir.to_path_buf(),
+            library: library.to_path_buf(),
+            extra,
+            env: env.to_vec(),
+            child: None,
+        };
         d.restart();
         d
     }
@@ -175,6 +190,7 @@ impl Daemon {
             .arg("--http")
             .arg("127.0.0.1:0")
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -5,41 +5,12 @@
 //! the iBFT and the guest runs to userspace with its root on the iSCSI disk, writes a marker file, prints
 //! a marker on the serial console and powers off. Afterwards the backup verifies and restores identical.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
 
+use tests::guest::{guest_image_and_packages, read_guest_file, run_qemu};
 use tests::{json, livemount, run, Daemon};
-
-const GUEST_CACHE: &str = "/var/cache/livemount-guest";
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
-}
-
-/// The cached guest image and the open-iscsi packages for it (built on first use).
-fn guest_image_and_packages() -> (PathBuf, PathBuf) {
-    std::fs::create_dir_all(GUEST_CACHE).unwrap();
-    let image = Path::new(GUEST_CACHE).join("bookworm.img");
-    run(Command::new(fixtures().join("make-guest-image.sh")).arg(&image));
-    let debs = Path::new(GUEST_CACHE).join("guest-packages/debian-12");
-    if !debs.join(".complete").exists() {
-        std::fs::create_dir_all(&debs).unwrap();
-        run(Command::new(fixtures().join("fetch-open-iscsi-debs.sh")).arg(&debs));
-        std::fs::write(debs.join(".complete"), b"").unwrap();
-    }
-    (image, debs.parent().unwrap().to_path_buf())
-}
-
-/// Reads a file from the guest's ext4 root (partition at 1 MiB) in a disk image file, without mounting.
-fn read_guest_file(disk: &Path, path: &str) -> String {
-    let dev = run(Command::new("losetup").args(["--find", "--show", "--read-only", "--offset", "1048576"]).arg(disk));
-    let dev = dev.trim().to_string();
-    let out = Command::new("debugfs").args(["-R", &format!("cat {path}")]).arg(&dev).output().unwrap();
-    let _ = Command::new("losetup").arg("-d").arg(&dev).status();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[test]
 fn a_debian_vm_boots_from_a_live_mount_over_ipxe_and_iscsi() {
@@ -78,42 +49,16 @@ fn a_debian_vm_boots_from_a_live_mount_over_ipxe_and_iscsi() {
     let boot_disk = dir.join("ipxe-boot.img");
     livemount(&lib).args(["image", "ipxe-disk", "--appliance-url", base]).arg(&boot_disk).assert().success();
 
-    let started = Instant::now();
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "1024", "-nographic", "-no-reboot"])
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=ide", boot_disk.display()))
-        .args(["-netdev", "user,id=n0", "-device", &format!("virtio-net-pci,netdev=n0,mac={mac}"), "-boot", "c"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64 (qemu-system-x86 from bookworm-backports) is installed");
-    let mut console = String::new();
-    let mut stdout = qemu.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stdout.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    });
-    let deadline = Duration::from_secs(900);
-    loop {
-        if qemu.try_wait().unwrap().is_some() {
-            break;
-        }
-        if started.elapsed() > deadline {
-            let _ = qemu.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let _ = qemu.wait();
-    console.push_str(&reader.join().unwrap());
-    let booted = started.elapsed();
-    let marker = console.lines().find(|l| l.contains("LIVEMOUNT-BOOT-MARKER")).map(str::to_string);
-    let tail: String = console.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
-    let marker =
-        marker.unwrap_or_else(|| panic!("no boot marker on the console after {booted:?}:\n{tail}\n{}", daemon.log()));
+    let boot_drive = format!("file={},format=raw,if=ide", boot_disk.display());
+    let nic = format!("virtio-net-pci,netdev=n0,mac={mac}");
+    let args: Vec<String> =
+        ["-drive", &boot_drive, "-netdev", "user,id=n0", "-device", &nic, "-boot", "c"].map(String::from).to_vec();
+    let boot = run_qemu(&args, Duration::from_secs(900));
+    let booted = boot.elapsed;
+    let console = &boot.console;
+    let marker = boot
+        .marker()
+        .unwrap_or_else(|| panic!("no boot marker on the console after {booted:?}:\n{}\n{}", boot.tail(3000), daemon.log()));
     assert!(marker.contains("tran=iscsi"), "the root file system is on the iSCSI disk: {marker}");
     assert!(console.contains("iscsistart"), "the initramfs logged in from the iBFT");
     eprintln!("booted to the marker in {booted:?}: {marker}");

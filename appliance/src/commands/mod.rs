@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod browse;
+pub mod cloud;
 pub mod image;
 pub mod library;
 pub mod mount;

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::api_types::{BootRequest, MountInfo, MountRequest, TargetAccess};
+use crate::api_types::{BootRequest, CloudRequest, MountInfo, MountRequest, TargetAccess};
 use crate::cli::Cli;
 use crate::client::Client;
 use crate::output::{print_json, size};
@@ -34,9 +34,28 @@ pub struct MountArgs {
     /// With --boot: the MAC address of the machine that boots it (the entry script picks the mount by it).
     #[arg(long, requires = "boot")]
     pub mac: Option<String>,
+    /// With --boot: the guest already boots from iSCSI (e.g. it was prepared before); change nothing in it.
+    #[arg(long, requires = "boot")]
+    pub skip_prepare: bool,
     /// Only these initiator IQNs may log in (repeat for several).
     #[arg(long = "allow-initiator")]
     pub allow_initiators: Vec<String>,
+    /// With --boot: launch the VM in AWS, in this account (a member's name, or `service`), from the iPXE
+    /// image. Only that VM may log in to the mount's target (CHAP secret and initiator name per mount).
+    #[arg(long, requires = "boot", conflicts_with_all = ["chap_user", "mutual_chap_user", "allow_initiators"])]
+    pub cloud: Option<String>,
+    /// With --cloud: the Region (default: the account's).
+    #[arg(long, requires = "cloud")]
+    pub region: Option<String>,
+    /// With --cloud: the subnet to launch in (default: the account's default VPC).
+    #[arg(long, requires = "cloud")]
+    pub subnet: Option<String>,
+    /// With --cloud: security groups of the VM (repeat for several).
+    #[arg(long = "security-group", requires = "cloud")]
+    pub security_groups: Vec<String>,
+    /// With --cloud: the instance type (default t3.small).
+    #[arg(long, requires = "cloud")]
+    pub instance_type: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -52,7 +71,14 @@ pub fn mount(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
         mutual_chap: args.mutual_chap_user.clone().zip(args.mutual_chap_secret.clone()),
         allowed_initiators: args.allow_initiators.clone(),
     };
-    let boot = args.boot.then(|| BootRequest { mac: args.mac.clone() });
+    let cloud = args.cloud.as_ref().map(|account| CloudRequest {
+        account: account.clone(),
+        region: args.region.clone(),
+        subnet: args.subnet.clone(),
+        security_groups: args.security_groups.clone(),
+        instance_type: args.instance_type.clone(),
+    });
+    let boot = args.boot.then(|| BootRequest { mac: args.mac.clone(), skip_prepare: args.skip_prepare, cloud });
     let req =
         MountRequest { backup: args.backup.clone(), name: args.name.clone(), read_only: args.read_only, access, boot };
     let info: MountInfo = client.post("/v1/mounts", &req)?;
@@ -66,7 +92,22 @@ pub fn mount(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
             println!("  ready to boot: iPXE script {}", b.script_url);
             println!("                 entry script {} (for boot images; picks the mount by MAC)", b.entry_url);
             println!("                 sanboot {}", b.sanboot);
-            println!("  boot it with:  {}", b.qemu_command);
+            if info.cloud.is_none() {
+                println!("  boot it with:  {}", b.qemu_command);
+            }
+        }
+        if let Some(c) = &info.cloud {
+            let m = &c.mount;
+            println!(
+                "  VM {} running in account {} ({}), private address {}",
+                m.instance_id.as_deref().unwrap_or("?"),
+                m.account,
+                m.region,
+                m.private_ip.as_deref().unwrap_or("unknown")
+            );
+            if let Some(console) = &c.console {
+                println!("  its console:   {console}");
+            }
         }
         for d in &info.disks {
             println!("  disk {}: {} ({})", d.disk, d.fuse_path, size(d.size));
@@ -119,6 +160,9 @@ pub fn unmount(cli: &Cli, args: &UnmountArgs) -> anyhow::Result<i32> {
     if cli.json {
         print_json(&info);
     } else {
+        if let Some(c) = &info.cloud {
+            println!("VM {} terminated", c.mount.instance_id.as_deref().unwrap_or("?"));
+        }
         println!("unmounted {}; its stores are deleted and backup {} is as it was", info.id, info.backup);
     }
     Ok(0)

@@ -19,6 +19,7 @@ pub fn routes(manager: Arc<Manager>) -> Router {
         .route("/v1/mounts/{id}", get(get_mount).delete(remove_mount))
         .route("/v1/browse", post(browse))
         .route("/v1/browse/{id}", axum::routing::delete(unbrowse))
+        .merge(super::cloud_api::routes())
         .with_state(manager)
 }
 

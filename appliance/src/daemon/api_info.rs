@@ -8,7 +8,7 @@ use blockdev::PseudoDisk;
 
 use super::boot::{self, BootSettings, BootState};
 use super::mounts::{disk_file, iqn_of, MountState};
-use crate::api_types::{BootInfo, DiskCounters, DiskInfo, MountInfo};
+use crate::api_types::{BootInfo, CloudInfo, DiskCounters, DiskInfo, MountInfo};
 
 /// Where the daemon serves mounts: what an answer is made of besides the mount itself.
 #[derive(Clone, Copy)]
@@ -45,6 +45,7 @@ impl From<MountView<'_>> for MountInfo {
             disks,
             iqn: iqn_of(&s.id),
             boot: s.boot.as_ref().map(|b| BootInfo::from(BootView { mount_id: &s.id, boot: b, reach: v.reach })),
+            cloud: s.cloud.map(|c| CloudInfo { console: c.console_hint(), mount: c }),
             id: s.id,
             name: s.name,
             backup: s.backup,

@@ -9,7 +9,7 @@ use blockdev::iscsi::Portal;
 use dedup::ingest::DiskInput;
 
 use super::super::boot::BootSettings;
-use super::super::mounts::Manager;
+use super::super::mounts::{Manager, Services};
 use super::routes;
 use crate::api_types::{MountInfo, MountRequest, TargetAccess};
 use crate::client::{ApiAddr, Client, DaemonError};
@@ -52,10 +52,16 @@ fn errors_come_back_with_their_status() {
             &dir.path().join("state"),
             &dir.path().join("fuse"),
             &lib_dir,
-            Engine::start_sync().unwrap(),
-            FileView::new(),
-            Portal::new("127.0.0.1:3260".into()),
-            BootSettings { http_base: "http://127.0.0.1:8080".into(), packages_dir: dir.path().join("packages") },
+            Services {
+                engine: Engine::start_sync().unwrap(),
+                view: FileView::new(),
+                portal: Portal::new("127.0.0.1:3260".into()),
+                boot: BootSettings {
+                    http_base: "http://127.0.0.1:8080".into(),
+                    packages_dir: dir.path().join("packages"),
+                },
+                cloud: Arc::new(crate::cloud::Cloud::open(&dir.path().join("state")).unwrap()),
+            },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

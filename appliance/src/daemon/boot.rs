@@ -39,6 +39,22 @@ pub struct BootState {
     pub initiator_iqn: String,
     pub guest_os: String,
     pub changes: Vec<String>,
+    /// CHAP user and secret the script logs in with (cloud mounts: generated per mount).
+    #[serde(default)]
+    pub chap: Option<(String, String)>,
+}
+
+/// The initiator name the guest of mount `mount_id` is prepared with and iPXE logs in as.
+pub fn initiator_iqn(mount_id: &str) -> String {
+    format!("iqn.2026-11.io.livemount:initiator-{mount_id}")
+}
+
+/// How a boot mount is made bootable.
+pub struct BootPlan {
+    pub mac: Option<String>,
+    /// The guest already boots from iSCSI: nothing is changed in it.
+    pub skip_prepare: bool,
+    pub chap: Option<(String, String)>,
 }
 
 /// Prepares the guest of mount `mount_id` on its disk files to boot from iSCSI, using `work` as scratch
@@ -48,19 +64,26 @@ pub async fn make_bootable(
     disk_files: &[PathBuf],
     work: &Path,
     settings: &BootSettings,
-    mac: Option<String>,
+    plan: BootPlan,
 ) -> Result<BootState, ApiError> {
-    let initiator_iqn = format!("iqn.2026-11.io.livemount:initiator-{mount_id}");
-    std::fs::create_dir_all(work).map_err(ApiError::io("create", work))?;
-    let opts = PrepareOptions { initiator_iqn: initiator_iqn.clone(), packages_dir: settings.packages_dir.clone() };
-    let prepared = prepare_guest(disk_files, work, opts).await?;
-    let _ = std::fs::remove_dir_all(work);
+    let initiator_iqn = initiator_iqn(mount_id);
+    let (os, changes) = if plan.skip_prepare {
+        ("not prepared (--skip-prepare)".to_string(), Vec::new())
+    } else {
+        std::fs::create_dir_all(work).map_err(ApiError::io("create", work))?;
+        let opts =
+            PrepareOptions { initiator_iqn: initiator_iqn.clone(), packages_dir: settings.packages_dir.clone() };
+        let prepared = prepare_guest(disk_files, work, opts).await?;
+        let _ = std::fs::remove_dir_all(work);
+        (prepared.os, prepared.changes)
+    };
     Ok(BootState {
         token: new_token(),
-        mac: mac.map(|m| m.to_ascii_lowercase()),
+        mac: plan.mac.map(|m| m.to_ascii_lowercase()),
         initiator_iqn,
-        guest_os: prepared.os,
-        changes: prepared.changes,
+        guest_os: os,
+        changes,
+        chap: plan.chap,
     })
 }
 
@@ -75,6 +98,7 @@ pub fn boot_target(advertise: &str, mount_id: &str, b: &BootState) -> image::ipx
         target_iqn: iqn_of(mount_id),
         initiator_iqn: b.initiator_iqn.clone(),
         keep_san: true,
+        chap: b.chap.clone(),
     }
 }
 
@@ -95,9 +119,7 @@ pub fn entry_script(boots: &[(Option<String>, String)], mac: &str, settings: &Bo
 
 /// A script token: 32 random hex digits, the unguessable part of the script's URL.
 fn new_token() -> String {
-    let mut b = [0u8; 16];
-    getrandom::getrandom(&mut b).expect("the kernel's random source is available");
-    hex::encode(b)
+    crate::random::hex(16)
 }
 
 /// Prepares the guest found on `disk_files`. `work` is a folder for the temporary mount point.

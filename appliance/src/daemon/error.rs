@@ -58,6 +58,9 @@ pub enum ApiError {
     #[error(transparent)]
     Disk(#[from] blockdev::Error),
 
+    #[error(transparent)]
+    Cloud(#[from] crate::cloud::CloudError),
+
     /// A fault of the daemon itself (a task that panicked).
     #[error("{0}")]
     Internal(String),
@@ -101,6 +104,17 @@ impl ApiError {
                 // is non-exhaustive, so kinds added later land here too.
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
+            ApiError::Cloud(e) => {
+                use crate::cloud::CloudError as C;
+                match e {
+                    C::UnknownAccount(_) | C::Missing(_) => StatusCode::NOT_FOUND,
+                    C::BadRequest(_) => StatusCode::BAD_REQUEST,
+                    C::Conflict(_) => StatusCode::CONFLICT,
+                    // AWS refused or failed: the request may be fine, the far side is not.
+                    C::AssumeRole { .. } | C::Aws { .. } | C::Timeout { .. } => StatusCode::BAD_GATEWAY,
+                    C::Io { .. } | C::BootDisk(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                }
+            }
             ApiError::Disk(e) => match e {
                 // Writing to a mount made read-only clashes with the mount's state.
                 blockdev::Error::ReadOnly => StatusCode::CONFLICT,
@@ -154,6 +168,17 @@ mod tests {
             (dedup::Error::OutOfRange { offset: 10, len: 1, size: 10 }.into(), StatusCode::RANGE_NOT_SATISFIABLE),
             (dedup::Error::io("read", "/l/x", io()).into(), StatusCode::INTERNAL_SERVER_ERROR),
             (blockdev::Error::ReadOnly.into(), StatusCode::CONFLICT),
+            (crate::cloud::CloudError::UnknownAccount("x".into()).into(), StatusCode::NOT_FOUND),
+            (
+                crate::cloud::CloudError::Aws {
+                    account: "m".into(),
+                    action: "RunInstances",
+                    code: Some("Unsupported".into()),
+                    message: "no".into(),
+                }
+                .into(),
+                StatusCode::BAD_GATEWAY,
+            ),
             (blockdev::Error::OutOfRange { offset: 10, len: 1, size: 10 }.into(), StatusCode::RANGE_NOT_SATISFIABLE),
             (
                 blockdev::Error::Store { op: "write", store: "private", source: io() }.into(),

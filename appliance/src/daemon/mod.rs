@@ -6,6 +6,7 @@ mod api_info;
 mod backups_view;
 mod boot;
 mod browse;
+mod cloud_api;
 mod error;
 mod loopdev;
 mod mounts;
@@ -84,8 +85,9 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let http_base = format!("http://{}:{}", opts.advertise, http.local_addr()?.port());
     tracing::info!(http = %opts.http, base = %http_base, "iPXE scripts served");
     let boot = boot::BootSettings { http_base, packages_dir: opts.guest_packages.clone() };
-    let manager =
-        mounts::Manager::new(&opts.state_dir, &opts.fuse_root, &opts.library, engine, view.clone(), portal, boot);
+    let cloud = std::sync::Arc::new(crate::cloud::Cloud::open(&opts.state_dir).context("opening the cloud state")?);
+    let services = mounts::Services { engine, view: view.clone(), portal, boot, cloud };
+    let manager = mounts::Manager::new(&opts.state_dir, &opts.fuse_root, &opts.library, services);
     let ipxe = api::ipxe_routes(manager.clone());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(http, ipxe).await {
@@ -94,6 +96,9 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     });
     manager.show_backups();
     manager.load().await;
+    // AWS may be slow or out of reach: reconciling must not hold up the mounts that are back.
+    let reconciling = manager.clone();
+    tokio::spawn(async move { reconciling.reconcile_cloud().await });
 
     let fuse = blockdev::fuse::mount(view, &opts.fuse_root, tokio::runtime::Handle::current()).with_context(|| {
         format!("mounting the file view at {} (is the daemon running as root?)", opts.fuse_root.display())

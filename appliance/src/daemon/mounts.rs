@@ -23,10 +23,12 @@ use dedup::{BackupDisk, Library};
 use serde::{Deserialize, Serialize};
 
 use super::api_info::{MountView, Reach};
-use super::boot::{self, BootSettings, BootState};
+use super::boot::{self, BootPlan, BootSettings, BootState};
 use super::error::ApiError;
 use super::{backups_view, browse};
-use crate::api_types::{BrowseInfo, MountInfo, MountRequest, TargetAccess};
+use crate::api_types::{BootRequest, BrowseInfo, CloudRequest, MountInfo, MountRequest, TargetAccess};
+use crate::cloud::instances::{CloudMount, CloudState};
+use crate::cloud::{cleanup, images, instances, Cloud};
 use crate::library_source::LibrarySource;
 
 /// A mount as `mount.json` keeps it.
@@ -48,11 +50,23 @@ pub struct MountState {
     pub access: TargetAccess,
     #[serde(default)]
     pub boot: Option<BootState>,
+    /// The VM of a cloud mount.
+    #[serde(default)]
+    pub cloud: Option<CloudMount>,
 }
 
 struct Mount {
     state: Mutex<MountState>,
     disks: Vec<Arc<PseudoDisk>>,
+}
+
+/// What the manager serves mounts with.
+pub struct Services {
+    pub engine: Engine,
+    pub view: Arc<FileView>,
+    pub portal: Arc<Portal>,
+    pub boot: BootSettings,
+    pub cloud: Arc<Cloud>,
 }
 
 pub struct Manager {
@@ -65,29 +79,32 @@ pub struct Manager {
     engine: Engine,
     view: Arc<FileView>,
     mounts: tokio::sync::Mutex<BTreeMap<String, Arc<Mount>>>,
+    cloud: Arc<Cloud>,
 }
 
 impl Manager {
-    pub fn new(
-        state_dir: &Path,
-        fuse_root: &Path,
-        library_path: &Path,
-        engine: Engine,
-        view: Arc<FileView>,
-        portal: Arc<Portal>,
-        boot: BootSettings,
-    ) -> Arc<Manager> {
+    pub fn new(state_dir: &Path, fuse_root: &Path, library_path: &Path, with: Services) -> Arc<Manager> {
         Arc::new(Manager {
-            portal,
-            boot,
+            portal: with.portal,
+            boot: with.boot,
             state_dir: state_dir.to_path_buf(),
             fuse_root: fuse_root.to_path_buf(),
             library_path: library_path.to_path_buf(),
             library: Mutex::new(None),
-            engine,
-            view,
+            engine: with.engine,
+            view: with.view,
             mounts: tokio::sync::Mutex::new(BTreeMap::new()),
+            cloud: with.cloud,
         })
+    }
+
+    pub fn cloud(&self) -> &Cloud {
+        &self.cloud
+    }
+
+    /// The ids of the mounts the daemon has.
+    pub async fn mount_ids(&self) -> std::collections::BTreeSet<String> {
+        self.mounts.lock().await.keys().cloned().collect()
     }
 
     /// The library, opened on first use (it may be created after the daemon starts).
@@ -162,7 +179,15 @@ impl Manager {
             if let Some(b) = &state.browse {
                 browse::undo(b).await;
             }
-            if state.for_browse {
+            let cut_off_launch = state.cloud.as_ref().is_some_and(|c| c.state == CloudState::Launching);
+            if state.for_browse || cut_off_launch {
+                if cut_off_launch {
+                    // Its VM may or may not exist; `reconcile_cloud` removes it by journal and tags.
+                    tracing::warn!(mount = %state.id, "the daemon stopped while this mount's VM was being launched: rolling the mount back");
+                    if let Ok(lib) = Library::open(&state.library) {
+                        let _ = lib.release(&state.id);
+                    }
+                }
                 let _ = blockdev::pseudo_disk::remove_stores(&e.path());
                 continue;
             }
@@ -180,7 +205,27 @@ impl Manager {
     pub async fn create(&self, req: &MountRequest, for_browse: bool) -> Result<MountInfo, ApiError> {
         let lib = self.library()?;
         let manifest = lib.resolve(&req.backup)?;
+        let cloud_req = req.boot.as_ref().and_then(|b| b.cloud.clone());
+        // Before anything is made: the account, the Region and its iPXE image must be there.
+        let cloud_plan = match &cloud_req {
+            Some(c) => {
+                let region = self.cloud.accounts.region_of(&c.account, c.region.as_deref()).await?;
+                let image = images::launchable_image(&self.cloud, &region, &c.account).await?;
+                Some((c.clone(), region, image))
+            }
+            None => None,
+        };
         let id = new_mount_id();
+        let mut access = req.access.clone();
+        if cloud_plan.is_some() {
+            // A cloud VM reaches the appliance over a network others share: only it may log in, with
+            // the CHAP secret that only its script carries.
+            access = TargetAccess {
+                chap: Some(("livemount".into(), crate::random::hex(8))),
+                mutual_chap: None,
+                allowed_initiators: vec![boot::initiator_iqn(&id)],
+            };
+        }
         let state = MountState {
             id: id.clone(),
             name: req.name.clone(),
@@ -191,8 +236,9 @@ impl Manager {
             disks: manifest.disks.len(),
             for_browse,
             browse: None,
-            access: req.access.clone(),
+            access,
             boot: None,
+            cloud: None,
         };
         let mount_dir = self.mount_dir(&id);
         std::fs::create_dir_all(&mount_dir).map_err(ApiError::io("create", &mount_dir))?;
@@ -210,8 +256,17 @@ impl Manager {
         let mount = self.open_mount(state)?;
         tracing::info!(mount = %id, backup = %manifest.id, "mounted");
         if let Some(boot) = &req.boot {
-            if let Err(e) = self.make_bootable(&mount, boot.mac.clone()).await {
+            if let Err(e) = self.make_bootable(&mount, boot).await {
                 tracing::warn!(mount = %id, "boot preparation failed; rolling the mount back: {e}");
+                return Err(e);
+            }
+        }
+        if let Some((c, region, image)) = &cloud_plan {
+            if let Err(e) = self.launch(&mount, c, region, image).await {
+                tracing::warn!(mount = %id, "launching the VM failed; rolling the mount back: {e}");
+                if let Err(e2) = cleanup::remove_mount_resources(&self.cloud, &c.account, region, &id).await {
+                    tracing::error!(mount = %id, "the rollback could not remove the VM (`livemount cloud cleanup` will): {e2}");
+                }
                 return Err(e);
             }
         }
@@ -222,11 +277,15 @@ impl Manager {
     }
 
     /// Prepares the mount's guest to boot from iSCSI and publishes its iPXE script.
-    async fn make_bootable(&self, mount: &Mount, mac: Option<String>) -> Result<(), ApiError> {
-        let id = mount.state.lock().expect("not poisoned").id.clone();
+    async fn make_bootable(&self, mount: &Mount, req: &BootRequest) -> Result<(), ApiError> {
+        let (id, chap) = {
+            let s = mount.state.lock().expect("not poisoned");
+            (s.id.clone(), req.cloud.as_ref().and(s.access.chap.clone()))
+        };
         let files: Vec<PathBuf> = (0..mount.disks.len()).map(|d| disk_file(&self.fuse_root, &id, d)).collect();
         let work = self.state_dir.join("boot").join(&id);
-        let published = boot::make_bootable(&id, &files, &work, &self.boot, mac).await?;
+        let plan = BootPlan { mac: req.mac.clone(), skip_prepare: req.skip_prepare, chap };
+        let published = boot::make_bootable(&id, &files, &work, &self.boot, plan).await?;
         for d in &mount.disks {
             d.flush().await?;
         }
@@ -240,14 +299,81 @@ impl Manager {
         Ok(())
     }
 
-    /// The per-mount iPXE script for a token.
-    pub async fn script_by_token(&self, token: &str) -> Option<String> {
+    /// Launches the VM of a cloud mount. The mount is saved as launching first, so that a crash from here
+    /// on is rolled back at the next start.
+    async fn launch(&self, mount: &Mount, c: &CloudRequest, region: &str, image: &str) -> Result<(), ApiError> {
+        let (id, token) = {
+            let mut s = mount.state.lock().expect("not poisoned");
+            s.cloud = Some(CloudMount {
+                account: c.account.clone(),
+                region: region.to_string(),
+                image_id: image.to_string(),
+                instance_id: None,
+                private_ip: None,
+                state: CloudState::Launching,
+                imds_v2_only: false,
+            });
+            (s.id.clone(), s.boot.as_ref().map(|b| b.token.clone()).unwrap_or_default())
+        };
+        self.save(&mount.state.lock().expect("not poisoned").clone())?;
+        let launched = instances::launch(&self.cloud, c, region, &id, image, &self.boot.script_url(&token)).await?;
+        let state = {
+            let mut s = mount.state.lock().expect("not poisoned");
+            s.cloud = Some(launched);
+            s.clone()
+        };
+        self.save(&state)
+    }
+
+    /// The per-mount iPXE script for a token. A cloud VM fetching it has read its user-data: IMDSv1 is
+    /// turned off on it now (see `image::ipxe::ec2_script`).
+    pub async fn script_by_token(self: &Arc<Self>, token: &str) -> Option<String> {
         let mounts = self.mounts.lock().await;
-        mounts.values().find_map(|m| {
+        let (mount, script) = mounts.values().find_map(|m| {
             let s = m.state.lock().expect("not poisoned");
             let b = s.boot.as_ref().filter(|b| b.token == token)?;
-            Some(image::ipxe::mount_script(&boot::boot_target(&self.portal.advertise, &s.id, b)))
-        })
+            Some((m.clone(), image::ipxe::mount_script(&boot::boot_target(&self.portal.advertise, &s.id, b))))
+        })?;
+        let pending = mount.state.lock().expect("not poisoned").cloud.clone().filter(|c| !c.imds_v2_only);
+        if let Some(c) = pending {
+            let me = self.clone();
+            tokio::spawn(async move {
+                match instances::require_imds_v2(&me.cloud, &c).await {
+                    Ok(()) => {
+                        let state = {
+                            let mut s = mount.state.lock().expect("not poisoned");
+                            if let Some(c) = s.cloud.as_mut() {
+                                c.imds_v2_only = true;
+                            }
+                            s.clone()
+                        };
+                        let _ = me.save(&state);
+                    }
+                    Err(e) => tracing::warn!(mount = %state_id(&mount), "IMDSv1 stays on for the VM: {e}"),
+                }
+            });
+        }
+        Some(script)
+    }
+
+    /// After a restart: removes what the journal shows of mounts that no longer exist (a launch cut off
+    /// by a crash, an unmount that could not reach AWS).
+    pub async fn reconcile_cloud(&self) {
+        let live = self.mount_ids().await;
+        let mut orphans = std::collections::BTreeSet::new();
+        for r in self.cloud.journal.live() {
+            if let crate::cloud::journal::Purpose::Mount(m) = &r.purpose {
+                if !live.contains(m) {
+                    orphans.insert((r.account.clone(), r.region.clone(), m.clone()));
+                }
+            }
+        }
+        for (account, region, mount) in orphans {
+            match cleanup::remove_mount_resources(&self.cloud, &account, &region, &mount).await {
+                Ok(()) => tracing::info!(%mount, %account, "removed the cloud resources of a mount that is gone"),
+                Err(e) => tracing::warn!(%mount, %account, "cannot remove the cloud resources of a gone mount yet (`livemount cloud cleanup` retries): {e}"),
+            }
+        }
     }
 
     /// What the entry script gets for the machine with MAC address `mac` (see `boot::entry_script`).
@@ -300,6 +426,12 @@ impl Manager {
         let (id, m) = self.find(key).await?;
         if m.state.lock().expect("not poisoned").browse.is_some() {
             return Err(ApiError::conflict(format!("mount {id} is browsed; run `livemount unbrowse {id}` first")));
+        }
+        let cloud = m.state.lock().expect("not poisoned").cloud.clone();
+        if let Some(c) = cloud {
+            // The VM goes first: while it runs, it uses the stores.
+            cleanup::remove_mount_resources(&self.cloud, &c.account, &c.region, &id).await?;
+            tracing::info!(mount = %id, instance = ?c.instance_id, "VM terminated");
         }
         let info = self.info(&m);
         self.mounts.lock().await.remove(&id);
@@ -399,6 +531,10 @@ impl Manager {
     }
 }
 
+fn state_id(m: &Mount) -> String {
+    m.state.lock().expect("not poisoned").id.clone()
+}
+
 /// The iSCSI name of a mount's target; the mount id in it is the unguessable part.
 pub fn iqn_of(mount_id: &str) -> String {
     format!("iqn.2026-11.io.livemount:mount-{mount_id}")
@@ -428,9 +564,7 @@ fn target_of(state: &MountState, disks: &[Arc<PseudoDisk>]) -> Target {
 
 /// A mount id: 16 random hex digits (the unguessable part of the mount's iSCSI name later).
 fn new_mount_id() -> String {
-    let mut b = [0u8; 8];
-    getrandom::getrandom(&mut b).expect("the kernel's random source is available");
-    hex::encode(b)
+    crate::random::hex(8)
 }
 
 /// Disk `d` of mount `id` as a file of the FUSE view mounted at `fuse_root`.

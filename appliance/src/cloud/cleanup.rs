@@ -1,0 +1,264 @@
+//! What this appliance made that still exists, and removing what no live mount uses. Two sources agree
+//! here: the journal (every resource from before the call that made it) and the tags (every resource
+//! carries `livemount:appliance`), so that neither a crash before an id was recorded nor a lost journal
+//! hides a resource.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::journal::{Kind, Purpose};
+use super::{filter, instances, sdk, Cloud, CloudError, TAG_APPLIANCE, TAG_IPXE, TAG_MOUNT};
+
+/// One resource found in AWS or in the journal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Found {
+    pub kind: Kind,
+    pub account: String,
+    pub region: String,
+    /// None: the journal says it was about to be made, and AWS shows nothing by its tags.
+    pub id: Option<String>,
+    pub purpose: Option<Purpose>,
+    pub state: String,
+    /// The journal's client token, when the journal knows it.
+    pub token: Option<String>,
+    /// A live mount, or the Region's current iPXE image, uses it.
+    pub in_use: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Inventory {
+    pub resources: Vec<Found>,
+    /// Accounts or Regions that could not be looked at, and why.
+    pub errors: Vec<String>,
+}
+
+/// Everything this appliance made that may still exist, in every account it knows and every Region it
+/// has used. `live_mounts` are the ids of the mounts the daemon has.
+pub async fn inventory(cloud: &Cloud, live_mounts: &BTreeSet<String>) -> Inventory {
+    let mut places: BTreeSet<(String, String)> = BTreeSet::new();
+    for r in cloud.journal.live() {
+        places.insert((r.account, r.region));
+    }
+    for img in cloud.images.all() {
+        places.insert((super::accounts::SERVICE.into(), img.region));
+    }
+    for a in cloud.accounts.list() {
+        if let Ok(region) = cloud.accounts.region_of(&a.name, None).await {
+            places.insert((a.name, region));
+        }
+    }
+    let mut inv = Inventory::default();
+    let mut seen_ids = BTreeSet::new();
+    for (account, region) in &places {
+        match scan(cloud, account, region).await {
+            Ok(found) => {
+                for f in found {
+                    seen_ids.insert(f.id.clone().unwrap_or_default());
+                    inv.resources.push(f);
+                }
+            }
+            Err(e) => inv.errors.push(format!("{account} ({region}): {e}")),
+        }
+    }
+    // Journal entries: attach their tokens, and list what AWS did not show by tag.
+    let by_id: BTreeMap<String, String> =
+        cloud.journal.live().into_iter().filter_map(|r| r.id.clone().map(|id| (id, r.token))).collect();
+    for f in &mut inv.resources {
+        f.token = f.id.as_ref().and_then(|id| by_id.get(id).cloned());
+    }
+    for r in cloud.journal.live() {
+        let shown = r.id.as_ref().is_some_and(|id| seen_ids.contains(id));
+        let place_failed = inv.errors.iter().any(|e| e.starts_with(&format!("{} ({})", r.account, r.region)));
+        if !shown && !place_failed {
+            inv.resources.push(Found {
+                kind: r.kind,
+                account: r.account.clone(),
+                region: r.region.clone(),
+                id: r.id.clone(),
+                purpose: Some(r.purpose.clone()),
+                state: if r.id.is_some() { "gone".into() } else { "never made".into() },
+                token: Some(r.token.clone()),
+                in_use: false,
+            });
+        }
+    }
+    for f in &mut inv.resources {
+        f.in_use = match &f.purpose {
+            Some(Purpose::Mount(m)) => live_mounts.contains(m) && f.state != "gone" && f.state != "never made",
+            Some(Purpose::IpxeImage(_)) => cloud
+                .images
+                .get(&f.region)
+                .is_some_and(|img| f.id.as_deref() == Some(&img.image_id) || f.id.as_deref() == Some(&img.snapshot_id)),
+            None => false,
+        };
+    }
+    inv
+}
+
+/// What EC2 shows in one account and Region with this appliance's tag.
+async fn scan(cloud: &Cloud, account: &str, region: &str) -> Result<Vec<Found>, CloudError> {
+    let config = cloud.accounts.config(account, region, "inventory").await?;
+    let ec2 = sdk::ec2(&config);
+    let mine = filter(&format!("tag:{TAG_APPLIANCE}"), &[&cloud.appliance_id]);
+    let mut out = Vec::new();
+    let place = |kind, id: Option<&str>, state: String, tags: &[aws_sdk_ec2::types::Tag]| Found {
+        kind,
+        account: account.into(),
+        region: region.into(),
+        id: id.map(str::to_string),
+        purpose: purpose_of(tags),
+        state,
+        token: None,
+        in_use: false,
+    };
+    let inst = ec2
+        .describe_instances()
+        .filters(mine.clone())
+        .send()
+        .await
+        .map_err(CloudError::aws(account, "DescribeInstances"))?;
+    for i in inst.reservations().iter().flat_map(|r| r.instances()) {
+        let state = i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default();
+        if state != "terminated" {
+            out.push(place(Kind::Instance, i.instance_id(), state, i.tags()));
+        }
+    }
+    let vols =
+        ec2.describe_volumes().filters(mine.clone()).send().await.map_err(CloudError::aws(account, "DescribeVolumes"))?;
+    for v in vols.volumes() {
+        let state = v.state().map(|s| s.as_str().to_string()).unwrap_or_default();
+        out.push(place(Kind::Volume, v.volume_id(), state, v.tags()));
+    }
+    let imgs = ec2
+        .describe_images()
+        .owners("self")
+        .filters(mine.clone())
+        .send()
+        .await
+        .map_err(CloudError::aws(account, "DescribeImages"))?;
+    for i in imgs.images() {
+        let state = i.state().map(|s| s.as_str().to_string()).unwrap_or_default();
+        out.push(place(Kind::Image, i.image_id(), state, i.tags()));
+    }
+    let snaps = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(mine)
+        .send()
+        .await
+        .map_err(CloudError::aws(account, "DescribeSnapshots"))?;
+    for s in snaps.snapshots() {
+        let state = s.state().map(|s| s.as_str().to_string()).unwrap_or_default();
+        out.push(place(Kind::Snapshot, s.snapshot_id(), state, s.tags()));
+    }
+    Ok(out)
+}
+
+fn purpose_of(tags: &[aws_sdk_ec2::types::Tag]) -> Option<Purpose> {
+    let get = |k: &str| tags.iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).map(str::to_string);
+    get(TAG_MOUNT).map(Purpose::Mount).or_else(|| get(TAG_IPXE).map(Purpose::IpxeImage))
+}
+
+/// Removes what no live mount uses (instances first, then volumes, images, snapshots), and with
+/// `images` also the current iPXE images. Gives what was (or, with `dry_run`, would be) removed.
+pub async fn cleanup(
+    cloud: &Cloud,
+    live_mounts: &BTreeSet<String>,
+    dry_run: bool,
+    images: bool,
+) -> Result<Inventory, CloudError> {
+    let inv = inventory(cloud, live_mounts).await;
+    let mut chosen: Vec<Found> = inv
+        .resources
+        .into_iter()
+        .filter(|f| !f.in_use || (images && matches!(f.purpose, Some(Purpose::IpxeImage(_)))))
+        .collect();
+    chosen.sort_by_key(|f| f.kind);
+    let mut done = Inventory { resources: Vec::new(), errors: inv.errors };
+    for f in chosen {
+        if !dry_run {
+            if let Err(e) = remove(cloud, &f).await {
+                done.errors.push(format!("{} {}: {e}", f.kind, f.id.as_deref().unwrap_or("?")));
+                continue;
+            }
+        }
+        done.resources.push(f);
+    }
+    Ok(done)
+}
+
+async fn remove(cloud: &Cloud, f: &Found) -> Result<(), CloudError> {
+    if f.state != "gone" && f.state != "never made" {
+        let id = f.id.clone().unwrap_or_default();
+        let config = cloud.accounts.config(&f.account, &f.region, "cleanup").await?;
+        let ec2 = sdk::ec2(&config);
+        let account = f.account.as_str();
+        match f.kind {
+            Kind::Instance => instances::terminate(&ec2, account, std::slice::from_ref(&id)).await?,
+            Kind::Volume => delete_volume(&ec2, account, &id).await?,
+            Kind::Image => {
+                let r = ec2.deregister_image().image_id(&id).send().await;
+                ignore_not_found(r.map(|_| ()).map_err(CloudError::aws(account, "DeregisterImage")))?;
+                if cloud.images.get(&f.region).is_some_and(|i| i.image_id == id) {
+                    cloud.images.forget(&f.region)?;
+                }
+            }
+            Kind::Snapshot => {
+                let r = ec2.delete_snapshot().snapshot_id(&id).send().await;
+                ignore_not_found(r.map(|_| ()).map_err(CloudError::aws(account, "DeleteSnapshot")))?;
+            }
+        }
+        tracing::info!(kind = %f.kind, %id, account = %f.account, "removed");
+    }
+    if let Some(t) = &f.token {
+        cloud.journal.gone(t)?;
+    }
+    Ok(())
+}
+
+/// Deletes a volume, detaching it first when it is still attached to something.
+async fn delete_volume(ec2: &aws_sdk_ec2::Client, account: &str, id: &str) -> Result<(), CloudError> {
+    let r = ec2.delete_volume().volume_id(id).send().await;
+    match r.map(|_| ()).map_err(CloudError::aws(account, "DeleteVolume")) {
+        Err(e) if e.code() == Some("VolumeInUse") => {
+            ec2.detach_volume().volume_id(id).force(true).send().await.map_err(CloudError::aws(account, "DetachVolume"))?;
+            let r = ec2.delete_volume().volume_id(id).send().await;
+            ignore_not_found(r.map(|_| ()).map_err(CloudError::aws(account, "DeleteVolume")))
+        }
+        other => ignore_not_found(other),
+    }
+}
+
+fn ignore_not_found(r: Result<(), CloudError>) -> Result<(), CloudError> {
+    match r {
+        Err(e) if e.code().is_some_and(|c| c.ends_with(".NotFound")) => Ok(()),
+        other => other,
+    }
+}
+
+/// Removes every resource of mount `mount_id` in `account`/`region`: its instances (terminated, waited
+/// for) and then any volume left with its tag. Used by unmount, by a mount's rollback and after a crash.
+pub async fn remove_mount_resources(
+    cloud: &Cloud,
+    account: &str,
+    region: &str,
+    mount_id: &str,
+) -> Result<(), CloudError> {
+    instances::terminate_mount(cloud, account, region, mount_id).await?;
+    let config = cloud.accounts.config(account, region, "unmount").await?;
+    let ec2 = sdk::ec2(&config);
+    let vols = ec2
+        .describe_volumes()
+        .filters(filter(&format!("tag:{TAG_APPLIANCE}"), &[&cloud.appliance_id]))
+        .filters(filter(&format!("tag:{TAG_MOUNT}"), &[mount_id]))
+        .send()
+        .await
+        .map_err(CloudError::aws(account, "DescribeVolumes"))?;
+    for v in vols.volumes() {
+        if let Some(id) = v.volume_id() {
+            delete_volume(&ec2, account, id).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,367 @@
+//! The iPXE machine image: one fixed image per Region that boots every cloud live mount. Its boot disk is
+//! `image::bootdisk` with the EC2 script (`image::ipxe::ec2_script`: DHCP, then the instance's user-data,
+//! which chains to the mount's script on this appliance). The disk goes up as a snapshot through the EBS
+//! direct APIs (`ebs_upload`), becomes an image, and is shared with member accounts by launch permission.
+//! The image and its snapshot carry the hash of the disk's content, so that publishing it again finds
+//! them and uploads nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::{
+    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, LaunchPermission,
+    LaunchPermissionModifications, ResourceType, SnapshotState, TagSpecification, VolumeType,
+};
+use serde::{Deserialize, Serialize};
+
+use super::accounts::SERVICE;
+use super::ebs_upload::Upload;
+use super::journal::{Kind, Purpose, Resource};
+use super::{ec2_tags, filter, sdk, Cloud, CloudError, TAG_APPLIANCE, TAG_IPXE};
+
+/// The iPXE image of one Region.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IpxeImage {
+    pub region: String,
+    pub image_id: String,
+    pub snapshot_id: String,
+    /// BLAKE3 of the boot disk's bytes.
+    pub content_hash: String,
+    /// Account ids with launch permission.
+    pub shared_with: Vec<String>,
+    /// What this publication uploaded (0 when the image existed).
+    #[serde(default)]
+    pub bytes_uploaded: u64,
+    #[serde(default)]
+    pub upload_seconds: f64,
+}
+
+/// `<state>/cloud/images.json`: the iPXE image of each Region, as last published.
+pub struct ImageRecords {
+    path: PathBuf,
+    map: Mutex<BTreeMap<String, IpxeImage>>,
+}
+
+impl ImageRecords {
+    pub fn load(cloud_dir: &Path) -> Result<ImageRecords, CloudError> {
+        let path = cloud_dir.join("images.json");
+        let map = match std::fs::read(&path) {
+            Ok(d) => serde_json::from_slice(&d).unwrap_or_default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(CloudError::io("read", &path)(e)),
+        };
+        Ok(ImageRecords { path, map: Mutex::new(map) })
+    }
+
+    pub fn get(&self, region: &str) -> Option<IpxeImage> {
+        self.map.lock().expect("not poisoned").get(region).cloned()
+    }
+
+    pub fn all(&self) -> Vec<IpxeImage> {
+        self.map.lock().expect("not poisoned").values().cloned().collect()
+    }
+
+    pub fn set(&self, image: &IpxeImage) -> Result<(), CloudError> {
+        let mut map = self.map.lock().expect("not poisoned");
+        map.insert(image.region.clone(), image.clone());
+        self.save(&map)
+    }
+
+    pub fn forget(&self, region: &str) -> Result<(), CloudError> {
+        let mut map = self.map.lock().expect("not poisoned");
+        if map.remove(region).is_some() {
+            self.save(&map)?;
+        }
+        Ok(())
+    }
+
+    fn save(&self, map: &BTreeMap<String, IpxeImage>) -> Result<(), CloudError> {
+        let json = serde_json::to_vec_pretty(map).expect("plain data");
+        dedup::durable::write_file(&self.path, &json).map_err(CloudError::io("write", &self.path))
+    }
+}
+
+/// Builds the iPXE boot disk for EC2 in `work` and publishes it in `region` of the service account,
+/// shared with `share_with` (account names or ids). Idempotent: the same disk content gives the same image.
+pub async fn publish_ipxe(
+    cloud: &Cloud,
+    region: &str,
+    share_with: &[String],
+    work: &Path,
+) -> Result<IpxeImage, CloudError> {
+    std::fs::create_dir_all(work).map_err(CloudError::io("create", work))?;
+    let disk = work.join("ipxe-ec2.img");
+    let disk2 = disk.clone();
+    tokio::task::spawn_blocking(move || image::bootdisk::build(&disk2, &image::ipxe::ec2_script()))
+        .await
+        .map_err(|e| CloudError::Conflict(format!("building the iPXE boot disk: {e}")))??;
+    let content_hash = {
+        let bytes = std::fs::read(&disk).map_err(CloudError::io("read", &disk))?;
+        blake3::hash(&bytes).to_hex().to_string()
+    };
+    let config = cloud.accounts.config(SERVICE, region, "image").await?;
+    let ec2 = sdk::ec2(&config);
+    let purpose = Purpose::IpxeImage(content_hash.clone());
+    let tags = cloud.tags(&purpose);
+
+    let (mut image, uploaded) = match find_image(&ec2, region, &cloud.appliance_id, &content_hash).await? {
+        Some(found) => (found, (0, 0.0)),
+        None => {
+            let started = Instant::now();
+            let (snapshot_id, bytes) = match find_snapshot(&ec2, &cloud.appliance_id, &content_hash).await? {
+                Some(id) => (id, 0),
+                None => upload(cloud, &config, region, &disk, &purpose, &tags).await?,
+            };
+            wait_snapshot(&ec2, &snapshot_id).await?;
+            let image_id = register(cloud, &ec2, region, &snapshot_id, &purpose, &tags).await?;
+            let image = IpxeImage {
+                region: region.to_string(),
+                image_id,
+                snapshot_id,
+                content_hash: content_hash.clone(),
+                shared_with: Vec::new(),
+                bytes_uploaded: 0,
+                upload_seconds: 0.0,
+            };
+            (image, (bytes, started.elapsed().as_secs_f64()))
+        }
+    };
+    (image.bytes_uploaded, image.upload_seconds) = uploaded;
+    if let Some(old) = cloud.images.get(region).filter(|o| o.image_id == image.image_id) {
+        image.shared_with = old.shared_with;
+    }
+    cloud.images.set(&image)?;
+    for account in share_with {
+        share(cloud, region, account).await?;
+    }
+    let _ = std::fs::remove_dir_all(work);
+    Ok(cloud.images.get(region).unwrap_or(image))
+}
+
+/// The iPXE image of `region`, made launchable by `account` (shared with it unless it is the service
+/// account). A Region without the image is an error that says how to publish it.
+pub async fn launchable_image(cloud: &Cloud, region: &str, account: &str) -> Result<String, CloudError> {
+    let missing = || {
+        CloudError::Missing(format!(
+            "there is no iPXE image in {region}: publish it with `livemount cloud image ipxe --region {region}`"
+        ))
+    };
+    let image = cloud.images.get(region).ok_or_else(missing)?;
+    let config = cloud.accounts.config(SERVICE, region, "mount").await?;
+    let ec2 = sdk::ec2(&config);
+    let exists = ec2.describe_images().image_ids(&image.image_id).send().await;
+    match exists {
+        Ok(out) if !out.images().is_empty() => {}
+        Ok(_) => return Err(missing()),
+        Err(e) => {
+            let err = CloudError::aws(SERVICE, "DescribeImages")(e);
+            return Err(if err.code() == Some("InvalidAMIID.NotFound") { missing() } else { err });
+        }
+    }
+    if account != SERVICE {
+        share(cloud, region, account).await?;
+    }
+    Ok(image.image_id)
+}
+
+/// Gives `account` launch permission on the Region's iPXE image (idempotent).
+async fn share(cloud: &Cloud, region: &str, account: &str) -> Result<(), CloudError> {
+    let Some(mut image) = cloud.images.get(region) else { return Ok(()) };
+    let id = cloud.accounts.account_id(account, region).await?;
+    if image.shared_with.contains(&id) {
+        return Ok(());
+    }
+    let config = cloud.accounts.config(SERVICE, region, "image").await?;
+    sdk::ec2(&config)
+        .modify_image_attribute()
+        .image_id(&image.image_id)
+        .launch_permission(
+            LaunchPermissionModifications::builder().add(LaunchPermission::builder().user_id(&id).build()).build(),
+        )
+        .send()
+        .await
+        .map_err(CloudError::aws(SERVICE, "ModifyImageAttribute"))?;
+    image.shared_with.push(id);
+    cloud.images.set(&image)
+}
+
+async fn find_image(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    appliance: &str,
+    hash: &str,
+) -> Result<Option<IpxeImage>, CloudError> {
+    let out = ec2
+        .describe_images()
+        .owners("self")
+        .filters(filter(&format!("tag:{TAG_IPXE}"), &[hash]))
+        .filters(filter(&format!("tag:{TAG_APPLIANCE}"), &[appliance]))
+        .send()
+        .await
+        .map_err(CloudError::aws(SERVICE, "DescribeImages"))?;
+    let Some(img) = out.images().iter().find(|i| i.state().map(|s| s.as_str()) != Some("deregistered")) else {
+        return Ok(None);
+    };
+    let snapshot_id = img
+        .block_device_mappings()
+        .iter()
+        .find_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
+        .unwrap_or_default()
+        .to_string();
+    Ok(Some(IpxeImage {
+        region: region.to_string(),
+        image_id: img.image_id().unwrap_or_default().to_string(),
+        snapshot_id,
+        content_hash: hash.to_string(),
+        shared_with: Vec::new(),
+        bytes_uploaded: 0,
+        upload_seconds: 0.0,
+    }))
+}
+
+/// A completed snapshot of this content from an earlier run that stopped before the image was registered.
+async fn find_snapshot(ec2: &aws_sdk_ec2::Client, appliance: &str, hash: &str) -> Result<Option<String>, CloudError> {
+    let out = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(filter(&format!("tag:{TAG_IPXE}"), &[hash]))
+        .filters(filter(&format!("tag:{TAG_APPLIANCE}"), &[appliance]))
+        .filters(filter("status", &["completed"]))
+        .send()
+        .await
+        .map_err(CloudError::aws(SERVICE, "DescribeSnapshots"))?;
+    Ok(out.snapshots().first().and_then(|s| s.snapshot_id()).map(str::to_string))
+}
+
+async fn upload(
+    cloud: &Cloud,
+    config: &aws_config::SdkConfig,
+    region: &str,
+    disk: &Path,
+    purpose: &Purpose,
+    tags: &[(String, String)],
+) -> Result<(String, u64), CloudError> {
+    let Purpose::IpxeImage(hash) = purpose else { unreachable!("an iPXE upload is for the iPXE image") };
+    let token = format!("lm-ipxe-snap-{}", &hash[..32]);
+    let resource = Resource {
+        kind: Kind::Snapshot,
+        account: SERVICE.into(),
+        region: region.into(),
+        purpose: purpose.clone(),
+        token: token.clone(),
+        id: None,
+    };
+    cloud.journal.intent(&resource)?;
+    let ebs = sdk::ebs(config);
+    let up = Upload {
+        ebs: &ebs,
+        account: SERVICE,
+        client_token: &token,
+        description: format!("livemount iPXE boot disk {}", &hash[..16]),
+        tags: tags.to_vec(),
+    };
+    let done = up.run(disk, |id| cloud.journal.made(&token, id)).await?;
+    tracing::info!(snapshot = %done.snapshot_id, blocks = done.blocks_written, "iPXE boot disk uploaded");
+    Ok((done.snapshot_id, done.bytes_written))
+}
+
+async fn wait_snapshot(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> Result<(), CloudError> {
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let out = ec2
+            .describe_snapshots()
+            .snapshot_ids(snapshot_id)
+            .send()
+            .await
+            .map_err(CloudError::aws(SERVICE, "DescribeSnapshots"))?;
+        let state = out.snapshots().first().and_then(|s| s.state().cloned());
+        match state {
+            Some(SnapshotState::Completed) => return Ok(()),
+            Some(SnapshotState::Error) => {
+                return Err(CloudError::Conflict(format!(
+                    "snapshot {snapshot_id} went into the error state; run `livemount cloud image ipxe` again"
+                )))
+            }
+            _ if Instant::now() > deadline => {
+                return Err(CloudError::Timeout {
+                    what: format!("snapshot {snapshot_id}"),
+                    state: "completed".into(),
+                    seconds: 1800,
+                    last: format!("{state:?}"),
+                })
+            }
+            _ => tokio::time::sleep(Duration::from_secs(2)).await,
+        }
+    }
+}
+
+async fn register(
+    cloud: &Cloud,
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    snapshot_id: &str,
+    purpose: &Purpose,
+    tags: &[(String, String)],
+) -> Result<String, CloudError> {
+    let Purpose::IpxeImage(hash) = purpose else { unreachable!("the iPXE image is for the iPXE image") };
+    let name = format!("livemount-ipxe-{}", &hash[..16]);
+    let token = format!("lm-ipxe-image-{}", &hash[..32]);
+    let resource = Resource {
+        kind: Kind::Image,
+        account: SERVICE.into(),
+        region: region.into(),
+        purpose: purpose.clone(),
+        token: token.clone(),
+        id: None,
+    };
+    cloud.journal.intent(&resource)?;
+    let out = ec2
+        .register_image()
+        .name(&name)
+        .description("livemount: boots a live-mounted backup over iSCSI (the instance's user-data names the mount)")
+        .architecture(ArchitectureValues::X8664)
+        .virtualization_type("hvm")
+        .ena_support(true)
+        .boot_mode(BootModeValues::LegacyBios)
+        .root_device_name("/dev/sda1")
+        .block_device_mappings(
+            BlockDeviceMapping::builder()
+                .device_name("/dev/sda1")
+                .ebs(
+                    EbsBlockDevice::builder()
+                        .snapshot_id(snapshot_id)
+                        .volume_type(VolumeType::Gp3)
+                        .delete_on_termination(true)
+                        .build(),
+                )
+                .build(),
+        )
+        .tag_specifications(
+            TagSpecification::builder().resource_type(ResourceType::Image).set_tags(Some(ec2_tags(tags))).build(),
+        )
+        .send()
+        .await;
+    let image_id = match out {
+        Ok(o) => o.image_id().unwrap_or_default().to_string(),
+        Err(e) => {
+            let err = CloudError::aws(SERVICE, "RegisterImage")(e);
+            if err.code() != Some("InvalidAMIName.Duplicate") {
+                cloud.journal.gone(&token)?;
+                return Err(err);
+            }
+            // Registered by an earlier run that stopped before recording it.
+            let found = ec2
+                .describe_images()
+                .owners("self")
+                .filters(filter("name", &[&name]))
+                .send()
+                .await
+                .map_err(CloudError::aws(SERVICE, "DescribeImages"))?;
+            found.images().first().and_then(|i| i.image_id()).map(str::to_string).ok_or(err)?
+        }
+    };
+    cloud.journal.made(&token, &image_id)?;
+    Ok(image_id)
+}

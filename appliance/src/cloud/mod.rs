@@ -1,0 +1,93 @@
+//! The cloud half of the appliance: the AWS accounts it works in (`accounts`), the journal of every
+//! resource it makes (`journal`), the iPXE machine image (`images`, uploaded through `ebs_upload`), the
+//! instances that boot live mounts (`instances`), and finding and removing what was left behind
+//! (`cleanup`). `sdk` is how every call reaches AWS.
+//!
+//! ```text
+//! <state>/cloud/appliance-id    this appliance's id, in the livemount:appliance tag of all it makes
+//! <state>/cloud/accounts.json   the member accounts (role ARN, ExternalId, Region; no secrets)
+//! <state>/cloud/journal.jsonl   every resource made, from before the call that makes it until it is gone
+//! <state>/cloud/images.json     the iPXE image of each Region
+//! ```
+
+pub mod accounts;
+pub mod cleanup;
+pub mod ebs_upload;
+pub mod error;
+pub mod images;
+pub mod instances;
+pub mod journal;
+pub mod sdk;
+
+use std::path::{Path, PathBuf};
+
+pub use error::CloudError;
+
+/// The tag every resource carries: which appliance made it.
+pub const TAG_APPLIANCE: &str = "livemount:appliance";
+/// On a live mount's resources: the mount.
+pub const TAG_MOUNT: &str = "livemount:mount";
+/// On the iPXE image and its snapshot: the hash of the boot disk's content.
+pub const TAG_IPXE: &str = "livemount:ipxe-content";
+
+pub struct Cloud {
+    pub dir: PathBuf,
+    pub appliance_id: String,
+    pub accounts: accounts::Accounts,
+    pub journal: journal::Journal,
+    pub images: images::ImageRecords,
+}
+
+impl Cloud {
+    /// Opens (or starts) the cloud state under the daemon's state folder.
+    pub fn open(state_dir: &Path) -> Result<Cloud, CloudError> {
+        let dir = state_dir.join("cloud");
+        std::fs::create_dir_all(&dir).map_err(CloudError::io("create", &dir))?;
+        let id_path = dir.join("appliance-id");
+        let appliance_id = match std::fs::read_to_string(&id_path) {
+            Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
+            _ => {
+                let id = crate::random::hex(8);
+                dedup::durable::write_file(&id_path, id.as_bytes()).map_err(CloudError::io("write", &id_path))?;
+                id
+            }
+        };
+        Ok(Cloud {
+            accounts: accounts::Accounts::load(&dir, &appliance_id)?,
+            journal: journal::Journal::open(&dir)?,
+            images: images::ImageRecords::load(&dir)?,
+            appliance_id,
+            dir,
+        })
+    }
+
+    /// The tags of a resource made for `purpose`.
+    pub fn tags(&self, purpose: &journal::Purpose) -> Vec<(String, String)> {
+        let mut tags = vec![(TAG_APPLIANCE.to_string(), self.appliance_id.clone())];
+        match purpose {
+            journal::Purpose::Mount(id) => {
+                tags.push((TAG_MOUNT.into(), id.clone()));
+                tags.push(("Name".into(), format!("livemount mount {id}")));
+            }
+            journal::Purpose::IpxeImage(hash) => {
+                tags.push((TAG_IPXE.into(), hash.clone()));
+                tags.push(("Name".into(), format!("livemount iPXE {}", &hash[..16.min(hash.len())])));
+            }
+        }
+        tags
+    }
+}
+
+/// Tags as EC2 takes them.
+pub fn ec2_tags(tags: &[(String, String)]) -> Vec<aws_sdk_ec2::types::Tag> {
+    tags.iter().map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build()).collect()
+}
+
+/// A filter of EC2's Describe calls.
+pub fn filter(name: &str, values: &[&str]) -> aws_sdk_ec2::types::Filter {
+    let mut f = aws_sdk_ec2::types::Filter::builder().name(name);
+    for v in values {
+        f = f.values(*v);
+    }
+    f.build()
+}

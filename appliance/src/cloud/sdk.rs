@@ -1,0 +1,118 @@
+//! How the appliance talks to AWS: one HTTPS client (rustls with ring; no other TLS stack is built), the
+//! SDK's default credential chain for the service account (environment, profile, instance profile through
+//! IMDSv2), the SDK's standard retry for throttling and transient faults, and the endpoint from the SDK's
+//! own `AWS_ENDPOINT_URL` variables, so that tests aim everything at a local stand-in without flags of ours.
+
+use std::time::Duration;
+
+use aws_config::identity::IdentityCache;
+use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
+
+/// Calls are tried this often in all before their error is reported (throttling, 5xx, timeouts).
+const MAX_ATTEMPTS: u32 = 5;
+
+/// Credentials are renewed this long before they expire, so no call starts with credentials that lapse
+/// during it.
+const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
+
+/// The one HTTPS client every service and credential provider uses.
+pub fn http_client() -> SharedHttpClient {
+    aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::Ring)).build_https()
+}
+
+/// The service account's configuration: the default chain, in `region` when given (else the chain's own
+/// region, else us-east-1).
+pub async fn service_config(region: Option<&str>) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http_client())
+        .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+        .identity_cache(IdentityCache::lazy().buffer_time(RENEW_BEFORE_EXPIRY).build());
+    if let Some(r) = region {
+        loader = loader.region(aws_config::Region::new(r.to_string()));
+    }
+    let config = loader.load().await;
+    if config.region().is_none() {
+        return config.into_builder().region(aws_config::Region::from_static("us-east-1")).build();
+    }
+    config
+}
+
+/// The code and message of an SDK error, for one-line reports. A service error gives its AWS error code;
+/// a transport failure (no connection, timeout) gives what the SDK saw.
+pub fn describe<E, R>(e: &aws_smithy_runtime_api::client::result::SdkError<E, R>) -> (Option<String>, String)
+where
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_smithy_runtime_api::client::result::SdkError;
+    match e {
+        SdkError::ServiceError(s) => {
+            let err = s.err();
+            let code = err.code().map(str::to_string);
+            let message = err.message().map(str::to_string).unwrap_or_else(|| err.to_string());
+            (code, message)
+        }
+        other => (None, aws_smithy_types::error::display::DisplayErrorContext(other).to_string()),
+    }
+}
+
+/// EC2, EBS direct and STS clients over `config`. Each carries the crash hook below when it is set.
+pub fn ec2(config: &SdkConfig) -> aws_sdk_ec2::Client {
+    let mut b = aws_sdk_ec2::config::Builder::from(config);
+    if let Some(hook) = KillAfter::from_env() {
+        b = b.interceptor(hook);
+    }
+    aws_sdk_ec2::Client::from_conf(b.build())
+}
+
+pub fn ebs(config: &SdkConfig) -> aws_sdk_ebs::Client {
+    let mut b = aws_sdk_ebs::config::Builder::from(config);
+    if let Some(hook) = KillAfter::from_env() {
+        b = b.interceptor(hook);
+    }
+    aws_sdk_ebs::Client::from_conf(b.build())
+}
+
+pub fn sts(config: &SdkConfig) -> aws_sdk_sts::Client {
+    aws_sdk_sts::Client::new(config)
+}
+
+/// For crash tests: `LIVEMOUNT_TEST_KILL_AFTER=RunInstances` makes the daemon kill itself with SIGKILL as
+/// soon as a RunInstances call has succeeded, before anything after it runs or is recorded: exactly the
+/// crash that the journal and the reconciliation must recover from. Not set, it costs nothing.
+#[derive(Debug)]
+struct KillAfter {
+    action: String,
+}
+
+impl KillAfter {
+    const VAR: &'static str = "LIVEMOUNT_TEST_KILL_AFTER";
+
+    fn from_env() -> Option<KillAfter> {
+        std::env::var(Self::VAR).ok().filter(|a| !a.is_empty()).map(|action| KillAfter { action })
+    }
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for KillAfter {
+    fn name(&self) -> &'static str {
+        "livemount test crash hook"
+    }
+
+    fn read_after_execution(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef<'_>,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let action = cfg.load::<aws_smithy_runtime_api::client::orchestrator::Metadata>().map(|m| m.name());
+        let succeeded = matches!(context.output_or_error(), Some(Ok(_)));
+        if succeeded && action == Some(self.action.as_str()) {
+            tracing::warn!("{}={}: killing the daemon with SIGKILL", Self::VAR, self.action);
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+        }
+        Ok(())
+    }
+}

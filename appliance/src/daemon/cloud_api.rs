@@ -1,0 +1,84 @@
+//! The control API's cloud routes: accounts, the iPXE image, the resources this appliance made and their
+//! cleanup. Thin: each calls `crate::cloud` with the manager's cloud state.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::error::ApiError;
+use super::mounts::Manager;
+use crate::api_types::{AccountCheck, AccountRequest, CleanupRequest, IpxeImageRequest};
+use crate::cloud::accounts::Account;
+use crate::cloud::cleanup::{self, Inventory};
+use crate::cloud::images::{self, IpxeImage};
+
+pub fn routes() -> Router<Arc<Manager>> {
+    Router::new()
+        .route("/v1/cloud/accounts", get(list_accounts).post(add_account))
+        .route("/v1/cloud/accounts/{name}", axum::routing::delete(remove_account))
+        .route("/v1/cloud/accounts/{name}/check", post(check_account))
+        .route("/v1/cloud/images/ipxe", post(publish_ipxe))
+        .route("/v1/cloud/resources", get(resources))
+        .route("/v1/cloud/cleanup", post(cleanup))
+}
+
+async fn list_accounts(State(m): State<Arc<Manager>>) -> Json<Vec<Account>> {
+    Json(m.cloud().accounts.list())
+}
+
+async fn add_account(
+    State(m): State<Arc<Manager>>,
+    req: Result<Json<AccountRequest>, JsonRejection>,
+) -> Result<Json<Account>, ApiError> {
+    let Json(r) = req?;
+    let account = Account { name: r.name, role_arn: Some(r.role_arn), external_id: r.external_id, region: r.region };
+    m.cloud().accounts.add(account.clone())?;
+    Ok(Json(account))
+}
+
+async fn remove_account(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> Result<Json<Account>, ApiError> {
+    let in_use = m.cloud().journal.live().into_iter().filter(|r| r.account == name).count();
+    if in_use > 0 {
+        return Err(ApiError::conflict(format!(
+            "account {name} still holds {in_use} resource(s) this appliance made: unmount its mounts or run `livemount cloud cleanup` first"
+        )));
+    }
+    Ok(Json(m.cloud().accounts.remove(&name)?))
+}
+
+async fn check_account(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> Result<Json<AccountCheck>, ApiError> {
+    let accounts = &m.cloud().accounts;
+    let region = accounts.region_of(&name, None).await?;
+    let (account_id, arn) = accounts.identity(&name, &region).await?;
+    Ok(Json(AccountCheck { name, account_id, arn, region }))
+}
+
+async fn publish_ipxe(
+    State(m): State<Arc<Manager>>,
+    req: Result<Json<IpxeImageRequest>, JsonRejection>,
+) -> Result<Json<IpxeImage>, ApiError> {
+    let Json(r) = req?;
+    let cloud = m.cloud();
+    let region = cloud.accounts.region_of(crate::cloud::accounts::SERVICE, r.region.as_deref()).await?;
+    let work = cloud.dir.join("work").join(format!("ipxe-{}", crate::random::hex(4)));
+    let result = images::publish_ipxe(cloud, &region, &r.share_with, &work).await;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(Json(result?))
+}
+
+async fn resources(State(m): State<Arc<Manager>>) -> Json<Inventory> {
+    let live = m.mount_ids().await;
+    Json(cleanup::inventory(m.cloud(), &live).await)
+}
+
+async fn cleanup(
+    State(m): State<Arc<Manager>>,
+    req: Result<Json<CleanupRequest>, JsonRejection>,
+) -> Result<Json<Inventory>, ApiError> {
+    let Json(r) = req?;
+    let live = m.mount_ids().await;
+    Ok(Json(cleanup::cleanup(m.cloud(), &live, r.dry_run, r.images).await?))
+}

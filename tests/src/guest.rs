@@ -1,0 +1,93 @@
+//! The bootable Debian guest of the boot tests (built from Debian packages on first use and cached), and
+//! QEMU runs that collect the serial console.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::run;
+
+const GUEST_CACHE: &str = "/var/cache/livemount-guest";
+
+/// The guest prints this on its serial console once it runs from the iSCSI disk.
+pub const BOOT_MARKER: &str = "LIVEMOUNT-BOOT-MARKER";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// The cached guest image and the folder of guest packages (open-iscsi for Debian 12) the daemon takes.
+pub fn guest_image_and_packages() -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(GUEST_CACHE).unwrap();
+    let image = Path::new(GUEST_CACHE).join("bookworm.img");
+    run(Command::new(fixtures().join("make-guest-image.sh")).arg(&image));
+    let debs = Path::new(GUEST_CACHE).join("guest-packages/debian-12");
+    if !debs.join(".complete").exists() {
+        std::fs::create_dir_all(&debs).unwrap();
+        run(Command::new(fixtures().join("fetch-open-iscsi-debs.sh")).arg(&debs));
+        std::fs::write(debs.join(".complete"), b"").unwrap();
+    }
+    (image, debs.parent().unwrap().to_path_buf())
+}
+
+/// Reads a file from the guest's ext4 root (partition at 1 MiB) in a disk image file, without mounting.
+pub fn read_guest_file(disk: &Path, path: &str) -> String {
+    let dev = run(Command::new("losetup").args(["--find", "--show", "--read-only", "--offset", "1048576"]).arg(disk));
+    let dev = dev.trim().to_string();
+    let out = Command::new("debugfs").args(["-R", &format!("cat {path}")]).arg(&dev).output().unwrap();
+    let _ = Command::new("losetup").arg("-d").arg(&dev).status();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What a QEMU run printed on its serial console, and how long it ran.
+pub struct ConsoleRun {
+    pub console: String,
+    pub elapsed: Duration,
+}
+
+impl ConsoleRun {
+    /// The line with the guest's boot marker.
+    pub fn marker(&self) -> Option<String> {
+        self.console.lines().find(|l| l.contains(BOOT_MARKER)).map(str::to_string)
+    }
+
+    /// The last `n` characters of the console, for failure messages.
+    pub fn tail(&self, n: usize) -> String {
+        let chars: Vec<char> = self.console.chars().collect();
+        chars[chars.len().saturating_sub(n)..].iter().collect()
+    }
+}
+
+/// Runs `qemu-system-x86_64 -accel tcg -m 1024 -nographic -no-reboot ARGS` until it exits (the guest
+/// powers off) or `deadline` passes, and gives its console.
+pub fn run_qemu(args: &[String], deadline: Duration) -> ConsoleRun {
+    let started = Instant::now();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-m", "1024", "-nographic", "-no-reboot"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64 (qemu-system-x86 from bookworm-backports) is installed");
+    let mut stdout = qemu.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    loop {
+        if qemu.try_wait().unwrap().is_some() {
+            break;
+        }
+        if started.elapsed() > deadline {
+            let _ = qemu.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = qemu.wait();
+    let console = reader.join().unwrap();
+    ConsoleRun { console, elapsed: started.elapsed() }
+}
