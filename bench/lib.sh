@@ -210,3 +210,51 @@ stop_tgtd() {
     fi
     TGTD_PID=""
 }
+
+# ---------------------------------------------------------------------------------------------------------
+# The boot benchmarks' guest (bench/boot.sh, bench/cloud.sh): GUEST, PACKAGES and GUEST_CACHE set by the script.
+# ---------------------------------------------------------------------------------------------------------
+# The end-to-end tests' Debian 12 guest image and the open-iscsi packages for it, built on first use.
+prepare_guest() {
+    mkdir -p "$GUEST_CACHE"
+    if [[ ! -s $GUEST ]]; then
+        log "building the guest image $GUEST (debootstrap, several minutes)"
+    fi
+    "$ROOT/tests/fixtures/make-guest-image.sh" "$GUEST"
+    local debs=$PACKAGES/debian-12
+    if [[ ! -e $debs/.complete ]]; then
+        log "fetching open-iscsi packages for the guest into $debs"
+        mkdir -p "$debs"
+        "$ROOT/tests/fixtures/fetch-open-iscsi-debs.sh" "$debs"
+        : > "$debs/.complete"
+    fi
+}
+
+# Bytes in the data extents of a file (SEEK_DATA / SEEK_HOLE): what is allocated, not its apparent size.
+data_bytes() { python3 "$REPORT_PY" data-bytes "$1"; }
+
+# A file in the guest's ext4 root (partition at 1 MiB) of a disk image, without mounting it.
+guest_stat() {  # guest_stat IMAGE PATH: prints debugfs's stat, empty when missing
+    local dev out
+    dev=$(losetup --find --show --read-only --offset 1048576 "$1")
+    out=$(debugfs -R "stat $2" "$dev" 2>/dev/null | head -3 || true)
+    losetup -d "$dev" || true
+    echo "$out"
+}
+
+# A fresh copy of the prepared guest as LUN 1 (every tgt boot starts from the same disk).
+tgt_fresh_lun() {
+    local i
+    if [[ -f $WORK/tgt.img ]]; then
+        # The last boot's session may linger a moment after QEMU's exit.
+        for i in $(seq 1 100); do
+            tgtadm -C "$TGT_CONTROL" --lld iscsi --op delete --mode logicalunit --tid 1 --lun 1 > /dev/null 2>&1 \
+                && break
+            sleep 0.2
+        done
+        ((i < 100)) || die "tgt: cannot remove LUN 1 (a session still open?)"
+    fi
+    rm -f "$WORK/tgt.img"
+    cp --sparse=always "$WORK/tgt-pristine.img" "$WORK/tgt.img"
+    tgtadm -C "$TGT_CONTROL" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$WORK/tgt.img"
+}

@@ -1095,6 +1095,50 @@ def cmd_summary_library(argv):
 # Command line.
 # ---------------------------------------------------------------------------------------------------------
 # Subcommand: (function, positional arguments, the last one takes the rest of the line).
+# ---------------------------------------------------------------------------------------------------------
+# bench/cloud.sh
+# ---------------------------------------------------------------------------------------------------------
+
+def cmd_summary_cloud(argv):
+    """summary-cloud: cloud-results.json and the table of bench/cloud.sh (inputs in the environment)."""
+    env = os.environ
+    work = env["WORK"]
+    figs = dict(l.rstrip("\n").split("=", 1) for l in open(os.path.join(work, "figures")) if "=" in l)
+    boots = [json.loads(l) for l in open(os.path.join(work, "boots.jsonl")) if l.strip()]
+    med = lambda xs: statistics.median(xs) if xs else None
+    lm_up = med([float(v) for k, v in figs.items() if k.startswith("upload.lm.")])
+    cs_up = med([float(v) for k, v in figs.items() if k.startswith("upload.coldsnap.")])
+    nonzero = int(figs["upload.nonzero_bytes"])
+    lm_boot = [b for b in boots if b["name"].startswith("lm.")]
+    tgt_boot = [b for b in boots if b["name"].startswith("tgt.")]
+    lm_marker = med([b["marker_s"] for b in lm_boot])
+    lm_whole = med([float(figs[b["name"] + ".mount_s"]) + b["marker_s"] for b in lm_boot])
+    lm_mount = med([float(figs[b["name"] + ".mount_s"]) for b in lm_boot])
+    tgt_marker = med([b["marker_s"] for b in tgt_boot])
+    out = {
+        "run": run_facts(env),
+        "upload": {"disk_bytes": int(figs["upload.disk_bytes"]), "nonzero_bytes": nonzero,
+                   "livemount_s": lm_up, "coldsnap_s": cs_up,
+                   "livemount_MiB_s": nonzero / lm_up / 2**20, "coldsnap_MiB_s": nonzero / cs_up / 2**20,
+                   "ratio_coldsnap_over_livemount": cs_up / lm_up, "goal": ">= 1.0"},
+        "boot": {"livemount_mount_s": lm_mount, "livemount_boot_to_marker_s": lm_marker,
+                 "livemount_mount_to_marker_s": lm_whole, "tgt_boot_to_marker_s": tgt_marker,
+                 "ratio_whole": lm_whole / tgt_marker, "ratio_boot": lm_marker / tgt_marker, "goal": "<= 1.2",
+                 "boots": boots},
+    }
+    json.dump(out, open(env["RESULTS"], "w"), indent=2)
+    u, b = out["upload"], out["boot"]
+    print(f"\ncloud benchmark ({u['disk_bytes'] / 2**20:.0f} MiB iPXE disk, {nonzero / 2**20:.2f} MiB non-zero; "
+          f"load {env['LOAD']}; {env['VERSIONS']})")
+    print(f"  upload  livemount cloud image ipxe {lm_up:6.2f} s ({u['livemount_MiB_s']:6.1f} MiB/s)   "
+          f"coldsnap upload --wait {cs_up:6.2f} s ({u['coldsnap_MiB_s']:6.1f} MiB/s)   "
+          f"ratio {u['ratio_coldsnap_over_livemount']:.2f}x (goal >= 1)")
+    print(f"  boot    livemount: mount --boot --cloud {lm_mount:6.1f} s + instance to marker {lm_marker:6.1f} s = "
+          f"{lm_whole:6.1f} s;  tgt: instance to marker {tgt_marker:6.1f} s")
+    print(f"          ratio whole {b['ratio_whole']:.2f}x, boot alone {b['ratio_boot']:.2f}x (goal <= 1.2)")
+    print(f"  results: {env['RESULTS']}")
+
+
 COMMANDS = {
     "json-get": (cmd_json_get, ["file", "key+"]),
     "mount-counters": (cmd_mount_counters, ["id", "first_disk?"]),
@@ -1107,6 +1151,7 @@ COMMANDS = {
     "boot-verdict": (cmd_boot_verdict, ["boot_json"]),
     "boot-recall": (cmd_boot_recall, ["figures", "run"]),
     "summary-boot": (cmd_summary_boot, []),
+    "summary-cloud": (cmd_summary_cloud, []),
     "fuse-offsets": (cmd_fuse_offsets, ["image", "n", "seed", "out"]),
     "fuse-reads": (cmd_fuse_reads, ["file", "offsets", "out"]),
     "fuse-pass": (cmd_fuse_pass, ["reads_json", "label"]),

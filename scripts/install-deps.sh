@@ -52,3 +52,11 @@ if [ "$what" = test ] && ! python3 -c 'import moto, sys; sys.exit(moto.__version
     echo "installing from PyPI: moto[server]==5.2.1"
     python3 -m pip install -q 'moto[server]==5.2.1'
 fi
+
+# coldsnap (crates.io, pinned), the independent EBS direct client that checks the stand-in's fidelity. A
+# debug build: it only moves a few MiB in the tests, and it builds in a fraction of a release build's time.
+if [ "$what" = test ] && ! coldsnap --version 2>/dev/null | grep -q '0\.12\.0'; then
+    echo "installing from crates.io: coldsnap 0.12.0"
+    CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/livemount/target}/coldsnap" \
+        cargo install -q --locked --debug --version 0.12.0 coldsnap
+fi

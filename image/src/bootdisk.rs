@@ -15,6 +15,8 @@ const DISK_BYTES: u64 = 32 << 20;
 const PART_START_SECTOR: u64 = 2048;
 /// The modification time of the files the disk is built with (2026-11-01), for reproducible disks.
 const FIXED_MTIME: u64 = 1_793_491_200;
+/// The MBR disk signature (sfdisk would pick a random one): "LMOU".
+const DISK_ID: u32 = 0x4c4d_4f55;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootDiskError {
@@ -31,6 +33,8 @@ pub enum BootDiskError {
 }
 
 fn run(cmd: &mut Command) -> Result<(), BootDiskError> {
+    // mtools (under syslinux and mcopy) stamps what it writes with the current time unless told otherwise.
+    cmd.env("SOURCE_DATE_EPOCH", FIXED_MTIME.to_string());
     let command = format!("{cmd:?}");
     let out = cmd.output().map_err(|e| BootDiskError::Missing { what: format!("{command} ({e})") })?;
     if !out.status.success() {
@@ -67,7 +71,8 @@ pub fn build(out: &Path, entry_script: &str) -> Result<(), BootDiskError> {
         {
             use std::io::Write;
             let mut stdin = child.stdin.take().expect("piped");
-            writeln!(stdin, "label: dos\nstart={PART_START_SECTOR}, type=6, bootable").map_err(io(&tmp))?;
+            writeln!(stdin, "label: dos\nlabel-id: {DISK_ID:#010x}\nstart={PART_START_SECTOR}, type=6, bootable")
+                .map_err(io(&tmp))?;
         }
         if !child.wait().map_err(io(&tmp))?.success() {
             return Err(BootDiskError::Command {
@@ -128,4 +133,27 @@ fn tempfile_dir() -> Result<PathBuf, BootDiskError> {
         .join(format!("livemount-bootdisk-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>()));
     std::fs::create_dir_all(&dir).map_err(|source| BootDiskError::Io { path: dir.clone(), source })?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cloud image is found again by the hash of this disk, so two builds of the same script, at
+    /// different times, must be the same bytes (FAT keeps times in 2 s steps, hence the pause).
+    #[test]
+    fn same_script_builds_the_same_disk() {
+        let dir = std::env::temp_dir().join(format!("livemount-bootdisk-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b, c) = (dir.join("a.img"), dir.join("b.img"), dir.join("c.img"));
+        build(&a, "#!ipxe\necho one\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        build(&b, "#!ipxe\necho one\n").unwrap();
+        build(&c, "#!ipxe\necho two\n").unwrap();
+        let (a, b, c) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), std::fs::read(&c).unwrap());
+        assert_eq!(a.len() as u64, DISK_BYTES);
+        assert!(a == b, "two builds of one script differ");
+        assert!(a != c, "a different script gave the same disk");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -141,13 +141,8 @@ impl Daemon {
     /// Starts the daemon with more `serve` options and environment variables.
     pub fn start_env(dir: &Path, library: &Path, extra: &[&str], env: &[(String, String)]) -> Daemon {
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        let mut d = Daemon {
-            dir: dir.to_path_buf(),
-            library: library.to_path_buf(),
-            extra,
-            env: env.to_vec(),
-            child: None,
-        };
+        let mut d =
+            Daemon { dir: dir.to_path_buf(), library: library.to_path_buf(), extra, env: env.to_vec(), child: None };
         d.restart();
         d
     }

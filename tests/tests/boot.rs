@@ -56,9 +56,9 @@ fn a_debian_vm_boots_from_a_live_mount_over_ipxe_and_iscsi() {
     let boot = run_qemu(&args, Duration::from_secs(900));
     let booted = boot.elapsed;
     let console = &boot.console;
-    let marker = boot
-        .marker()
-        .unwrap_or_else(|| panic!("no boot marker on the console after {booted:?}:\n{}\n{}", boot.tail(3000), daemon.log()));
+    let marker = boot.marker().unwrap_or_else(|| {
+        panic!("no boot marker on the console after {booted:?}:\n{}\n{}", boot.tail(3000), daemon.log())
+    });
     assert!(marker.contains("tran=iscsi"), "the root file system is on the iSCSI disk: {marker}");
     assert!(console.contains("iscsistart"), "the initramfs logged in from the iBFT");
     eprintln!("booted to the marker in {booted:?}: {marker}");

@@ -35,12 +35,7 @@ fn cloud_daemon(dir: &Path, lib: &Path, standin: &Standin) -> Daemon {
 /// Runs the CLI; gives its JSON on success, or panics with stderr and the daemon's log.
 fn ok(d: &Daemon, args: &[&str]) -> Value {
     let out = d.cli().args(args).arg("--json").output().unwrap();
-    assert!(
-        out.status.success(),
-        "livemount {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        d.log()
-    );
+    assert!(out.status.success(), "livemount {args:?} failed: {}\n{}", String::from_utf8_lossy(&out.stderr), d.log());
     json(&out.stdout)
 }
 
@@ -59,7 +54,12 @@ fn cloud_mount(d: &Daemon, backup: &str) -> Value {
 /// the service account carrying this appliance's tag, except its iPXE image and snapshot.
 fn mount_resources(standin: &Standin) -> Vec<Value> {
     let mut all = standin.resources(MEMBER, None);
-    all.extend(standin.resources(SERVICE, Some("livemount:appliance")).into_iter().filter(|r| r["tags"].get("livemount:ipxe-content").is_none()));
+    all.extend(
+        standin
+            .resources(SERVICE, Some("livemount:appliance"))
+            .into_iter()
+            .filter(|r| r["tags"].get("livemount:ipxe-content").is_none()),
+    );
     all.retain(|r| r["kind"] != "image" && r["kind"] != "snapshot" || r["tags"].get("livemount:mount").is_some());
     all
 }
@@ -85,7 +85,7 @@ fn a_cloud_mount_launches_one_vm_that_alone_may_log_in_and_unmount_leaves_nothin
     let puts = standin.calls("PutSnapshotBlock", SERVICE);
     assert!(first["bytes_uploaded"].as_u64().unwrap() > 0 && puts > 0, "{first}");
     let second = ok(&d, &["cloud", "image", "ipxe", "--share-with", "member"]);
-    assert_eq!(second["image_id"], first["image_id"]);
+    assert_eq!(second["image_id"], first["image_id"], "one image: {first} {second}");
     assert_eq!(second["bytes_uploaded"], 0);
     assert_eq!(standin.calls("PutSnapshotBlock", SERVICE), puts, "nothing uploaded the second time");
     assert_eq!(second["shared_with"], json!([MEMBER]));
@@ -121,10 +121,23 @@ fn a_cloud_mount_launches_one_vm_that_alone_may_log_in_and_unmount_leaves_nothin
 
     // Only that VM may log in: its initiator name and its secret.
     let iqn = m["iqn"].as_str().unwrap();
-    let portal = m["disks"][0]["iscsi_url"].as_str().unwrap().trim_start_matches("iscsi://").split('/').next().unwrap().to_string();
+    let portal = m["disks"][0]["iscsi_url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("iscsi://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
     let initiator = m["boot"]["initiator_iqn"].as_str().unwrap();
     let inq = |url: String, initiator: &str| {
-        Command::new("iscsi-inq").arg(format!("--initiator-name={initiator}")).arg(url).output().unwrap().status.success()
+        Command::new("iscsi-inq")
+            .arg(format!("--initiator-name={initiator}"))
+            .arg(url)
+            .output()
+            .unwrap()
+            .status
+            .success()
     };
     assert!(inq(format!("iscsi://livemount%{secret}@{portal}/{iqn}/0"), initiator), "the VM's own login works");
     assert!(!inq(format!("iscsi://{portal}/{iqn}/0"), initiator), "no CHAP: refused");
@@ -143,7 +156,10 @@ fn a_cloud_mount_launches_one_vm_that_alone_may_log_in_and_unmount_leaves_nothin
     assert_eq!(mount_resources(&standin), Vec::<Value>::new());
     let inv = ok(&d, &["cloud", "resources"]);
     let left = inv["resources"].as_array().unwrap();
-    assert!(!left.is_empty() && left.iter().all(|r| r["in_use"] == true && r["purpose"]["for"] == "ipxe_image"), "{inv}");
+    assert!(
+        !left.is_empty() && left.iter().all(|r| r["in_use"] == true && r["purpose"]["for"] == "ipxe_image"),
+        "{inv}"
+    );
 
     // The iPXE image goes only when asked for; then the appliance holds nothing in AWS.
     ok(&d, &["cloud", "cleanup", "--images"]);
@@ -241,7 +257,10 @@ fn every_aws_call_of_mount_and_unmount_survives_faults_and_kill_9() {
             let m = cloud_mount(&d, &backup);
             ok(&d, &["unmount", m["id"].as_str().unwrap()]);
         }
-        assert!(standin.control("GET", "/standin/faults", None).to_string().contains("\"fired\":1"), "{what}: the fault fired");
+        assert!(
+            standin.control("GET", "/standin/faults", None).to_string().contains("\"fired\":1"),
+            "{what}: the fault fired"
+        );
         standin.clear_faults();
         nothing_left(&d, &what);
 
@@ -253,7 +272,11 @@ fn every_aws_call_of_mount_and_unmount_survives_faults_and_kill_9() {
             standin.fault(rule);
             let e = fails(&d, &["unmount", id]);
             assert!(e.contains(step.action) && e.contains("UnauthorizedOperation"), "{what}: {e}");
-            assert_eq!(ok(&d, &["mounts"]).as_array().unwrap().len(), 1, "{what}: the mount stays until its VM is gone");
+            assert_eq!(
+                ok(&d, &["mounts"]).as_array().unwrap().len(),
+                1,
+                "{what}: the mount stays until its VM is gone"
+            );
             standin.clear_faults();
             ok(&d, &["unmount", id]);
         } else {

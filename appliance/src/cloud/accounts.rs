@@ -212,9 +212,7 @@ fn validate(a: &Account) -> Result<(), CloudError> {
         && parts[4].bytes().all(|b| b.is_ascii_digit())
         && parts[5].starts_with("role/");
     if !arn_ok {
-        return Err(CloudError::BadRequest(format!(
-            "{arn:?} is not a role ARN (arn:aws:iam::123456789012:role/NAME)"
-        )));
+        return Err(CloudError::BadRequest(format!("{arn:?} is not a role ARN (arn:aws:iam::123456789012:role/NAME)")));
     }
     Ok(())
 }

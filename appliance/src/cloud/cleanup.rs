@@ -124,8 +124,12 @@ async fn scan(cloud: &Cloud, account: &str, region: &str) -> Result<Vec<Found>, 
             out.push(place(Kind::Instance, i.instance_id(), state, i.tags()));
         }
     }
-    let vols =
-        ec2.describe_volumes().filters(mine.clone()).send().await.map_err(CloudError::aws(account, "DescribeVolumes"))?;
+    let vols = ec2
+        .describe_volumes()
+        .filters(mine.clone())
+        .send()
+        .await
+        .map_err(CloudError::aws(account, "DescribeVolumes"))?;
     for v in vols.volumes() {
         let state = v.state().map(|s| s.as_str().to_string()).unwrap_or_default();
         out.push(place(Kind::Volume, v.volume_id(), state, v.tags()));
@@ -222,7 +226,12 @@ async fn delete_volume(ec2: &aws_sdk_ec2::Client, account: &str, id: &str) -> Re
     let r = ec2.delete_volume().volume_id(id).send().await;
     match r.map(|_| ()).map_err(CloudError::aws(account, "DeleteVolume")) {
         Err(e) if e.code() == Some("VolumeInUse") => {
-            ec2.detach_volume().volume_id(id).force(true).send().await.map_err(CloudError::aws(account, "DetachVolume"))?;
+            ec2.detach_volume()
+                .volume_id(id)
+                .force(true)
+                .send()
+                .await
+                .map_err(CloudError::aws(account, "DetachVolume"))?;
             let r = ec2.delete_volume().volume_id(id).send().await;
             ignore_not_found(r.map(|_| ()).map_err(CloudError::aws(account, "DeleteVolume")))
         }

@@ -40,7 +40,11 @@ pub struct Uploaded {
 
 impl Upload<'_> {
     /// Starts the snapshot; `started` learns its id before any block is sent (for the journal).
-    pub async fn run(&self, file: &Path, started: impl FnOnce(&str) -> Result<(), CloudError>) -> Result<Uploaded, CloudError> {
+    pub async fn run(
+        &self,
+        file: &Path,
+        started: impl FnOnce(&str) -> Result<(), CloudError>,
+    ) -> Result<Uploaded, CloudError> {
         let size = std::fs::metadata(file).map_err(CloudError::io("read", file))?.len();
         let gib = size.div_ceil(1 << 30).max(1);
         let tags: Vec<Tag> = self.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
@@ -68,9 +72,10 @@ impl Upload<'_> {
         let mut in_flight = tokio::task::JoinSet::new();
         for index in 0..blocks {
             let (f2, path) = (f.clone(), file.to_path_buf());
-            let data = tokio::task::spawn_blocking(move || read_block(&f2, index).map_err(CloudError::io("read", &path)))
-                .await
-                .map_err(|e| CloudError::Conflict(format!("reading {}: {e}", file.display())))??;
+            let data =
+                tokio::task::spawn_blocking(move || read_block(&f2, index).map_err(CloudError::io("read", &path)))
+                    .await
+                    .map_err(|e| CloudError::Conflict(format!("reading {}: {e}", file.display())))??;
             if data.iter().all(|&b| b == 0) {
                 continue;
             }
@@ -86,7 +91,9 @@ impl Upload<'_> {
                 .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
                 .block_data(ByteStream::from(data));
             let account = self.account.to_string();
-            in_flight.spawn(async move { call.send().await.map(|_| ()).map_err(CloudError::aws(&account, "PutSnapshotBlock")) });
+            in_flight.spawn(async move {
+                call.send().await.map(|_| ()).map_err(CloudError::aws(&account, "PutSnapshotBlock"))
+            });
             while in_flight.len() >= IN_FLIGHT {
                 join_one(&mut in_flight).await?;
             }

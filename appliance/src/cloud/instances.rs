@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{
-    HttpTokensState, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName,
-    InstanceType, ResourceType, TagSpecification,
+    HttpTokensState, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
+    ResourceType, TagSpecification,
 };
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -166,7 +166,12 @@ pub async fn require_imds_v2(cloud: &Cloud, m: &CloudMount) -> Result<(), CloudE
 
 /// Terminates every instance of mount `mount_id` (the one recorded, and any found by its tag: a crash may
 /// have hidden one from the record) and waits until they are terminated.
-pub async fn terminate_mount(cloud: &Cloud, account: &str, region: &str, mount_id: &str) -> Result<Vec<String>, CloudError> {
+pub async fn terminate_mount(
+    cloud: &Cloud,
+    account: &str,
+    region: &str,
+    mount_id: &str,
+) -> Result<Vec<String>, CloudError> {
     let config = cloud.accounts.config(account, region, "unmount").await?;
     let ec2 = sdk::ec2(&config);
     let mut ids: Vec<String> = instances_of(&ec2, account, &cloud.appliance_id, Some(mount_id)).await?;

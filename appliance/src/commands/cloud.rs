@@ -29,9 +29,13 @@ pub enum AccountCmd {
     /// Add a member account: a role the appliance assumes with STS AssumeRole. No secret is stored.
     Add(AddAccountArgs),
     List,
-    Remove { name: String },
+    Remove {
+        name: String,
+    },
     /// Assume the account's role and print the account id it reached.
-    Check { name: String },
+    Check {
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]

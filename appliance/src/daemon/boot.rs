@@ -71,8 +71,7 @@ pub async fn make_bootable(
         ("not prepared (--skip-prepare)".to_string(), Vec::new())
     } else {
         std::fs::create_dir_all(work).map_err(ApiError::io("create", work))?;
-        let opts =
-            PrepareOptions { initiator_iqn: initiator_iqn.clone(), packages_dir: settings.packages_dir.clone() };
+        let opts = PrepareOptions { initiator_iqn: initiator_iqn.clone(), packages_dir: settings.packages_dir.clone() };
         let prepared = prepare_guest(disk_files, work, opts).await?;
         let _ = std::fs::remove_dir_all(work);
         (prepared.os, prepared.changes)

@@ -49,7 +49,10 @@ async fn remove_account(State(m): State<Arc<Manager>>, Path(name): Path<String>)
     Ok(Json(m.cloud().accounts.remove(&name)?))
 }
 
-async fn check_account(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> Result<Json<AccountCheck>, ApiError> {
+async fn check_account(
+    State(m): State<Arc<Manager>>,
+    Path(name): Path<String>,
+) -> Result<Json<AccountCheck>, ApiError> {
     let accounts = &m.cloud().accounts;
     let region = accounts.region_of(&name, None).await?;
     let (account_id, arn) = accounts.identity(&name, &region).await?;

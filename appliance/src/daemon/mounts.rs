@@ -371,7 +371,9 @@ impl Manager {
         for (account, region, mount) in orphans {
             match cleanup::remove_mount_resources(&self.cloud, &account, &region, &mount).await {
                 Ok(()) => tracing::info!(%mount, %account, "removed the cloud resources of a mount that is gone"),
-                Err(e) => tracing::warn!(%mount, %account, "cannot remove the cloud resources of a gone mount yet (`livemount cloud cleanup` retries): {e}"),
+                Err(e) => {
+                    tracing::warn!(%mount, %account, "cannot remove the cloud resources of a gone mount yet (`livemount cloud cleanup` retries): {e}")
+                }
             }
         }
     }

@@ -442,6 +442,12 @@ def apply(store: BlockStore) -> None:
             image.ena_support = ena in (True, "true", "True")
         if image.virtualization_type is None:
             image.virtualization_type = "hvm"
+        # RegisterImage, TagSpecifications: "The tags to apply to the AMI. To tag the
+        # AMI, the value for ResourceType must be image. If you specify another value
+        # for ResourceType, the request fails." (moto 5.2.1 ignores them.)
+        tags = self._parse_tag_specification(expected_type="image").get("image", {})
+        if tags:
+            backend.create_tags([image.id], tags)
         return ActionResult({"ImageId": image.id})
 
     AmisResponse.register_image = register_image

@@ -1,0 +1,245 @@
+#!/usr/bin/env bash
+# Cloud benchmark, against the local AWS stand-in (tests/aws/standin: moto extended as AWS documents it), in
+# one run:
+#
+#   upload  `livemount cloud image ipxe` (build the EC2 iPXE disk, upload it through EBS direct, wait for the
+#           snapshot, register and share the image) against `coldsnap upload --wait` of the very same disk
+#           (read back from our snapshot with boto3) to the same stand-in; BENCH_UPLOADS rounds, the two
+#           alternating, the appliance's image removed (`cloud cleanup --images`) before each of its rounds so
+#           that each one uploads. Throughput = the disk's non-zero bytes / the median time. Goal: livemount's
+#           time <= coldsnap's (ratio coldsnap/livemount >= 1), although livemount also builds and
+#           registers.
+#   boot    the cloud live mount's boot in the QEMU simulation of an EC2 instance (as tests/tests/cloud_boot.rs
+#           does: the image's root snapshot as the disk, tests/aws/imds at 169.254.169.254, the appliance at
+#           169.254.169.2): the time from `mount --boot --cloud member` to the guest's marker, and from QEMU's
+#           start to the marker; against tgt serving a copy of the same prepared guest (copied out of a cloud
+#           mount before any boot), booted through the same iPXE image and metadata path (its user-data
+#           chains to a script that sanboots tgt). Goal: livemount <= 1.2x tgt; both ratios printed: the
+#           whole time (mount, preparation included) and the boot alone.
+# It cleans up everything it started and writes $BENCH_CACHE/cloud-results.json.
+#
+# Usage:  sudo bench/cloud.sh        (root: FUSE, tgtd, the guest image)
+# Env:
+#   BENCH_CACHE=DIR          results folder (default /var/cache/livemount-bench)
+#   BENCH_UPLOADS=3          upload rounds
+#   BENCH_BOOTS=1            boot rounds (each boots livemount, then tgt)
+#   BENCH_BOOT_TIMEOUT=900   seconds one boot may take
+#   BENCH_LM_PORT=3293 BENCH_LM_HTTP=8293 BENCH_TGT_PORT=3294 BENCH_TGT_CONTROL=3295 BENCH_WWW_PORT=8294
+#   BENCH_NO_BUILD=1         use target/release/livemount as it is
+#   BENCH_KEEP_WORK=1        keep the run's folder
+set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${BENCH_CACHE:-/var/cache/livemount-bench}
+GUEST_CACHE=/var/cache/livemount-guest
+GUEST=$GUEST_CACHE/bookworm.img
+PACKAGES=$GUEST_CACHE/guest-packages
+UPLOADS=${BENCH_UPLOADS:-3}
+BOOTS=${BENCH_BOOTS:-1}
+BOOT_TIMEOUT=${BENCH_BOOT_TIMEOUT:-900}
+LM_PORT=${BENCH_LM_PORT:-3293}
+LM_HTTP=${BENCH_LM_HTTP:-8293}
+TGT_PORT=${BENCH_TGT_PORT:-3294}
+TGT_CONTROL=${BENCH_TGT_CONTROL:-3295}
+WWW_PORT=${BENCH_WWW_PORT:-8294}
+RESULTS=$CACHE/cloud-results.json
+LIVEMOUNT=$ROOT/target/release/livemount
+TGT_IQN=iqn.2026-11.io.livemount.bench:cloud-tgt
+APPLIANCE=169.254.169.2
+SERVICE=123456789012
+MEMBER=111111111111
+AWSQ=$ROOT/tests/aws/awsq
+IMDS=$ROOT/tests/aws/imds
+
+WORK="" LM_LIB="" DAEMON_PID="" TGTD_PID="" WWW_PID="" STANDIN_PID="" BOOT_PID=""
+LM_MOUNTS=()
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [[ -n $BOOT_PID ]] && stop_pid "$BOOT_PID" TERM 10
+    stop_tgtd
+    [[ -n $WWW_PID ]] && stop_pid "$WWW_PID" TERM 10
+    stop_daemon
+    [[ -n $STANDIN_PID ]] && stop_pid "$STANDIN_PID" TERM 10
+    remove_work
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ensure_tools() {
+    install_missing qemu-system-x86_64:qemu-system-x86 tgtd:tgt tgtadm:tgt python3:python3 bc:bc fusermount:fuse \
+        ss:iproute2 curl:curl debugfs:e2fsprogs losetup:mount
+    [[ $(id -u) == 0 ]] || die "run as root (FUSE, tgtd, the guest image)"
+    python3 -c 'import moto, sys; sys.exit(moto.__version__ != "5.2.1")' 2>/dev/null \
+        || python3 -m pip install -q 'moto[server]==5.2.1'
+    if ! command -v coldsnap > /dev/null; then
+        echo "bench: installing coldsnap 0.12.0 (crates.io, release build)" >&2
+        cargo install -q --locked --version 0.12.0 coldsnap
+    fi
+}
+
+start_standin() {
+    "$ROOT/tests/aws/standin" --port 0 --data "$WORK/aws" > "$WORK/logs/standin.out" 2> "$WORK/logs/standin.log" &
+    STANDIN_PID=$!
+    local port=""
+    for _ in $(seq 1 300); do
+        port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$WORK/logs/standin.out")
+        [[ -n $port ]] && break
+        kill -0 "$STANDIN_PID" 2>/dev/null || { cat "$WORK/logs/standin.log" >&2; die "the stand-in exited"; }
+        sleep 0.1
+    done
+    [[ -n $port ]] || die "the stand-in did not come up"
+    # The AWS SDK (ours and coldsnap's) and boto3 go to the stand-in, with dummy credentials, and nowhere else.
+    export AWS_ENDPOINT_URL=http://127.0.0.1:$port AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
+        AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null \
+        AWS_SHARED_CREDENTIALS_FILE=/dev/null
+    unset AWS_PROFILE AWS_SESSION_TOKEN
+}
+
+awsq() { "$AWSQ" --endpoint "$AWS_ENDPOINT_URL" "$@"; }
+
+# ---------------------------------------------------------------------------------------------------------
+# Upload.
+# ---------------------------------------------------------------------------------------------------------
+bench_upload() {
+    local i t0 snap
+    log "upload: cloud image ipxe against coldsnap upload --wait of the same disk, $UPLOADS rounds"
+    for i in $(seq 1 "$UPLOADS"); do
+        lm --json cloud cleanup --images > /dev/null
+        t0=$(now)
+        lm --json cloud image ipxe > "$WORK/image-$i.json" 2> "$WORK/logs/image-$i.err" \
+            || { cat "$WORK/logs/image-$i.err" >&2; die "cloud image ipxe failed"; }
+        rec "upload.lm.$i" "$(since "$t0")"
+        [[ $(json_get "$WORK/image-$i.json" bytes_uploaded) -gt 0 ]] || die "round $i uploaded nothing"
+        if [[ $i == 1 ]]; then
+            snap=$(json_get "$WORK/image-1.json" snapshot_id)
+            awsq read-snapshot "$SERVICE" "$snap" "$WORK/ipxe-disk.img" > /dev/null
+            rec upload.disk_bytes "$(stat -c %s "$WORK/ipxe-disk.img")"
+            rec upload.nonzero_bytes "$(json_get "$WORK/image-1.json" bytes_uploaded)"
+        fi
+        t0=$(now)
+        coldsnap upload --wait "$WORK/ipxe-disk.img" > "$WORK/logs/coldsnap-$i.out" 2>&1 \
+            || { cat "$WORK/logs/coldsnap-$i.out" >&2; die "coldsnap upload failed"; }
+        rec "upload.coldsnap.$i" "$(since "$t0")"
+        echo "   round $i: livemount $(grep "^upload.lm.$i=" "$WORK/figures" | cut -d= -f2 | cut -c1-5) s," \
+             "coldsnap $(grep "^upload.coldsnap.$i=" "$WORK/figures" | cut -d= -f2 | cut -c1-5) s" >&2
+    done
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# Boot.
+# ---------------------------------------------------------------------------------------------------------
+# boot_instance RUN USERDATA_ARGS...: QEMU as the EC2 instance (a fresh copy of the iPXE image's disk, the
+# metadata stand-in with the given arguments), timed by report.py's boot-run; sets BOOT_OK.
+boot_instance() {
+    local run=$1 line
+    shift
+    cp --sparse=always "$WORK/ipxe-disk.img" "$WORK/instance-root.img"
+    local imds="$IMDS $* --log $WORK/logs/imds-$run.jsonl"
+    local args=(qemu-system-x86_64 -accel tcg -m 1024 -nographic -no-reboot
+        -drive "file=$WORK/instance-root.img,format=raw,if=ide"
+        -netdev "user,id=n0,net=169.254.169.0/24,host=$APPLIANCE,guestfwd=tcp:169.254.169.254:80-cmd:$imds"
+        -device virtio-net-pci,netdev=n0 -boot c)
+    python3 "$REPORT_PY" boot-run "$run" "$BOOT_TIMEOUT" "$WORK/logs/console-$run.log" "$WORK/qemu.pid" -- "${args[@]}" \
+        > "$WORK/boot-$run.json" 2> "$WORK/logs/boot-$run.err" &
+    BOOT_PID=$!
+    wait "$BOOT_PID" || true
+    BOOT_PID=""
+    line=$(cat "$WORK/boot-$run.json")
+    [[ -n $line ]] || { cat "$WORK/logs/boot-$run.err" >&2; die "the boot helper failed for $run"; }
+    echo "$line" >> "$WORK/boots.jsonl"
+    BOOT_OK=$(python3 "$REPORT_PY" boot-verdict "$WORK/boot-$run.json")
+    if [[ $BOOT_OK != yes ]]; then
+        tail -c 2000 "$WORK/logs/console-$run.log" | tr -d '\033' | tail -15 | sed 's/^/     | /' >&2
+        die "$run did not boot to the marker"
+    fi
+}
+
+cloud_mount() {  # cloud_mount NAME: sets MOUNT_ID, MOUNT_JSON, INSTANCE; records NAME.mount_s
+    local name=$1 t0
+    MOUNT_JSON=$WORK/mount-$name.json
+    t0=$(now)
+    lm --json mount guest --boot --cloud member > "$MOUNT_JSON" 2> "$WORK/logs/mount-$name.err" \
+        || { cat "$WORK/logs/mount-$name.err" >&2; tail -20 "$WORK/logs/daemon.log" >&2; die "mount --cloud failed"; }
+    rec "$name.mount_s" "$(since "$t0")"
+    MOUNT_ID=$(json_get "$MOUNT_JSON" id)
+    INSTANCE=$(json_get "$MOUNT_JSON" cloud instance_id)
+    LM_MOUNTS+=("$MOUNT_ID")
+}
+
+prepare_tgt() {
+    local file initiator
+    log "tgt: a cloud mount's prepared disk copied out through its FUSE file, before any boot"
+    cloud_mount copy
+    file=$(json_get "$MOUNT_JSON" disks 0 fuse_path)
+    initiator=$(json_get "$MOUNT_JSON" boot initiator_iqn)
+    cp --sparse=always "$file" "$WORK/tgt-pristine.img"
+    drop_mount "$MOUNT_ID"
+    [[ -n $(guest_stat "$WORK/tgt-pristine.img" /usr/sbin/iscsistart) ]] || die "the copied guest is not prepared"
+    start_tgtd ""
+    mkdir -p "$WORK/www"
+    printf '#!ipxe\nset initiator-iqn %s\nsanboot --keep iscsi:%s::%s:1:%s\n' \
+        "$initiator" "$APPLIANCE" "$TGT_PORT" "$TGT_IQN" > "$WORK/www/tgt.ipxe"
+    printf '#!ipxe\nchain http://%s:%s/tgt.ipxe\n' "$APPLIANCE" "$WWW_PORT" > "$WORK/tgt-user-data.ipxe"
+    port_free "$WWW_PORT" || die "port $WWW_PORT is in use (set BENCH_WWW_PORT)"
+    python3 -m http.server "$WWW_PORT" --bind 127.0.0.1 --directory "$WORK/www" < /dev/null >> "$WORK/logs/www.log" 2>&1 &
+    WWW_PID=$!
+    for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$WWW_PORT/tgt.ipxe" > /dev/null && return 0; sleep 0.1; done
+    die "the local HTTP server did not come up"
+}
+
+bench_boot() {
+    local i
+    lm --json cloud image ipxe --share-with member > "$WORK/image.json"
+    awsq read-snapshot "$SERVICE" "$(json_get "$WORK/image.json" snapshot_id)" "$WORK/ipxe-disk.img" > /dev/null
+    prepare_tgt
+    for i in $(seq 1 "$BOOTS"); do
+        log "boot round $i of $BOOTS: livemount (mount --boot --cloud, then the instance), then tgt"
+        cloud_mount "lm.$i"
+        drop_caches
+        boot_instance "lm.$i" --endpoint "$AWS_ENDPOINT_URL" --account "$MEMBER" --instance "$INSTANCE"
+        drop_mount "$MOUNT_ID"
+        [[ $(awsq instance "$MEMBER" "$INSTANCE" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])') \
+            == terminated ]] || die "unmount did not terminate $INSTANCE"
+        tgt_fresh_lun
+        drop_caches
+        boot_instance "tgt.$i" --user-data "$WORK/tgt-user-data.ipxe"
+    done
+}
+
+report() {
+    WORK="$WORK" RESULTS="$RESULTS" NPROC="$(nproc)" LOAD="$(load_span)" CACHE_DROPS="$CACHE_DROPS" \
+    VERSIONS="livemount $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'); $(coldsnap --version 2>&1 | head -1); moto 5.2.1; $(qemu-system-x86_64 --version | head -1)" \
+    python3 "$REPORT_PY" summary-cloud
+}
+
+main() {
+    ensure_tools
+    prepare_guest
+    build_livemount
+    mkdir -p "$CACHE"
+    WORK=$(mktemp -d "$CACHE/cloud-run.XXXXXX")
+    mkdir -p "$WORK/logs"
+    : > "$WORK/figures"
+    : > "$WORK/boots.jsonl"
+    load_prologue
+    start_standin
+    LM_LIB=$WORK/library
+    "$LIVEMOUNT" --library "$LM_LIB" library init > /dev/null
+    "$LIVEMOUNT" --library "$LM_LIB" backup create --name guest "$GUEST" > /dev/null
+    port_free "$LM_PORT" || die "port $LM_PORT is in use (set BENCH_LM_PORT)"
+    port_free "$LM_HTTP" || die "port $LM_HTTP is in use (set BENCH_LM_HTTP)"
+    mkdir -p "$WORK/state" "$WORK/fs"
+    serve_daemon --state-dir "$WORK/state" --fuse-root "$WORK/fs" --portal "127.0.0.1:$LM_PORT" \
+        --http "127.0.0.1:$LM_HTTP" --advertise "$APPLIANCE" --guest-packages "$PACKAGES"
+    lm cloud account add member --role-arn "arn:aws:iam::$MEMBER:role/livemount-access" > /dev/null
+    bench_upload
+    bench_boot
+    report
+}
+
+main "$@"
