@@ -1,8 +1,32 @@
 #!/usr/bin/env bash
 # Installs the Debian packages livemount and its tests use, only those missing.
-# Usage: scripts/install-deps.sh [run|test]
+# Usage: scripts/install-deps.sh [run|test|test-crates] [--no-crates]
+#   run          what `livemount` itself runs
+#   test         that and what the tests need: Debian packages, moto from PyPI, coldsnap from crates.io
+#   test-crates  only the crates (scripts/test.sh builds them beside the workspace, on the other core)
+#   --no-crates  with test: leave the crates out
 set -euo pipefail
 what="${1:-run}"
+crates=yes
+[ "${2:-}" = --no-crates ] && crates=no
+if [ "$what" = test-crates ]; then
+    what=test
+    only_crates=yes
+fi
+
+install_crates() {
+    # coldsnap (crates.io, pinned), the independent EBS direct client that checks the stand-in's fidelity. A
+    # debug build: it only moves a few MiB in the tests, and it builds in a fraction of a release build's time.
+    if ! coldsnap --version 2>/dev/null | grep -q '0\.12\.0'; then
+        echo "installing from crates.io: coldsnap 0.12.0"
+        CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/livemount/target}/coldsnap" \
+            cargo install -q --locked --debug --version 0.12.0 coldsnap
+    fi
+}
+if [ "${only_crates:-no}" = yes ]; then
+    install_crates
+    exit 0
+fi
 
 # Tools the appliance itself runs: qemu-img/qemu-nbd (image formats), sfdisk and mkfs (sample images),
 # losetup/partx/blkid/mount (browse, guest preparation), ipxe + syslinux + mtools + dosfstools (the iPXE
@@ -53,10 +77,6 @@ if [ "$what" = test ] && ! python3 -c 'import moto, sys; sys.exit(moto.__version
     python3 -m pip install -q 'moto[server]==5.2.1'
 fi
 
-# coldsnap (crates.io, pinned), the independent EBS direct client that checks the stand-in's fidelity. A
-# debug build: it only moves a few MiB in the tests, and it builds in a fraction of a release build's time.
-if [ "$what" = test ] && ! coldsnap --version 2>/dev/null | grep -q '0\.12\.0'; then
-    echo "installing from crates.io: coldsnap 0.12.0"
-    CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/livemount/target}/coldsnap" \
-        cargo install -q --locked --debug --version 0.12.0 coldsnap
+if [ "$what" = test ] && [ "$crates" = yes ]; then
+    install_crates
 fi

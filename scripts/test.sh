@@ -8,7 +8,12 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/livemount/target}"
 mkdir -p "$CARGO_TARGET_DIR"
 
-scripts/install-deps.sh test
+scripts/install-deps.sh test --no-crates
+# The crates the tests run (coldsnap) build beside the workspace: much of a cold build runs on one core
+# (the AWS SDK's largest crates), so the two builds share the machine better than one after the other.
+crates_log=$(mktemp)
+scripts/install-deps.sh test-crates > "$crates_log" 2>&1 &
+crates_pid=$!
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
@@ -20,6 +25,8 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 
 # One build of everything (tests need the livemount binary beside them), then the tests in parallel.
 cargo build --workspace --all-targets
+wait "$crates_pid" || { cat "$crates_log" >&2; echo "test.sh: installing the test crates failed" >&2; exit 1; }
+cat "$crates_log"
 cargo nextest run --workspace --no-fail-fast --failure-output final
 
 # The local AWS stand-in (moto extended as AWS documents it) against boto3, and stock moto beside it.
