@@ -52,6 +52,7 @@ SERVICE=123456789012
 MEMBER=111111111111
 AWSQ=$ROOT/tests/aws/awsq
 IMDS=$ROOT/tests/aws/imds
+COLDSNAP=$CACHE/coldsnap/bin/coldsnap
 
 WORK="" LM_LIB="" DAEMON_PID="" TGTD_PID="" WWW_PID="" STANDIN_PID="" BOOT_PID=""
 LM_MOUNTS=()
@@ -76,9 +77,10 @@ ensure_tools() {
     [[ $(id -u) == 0 ]] || die "run as root (FUSE, tgtd, the guest image)"
     python3 -c 'import moto, sys; sys.exit(moto.__version__ != "5.2.1")' 2>/dev/null \
         || python3 -m pip install -q 'moto[server]==5.2.1'
-    if ! command -v coldsnap > /dev/null; then
-        echo "bench: installing coldsnap 0.12.0 (crates.io, release build)" >&2
-        cargo install -q --locked --version 0.12.0 coldsnap
+    # A release build of its own (the tests' coldsnap is a debug build, which would be unfair to it).
+    if ! cargo install --list --root "$CACHE/coldsnap" 2>/dev/null | grep -q '^coldsnap v0\.12\.0:'; then
+        echo "bench: installing coldsnap 0.12.0 (crates.io, release build) into $CACHE/coldsnap" >&2
+        CARGO_TARGET_DIR=$CACHE/coldsnap/target cargo install -q --locked --version 0.12.0 --root "$CACHE/coldsnap" coldsnap
     fi
 }
 
@@ -122,7 +124,7 @@ bench_upload() {
             rec upload.nonzero_bytes "$(json_get "$WORK/image-1.json" bytes_uploaded)"
         fi
         t0=$(now)
-        coldsnap upload --wait "$WORK/ipxe-disk.img" > "$WORK/logs/coldsnap-$i.out" 2>&1 \
+        "$COLDSNAP" upload --wait "$WORK/ipxe-disk.img" > "$WORK/logs/coldsnap-$i.out" 2>&1 \
             || { cat "$WORK/logs/coldsnap-$i.out" >&2; die "coldsnap upload failed"; }
         rec "upload.coldsnap.$i" "$(since "$t0")"
         echo "   round $i: livemount $(grep "^upload.lm.$i=" "$WORK/figures" | cut -d= -f2 | cut -c1-5) s," \
@@ -213,7 +215,7 @@ bench_boot() {
 
 report() {
     WORK="$WORK" RESULTS="$RESULTS" NPROC="$(nproc)" LOAD="$(load_span)" CACHE_DROPS="$CACHE_DROPS" \
-    VERSIONS="livemount $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'); $(coldsnap --version 2>&1 | head -1); moto 5.2.1; $(qemu-system-x86_64 --version | head -1)" \
+    VERSIONS="livemount $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'); coldsnap 0.12.0 (release); moto 5.2.1; $(qemu-system-x86_64 --version | head -1)" \
     python3 "$REPORT_PY" summary-cloud
 }
 

@@ -17,7 +17,7 @@ fi
 install_crates() {
     # coldsnap (crates.io, pinned), the independent EBS direct client that checks the stand-in's fidelity. A
     # debug build: it only moves a few MiB in the tests, and it builds in a fraction of a release build's time.
-    if ! coldsnap --version 2>/dev/null | grep -q '0\.12\.0'; then
+    if ! cargo install --list 2>/dev/null | grep -q '^coldsnap v0\.12\.0:'; then
         echo "installing from crates.io: coldsnap 0.12.0"
         CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/livemount/target}/coldsnap" \
             cargo install -q --locked --debug --version 0.12.0 coldsnap

@@ -91,3 +91,16 @@ pub fn run_qemu(args: &[String], deadline: Duration) -> ConsoleRun {
     let console = reader.join().unwrap();
     ConsoleRun { console, elapsed: started.elapsed() }
 }
+
+/// A fresh library in `dir` holding one backup (named "guest") of the cached guest image; gives the
+/// library, the backup id, the guest image and the guest packages' folder.
+pub fn guest_backup(dir: &Path) -> (PathBuf, String, PathBuf, PathBuf) {
+    let (guest, packages) = guest_image_and_packages();
+    let lib = dir.join("library");
+    crate::livemount(&lib).args(["library", "init"]).assert().success();
+    let out =
+        crate::livemount(&lib).args(["backup", "create", "--json", "--name", "guest"]).arg(&guest).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let backup = crate::json(&out.stdout)["id"].as_str().unwrap().to_string();
+    (lib, backup, guest, packages)
+}

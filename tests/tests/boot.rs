@@ -9,19 +9,14 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use tests::guest::{guest_image_and_packages, read_guest_file, run_qemu};
+use tests::guest::{guest_backup, read_guest_file, run_qemu};
 use tests::{json, livemount, run, Daemon};
 
 #[test]
 fn a_debian_vm_boots_from_a_live_mount_over_ipxe_and_iscsi() {
-    let (guest, packages) = guest_image_and_packages();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let lib = dir.join("library");
-    livemount(&lib).args(["library", "init"]).assert().success();
-    let out = livemount(&lib).args(["backup", "create", "--json", "--name", "guest"]).arg(&guest).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let backup = json(&out.stdout)["id"].as_str().unwrap().to_string();
+    let (lib, backup, guest, packages) = guest_backup(dir);
 
     // QEMU's user-mode network reaches the host's 127.0.0.1 as 10.0.2.2.
     let packages_arg = packages.display().to_string();

@@ -166,6 +166,12 @@ fn a_cloud_mount_launches_one_vm_that_alone_may_log_in_and_unmount_leaves_nothin
     assert_eq!(standin.resources(SERVICE, Some("livemount:appliance")), Vec::<Value>::new());
     assert_eq!(standin.resources(MEMBER, Some("livemount:appliance")), Vec::<Value>::new());
     assert!(ok(&d, &["cloud", "resources"])["resources"].as_array().unwrap().is_empty());
+
+    // Published again after the cleanup: a new upload (not the deleted snapshot back), and gone again.
+    let again = ok(&d, &["cloud", "image", "ipxe"]);
+    assert!(again["bytes_uploaded"].as_u64().unwrap() > 0 && again["image_id"] != first["image_id"], "{again}");
+    ok(&d, &["cloud", "cleanup", "--images"]);
+    assert_eq!(standin.resources(SERVICE, Some("livemount:appliance")), Vec::<Value>::new());
     verify_and_restore_identical(&lib, &backup, &disk, dir);
 }
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tests::aws::{aws_dir, Standin, MEMBER, MEMBER_ROLE, SERVICE};
-use tests::guest::{guest_image_and_packages, read_guest_file, run_qemu};
-use tests::{json, livemount, verify_and_restore_identical, Daemon};
+use tests::guest::{guest_backup, read_guest_file, run_qemu};
+use tests::{json, verify_and_restore_identical, Daemon};
 
 /// The address the instance reaches the appliance at: QEMU's host address on the guest's network.
 const APPLIANCE_ADDR: &str = "169.254.169.2";
@@ -26,14 +26,9 @@ fn ok(d: &Daemon, args: &[&str]) -> Value {
 
 #[test]
 fn an_instance_launched_in_the_member_account_boots_the_live_mounted_backup() {
-    let (guest, packages) = guest_image_and_packages();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let lib = dir.join("library");
-    livemount(&lib).args(["library", "init"]).assert().success();
-    let out = livemount(&lib).args(["backup", "create", "--json", "--name", "guest"]).arg(&guest).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let backup = json(&out.stdout)["id"].as_str().unwrap().to_string();
+    let (lib, backup, guest, packages) = guest_backup(dir);
 
     let standin = Standin::start(&dir.join("aws"), false);
     let packages_arg = packages.display().to_string();

@@ -244,15 +244,11 @@ async fn upload(
     tags: &[(String, String)],
 ) -> Result<(String, u64), CloudError> {
     let Purpose::IpxeImage(hash) = purpose else { unreachable!("an iPXE upload is for the iPXE image") };
-    let token = format!("lm-ipxe-snap-{}", &hash[..32]);
-    let resource = Resource {
-        kind: Kind::Snapshot,
-        account: SERVICE.into(),
-        region: region.into(),
-        purpose: purpose.clone(),
-        token: token.clone(),
-        id: None,
-    };
+    // One token per publish: a retry of this call is idempotent, while a publish after the image was
+    // cleaned up must not get the deleted snapshot back (StartSnapshot answers a reused token with the
+    // original result).
+    let token = format!("lm-ipxe-snap-{}-{}", &hash[..16], crate::random::hex(8));
+    let resource = Resource::planned(Kind::Snapshot, SERVICE, region, purpose, &token);
     cloud.journal.intent(&resource)?;
     let ebs = sdk::ebs(config);
     let up = Upload {
@@ -307,15 +303,8 @@ async fn register(
 ) -> Result<String, CloudError> {
     let Purpose::IpxeImage(hash) = purpose else { unreachable!("the iPXE image is for the iPXE image") };
     let name = format!("livemount-ipxe-{}", &hash[..16]);
-    let token = format!("lm-ipxe-image-{}", &hash[..32]);
-    let resource = Resource {
-        kind: Kind::Image,
-        account: SERVICE.into(),
-        region: region.into(),
-        purpose: purpose.clone(),
-        token: token.clone(),
-        id: None,
-    };
+    let token = format!("lm-ipxe-image-{}-{}", &hash[..16], crate::random::hex(8));
+    let resource = Resource::planned(Kind::Image, SERVICE, region, purpose, &token);
     cloud.journal.intent(&resource)?;
     let out = ec2
         .register_image()

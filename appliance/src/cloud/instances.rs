@@ -91,14 +91,7 @@ pub async fn launch(
     let purpose = Purpose::Mount(mount_id.to_string());
     let tags = ec2_tags(&cloud.tags(&purpose));
     let token = client_token(mount_id);
-    cloud.journal.intent(&Resource {
-        kind: Kind::Instance,
-        account: account.into(),
-        region: region.into(),
-        purpose: purpose.clone(),
-        token: token.clone(),
-        id: None,
-    })?;
+    cloud.journal.intent(&Resource::planned(Kind::Instance, account, region, &purpose, &token))?;
     let user_data = image::ipxe::user_data_script(mount_id, script_url);
     let instance_type = req.instance_type.as_deref().unwrap_or(DEFAULT_INSTANCE_TYPE);
     let run = ec2

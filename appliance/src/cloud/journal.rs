@@ -58,6 +58,20 @@ pub struct Resource {
     pub id: Option<String>,
 }
 
+impl Resource {
+    /// A resource about to be made (no id yet): what the journal records as an intent.
+    pub fn planned(kind: Kind, account: &str, region: &str, purpose: &Purpose, token: &str) -> Resource {
+        Resource {
+            kind,
+            account: account.into(),
+            region: region.into(),
+            purpose: purpose.clone(),
+            token: token.into(),
+            id: None,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "event")]
 enum Record {
