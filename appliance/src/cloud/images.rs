@@ -29,6 +29,9 @@ pub struct IpxeImage {
     pub snapshot_id: String,
     /// BLAKE3 of the boot disk's bytes.
     pub content_hash: String,
+    /// The boot disk's size (the snapshot's volume is that rounded up to GiB).
+    #[serde(default)]
+    pub disk_bytes: u64,
     /// Account ids with launch permission.
     pub shared_with: Vec<String>,
     /// What this publication uploaded (0 when the image existed).
@@ -97,9 +100,9 @@ pub async fn publish_ipxe(
     tokio::task::spawn_blocking(move || image::bootdisk::build(&disk2, &image::ipxe::ec2_script()))
         .await
         .map_err(|e| CloudError::Conflict(format!("building the iPXE boot disk: {e}")))??;
-    let content_hash = {
+    let (content_hash, disk_bytes) = {
         let bytes = std::fs::read(&disk).map_err(CloudError::io("read", &disk))?;
-        blake3::hash(&bytes).to_hex().to_string()
+        (blake3::hash(&bytes).to_hex().to_string(), bytes.len() as u64)
     };
     let config = cloud.accounts.config(SERVICE, region, "image").await?;
     let ec2 = sdk::ec2(&config);
@@ -124,11 +127,13 @@ pub async fn publish_ipxe(
                 shared_with: Vec::new(),
                 bytes_uploaded: 0,
                 upload_seconds: 0.0,
+                disk_bytes,
             };
             (image, (bytes, started.elapsed().as_secs_f64()))
         }
     };
     (image.bytes_uploaded, image.upload_seconds) = uploaded;
+    image.disk_bytes = disk_bytes;
     if let Some(old) = cloud.images.get(region).filter(|o| o.image_id == image.image_id) {
         image.shared_with = old.shared_with;
     }
@@ -218,6 +223,7 @@ async fn find_image(
         shared_with: Vec::new(),
         bytes_uploaded: 0,
         upload_seconds: 0.0,
+        disk_bytes: 0,
     }))
 }
 
