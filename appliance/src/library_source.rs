@@ -21,10 +21,11 @@ impl Source for LibrarySource {
         self.0.chunk_size()
     }
     fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> Result<(), SourceError> {
-        self.0.read_chunk(index as usize, buf).map_err(|e| source_error(index, e))
+        self.0.read_chunk(index, buf).map_err(|e| source_error(index, e))
     }
     fn is_zero_chunk(&self, index: u64) -> bool {
-        self.0.chunk_id(index as usize).is_some_and(|id| id.is_zero())
+        // An index that cannot be read says "not zero": the read then reports why.
+        self.0.chunk_id(index).is_ok_and(|id| id.is_zero())
     }
     fn describe(&self) -> String {
         format!("backup {} disk {}", self.0.backup_id(), self.0.disk_number())
@@ -60,7 +61,7 @@ pub struct BackupFile(Arc<Cached>);
 
 struct Cached {
     disk: Arc<BackupDisk>,
-    chunks: Mutex<LruCache<usize, Arc<Vec<u8>>>>,
+    chunks: Mutex<LruCache<u64, Arc<Vec<u8>>>>,
 }
 
 impl BackupFile {
@@ -70,7 +71,7 @@ impl BackupFile {
 }
 
 impl Cached {
-    fn chunk(&self, index: usize) -> Result<Arc<Vec<u8>>, dedup::Error> {
+    fn chunk(&self, index: u64) -> Result<Arc<Vec<u8>>, dedup::Error> {
         if let Some(hit) = self.chunks.lock().expect("not poisoned").get(&index) {
             return Ok(hit.clone());
         }
@@ -88,7 +89,7 @@ impl Cached {
         let mut pos = offset;
         let end = offset + len as u64;
         while pos < end {
-            let index = (pos / cs) as usize;
+            let index = pos / cs;
             let within = (pos % cs) as usize;
             let n = ((end - pos) as usize).min(cs as usize - within);
             let chunk = self.chunk(index)?;

@@ -9,7 +9,16 @@ pub struct Bitmap {
 
 impl Bitmap {
     pub fn new(len: u64) -> Self {
-        Bitmap { words: (0..len.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(), len }
+        // Allocated zeroed (calloc): the pages of a large bitmap stay untouched, and so out of the process's
+        // resident memory, until a bit in them is set. A TiB disk's private-store bitmaps are 64 MiB, of
+        // which a live mount touches only the regions it writes.
+        let zeroed = vec![0u64; len.div_ceil(64) as usize];
+        let mut zeroed = std::mem::ManuallyDrop::new(zeroed);
+        let (ptr, words, capacity) = (zeroed.as_mut_ptr(), zeroed.len(), zeroed.capacity());
+        // SAFETY: AtomicU64 has the same size, alignment and bit validity as u64 (its documentation says
+        // so), and the vector's allocation is handed over whole, with its length and capacity.
+        let words = unsafe { Vec::from_raw_parts(ptr.cast::<AtomicU64>(), words, capacity) };
+        Bitmap { words, len }
     }
 
     pub fn len(&self) -> u64 {

@@ -61,8 +61,18 @@ fn main() {
         std::process::exit(1);
     });
 
-    let data_chunks: Vec<usize> =
-        (0..disk.index().chunks.len()).filter(|&i| !disk.index().chunks[i].is_zero()).collect();
+    let mut data_chunks: Vec<u64> = Vec::new();
+    disk.index()
+        .for_each(|i, e| {
+            if !e.id.is_zero() {
+                data_chunks.push(i);
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| {
+            eprintln!("reading the index of backup {}: {e}", manifest.id);
+            std::process::exit(1);
+        });
     if data_chunks.is_empty() {
         eprintln!("backup {} holds no data", manifest.id);
         std::process::exit(1);

@@ -112,7 +112,12 @@ pub fn collect_garbage(lib: &Library) -> Result<GcStats> {
     let mut in_use: HashSet<ChunkId> = HashSet::new();
     for manifest in lib.backups()? {
         for disk in 0..manifest.disks.len() {
-            in_use.extend(lib.load_index(&manifest, disk)?.chunks.into_iter().filter(|c| !c.is_zero()));
+            lib.load_index(&manifest, disk)?.for_each(|_, e| {
+                if !e.id.is_zero() {
+                    in_use.insert(e.id);
+                }
+                Ok(())
+            })?;
         }
     }
     let mut stats = GcStats { chunks_in_use: in_use.len() as u64, ..Default::default() };

@@ -18,11 +18,12 @@ use crate::chunk::{self, ChunkId};
 use crate::durable::{self, AtomicFile};
 use crate::error::{Error, Result};
 use crate::gc::RunningBackup;
-use crate::index::DiskIndex;
+use crate::index::{DiskIndex, DiskIndexWriter};
 use crate::library::{now_rfc3339, Library};
 use crate::lock::{self, LockKind};
 use crate::manifest::{DiskManifest, IngestStats, Manifest, PartitionSummary};
 use crate::source::DiskSource;
+use crate::store::StoredAt;
 
 /// One disk to back up.
 pub struct DiskInput {
@@ -50,69 +51,65 @@ pub fn create_backup(
     let id = new_backup_id();
     let _running = RunningBackup::register(lib, &id)?;
     lib.store().start_marking();
-    let total: u64 = disks.iter().map(|d| d.source.size()).sum();
-    let mut done_before = 0u64;
-    let mut stats = IngestStats::default();
-    let mut indexes = Vec::new();
-    let mut disk_manifests = Vec::new();
-    for (n, mut disk) in disks.into_iter().enumerate() {
-        let size = disk.source.size();
-        let report = |done: u64| progress(Progress { done: done_before + done, total });
-        let (index, disk_stats) = ingest_disk(lib, &mut *disk.source, &report)?;
-        done_before += size;
-        stats.add(&disk_stats);
-        let index_file = format!("disk{n}.index");
-        disk_manifests.push(DiskManifest {
-            source: disk.label,
-            format: disk.source.format().to_string(),
-            size,
-            chunk_size: index.chunk_size,
-            chunk_count: index.chunks.len() as u64,
-            zero_chunks: disk_stats.chunks_zero,
-            index_file,
-            index_blake3: String::new(),
-            partition_table: disk.partition_table,
-        });
-        indexes.push(index);
-    }
-    stats.seconds = started.elapsed().as_secs_f64();
-    let mut manifest = Manifest {
-        format_version: crate::formats::LIBRARY_FORMAT_VERSION,
-        id: id.clone(),
-        name,
-        created: now_rfc3339(),
-        disks: disk_manifests,
-        stats,
-    };
-    commit_backup(lib, &mut manifest, &indexes)?;
-    Ok(manifest)
-}
-
-/// Makes the backup visible: chunk names durable first, then the index and manifest files in a temporary
-/// folder, then one rename of that folder.
-fn commit_backup(lib: &Library, manifest: &mut Manifest, indexes: &[DiskIndex]) -> Result<()> {
-    lib.store().sync()?;
+    // The disk indexes are written as the disks are read, into the folder that becomes the backup's.
     let backups = lib.path("backups");
-    let tmp = backups.join(format!(".tmp-{}", manifest.id));
+    let tmp = backups.join(format!(".tmp-{id}"));
     std::fs::create_dir(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
     let result = (|| {
-        for (disk, index) in manifest.disks.iter_mut().zip(indexes) {
-            let data = index.encode();
-            disk.index_blake3 = blake3::hash(&data).to_hex().to_string();
-            let p = tmp.join(&disk.index_file);
-            write_new_durable(&p, &data)?;
+        let total: u64 = disks.iter().map(|d| d.source.size()).sum();
+        let mut done_before = 0u64;
+        let mut stats = IngestStats::default();
+        let mut disk_manifests = Vec::new();
+        for (n, mut disk) in disks.into_iter().enumerate() {
+            let size = disk.source.size();
+            let report = |done: u64| progress(Progress { done: done_before + done, total });
+            let index_file = format!("disk{n}.index");
+            let (checksum, disk_stats) = ingest_disk(lib, &mut *disk.source, &tmp.join(&index_file), &report)?;
+            done_before += size;
+            stats.add(&disk_stats);
+            disk_manifests.push(DiskManifest {
+                source: disk.label,
+                format: disk.source.format().to_string(),
+                size,
+                chunk_size: lib.chunk_size(),
+                chunk_count: DiskIndex::chunk_count(size, lib.chunk_size()),
+                zero_chunks: disk_stats.chunks_zero,
+                index_file,
+                index_blake3: checksum,
+                partition_table: disk.partition_table,
+            });
         }
-        let json = serde_json::to_vec_pretty(&*manifest).expect("manifest serializes");
-        write_new_durable(&tmp.join("manifest.json"), &json)?;
-        durable::sync_dir(&tmp).map_err(|e| Error::io("sync folder", &tmp, e))?;
-        let dest = backups.join(&manifest.id);
-        std::fs::rename(&tmp, &dest).map_err(|e| Error::io("publish backup", &dest, e))?;
-        durable::sync_dir(&backups).map_err(|e| Error::io("sync folder", &backups, e))
+        stats.seconds = started.elapsed().as_secs_f64();
+        let manifest = Manifest {
+            format_version: crate::formats::LIBRARY_FORMAT_VERSION,
+            id: id.clone(),
+            name,
+            created: now_rfc3339(),
+            disks: disk_manifests,
+            stats,
+        };
+        commit_backup(lib, &manifest, &tmp)?;
+        Ok(manifest)
     })();
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result
+}
+
+/// Makes the backup visible: chunk names durable first, then the manifest beside the (already durable) disk
+/// indexes in the temporary folder, then one rename of that folder.
+fn commit_backup(lib: &Library, manifest: &Manifest, tmp: &Path) -> Result<()> {
+    lib.store().sync()?;
+    let backups = lib.path("backups");
+    {
+        let json = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
+        write_new_durable(&tmp.join("manifest.json"), &json)?;
+        durable::sync_dir(tmp).map_err(|e| Error::io("sync folder", tmp, e))?;
+        let dest = backups.join(&manifest.id);
+        std::fs::rename(tmp, &dest).map_err(|e| Error::io("publish backup", &dest, e))?;
+        durable::sync_dir(&backups).map_err(|e| Error::io("sync folder", &backups, e))
+    }
 }
 
 fn write_new_durable(path: &Path, data: &[u8]) -> Result<()> {
@@ -141,17 +138,21 @@ enum Outcome {
 struct Done {
     index: usize,
     id: ChunkId,
+    /// Where the chunk is stored (none for a zero chunk).
+    at: Option<StoredAt>,
     outcome: Outcome,
     /// The chunk's buffer, handed back for reuse.
     buf: Option<Vec<u8>>,
 }
 
-/// Ingests one disk; returns its index and what it cost.
+/// Ingests one disk, writing its index to `index_path` (synced); returns the index's checksum and what the
+/// disk cost.
 pub fn ingest_disk(
     lib: &Library,
     source: &mut dyn DiskSource,
+    index_path: &Path,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<(DiskIndex, IngestStats)> {
+) -> Result<(String, IngestStats)> {
     let chunk_size = lib.chunk_size();
     let size = source.size();
     let count = DiskIndex::chunk_count(size, chunk_size) as usize;
@@ -166,7 +167,8 @@ pub fn ingest_disk(
     let (done_tx, done_rx) = bounded::<Done>(workers * 4);
     let (free_tx, free_rx) = bounded::<Vec<u8>>(workers * 4);
 
-    let mut ids = vec![ChunkId::ZERO; count];
+    // Written as chunks are done: memory does not grow with the disk.
+    let mut index = DiskIndexWriter::create(index_path, chunk_size, size)?;
     let mut stats = IngestStats { disk_bytes: size, ..Default::default() };
     let mut done_bytes = 0u64;
 
@@ -191,7 +193,11 @@ pub fn ingest_disk(
         }
         drop((job_rx, done_tx));
         for d in done_rx.iter() {
-            ids[d.index] = d.id;
+            if !d.id.is_zero() {
+                if let Err(e) = index.put(d.index as u64, &d.id, d.at.as_ref()) {
+                    fail(e);
+                }
+            }
             match d.outcome {
                 Outcome::Zero => stats.chunks_zero += 1,
                 Outcome::Reused => stats.chunks_reused += 1,
@@ -213,7 +219,7 @@ pub fn ingest_disk(
     if let Some(e) = first_error.into_inner().expect("not poisoned") {
         return Err(e);
     }
-    Ok((DiskIndex { chunk_size, disk_size: size, chunks: ids }, stats))
+    Ok((index.finish()?, stats))
 }
 
 /// The reader: sends each chunk holding data to the workers, reports chunks without data as zero at once.
@@ -269,7 +275,7 @@ fn read_chunks(
         }
         let sent = match buf {
             Some(b) => jobs.send((i, b)).is_ok(),
-            None => done.send(Done { index: i, id: ChunkId::ZERO, outcome: Outcome::Zero, buf: None }).is_ok(),
+            None => done.send(Done { index: i, id: ChunkId::ZERO, at: None, outcome: Outcome::Zero, buf: None }).is_ok(),
         };
         if !sent {
             break;
@@ -293,25 +299,26 @@ fn store_chunks(
         if failed.load(Ordering::Relaxed) {
             break;
         }
-        let (id, outcome) = if chunk::is_all_zero(&data) {
-            (ChunkId::ZERO, Outcome::Zero)
+        let (id, at, outcome) = if chunk::is_all_zero(&data) {
+            (ChunkId::ZERO, None, Outcome::Zero)
         } else {
             let id = ChunkId::of(&data);
             // Reuse-or-add happens under the shared chunk lock so that gc cannot delete the chunk in between.
             let held =
                 lock::lock(lock_file, LockKind::Shared).map_err(|e| Error::io("lock", lib.path("chunks.lock"), e))?;
             let result = (|| {
-                if lib.store().touch(&id)? {
-                    return Ok(Outcome::Reused);
+                if let Some(at) = lib.store().touch(&id)? {
+                    return Ok((at, Outcome::Reused));
                 }
                 chunk::encode_into(&data, &mut compressor, &mut encoded);
-                lib.store().put(&id, &encoded)?;
-                Ok(Outcome::New { plain: data.len() as u64, stored: encoded.len() as u64 })
+                let at = lib.store().put(&id, &encoded)?;
+                Ok((at, Outcome::New { plain: data.len() as u64, stored: encoded.len() as u64 }))
             })();
             lock_file = held.release().map_err(|e| Error::io("unlock", lib.path("chunks.lock"), e))?;
-            (id, result?)
+            let (at, outcome) = result?;
+            (id, Some(at), outcome)
         };
-        if done.send(Done { index, id, outcome, buf: Some(data) }).is_err() {
+        if done.send(Done { index, id, at, outcome, buf: Some(data) }).is_err() {
             break;
         }
     }

@@ -29,6 +29,7 @@ pub mod library;
 mod lock;
 pub mod manifest;
 pub mod reader;
+pub mod record_file;
 pub mod restore;
 pub mod source;
 pub mod stats;

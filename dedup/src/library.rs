@@ -24,9 +24,9 @@ use crate::chunk::{self, ChunkId};
 use crate::durable;
 use crate::error::{Error, Result};
 use crate::formats::{LIBRARY_CONFIG_FILE, LIBRARY_FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
-use crate::index::DiskIndex;
+use crate::index::{DiskIndex, IndexEntry};
 use crate::manifest::Manifest;
-use crate::store::{ChunkStore, PackStore};
+use crate::store::{ChunkLocation, ChunkStore, PackStore};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LibraryConfig {
@@ -114,13 +114,40 @@ impl Library {
     /// Reads one chunk's plain bytes into `out`, verified against its id. The all-zero id gives zeros of
     /// `len` bytes.
     pub fn read_chunk(&self, id: &ChunkId, len: usize, out: &mut Vec<u8>) -> Result<()> {
+        self.read_entry(&IndexEntry { id: *id, at: None }, len, out)
+    }
+
+    /// Reads the chunk of a disk index entry, from where the entry says it was stored when it says so. A copy
+    /// there that fails its check is reported, and another copy the store knows of is read instead.
+    pub fn read_entry(&self, entry: &IndexEntry, len: usize, out: &mut Vec<u8>) -> Result<()> {
+        let id = &entry.id;
         if id.is_zero() {
             out.clear();
             out.resize(len, 0);
             return Ok(());
         }
-        let stored = self.store.get(id)?;
-        chunk::decode_verified(id, &stored, out)?;
+        let stored = match &entry.at {
+            Some(at) => self.store.get_at(id, at)?,
+            None => self.store.get(id)?,
+        };
+        let first = self.decode(id, &stored, len, out);
+        match (first, &entry.at) {
+            (Err(e @ Error::ChunkCorrupt { .. }), Some(at)) => {
+                let pack = at.pack.to_string();
+                let same = |l: &ChunkLocation| {
+                    l.offset == u64::from(at.offset) && l.pack.file_stem().and_then(|s| s.to_str()) == Some(&pack)
+                };
+                let Some(other) = self.store.locate(id)?.filter(|l| !same(l)) else { return Err(e) };
+                tracing::warn!("{e} (in pack {}); reading the copy in {}", at.pack, other.pack.display());
+                let stored = self.store.get(id)?;
+                self.decode(id, &stored, len, out)
+            }
+            (result, _) => result,
+        }
+    }
+
+    fn decode(&self, id: &ChunkId, stored: &[u8], len: usize, out: &mut Vec<u8>) -> Result<()> {
+        chunk::decode_verified(id, stored, out)?;
         if out.len() != len {
             return Err(Error::ChunkCorrupt {
                 id: *id,
@@ -175,18 +202,11 @@ impl Library {
             .ok_or_else(|| Error::BackupNotFound { id: id_or_name.to_string() })
     }
 
-    /// Loads the chunk index of one disk of a backup, checked against the manifest.
+    /// Opens the chunk index of one disk of a backup, checked against the manifest.
     pub fn load_index(&self, manifest: &Manifest, disk: usize) -> Result<DiskIndex> {
         let d = manifest.disks.get(disk).ok_or_else(|| Error::DiskNotFound { backup: manifest.id.clone(), disk })?;
         let p = self.path("backups").join(&manifest.id).join(&d.index_file);
-        let data = fs::read(&p).map_err(|e| Error::io("read", &p, e))?;
-        if blake3::hash(&data).to_hex().as_str() != d.index_blake3 {
-            return Err(Error::BadFormat {
-                path: p,
-                reason: "index does not match its checksum in manifest.json".into(),
-            });
-        }
-        let index = DiskIndex::decode(&p, &data)?;
+        let index = DiskIndex::open(&p, &d.index_blake3)?;
         if index.disk_size != d.size || index.chunk_size != d.chunk_size {
             return Err(Error::BadFormat { path: p, reason: "index disagrees with manifest.json".into() });
         }

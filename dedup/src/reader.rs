@@ -45,19 +45,16 @@ impl BackupDisk {
         &self.index
     }
 
-    pub fn chunk_id(&self, chunk: usize) -> Option<ChunkId> {
-        self.index.chunks.get(chunk).copied()
+    /// The id of chunk `chunk` (zero for an all-zero chunk).
+    pub fn chunk_id(&self, chunk: u64) -> Result<ChunkId> {
+        Ok(self.index.entry(chunk)?.id)
     }
 
     /// Reads the whole of chunk `chunk` (shorter for the last chunk of the disk) into `out`.
-    pub fn read_chunk(&self, chunk: usize, out: &mut Vec<u8>) -> Result<()> {
-        let id = self.index.chunks.get(chunk).ok_or(Error::OutOfRange {
-            offset: chunk as u64 * u64::from(self.index.chunk_size),
-            len: u64::from(self.index.chunk_size),
-            size: self.size(),
-        })?;
+    pub fn read_chunk(&self, chunk: u64, out: &mut Vec<u8>) -> Result<()> {
+        let entry = self.index.entry(chunk)?;
         let range = self.index.chunk_range(chunk);
-        self.lib.read_chunk(id, (range.end - range.start) as usize, out)
+        self.lib.read_entry(&entry, (range.end - range.start) as usize, out)
     }
 
     /// Reads `buf.len()` bytes at `offset`. The range must lie within the disk.
@@ -71,16 +68,12 @@ impl BackupDisk {
         let mut pos = offset;
         let mut filled = 0usize;
         while filled < buf.len() {
-            let chunk = (pos / cs) as usize;
+            let chunk = pos / cs;
             let within = (pos % cs) as usize;
             let n = (buf.len() - filled).min(cs as usize - within);
             let dest = &mut buf[filled..filled + n];
-            if self.index.chunks[chunk].is_zero() {
-                dest.fill(0);
-            } else {
-                self.read_chunk(chunk, &mut scratch)?;
-                dest.copy_from_slice(&scratch[within..within + n]);
-            }
+            self.read_chunk(chunk, &mut scratch)?;
+            dest.copy_from_slice(&scratch[within..within + n]);
             filled += n;
             pos += n as u64;
         }

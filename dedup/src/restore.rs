@@ -28,7 +28,7 @@ pub fn restore_disk(disk: &BackupDisk, dest: &Path, progress: &(dyn Fn(u64) + Sy
         .open(dest)
         .map_err(|e| Error::io("create", dest, e))?;
     file.set_len(disk.size()).map_err(|e| Error::io("size", dest, e))?;
-    let count = disk.index().chunks.len();
+    let count = disk.index().count();
     let done = AtomicU64::new(0);
     let written = AtomicU64::new(0);
     // Twice the cores: a worker waiting for a pack read leaves its core to another.
@@ -39,7 +39,7 @@ pub fn restore_disk(disk: &BackupDisk, dest: &Path, progress: &(dyn Fn(u64) + Sy
     pool.install(|| {
         (0..count).par_bridge().try_for_each_init(Vec::new, |buf, i| {
             let range = disk.index().chunk_range(i);
-            if !disk.index().chunks[i].is_zero() {
+            if !disk.chunk_id(i)?.is_zero() {
                 disk.read_chunk(i, buf)?;
                 write_data_runs(&file, dest, buf, range.start)?;
                 // Start the write-back of what is written so far every few MiB, so that the final fsync has

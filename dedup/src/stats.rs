@@ -32,16 +32,13 @@ pub fn library_stats(lib: &Library) -> Result<LibraryStats> {
             disks += 1;
             logical += d.size;
             let index = lib.load_index(m, n)?;
-            data += index
-                .chunks
-                .iter()
-                .enumerate()
-                .filter(|(_, id)| !id.is_zero())
-                .map(|(i, _)| {
+            index.for_each(|i, e| {
+                if !e.id.is_zero() {
                     let r = index.chunk_range(i);
-                    r.end - r.start
-                })
-                .sum::<u64>();
+                    data += r.end - r.start;
+                }
+                Ok(())
+            })?;
         }
     }
     let chunks = lib.store().list()?;

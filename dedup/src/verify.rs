@@ -53,14 +53,18 @@ pub fn verify(lib: &Library, backups: &[Manifest], progress: &(dyn Fn(u64, u64) 
     for m in backups {
         for disk in 0..m.disks.len() {
             let index = lib.load_index(m, disk)?;
-            for (i, id) in index.chunks.iter().enumerate().filter(|(_, id)| !id.is_zero()) {
+            index.for_each(|i, e| {
+                if e.id.is_zero() {
+                    return Ok(());
+                }
                 let r = index.chunk_range(i);
-                let list = uses.entry(*id).or_default();
+                let list = uses.entry(e.id).or_default();
                 match list.last_mut() {
                     Some(last) if last.backup == m.id && last.disk == disk && last.end == r.start => last.end = r.end,
                     _ => list.push(AffectedRange { backup: m.id.clone(), disk, start: r.start, end: r.end }),
                 }
-            }
+                Ok(())
+            })?;
         }
     }
     let ids: Vec<ChunkId> = uses.keys().copied().collect();

@@ -278,6 +278,10 @@ pub fn remove_chunk(library: &Path, id: &dedup::ChunkId) {
     let mut index = PackIndex::read(&loc.index).unwrap();
     index.entries.retain(|e| e.id != *id);
     std::fs::write(&loc.index, index.encode()).unwrap();
+    // The record goes from the pack too: a backup's index knows where it was and would read it there.
+    use std::os::unix::fs::FileExt;
+    let pack = std::fs::OpenOptions::new().write(true).open(&loc.pack).unwrap();
+    pack.write_all_at(&vec![0u8; 32 + loc.len as usize], loc.offset - 32).unwrap();
 }
 
 /// How many distinct chunks a library holds.

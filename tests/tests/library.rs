@@ -45,7 +45,15 @@ fn verify_clean(lib: &Path) {
 fn chunk_ids(lib: &Path, id: &str) -> Vec<dedup::ChunkId> {
     let lib = dedup::Library::open(lib).unwrap();
     let m = lib.resolve(id).unwrap();
-    lib.load_index(&m, 0).unwrap().chunks
+    let mut ids = Vec::new();
+    lib.load_index(&m, 0)
+        .unwrap()
+        .for_each(|_, e| {
+            ids.push(e.id);
+            Ok(())
+        })
+        .unwrap();
+    ids
 }
 
 #[test]

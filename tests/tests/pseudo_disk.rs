@@ -301,8 +301,16 @@ fn a_missing_chunk_fails_reads_with_eio_and_the_log_names_it() {
     let lib = dedup::Library::open(&s.daemon.library).unwrap();
     let m = lib.resolve(&s.backup).unwrap();
     let index = lib.load_index(&m, 0).unwrap();
-    let (i, gone) =
-        index.chunks.iter().enumerate().filter(|(_, c)| !c.is_zero()).nth(30).map(|(i, c)| (i, *c)).unwrap();
+    let mut stored = Vec::new();
+    index
+        .for_each(|i, e| {
+            if !e.id.is_zero() {
+                stored.push((i as usize, e.id));
+            }
+            Ok(())
+        })
+        .unwrap();
+    let (i, gone) = stored[30];
     tests::remove_chunk(&s.daemon.library, &gone);
     let info = mount(&s.daemon, &s.backup, &[]);
     let path = PathBuf::from(info["disks"][0]["fuse_path"].as_str().unwrap());

@@ -1,8 +1,10 @@
-//! The in-memory catalog of a pack store: which pack holds each chunk, and where in it.
+//! What a pack store process knows of where chunks are: the newest chunk map (on disk, read a block at a
+//! time) and, in memory, the chunks of the packs that map does not cover yet (packs sealed since, and this
+//! process's own). The in-memory part stays small because a store that sees it grow past `MERGE_AT` chunks
+//! writes a new map that covers those packs (`pack/merge.rs`).
 //!
-//! Built from the pack index files when first needed, extended by this process's own writes, and refreshed
-//! from the folder when a chunk is not found (another process may have added a backup) or a pack has gone
-//! (garbage collection may have rewritten it).
+//! Refreshed from the folder when a chunk is not found (another process may have added a backup) or a pack
+//! has gone (garbage collection may have rewritten it).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -11,13 +13,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use super::chunk_map::{self, ChunkMap};
+use super::located::{PackName, StoredAt};
 use super::pack_format::PackIndex;
 use crate::chunk::ChunkId;
 use crate::error::{Error, Result};
 
+/// Chunks kept in memory, outside a map, before a new map is written.
+pub(super) const MERGE_AT: usize = 256 * 1024;
+
 /// One pack file known to this process.
 pub(super) struct Pack {
-    pub name: String,
+    pub name: PackName,
     pub path: PathBuf,
     /// True when the pack's index is on disk (false: this process is still writing it).
     sealed: AtomicBool,
@@ -27,7 +34,7 @@ pub(super) struct Pack {
 }
 
 impl Pack {
-    pub fn new(name: String, path: PathBuf, sealed: bool, file: Option<Arc<File>>) -> Self {
+    pub fn new(name: PackName, path: PathBuf, sealed: bool, file: Option<Arc<File>>) -> Self {
         Pack { name, path, sealed: AtomicBool::new(sealed), touched: AtomicBool::new(false), file: Mutex::new(file) }
     }
 
@@ -49,20 +56,16 @@ impl Pack {
     }
 }
 
-/// Where a chunk lies: pack number in the catalog, offset and length of the encoded chunk.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Loc {
-    pub pack: u32,
-    pub offset: u64,
-    pub len: u32,
-}
-
 #[derive(Default)]
 pub(super) struct Catalog {
-    /// Packs by number; `None` once a pack has gone.
-    packs: Vec<Option<Arc<Pack>>>,
-    by_name: HashMap<String, u32>,
-    chunks: HashMap<ChunkId, Loc>,
+    /// The newest chunk map seen.
+    map: Option<Arc<ChunkMap>>,
+    /// Chunks of packs the map does not cover.
+    chunks: HashMap<ChunkId, StoredAt>,
+    /// Sealed packs whose chunks are in `chunks`.
+    loaded: HashSet<PackName>,
+    /// Packs the map covers that have gone from the folder: what it says of them is stale.
+    gone: HashSet<PackName>,
     /// The folder's modification time at the last scan, and when that scan started.
     last_scan: Option<(SystemTime, SystemTime)>,
 }
@@ -72,52 +75,46 @@ impl Catalog {
         self.last_scan.is_some()
     }
 
-    pub fn lookup(&self, id: &ChunkId) -> Option<(Loc, Arc<Pack>)> {
-        let loc = *self.chunks.get(id)?;
-        let pack = self.packs.get(loc.pack as usize)?.clone()?;
-        Some((loc, pack))
+    /// Makes the next `refresh` scan the folder even if its time has not changed.
+    pub fn invalidate(&mut self) {
+        self.last_scan = None;
     }
 
-    pub fn lookup_pack(&self, no: u32) -> Option<Arc<Pack>> {
-        self.packs.get(no as usize)?.clone()
+    /// Chunks held in memory (outside the map).
+    pub fn loose_chunks(&self) -> usize {
+        self.chunks.len()
     }
 
-    /// Registers a pack and returns its number.
-    pub fn add_pack(&mut self, pack: Pack) -> u32 {
-        let no = self.packs.len() as u32;
-        self.by_name.insert(pack.name.clone(), no);
-        self.packs.push(Some(Arc::new(pack)));
-        no
-    }
-
-    /// Records where a chunk is; a newer location replaces an older one (the older pack may be going).
-    pub fn insert(&mut self, id: ChunkId, loc: Loc) {
-        self.chunks.insert(id, loc);
-    }
-
-    pub fn for_each_pack(&self, mut f: impl FnMut(&Pack)) {
-        self.packs.iter().flatten().for_each(|p| f(p));
-    }
-
-    /// Forgets a pack and every chunk located in it (closing its file: it may be deleted).
-    pub fn remove_pack(&mut self, no: u32) {
-        if let Some(Some(pack)) = self.packs.get(no as usize) {
-            self.by_name.remove(&pack.name);
-            pack.set_file(None);
+    pub fn lookup(&self, id: &ChunkId) -> Result<Option<StoredAt>> {
+        if let Some(at) = self.chunks.get(id) {
+            return Ok(Some(*at));
         }
-        if let Some(slot) = self.packs.get_mut(no as usize) {
-            *slot = None;
+        let Some(map) = &self.map else { return Ok(None) };
+        Ok(map.lookup(id)?.filter(|at| !self.gone.contains(&at.pack)))
+    }
+
+    /// Records where a chunk this process stored is; a newer location replaces an older one.
+    pub fn insert(&mut self, id: ChunkId, at: StoredAt) {
+        self.chunks.insert(id, at);
+    }
+
+    /// Records that this process sealed `pack`: its chunks are known, and go when it goes.
+    pub fn sealed(&mut self, pack: PackName) {
+        self.loaded.insert(pack);
+    }
+
+    /// Forgets a pack and every chunk located in it.
+    pub fn remove_pack(&mut self, pack: PackName) {
+        self.loaded.remove(&pack);
+        self.chunks.retain(|_, at| at.pack != pack);
+        if self.map.as_ref().is_some_and(|m| m.covers(&pack)) {
+            self.gone.insert(pack);
         }
-        self.chunks.retain(|_, loc| loc.pack != no);
     }
 
-    pub fn pack_number(&self, name: &str) -> Option<u32> {
-        self.by_name.get(name).copied()
-    }
-
-    /// Brings the catalog up to date with the folder: loads the index of every pack not known yet, forgets
-    /// packs whose index has gone (and finds their chunks again in the packs that remain). Skips the scan
-    /// when the folder has not changed since the last one.
+    /// Brings the catalog up to date with the folder: takes the newest map, loads the index of every pack it
+    /// does not cover, forgets packs whose index has gone. Skips the scan when the folder has not changed
+    /// since the last one.
     pub fn refresh(&mut self, dir: &Path) -> Result<()> {
         let scan_start = SystemTime::now();
         let dir_mtime =
@@ -129,46 +126,82 @@ impl Catalog {
                 return Ok(());
             }
         }
-        let on_disk: HashSet<String> = index_names(dir)?.into_iter().collect();
-        let gone: Vec<u32> = self
-            .packs
-            .iter()
-            .enumerate()
-            .filter_map(|(no, p)| p.as_ref().filter(|p| p.is_sealed() && !on_disk.contains(&p.name)).map(|_| no as u32))
-            .collect();
-        for &no in &gone {
-            self.remove_pack(no);
+        let on_disk = sealed_pack_names(dir)?;
+        if let Some(map) = newest_map(dir)? {
+            if self.map.as_ref().is_none_or(|m| m.generation() < map.generation()) {
+                // What the new map covers leaves memory (this process's unsealed pack is never covered).
+                self.chunks.retain(|_, at| !map.covers(&at.pack));
+                self.loaded.retain(|p| !map.covers(p));
+                self.map = Some(Arc::new(map));
+            }
         }
-        let mut names: Vec<&String> = on_disk.iter().collect();
-        names.sort();
-        for name in names {
-            let known = self.pack_number(name);
-            if known.is_some() && gone.is_empty() {
-                continue;
-            }
-            let idx_path = dir.join(format!("{name}.idx"));
-            let index = match PackIndex::read(&idx_path) {
-                Ok(i) => i,
-                // Removed since the listing (gc), or damaged: its chunks stay unknown, and reads of them say
-                // so; verify names them.
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    tracing::warn!("ignoring pack {name}: {e}");
-                    continue;
-                }
-            };
-            let no = match known {
-                Some(no) => no,
-                None => self.add_pack(Pack::new(name.clone(), dir.join(format!("{name}.pack")), true, None)),
-            };
+        self.gone = match &self.map {
+            Some(m) => m.covered().iter().filter(|p| !on_disk.contains(p)).copied().collect(),
+            None => HashSet::new(),
+        };
+        let vanished: Vec<PackName> = self.loaded.iter().filter(|p| !on_disk.contains(p)).copied().collect();
+        if !vanished.is_empty() {
+            let vanished: HashSet<PackName> = vanished.into_iter().collect();
+            self.chunks.retain(|_, at| !vanished.contains(&at.pack));
+            self.loaded.retain(|p| !vanished.contains(p));
+        }
+        let mut new: Vec<PackName> = on_disk
+            .iter()
+            .filter(|p| !self.loaded.contains(p) && !self.map.as_ref().is_some_and(|m| m.covers(p)))
+            .copied()
+            .collect();
+        new.sort();
+        for pack in new {
+            let Some(index) = read_pack_index(dir, pack) else { continue };
             for e in index.entries {
+                let Ok(offset) = u32::try_from(e.offset) else { continue };
                 // A chunk stored twice (two backups wrote it at once) is read from the first pack found.
-                self.chunks.entry(e.id).or_insert(Loc { pack: no, offset: e.offset, len: e.len });
+                self.chunks.entry(e.id).or_insert(StoredAt { pack, offset, len: e.len });
             }
+            self.loaded.insert(pack);
         }
         self.last_scan = Some((dir_mtime, scan_start));
         Ok(())
     }
+}
+
+/// The index of `pack`; `None` when it is gone (removed since the listing) or damaged (its chunks stay
+/// unknown, reads of them say so, verify names them, repair rebuilds it).
+pub(super) fn read_pack_index(dir: &Path, pack: PackName) -> Option<PackIndex> {
+    match PackIndex::read(&dir.join(format!("{pack}.idx"))) {
+        Ok(i) => Some(i),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::warn!("ignoring pack {pack}: {e}");
+            None
+        }
+    }
+}
+
+/// The packs in `dir` that have an index file.
+pub(super) fn sealed_pack_names(dir: &Path) -> Result<HashSet<PackName>> {
+    Ok(index_names(dir)?.iter().filter_map(|n| PackName::parse(n)).collect())
+}
+
+/// The newest readable chunk map in `dir`, if there is one. A map removed between the listing and the
+/// opening (a newer one replaced it) or damaged is passed over for the one before it: chunks it alone
+/// covers are then found in their packs' indexes.
+pub(super) fn newest_map(dir: &Path) -> Result<Option<ChunkMap>> {
+    let mut generations = map_generations(dir)?;
+    generations.sort_unstable_by(|a, b| b.cmp(a));
+    for generation in generations {
+        match ChunkMap::open(&dir.join(chunk_map::file_name(generation)), generation) {
+            Ok(m) => return Ok(Some(m)),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => tracing::warn!("passing over chunk map {generation}: {e}"),
+        }
+    }
+    Ok(None)
+}
+
+/// The generations of the chunk maps in `dir`.
+pub(super) fn map_generations(dir: &Path) -> Result<Vec<u64>> {
+    Ok(file_stems(dir, chunk_map::EXTENSION)?.iter().filter_map(|s| chunk_map::parse_generation(s)).collect())
 }
 
 /// The names (without extension) of the packs in `dir` that have an index file.

@@ -2,9 +2,12 @@
 //! default; every store keeps the same contract so that an S3 store can take its place.
 
 mod catalog;
+pub mod chunk_map;
+pub mod located;
 mod pack;
 pub mod pack_format;
 
+pub use located::{PackName, StoredAt};
 pub use pack::PackStore;
 
 use std::collections::HashSet;
@@ -20,14 +23,18 @@ use crate::error::Result;
 /// a chunk twice (two backups at once) is harmless.
 pub trait ChunkStore: Send + Sync {
     /// If the chunk is stored, marks it as used now (garbage collection keeps chunks used after it started)
-    /// and returns true. Returns false when it is absent.
-    fn touch(&self, id: &ChunkId) -> Result<bool>;
+    /// and says where it is. `None` when it is absent.
+    fn touch(&self, id: &ChunkId) -> Result<Option<StoredAt>>;
 
-    /// Stores an encoded chunk under its id. It is durable once `sync` returns.
-    fn put(&self, id: &ChunkId, encoded: &[u8]) -> Result<()>;
+    /// Stores an encoded chunk under its id and says where. It is durable once `sync` returns.
+    fn put(&self, id: &ChunkId, encoded: &[u8]) -> Result<StoredAt>;
 
     /// Reads an encoded chunk; `ChunkMissing` when it is absent.
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>>;
+
+    /// Reads an encoded chunk from where a backup's index says it was stored, without looking it up; when it
+    /// is no longer there (garbage collection moved it), wherever the store says it is now.
+    fn get_at(&self, id: &ChunkId, at: &StoredAt) -> Result<Vec<u8>>;
 
     /// Every stored copy of every chunk, with the time its container was last written or used, and its
     /// stored size.

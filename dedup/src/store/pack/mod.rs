@@ -12,18 +12,22 @@
 //! fsyncs the folder, so every chunk put before it is durable, names included, before a manifest refers to
 //! it. A pack without an index is unfinished work: readers ignore it and `sweep` removes it.
 //!
-//! Concurrency: each process keeps a catalog (`catalog.rs`) of where chunks are. Two backups running at once
-//! may both store a chunk neither had (each in its own pack); reads use either copy and `sweep` drops the
-//! spare one.
+//! Where chunks are: the library's chunk map (`chunk_map.rs`, kept up to date by `merge.rs`) and the indexes of
+//! the packs it does not cover yet, through each process's catalog (`catalog.rs`). A backup's disk index also
+//! records where each of its chunks was stored, so that a live mount reads a chunk without looking it up.
+//!
+//! Concurrency: two backups running at once may both store a chunk neither had (each in its own pack); reads
+//! use either copy and `sweep` drops the spare one.
 //!
 //! Garbage: `sweep` deletes packs whose chunks are all unused, and rewrites packs that are mostly unused,
 //! keeping only the chunks in use. A pack used (read by a backup, or written) after the cutoff is left
 //! alone whole: a backup in progress may be about to refer to any chunk of it.
 
+mod merge;
 mod repair;
 mod sweep;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::num::NonZeroUsize;
@@ -35,7 +39,8 @@ use std::time::SystemTime;
 
 use lru::LruCache;
 
-use super::catalog::{index_names, Catalog, Loc, Pack};
+use super::catalog::{Catalog, Pack, MERGE_AT};
+use super::located::{PackName, StoredAt};
 use super::pack_format::{pack_header, PackEntry, PackIndex};
 use super::{ChunkLocation, ChunkStore, RepairStats, StoredChunk, SweepStats};
 use crate::chunk::ChunkId;
@@ -54,8 +59,12 @@ pub struct PackStore {
     dir: PathBuf,
     /// `PACK_TARGET_BYTES`, smaller in tests.
     pack_target: u64,
+    /// `MERGE_AT`, smaller in tests.
+    merge_at: usize,
     tmp: PathBuf,
     catalog: RwLock<Catalog>,
+    /// The packs this process has dealt with, by name: their open files and marks.
+    packs: Mutex<HashMap<PackName, Arc<Pack>>>,
     writer: Mutex<Option<OpenPack>>,
     /// Held while a pack is sealed, so that `sync` can wait for seals other threads started. Taken before
     /// the writer lock is released, so no full pack is ever outside both.
@@ -63,12 +72,11 @@ pub struct PackStore {
     /// A write or seal failed: chunks whose `put` succeeded are lost, so `sync` must fail from now on.
     failed: AtomicBool,
     /// The sealed packs whose file is open, by name; a pack evicted from it has its file closed.
-    open_files: Mutex<LruCache<String, Arc<Pack>>>,
+    open_files: Mutex<LruCache<PackName, Arc<Pack>>>,
 }
 
 /// The pack this process is appending to.
 struct OpenPack {
-    no: u32,
     pack: Arc<Pack>,
     file: Arc<File>,
     len: u64,
@@ -78,7 +86,7 @@ struct OpenPack {
 
 impl PackStore {
     /// Opens (creating when needed) the store in `dir`; temporary files go to `tmp` on the same file system.
-    /// Pack indexes are read when first needed.
+    /// What says where chunks are is read when first needed.
     pub fn open(dir: &Path, tmp: &Path) -> Result<Self> {
         for d in [dir, tmp] {
             durable::create_dir_durable(d).map_err(|e| Error::io("create folder", d, e))?;
@@ -86,8 +94,10 @@ impl PackStore {
         Ok(PackStore {
             dir: dir.to_path_buf(),
             pack_target: PACK_TARGET_BYTES,
+            merge_at: MERGE_AT,
             tmp: tmp.to_path_buf(),
             catalog: RwLock::new(Catalog::default()),
+            packs: Mutex::new(HashMap::new()),
             writer: Mutex::new(None),
             sealing: Mutex::new(()),
             failed: AtomicBool::new(false),
@@ -103,23 +113,56 @@ impl PackStore {
         self.dir.join(format!("{name}.idx"))
     }
 
-    /// Where the catalog says a chunk is, scanning the folder first when it never was.
-    fn lookup(&self, id: &ChunkId) -> Result<Option<(Loc, Arc<Pack>)>> {
-        {
-            let cat = self.catalog.read().expect("not poisoned");
-            if cat.is_scanned() {
-                return Ok(cat.lookup(id));
-            }
-        }
-        let mut cat = self.catalog.write().expect("not poisoned");
-        if !cat.is_scanned() {
-            cat.refresh(&self.dir)?;
-        }
-        Ok(cat.lookup(id))
+    /// The pack of that name, as this process knows it (a sealed pack when first met).
+    fn pack(&self, name: PackName) -> Arc<Pack> {
+        let mut packs = self.packs.lock().expect("not poisoned");
+        packs
+            .entry(name)
+            .or_insert_with(|| Arc::new(Pack::new(name, self.pack_path(&name.to_string()), true, None)))
+            .clone()
     }
 
+    /// Where the catalog says a chunk is, scanning the folder first when it never was.
+    fn lookup(&self, id: &ChunkId) -> Result<Option<(StoredAt, Arc<Pack>)>> {
+        let found = {
+            let cat = self.catalog.read().expect("not poisoned");
+            if cat.is_scanned() {
+                Some(cat.lookup(id)?)
+            } else {
+                None
+            }
+        };
+        let at = match found {
+            Some(at) => at,
+            None => {
+                self.refresh()?;
+                self.catalog.read().expect("not poisoned").lookup(id)?
+            }
+        };
+        Ok(at.map(|at| (at, self.pack(at.pack))))
+    }
+
+    /// Brings the catalog up to date with the folder, and writes a new chunk map when too many chunks are
+    /// outside the one there is.
     fn refresh(&self) -> Result<()> {
-        self.catalog.write().expect("not poisoned").refresh(&self.dir)
+        let loose = {
+            let mut cat = self.catalog.write().expect("not poisoned");
+            cat.refresh(&self.dir)?;
+            cat.loose_chunks()
+        };
+        if loose >= self.merge_at {
+            self.merge_map(false)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a pack that has gone from the folder.
+    fn forget_pack(&self, name: PackName) {
+        self.catalog.write().expect("not poisoned").remove_pack(name);
+        if let Some(pack) = self.packs.lock().expect("not poisoned").remove(&name) {
+            pack.set_file(None);
+        }
+        self.open_files.lock().expect("not poisoned").pop(&name);
     }
 
     /// The pack's open file, opening it when needed.
@@ -134,9 +177,9 @@ impl PackStore {
         pack.set_file(Some(file.clone()));
         let mut open = self.open_files.lock().expect("not poisoned");
         // `push` hands back the entry it displaced: the least recently used pack when the cache is full, or
-        // an entry of the same name (another thread opened this pack too, or a pack of that name that the
-        // catalog has since dropped).
-        if let Some((_, old)) = open.push(pack.name.clone(), pack.clone()) {
+        // an entry of the same name (another thread opened this pack too, or a pack of that name that has
+        // since been forgotten).
+        if let Some((_, old)) = open.push(pack.name, pack.clone()) {
             if !Arc::ptr_eq(&old, pack) {
                 old.set_file(None);
             }
@@ -145,41 +188,36 @@ impl PackStore {
     }
 
     /// Reads the record of a chunk: the id before it must match, and the pack must hold all of it.
-    fn read_record(&self, id: &ChunkId, loc: Loc, pack: &Arc<Pack>) -> std::result::Result<Vec<u8>, ReadFailure> {
+    fn read_record(&self, id: &ChunkId, at: StoredAt, pack: &Arc<Pack>) -> std::result::Result<Vec<u8>, ReadFailure> {
         let file = self.file_of(pack).map_err(ReadFailure::Open)?;
         let mut record_id = [0u8; RECORD_ID_LEN as usize];
-        let mut buf = vec![0u8; loc.len as usize];
+        let mut buf = vec![0u8; at.len as usize];
         let wanted = record_id.len() + buf.len();
+        let Some(start) = u64::from(at.offset).checked_sub(RECORD_ID_LEN) else {
+            return Err(ReadFailure::Elsewhere);
+        };
         // One read for the id and the chunk, each into its own buffer.
         let read = nix::sys::uio::preadv(
             &*file,
             &mut [std::io::IoSliceMut::new(&mut record_id), std::io::IoSliceMut::new(&mut buf)],
-            (loc.offset - RECORD_ID_LEN) as i64,
+            start as i64,
         );
         match read {
             Ok(n) if n == wanted => {}
-            Ok(_) => {
-                // Short: the end of the file (a read of a regular file returns all it can).
-                return Err(ReadFailure::Bad(Error::ChunkCorrupt {
-                    id: *id,
-                    reason: format!("pack {} is shorter than its index says", pack.path.display()),
-                }));
-            }
+            // Short: the end of the file (a read of a regular file returns all it can).
+            Ok(_) => return Err(ReadFailure::Short),
             Err(e) => return Err(ReadFailure::Bad(Error::io("read chunk from", &pack.path, e.into()))),
         }
         if record_id != id.0 {
-            return Err(ReadFailure::Bad(Error::ChunkCorrupt {
-                id: *id,
-                reason: format!("pack {} holds another chunk where its index says", pack.path.display()),
-            }));
+            return Err(ReadFailure::Elsewhere);
         }
         Ok(buf)
     }
 
     /// Starts a new pack file.
     fn new_pack(&self) -> Result<OpenPack> {
-        let name = durable::random_suffix();
-        let path = self.pack_path(&name);
+        let name = PackName::random();
+        let path = self.pack_path(&name.to_string());
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -191,11 +229,9 @@ impl PackStore {
             let _ = fs::remove_file(&path);
             return Err(Error::io("write pack", &path, e));
         }
-        let pack = Pack::new(name, path, false, Some(file.clone()));
-        let mut cat = self.catalog.write().expect("not poisoned");
-        let no = cat.add_pack(pack);
-        let pack = cat.lookup_pack(no).expect("just added");
-        Ok(OpenPack { no, pack, file, len: PACK_HEADER_LEN as u64, entries: Vec::new(), record: Vec::new() })
+        let pack = Arc::new(Pack::new(name, path, false, Some(file.clone())));
+        self.packs.lock().expect("not poisoned").insert(name, pack.clone());
+        Ok(OpenPack { pack, file, len: PACK_HEADER_LEN as u64, entries: Vec::new(), record: Vec::new() })
     }
 
     /// Makes a pack durable and gives it its index. On failure the pack is abandoned.
@@ -203,7 +239,7 @@ impl PackStore {
         let result = (|| {
             open.file.sync_data().map_err(|e| Error::io("sync pack", &open.pack.path, e))?;
             let index = PackIndex { pack_len: open.len, entries: open.entries.clone() };
-            let idx_path = self.index_path(&open.pack.name);
+            let idx_path = self.index_path(&open.pack.name.to_string());
             let mut f =
                 AtomicFile::create(&idx_path, Some(&self.tmp)).map_err(|e| Error::io("create", &idx_path, e))?;
             std::io::Write::write_all(&mut f, &index.encode()).map_err(|e| Error::io("write", &idx_path, e))?;
@@ -212,6 +248,7 @@ impl PackStore {
         match result {
             Ok(()) => {
                 open.pack.mark_sealed();
+                self.catalog.write().expect("not poisoned").sealed(open.pack.name);
                 // Reads of its chunks open it through the bounded set of open files, like any pack.
                 open.pack.set_file(None);
                 Ok(())
@@ -226,7 +263,7 @@ impl PackStore {
     /// Drops an unfinished pack: its chunks are forgotten and its file removed.
     fn abandon(&self, open: OpenPack) {
         self.failed.store(true, Ordering::Release);
-        self.catalog.write().expect("not poisoned").remove_pack(open.no);
+        self.forget_pack(open.pack.name);
         let _ = fs::remove_file(&open.pack.path);
     }
 
@@ -251,11 +288,19 @@ impl PackStore {
         durable::sync_dir(&self.dir).map_err(|e| Error::io("sync folder", &self.dir, e))
     }
 
+    /// Writes a new chunk map when this process holds too many chunks outside the current one.
+    fn merge_if_due(&self) -> Result<()> {
+        if self.catalog.read().expect("not poisoned").loose_chunks() >= self.merge_at {
+            self.merge_map(false)?;
+        }
+        Ok(())
+    }
+
     /// Every pack with a readable index, by name, with the index and the time the pack was last used.
     /// A damaged index is skipped with a warning (verify reports its chunks; `repair` rebuilds it), and so is an
     /// index whose pack is gone (its chunks are missing).
     fn sealed_packs(&self) -> Result<Vec<(String, PackIndex, SystemTime)>> {
-        let mut names = index_names(&self.dir)?;
+        let mut names = super::catalog::index_names(&self.dir)?;
         names.sort();
         let mut out = Vec::with_capacity(names.len());
         for name in names {
@@ -273,11 +318,49 @@ impl PackStore {
         }
         Ok(out)
     }
+
+    /// Reads a chunk where the catalog says it is, looking again once (after a refresh) when it is not there.
+    fn get_found(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let mut refreshed = false;
+        loop {
+            let failure = match self.lookup(id)? {
+                Some((at, pack)) => match self.read_record(id, at, &pack) {
+                    Ok(data) => return Ok(data),
+                    Err(ReadFailure::Bad(e)) => return Err(e),
+                    Err(ReadFailure::Open(e)) if e.kind() == ErrorKind::NotFound => {
+                        self.forget_pack(at.pack);
+                        Error::ChunkMissing { id: *id }
+                    }
+                    Err(ReadFailure::Open(e)) => return Err(Error::io("open pack", &pack.path, e)),
+                    Err(ReadFailure::Short) => Error::ChunkCorrupt {
+                        id: *id,
+                        reason: format!("pack {} is shorter than its index says", pack.path.display()),
+                    },
+                    Err(ReadFailure::Elsewhere) => Error::ChunkCorrupt {
+                        id: *id,
+                        reason: format!("pack {} holds another chunk where its index says", pack.path.display()),
+                    },
+                },
+                None => Error::ChunkMissing { id: *id },
+            };
+            // Another process may have added the chunk (a new backup) or moved it (gc): look again, once.
+            if refreshed || matches!(failure, Error::ChunkCorrupt { .. }) {
+                return Err(failure);
+            }
+            self.catalog.write().expect("not poisoned").invalidate();
+            self.refresh()?;
+            refreshed = true;
+        }
+    }
 }
 
 enum ReadFailure {
     /// The pack could not be opened (it may have been removed by garbage collection).
     Open(std::io::Error),
+    /// The pack ends before the record does.
+    Short,
+    /// Another record is where the chunk was said to be (a location from before a rewrite).
+    Elsewhere,
     Bad(Error),
 }
 
@@ -292,12 +375,12 @@ impl Drop for PackStore {
 }
 
 impl ChunkStore for PackStore {
-    fn touch(&self, id: &ChunkId) -> Result<bool> {
-        let Some((loc, pack)) = self.lookup(id)? else {
-            return Ok(false);
+    fn touch(&self, id: &ChunkId) -> Result<Option<StoredAt>> {
+        let Some((at, pack)) = self.lookup(id)? else {
+            return Ok(None);
         };
         if !pack.is_sealed() || pack.touched.load(Ordering::Acquire) {
-            return Ok(true);
+            return Ok(Some(at));
         }
         // One mark per pack and process is enough: gc keeps a pack used after the oldest running backup
         // started (see gc.rs), and this backup started before this mark.
@@ -310,20 +393,20 @@ impl ChunkStore for PackStore {
         ) {
             // The mark counts only if the pack still has its index: a gc that removed the index and then
             // died (or failed to remove the pack) leaves a pack that the next sweep removes as unfinished.
-            Ok(()) if self.index_path(&pack.name).exists() => {
+            Ok(()) if self.index_path(&pack.name.to_string()).exists() => {
                 pack.touched.store(true, Ordering::Release);
-                Ok(true)
+                Ok(Some(at))
             }
             Ok(()) | Err(nix::errno::Errno::ENOENT) => {
                 // Removed by gc since the catalog was read: the chunk must be written again.
-                self.catalog.write().expect("not poisoned").remove_pack(loc.pack);
-                Ok(false)
+                self.forget_pack(at.pack);
+                Ok(None)
             }
             Err(e) => Err(Error::io("mark as used", &pack.path, e.into())),
         }
     }
 
-    fn put(&self, id: &ChunkId, encoded: &[u8]) -> Result<()> {
+    fn put(&self, id: &ChunkId, encoded: &[u8]) -> Result<StoredAt> {
         let mut writer = self.writer.lock().expect("not poisoned");
         if writer.is_none() {
             *writer = Some(self.new_pack()?);
@@ -332,47 +415,50 @@ impl ChunkStore for PackStore {
         open.record.clear();
         open.record.extend_from_slice(&id.0);
         open.record.extend_from_slice(encoded);
-        if let Err(e) = open.file.write_all_at(&open.record, open.len) {
+        // A pack is sealed at a few MiB, so its offsets always fit the 32 bits a location has.
+        let offset = u32::try_from(open.len + RECORD_ID_LEN).ok().filter(|_| open.len < u64::from(u32::MAX) / 2);
+        let written = match offset {
+            Some(_) => open.file.write_all_at(&open.record, open.len),
+            None => Err(std::io::Error::other("the pack has grown past 2 GiB")),
+        };
+        if let Err(e) = written {
             let open = writer.take().expect("open");
             let path = open.pack.path.clone();
             self.abandon(open);
             return Err(Error::io("write pack", path, e));
         }
-        let entry = PackEntry { id: *id, offset: open.len + RECORD_ID_LEN, len: encoded.len() as u32 };
+        let at = StoredAt { pack: open.pack.name, offset: offset.expect("checked"), len: encoded.len() as u32 };
+        open.entries.push(PackEntry { id: *id, offset: u64::from(at.offset), len: at.len });
         open.len += open.record.len() as u64;
-        open.entries.push(entry);
-        self.catalog
-            .write()
-            .expect("not poisoned")
-            .insert(*id, Loc { pack: open.no, offset: entry.offset, len: entry.len });
+        self.catalog.write().expect("not poisoned").insert(*id, at);
         if open.len >= self.pack_target {
             let full = writer.take().expect("open");
             let sealing = self.sealing.lock().expect("not poisoned");
             drop(writer);
             self.seal(full, &sealing)?;
+            drop(sealing);
+            self.merge_if_due()?;
         }
-        Ok(())
+        Ok(at)
     }
 
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let mut refreshed = false;
-        loop {
-            let found = self.lookup(id)?;
-            let failure = match found {
-                Some((loc, pack)) => match self.read_record(id, loc, &pack) {
-                    Ok(data) => return Ok(data),
-                    Err(ReadFailure::Bad(e)) => return Err(e),
-                    Err(ReadFailure::Open(e)) if e.kind() == ErrorKind::NotFound => Error::ChunkMissing { id: *id },
-                    Err(ReadFailure::Open(e)) => return Err(Error::io("open pack", &pack.path, e)),
-                },
-                None => Error::ChunkMissing { id: *id },
-            };
-            // Another process may have added the chunk (a new backup) or moved it (gc): look again, once.
-            if refreshed {
-                return Err(failure);
+        self.get_found(id)
+    }
+
+    fn get_at(&self, id: &ChunkId, at: &StoredAt) -> Result<Vec<u8>> {
+        let pack = self.pack(at.pack);
+        match self.read_record(id, *at, &pack) {
+            Ok(data) => Ok(data),
+            Err(ReadFailure::Bad(e)) => Err(e),
+            // Not where the backup's index says any more (gc rewrote or removed the pack, or the location is
+            // from a damaged index): wherever the store says it is now.
+            Err(ReadFailure::Open(e)) if e.kind() == ErrorKind::NotFound => {
+                self.forget_pack(at.pack);
+                self.get_found(id)
             }
-            self.refresh()?;
-            refreshed = true;
+            Err(ReadFailure::Open(e)) => Err(Error::io("open pack", &pack.path, e)),
+            Err(ReadFailure::Short | ReadFailure::Elsewhere) => self.get_found(id),
         }
     }
 
@@ -395,12 +481,16 @@ impl ChunkStore for PackStore {
     }
 
     fn start_marking(&self) {
-        let cat = self.catalog.read().expect("not poisoned");
-        cat.for_each_pack(|p| p.touched.store(false, Ordering::Release));
+        for p in self.packs.lock().expect("not poisoned").values() {
+            p.touched.store(false, Ordering::Release);
+        }
     }
 
     fn sweep(&self, in_use: &HashSet<ChunkId>, cutoff: SystemTime) -> Result<SweepStats> {
-        self.sweep_packs(in_use, cutoff)
+        let stats = self.sweep_packs(in_use, cutoff)?;
+        // The map then covers what the sweep left, and nothing it removed.
+        self.merge_map(true)?;
+        Ok(stats)
     }
 
     fn repair(&self) -> Result<RepairStats> {
@@ -408,11 +498,11 @@ impl ChunkStore for PackStore {
     }
 
     fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
-        Ok(self.lookup(id)?.map(|(loc, pack)| ChunkLocation {
-            index: self.index_path(&pack.name),
+        Ok(self.lookup(id)?.map(|(at, pack)| ChunkLocation {
+            index: self.index_path(&pack.name.to_string()),
             pack: pack.path.clone(),
-            offset: loc.offset,
-            len: loc.len,
+            offset: u64::from(at.offset),
+            len: at.len,
         }))
     }
 }

@@ -37,10 +37,10 @@ fn chunks_put_by_one_store_are_read_by_another_after_sync() {
     writer.sync().unwrap();
     for (id, enc) in &chunks {
         assert_eq!(&reader.get(id).unwrap(), enc);
-        assert!(reader.touch(id).unwrap());
+        assert!(reader.touch(id).unwrap().is_some());
     }
     assert_eq!(reader.list().unwrap().len(), 50);
-    assert!(!reader.touch(&ChunkId::of(b"absent")).unwrap());
+    assert!(reader.touch(&ChunkId::of(b"absent")).unwrap().is_none());
 }
 
 #[test]
@@ -74,7 +74,7 @@ fn a_pack_that_lost_its_index_is_not_reused() {
     let loc = reader.locate(&id).unwrap().unwrap();
     fs::remove_file(&loc.index).unwrap();
     reader.start_marking();
-    assert!(!reader.touch(&id).unwrap(), "the chunk must be written again");
+    assert!(reader.touch(&id).unwrap().is_none(), "the chunk must be written again");
     assert!(loc.pack.exists());
 }
 
@@ -131,7 +131,7 @@ fn an_unsealed_pack_is_dropped_and_swept() {
         // Dropped without sync: the pack is unfinished work.
     }
     let s = open(dir.path());
-    assert!(!s.touch(&id).unwrap());
+    assert!(s.touch(&id).unwrap().is_none());
     assert_eq!(fs::read_dir(dir.path().join("packs")).unwrap().count(), 0, "the unsealed pack was removed");
     // A pack left by a writer that died (no index) goes with the next sweep once old enough.
     fs::write(dir.path().join("packs/0123456789abcdef.pack"), pack_header()).unwrap();
@@ -166,7 +166,12 @@ fn sweep_removes_dead_packs_and_rewrites_mostly_dead_ones() {
     }
     assert!(matches!(fresh.get(&chunks[0].0), Err(Error::ChunkMissing { .. })));
     assert_eq!(fresh.list().unwrap().len(), 5);
-    assert_eq!(fs::read_dir(dir.path().join("packs")).unwrap().count(), 2, "one pack and its index");
+    let files = |ext: &str| {
+        let names = fs::read_dir(dir.path().join("packs")).unwrap().map(|e| e.unwrap().file_name());
+        names.filter(|n| n.to_str().unwrap().ends_with(ext)).count()
+    };
+    assert_eq!((files(".pack"), files(".idx")), (1, 1), "one pack and its index");
+    assert_eq!(files(".map"), 1, "one chunk map, covering what the sweep left");
 }
 
 #[test]
@@ -219,4 +224,61 @@ fn the_least_recently_used_pack_is_closed_first() {
     s.get(&chunks[4].0).unwrap();
     assert_eq!((0..6).map(has_file).collect::<Vec<_>>(), [true, false, false, true, true, false]);
     assert_eq!(s.open_files.lock().unwrap().len(), 3);
+}
+
+#[test]
+fn chunk_maps_keep_memory_bounded_and_follow_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    s.pack_target = 1; // one chunk per pack
+    s.merge_at = 8;
+    let chunks: Vec<_> = (0..60).map(encoded).collect();
+    let mut at = Vec::new();
+    for (id, enc) in &chunks {
+        at.push(s.put(id, enc).unwrap());
+        let loose = s.catalog.read().unwrap().loose_chunks();
+        assert!(loose <= 8 + 1, "{loose} chunks held in memory with a merge at 8");
+    }
+    s.sync().unwrap();
+    let maps = super::super::catalog::map_generations(&s.dir).unwrap();
+    assert_eq!(maps.len(), 1, "older maps go once a newer one is in place: {maps:?}");
+    // Another process finds every chunk, most through the map, and keeps few in memory.
+    let mut reader = open(dir.path());
+    reader.merge_at = 8;
+    for (id, enc) in &chunks {
+        assert_eq!(&reader.get(id).unwrap(), enc);
+        assert!(reader.touch(id).unwrap().is_some());
+    }
+    assert!(reader.catalog.read().unwrap().loose_chunks() <= 8);
+    // gc keeps the first ten: the map then covers those packs only; a location from before still reads.
+    let in_use: HashSet<ChunkId> = chunks[..10].iter().map(|c| c.0).collect();
+    let stats = s.sweep(&in_use, SystemTime::now() + Duration::from_secs(1)).unwrap();
+    assert_eq!(stats.chunks_removed, 50);
+    let fresh = open(dir.path());
+    for (n, (id, enc)) in chunks[..10].iter().enumerate() {
+        assert_eq!(&fresh.get_at(id, &at[n]).unwrap(), enc);
+        assert_eq!(&reader.get(id).unwrap(), enc);
+    }
+    assert!(matches!(fresh.get(&chunks[30].0), Err(Error::ChunkMissing { .. })));
+    assert!(matches!(fresh.get_at(&chunks[30].0, &at[30]), Err(Error::ChunkMissing { .. })));
+    reader.start_marking(); // as the next backup does
+    assert!(reader.touch(&chunks[30].0).unwrap().is_none(), "a removed chunk is not reused");
+}
+
+#[test]
+fn a_location_that_moved_is_found_where_the_chunk_is_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let chunks: Vec<_> = (0..8).map(encoded).collect();
+    let at: Vec<StoredAt> = chunks.iter().map(|(id, enc)| s.put(id, enc).unwrap()).collect();
+    s.sync().unwrap();
+    // Most of the pack is dead: the sweep rewrites it, so the kept chunks move to a new pack.
+    let in_use: HashSet<ChunkId> = [chunks[5].0].into_iter().collect();
+    let stats = s.sweep(&in_use, SystemTime::now() + Duration::from_secs(1)).unwrap();
+    assert_eq!(stats.packs_rewritten, 1);
+    let fresh = open(dir.path());
+    assert_eq!(fresh.get_at(&chunks[5].0, &at[5]).unwrap(), chunks[5].1);
+    // A location that names another chunk's record is not believed either.
+    let wrong = StoredAt { offset: at[5].offset, ..at[5] };
+    assert_eq!(fresh.get_at(&chunks[5].0, &StoredAt { pack: PackName([0; 8]), ..wrong }).unwrap(), chunks[5].1);
 }
