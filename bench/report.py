@@ -28,6 +28,7 @@ import select
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -1150,6 +1151,74 @@ def cmd_summary_cloud(argv):
     print(f"  results: {env['RESULTS']}")
 
 
+def synthetic_block(chunk):
+    """The 4 KiB at the start of chunk CHUNK of memory.sh's synthetic disk: distinct per chunk, compressible."""
+    return struct.pack("<Q", chunk + 1) * 512
+
+
+def cmd_memory_disk(argv):
+    """memory-disk IMAGE SIZE CHUNK: a sparse disk of SIZE bytes whose every CHUNK-byte chunk starts with 4 KiB
+    of its own (synthetic_block) and is a hole after it: every chunk distinct, the file only SIZE/CHUNK*4 KiB
+    on disk (memory.sh)."""
+    path, size, chunk = argv[1], int(argv[2]), int(argv[3])
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.ftruncate(fd, size)
+    for i in range(size // chunk):
+        os.pwrite(fd, synthetic_block(i), i * chunk)
+    os.fsync(fd)
+    os.close(fd)
+
+
+def cmd_memory_reads(argv):
+    """memory-reads FILE SIZE CHUNK N SEED: N reads of 4 KiB at the start of random chunks of a synthetic disk
+    (O_DIRECT, so each reaches the daemon), each checked; prints the number of reads that differ."""
+    path, size, chunk, n, seed = argv[1], int(argv[2]), int(argv[3]), int(argv[4]), int(argv[5])
+    rng = random.Random(seed)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    buf = mmap.mmap(-1, 4096)
+    bad = 0
+    for _ in range(n):
+        i = rng.randrange(size // chunk)
+        got = os.preadv(fd, [buf], i * chunk)
+        bad += got != 4096 or buf[:4096] != synthetic_block(i)
+    os.close(fd)
+    print(bad)
+
+
+def cmd_summary_memory(argv):
+    """summary-memory: the memory report of memory.sh from its figures (env FIGURES, RESULTS)."""
+    env = os.environ
+    f = dict(line.rstrip("\n").split("=", 1) for line in open(env["FIGURES"]))
+    sizes = f["sizes"].split()
+    gib = {s: int(f[f"size_{s}"]) / 2**30 for s in sizes}
+    small, large = sizes[0], sizes[-1]
+    mib = lambda kib: int(kib) / 1024
+    out = {"load": f.get("load"), "sizes_gib": gib, "backup_create_peak_mib": {}, "mount_growth_mib": {}}
+    print("\nlivemount memory (bench/memory.sh)")
+    print(f"  synthetic disks: every 64 KiB chunk distinct; load average {f.get('load')}")
+    for s in sizes:
+        out["backup_create_peak_mib"][s] = mib(f[f"create_rss_{s}"])
+        print(f"  backup create of {gib[s]:6.0f} GiB ({int(f[f'chunks_{s}']):>9,} chunks): peak RSS "
+              f"{mib(f[f'create_rss_{s}']):7.1f} MiB in {float(f[f'create_s_{s}']):6.1f} s")
+    for s in sizes:
+        growth = mib(int(f[f"rss_after_{s}"]) - int(f[f"rss_before_{s}"]))
+        out["mount_growth_mib"][s] = growth
+        print(f"  daemon: mount of {gib[s]:6.0f} GiB and {f['reads']} random reads: RSS grew {growth:6.1f} MiB "
+              f"(mount created in {float(f[f'mount_ms_{s}']):.0f} ms)")
+    g_small, g_large = out["mount_growth_mib"][small], out["mount_growth_mib"][large]
+    slope = (g_large - g_small) / (gib[large] - gib[small]) * 1024
+    naive = g_large / gib[large] * 1024
+    peak = max(out["backup_create_peak_mib"].values())
+    out.update({"mount_mib_per_tib_slope": slope, "mount_mib_per_tib_naive": naive})
+    print(f"  per TiB mounted: {slope:.1f} MiB from the two sizes' difference ({small} -> {large}); "
+          f"{naive:.1f} MiB counting all of the {large} mount's growth as proportional (goal <= 64)")
+    print(f"  backup create peak: {peak:.1f} MiB at most (goal < 256 for any disk size); "
+          f"{large} over {small}: {out['backup_create_peak_mib'][large] / out['backup_create_peak_mib'][small]:.2f}x")
+    print(f"  mount creation of the {large} backup: {float(f[f'mount_ms_{large}']):.0f} ms (goal < 200)")
+    json.dump(out, open(env["RESULTS"], "w"), indent=2)
+    print(f"  results: {env['RESULTS']}")
+
+
 COMMANDS = {
     "json-get": (cmd_json_get, ["file", "key+"]),
     "mount-counters": (cmd_mount_counters, ["id", "first_disk?"]),
@@ -1172,6 +1241,9 @@ COMMANDS = {
     "cu": (cmd_cu, ["mode", "dir"]),
     "summary-iscsi": (cmd_summary_iscsi, []),
     "summary-library": (cmd_summary_library, []),
+    "memory-disk": (cmd_memory_disk, ["image", "size", "chunk"]),
+    "memory-reads": (cmd_memory_reads, ["file", "size", "chunk", "n", "seed"]),
+    "summary-memory": (cmd_summary_memory, []),
 }
 
 

@@ -58,7 +58,11 @@ pub struct DiskIndex {
 enum Body {
     /// Format 1: every id in memory.
     Whole(Vec<ChunkId>),
-    Records { file: RecordFile, packs: Vec<PackName>, cache: Mutex<LruCache<u64, Arc<Vec<u8>>>> },
+    Records {
+        file: RecordFile,
+        packs: Vec<PackName>,
+        cache: Mutex<LruCache<u64, Arc<Vec<u8>>>>,
+    },
 }
 
 impl DiskIndex {
@@ -200,7 +204,12 @@ pub struct DiskIndexWriter {
 
 impl DiskIndexWriter {
     pub fn create(path: &Path, chunk_size: u32, disk_size: u64) -> Result<Self> {
-        Ok(DiskIndexWriter { writer: RecordWriter::create(path, KIND)?, packs: PackTable::default(), chunk_size, disk_size })
+        Ok(DiskIndexWriter {
+            writer: RecordWriter::create(path, KIND)?,
+            packs: PackTable::default(),
+            chunk_size,
+            disk_size,
+        })
     }
 
     pub fn put(&mut self, i: u64, id: &ChunkId, at: Option<&StoredAt>) -> Result<()> {

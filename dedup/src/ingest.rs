@@ -275,7 +275,9 @@ fn read_chunks(
         }
         let sent = match buf {
             Some(b) => jobs.send((i, b)).is_ok(),
-            None => done.send(Done { index: i, id: ChunkId::ZERO, at: None, outcome: Outcome::Zero, buf: None }).is_ok(),
+            None => {
+                done.send(Done { index: i, id: ChunkId::ZERO, at: None, outcome: Outcome::Zero, buf: None }).is_ok()
+            }
         };
         if !sent {
             break;

@@ -20,6 +20,12 @@ fn fixtures() -> PathBuf {
 /// The cached guest image and the folder of guest packages (open-iscsi for Debian 12) the daemon takes.
 pub fn guest_image_and_packages() -> (PathBuf, PathBuf) {
     std::fs::create_dir_all(GUEST_CACHE).unwrap();
+    // Tests that need the guest start together in several processes: one builds, the others wait for it
+    // (two debootstraps at once share, and fight over, the package cache). The lock goes with the file.
+    let lock = std::fs::File::create(Path::new(GUEST_CACHE).join(".build.lock")).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this function owns; no memory is passed.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0, "lock {GUEST_CACHE}/.build.lock");
     let image = Path::new(GUEST_CACHE).join("bookworm.img");
     run(Command::new(fixtures().join("make-guest-image.sh")).arg(&image));
     let debs = Path::new(GUEST_CACHE).join("guest-packages/debian-12");
