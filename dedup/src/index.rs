@@ -58,11 +58,15 @@ pub struct DiskIndex {
 enum Body {
     /// Format 1: every id in memory.
     Whole(Vec<ChunkId>),
-    Records {
-        file: RecordFile,
-        packs: Vec<PackName>,
-        cache: Mutex<LruCache<u64, Arc<Vec<u8>>>>,
-    },
+    /// Format 2: the record file, read a block at a time.
+    Records(Box<Records>),
+}
+
+struct Records {
+    file: RecordFile,
+    packs: Vec<PackName>,
+    /// Blocks recently read, checked.
+    cache: Mutex<LruCache<u64, Arc<Vec<u8>>>>,
 }
 
 impl DiskIndex {
@@ -109,7 +113,7 @@ impl DiskIndex {
         Ok(DiskIndex {
             chunk_size,
             disk_size,
-            body: Body::Records { file, packs, cache: Mutex::new(LruCache::new(CACHED_BLOCKS)) },
+            body: Body::Records(Box::new(Records { file, packs, cache: Mutex::new(LruCache::new(CACHED_BLOCKS)) })),
         })
     }
 
@@ -124,7 +128,8 @@ impl DiskIndex {
         }
         match &self.body {
             Body::Whole(ids) => Ok(IndexEntry { id: ids[i as usize], at: None }),
-            Body::Records { file, packs, cache } => {
+            Body::Records(r) => {
+                let Records { file, packs, cache } = &**r;
                 let (b, within) = (i / file.per_block() as u64, (i % file.per_block() as u64) as usize);
                 let cached = cache.lock().expect("not poisoned").get(&b).cloned();
                 let block = match cached {
@@ -148,7 +153,8 @@ impl DiskIndex {
                     f(i as u64, IndexEntry { id: *id, at: None })?;
                 }
             }
-            Body::Records { file, packs, .. } => {
+            Body::Records(r) => {
+                let Records { file, packs, .. } = &**r;
                 let mut i = 0u64;
                 for b in 0..file.block_count() {
                     for r in file.read_block(b)?.chunks_exact(RECORD_LEN) {

@@ -83,7 +83,7 @@ impl PackStore {
             return Ok(false);
         }
         // A chunk stored twice keeps one location: the first pack's.
-        batch.sort_by(|a, b| a.0.cmp(&b.0));
+        batch.sort_by_key(|e| e.0);
         batch.dedup_by(|a, b| a.0 == b.0);
 
         let generation = map_generations(&self.dir)?.into_iter().max().unwrap_or(0) + 1;
