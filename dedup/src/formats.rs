@@ -12,8 +12,17 @@ pub const CHUNK_HEADER_LEN: usize = 16;
 
 /// First eight bytes of a disk index file (see `index.rs`).
 pub const INDEX_MAGIC: [u8; 8] = *b"LMINDEX\0";
-/// Layout version of the disk index.
+/// Layout version of the disk index that holds chunk ids only (read, no longer written).
 pub const INDEX_FORMAT_VERSION: u32 = 1;
+/// Layout version of the disk index that also says where each chunk is stored: a record file of located
+/// records, 128 to a block (see `index.rs`, `record_file.rs`, `store/located.rs`).
+pub const INDEX_FORMAT_VERSION_LOCATED: u32 = 2;
+/// Records per checked block of the disk index and of the chunk map.
+pub const LOCATED_RECORDS_PER_BLOCK: usize = 128;
+/// First eight bytes of a chunk map (see `store/chunk_map.rs`).
+pub const CHUNK_MAP_MAGIC: [u8; 8] = *b"LMCHMAP\0";
+/// Layout version of the chunk map.
+pub const CHUNK_MAP_FORMAT_VERSION: u32 = 1;
 /// Size of the disk index header in bytes.
 pub const INDEX_HEADER_LEN: usize = 64;
 

@@ -33,12 +33,19 @@ use lru::LruCache;
 
 use crate::chunk::ChunkId;
 use crate::error::{Error, Result};
-use crate::formats::{INDEX_FORMAT_VERSION, INDEX_HEADER_LEN, INDEX_MAGIC};
+use crate::formats::{
+    INDEX_FORMAT_VERSION, INDEX_FORMAT_VERSION_LOCATED, INDEX_HEADER_LEN, INDEX_MAGIC, LOCATED_RECORDS_PER_BLOCK,
+};
 use crate::record_file::{Kind, RecordFile, RecordWriter};
 use crate::store::located::{self, PackName, PackTable, StoredAt, RECORD_LEN};
 
 /// The record file kind of format 2.
-const KIND: Kind = Kind { magic: INDEX_MAGIC, version: 2, record_len: RECORD_LEN, per_block: 128 };
+const KIND: Kind = Kind {
+    magic: INDEX_MAGIC,
+    version: INDEX_FORMAT_VERSION_LOCATED,
+    record_len: RECORD_LEN,
+    per_block: LOCATED_RECORDS_PER_BLOCK,
+};
 /// Blocks of records an open index keeps checked in memory (about 5.5 KiB each).
 const CACHED_BLOCKS: NonZeroUsize = NonZeroUsize::new(64).expect("not zero");
 

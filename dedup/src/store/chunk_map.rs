@@ -12,9 +12,15 @@ use std::path::Path;
 use super::located::{self, PackName, PackTable, StoredAt, RECORD_LEN};
 use crate::chunk::ChunkId;
 use crate::error::{Error, Result};
+use crate::formats::{CHUNK_MAP_FORMAT_VERSION, CHUNK_MAP_MAGIC, LOCATED_RECORDS_PER_BLOCK};
 use crate::record_file::{Kind, RecordFile, RecordWriter};
 
-pub const KIND: Kind = Kind { magic: *b"LMCHMAP\0", version: 1, record_len: RECORD_LEN, per_block: 128 };
+pub const KIND: Kind = Kind {
+    magic: CHUNK_MAP_MAGIC,
+    version: CHUNK_MAP_FORMAT_VERSION,
+    record_len: RECORD_LEN,
+    per_block: LOCATED_RECORDS_PER_BLOCK,
+};
 
 /// File name extension of chunk maps.
 pub const EXTENSION: &str = ".map";
