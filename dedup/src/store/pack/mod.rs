@@ -71,6 +71,8 @@ pub struct PackStore {
     sealing: Mutex<()>,
     /// A write or seal failed: chunks whose `put` succeeded are lost, so `sync` must fail from now on.
     failed: AtomicBool,
+    /// This process has stored chunks (it then also keeps the chunk map up to date).
+    writes: AtomicBool,
     /// The sealed packs whose file is open, by name; a pack evicted from it has its file closed.
     open_files: Mutex<LruCache<PackName, Arc<Pack>>>,
 }
@@ -101,6 +103,7 @@ impl PackStore {
             writer: Mutex::new(None),
             sealing: Mutex::new(()),
             failed: AtomicBool::new(false),
+            writes: AtomicBool::new(false),
             open_files: Mutex::new(LruCache::new(MAX_OPEN_PACKS)),
         })
     }
@@ -142,15 +145,16 @@ impl PackStore {
         Ok(at.map(|at| (at, self.pack(at.pack))))
     }
 
-    /// Brings the catalog up to date with the folder, and writes a new chunk map when too many chunks are
-    /// outside the one there is.
+    /// Brings the catalog up to date with the folder, and, in a process that stores chunks, writes a new
+    /// chunk map when too many chunks are outside the one there is. (A process that only reads, such as a
+    /// daemon serving mounts, never writes to the library; the writers keep what it holds small.)
     fn refresh(&self) -> Result<()> {
         let loose = {
             let mut cat = self.catalog.write().expect("not poisoned");
             cat.refresh(&self.dir)?;
             cat.loose_chunks()
         };
-        if loose >= self.merge_at {
+        if loose >= self.merge_at && self.writes.load(Ordering::Acquire) {
             self.merge_map(false)?;
         }
         Ok(())
@@ -407,6 +411,7 @@ impl ChunkStore for PackStore {
     }
 
     fn put(&self, id: &ChunkId, encoded: &[u8]) -> Result<StoredAt> {
+        self.writes.store(true, Ordering::Release);
         let mut writer = self.writer.lock().expect("not poisoned");
         if writer.is_none() {
             *writer = Some(self.new_pack()?);
