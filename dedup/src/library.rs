@@ -277,3 +277,40 @@ impl Library {
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).expect("time formats")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn a_damaged_copy_is_passed_over_for_a_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = Library::init(&dir.path().join("lib"), 65536).unwrap();
+        let plain: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+        let id = ChunkId::of(&plain);
+        let mut z = zstd::bulk::Compressor::new(chunk::ZSTD_LEVEL).unwrap();
+        let encoded = chunk::encode(&plain, &mut z);
+        // Two copies, as two backups running at once store them, each in its own pack.
+        let first = lib.store().put(&id, &encoded).unwrap();
+        lib.store().sync().unwrap();
+        let second = lib.store().put(&id, &encoded).unwrap();
+        lib.store().sync().unwrap();
+        assert_ne!(first.pack, second.pack);
+        let pack = lib.root().join("packs").join(format!("{}.pack", first.pack));
+        let f = std::fs::OpenOptions::new().write(true).open(&pack).unwrap();
+        f.write_all_at(b"damage", u64::from(first.offset) + 40).unwrap();
+        let mut out = Vec::new();
+        lib.read_entry(&IndexEntry { id, at: Some(first) }, plain.len(), &mut out).unwrap();
+        assert_eq!(out, plain, "the good copy is read");
+        // With no other copy, the damage is an error, never data.
+        let only = IndexEntry { id, at: Some(second) };
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(lib.root().join("packs").join(format!("{}.pack", second.pack)))
+            .unwrap()
+            .write_all_at(b"damage", u64::from(second.offset) + 40)
+            .unwrap();
+        assert!(matches!(lib.read_entry(&only, plain.len(), &mut out), Err(Error::ChunkCorrupt { .. })));
+    }
+}
