@@ -48,8 +48,12 @@ use crate::durable::{self, AtomicFile};
 use crate::error::{Error, Result};
 use crate::formats::PACK_HEADER_LEN;
 
-/// A pack is sealed once it holds this many bytes.
+/// A pack is sealed once it holds this many bytes...
 const PACK_TARGET_BYTES: u64 = 16 << 20;
+/// ... or this many chunks: a writer keeps the entries of its open pack in memory, and chunks that compress
+/// to a few bytes would otherwise put a quarter of a million of them in one pack (measured with
+/// `bench/memory.sh`: the peak memory of a backup grew with the disk until this bound).
+const PACK_MAX_CHUNKS: usize = 64 * 1024;
 /// Sealed packs this process keeps open at most; the least recently used is closed first.
 const MAX_OPEN_PACKS: NonZeroUsize = NonZeroUsize::new(256).expect("not zero");
 /// Length of the chunk id before each record.
@@ -436,7 +440,7 @@ impl ChunkStore for PackStore {
         open.entries.push(PackEntry { id: *id, offset: u64::from(at.offset), len: at.len });
         open.len += open.record.len() as u64;
         self.catalog.write().expect("not poisoned").insert(*id, at);
-        if open.len >= self.pack_target {
+        if open.len >= self.pack_target || open.entries.len() >= PACK_MAX_CHUNKS {
             let full = writer.take().expect("open");
             let sealing = self.sealing.lock().expect("not poisoned");
             drop(writer);
