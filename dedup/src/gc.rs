@@ -147,10 +147,26 @@ pub fn collect_garbage(lib: &Library) -> Result<GcStats> {
     Ok(stats)
 }
 
-/// Rebuilds damaged or missing pack indexes from the packs (see `ChunkStore::repair`), with the chunk lock held
-/// exclusively so that no backup adds chunks meanwhile.
-pub fn repair(lib: &Library) -> Result<crate::store::RepairStats> {
-    with_chunks_locked(lib, || lib.store().repair())
+/// What `library repair` did and what it could not save.
+#[derive(Clone, Debug, Serialize)]
+pub struct RepairReport {
+    #[serde(flatten)]
+    pub store: crate::store::RepairStats,
+    /// Chunks that finished backups use and that are nowhere in the library after the repair, each with the
+    /// backups and byte ranges that lost their data.
+    pub lost: Vec<crate::verify::ChunkProblem>,
+}
+
+/// Rebuilds damaged or missing pack indexes from the packs and drops indexes whose pack has gone (see
+/// `ChunkStore::repair`), with the chunk lock held exclusively so that no backup adds chunks meanwhile; then
+/// names what every finished backup has lost.
+pub fn repair(lib: &Library) -> Result<RepairReport> {
+    with_chunks_locked(lib, || {
+        let store = lib.store().repair()?;
+        let backups = lib.backups()?;
+        let lost = crate::verify::lost_chunks(lib, &backups)?;
+        Ok(RepairReport { store, lost })
+    })
 }
 
 /// Runs `f` with `chunks.lock` held exclusively: no backup reuses or adds a chunk meanwhile.

@@ -6,7 +6,6 @@
 //! thread puts the ids in disk order. When every chunk is durable the backup's folder appears in one rename.
 
 use std::fs::File;
-use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -44,6 +43,17 @@ pub struct Progress {
 pub fn create_backup(
     lib: &Library,
     name: Option<String>,
+    disks: Vec<DiskInput>,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Manifest> {
+    create_backup_from(lib, name, None, disks, progress)
+}
+
+/// Backs up `disks` as one backup whose manifest records `origin` (see `Manifest::origin`).
+pub fn create_backup_from(
+    lib: &Library,
+    name: Option<String>,
+    origin: Option<serde_json::Value>,
     disks: Vec<DiskInput>,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Manifest> {
@@ -87,6 +97,7 @@ pub fn create_backup(
             created: now_rfc3339(),
             disks: disk_manifests,
             stats,
+            origin,
         };
         commit_backup(lib, &manifest, &tmp)?;
         Ok(manifest)
@@ -175,9 +186,8 @@ pub fn ingest_disk(
     std::thread::scope(|s| {
         let reader_done_tx = done_tx.clone();
         let (fail_r, failed_r) = (&fail, &failed);
-        let source_ranges: Vec<Range<u64>> = source.data_ranges().to_vec();
         let bytes_read = s.spawn(move || {
-            read_chunks(&mut *source, &source_ranges, chunk_size, count, &job_tx, &reader_done_tx, &free_rx, failed_r)
+            read_chunks(&mut *source, chunk_size, count, &job_tx, &reader_done_tx, &free_rx, failed_r)
                 .unwrap_or_else(|e| {
                     fail_r(e);
                     0
@@ -224,10 +234,8 @@ pub fn ingest_disk(
 
 /// The reader: sends each chunk holding data to the workers, reports chunks without data as zero at once.
 /// Returns the number of bytes read.
-#[allow(clippy::too_many_arguments)]
 fn read_chunks(
     source: &mut dyn DiskSource,
-    ranges: &[Range<u64>],
     chunk_size: u32,
     count: usize,
     jobs: &Sender<(usize, Vec<u8>)>,
@@ -237,7 +245,8 @@ fn read_chunks(
 ) -> Result<u64> {
     let size = source.size();
     let mut bytes_read = 0u64;
-    let mut first_range = 0usize;
+    // The data range not yet wholly read; the source is asked for the next one as the reader passes it.
+    let mut next = source.next_data(0)?;
     // Keep the source fetching ahead of the reader (a cold disk otherwise waits on every read).
     let mut hinted_to = 0u64;
     for i in 0..count {
@@ -246,23 +255,21 @@ fn read_chunks(
         }
         let start = i as u64 * u64::from(chunk_size);
         let end = (start + u64::from(chunk_size)).min(size);
-        while first_range < ranges.len() && ranges[first_range].end <= start {
-            first_range += 1;
+        if next.as_ref().is_some_and(|r| r.end <= start) {
+            next = source.next_data(start)?;
         }
         if end > hinted_to.saturating_sub(READ_AHEAD / 2) {
             let from = hinted_to.max(start);
             source.will_need(from, READ_AHEAD);
             hinted_to = from + READ_AHEAD;
         }
-        let overlapping = ranges[first_range..].iter().take_while(|r| r.start < end);
-        // A chunk wholly inside one data range is overwritten whole: its buffer need not be zeroed first.
-        let whole =
-            ranges[first_range..].iter().take_while(|r| r.start < end).any(|r| r.start <= start && r.end >= end);
         let mut buf: Option<Vec<u8>> = None;
-        for r in overlapping {
+        while let Some(r) = next.clone().filter(|r| r.start < end) {
             let b = buf.get_or_insert_with(|| {
                 let mut b = free.try_recv().unwrap_or_default();
                 let len = (end - start) as usize;
+                // A chunk wholly inside one data range is overwritten whole: its buffer need not be zeroed.
+                let whole = r.start <= start && r.end >= end;
                 if !whole || b.len() != len {
                     b.clear();
                     b.resize(len, 0);
@@ -272,6 +279,10 @@ fn read_chunks(
             let (from, to) = (r.start.max(start), r.end.min(end));
             source.read_exact_at(from, &mut b[(from - start) as usize..(to - start) as usize])?;
             bytes_read += to - from;
+            if r.end > end {
+                break; // the range goes on into the next chunk
+            }
+            next = source.next_data(r.end)?;
         }
         let sent = match buf {
             Some(b) => jobs.send((i, b)).is_ok(),

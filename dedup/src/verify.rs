@@ -46,6 +46,53 @@ pub struct AffectedRange {
     pub end: u64,
 }
 
+/// The chunks `backups` use that the store no longer has, each with the byte ranges it leaves without data.
+/// Only asks where each chunk is (nothing is read), and holds only what is missing: cheap enough for repair.
+pub fn lost_chunks(lib: &Library, backups: &[Manifest]) -> Result<Vec<ChunkProblem>> {
+    let mut lost: HashMap<ChunkId, Vec<AffectedRange>> = HashMap::new();
+    for m in backups {
+        for disk in 0..m.disks.len() {
+            let index = lib.load_index(m, disk)?;
+            index.for_each(|i, e| {
+                if e.id.is_zero() || (!lost.contains_key(&e.id) && lib.store().locate(&e.id)?.is_some()) {
+                    return Ok(());
+                }
+                add_use(lost.entry(e.id).or_default(), &m.id, disk, index.chunk_range(i));
+                Ok(())
+            })?;
+        }
+    }
+    let mut problems: Vec<ChunkProblem> = lost
+        .into_iter()
+        .map(|(id, affects)| ChunkProblem {
+            chunk: id.to_hex(),
+            kind: "missing".to_string(),
+            reason: Error::ChunkMissing { id }.to_string(),
+            affects,
+        })
+        .collect();
+    sort_by_first_use(&mut problems);
+    Ok(problems)
+}
+
+/// Adds a use of a chunk, extending the last range when it continues it.
+fn add_use(list: &mut Vec<AffectedRange>, backup: &str, disk: usize, r: std::ops::Range<u64>) {
+    match list.last_mut() {
+        Some(last) if last.backup == backup && last.disk == disk && last.end == r.start => last.end = r.end,
+        _ => list.push(AffectedRange { backup: backup.to_string(), disk, start: r.start, end: r.end }),
+    }
+}
+
+/// Orders problems by the first backup, disk and offset each affects.
+fn sort_by_first_use(problems: &mut [ChunkProblem]) {
+    problems.sort_by(|a, b| {
+        a.affects
+            .first()
+            .map(|r| (&r.backup, r.disk, r.start))
+            .cmp(&b.affects.first().map(|r| (&r.backup, r.disk, r.start)))
+    });
+}
+
 /// Checks every chunk used by `backups`. `progress` gets (chunks done, chunks total).
 pub fn verify(lib: &Library, backups: &[Manifest], progress: &(dyn Fn(u64, u64) + Sync)) -> Result<VerifyReport> {
     // Where each chunk is used: (backup, disk, chunk number, chunk byte range).
@@ -57,12 +104,7 @@ pub fn verify(lib: &Library, backups: &[Manifest], progress: &(dyn Fn(u64, u64) 
                 if e.id.is_zero() {
                     return Ok(());
                 }
-                let r = index.chunk_range(i);
-                let list = uses.entry(e.id).or_default();
-                match list.last_mut() {
-                    Some(last) if last.backup == m.id && last.disk == disk && last.end == r.start => last.end = r.end,
-                    _ => list.push(AffectedRange { backup: m.id.clone(), disk, start: r.start, end: r.end }),
-                }
+                add_use(uses.entry(e.id).or_default(), &m.id, disk, index.chunk_range(i));
                 Ok(())
             })?;
         }
@@ -98,11 +140,6 @@ pub fn verify(lib: &Library, backups: &[Manifest], progress: &(dyn Fn(u64, u64) 
             affects: uses.remove(&id).unwrap_or_default(),
         })
         .collect();
-    problems.sort_by(|a, b| {
-        a.affects
-            .first()
-            .map(|r| (&r.backup, r.disk, r.start))
-            .cmp(&b.affects.first().map(|r| (&r.backup, r.disk, r.start)))
-    });
+    sort_by_first_use(&mut problems);
     Ok(VerifyReport { backups: backups.len(), chunks_checked: total, bytes_checked: bytes.into_inner(), problems })
 }

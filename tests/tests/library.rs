@@ -498,3 +498,49 @@ fn repair_rebuilds_a_damaged_pack_index_from_the_pack() {
     verify_clean(&lib_path);
     restore_and_compare(&lib_path, &id, &disk);
 }
+
+#[test]
+fn repair_drops_the_index_of_a_lost_pack_and_names_what_each_backup_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = big_random_image(dir.path(), "disk.img", 4, 7);
+    let lib_path = new_library(dir.path(), "64K");
+    let id = backup(&lib_path, &[&disk])["id"].as_str().unwrap().to_string();
+    let ids = chunk_ids(&lib_path, &id);
+    let lib = dedup::Library::open(&lib_path).unwrap();
+    let loc = lib.store().locate(&ids[0]).unwrap().unwrap();
+    let in_that_pack: Vec<usize> = (0..ids.len())
+        .filter(|&i| lib.store().locate(&ids[i]).unwrap().is_some_and(|l| l.pack == loc.pack))
+        .collect();
+    drop(lib);
+    // The pack is lost (deleted by hand, a file system that lost it); its index still names its chunks.
+    std::fs::remove_file(&loc.pack).unwrap();
+
+    let out = livemount(&lib_path).args(["library", "repair", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "lost chunks are a failure: {}", String::from_utf8_lossy(&out.stderr));
+    let report = json(&out.stdout);
+    assert_eq!(report["indexes_dropped"], 1, "{report}");
+    assert!(!loc.index.exists(), "the index of the lost pack is removed");
+    let lost = report["lost"].as_array().unwrap();
+    assert_eq!(lost.len(), in_that_pack.len(), "every chunk of the lost pack is named: {report}");
+    let chunk = 64 * 1024;
+    for p in lost {
+        let r = &p["affects"][0];
+        assert_eq!(r["backup"], id.as_str());
+        let start = r["start"].as_u64().unwrap();
+        assert!(in_that_pack.contains(&((start / chunk) as usize)), "{p} was not in the lost pack");
+        assert_eq!(r["end"].as_u64().unwrap() - start, chunk);
+    }
+    let text = stdout_of(livemount(&lib_path).args(["library", "repair"]));
+    assert!(text.contains(&format!("backup {id} disk 0 bytes 0..{chunk}")), "{text}");
+
+    // The disk is still there: a new backup of it stores the lost chunks again, and the old backup is whole.
+    backup(&lib_path, &[&disk]);
+    let again = json(&livemount(&lib_path).args(["library", "repair", "--json"]).output().unwrap().stdout);
+    assert_eq!(again["lost"].as_array().unwrap().len(), 0, "{again}");
+    verify_clean(&lib_path);
+    restore_and_compare(&lib_path, &id, &disk);
+}
+
+fn stdout_of(cmd: &mut assert_cmd::Command) -> String {
+    String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+}

@@ -53,10 +53,11 @@ pub fn run(cli: &Cli, cmd: &LibraryCmd) -> anyhow::Result<i32> {
         }
         LibraryCmd::Repair => {
             let lib = super::open_library(cli)?;
-            let s = dedup::gc::repair(&lib)?;
+            let report = dedup::gc::repair(&lib)?;
             if cli.json {
-                print_json(&s);
+                print_json(&report);
             } else {
+                let s = &report.store;
                 println!(
                     "checked {} packs: rebuilt {} indexes ({} chunks recovered); {} damaged chunks and {} left out",
                     s.packs_checked,
@@ -65,7 +66,29 @@ pub fn run(cli: &Cli, cmd: &LibraryCmd) -> anyhow::Result<i32> {
                     s.chunks_damaged,
                     size(s.bytes_unreadable)
                 );
+                if s.indexes_dropped > 0 {
+                    println!(
+                        "removed {} indexes whose pack has gone ({} chunks named nowhere else are lost)",
+                        s.indexes_dropped, s.chunks_dropped
+                    );
+                }
+                for p in &report.lost {
+                    println!("LOST chunk {}", p.chunk);
+                    for r in &p.affects {
+                        println!("  backup {} disk {} bytes {}..{} read as an error", r.backup, r.disk, r.start, r.end);
+                    }
+                }
+                if report.lost.is_empty() {
+                    println!("every finished backup has all its chunks");
+                } else {
+                    println!(
+                        "{} chunks are lost: the backups above cannot be restored whole; `backup create` of the \
+                         same disk stores them again if it still has them",
+                        report.lost.len()
+                    );
+                }
             }
+            return Ok(if report.lost.is_empty() { 0 } else { 1 });
         }
         LibraryCmd::Gc => {
             let lib = super::open_library(cli)?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::nbd::NbdClient;
-use super::{merge_ranges, DiskSource};
+use super::{BoundedRanges, DiskSource};
 use crate::error::{Error, Result};
 
 fn source_err(path: &Path, reason: impl Into<String>) -> Error {
@@ -82,7 +82,7 @@ pub struct QemuImage {
     path: PathBuf,
     format: String,
     size: u64,
-    ranges: Vec<Range<u64>>,
+    ranges: BoundedRanges,
     nbd: NbdClient,
     server: Child,
     _socket_dir: SocketDir,
@@ -106,8 +106,9 @@ impl QemuImage {
         let map = qemu_img_json(path, &["map", "-f", &format])?;
         let entries: Vec<MapEntry> = serde_json::from_value(map)
             .map_err(|e| source_err(path, format!("unexpected qemu-img map output: {e}")))?;
-        let ranges =
-            merge_ranges(entries.iter().filter(|e| e.data && !e.zero).map(|e| e.start..e.start + e.length).collect());
+        let ranges = BoundedRanges::from_unsorted(
+            entries.iter().filter(|e| e.data && !e.zero).map(|e| e.start..e.start + e.length).collect(),
+        );
 
         let dir = std::env::temp_dir().join(format!("livemount-nbd-{}", crate::durable::random_suffix()));
         std::fs::create_dir(&dir).map_err(|e| source_err(path, format!("cannot create {}: {e}", dir.display())))?;
@@ -160,8 +161,8 @@ impl DiskSource for QemuImage {
     fn size(&self) -> u64 {
         self.size
     }
-    fn data_ranges(&self) -> &[Range<u64>] {
-        &self.ranges
+    fn next_data(&mut self, from: u64) -> Result<Option<Range<u64>>> {
+        Ok(self.ranges.next_data(from))
     }
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.nbd.read_exact_at(offset, buf).map_err(|e| {

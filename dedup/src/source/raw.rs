@@ -11,14 +11,16 @@ use nix::errno::Errno;
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
 use nix::unistd::{lseek, Whence};
 
-use super::{merge_ranges, DiskSource};
+use super::DiskSource;
 use crate::error::{Error, Result};
 
 pub struct RawFile {
     path: PathBuf,
     file: File,
     size: u64,
-    ranges: Vec<Range<u64>>,
+    /// A regular file whose holes SEEK_DATA can find; a block device (or a file system that cannot tell)
+    /// is read whole.
+    sparse: bool,
     format: &'static str,
 }
 
@@ -34,41 +36,39 @@ impl RawFile {
         } else {
             meta.len()
         };
-        let ranges = if is_dev { std::iter::once(0..size).collect() } else { data_ranges(&file, size) };
         Ok(RawFile {
             path: path.to_path_buf(),
             file,
             size,
-            ranges,
+            sparse: !is_dev,
             format: if is_dev { "block-device" } else { "raw" },
         })
     }
-}
-
-/// The data ranges of a file by SEEK_DATA/SEEK_HOLE; the whole file when the file system cannot tell.
-fn data_ranges(file: &File, size: u64) -> Vec<Range<u64>> {
-    let fd = file.as_raw_fd();
-    let mut ranges = Vec::new();
-    let mut pos: i64 = 0;
-    while (pos as u64) < size {
-        let data = match lseek(fd, pos, Whence::SeekData) {
-            Ok(data) => data,
-            Err(Errno::ENXIO) => break,                          // no data after pos
-            Err(_) => return std::iter::once(0..size).collect(), // SEEK_DATA unsupported: read it all
-        };
-        let end = lseek(fd, data, Whence::SeekHole).unwrap_or(size as i64);
-        ranges.push(data as u64..(end as u64).min(size));
-        pos = end;
-    }
-    merge_ranges(ranges)
 }
 
 impl DiskSource for RawFile {
     fn size(&self) -> u64 {
         self.size
     }
-    fn data_ranges(&self) -> &[Range<u64>] {
-        &self.ranges
+    fn next_data(&mut self, from: u64) -> Result<Option<Range<u64>>> {
+        if from >= self.size {
+            return Ok(None);
+        }
+        if !self.sparse {
+            return Ok(Some(from..self.size));
+        }
+        let fd = self.file.as_raw_fd();
+        let data = match lseek(fd, from as i64, Whence::SeekData) {
+            Ok(data) => data as u64,
+            Err(Errno::ENXIO) => return Ok(None), // no data after `from`
+            Err(_) => {
+                // SEEK_DATA unsupported here: read the rest whole.
+                self.sparse = false;
+                return Ok(Some(from..self.size));
+            }
+        };
+        let end = lseek(fd, data as i64, Whence::SeekHole).map(|e| e as u64).unwrap_or(self.size);
+        Ok((data < self.size).then(|| data..end.min(self.size)))
     }
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.file.read_exact_at(buf, offset).map_err(|e| Error::Source {
@@ -103,10 +103,17 @@ mod tests {
         f.set_len(64 << 20).unwrap();
         f.write_at(&[1u8; 4096], 8 << 20).unwrap();
         (&f).flush().unwrap();
-        let src = RawFile::open(&p).unwrap();
+        let mut src = RawFile::open(&p).unwrap();
         assert_eq!(src.size(), 64 << 20);
-        let covered: u64 = src.data_ranges().iter().map(|r| r.end - r.start).sum();
-        assert!(covered < 8 << 20, "the hole is not read: {:?}", src.data_ranges());
-        assert!(src.data_ranges().iter().any(|r| r.contains(&(8 << 20))));
+        let mut ranges = Vec::new();
+        let mut at = 0;
+        while let Some(r) = src.next_data(at).unwrap() {
+            assert!(r.start >= at && r.end > r.start, "{r:?} from {at}");
+            at = r.end;
+            ranges.push(r);
+        }
+        let covered: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        assert!(covered < 8 << 20, "the hole is not read: {ranges:?}");
+        assert!(ranges.iter().any(|r| r.contains(&(8 << 20))));
     }
 }

@@ -93,6 +93,9 @@ pub struct SweepStats {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RepairStats {
     pub packs_checked: u64,
+    /// Indexes whose pack has gone, removed: they named chunks that are no longer anywhere.
+    pub indexes_dropped: u64,
+    pub chunks_dropped: u64,
     /// Indexes written again from their packs' records.
     pub indexes_rebuilt: u64,
     pub chunks_recovered: u64,

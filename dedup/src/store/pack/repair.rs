@@ -1,5 +1,7 @@
-//! Repair of the pack store: a pack whose index is missing or damaged gets its index rebuilt from its own
-//! records, each checked against its id before it is named.
+//! Repair of the pack store: an index whose pack has gone is removed (the chunks it names are lost; the
+//! library's repair says which backups they belong to), and a pack whose index is missing or damaged gets
+//! its index rebuilt from its own records, each checked against its id before it is named. The chunk map is
+//! then written again without the packs that have gone.
 //!
 //! Order on disk, the same as a seal: the pack's bytes are made durable before an index names them (the pack
 //! may be one a writer never synced), then the index is written through a temporary file, fsynced and renamed
@@ -21,6 +23,7 @@ impl PackStore {
     /// `ChunkStore::repair` for the pack store; the caller holds the library's chunk lock exclusively.
     pub(super) fn repair_indexes(&self) -> Result<RepairStats> {
         let mut stats = RepairStats::default();
+        self.drop_orphan_indexes(&mut stats)?;
         let mut names = file_stems(&self.dir, ".pack")?;
         names.sort();
         for name in names {
@@ -52,7 +55,38 @@ impl PackStore {
             stats.chunks_recovered += index.entries.len() as u64;
         }
         self.refresh()?;
+        // A map that still covers a dropped pack would send reads there: write one without it.
+        self.merge_map(true)?;
         Ok(stats)
+    }
+
+    /// Removes every index whose pack file has gone (a crash between a pack's removal and its index's, or
+    /// a pack deleted by hand): it names chunks that cannot be read, and it would keep them in the catalog.
+    fn drop_orphan_indexes(&self, stats: &mut RepairStats) -> Result<()> {
+        let mut names = crate::store::catalog::index_names(&self.dir)?;
+        names.sort();
+        for name in names {
+            let pack_path = self.pack_path(&name);
+            match fs::symlink_metadata(&pack_path) {
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Ok(_) => continue,
+                Err(e) => return Err(Error::io("read", &pack_path, e)),
+            }
+            let idx_path = self.index_path(&name);
+            let chunks = PackIndex::read(&idx_path).map(|i| i.entries.len() as u64).unwrap_or(0);
+            tracing::warn!("pack {name} has gone: removing its index, which names {chunks} chunks");
+            match fs::remove_file(&idx_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("remove", &idx_path, e)),
+            }
+            stats.indexes_dropped += 1;
+            stats.chunks_dropped += chunks;
+        }
+        if stats.indexes_dropped > 0 {
+            crate::durable::sync_dir(&self.dir).map_err(|e| Error::io("sync folder", &self.dir, e))?;
+        }
+        Ok(())
     }
 }
 
