@@ -16,6 +16,10 @@ pub struct Manifest {
     pub disks: Vec<DiskManifest>,
     #[serde(default)]
     pub stats: IngestStats,
+    /// Where the disks came from beyond their paths, as the program that made the backup records it (a
+    /// cloud backup: the instance's configuration, what a restore needs to launch it again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
