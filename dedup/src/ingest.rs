@@ -187,11 +187,12 @@ pub fn ingest_disk(
         let reader_done_tx = done_tx.clone();
         let (fail_r, failed_r) = (&fail, &failed);
         let bytes_read = s.spawn(move || {
-            read_chunks(&mut *source, chunk_size, count, &job_tx, &reader_done_tx, &free_rx, failed_r)
-                .unwrap_or_else(|e| {
+            read_chunks(&mut *source, chunk_size, count, &job_tx, &reader_done_tx, &free_rx, failed_r).unwrap_or_else(
+                |e| {
                     fail_r(e);
                     0
-                })
+                },
+            )
         });
         for _ in 0..workers {
             let (job_rx, done_tx, fail_w, failed_w) = (job_rx.clone(), done_tx.clone(), &fail, &failed);

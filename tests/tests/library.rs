@@ -508,9 +508,8 @@ fn repair_drops_the_index_of_a_lost_pack_and_names_what_each_backup_lost() {
     let ids = chunk_ids(&lib_path, &id);
     let lib = dedup::Library::open(&lib_path).unwrap();
     let loc = lib.store().locate(&ids[0]).unwrap().unwrap();
-    let in_that_pack: Vec<usize> = (0..ids.len())
-        .filter(|&i| lib.store().locate(&ids[i]).unwrap().is_some_and(|l| l.pack == loc.pack))
-        .collect();
+    let in_that_pack: Vec<usize> =
+        (0..ids.len()).filter(|&i| lib.store().locate(&ids[i]).unwrap().is_some_and(|l| l.pack == loc.pack)).collect();
     drop(lib);
     // The pack is lost (deleted by hand, a file system that lost it); its index still names its chunks.
     std::fs::remove_file(&loc.pack).unwrap();
