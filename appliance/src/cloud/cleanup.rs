@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::journal::{Kind, Purpose};
-use super::{filter, instances, sdk, Cloud, CloudError, TAG_APPLIANCE, TAG_IPXE, TAG_MOUNT};
+use super::{filter, instances, sdk, Cloud, CloudError, TAG_APPLIANCE, TAG_IPXE, TAG_JOB, TAG_MOUNT};
 
 /// One resource found in AWS or in the journal.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,7 +34,7 @@ pub struct Inventory {
 }
 
 /// Everything this appliance made that may still exist, in every account it knows and every Region it
-/// has used. `live_mounts` are the ids of the mounts the daemon has.
+/// has used. `live_mounts` are the ids of the mounts the daemon has and of the jobs it is running.
 pub async fn inventory(cloud: &Cloud, live_mounts: &BTreeSet<String>) -> Inventory {
     let mut places: BTreeSet<(String, String)> = BTreeSet::new();
     for r in cloud.journal.live() {
@@ -85,7 +85,9 @@ pub async fn inventory(cloud: &Cloud, live_mounts: &BTreeSet<String>) -> Invento
     }
     for f in &mut inv.resources {
         f.in_use = match &f.purpose {
-            Some(Purpose::Mount(m)) => live_mounts.contains(m) && f.state != "gone" && f.state != "never made",
+            Some(Purpose::Mount(m)) | Some(Purpose::Job(m)) => {
+                live_mounts.contains(m) && f.state != "gone" && f.state != "never made"
+            }
             Some(Purpose::IpxeImage(_)) => cloud
                 .images
                 .get(&f.region)
@@ -161,7 +163,10 @@ async fn scan(cloud: &Cloud, account: &str, region: &str) -> Result<Vec<Found>, 
 
 fn purpose_of(tags: &[aws_sdk_ec2::types::Tag]) -> Option<Purpose> {
     let get = |k: &str| tags.iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).map(str::to_string);
-    get(TAG_MOUNT).map(Purpose::Mount).or_else(|| get(TAG_IPXE).map(Purpose::IpxeImage))
+    get(TAG_MOUNT)
+        .map(Purpose::Mount)
+        .or_else(|| get(TAG_IPXE).map(Purpose::IpxeImage))
+        .or_else(|| get(TAG_JOB).map(Purpose::Job))
 }
 
 /// Removes what no live mount uses (instances first, then volumes, images, snapshots), and with
@@ -202,16 +207,16 @@ async fn remove(cloud: &Cloud, f: &Found) -> Result<(), CloudError> {
             Kind::Instance => instances::terminate(&ec2, account, std::slice::from_ref(&id)).await?,
             Kind::Volume => delete_volume(&ec2, account, &id).await?,
             Kind::Image => {
-                let r = ec2.deregister_image().image_id(&id).send().await;
-                ignore_not_found(r.map(|_| ()).map_err(CloudError::aws(account, "DeregisterImage")))?;
+                // An image made by CreateImage owns its snapshots: they go with it (a crash may have come
+                // before they were tagged or journaled).
+                for snap in deregister_image(&ec2, account, &id).await? {
+                    delete_snapshot(&ec2, account, &snap).await?;
+                }
                 if cloud.images.get(&f.region).is_some_and(|i| i.image_id == id) {
                     cloud.images.forget(&f.region)?;
                 }
             }
-            Kind::Snapshot => {
-                let r = ec2.delete_snapshot().snapshot_id(&id).send().await;
-                ignore_not_found(r.map(|_| ()).map_err(CloudError::aws(account, "DeleteSnapshot")))?;
-            }
+            Kind::Snapshot => delete_snapshot(&ec2, account, &id).await?,
         }
         tracing::info!(kind = %f.kind, %id, account = %f.account, "removed");
     }
@@ -221,21 +226,99 @@ async fn remove(cloud: &Cloud, f: &Found) -> Result<(), CloudError> {
     Ok(())
 }
 
+/// Removes what the journal shows of jobs that are not running (they died with an earlier daemon), found
+/// in AWS by journal and by tag; gives how many resources were removed.
+pub async fn remove_dead_jobs(cloud: &Cloud, running: &BTreeSet<String>) -> Result<usize, CloudError> {
+    let dead = |p: &Purpose| matches!(p, Purpose::Job(j) if !running.contains(j));
+    if !cloud.journal.live().iter().any(|r| dead(&r.purpose)) {
+        return Ok(0);
+    }
+    let inv = inventory(cloud, running).await;
+    let mut chosen: Vec<Found> = inv.resources.into_iter().filter(|f| f.purpose.as_ref().is_some_and(dead)).collect();
+    chosen.sort_by_key(|f| f.kind);
+    for f in &chosen {
+        remove(cloud, f).await?;
+    }
+    Ok(chosen.len())
+}
+
+/// Deregisters an image (gone already is fine); gives the snapshots it was made of.
+pub(super) async fn deregister_image(
+    ec2: &aws_sdk_ec2::Client,
+    account: &str,
+    id: &str,
+) -> Result<Vec<String>, CloudError> {
+    let described = ec2.describe_images().image_ids(id).send().await;
+    let snapshots = match described.map_err(CloudError::aws(account, "DescribeImages")) {
+        Ok(out) => out
+            .images()
+            .iter()
+            .flat_map(|i| i.block_device_mappings())
+            .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
+            .collect(),
+        Err(e) => {
+            ignore_not_found(Err(e))?;
+            Vec::new()
+        }
+    };
+    let r = ec2.deregister_image().image_id(id).send().await;
+    ignore_not_found(r.map(|_| ()).map_err(CloudError::aws(account, "DeregisterImage")))?;
+    Ok(snapshots)
+}
+
+/// Deletes a snapshot (gone already is fine).
+pub(super) async fn delete_snapshot(ec2: &aws_sdk_ec2::Client, account: &str, id: &str) -> Result<(), CloudError> {
+    let r = ec2.delete_snapshot().snapshot_id(id).send().await;
+    ignore_not_found(r.map(|_| ()).map_err(CloudError::aws(account, "DeleteSnapshot")))
+}
+
 /// Deletes a volume, detaching it first when it is still attached to something.
-async fn delete_volume(ec2: &aws_sdk_ec2::Client, account: &str, id: &str) -> Result<(), CloudError> {
+pub(super) async fn delete_volume(ec2: &aws_sdk_ec2::Client, account: &str, id: &str) -> Result<(), CloudError> {
     let r = ec2.delete_volume().volume_id(id).send().await;
     match r.map(|_| ()).map_err(CloudError::aws(account, "DeleteVolume")) {
         Err(e) if e.code() == Some("VolumeInUse") => {
-            ec2.detach_volume()
-                .volume_id(id)
-                .force(true)
-                .send()
-                .await
-                .map_err(CloudError::aws(account, "DetachVolume"))?;
+            let r = ec2.detach_volume().volume_id(id).send().await;
+            match r.map(|_| ()).map_err(CloudError::aws(account, "DetachVolume")) {
+                // Detaching already (an earlier try): waiting is all there is to do.
+                Err(e) if e.code() == Some("IncorrectState") => {}
+                other => ignore_not_found(other)?,
+            }
+            // DetachVolume returns while the volume is still `in-use` (detaching); it can be deleted once
+            // it is `available` (EC2 user guide, "Detach an Amazon EBS volume from an instance").
+            wait_detached(ec2, account, id).await?;
             let r = ec2.delete_volume().volume_id(id).send().await;
             ignore_not_found(r.map(|_| ()).map_err(CloudError::aws(account, "DeleteVolume")))
         }
         other => ignore_not_found(other),
+    }
+}
+
+/// Waits for a volume being detached to become `available` (or gone).
+async fn wait_detached(ec2: &aws_sdk_ec2::Client, account: &str, id: &str) -> Result<(), CloudError> {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        let out = ec2.describe_volumes().volume_ids(id).send().await;
+        let state = match out.map_err(CloudError::aws(account, "DescribeVolumes")) {
+            Ok(out) => out.volumes().first().and_then(|v| v.state()).map(|s| s.as_str().to_string()),
+            Err(e) if e.code().is_some_and(|c| c.ends_with(".NotFound")) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match state.as_deref() {
+            None | Some("available") | Some("deleted") | Some("deleting") => return Ok(()),
+            Some(last) if std::time::Instant::now() > deadline => {
+                return Err(CloudError::Timeout {
+                    what: format!("volume {id} in account {account}"),
+                    state: "available (detached)".into(),
+                    seconds: WAIT.as_secs(),
+                    last: last.to_string(),
+                })
+            }
+            Some(_) => {}
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
     }
 }
 

@@ -1,7 +1,7 @@
 //! The cloud half of the appliance: the AWS accounts it works in (`accounts`), the journal of every
 //! resource it makes (`journal`), the iPXE machine image (`images`, uploaded through `ebs_upload`), the
-//! instances that boot live mounts (`instances`), and finding and removing what was left behind
-//! (`cleanup`). `sdk` is how every call reaches AWS.
+//! instances that boot live mounts (`instances`), the account workflows (`streaming_backup`), and finding
+//! and removing what was left behind (`cleanup`). `sdk` is how every call reaches AWS.
 //!
 //! ```text
 //! <state>/cloud/appliance-id    this appliance's id, in the livemount:appliance tag of all it makes
@@ -18,6 +18,7 @@ pub mod images;
 pub mod instances;
 pub mod journal;
 pub mod sdk;
+pub mod streaming_backup;
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,8 @@ pub use error::CloudError;
 pub const TAG_APPLIANCE: &str = "livemount:appliance";
 /// On a live mount's resources: the mount.
 pub const TAG_MOUNT: &str = "livemount:mount";
+/// On the resources of a job (a streaming backup): the job.
+pub const TAG_JOB: &str = "livemount:job";
 /// On the iPXE image and its snapshot: the hash of the boot disk's content.
 pub const TAG_IPXE: &str = "livemount:ipxe-content";
 
@@ -72,6 +75,10 @@ impl Cloud {
             journal::Purpose::IpxeImage(hash) => {
                 tags.push((TAG_IPXE.into(), hash.clone()));
                 tags.push(("Name".into(), format!("livemount iPXE {}", &hash[..16.min(hash.len())])));
+            }
+            journal::Purpose::Job(id) => {
+                tags.push((TAG_JOB.into(), id.clone()));
+                tags.push(("Name".into(), format!("livemount job {id}")));
             }
         }
         tags

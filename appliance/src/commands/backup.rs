@@ -134,10 +134,29 @@ fn create(cli: &Cli, lib: &dedup::Library, sources: &[PathBuf], name: Option<Str
     Ok(0)
 }
 
+/// One line of where a backup's disks came from: the instance a cloud backup was made of.
+fn describe_origin(origin: &serde_json::Value) -> String {
+    let field = |k: &str| origin.get(k).and_then(|v| v.as_str()).unwrap_or("-");
+    match field("kind") {
+        "ec2-instance" => format!(
+            "EC2 instance {} of account {} ({}), {}, {} EBS volumes",
+            field("instance_id"),
+            field("account"),
+            field("region"),
+            field("instance_type"),
+            origin.get("block_devices").and_then(|b| b.as_array()).map_or(0, |b| b.len())
+        ),
+        other => other.to_string(),
+    }
+}
+
 fn show(m: &Manifest) {
     println!("backup   {}", m.id);
     println!("name     {}", m.name.as_deref().unwrap_or("-"));
     println!("created  {}", m.created);
+    if let Some(origin) = &m.origin {
+        println!("origin   {}", describe_origin(origin));
+    }
     for (n, d) in m.disks.iter().enumerate() {
         println!(
             "disk {n}   {} ({}, {}), {} chunks of {}, {} zero",

@@ -1,4 +1,5 @@
-//! `livemount cloud ...`: AWS accounts, the iPXE machine image, and what this appliance made in AWS.
+//! `livemount cloud ...`: AWS accounts, the iPXE machine image, streaming backups of instances, and what
+//! this appliance made in AWS.
 
 use clap::{Args, Subcommand};
 
@@ -8,6 +9,7 @@ use crate::client::Client;
 use crate::cloud::accounts::Account;
 use crate::cloud::cleanup::{Found, Inventory};
 use crate::cloud::images::IpxeImage;
+use crate::daemon::JobInfo;
 use crate::output::{print_json, size};
 
 #[derive(Debug, Subcommand)]
@@ -22,6 +24,32 @@ pub enum CloudCmd {
     Resources,
     /// Remove what this appliance made that no live mount uses.
     Cleanup(CleanupArgs),
+    /// Streaming backup of an EC2 instance of a member account: an image of it in the member account, its
+    /// snapshots made volumes attached to the access node, read as one backup; all of it removed after.
+    Backup(CloudBackupArgs),
+    /// The jobs the daemon runs or has run (streaming backups).
+    Jobs,
+}
+
+#[derive(Debug, Args)]
+pub struct CloudBackupArgs {
+    /// The instance id (i-...).
+    pub instance: String,
+    /// The member account the instance is in.
+    #[arg(long)]
+    pub account: String,
+    /// The backup's name (default: the instance's Name tag).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Image the instance without rebooting it (the snapshots are then crash-consistent only).
+    #[arg(long)]
+    pub no_reboot: bool,
+    /// The instance of the service account the volumes are attached to (default: this one, from its
+    /// instance metadata).
+    #[arg(long)]
+    pub access_node: Option<String>,
+    #[arg(long)]
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +174,46 @@ pub fn run(cli: &Cli, cmd: &CloudCmd) -> anyhow::Result<i32> {
             let inv: Inventory = client.get("/v1/cloud/resources")?;
             print_inventory(cli, &inv, "nothing: this appliance has no resources in AWS", "");
         }
+        CloudCmd::Backup(a) => {
+            let req = crate::cloud::streaming_backup::Request {
+                instance: a.instance.clone(),
+                account: a.account.clone(),
+                name: a.name.clone(),
+                no_reboot: a.no_reboot,
+                access_node: a.access_node.clone(),
+                region: a.region.clone(),
+            };
+            let job: JobInfo = client.post("/v1/cloud/backups", &req)?;
+            let job = follow(cli, &client, job)?;
+            if cli.json {
+                print_json(&job);
+            }
+            let Some(result) = job.result.filter(|_| job.state == "succeeded") else {
+                eprintln!("livemount: cloud backup failed: {}", job.error.unwrap_or_else(|| job.state.clone()));
+                return Ok(1);
+            };
+            if !cli.json {
+                let stats = &result["stats"];
+                println!("backup {} of {} created", result["id"].as_str().unwrap_or("?"), a.instance);
+                println!(
+                    "  read {} in {:.1} s; stored {} new; nothing left in either account",
+                    size(stats["bytes_read"].as_u64().unwrap_or(0)),
+                    stats["seconds"].as_f64().unwrap_or(0.0),
+                    size(stats["new_bytes_stored"].as_u64().unwrap_or(0)),
+                );
+            }
+        }
+        CloudCmd::Jobs => {
+            let jobs: Vec<JobInfo> = client.get("/v1/jobs")?;
+            if cli.json {
+                print_json(&jobs);
+            } else {
+                for j in jobs {
+                    let end = j.error.map(|e| format!(": {e}")).unwrap_or_default();
+                    println!("{}  {}  {}  started {}  {}{end}", j.id, j.kind, j.state, j.started, j.step);
+                }
+            }
+        }
         CloudCmd::Cleanup(a) => {
             let req = CleanupRequest { dry_run: a.dry_run, images: a.images };
             let inv: Inventory = client.post("/v1/cloud/cleanup", &req)?;
@@ -157,6 +225,20 @@ pub fn run(cli: &Cli, cmd: &CloudCmd) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Follows a job until it ends, with a progress bar (none with --json); gives how it ended.
+fn follow(cli: &Cli, client: &Client, mut job: JobInfo) -> anyhow::Result<JobInfo> {
+    let bar = crate::output::byte_bar(0, cli.json, "cloud backup");
+    while job.state == "running" {
+        bar.set_length(job.total);
+        bar.set_position(job.done);
+        bar.set_message(job.step.clone());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        job = client.get(&format!("/v1/jobs/{}", job.id))?;
+    }
+    bar.finish_and_clear();
+    Ok(job)
 }
 
 fn print_inventory(cli: &Cli, inv: &Inventory, empty: &str, verb: &str) {
@@ -180,6 +262,7 @@ fn describe(f: &Found) -> String {
     let purpose = match &f.purpose {
         Some(Purpose::Mount(m)) => format!("mount {m}"),
         Some(Purpose::IpxeImage(h)) => format!("iPXE image {}", &h[..16.min(h.len())]),
+        Some(Purpose::Job(j)) => format!("job {j}"),
         None => "unknown purpose".into(),
     };
     format!(

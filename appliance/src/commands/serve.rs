@@ -28,6 +28,9 @@ pub struct ServeArgs {
     /// listens on every address).
     #[arg(long)]
     pub advertise: Option<String>,
+    /// Where attached EBS volumes appear as devices named by their volume id (udev's Nitro NVMe names).
+    #[arg(long, default_value = "/dev/disk/by-id")]
+    pub ebs_devices: PathBuf,
 }
 
 pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<i32> {
@@ -55,6 +58,7 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<i32> {
         fuse_root: args.fuse_root.clone(),
         api: cli.api.clone(),
         library: cli.library.clone(),
+        ebs_devices: args.ebs_devices.clone(),
     })?;
     Ok(0)
 }

@@ -1,5 +1,5 @@
 //! The control API's cloud routes: accounts, the iPXE image, the resources this appliance made and their
-//! cleanup. Thin: each calls `crate::cloud` with the manager's cloud state.
+//! cleanup, the account workflows (jobs). Thin: each calls `crate::cloud` with the manager's cloud state.
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::error::ApiError;
+use super::jobs::JobInfo;
 use super::mounts::Manager;
 use crate::api_types::{AccountCheck, AccountRequest, CleanupRequest, IpxeImageRequest};
 use crate::cloud::accounts::Account;
@@ -23,6 +24,9 @@ pub fn routes() -> Router<Arc<Manager>> {
         .route("/v1/cloud/images/ipxe", post(publish_ipxe))
         .route("/v1/cloud/resources", get(resources))
         .route("/v1/cloud/cleanup", post(cleanup))
+        .route("/v1/cloud/backups", post(streaming_backup))
+        .route("/v1/jobs", get(list_jobs))
+        .route("/v1/jobs/{id}", get(get_job))
 }
 
 async fn list_accounts(State(m): State<Arc<Manager>>) -> Json<Vec<Account>> {
@@ -73,7 +77,7 @@ async fn publish_ipxe(
 }
 
 async fn resources(State(m): State<Arc<Manager>>) -> Json<Inventory> {
-    let live = m.mount_ids().await;
+    let live = m.live_ids().await;
     Json(cleanup::inventory(m.cloud(), &live).await)
 }
 
@@ -82,6 +86,27 @@ async fn cleanup(
     req: Result<Json<CleanupRequest>, JsonRejection>,
 ) -> Result<Json<Inventory>, ApiError> {
     let Json(r) = req?;
-    let live = m.mount_ids().await;
+    let live = m.live_ids().await;
     Ok(Json(cleanup::cleanup(m.cloud(), &live, r.dry_run, r.images).await?))
+}
+
+/// Starts a streaming backup; the job's id comes back at once (`GET /v1/jobs/{id}` follows it).
+async fn streaming_backup(
+    State(m): State<Arc<Manager>>,
+    req: Result<Json<crate::cloud::streaming_backup::Request>, JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<JobInfo>), ApiError> {
+    let Json(r) = req?;
+    m.cloud().accounts.get(&r.account)?;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(m.start_streaming_backup(r)?)))
+}
+
+async fn list_jobs(State(m): State<Arc<Manager>>) -> Json<Vec<JobInfo>> {
+    Json(m.jobs().list())
+}
+
+async fn get_job(State(m): State<Arc<Manager>>, Path(id): Path<String>) -> Result<Json<JobInfo>, ApiError> {
+    m.jobs()
+        .get(&id)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no job {id}; `livemount cloud jobs` lists them")))
 }

@@ -8,6 +8,8 @@ mod boot;
 mod browse;
 mod cloud_api;
 mod error;
+mod jobs;
+pub use jobs::JobInfo;
 mod loopdev;
 mod mounts;
 
@@ -31,6 +33,8 @@ pub struct ServeOptions {
     pub fuse_root: PathBuf,
     pub api: ApiAddr,
     pub library: PathBuf,
+    /// Where attached EBS volumes appear (see `streaming_backup`).
+    pub ebs_devices: PathBuf,
 }
 
 pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
@@ -86,7 +90,8 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     tracing::info!(http = %opts.http, base = %http_base, "iPXE scripts served");
     let boot = boot::BootSettings { http_base, packages_dir: opts.guest_packages.clone() };
     let cloud = std::sync::Arc::new(crate::cloud::Cloud::open(&opts.state_dir).context("opening the cloud state")?);
-    let services = mounts::Services { engine, view: view.clone(), portal, boot, cloud };
+    let services =
+        mounts::Services { engine, view: view.clone(), portal, boot, cloud, ebs_devices: opts.ebs_devices.clone() };
     let manager = mounts::Manager::new(&opts.state_dir, &opts.fuse_root, &opts.library, services);
     let ipxe = api::ipxe_routes(manager.clone());
     tokio::spawn(async move {

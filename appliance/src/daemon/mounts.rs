@@ -67,6 +67,7 @@ pub struct Services {
     pub portal: Arc<Portal>,
     pub boot: BootSettings,
     pub cloud: Arc<Cloud>,
+    pub ebs_devices: PathBuf,
 }
 
 pub struct Manager {
@@ -80,6 +81,8 @@ pub struct Manager {
     view: Arc<FileView>,
     mounts: tokio::sync::Mutex<BTreeMap<String, Arc<Mount>>>,
     cloud: Arc<Cloud>,
+    ebs_devices: PathBuf,
+    jobs: super::jobs::Jobs,
 }
 
 impl Manager {
@@ -95,6 +98,8 @@ impl Manager {
             view: with.view,
             mounts: tokio::sync::Mutex::new(BTreeMap::new()),
             cloud: with.cloud,
+            ebs_devices: with.ebs_devices,
+            jobs: super::jobs::Jobs::default(),
         })
     }
 
@@ -105,6 +110,35 @@ impl Manager {
     /// The ids of the mounts the daemon has.
     pub async fn mount_ids(&self) -> std::collections::BTreeSet<String> {
         self.mounts.lock().await.keys().cloned().collect()
+    }
+
+    /// The ids of the mounts and of the running jobs: what the cloud resources in use belong to.
+    pub async fn live_ids(&self) -> std::collections::BTreeSet<String> {
+        let mut ids = self.mount_ids().await;
+        ids.extend(self.jobs.running());
+        ids
+    }
+
+    pub fn jobs(&self) -> &super::jobs::Jobs {
+        &self.jobs
+    }
+
+    /// Starts a streaming backup of an instance of a member account as a job.
+    pub fn start_streaming_backup(
+        self: &Arc<Self>,
+        req: crate::cloud::streaming_backup::Request,
+    ) -> Result<super::jobs::JobInfo, ApiError> {
+        let library = self.library()?;
+        let me = self.clone();
+        let job = self.jobs.start("cloud-backup", move |job| async move {
+            let report: Arc<dyn crate::cloud::streaming_backup::Report> = job.clone();
+            let m = crate::cloud::streaming_backup::run(&me.cloud, library, &me.ebs_devices, &job.id(), &req, report)
+                .await
+                .map_err(|e| e.to_string())?;
+            me.show_backups();
+            Ok(serde_json::json!({ "id": m.id, "name": m.name, "stats": m.stats, "origin": m.origin }))
+        });
+        Ok(job.info())
     }
 
     /// The library, opened on first use (it may be created after the daemon starts).
@@ -357,8 +391,15 @@ impl Manager {
     }
 
     /// After a restart: removes what the journal shows of mounts that no longer exist (a launch cut off
-    /// by a crash, an unmount that could not reach AWS).
+    /// by a crash, an unmount that could not reach AWS) and of jobs (none outlives a daemon).
     pub async fn reconcile_cloud(&self) {
+        match cleanup::remove_dead_jobs(&self.cloud, &self.jobs.running()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} cloud resources of jobs that died with the last daemon"),
+            Err(e) => tracing::warn!(
+                "cannot remove the cloud resources of dead jobs yet (`livemount cloud cleanup` retries): {e}"
+            ),
+        }
         let live = self.mount_ids().await;
         let mut orphans = std::collections::BTreeSet::new();
         for r in self.cloud.journal.live() {

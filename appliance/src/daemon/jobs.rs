@@ -1,0 +1,138 @@
+//! Jobs: work the daemon does in the background for a caller that follows it (a streaming backup). Each
+//! has an id, a step, bytes done out of a total, and in the end a result or an error. Jobs live in memory:
+//! a job does not outlive its daemon, and what a dead job made in AWS is removed at the next start.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub id: String,
+    pub kind: String,
+    /// "running", "succeeded" or "failed".
+    pub state: String,
+    pub step: String,
+    pub done: u64,
+    pub total: u64,
+    pub started: String,
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+pub struct Job {
+    info: Mutex<JobInfo>,
+}
+
+impl Job {
+    pub fn info(&self) -> JobInfo {
+        self.info.lock().expect("not poisoned").clone()
+    }
+
+    pub fn id(&self) -> String {
+        self.info.lock().expect("not poisoned").id.clone()
+    }
+
+    fn finish(&self, outcome: Result<serde_json::Value, String>) {
+        let mut info = self.info.lock().expect("not poisoned");
+        match outcome {
+            Ok(v) => {
+                info.state = "succeeded".into();
+                info.result = Some(v);
+                info.step = "done".into();
+            }
+            Err(e) => {
+                info.state = "failed".into();
+                info.error = Some(e);
+            }
+        }
+    }
+}
+
+impl crate::cloud::streaming_backup::Report for Job {
+    fn step(&self, what: &str) {
+        tracing::info!(job = %self.id(), "{what}");
+        self.info.lock().expect("not poisoned").step = what.to_string();
+    }
+
+    fn bytes(&self, done: u64, total: u64) {
+        let mut info = self.info.lock().expect("not poisoned");
+        info.done = done;
+        info.total = total;
+    }
+}
+
+/// At most this many finished jobs are kept for their callers to read.
+const KEEP_FINISHED: usize = 64;
+
+#[derive(Default)]
+pub struct Jobs {
+    jobs: Mutex<BTreeMap<String, Arc<Job>>>,
+}
+
+impl Jobs {
+    /// Starts `work` as a new job of `kind`; gives the job at once.
+    pub fn start<F, Fut>(&self, kind: &str, work: F) -> Arc<Job>
+    where
+        F: FnOnce(Arc<Job>) -> Fut,
+        Fut: std::future::Future<Output = Result<serde_json::Value, String>> + Send + 'static,
+    {
+        let id = format!("job-{}", crate::random::hex(6));
+        let job = Arc::new(Job {
+            info: Mutex::new(JobInfo {
+                id: id.clone(),
+                kind: kind.to_string(),
+                state: "running".into(),
+                step: "starting".into(),
+                done: 0,
+                total: 0,
+                started: dedup::library::now_rfc3339(),
+                result: None,
+                error: None,
+            }),
+        });
+        {
+            let mut jobs = self.jobs.lock().expect("not poisoned");
+            let finished: Vec<String> =
+                jobs.iter().filter(|(_, j)| j.info().state != "running").map(|(id, _)| id.clone()).collect();
+            for old in finished.iter().take(finished.len().saturating_sub(KEEP_FINISHED)) {
+                jobs.remove(old);
+            }
+            jobs.insert(id, job.clone());
+        }
+        let fut = work(job.clone());
+        let running = job.clone();
+        tokio::spawn(async move {
+            let outcome = fut.await;
+            if let Err(e) = &outcome {
+                tracing::warn!(job = %running.id(), "failed: {e}");
+            }
+            running.finish(outcome);
+        });
+        job
+    }
+
+    pub fn get(&self, id: &str) -> Option<JobInfo> {
+        self.jobs.lock().expect("not poisoned").get(id).map(|j| j.info())
+    }
+
+    pub fn list(&self) -> Vec<JobInfo> {
+        self.jobs.lock().expect("not poisoned").values().map(|j| j.info()).collect()
+    }
+
+    /// The ids of the jobs still running.
+    pub fn running(&self) -> BTreeSet<String> {
+        self.jobs
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .map(|j| j.info())
+            .filter(|i| i.state == "running")
+            .map(|i| i.id)
+            .collect()
+    }
+}
