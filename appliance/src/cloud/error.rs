@@ -24,6 +24,11 @@ pub enum CloudError {
     #[error("{0}")]
     Conflict(String),
 
+    /// A job's work ended (`outcome`: what it made, or why it failed) but removing what it made in AWS
+    /// failed: the journal still holds the rest, which `cloud cleanup` (or the next start) removes.
+    #[error("{outcome}; removing what it made in AWS failed: {undo}; `livemount cloud cleanup` removes the rest")]
+    Unfinished { outcome: String, undo: Box<CloudError> },
+
     /// A resource did not reach the state waited for.
     #[error("{what} did not become {state} within {seconds} s (last seen: {last})")]
     Timeout { what: String, state: String, seconds: u64, last: String },

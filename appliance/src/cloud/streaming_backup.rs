@@ -127,11 +127,11 @@ pub async fn run(
     let undone = job.undo(&made).await;
     match (result, undone) {
         (Ok(m), Ok(())) => Ok(m),
-        (Err(e), _) => Err(e),
-        (Ok(m), Err(e)) => Err(CloudError::Conflict(format!(
-            "backup {} was made, but removing what it needed in AWS failed: {e}; `livemount cloud cleanup` removes it",
-            m.id
-        ))),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(undo)) => Err(CloudError::Unfinished { outcome: e.to_string(), undo: Box::new(undo) }),
+        (Ok(m), Err(undo)) => {
+            Err(CloudError::Unfinished { outcome: format!("backup {} was made", m.id), undo: Box::new(undo) })
+        }
     }
 }
 
@@ -460,8 +460,16 @@ impl Job<'_> {
                 TagSpecification::builder().resource_type(ResourceType::Volume).set_tags(Some(self.tags())).build(),
             )
             .send()
-            .await
-            .map_err(CloudError::aws(SERVICE, "CreateVolume"))?;
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                // Had AWS made it after all, the volume carries the job's tag, by which `cloud cleanup`
+                // and the next start find it; the journal keeps only what is known to exist.
+                self.cloud.journal.gone(&token)?;
+                return Err(CloudError::aws(SERVICE, "CreateVolume")(e));
+            }
+        };
         let volume = out.volume_id().unwrap_or_default().to_string();
         self.cloud.journal.made(&token, &volume)?;
         made.volumes.push((token, volume.clone()));

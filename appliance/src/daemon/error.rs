@@ -111,7 +111,9 @@ impl ApiError {
                     C::BadRequest(_) => StatusCode::BAD_REQUEST,
                     C::Conflict(_) => StatusCode::CONFLICT,
                     // AWS refused or failed: the request may be fine, the far side is not.
-                    C::AssumeRole { .. } | C::Aws { .. } | C::Timeout { .. } => StatusCode::BAD_GATEWAY,
+                    C::AssumeRole { .. } | C::Aws { .. } | C::Timeout { .. } | C::Unfinished { .. } => {
+                        StatusCode::BAD_GATEWAY
+                    }
                     C::Io { .. } | C::BootDisk(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 }
             }
