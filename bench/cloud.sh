@@ -17,6 +17,13 @@
 #           mount before any boot), booted through the same iPXE image and metadata path (its user-data
 #           chains to a script that sanboots tgt). Goal: livemount <= 1.2x tgt; both ratios printed: the
 #           whole time (mount, preparation included) and the boot alone.
+#   backup  a streaming backup (`cloud backup INSTANCE --account member --access-node NODE`) of a member
+#           instance launched from a real disk (the Debian guest when it is in its cache, else an ext4 of
+#           /usr/lib; uploaded through EBS direct by `awsq launch`) against a local `backup create` of the
+#           same volume file, each into an empty library (the daemon's own backup forgotten and collected
+#           between rounds); BENCH_BACKUPS rounds, alternating. The difference is the orchestration's cost
+#           (CreateImage, share, CreateVolume, attach, the device, detach, delete, deregister). Goal: cloud
+#           backup <= 1.1x the local backup at the stand-in's speed.
 # It cleans up everything it started and writes $BENCH_CACHE/cloud-results.json.
 #
 # Usage:  sudo bench/cloud.sh        (root: FUSE, tgtd, the guest image)
@@ -24,7 +31,8 @@
 #   BENCH_CACHE=DIR          results folder (default /var/cache/livemount-bench)
 #   BENCH_UPLOADS=3          upload rounds
 #   BENCH_BOOTS=1            boot rounds (each boots livemount, then tgt)
-#   BENCH_PARTS="upload boot"  what to run
+#   BENCH_BACKUPS=3          streaming backup rounds
+#   BENCH_PARTS="upload boot backup"  what to run
 #   BENCH_BOOT_TIMEOUT=900   seconds one boot may take
 #   BENCH_LM_PORT=3293 BENCH_LM_HTTP=8293 BENCH_TGT_PORT=3294 BENCH_TGT_CONTROL=3295 BENCH_WWW_PORT=8294
 #   BENCH_NO_BUILD=1         use target/release/livemount as it is
@@ -40,7 +48,8 @@ GUEST=$GUEST_CACHE/bookworm.img
 PACKAGES=$GUEST_CACHE/guest-packages
 UPLOADS=${BENCH_UPLOADS:-3}
 BOOTS=${BENCH_BOOTS:-1}
-PARTS=${BENCH_PARTS:-upload boot}
+BACKUPS=${BENCH_BACKUPS:-3}
+PARTS=${BENCH_PARTS:-upload boot backup}
 BOOT_TIMEOUT=${BENCH_BOOT_TIMEOUT:-900}
 LM_PORT=${BENCH_LM_PORT:-3293}
 LM_HTTP=${BENCH_LM_HTTP:-8293}
@@ -81,7 +90,7 @@ ensure_tools() {
     python3 -c 'import moto, sys; sys.exit(moto.__version__ != "5.2.1")' 2>/dev/null \
         || python3 -m pip install -q 'moto[server]==5.2.1'
     # A release build of its own (the tests' coldsnap is a debug build, which would be unfair to it).
-    if ! cargo install --list --root "$CACHE/coldsnap" 2>/dev/null | grep -q '^coldsnap v0\.12\.0:'; then
+    if [[ " $PARTS " == *" upload "* ]] && ! cargo install --list --root "$CACHE/coldsnap" 2>/dev/null | grep -q '^coldsnap v0\.12\.0:'; then
         echo "bench: installing coldsnap 0.12.0 (crates.io, release build) into $CACHE/coldsnap" >&2
         CARGO_TARGET_DIR=$CACHE/coldsnap/target cargo install -q --locked --version 0.12.0 --root "$CACHE/coldsnap" coldsnap
     fi
@@ -227,6 +236,54 @@ bench_boot() {
     done
 }
 
+# ---------------------------------------------------------------------------------------------------------
+# Streaming backup.
+# ---------------------------------------------------------------------------------------------------------
+bench_backup() {
+    local disk=$WORK/member-root.img i t0 volume instance node id
+    if [[ -f $GUEST ]]; then
+        cp --sparse=always "$GUEST" "$disk"
+    else
+        # Real files, as a root disk has them, when the guest image is not built yet.
+        mkfs.ext4 -q -F -d /usr/lib "$disk" "$(( $(du -sm /usr/lib | cut -f1) * 5 / 4 + 256 ))M"
+    fi
+    log "backup: a member instance launched from a $(( $(stat -c %s "$disk") >> 20 )) MiB disk (EBS direct upload)"
+    awsq launch "$MEMBER" --disk "$disk" --name bench-web > "$WORK/member.json"
+    awsq launch "$SERVICE" --name access-node > "$WORK/node.json"
+    instance=$(json_get "$WORK/member.json" instance)
+    node=$(json_get "$WORK/node.json" instance)
+    volume=$WORK/aws/volumes/$(json_get "$WORK/member.json" volumes /dev/xvda).img
+    rec backup.disk_bytes "$(stat -c %s "$volume")"
+    LM_LIB=$WORK/backup-library
+    "$LIVEMOUNT" --library "$LM_LIB" library init > /dev/null
+    mkdir -p "$WORK/backup-state" "$WORK/backup-fs"
+    serve_daemon --state-dir "$WORK/backup-state" --fuse-root "$WORK/backup-fs" --portal 127.0.0.1:0 \
+        --http 127.0.0.1:0 --ebs-devices "$WORK/aws/devices"
+    lm cloud account add member --role-arn "arn:aws:iam::$MEMBER:role/livemount-access" > /dev/null
+    for i in $(seq 1 "$BACKUPS"); do
+        "$LIVEMOUNT" --library "$WORK/local-library" library init > /dev/null
+        drop_caches
+        t0=$(now)
+        "$LIVEMOUNT" --library "$WORK/local-library" backup create "$volume" > /dev/null
+        rec "backup.local.$i" "$(since "$t0")"
+        rm -rf "$WORK/local-library"
+        drop_caches
+        t0=$(now)
+        lm --json cloud backup "$instance" --account member --access-node "$node" --no-reboot \
+            > "$WORK/backup-$i.json" 2> "$WORK/logs/backup-$i.err" \
+            || { cat "$WORK/logs/backup-$i.err" >&2; tail -20 "$WORK/logs/daemon.log" >&2; die "cloud backup failed"; }
+        rec "backup.cloud.$i" "$(since "$t0")"
+        id=$(json_get "$WORK/backup-$i.json" result id)
+        [[ $(awsq resources "$MEMBER" | python3 -c 'import json,sys; print(sum(1 for r in json.load(sys.stdin) if "livemount:job" in r.get("tags", {})))') == 0 ]] \
+            || die "round $i left resources of its job in the member account"
+        lm backup forget "$id" > /dev/null
+        lm library gc > /dev/null
+        echo "   round $i: local backup create $(grep "^backup.local.$i=" "$WORK/figures" | cut -d= -f2 | cut -c1-5) s," \
+             "cloud backup $(grep "^backup.cloud.$i=" "$WORK/figures" | cut -d= -f2 | cut -c1-5) s" >&2
+    done
+    stop_daemon
+}
+
 report() {
     WORK="$WORK" RESULTS="$RESULTS" NPROC="$(nproc)" LOAD="$(load_span)" CACHE_DROPS="$CACHE_DROPS" \
     VERSIONS="livemount $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'); coldsnap 0.12.0 (release); moto 5.2.1; $(qemu-system-x86_64 --version | head -1)" \
@@ -235,7 +292,8 @@ report() {
 
 main() {
     ensure_tools
-    prepare_guest
+    # The guest is what the boot part boots; the backup part takes it when it is there.
+    [[ " $PARTS " == *" boot "* ]] && prepare_guest
     build_livemount
     mkdir -p "$CACHE"
     WORK=$(mktemp -d "$CACHE/cloud-run.XXXXXX")
@@ -244,17 +302,21 @@ main() {
     : > "$WORK/boots.jsonl"
     load_prologue
     start_standin
-    LM_LIB=$WORK/library
-    "$LIVEMOUNT" --library "$LM_LIB" library init > /dev/null
-    "$LIVEMOUNT" --library "$LM_LIB" backup create --name guest "$GUEST" > /dev/null
-    port_free "$LM_PORT" || die "port $LM_PORT is in use (set BENCH_LM_PORT)"
-    port_free "$LM_HTTP" || die "port $LM_HTTP is in use (set BENCH_LM_HTTP)"
-    mkdir -p "$WORK/state" "$WORK/fs"
-    serve_daemon --state-dir "$WORK/state" --fuse-root "$WORK/fs" --portal "127.0.0.1:$LM_PORT" \
-        --http "127.0.0.1:$LM_HTTP" --advertise "$APPLIANCE" --guest-packages "$PACKAGES"
-    lm cloud account add member --role-arn "arn:aws:iam::$MEMBER:role/livemount-access" > /dev/null
-    [[ " $PARTS " == *" upload "* ]] && bench_upload
-    [[ " $PARTS " == *" boot "* ]] && bench_boot
+    if [[ " $PARTS " == *" upload "* || " $PARTS " == *" boot "* ]]; then
+        LM_LIB=$WORK/library
+        "$LIVEMOUNT" --library "$LM_LIB" library init > /dev/null
+        [[ " $PARTS " == *" boot "* ]] && "$LIVEMOUNT" --library "$LM_LIB" backup create --name guest "$GUEST" > /dev/null
+        port_free "$LM_PORT" || die "port $LM_PORT is in use (set BENCH_LM_PORT)"
+        port_free "$LM_HTTP" || die "port $LM_HTTP is in use (set BENCH_LM_HTTP)"
+        mkdir -p "$WORK/state" "$WORK/fs"
+        serve_daemon --state-dir "$WORK/state" --fuse-root "$WORK/fs" --portal "127.0.0.1:$LM_PORT" \
+            --http "127.0.0.1:$LM_HTTP" --advertise "$APPLIANCE" --guest-packages "$PACKAGES"
+        lm cloud account add member --role-arn "arn:aws:iam::$MEMBER:role/livemount-access" > /dev/null
+        [[ " $PARTS " == *" upload "* ]] && bench_upload
+        [[ " $PARTS " == *" boot "* ]] && bench_boot
+        stop_daemon
+    fi
+    [[ " $PARTS " == *" backup "* ]] && bench_backup
     report
 }
 

@@ -1131,6 +1131,10 @@ def cmd_summary_cloud(argv):
                        "livemount_mount_to_marker_s": lm_whole, "tgt_boot_to_marker_s": tgt_marker,
                        "ratio_whole": lm_whole / tgt_marker, "ratio_boot": lm_marker / tgt_marker,
                        "goal": "<= 1.2", "boots": boots}
+    if "backup.disk_bytes" in figs:
+        local, cloud = of("backup.local."), of("backup.cloud.")
+        out["backup"] = {"disk_bytes": int(figs["backup.disk_bytes"]), "local_backup_create_s": local,
+                         "cloud_backup_s": cloud, "ratio_cloud_over_local": cloud / local, "goal": "<= 1.1"}
     json.dump(out, open(env["RESULTS"], "w"), indent=2)
     print(f"\ncloud benchmark (load {env['LOAD']}; {env['VERSIONS']})")
     if "upload" in out:
@@ -1148,6 +1152,11 @@ def cmd_summary_cloud(argv):
               f"{b['livemount_boot_to_marker_s']:6.1f} s = {b['livemount_mount_to_marker_s']:6.1f} s;  "
               f"tgt: instance to marker {b['tgt_boot_to_marker_s']:6.1f} s")
         print(f"          ratio whole {b['ratio_whole']:.2f}x, boot alone {b['ratio_boot']:.2f}x (goal <= 1.2)")
+    if "backup" in out:
+        b = out["backup"]
+        print(f"  backup  of a {b['disk_bytes'] / 2**20:.0f} MiB instance disk, medians: local backup create "
+              f"{b['local_backup_create_s']:6.2f} s, cloud backup {b['cloud_backup_s']:6.2f} s;  "
+              f"ratio {b['ratio_cloud_over_local']:.2f}x (goal <= 1.1)")
     print(f"  results: {env['RESULTS']}")
 
 
