@@ -520,6 +520,19 @@ class Extended(unittest.TestCase):
         self.ec2.describe_volumes()
         self.assertEqual(self.s.control("GET", "/standin/counters")["actions"]["DescribeVolumes"][SERVICE], 3)
 
+    def test_fault_after_the_call_carries_it_out_and_loses_the_answer(self):
+        self.s.control("POST", "/standin/faults", {"action": "CreateVolume", "after": True, "times": 1,
+                                                   "code": "InternalError", "status": 500})
+        ec2 = self.s.client("ec2", config=NO_RETRY)
+        with self.assertRaises(ClientError) as ctx:
+            ec2.create_volume(Size=1, AvailabilityZone="us-east-1a", ClientToken="lost-answer")
+        self.assertEqual(error_code(ctx), "InternalError")
+        made = [v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]]
+        self.assertEqual(len(made), 1, "the volume was made although the caller saw an error")
+        # The retry a client makes with the same token gets that volume, not a second one.
+        again = ec2.create_volume(Size=1, AvailabilityZone="us-east-1a", ClientToken="lost-answer")
+        self.assertEqual([again["VolumeId"]], made)
+
     def test_reset_clears_everything(self):
         self.upload_marker = upload(self.ebs, {0: block_of(1)})
         self.ec2.create_volume(Size=1, AvailabilityZone="us-east-1a")

@@ -199,6 +199,17 @@ fn streaming_backup_errors_say_what_to_do_and_make_nothing() {
     assert!(e.contains("access node i-00000000000000000"), "{e}");
     assert_eq!(standin.calls("CreateImage", MEMBER), 0, "nothing was made");
     assert_eq!(everything(&standin), before);
+
+    // A call that AWS carried out but whose answer was lost: the job sees an error, and what the call made
+    // is found by the job's tag and removed all the same.
+    for (action, account) in [("CreateImage", MEMBER), ("CreateVolume", SERVICE), ("AttachVolume", SERVICE)] {
+        standin.fault(json!({"action": action, "account": account, "after": true, "times": null, "code": "UnauthorizedOperation", "status": 403}));
+        let e = fails(&d, &backup_args(&fleet));
+        assert!(e.contains(action) && !e.contains("cloud cleanup"), "{action}'s answer lost: {e}");
+        standin.clear_faults();
+        assert_eq!(job_resources(&standin), Vec::<Value>::new(), "{action}'s answer lost: nothing of the job is left");
+        assert_eq!(everything(&standin), before, "{action}'s answer lost");
+    }
 }
 
 /// An AWS call of a streaming backup, in the account it is made in; `undo`: made while removing too (when

@@ -233,13 +233,33 @@ pub async fn remove_dead_jobs(cloud: &Cloud, running: &BTreeSet<String>) -> Resu
     if !cloud.journal.live().iter().any(|r| dead(&r.purpose)) {
         return Ok(0);
     }
-    let inv = inventory(cloud, running).await;
-    let mut chosen: Vec<Found> = inv.resources.into_iter().filter(|f| f.purpose.as_ref().is_some_and(dead)).collect();
-    chosen.sort_by_key(|f| f.kind);
-    for f in &chosen {
+    remove_of(cloud, running, dead).await
+}
+
+/// Removes whatever of job `job` is still in AWS, found by journal and by tag: a call whose answer was
+/// lost may have made its resource all the same, and that resource carries the job's tag. Gives how many
+/// resources were removed.
+pub async fn remove_job(cloud: &Cloud, job: &str) -> Result<usize, CloudError> {
+    let of_job = |p: &Purpose| matches!(p, Purpose::Job(j) if j == job);
+    remove_of(cloud, &BTreeSet::new(), of_job).await
+}
+
+async fn remove_of(
+    cloud: &Cloud,
+    live_mounts: &BTreeSet<String>,
+    chosen: impl Fn(&Purpose) -> bool,
+) -> Result<usize, CloudError> {
+    let inv = inventory(cloud, live_mounts).await;
+    if !inv.errors.is_empty() {
+        // What could not be listed may hold the job's resources: saying "nothing left" would be a guess.
+        return Err(CloudError::Conflict(format!("cannot list what is left: {}", inv.errors.join("; "))));
+    }
+    let mut found: Vec<Found> = inv.resources.into_iter().filter(|f| f.purpose.as_ref().is_some_and(&chosen)).collect();
+    found.sort_by_key(|f| f.kind);
+    for f in &found {
         remove(cloud, f).await?;
     }
-    Ok(chosen.len())
+    Ok(found.len())
 }
 
 /// Deregisters an image (gone already is fine); gives the snapshots it was made of.

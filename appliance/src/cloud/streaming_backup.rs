@@ -124,7 +124,15 @@ pub async fn run(
     let mut made = Made::default();
     let result = job.back_up(library, devices_dir, req, report.clone(), &mut made).await;
     report.step("removing the volumes, the image and its snapshots");
-    let undone = job.undo(&made).await;
+    let mut undone = job.undo(&made).await;
+    if result.is_err() && undone.is_ok() {
+        // A call that seemed to fail may have made its resource: look for the job's tag as well.
+        undone = super::cleanup::remove_job(cloud, job_id).await.map(|n| {
+            if n > 0 {
+                tracing::info!(job = %job_id, removed = n, "removed what calls that seemed to fail had made");
+            }
+        });
+    }
     match (result, undone) {
         (Ok(m), Ok(())) => Ok(m),
         (Err(e), Ok(())) => Err(e),

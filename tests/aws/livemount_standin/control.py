@@ -4,7 +4,9 @@ Counters: every request that reaches the stand-in is counted per action and per
 account before any fault or handler runs. Faults: a rule fails the Nth and
 following matching calls (N times, or forever) with an AWS error code and HTTP
 status; a throttle rule fails every matching call for S seconds with the
-service's throttling error.
+service's throttling error. An `after` rule lets the call be carried out and
+then answers the error instead of its result: the reply lost on the way back,
+after AWS acted (what a timeout or a dropped connection looks like to a client).
 """
 
 import threading
@@ -25,6 +27,7 @@ class Fault:
         self.code = spec.get("code")
         self.status = spec.get("status")
         self.message = spec.get("message") or "Injected by the livemount AWS stand-in."
+        self.after = bool(spec.get("after", False))
         self.installed = time.monotonic()
         self.seen = 0
         self.fired = 0
@@ -38,8 +41,9 @@ class Fault:
             and (self.service is None or self.service == service)
         )
 
-    def fire(self, service: str) -> tuple[str, str, int] | None:
-        """Count one matching call; the error to answer, or None to let it pass."""
+    def fire(self, service: str) -> tuple[str, str, int, bool] | None:
+        """Count one matching call; the error to answer (and whether the call is carried out first), or
+        None to let it pass."""
         self.seen += 1
         if self.throttle_seconds is not None:
             if time.monotonic() - self.installed >= float(self.throttle_seconds):
@@ -47,13 +51,13 @@ class Fault:
             code = self.code or ("RequestLimitExceeded" if service == "ec2" else "ThrottlingException")
             status = self.status or (503 if service == "ec2" else 400)
             self.fired += 1
-            return code, "Request limit exceeded." if service == "ec2" else "Rate exceeded", status
+            return code, "Request limit exceeded." if service == "ec2" else "Rate exceeded", status, False
         if self.seen < self.nth:
             return None
         if self.times is not None and self.fired >= self.times:
             return None
         self.fired += 1
-        return self.code, self.message, int(self.status or 400)
+        return self.code, self.message, int(self.status or 400), self.after
 
     def to_json(self) -> dict:
         return {
@@ -65,6 +69,7 @@ class Fault:
             "code": self.code,
             "status": self.status,
             "throttle_seconds": self.throttle_seconds,
+            "after": self.after,
             "seen": self.seen,
             "fired": self.fired,
         }

@@ -147,9 +147,17 @@ class Front:
         self.control.count(action, account)
         fault = self.control.check(service, action, account)
         if fault:
-            code, message, status = fault
+            code, message, status, after = fault
+            if after:
+                # Carried out, its answer dropped: the client sees only the error.
+                self._carry_out(environ, lambda *_: None, path, body, method, query, service, action,
+                                groups, params, account, region)
             return self._respond(start_response, *error_response(service, code, message, status))
+        return self._carry_out(environ, start_response, path, body, method, query, service, action, groups,
+                               params, account, region)
 
+    def _carry_out(self, environ, start_response, path, body, method, query, service, action, groups, params,
+                   account, region):
         if self.stock:
             return self._respond(start_response, *self._call_moto(environ, body))
 
