@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::journal::{Kind, Purpose};
+use super::poll::Poll;
 use super::{filter, instances, sdk, Cloud, CloudError, TAG_APPLIANCE, TAG_IPXE, TAG_JOB, TAG_MOUNT};
 
 /// One resource found in AWS or in the journal.
@@ -315,9 +316,8 @@ pub(super) async fn delete_volume(ec2: &aws_sdk_ec2::Client, account: &str, id: 
 
 /// Waits for a volume being detached to become `available` (or gone).
 async fn wait_detached(ec2: &aws_sdk_ec2::Client, account: &str, id: &str) -> Result<(), CloudError> {
-    const WAIT: std::time::Duration = std::time::Duration::from_secs(300);
-    let deadline = std::time::Instant::now() + WAIT;
-    let mut pause = std::time::Duration::from_millis(100);
+    let limit = std::time::Duration::from_secs(300);
+    let mut poll = Poll::new(format!("volume {id} in account {account}"), "available (detached)", limit, MS_100);
     loop {
         let out = ec2.describe_volumes().volume_ids(id).send().await;
         let state = match out.map_err(CloudError::aws(account, "DescribeVolumes")) {
@@ -327,20 +327,12 @@ async fn wait_detached(ec2: &aws_sdk_ec2::Client, account: &str, id: &str) -> Re
         };
         match state.as_deref() {
             None | Some("available") | Some("deleted") | Some("deleting") => return Ok(()),
-            Some(last) if std::time::Instant::now() > deadline => {
-                return Err(CloudError::Timeout {
-                    what: format!("volume {id} in account {account}"),
-                    state: "available (detached)".into(),
-                    seconds: WAIT.as_secs(),
-                    last: last.to_string(),
-                })
-            }
-            Some(_) => {}
+            Some(last) => poll.pause(last).await?,
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(std::time::Duration::from_secs(5));
     }
 }
+
+const MS_100: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn ignore_not_found(r: Result<(), CloudError>) -> Result<(), CloudError> {
     match r {

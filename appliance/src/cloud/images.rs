@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::accounts::SERVICE;
 use super::ebs_upload::Upload;
 use super::journal::{Kind, Purpose, Resource};
+use super::poll::Poll;
 use super::{ec2_tags, filter, sdk, Cloud, CloudError, TAG_APPLIANCE, TAG_IPXE};
 
 /// The iPXE image of one Region.
@@ -270,7 +271,8 @@ async fn upload(
 }
 
 async fn wait_snapshot(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> Result<(), CloudError> {
-    let deadline = Instant::now() + Duration::from_secs(1800);
+    let limit = Duration::from_secs(1800);
+    let mut poll = Poll::steady(format!("snapshot {snapshot_id}"), "completed", limit, Duration::from_secs(2));
     loop {
         let out = ec2
             .describe_snapshots()
@@ -286,15 +288,7 @@ async fn wait_snapshot(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> Result<(
                     "snapshot {snapshot_id} went into the error state; run `livemount cloud image ipxe` again"
                 )))
             }
-            _ if Instant::now() > deadline => {
-                return Err(CloudError::Timeout {
-                    what: format!("snapshot {snapshot_id}"),
-                    state: "completed".into(),
-                    seconds: 1800,
-                    last: format!("{state:?}"),
-                })
-            }
-            _ => tokio::time::sleep(Duration::from_secs(2)).await,
+            _ => poll.pause(format!("{state:?}")).await?,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The instance that boots a live mount: launched in a member account from the shared iPXE image, with
 //! user-data that chains to the mount's script on this appliance; terminated when the mount goes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_ec2::types::{
     HttpTokensState, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::api_types::CloudRequest;
 
 use super::journal::{Kind, Purpose, Resource};
+use super::poll::Poll;
 use super::{ec2_tags, filter, sdk, Cloud, CloudError, TAG_APPLIANCE, TAG_MOUNT};
 
 /// The cloud part of a mount, as mount.json keeps it and the API shows it.
@@ -226,8 +227,7 @@ async fn wait_state(
     id: &str,
     want: InstanceStateName,
 ) -> Result<(InstanceStateName, Option<String>), CloudError> {
-    let deadline = Instant::now() + WAIT;
-    let mut pause = Duration::from_millis(250);
+    let mut poll = Poll::new(format!("instance {id}"), want.as_str(), WAIT, Duration::from_millis(250));
     loop {
         let out = ec2.describe_instances().instance_ids(id).send().await;
         let out = match out {
@@ -253,16 +253,7 @@ async fn wait_state(
             }
             _ => {}
         }
-        if Instant::now() > deadline {
-            return Err(CloudError::Timeout {
-                what: format!("instance {id}"),
-                state: want.as_str().to_string(),
-                seconds: WAIT.as_secs(),
-                last: format!("{state:?}"),
-            });
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(5));
+        poll.pause(format!("{state:?}")).await?;
     }
 }
 

@@ -17,6 +17,7 @@ pub mod error;
 pub mod images;
 pub mod instances;
 pub mod journal;
+mod poll;
 pub mod sdk;
 pub mod streaming_backup;
 

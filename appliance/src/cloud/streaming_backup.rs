@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_ec2::types::{
     LaunchPermission, LaunchPermissionModifications, OperationType, ResourceType, SnapshotAttributeName,
@@ -25,6 +25,7 @@ use aws_sdk_ec2::types::{
 use serde::{Deserialize, Serialize};
 
 use super::journal::{Kind, Purpose, Resource};
+use super::poll::Poll;
 use super::{accounts::SERVICE, ec2_tags, filter, sdk, Cloud, CloudError};
 
 /// How long an image, a volume or a device may take to become ready.
@@ -370,8 +371,7 @@ impl Job<'_> {
     /// Waits for the image; journals and tags its snapshots. Gives (device name, snapshot id) of each.
     async fn wait_image(&self, image: &str, made: &mut Made) -> Result<Vec<(String, String)>, CloudError> {
         let account = &self.member_account;
-        let deadline = Instant::now() + WAIT;
-        let mut pause = Duration::from_millis(200);
+        let mut poll = Poll::new(format!("image {image}"), "available", WAIT, Duration::from_millis(200));
         loop {
             let out = self
                 .member
@@ -413,16 +413,7 @@ impl Job<'_> {
             if state == "failed" || state == "error" || state == "invalid" {
                 return Err(CloudError::Conflict(format!("image {image} became {state} in account {account}")));
             }
-            if Instant::now() > deadline {
-                return Err(CloudError::Timeout {
-                    what: format!("image {image}"),
-                    state: "available".into(),
-                    seconds: WAIT.as_secs(),
-                    last: state,
-                });
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
+            poll.pause(state).await?;
         }
     }
 
@@ -503,17 +494,11 @@ impl Job<'_> {
         self.wait_volume(volume, attached, "attached").await?;
         // On Nitro instances the volume is an NVMe device whose serial is its id without the dash.
         let device = devices_dir.join(format!("nvme-Amazon_Elastic_Block_Store_{}", volume.replace('-', "")));
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let what = format!("the device of volume {volume}");
+        let present = format!("present as {}", device.display());
+        let mut poll = Poll::steady(what, present, Duration::from_secs(60), Duration::from_millis(100));
         while !device.exists() {
-            if Instant::now() > deadline {
-                return Err(CloudError::Timeout {
-                    what: format!("the device of volume {volume}"),
-                    state: format!("present as {}", device.display()),
-                    seconds: 60,
-                    last: "absent".into(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            poll.pause("absent").await?;
         }
         Ok(device)
     }
@@ -524,8 +509,7 @@ impl Job<'_> {
         ready: impl Fn(&aws_sdk_ec2::types::Volume) -> bool,
         state: &str,
     ) -> Result<(), CloudError> {
-        let deadline = Instant::now() + WAIT;
-        let mut pause = Duration::from_millis(100);
+        let mut poll = Poll::new(format!("volume {volume}"), state, WAIT, Duration::from_millis(100));
         loop {
             let out = self
                 .service
@@ -538,16 +522,7 @@ impl Job<'_> {
             if v.is_some_and(&ready) {
                 return Ok(());
             }
-            if Instant::now() > deadline {
-                return Err(CloudError::Timeout {
-                    what: format!("volume {volume}"),
-                    state: state.into(),
-                    seconds: WAIT.as_secs(),
-                    last: format!("{:?}", v.and_then(|v| v.state())),
-                });
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
+            poll.pause(format!("{:?}", v.and_then(|v| v.state()))).await?;
         }
     }
 
