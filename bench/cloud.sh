@@ -23,7 +23,10 @@
 #           same volume file, each into an empty library (the daemon's own backup forgotten and collected
 #           between rounds); BENCH_BACKUPS rounds, alternating. The difference is the orchestration's cost
 #           (CreateImage, share, CreateVolume, attach, the device, detach, delete, deregister). Goal: cloud
-#           backup <= 1.1x the local backup at the stand-in's speed.
+#           backup <= 1.1x the local backup at the stand-in's speed. The stand-in copies whole files
+#           where AWS copies lazily (CreateImage: volume to snapshot; CreateVolume: snapshot to volume),
+#           so the time the stand-in spent answering (its counters) is recorded too, and the job's own
+#           time (cloud backup minus the stand-in's) is compared as well.
 # It cleans up everything it started and writes $BENCH_CACHE/cloud-results.json.
 #
 # Usage:  sudo bench/cloud.sh        (root: FUSE, tgtd, the guest image)
@@ -115,6 +118,11 @@ start_standin() {
 }
 
 awsq() { "$AWSQ" --endpoint "$AWS_ENDPOINT_URL" "$@"; }
+
+# The seconds the stand-in has spent answering calls so far (all actions).
+standin_seconds() {
+    curl -sf "$AWS_ENDPOINT_URL/standin/counters" | python3 -c 'import json,sys; print(sum(json.load(sys.stdin)["seconds"].values()))'
+}
 
 # ---------------------------------------------------------------------------------------------------------
 # Upload.
@@ -240,7 +248,7 @@ bench_boot() {
 # Streaming backup.
 # ---------------------------------------------------------------------------------------------------------
 bench_backup() {
-    local disk=$WORK/member-root.img i t0 volume instance node id
+    local disk=$WORK/member-root.img i t0 s0 volume instance node id
     if [[ -f $GUEST ]]; then
         cp --sparse=always "$GUEST" "$disk"
     else
@@ -268,18 +276,21 @@ bench_backup() {
         rec "backup.local.$i" "$(since "$t0")"
         rm -rf "$WORK/local-library"
         drop_caches
+        s0=$(standin_seconds)
         t0=$(now)
         lm --json cloud backup "$instance" --account member --access-node "$node" --no-reboot \
             > "$WORK/backup-$i.json" 2> "$WORK/logs/backup-$i.err" \
             || { cat "$WORK/logs/backup-$i.err" >&2; tail -20 "$WORK/logs/daemon.log" >&2; die "cloud backup failed"; }
         rec "backup.cloud.$i" "$(since "$t0")"
+        rec "backup.standin.$i" "$(echo "$(standin_seconds) - $s0" | bc -l)"
         id=$(json_get "$WORK/backup-$i.json" result id)
         [[ $(awsq resources "$MEMBER" | python3 -c 'import json,sys; print(sum(1 for r in json.load(sys.stdin) if "livemount:job" in r.get("tags", {})))') == 0 ]] \
             || die "round $i left resources of its job in the member account"
         lm backup forget "$id" > /dev/null
         lm library gc > /dev/null
         echo "   round $i: local backup create $(grep "^backup.local.$i=" "$WORK/figures" | cut -d= -f2 | cut -c1-5) s," \
-             "cloud backup $(grep "^backup.cloud.$i=" "$WORK/figures" | cut -d= -f2 | cut -c1-5) s" >&2
+             "cloud backup $(grep "^backup.cloud.$i=" "$WORK/figures" | cut -d= -f2 | cut -c1-5) s" \
+             "(the stand-in answering: $(grep "^backup.standin.$i=" "$WORK/figures" | cut -d= -f2 | cut -c1-5) s)" >&2
     done
     stop_daemon
 }

@@ -1132,9 +1132,14 @@ def cmd_summary_cloud(argv):
                        "ratio_whole": lm_whole / tgt_marker, "ratio_boot": lm_marker / tgt_marker,
                        "goal": "<= 1.2", "boots": boots}
     if "backup.disk_bytes" in figs:
-        local, cloud = of("backup.local."), of("backup.cloud.")
+        local, cloud, standin = of("backup.local."), of("backup.cloud."), of("backup.standin.")
+        # Per round: the job's time less what the stand-in spent answering it.
+        own = med([float(figs["backup.cloud." + k.rsplit(".", 1)[1]]) - float(v)
+                   for k, v in figs.items() if k.startswith("backup.standin.")])
         out["backup"] = {"disk_bytes": int(figs["backup.disk_bytes"]), "local_backup_create_s": local,
-                         "cloud_backup_s": cloud, "ratio_cloud_over_local": cloud / local, "goal": "<= 1.1"}
+                         "cloud_backup_s": cloud, "standin_answering_s": standin, "cloud_backup_own_s": own,
+                         "ratio_cloud_over_local": cloud / local, "ratio_own_over_local": own / local,
+                         "goal": "<= 1.1"}
     json.dump(out, open(env["RESULTS"], "w"), indent=2)
     print(f"\ncloud benchmark (load {env['LOAD']}; {env['VERSIONS']})")
     if "upload" in out:
@@ -1157,6 +1162,9 @@ def cmd_summary_cloud(argv):
         print(f"  backup  of a {b['disk_bytes'] / 2**20:.0f} MiB instance disk, medians: local backup create "
               f"{b['local_backup_create_s']:6.2f} s, cloud backup {b['cloud_backup_s']:6.2f} s;  "
               f"ratio {b['ratio_cloud_over_local']:.2f}x (goal <= 1.1)")
+        print(f"          of which the stand-in answering {b['standin_answering_s']:6.2f} s (whole-file copies where "
+              f"AWS copies lazily); the job's own {b['cloud_backup_own_s']:6.2f} s, ratio "
+              f"{b['ratio_own_over_local']:.2f}x")
     print(f"  results: {env['RESULTS']}")
 
 

@@ -532,6 +532,7 @@ class Extended(unittest.TestCase):
         # The retry a client makes with the same token gets that volume, not a second one.
         again = ec2.create_volume(Size=1, AvailabilityZone="us-east-1a", ClientToken="lost-answer")
         self.assertEqual([again["VolumeId"]], made)
+        self.assertGreater(self.s.control("GET", "/standin/counters")["seconds"]["CreateVolume"], 0)
 
     def test_reset_clears_everything(self):
         self.upload_marker = upload(self.ebs, {0: block_of(1)})

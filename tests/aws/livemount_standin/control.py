@@ -80,10 +80,12 @@ class Control:
         self.lock = threading.Lock()
         self.counts: dict[str, dict[str, int]] = {}
         self.faults: list[Fault] = []
+        self.seconds: dict[str, float] = {}
 
     def reset(self) -> None:
         with self.lock:
             self.counts.clear()
+            self.seconds.clear()
             self.faults.clear()
 
     def count(self, action: str, account: str) -> None:
@@ -91,10 +93,17 @@ class Control:
             per = self.counts.setdefault(action, {})
             per[account] = per.get(account, 0) + 1
 
+    def spent(self, action: str, seconds: float) -> None:
+        """Time the stand-in spent answering a call (its data plane's copies included), so that a benchmark
+        can tell the client's own time from the stand-in's."""
+        with self.lock:
+            self.seconds[action] = self.seconds.get(action, 0.0) + seconds
+
     def counters(self) -> dict:
         with self.lock:
             actions = {a: dict(per) for a, per in self.counts.items()}
-        return {"actions": actions, "total": sum(sum(p.values()) for p in actions.values())}
+            seconds = dict(self.seconds)
+        return {"actions": actions, "total": sum(sum(p.values()) for p in actions.values()), "seconds": seconds}
 
     def add_faults(self, doc) -> list[dict]:
         specs = doc if isinstance(doc, list) else doc.get("faults", [doc])

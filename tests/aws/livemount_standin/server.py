@@ -145,6 +145,15 @@ class Front:
             action = (params.get("Action") or [None])[0] or (target.split(".")[-1] if target else f"{method} {path}")
 
         self.control.count(action, account)
+        started = time.monotonic()
+        try:
+            return self._answer(environ, start_response, path, body, method, query, service, action, groups,
+                                params, account, region)
+        finally:
+            self.control.spent(action, time.monotonic() - started)
+
+    def _answer(self, environ, start_response, path, body, method, query, service, action, groups, params,
+                account, region):
         fault = self.control.check(service, action, account)
         if fault:
             code, message, status, after = fault
