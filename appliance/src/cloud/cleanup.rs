@@ -316,8 +316,8 @@ pub(super) async fn delete_volume(ec2: &aws_sdk_ec2::Client, account: &str, id: 
 
 /// Waits for a volume being detached to become `available` (or gone).
 async fn wait_detached(ec2: &aws_sdk_ec2::Client, account: &str, id: &str) -> Result<(), CloudError> {
-    let limit = std::time::Duration::from_secs(300);
-    let mut poll = Poll::new(format!("volume {id} in account {account}"), "available (detached)", limit, MS_100);
+    let (limit, first) = (std::time::Duration::from_secs(300), std::time::Duration::from_millis(100));
+    let mut poll = Poll::new(format!("volume {id} in account {account}"), "available (detached)", limit, first);
     loop {
         let out = ec2.describe_volumes().volume_ids(id).send().await;
         let state = match out.map_err(CloudError::aws(account, "DescribeVolumes")) {
@@ -331,8 +331,6 @@ async fn wait_detached(ec2: &aws_sdk_ec2::Client, account: &str, id: &str) -> Re
         }
     }
 }
-
-const MS_100: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn ignore_not_found(r: Result<(), CloudError>) -> Result<(), CloudError> {
     match r {
