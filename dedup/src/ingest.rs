@@ -130,8 +130,35 @@ fn write_new_durable(path: &Path, data: &[u8]) -> Result<()> {
     f.commit_without_dir_sync().map_err(|e| Error::io("write", path, e))
 }
 
+/// Writes a backup that holds no disk of the library: a catalog entry for data kept elsewhere (a snapshot
+/// backup's EBS snapshots, which `origin` names), under `id` (from `new_backup_id`, chosen before the data
+/// was made so that what holds it can carry the id). Atomic like every backup.
+pub fn create_catalog_entry(
+    lib: &Library,
+    id: &str,
+    name: Option<String>,
+    origin: serde_json::Value,
+) -> Result<Manifest> {
+    let tmp = lib.path("backups").join(format!(".tmp-{id}"));
+    std::fs::create_dir(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    let manifest = Manifest {
+        format_version: crate::formats::LIBRARY_FORMAT_VERSION,
+        id: id.to_string(),
+        name,
+        created: now_rfc3339(),
+        disks: Vec::new(),
+        stats: IngestStats::default(),
+        origin: Some(origin),
+    };
+    let result = commit_backup(lib, &manifest, &tmp);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result.map(|()| manifest)
+}
+
 /// A new backup id: the UTC time (sortable and readable) and a random part (unique).
-fn new_backup_id() -> String {
+pub fn new_backup_id() -> String {
     let now = time::OffsetDateTime::now_utc();
     let fmt = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
     format!("{}-{}", now.format(fmt).expect("time formats"), &durable::random_suffix()[..6])

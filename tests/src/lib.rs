@@ -2,6 +2,7 @@
 //! tools people use (sfdisk, mkfs.ext4 -d), and deterministic test data.
 
 pub mod aws;
+pub mod fleet;
 pub mod guest;
 pub mod initiator;
 

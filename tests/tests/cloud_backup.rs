@@ -6,77 +6,15 @@
 //! second backup stores only what changed, faults and a `kill -9` at every AWS call leave nothing in either
 //! account, and the flow against stock moto fails cleanly where moto stops.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use serde_json::{json, Value};
-use tests::aws::{Standin, MEMBER, MEMBER_ROLE, SERVICE};
-use tests::{json, livemount, make_ext4_disk, populate_tree, random_bytes, Daemon};
-
-/// The member's instance and the access node, as `awsq launch` printed them.
-struct Fleet {
-    instance: String,
-    access_node: String,
-    /// The instance's volumes, root first: (device name, volume id).
-    volumes: Vec<(String, String)>,
-}
-
-/// A member instance with an ext4 root disk and a second disk of random data, and an access node.
-fn launch_fleet(dir: &Path, standin: &Standin) -> Fleet {
-    let tree = dir.join("tree");
-    populate_tree(&tree, 11, 2);
-    let root = make_ext4_disk(dir, "root.img", &tree, 48);
-    let data = dir.join("data.img");
-    std::fs::write(&data, random_bytes(5, 3 << 20)).unwrap();
-    let (root_s, data_s) = (root.to_str().unwrap(), data.to_str().unwrap());
-    let member = standin.awsq(&["launch", MEMBER, "--disk", root_s, "--disk", data_s, "--name", "web01"]);
-    let node = standin.awsq(&["launch", SERVICE, "--name", "access-node"]);
-    let mut volumes: Vec<(String, String)> = member["volumes"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(dev, vol)| (dev.clone(), vol.as_str().unwrap().to_string()))
-        .collect();
-    volumes.sort_by_key(|(dev, _)| (dev != "/dev/xvda", dev.clone()));
-    Fleet {
-        instance: member["instance"].as_str().unwrap().into(),
-        access_node: node["instance"].as_str().unwrap().into(),
-        volumes,
-    }
-}
-
-fn backup_daemon(dir: &Path, standin: &Standin) -> (Daemon, PathBuf) {
-    let lib = dir.join("library");
-    livemount(&lib).args(["library", "init"]).assert().success();
-    let devices = dir.join("aws").join("devices");
-    let d = Daemon::start_env(dir, &lib, &["--ebs-devices", devices.to_str().unwrap()], &standin.env());
-    d.cli().args(["cloud", "account", "add", "member", "--role-arn", MEMBER_ROLE]).assert().success();
-    (d, lib)
-}
-
-/// What is in both accounts, by kind and id, without tags (a job's tags differ; what matters is that
-/// nothing is added or lost).
-fn everything(standin: &Standin) -> Vec<(String, String, String)> {
-    let mut all: Vec<(String, String, String)> = [MEMBER, SERVICE]
-        .iter()
-        .flat_map(|acct| {
-            standin.resources(acct, None).into_iter().map(move |r| {
-                (acct.to_string(), r["kind"].as_str().unwrap().to_string(), r["id"].as_str().unwrap().to_string())
-            })
-        })
-        .collect();
-    all.sort();
-    all
-}
-
-/// The resources of either account that carry a job's tag.
-fn job_resources(standin: &Standin) -> Vec<Value> {
-    [MEMBER, SERVICE]
-        .iter()
-        .flat_map(|acct| standin.resources(acct, None))
-        .filter(|r| r["tags"].get("livemount:job").is_some())
-        .collect()
-}
+use tests::aws::{Standin, MEMBER, SERVICE};
+use tests::fleet::{
+    backup_daemon, everything, fails, job_resources, launch_fleet, ok, restores_as_the_volumes, until_nothing_left,
+    Fleet,
+};
+use tests::{json, livemount, random_bytes, Daemon};
 
 fn backup_args(fleet: &Fleet) -> Vec<&str> {
     vec!["cloud", "backup", &fleet.instance, "--account", "member", "--access-node", &fleet.access_node]
@@ -89,33 +27,6 @@ fn back_up(d: &Daemon, fleet: &Fleet) -> Value {
     let job = json(&out.stdout);
     assert_eq!(job["state"], "succeeded", "{job}");
     job
-}
-
-fn fails(d: &Daemon, args: &[&str]) -> String {
-    let out = d.cli().args(args).output().unwrap();
-    assert!(!out.status.success(), "livemount {args:?} should have failed: {}", String::from_utf8_lossy(&out.stdout));
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn ok(d: &Daemon, args: &[&str]) -> Value {
-    let out = d.cli().args(args).arg("--json").output().unwrap();
-    assert!(out.status.success(), "livemount {args:?} failed: {}\n{}", String::from_utf8_lossy(&out.stderr), d.log());
-    json(&out.stdout)
-}
-
-/// Restores every disk of `backup` and compares it with the volume files of the instance.
-fn restores_as_the_volumes(lib: &Path, backup: &str, standin_data: &Path, fleet: &Fleet, scratch: &Path) {
-    livemount(lib).args(["backup", "verify", backup]).assert().success();
-    for (n, (dev, vol)) in fleet.volumes.iter().enumerate() {
-        let restored = scratch.join(format!("restored{n}.img"));
-        livemount(lib).args(["backup", "restore", backup, "--disk", &n.to_string()]).arg(&restored).assert().success();
-        let volume = standin_data.join("volumes").join(format!("{vol}.img"));
-        assert!(
-            std::fs::read(&restored).unwrap() == std::fs::read(&volume).unwrap(),
-            "disk {n} of backup {backup} is the instance's {dev} ({vol})"
-        );
-        std::fs::remove_file(&restored).unwrap();
-    }
 }
 
 #[test]
@@ -234,16 +145,6 @@ const STEPS: &[Step] = &[
     Step { action: "DeregisterImage", account: MEMBER, undo: true, after_backup: true },
     Step { action: "DeleteSnapshot", account: MEMBER, undo: true, after_backup: true },
 ];
-
-/// Waits (a restarted daemon removes a dead job's resources in the background) until neither account
-/// holds anything of a job.
-fn until_nothing_left(standin: &Standin, d: &Daemon, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !job_resources(standin).is_empty() {
-        assert!(Instant::now() < deadline, "{what}: left behind {:?}\n{}", job_resources(standin), d.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 #[test]
 fn every_aws_call_of_a_streaming_backup_survives_faults_and_kill_9() {

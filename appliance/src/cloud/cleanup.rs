@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::journal::{Kind, Purpose};
 use super::poll::Poll;
-use super::{filter, instances, sdk, Cloud, CloudError, TAG_APPLIANCE, TAG_IPXE, TAG_JOB, TAG_MOUNT};
+use super::{filter, instances, sdk, Cloud, CloudError, TAG_APPLIANCE, TAG_BACKUP, TAG_IPXE, TAG_JOB, TAG_MOUNT};
 
 /// One resource found in AWS or in the journal.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,7 +23,7 @@ pub struct Found {
     pub state: String,
     /// The journal's client token, when the journal knows it.
     pub token: Option<String>,
-    /// A live mount, or the Region's current iPXE image, uses it.
+    /// A live mount, a running job, a backup of the library, or the Region's current iPXE image, uses it.
     pub in_use: bool,
 }
 
@@ -35,8 +35,9 @@ pub struct Inventory {
 }
 
 /// Everything this appliance made that may still exist, in every account it knows and every Region it
-/// has used. `live_mounts` are the ids of the mounts the daemon has and of the jobs it is running.
-pub async fn inventory(cloud: &Cloud, live_mounts: &BTreeSet<String>) -> Inventory {
+/// has used. `live` are the ids of the mounts the daemon has, of the jobs it is running (and the backups
+/// they are making), and of the library's backups.
+pub async fn inventory(cloud: &Cloud, live: &BTreeSet<String>) -> Inventory {
     let mut places: BTreeSet<(String, String)> = BTreeSet::new();
     for r in cloud.journal.live() {
         places.insert((r.account, r.region));
@@ -86,8 +87,8 @@ pub async fn inventory(cloud: &Cloud, live_mounts: &BTreeSet<String>) -> Invento
     }
     for f in &mut inv.resources {
         f.in_use = match &f.purpose {
-            Some(Purpose::Mount(m)) | Some(Purpose::Job(m)) => {
-                live_mounts.contains(m) && f.state != "gone" && f.state != "never made"
+            Some(Purpose::Mount(m)) | Some(Purpose::Job(m)) | Some(Purpose::Backup(m)) => {
+                live.contains(m) && f.state != "gone" && f.state != "never made"
             }
             Some(Purpose::IpxeImage(_)) => cloud
                 .images
@@ -168,6 +169,7 @@ fn purpose_of(tags: &[aws_sdk_ec2::types::Tag]) -> Option<Purpose> {
         .map(Purpose::Mount)
         .or_else(|| get(TAG_IPXE).map(Purpose::IpxeImage))
         .or_else(|| get(TAG_JOB).map(Purpose::Job))
+        .or_else(|| get(TAG_BACKUP).map(Purpose::Backup))
 }
 
 /// Removes what no live mount uses (instances first, then volumes, images, snapshots), and with
@@ -227,22 +229,23 @@ async fn remove(cloud: &Cloud, f: &Found) -> Result<(), CloudError> {
     Ok(())
 }
 
-/// Removes what the journal shows of jobs that are not running (they died with an earlier daemon), found
-/// in AWS by journal and by tag; gives how many resources were removed.
-pub async fn remove_dead_jobs(cloud: &Cloud, running: &BTreeSet<String>) -> Result<usize, CloudError> {
-    let dead = |p: &Purpose| matches!(p, Purpose::Job(j) if !running.contains(j));
+/// Removes what the journal shows of jobs that are not running (they died with an earlier daemon) and of
+/// backups the library does not list (a snapshot backup cut off before its catalog entry was written, or
+/// forgotten before its snapshots could be removed), found in AWS by journal and by tag; `live` as for
+/// `inventory`. Gives how many resources were removed.
+pub async fn remove_orphans(cloud: &Cloud, live: &BTreeSet<String>) -> Result<usize, CloudError> {
+    let dead = |p: &Purpose| matches!(p, Purpose::Job(id) | Purpose::Backup(id) if !live.contains(id));
     if !cloud.journal.live().iter().any(|r| dead(&r.purpose)) {
         return Ok(0);
     }
-    remove_of(cloud, running, dead).await
+    remove_of(cloud, live, dead).await
 }
 
-/// Removes whatever of job `job` is still in AWS, found by journal and by tag: a call whose answer was
-/// lost may have made its resource all the same, and that resource carries the job's tag. Gives how many
-/// resources were removed.
-pub async fn remove_job(cloud: &Cloud, job: &str) -> Result<usize, CloudError> {
-    let of_job = |p: &Purpose| matches!(p, Purpose::Job(j) if j == job);
-    remove_of(cloud, &BTreeSet::new(), of_job).await
+/// Removes whatever made for `purpose` (a job, a backup) is still in AWS, found by journal and by tag: a
+/// call whose answer was lost may have made its resource all the same, and that resource carries the
+/// tag. Gives how many resources were removed.
+pub async fn remove_purpose(cloud: &Cloud, purpose: &Purpose) -> Result<usize, CloudError> {
+    remove_of(cloud, &BTreeSet::new(), |p| p == purpose).await
 }
 
 async fn remove_of(

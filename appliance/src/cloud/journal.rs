@@ -37,14 +37,16 @@ impl std::fmt::Display for Kind {
     }
 }
 
-/// What a resource is for: a live mount (gone with it), the appliance's iPXE image (kept), or a job such
-/// as a streaming backup (gone when the job ends; a job does not outlive its daemon).
+/// What a resource is for: a live mount (gone with it), the appliance's iPXE image (kept), a job such
+/// as a streaming backup (gone when the job ends; a job does not outlive its daemon), or a backup whose
+/// data it holds (a snapshot backup's image and snapshots: kept while the library lists the backup).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case", tag = "for", content = "id")]
 pub enum Purpose {
     Mount(String),
     IpxeImage(String),
     Job(String),
+    Backup(String),
 }
 
 /// One resource as the journal knows it.

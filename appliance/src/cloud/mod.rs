@@ -1,7 +1,9 @@
 //! The cloud half of the appliance: the AWS accounts it works in (`accounts`), the journal of every
 //! resource it makes (`journal`), the iPXE machine image (`images`, uploaded through `ebs_upload`), the
-//! instances that boot live mounts (`instances`), the account workflows (`streaming_backup`), and finding
-//! and removing what was left behind (`cleanup`). `sdk` is how every call reaches AWS.
+//! instances that boot live mounts (`instances`), the account workflows (`streaming_backup`,
+//! `snapshot_backup`, `backup_copy`, on the steps of `workflow`; what they keep of an instance is
+//! `instance_config`), and finding and removing what was left behind (`cleanup`). `sdk` is how every call
+//! reaches AWS.
 //!
 //! ```text
 //! <state>/cloud/appliance-id    this appliance's id, in the livemount:appliance tag of all it makes
@@ -11,15 +13,19 @@
 //! ```
 
 pub mod accounts;
+pub mod backup_copy;
 pub mod cleanup;
 pub mod ebs_upload;
 pub mod error;
 pub mod images;
+pub mod instance_config;
 pub mod instances;
 pub mod journal;
 mod poll;
 pub mod sdk;
+pub mod snapshot_backup;
 pub mod streaming_backup;
+pub mod workflow;
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +37,8 @@ pub const TAG_APPLIANCE: &str = "livemount:appliance";
 pub const TAG_MOUNT: &str = "livemount:mount";
 /// On the resources of a job (a streaming backup): the job.
 pub const TAG_JOB: &str = "livemount:job";
+/// On what holds a backup's data in AWS (a snapshot backup's image and snapshots): the backup.
+pub const TAG_BACKUP: &str = "livemount:backup";
 /// On the iPXE image and its snapshot: the hash of the boot disk's content.
 pub const TAG_IPXE: &str = "livemount:ipxe-content";
 
@@ -80,6 +88,10 @@ impl Cloud {
             journal::Purpose::Job(id) => {
                 tags.push((TAG_JOB.into(), id.clone()));
                 tags.push(("Name".into(), format!("livemount job {id}")));
+            }
+            journal::Purpose::Backup(id) => {
+                tags.push((TAG_BACKUP.into(), id.clone()));
+                tags.push(("Name".into(), format!("livemount backup {id}")));
             }
         }
         tags

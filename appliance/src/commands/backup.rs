@@ -9,6 +9,7 @@ use dedup::ingest::{self, DiskInput};
 use dedup::{BackupDisk, Manifest};
 
 use crate::cli::Cli;
+use crate::cloud::instance_config::InstanceConfig;
 use crate::output::{self, print_json, size};
 
 #[derive(Debug, Subcommand)]
@@ -65,15 +66,21 @@ pub fn run(cli: &Cli, cmd: &BackupCmd) -> anyhow::Result<i32> {
             } else if all.is_empty() {
                 println!("no backups in {}", lib.root().display());
             } else {
-                println!("{:<23} {:<20} {:<20} {:>5} {:>10}", "ID", "NAME", "CREATED", "DISKS", "SIZE");
+                println!("{:<23} {:<20} {:<20} {:>5} {:>10}  KIND", "ID", "NAME", "CREATED", "DISKS", "SIZE");
                 for m in &all {
-                    let total: u64 = m.disks.iter().map(|d| d.size).sum();
+                    let (disks, total, kind) = match snapshot_backup(m) {
+                        Some(c) => {
+                            let gib: u64 = c.block_devices.iter().map(|b| b.size_gib.max(0) as u64).sum();
+                            (c.block_devices.len(), gib << 30, "snapshots")
+                        }
+                        None => (m.disks.len(), m.disks.iter().map(|d| d.size).sum(), "library"),
+                    };
                     println!(
-                        "{:<23} {:<20} {:<20} {:>5} {:>10}",
+                        "{:<23} {:<20} {:<20} {:>5} {:>10}  {kind}",
                         m.id,
                         m.name.as_deref().unwrap_or("-"),
                         &m.created[..19.min(m.created.len())],
-                        m.disks.len(),
+                        disks,
                         size(total)
                     );
                 }
@@ -92,7 +99,11 @@ pub fn run(cli: &Cli, cmd: &BackupCmd) -> anyhow::Result<i32> {
         BackupCmd::Restore { id, dest, disk } => restore(cli, &lib, id, dest, *disk),
         BackupCmd::Verify { id } => verify(cli, &lib, id.as_deref()),
         BackupCmd::Forget { id, force } => {
-            let m = lib.forget(id, *force)?;
+            let m = lib.resolve(id)?;
+            if let Some(c) = snapshot_backup(&m) {
+                return forget_snapshot_backup(cli, &m, &c, *force);
+            }
+            let m = lib.forget(&m.id, *force)?;
             if cli.json {
                 print_json(&serde_json::json!({ "forgotten": m.id }));
             } else {
@@ -135,9 +146,49 @@ fn create(cli: &Cli, lib: &dedup::Library, sources: &[PathBuf], name: Option<Str
 }
 
 /// One line of where a backup's disks came from: the instance a cloud backup was made of.
+/// The instance configuration of a snapshot backup (its data in EBS snapshots, not in the library).
+fn snapshot_backup(m: &Manifest) -> Option<InstanceConfig> {
+    InstanceConfig::of(m).filter(|c| c.is_snapshot_backup())
+}
+
+/// A snapshot backup is forgotten by the daemon, which holds the accounts: it removes the image and
+/// snapshots in the member account too.
+fn forget_snapshot_backup(cli: &Cli, m: &Manifest, c: &InstanceConfig, force: bool) -> anyhow::Result<i32> {
+    let client = crate::client::Client::new(cli.api.clone())?;
+    let path = format!("/v1/cloud/snapshot-backups/{}{}", m.id, if force { "?force=true" } else { "" });
+    let out: serde_json::Value = client.delete(&path).with_context(|| {
+        format!(
+            "forgetting snapshot backup {} deregisters image {} and deletes its snapshots in account {}, which the daemon does",
+            m.id,
+            c.image_id.as_deref().unwrap_or("?"),
+            c.account
+        )
+    })?;
+    if cli.json {
+        print_json(&out);
+    } else {
+        println!(
+            "forgot snapshot backup {}; image {} and its snapshots removed from account {}",
+            m.id,
+            c.image_id.as_deref().unwrap_or("?"),
+            c.account
+        );
+    }
+    Ok(0)
+}
+
 fn describe_origin(origin: &serde_json::Value) -> String {
     let field = |k: &str| origin.get(k).and_then(|v| v.as_str()).unwrap_or("-");
     match field("kind") {
+        "ec2-snapshots" => format!(
+            "snapshot backup of EC2 instance {} of account {} ({}), {}: image {} with {} EBS snapshots, kept in that account",
+            field("instance_id"),
+            field("account"),
+            field("region"),
+            field("instance_type"),
+            field("image_id"),
+            origin.get("block_devices").and_then(|b| b.as_array()).map_or(0, |b| b.len())
+        ),
         "ec2-instance" => format!(
             "EC2 instance {} of account {} ({}), {}, {} EBS volumes",
             field("instance_id"),
@@ -156,6 +207,17 @@ fn show(m: &Manifest) {
     println!("created  {}", m.created);
     if let Some(origin) = &m.origin {
         println!("origin   {}", describe_origin(origin));
+    }
+    if let Some(c) = snapshot_backup(m) {
+        for (n, b) in c.block_devices.iter().enumerate() {
+            println!(
+                "disk {n}   {} of {} ({} GiB): snapshot {}",
+                b.device_name,
+                b.volume_id,
+                b.size_gib,
+                b.snapshot_id.as_deref().unwrap_or("?")
+            );
+        }
     }
     for (n, d) in m.disks.iter().enumerate() {
         println!(
@@ -202,6 +264,14 @@ fn restore(
     only: Option<usize>,
 ) -> anyhow::Result<i32> {
     let m = lib.resolve(id)?;
+    if let Some(c) = snapshot_backup(&m) {
+        anyhow::bail!(
+            "backup {} is a snapshot backup: its data is in EBS snapshots of account {}, not in the library; `livemount cloud backup-copy {}` copies it in",
+            m.id,
+            c.account,
+            m.id
+        );
+    }
     let disks: Vec<usize> = match only {
         Some(d) if d >= m.disks.len() => {
             return Err(dedup::Error::DiskNotFound { backup: m.id.clone(), disk: d }.into())

@@ -1,5 +1,5 @@
-//! `livemount cloud ...`: AWS accounts, the iPXE machine image, streaming backups of instances, and what
-//! this appliance made in AWS.
+//! `livemount cloud ...`: AWS accounts, the iPXE machine image, the account workflows (streaming and
+//! snapshot backups of instances, backup copies), and what this appliance made in AWS.
 
 use clap::{Args, Subcommand};
 
@@ -27,8 +27,44 @@ pub enum CloudCmd {
     /// Streaming backup of an EC2 instance of a member account: an image of it in the member account, its
     /// snapshots made volumes attached to the access node, read as one backup; all of it removed after.
     Backup(CloudBackupArgs),
-    /// The jobs the daemon runs or has run (streaming backups).
+    /// Snapshot backup of an EC2 instance of a member account: an image of it that stays there, and a
+    /// catalog entry of the instance's configuration and snapshots; no data is copied.
+    Snap(CloudSnapArgs),
+    /// Copy a snapshot backup's data into the library: its snapshots made volumes attached to the access
+    /// node, read as one backup; the volumes removed after.
+    BackupCopy(BackupCopyArgs),
+    /// The jobs the daemon runs or has run (backups, copies).
     Jobs,
+}
+
+#[derive(Debug, Args)]
+pub struct CloudSnapArgs {
+    /// The instance id (i-...).
+    pub instance: String,
+    /// The member account the instance is in.
+    #[arg(long)]
+    pub account: String,
+    /// The backup's name (default: the instance's Name tag).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Image the instance without rebooting it (the snapshots are then crash-consistent only).
+    #[arg(long)]
+    pub no_reboot: bool,
+    #[arg(long)]
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupCopyArgs {
+    /// The snapshot backup (id, unique id prefix, or name).
+    pub backup: String,
+    /// The copy's name (default: the snapshot backup's).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The instance of the service account the volumes are attached to (default: this one, from its
+    /// instance metadata).
+    #[arg(long)]
+    pub access_node: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -183,24 +219,46 @@ pub fn run(cli: &Cli, cmd: &CloudCmd) -> anyhow::Result<i32> {
                 access_node: a.access_node.clone(),
                 region: a.region.clone(),
             };
-            let job: JobInfo = client.post("/v1/cloud/backups", &req)?;
-            let job = follow(cli, &client, job)?;
-            if cli.json {
-                print_json(&job);
+            let Some(result) = run_job(cli, &client, "/v1/cloud/backups", &req, "cloud backup")? else { return Ok(1) };
+            if !cli.json {
+                println!("backup {} of {} created", result["id"].as_str().unwrap_or("?"), a.instance);
+                print_stored(&result, "nothing left in either account");
             }
-            let Some(result) = job.result.filter(|_| job.state == "succeeded") else {
-                eprintln!("livemount: cloud backup failed: {}", job.error.unwrap_or_else(|| job.state.clone()));
+        }
+        CloudCmd::Snap(a) => {
+            let req = crate::cloud::snapshot_backup::Request {
+                instance: a.instance.clone(),
+                account: a.account.clone(),
+                name: a.name.clone(),
+                no_reboot: a.no_reboot,
+                region: a.region.clone(),
+            };
+            let Some(result) = run_job(cli, &client, "/v1/cloud/snapshot-backups", &req, "cloud snap")? else {
                 return Ok(1);
             };
             if !cli.json {
-                let stats = &result["stats"];
-                println!("backup {} of {} created", result["id"].as_str().unwrap_or("?"), a.instance);
+                let id = result["id"].as_str().unwrap_or("?");
+                let origin = &result["origin"];
+                println!("snapshot backup {id} of {} created", a.instance);
                 println!(
-                    "  read {} in {:.1} s; stored {} new; nothing left in either account",
-                    size(stats["bytes_read"].as_u64().unwrap_or(0)),
-                    stats["seconds"].as_f64().unwrap_or(0.0),
-                    size(stats["new_bytes_stored"].as_u64().unwrap_or(0)),
+                    "  image {} and its snapshots stay in account {}; `livemount cloud backup-copy {id}` copies the data into the library",
+                    origin["image_id"].as_str().unwrap_or("?"),
+                    a.account
                 );
+            }
+        }
+        CloudCmd::BackupCopy(a) => {
+            let req = crate::cloud::backup_copy::Request {
+                backup: a.backup.clone(),
+                name: a.name.clone(),
+                access_node: a.access_node.clone(),
+            };
+            let Some(result) = run_job(cli, &client, "/v1/cloud/backup-copies", &req, "cloud backup-copy")? else {
+                return Ok(1);
+            };
+            if !cli.json {
+                println!("backup {} copied from snapshot backup {}", result["id"].as_str().unwrap_or("?"), a.backup);
+                print_stored(&result, "nothing left in either account");
             }
         }
         CloudCmd::Jobs => {
@@ -227,9 +285,43 @@ pub fn run(cli: &Cli, cmd: &CloudCmd) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Starts a job with `req` at `path` and follows it; prints it with --json. Gives its result when it
+/// succeeded; otherwise says why it failed and gives None.
+fn run_job<B: serde::Serialize>(
+    cli: &Cli,
+    client: &Client,
+    path: &str,
+    req: &B,
+    what: &str,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let job: JobInfo = client.post(path, req)?;
+    let job = follow(cli, client, job, what)?;
+    if cli.json {
+        print_json(&job);
+    }
+    match job.result.filter(|_| job.state == "succeeded") {
+        Some(result) => Ok(Some(result)),
+        None => {
+            eprintln!("livemount: {what} failed: {}", job.error.unwrap_or_else(|| job.state.clone()));
+            Ok(None)
+        }
+    }
+}
+
+/// What a backup job read and stored.
+fn print_stored(result: &serde_json::Value, end: &str) {
+    let stats = &result["stats"];
+    println!(
+        "  read {} in {:.1} s; stored {} new; {end}",
+        size(stats["bytes_read"].as_u64().unwrap_or(0)),
+        stats["seconds"].as_f64().unwrap_or(0.0),
+        size(stats["new_bytes_stored"].as_u64().unwrap_or(0)),
+    );
+}
+
 /// Follows a job until it ends, with a progress bar (none with --json); gives how it ended.
-fn follow(cli: &Cli, client: &Client, mut job: JobInfo) -> anyhow::Result<JobInfo> {
-    let bar = crate::output::byte_bar(0, cli.json, "cloud backup");
+fn follow(cli: &Cli, client: &Client, mut job: JobInfo, what: &str) -> anyhow::Result<JobInfo> {
+    let bar = crate::output::byte_bar(0, cli.json, what);
     while job.state == "running" {
         bar.set_length(job.total);
         bar.set_position(job.done);
@@ -263,6 +355,7 @@ fn describe(f: &Found) -> String {
         Some(Purpose::Mount(m)) => format!("mount {m}"),
         Some(Purpose::IpxeImage(h)) => format!("iPXE image {}", &h[..16.min(h.len())]),
         Some(Purpose::Job(j)) => format!("job {j}"),
+        Some(Purpose::Backup(b)) => format!("backup {b}"),
         None => "unknown purpose".into(),
     };
     format!(

@@ -25,6 +25,9 @@ pub fn routes() -> Router<Arc<Manager>> {
         .route("/v1/cloud/resources", get(resources))
         .route("/v1/cloud/cleanup", post(cleanup))
         .route("/v1/cloud/backups", post(streaming_backup))
+        .route("/v1/cloud/snapshot-backups", post(snapshot_backup))
+        .route("/v1/cloud/snapshot-backups/{id}", axum::routing::delete(forget_snapshot_backup))
+        .route("/v1/cloud/backup-copies", post(backup_copy))
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
 }
@@ -98,6 +101,41 @@ async fn streaming_backup(
     let Json(r) = req?;
     m.cloud().accounts.get(&r.account)?;
     Ok((axum::http::StatusCode::ACCEPTED, Json(m.start_streaming_backup(r)?)))
+}
+
+/// Starts a snapshot backup (a job).
+async fn snapshot_backup(
+    State(m): State<Arc<Manager>>,
+    req: Result<Json<crate::cloud::snapshot_backup::Request>, JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<JobInfo>), ApiError> {
+    let Json(r) = req?;
+    m.cloud().accounts.get(&r.account)?;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(m.start_snapshot_backup(r)?)))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ForgetQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// Forgets a snapshot backup and removes its image and snapshots.
+async fn forget_snapshot_backup(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<ForgetQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let forgotten = m.forget_snapshot_backup(&id, q.force).await?;
+    Ok(Json(serde_json::json!({ "forgotten": forgotten.id })))
+}
+
+/// Starts copying a snapshot backup into the library (a job).
+async fn backup_copy(
+    State(m): State<Arc<Manager>>,
+    req: Result<Json<crate::cloud::backup_copy::Request>, JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<JobInfo>), ApiError> {
+    let Json(r) = req?;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(m.start_backup_copy(r)?)))
 }
 
 async fn list_jobs(State(m): State<Arc<Manager>>) -> Json<Vec<JobInfo>> {

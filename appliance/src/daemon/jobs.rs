@@ -26,6 +26,8 @@ pub struct JobInfo {
 
 pub struct Job {
     info: Mutex<JobInfo>,
+    /// Other ids whose cloud resources are the job's while it runs (the snapshot backup it is making).
+    owns: Mutex<Vec<String>>,
 }
 
 impl Job {
@@ -35,6 +37,11 @@ impl Job {
 
     pub fn id(&self) -> String {
         self.info.lock().expect("not poisoned").id.clone()
+    }
+
+    /// Makes what carries `id` (a backup being made) the job's while it runs.
+    pub fn own(&self, id: &str) {
+        self.owns.lock().expect("not poisoned").push(id.to_string());
     }
 
     fn finish(&self, outcome: Result<serde_json::Value, String>) {
@@ -53,7 +60,7 @@ impl Job {
     }
 }
 
-impl crate::cloud::streaming_backup::Report for Job {
+impl crate::cloud::workflow::Report for Job {
     fn step(&self, what: &str) {
         tracing::info!(job = %self.id(), "{what}");
         self.info.lock().expect("not poisoned").step = what.to_string();
@@ -94,6 +101,7 @@ impl Jobs {
                 result: None,
                 error: None,
             }),
+            owns: Mutex::new(Vec::new()),
         });
         {
             let mut jobs = self.jobs.lock().expect("not poisoned");
@@ -124,15 +132,14 @@ impl Jobs {
         self.jobs.lock().expect("not poisoned").values().map(|j| j.info()).collect()
     }
 
-    /// The ids of the jobs still running.
+    /// The ids of the jobs still running, and the ids they own.
     pub fn running(&self) -> BTreeSet<String> {
-        self.jobs
-            .lock()
-            .expect("not poisoned")
-            .values()
-            .map(|j| j.info())
-            .filter(|i| i.state == "running")
-            .map(|i| i.id)
-            .collect()
+        let jobs = self.jobs.lock().expect("not poisoned");
+        let mut ids = BTreeSet::new();
+        for j in jobs.values().filter(|j| j.info().state == "running") {
+            ids.insert(j.id());
+            ids.extend(j.owns.lock().expect("not poisoned").iter().cloned());
+        }
+        ids
     }
 }

@@ -27,7 +27,9 @@ use super::boot::{self, BootPlan, BootSettings, BootState};
 use super::error::ApiError;
 use super::{backups_view, browse};
 use crate::api_types::{BootRequest, BrowseInfo, CloudRequest, MountInfo, MountRequest, TargetAccess};
+use crate::cloud::instance_config::InstanceConfig;
 use crate::cloud::instances::{CloudMount, CloudState};
+use crate::cloud::workflow::Report;
 use crate::cloud::{cleanup, images, instances, Cloud};
 use crate::library_source::LibrarySource;
 
@@ -112,10 +114,22 @@ impl Manager {
         self.mounts.lock().await.keys().cloned().collect()
     }
 
-    /// The ids of the mounts and of the running jobs: what the cloud resources in use belong to.
+    /// The ids of the mounts, of the running jobs (and what they own), and of the library's backups: what
+    /// the cloud resources in use belong to.
     pub async fn live_ids(&self) -> std::collections::BTreeSet<String> {
         let mut ids = self.mount_ids().await;
         ids.extend(self.jobs.running());
+        match self.library().and_then(|l| Ok(l.backups()?)) {
+            Ok(backups) => ids.extend(backups.into_iter().map(|m| m.id)),
+            // A library that cannot be read must not make a snapshot backup's snapshots look unused.
+            Err(e) => {
+                tracing::warn!("cannot list the library's backups: {e}; keeping every backup's cloud resources");
+                ids.extend(self.cloud.journal.live().into_iter().filter_map(|r| match r.purpose {
+                    crate::cloud::journal::Purpose::Backup(b) => Some(b),
+                    _ => None,
+                }));
+            }
+        }
         ids
     }
 
@@ -131,14 +145,71 @@ impl Manager {
         let library = self.library()?;
         let me = self.clone();
         let job = self.jobs.start("cloud-backup", move |job| async move {
-            let report: Arc<dyn crate::cloud::streaming_backup::Report> = job.clone();
+            let report: Arc<dyn Report> = job.clone();
             let m = crate::cloud::streaming_backup::run(&me.cloud, library, &me.ebs_devices, &job.id(), &req, report)
                 .await
                 .map_err(|e| e.to_string())?;
             me.show_backups();
-            Ok(serde_json::json!({ "id": m.id, "name": m.name, "stats": m.stats, "origin": m.origin }))
+            Ok(backup_result(&m))
         });
         Ok(job.info())
+    }
+
+    /// Starts a snapshot backup of an instance of a member account as a job.
+    pub fn start_snapshot_backup(
+        self: &Arc<Self>,
+        req: crate::cloud::snapshot_backup::Request,
+    ) -> Result<super::jobs::JobInfo, ApiError> {
+        let library = self.library()?;
+        let me = self.clone();
+        let job = self.jobs.start("cloud-snap", move |job| async move {
+            let backup_id = dedup::ingest::new_backup_id();
+            job.own(&backup_id);
+            let report: Arc<dyn Report> = job.clone();
+            let m = crate::cloud::snapshot_backup::run(&me.cloud, library, &job.id(), &backup_id, &req, report)
+                .await
+                .map_err(|e| e.to_string())?;
+            me.show_backups();
+            Ok(backup_result(&m))
+        });
+        Ok(job.info())
+    }
+
+    /// Starts copying a snapshot backup into the library as a job.
+    pub fn start_backup_copy(
+        self: &Arc<Self>,
+        req: crate::cloud::backup_copy::Request,
+    ) -> Result<super::jobs::JobInfo, ApiError> {
+        let library = self.library()?;
+        let source = library.resolve(&req.backup)?;
+        crate::cloud::backup_copy::snapshot_backup_config(&source)?;
+        let me = self.clone();
+        let job = self.jobs.start("cloud-backup-copy", move |job| async move {
+            let report: Arc<dyn Report> = job.clone();
+            let devices = me.ebs_devices.clone();
+            let m =
+                crate::cloud::backup_copy::run(&me.cloud, library, &devices, &job.id(), &source, &req, report)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            me.show_backups();
+            Ok(backup_result(&m))
+        });
+        Ok(job.info())
+    }
+
+    /// Forgets a snapshot backup: its catalog entry, then its image and snapshots in the member account.
+    pub async fn forget_snapshot_backup(&self, id: &str, force: bool) -> Result<dedup::Manifest, ApiError> {
+        let library = self.library()?;
+        let manifest = library.resolve(id)?;
+        if !InstanceConfig::of(&manifest).is_some_and(|c| c.is_snapshot_backup()) {
+            return Err(ApiError::BadRequest(format!(
+                "backup {} is not a snapshot backup: `livemount backup forget` forgets it",
+                manifest.id
+            )));
+        }
+        let forgotten = library.forget(&manifest.id, force)?;
+        crate::cloud::snapshot_backup::remove_data(&self.cloud, &forgotten).await?;
+        Ok(forgotten)
     }
 
     /// The library, opened on first use (it may be created after the daemon starts).
@@ -239,6 +310,12 @@ impl Manager {
     pub async fn create(&self, req: &MountRequest, for_browse: bool) -> Result<MountInfo, ApiError> {
         let lib = self.library()?;
         let manifest = lib.resolve(&req.backup)?;
+        if let Some(c) = InstanceConfig::of(&manifest).filter(|c| c.is_snapshot_backup()) {
+            return Err(ApiError::BadRequest(format!(
+                "backup {} is a snapshot backup: its data is in EBS snapshots of account {}, not in the library; `livemount cloud backup-copy {}` copies it in",
+                manifest.id, c.account, manifest.id
+            )));
+        }
         let cloud_req = req.boot.as_ref().and_then(|b| b.cloud.clone());
         // Before anything is made: the account, the Region and its iPXE image must be there.
         let cloud_plan = match &cloud_req {
@@ -393,9 +470,9 @@ impl Manager {
     /// After a restart: removes what the journal shows of mounts that no longer exist (a launch cut off
     /// by a crash, an unmount that could not reach AWS) and of jobs (none outlives a daemon).
     pub async fn reconcile_cloud(&self) {
-        match cleanup::remove_dead_jobs(&self.cloud, &self.jobs.running()).await {
+        match cleanup::remove_orphans(&self.cloud, &self.live_ids().await).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!("removed {n} cloud resources of jobs that died with the last daemon"),
+            Ok(n) => tracing::info!("removed {n} cloud resources of jobs that died with the last daemon or of forgotten backups"),
             Err(e) => tracing::warn!(
                 "cannot remove the cloud resources of dead jobs yet (`livemount cloud cleanup` retries): {e}"
             ),
@@ -644,4 +721,9 @@ impl Drop for Unmade<'_> {
         let _ = blockdev::pseudo_disk::remove_stores(&m.mount_dir(self.id));
         let _ = std::fs::remove_dir_all(m.state_dir.join("boot").join(self.id));
     }
+}
+
+/// What a job that made a backup gives its caller.
+fn backup_result(m: &dedup::Manifest) -> serde_json::Value {
+    serde_json::json!({ "id": m.id, "name": m.name, "stats": m.stats, "origin": m.origin })
 }

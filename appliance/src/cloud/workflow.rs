@@ -1,0 +1,483 @@
+//! What the account workflows share: one job's AWS clients (member and service account), the steps they
+//! are made of (an image of the member's instance, sharing, volumes attached to the access node, the
+//! devices backed up), the undo of what a job made, and how a job ends (its undo, then a sweep by its tag
+//! for what calls whose answer was lost had made).
+//!
+//! Every resource is journaled for the job before the call that makes it and tagged with what it is for,
+//! so that a failure leaves nothing behind, and after a `kill -9` the daemon's next start removes what the
+//! dead job made.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{
+    LaunchPermission, LaunchPermissionModifications, OperationType, ResourceType, SnapshotAttributeName,
+    TagSpecification, VolumeAttachmentState, VolumeState,
+};
+
+use super::instance_config::{BlockDevice, InstanceConfig};
+use super::journal::{Kind, Purpose, Resource};
+use super::poll::Poll;
+use super::{accounts::SERVICE, ec2_tags, filter, sdk, Cloud, CloudError};
+
+/// How long an image, a volume or a device may take to become ready.
+const WAIT: Duration = Duration::from_secs(600);
+
+/// Where the job is, for the progress its caller shows.
+pub trait Report: Send + Sync {
+    fn step(&self, what: &str);
+    fn bytes(&self, done: u64, total: u64);
+}
+
+/// The resources a job made that its undo removes.
+#[derive(Default)]
+pub struct Made {
+    pub image: Option<(String, String)>, // (token, image id)
+    pub snapshots: Vec<(String, String)>,
+    pub volumes: Vec<(String, String)>,
+}
+
+/// The AWS clients and names of one job.
+pub struct Workflow<'a> {
+    pub cloud: &'a Cloud,
+    pub job_id: String,
+    /// What the job's passing resources are for (`Purpose::Job`).
+    pub purpose: Purpose,
+    pub region: String,
+    pub member_account: String,
+    pub member: aws_sdk_ec2::Client,
+    pub service: aws_sdk_ec2::Client,
+}
+
+impl<'a> Workflow<'a> {
+    /// The clients of a job working in `account` (the member) and the service account.
+    pub async fn new(
+        cloud: &'a Cloud,
+        job_id: &str,
+        account: &str,
+        region: Option<&str>,
+    ) -> Result<Workflow<'a>, CloudError> {
+        let region = cloud.accounts.region_of(account, region).await?;
+        let member = sdk::ec2(&cloud.accounts.config(account, &region, "job").await?);
+        let service = sdk::ec2(&cloud.accounts.config(SERVICE, &region, "job").await?);
+        Ok(Workflow {
+            cloud,
+            job_id: job_id.to_string(),
+            purpose: Purpose::Job(job_id.to_string()),
+            region,
+            member_account: account.to_string(),
+            member,
+            service,
+        })
+    }
+
+    /// The instance's configuration, as a backup keeps it.
+    pub async fn instance_config(&self, instance: &str) -> Result<InstanceConfig, CloudError> {
+        super::instance_config::describe(&self.member, &self.member_account, &self.region, instance).await
+    }
+
+    /// Ends the job: undoes `made` (also when the work succeeded: what a job keeps is not in `made`), and
+    /// after a failure removes whatever of `swept` is still found by journal or tag (a call that seemed to
+    /// fail may have made its resource). An undo that fails turns the outcome into `Unfinished`.
+    pub async fn finish<T>(
+        &self,
+        result: Result<T, CloudError>,
+        made: &Made,
+        swept: &[Purpose],
+        describe: impl FnOnce(&T) -> String,
+    ) -> Result<T, CloudError> {
+        let mut undone = self.undo(made).await;
+        if result.is_err() && undone.is_ok() {
+            for purpose in swept {
+                match super::cleanup::remove_purpose(self.cloud, purpose).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(job = %self.job_id, removed = n, "removed what calls that seemed to fail had made"),
+                    Err(e) => {
+                        undone = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
+        match (result, undone) {
+            (Ok(v), Ok(())) => Ok(v),
+            (Err(e), Ok(())) => Err(e),
+            (Err(e), Err(undo)) => Err(CloudError::Unfinished { outcome: e.to_string(), undo: Box::new(undo) }),
+            (Ok(v), Err(undo)) => Err(CloudError::Unfinished { outcome: describe(&v), undo: Box::new(undo) }),
+        }
+    }
+
+    /// Makes a volume of each snapshot (already shared with the service account) in `zone`, attaches it to
+    /// the access node, and backs all of them up as one backup, disk `n` from `snapshots[n]`. `config`
+    /// describes the disks (its block devices in the same order) and goes into the manifest.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn back_up_snapshots(
+        &self,
+        library: Arc<dedup::Library>,
+        devices_dir: &Path,
+        access_node: &str,
+        zone: &str,
+        snapshots: &[String],
+        config: &InstanceConfig,
+        name: Option<String>,
+        report: Arc<dyn Report>,
+        made: &mut Made,
+    ) -> Result<dedup::Manifest, CloudError> {
+        report.step("creating and attaching volumes to the access node");
+        let mut devices = Vec::new();
+        for (n, snapshot) in snapshots.iter().enumerate() {
+            let volume = self.create_volume(Some(snapshot), None, zone, n, made).await?;
+            devices.push(self.attach(&volume, access_node, n, devices_dir).await?);
+        }
+        report.step("backing up the volumes");
+        let paths: Vec<(String, PathBuf)> = config
+            .block_devices
+            .iter()
+            .zip(devices)
+            .map(|(bd, dev)| {
+                let label = format!(
+                    "ebs:{} ({} of {} in {})",
+                    bd.volume_id, bd.device_name, config.instance_id, config.account
+                );
+                (label, dev)
+            })
+            .collect();
+        let origin = serde_json::to_value(config).expect("plain data");
+        let progress = report.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut disks = Vec::new();
+            for (label, path) in paths {
+                let mut source = dedup::source::open(&path)?;
+                let partition_table = crate::partitions::summarize(&mut *source).ok().flatten();
+                disks.push(dedup::ingest::DiskInput { label, source, partition_table });
+            }
+            dedup::ingest::create_backup_from(&library, name, Some(origin), disks, &|p| progress.bytes(p.done, p.total))
+        })
+        .await
+        .map_err(|e| CloudError::Conflict(format!("the backup's worker stopped: {e}")))?
+        .map_err(|e| CloudError::Conflict(format!("backing up the volumes failed: {e}")))
+    }
+
+    /// The instance's block devices in the order of `snapshots` (device name, snapshot id), each
+    /// described as the instance has it, with its snapshot.
+    pub fn in_snapshot_order(config: &InstanceConfig, snapshots: &mut [(String, String)]) -> Vec<BlockDevice> {
+        let rank = |name: &str| config.block_devices.iter().position(|b| b.device_name == name).unwrap_or(usize::MAX);
+        snapshots.sort_by_key(|(name, _)| (rank(name), name.clone()));
+        snapshots
+            .iter()
+            .map(|(device_name, snap)| {
+                let bd = config.block_devices.iter().find(|b| &b.device_name == device_name).cloned();
+                let bd = bd.unwrap_or_else(|| BlockDevice { device_name: device_name.clone(), ..Default::default() });
+                BlockDevice { snapshot_id: Some(snap.clone()), ..bd }
+            })
+            .collect()
+    }
+
+    pub async fn zone_of(&self, instance: &str) -> Result<String, CloudError> {
+        let out = self.service.describe_instances().instance_ids(instance).send().await.map_err(|e| {
+            let err = CloudError::aws(SERVICE, "DescribeInstances")(e);
+            match err.code() {
+                Some("InvalidInstanceID.NotFound") => CloudError::Missing(format!(
+                    "the access node {instance} is not an instance of the service account in {}",
+                    self.region
+                )),
+                _ => err,
+            }
+        })?;
+        out.reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find_map(|i| i.placement().and_then(|p| p.availability_zone()).map(str::to_string))
+            .ok_or_else(|| CloudError::Missing(format!("the access node {instance} has no availability zone")))
+    }
+
+    pub fn tags(&self) -> Vec<aws_sdk_ec2::types::Tag> {
+        ec2_tags(&self.cloud.tags(&self.purpose))
+    }
+
+    /// CreateImage of the member's instance, journaled and tagged for `purpose`. CreateImage has no client
+    /// token: its name, unique per account and Region, makes it idempotent.
+    pub async fn create_image(
+        &self,
+        instance: &str,
+        no_reboot: bool,
+        purpose: &Purpose,
+        made: &mut Made,
+    ) -> Result<String, CloudError> {
+        let account = &self.member_account;
+        let token = format!("{}-image", self.job_id);
+        let name = format!("livemount-backup-{}", self.job_id);
+        self.cloud.journal.intent(&Resource::planned(Kind::Image, account, &self.region, purpose, &token))?;
+        let made_now = self
+            .member
+            .create_image()
+            .instance_id(instance)
+            .name(&name)
+            .description(format!("livemount backup of {instance}"))
+            .no_reboot(no_reboot)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Image)
+                    .set_tags(Some(ec2_tags(&self.cloud.tags(purpose))))
+                    .build(),
+            )
+            .send()
+            .await;
+        let image = match made_now {
+            Ok(out) => out.image_id().unwrap_or_default().to_string(),
+            Err(e) => {
+                let err = CloudError::aws(account, "CreateImage")(e);
+                if err.code() != Some("InvalidAMIName.Duplicate") {
+                    self.cloud.journal.gone(&token)?;
+                    return Err(err);
+                }
+                // A retry of a call that had worked: the image of that name is this job's.
+                self.image_named(&name).await?.ok_or(err)?
+            }
+        };
+        self.cloud.journal.made(&token, &image)?;
+        made.image = Some((token, image.clone()));
+        Ok(image)
+    }
+
+    pub async fn image_named(&self, name: &str) -> Result<Option<String>, CloudError> {
+        let out = self
+            .member
+            .describe_images()
+            .owners("self")
+            .filters(filter("name", &[name]))
+            .send()
+            .await
+            .map_err(CloudError::aws(&self.member_account, "DescribeImages"))?;
+        Ok(out.images().first().and_then(|i| i.image_id()).map(str::to_string))
+    }
+
+    /// Waits for the image; journals and tags its snapshots for `purpose`. Gives (device name, snapshot
+    /// id) of each.
+    pub async fn wait_image(
+        &self,
+        image: &str,
+        purpose: &Purpose,
+        made: &mut Made,
+    ) -> Result<Vec<(String, String)>, CloudError> {
+        let account = &self.member_account;
+        let mut poll = Poll::new(format!("image {image}"), "available", WAIT, Duration::from_millis(200));
+        loop {
+            let out = self
+                .member
+                .describe_images()
+                .image_ids(image)
+                .send()
+                .await
+                .map_err(CloudError::aws(account, "DescribeImages"))?;
+            let img = out.images().first();
+            let state = img.and_then(|i| i.state()).map(|s| s.as_str().to_string()).unwrap_or_default();
+            if state == "available" {
+                let img = img.expect("an image was described");
+                let mut snaps = Vec::new();
+                for m in img.block_device_mappings() {
+                    if let Some(snap) = m.ebs().and_then(|e| e.snapshot_id()) {
+                        snaps.push((m.device_name().unwrap_or_default().to_string(), snap.to_string()));
+                    }
+                }
+                for (n, (_, snap)) in snaps.iter().enumerate() {
+                    let token = format!("{}-snapshot-{n}", self.job_id);
+                    let r = Resource::planned(Kind::Snapshot, account, &self.region, purpose, &token);
+                    self.cloud.journal.intent(&r)?;
+                    self.cloud.journal.made(&token, snap)?;
+                    made.snapshots.push((token, snap.clone()));
+                }
+                let ids: Vec<String> = snaps.iter().map(|(_, s)| s.clone()).collect();
+                self.member
+                    .create_tags()
+                    .set_resources(Some(ids))
+                    .set_tags(Some(ec2_tags(&self.cloud.tags(purpose))))
+                    .send()
+                    .await
+                    .map_err(CloudError::aws(account, "CreateTags"))?;
+                if snaps.is_empty() {
+                    return Err(CloudError::Conflict(format!("image {image} of the instance has no EBS snapshot")));
+                }
+                return Ok(snaps);
+            }
+            if state == "failed" || state == "error" || state == "invalid" {
+                return Err(CloudError::Conflict(format!("image {image} became {state} in account {account}")));
+            }
+            poll.pause(state).await?;
+        }
+    }
+
+    pub async fn share(&self, image: &str, snapshots: &[(String, String)], service_id: &str) -> Result<(), CloudError> {
+        let account = &self.member_account;
+        self.member
+            .modify_image_attribute()
+            .image_id(image)
+            .launch_permission(
+                LaunchPermissionModifications::builder()
+                    .add(LaunchPermission::builder().user_id(service_id).build())
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(CloudError::aws(account, "ModifyImageAttribute"))?;
+        let ids: Vec<String> = snapshots.iter().map(|(_, s)| s.clone()).collect();
+        share_snapshots(&self.member, account, &ids, service_id, OperationType::Add).await
+    }
+
+    /// A volume in the service account, of `snapshot` or empty of `size_gib`, waited for until available.
+    pub async fn create_volume(
+        &self,
+        snapshot: Option<&str>,
+        size_gib: Option<i32>,
+        zone: &str,
+        n: usize,
+        made: &mut Made,
+    ) -> Result<String, CloudError> {
+        let token = format!("{}-volume-{n}", self.job_id);
+        self.cloud.journal.intent(&Resource::planned(Kind::Volume, SERVICE, &self.region, &self.purpose, &token))?;
+        let out = self
+            .service
+            .create_volume()
+            .set_snapshot_id(snapshot.map(str::to_string))
+            .set_size(size_gib)
+            .availability_zone(zone)
+            .client_token(&token)
+            .tag_specifications(
+                TagSpecification::builder().resource_type(ResourceType::Volume).set_tags(Some(self.tags())).build(),
+            )
+            .send()
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                // Had AWS made it after all, the volume carries the job's tag, by which `cloud cleanup`
+                // and the next start find it; the journal keeps only what is known to exist.
+                self.cloud.journal.gone(&token)?;
+                return Err(CloudError::aws(SERVICE, "CreateVolume")(e));
+            }
+        };
+        let volume = out.volume_id().unwrap_or_default().to_string();
+        self.cloud.journal.made(&token, &volume)?;
+        made.volumes.push((token, volume.clone()));
+        self.wait_volume(&volume, |v| v.state() == Some(&VolumeState::Available), "available").await?;
+        Ok(volume)
+    }
+
+    /// Attaches the volume at the `n`th free device name and waits for its device to appear.
+    pub async fn attach(&self, volume: &str, instance: &str, n: usize, devices_dir: &Path) -> Result<PathBuf, CloudError> {
+        // /dev/sdf to /dev/sdp are the names AWS recommends for EBS volumes (Linux device naming).
+        let letter = (b'f' + (n as u8 % 11)) as char;
+        self.service
+            .attach_volume()
+            .volume_id(volume)
+            .instance_id(instance)
+            .device(format!("/dev/sd{letter}"))
+            .send()
+            .await
+            .map_err(CloudError::aws(SERVICE, "AttachVolume"))?;
+        let attached = |v: &aws_sdk_ec2::types::Volume| {
+            v.attachments().iter().any(|a| a.state() == Some(&VolumeAttachmentState::Attached))
+        };
+        self.wait_volume(volume, attached, "attached").await?;
+        // On Nitro instances the volume is an NVMe device whose serial is its id without the dash.
+        let device = devices_dir.join(format!("nvme-Amazon_Elastic_Block_Store_{}", volume.replace('-', "")));
+        let what = format!("the device of volume {volume}");
+        let present = format!("present as {}", device.display());
+        let mut poll = Poll::steady(what, present, Duration::from_secs(60), Duration::from_millis(100));
+        while !device.exists() {
+            poll.pause("absent").await?;
+        }
+        Ok(device)
+    }
+
+    pub async fn wait_volume(
+        &self,
+        volume: &str,
+        ready: impl Fn(&aws_sdk_ec2::types::Volume) -> bool,
+        state: &str,
+    ) -> Result<(), CloudError> {
+        let mut poll = Poll::new(format!("volume {volume}"), state, WAIT, Duration::from_millis(100));
+        loop {
+            let out = self
+                .service
+                .describe_volumes()
+                .volume_ids(volume)
+                .send()
+                .await
+                .map_err(CloudError::aws(SERVICE, "DescribeVolumes"))?;
+            let v = out.volumes().first();
+            if v.is_some_and(&ready) {
+                return Ok(());
+            }
+            poll.pause(format!("{:?}", v.and_then(|v| v.state()))).await?;
+        }
+    }
+
+    /// Removes what the job made, last made first: volumes (detached), then the image and its snapshots.
+    /// Every step is tried; the first failure is returned.
+    pub async fn undo(&self, made: &Made) -> Result<(), CloudError> {
+        let mut first_error = None;
+        for (token, volume) in made.volumes.iter().rev() {
+            let r = super::cleanup::delete_volume(&self.service, SERVICE, volume).await;
+            match r.and_then(|()| self.cloud.journal.gone(token)) {
+                Ok(()) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some((token, image)) = &made.image {
+            let r = super::cleanup::deregister_image(&self.member, &self.member_account, image).await;
+            if let Err(e) = r.and_then(|_| self.cloud.journal.gone(token)) {
+                first_error.get_or_insert(e);
+            }
+        }
+        for (token, snap) in &made.snapshots {
+            let r = super::cleanup::delete_snapshot(&self.member, &self.member_account, snap).await;
+            if let Err(e) = r.and_then(|()| self.cloud.journal.gone(token)) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Gives (`OperationType::Add`) or takes back (`Remove`) the permission of account `to` to make volumes of
+/// `snapshots` of `account`.
+pub async fn share_snapshots(
+    ec2: &aws_sdk_ec2::Client,
+    account: &str,
+    snapshots: &[String],
+    to: &str,
+    operation: OperationType,
+) -> Result<(), CloudError> {
+    // The flat form (Attribute, OperationType, UserIds) of ModifySnapshotAttribute: AWS takes it as it
+    // takes CreateVolumePermission.Add, and moto 5.2.1 reads only this one.
+    for snap in snapshots {
+        ec2.modify_snapshot_attribute()
+            .snapshot_id(snap)
+            .attribute(SnapshotAttributeName::CreateVolumePermission)
+            .operation_type(operation.clone())
+            .user_ids(to)
+            .send()
+            .await
+            .map_err(CloudError::aws(account, "ModifySnapshotAttribute"))?;
+    }
+    Ok(())
+}
+
+/// This instance's id, from its instance metadata (IMDSv2).
+pub async fn this_instance() -> Result<String, CloudError> {
+    let provider = aws_config::provider_config::ProviderConfig::without_region().with_http_client(sdk::http_client());
+    let imds = aws_config::imds::Client::builder().configure(&provider).build();
+    match tokio::time::timeout(Duration::from_secs(5), imds.get("/latest/meta-data/instance-id")).await {
+        Ok(Ok(id)) => Ok(id.as_ref().to_string()),
+        Ok(Err(e)) => Err(CloudError::BadRequest(format!(
+            "cannot read this instance's id from its metadata ({e}): on an appliance that is not an EC2 instance, name the access node with --access-node"
+        ))),
+        Err(_) => Err(CloudError::BadRequest(
+            "the instance metadata service did not answer: on an appliance that is not an EC2 instance, name the access node with --access-node".into(),
+        )),
+    }
+}
