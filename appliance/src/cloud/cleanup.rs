@@ -73,13 +73,26 @@ pub async fn inventory(cloud: &Cloud, live: &BTreeSet<String>) -> Inventory {
         let shown = r.id.as_ref().is_some_and(|id| seen_ids.contains(id));
         let place_failed = inv.errors.iter().any(|e| e.starts_with(&format!("{} ({})", r.account, r.region)));
         if !shown && !place_failed {
+            // Not found by its tags: gone, or its tags were taken off (a hand-over cut short); asking by
+            // its id tells which.
+            let state = match &r.id {
+                None => Ok("never made".to_string()),
+                Some(id) => state_of(cloud, &r.account, &r.region, r.kind, id).await,
+            };
+            let state = match state {
+                Ok(s) => s,
+                Err(e) => {
+                    inv.errors.push(format!("{} ({}): {e}", r.account, r.region));
+                    continue;
+                }
+            };
             inv.resources.push(Found {
                 kind: r.kind,
                 account: r.account.clone(),
                 region: r.region.clone(),
                 id: r.id.clone(),
                 purpose: Some(r.purpose.clone()),
-                state: if r.id.is_some() { "gone".into() } else { "never made".into() },
+                state,
                 token: Some(r.token.clone()),
                 in_use: false,
             });
@@ -98,6 +111,36 @@ pub async fn inventory(cloud: &Cloud, live: &BTreeSet<String>) -> Inventory {
         };
     }
     inv
+}
+
+/// The state EC2 shows of one resource by its id, "gone" when it shows none.
+async fn state_of(cloud: &Cloud, account: &str, region: &str, kind: Kind, id: &str) -> Result<String, CloudError> {
+    let ec2 = sdk::ec2(&cloud.accounts.config(account, region, "inventory").await?);
+    let gone = |e: CloudError| if e.code().is_some_and(|c| c.ends_with(".NotFound")) { Ok(None) } else { Err(e) };
+    let state = match kind {
+        Kind::Instance => match ec2.describe_instances().instance_ids(id).send().await {
+            Ok(o) => o
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .find_map(|i| i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()))
+                .filter(|s| s != "terminated"),
+            Err(e) => gone(CloudError::aws(account, "DescribeInstances")(e))?,
+        },
+        Kind::Volume => match ec2.describe_volumes().volume_ids(id).send().await {
+            Ok(o) => o.volumes().first().and_then(|v| v.state()).map(|s| s.as_str().to_string()),
+            Err(e) => gone(CloudError::aws(account, "DescribeVolumes")(e))?,
+        },
+        Kind::Image => match ec2.describe_images().image_ids(id).send().await {
+            Ok(o) => o.images().first().and_then(|i| i.state()).map(|s| s.as_str().to_string()),
+            Err(e) => gone(CloudError::aws(account, "DescribeImages")(e))?,
+        },
+        Kind::Snapshot => match ec2.describe_snapshots().snapshot_ids(id).send().await {
+            Ok(o) => o.snapshots().first().and_then(|s| s.state()).map(|s| s.as_str().to_string()),
+            Err(e) => gone(CloudError::aws(account, "DescribeSnapshots")(e))?,
+        },
+    };
+    Ok(state.filter(|s| s != "deregistered" && s != "deleted").unwrap_or_else(|| "gone".into()))
 }
 
 /// What EC2 shows in one account and Region with this appliance's tag.

@@ -270,7 +270,8 @@ async fn upload(
     Ok((done.snapshot_id, done.bytes_written))
 }
 
-async fn wait_snapshot(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> Result<(), CloudError> {
+/// Waits until the service account's snapshot is completed.
+pub(super) async fn wait_snapshot(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> Result<(), CloudError> {
     let limit = Duration::from_secs(1800);
     let mut poll = Poll::steady(format!("snapshot {snapshot_id}"), "completed", limit, Duration::from_secs(2));
     loop {
@@ -285,7 +286,7 @@ async fn wait_snapshot(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> Result<(
             Some(SnapshotState::Completed) => return Ok(()),
             Some(SnapshotState::Error) => {
                 return Err(CloudError::Conflict(format!(
-                    "snapshot {snapshot_id} went into the error state; run `livemount cloud image ipxe` again"
+                    "snapshot {snapshot_id} went into the error state; run the command again"
                 )))
             }
             _ => poll.pause(format!("{state:?}")).await?,

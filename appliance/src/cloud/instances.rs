@@ -221,7 +221,7 @@ pub async fn instances_of(
 }
 
 /// Waits until instance `id` is in `want`; gives its state and private address.
-async fn wait_state(
+pub(super) async fn wait_state(
     ec2: &aws_sdk_ec2::Client,
     account: &str,
     id: &str,

@@ -1,8 +1,8 @@
 //! The cloud half of the appliance: the AWS accounts it works in (`accounts`), the journal of every
 //! resource it makes (`journal`), the iPXE machine image (`images`, uploaded through `ebs_upload`), the
 //! instances that boot live mounts (`instances`), the account workflows (`streaming_backup`,
-//! `snapshot_backup`, `backup_copy`, on the steps of `workflow`; what they keep of an instance is
-//! `instance_config`), and finding and removing what was left behind (`cleanup`). `sdk` is how every call
+//! `snapshot_backup`, `backup_copy`, `hotadd_restore`, `restore_image`, on the steps of `workflow` and
+//! `restore`; what they keep of an instance is `instance_config`), and finding and removing what was left behind (`cleanup`). `sdk` is how every call
 //! reaches AWS.
 //!
 //! ```text
@@ -17,11 +17,14 @@ pub mod backup_copy;
 pub mod cleanup;
 pub mod ebs_upload;
 pub mod error;
+pub mod hotadd_restore;
 pub mod images;
 pub mod instance_config;
 pub mod instances;
 pub mod journal;
 mod poll;
+pub mod restore;
+pub mod restore_image;
 pub mod sdk;
 pub mod snapshot_backup;
 pub mod streaming_backup;

@@ -33,9 +33,30 @@ pub trait Report: Send + Sync {
 /// The resources a job made that its undo removes.
 #[derive(Default)]
 pub struct Made {
-    pub image: Option<(String, String)>, // (token, image id)
-    pub snapshots: Vec<(String, String)>,
-    pub volumes: Vec<(String, String)>,
+    held: Vec<Held>,
+}
+
+/// One resource a job made: in the member account or the service account.
+struct Held {
+    kind: Kind,
+    in_member: bool,
+    token: String,
+    id: String,
+}
+
+impl Made {
+    pub fn add(&mut self, kind: Kind, in_member: bool, token: &str, id: &str) {
+        self.held.push(Held { kind, in_member, token: token.to_string(), id: id.to_string() });
+    }
+
+    /// `id` was removed by the job itself: neither its undo nor the journal hold it any longer.
+    pub fn forget(&mut self, id: &str, cloud: &Cloud) -> Result<(), CloudError> {
+        for h in self.held.iter().filter(|h| h.id == id) {
+            cloud.journal.gone(&h.token)?;
+        }
+        self.held.retain(|h| h.id != id);
+        Ok(())
+    }
 }
 
 /// The AWS clients and names of one job.
@@ -237,7 +258,7 @@ impl<'a> Workflow<'a> {
             }
         };
         self.cloud.journal.made(&token, &image)?;
-        made.image = Some((token, image.clone()));
+        made.add(Kind::Image, true, &token, &image);
         Ok(image)
     }
 
@@ -286,7 +307,7 @@ impl<'a> Workflow<'a> {
                     let r = Resource::planned(Kind::Snapshot, account, &self.region, purpose, &token);
                     self.cloud.journal.intent(&r)?;
                     self.cloud.journal.made(&token, snap)?;
-                    made.snapshots.push((token, snap.clone()));
+                    made.add(Kind::Snapshot, true, &token, snap);
                 }
                 let ids: Vec<String> = snaps.iter().map(|(_, s)| s.clone()).collect();
                 self.member
@@ -359,8 +380,8 @@ impl<'a> Workflow<'a> {
         };
         let volume = out.volume_id().unwrap_or_default().to_string();
         self.cloud.journal.made(&token, &volume)?;
-        made.volumes.push((token, volume.clone()));
-        self.wait_volume(&volume, |v| v.state() == Some(&VolumeState::Available), "available").await?;
+        made.add(Kind::Volume, false, &token, &volume);
+        self.wait_volume(false, &volume, |v| v.state() == Some(&VolumeState::Available), "available").await?;
         Ok(volume)
     }
 
@@ -379,7 +400,7 @@ impl<'a> Workflow<'a> {
         let attached = |v: &aws_sdk_ec2::types::Volume| {
             v.attachments().iter().any(|a| a.state() == Some(&VolumeAttachmentState::Attached))
         };
-        self.wait_volume(volume, attached, "attached").await?;
+        self.wait_volume(false, volume, attached, "attached").await?;
         // On Nitro instances the volume is an NVMe device whose serial is its id without the dash.
         let device = devices_dir.join(format!("nvme-Amazon_Elastic_Block_Store_{}", volume.replace('-', "")));
         let what = format!("the device of volume {volume}");
@@ -391,21 +412,24 @@ impl<'a> Workflow<'a> {
         Ok(device)
     }
 
+    /// Waits until `ready` holds for the volume (of the member account when `in_member`).
     pub async fn wait_volume(
         &self,
+        in_member: bool,
         volume: &str,
         ready: impl Fn(&aws_sdk_ec2::types::Volume) -> bool,
         state: &str,
     ) -> Result<(), CloudError> {
+        let (ec2, account) =
+            if in_member { (&self.member, self.member_account.as_str()) } else { (&self.service, SERVICE) };
         let mut poll = Poll::new(format!("volume {volume}"), state, WAIT, Duration::from_millis(100));
         loop {
-            let out = self
-                .service
+            let out = ec2
                 .describe_volumes()
                 .volume_ids(volume)
                 .send()
                 .await
-                .map_err(CloudError::aws(SERVICE, "DescribeVolumes"))?;
+                .map_err(CloudError::aws(account, "DescribeVolumes"))?;
             let v = out.volumes().first();
             if v.is_some_and(&ready) {
                 return Ok(());
@@ -414,32 +438,60 @@ impl<'a> Workflow<'a> {
         }
     }
 
-    /// Removes what the job made, last made first: volumes (detached), then the image and its snapshots.
-    /// Every step is tried; the first failure is returned.
+    /// Removes what the job made: instances (terminated), volumes (detached), images, then snapshots (an
+    /// image's snapshots cannot go before it), each kind last made first. Every step is tried; the first
+    /// failure is returned.
     pub async fn undo(&self, made: &Made) -> Result<(), CloudError> {
+        let rank = |k: Kind| match k {
+            Kind::Instance => 0,
+            Kind::Volume => 1,
+            Kind::Image => 2,
+            Kind::Snapshot => 3,
+        };
+        let mut order: Vec<&Held> = made.held.iter().rev().collect();
+        order.sort_by_key(|h| rank(h.kind));
         let mut first_error = None;
-        for (token, volume) in made.volumes.iter().rev() {
-            let r = super::cleanup::delete_volume(&self.service, SERVICE, volume).await;
-            match r.and_then(|()| self.cloud.journal.gone(token)) {
-                Ok(()) => {}
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        if let Some((token, image)) = &made.image {
-            let r = super::cleanup::deregister_image(&self.member, &self.member_account, image).await;
-            if let Err(e) = r.and_then(|_| self.cloud.journal.gone(token)) {
-                first_error.get_or_insert(e);
-            }
-        }
-        for (token, snap) in &made.snapshots {
-            let r = super::cleanup::delete_snapshot(&self.member, &self.member_account, snap).await;
-            if let Err(e) = r.and_then(|()| self.cloud.journal.gone(token)) {
+        for h in order {
+            let (ec2, account) =
+                if h.in_member { (&self.member, self.member_account.as_str()) } else { (&self.service, SERVICE) };
+            let r = match h.kind {
+                Kind::Instance => super::instances::terminate(ec2, account, std::slice::from_ref(&h.id)).await,
+                Kind::Volume => super::cleanup::delete_volume(ec2, account, &h.id).await,
+                Kind::Image => super::cleanup::deregister_image(ec2, account, &h.id).await.map(|_| ()),
+                Kind::Snapshot => super::cleanup::delete_snapshot(ec2, account, &h.id).await,
+            };
+            if let Err(e) = r.and_then(|()| self.cloud.journal.gone(&h.token)) {
                 first_error.get_or_insert(e);
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Hands what the job made over to its user: the tags by which this appliance finds what it made are
+    /// taken off and the journal forgets them, so that no cleanup removes them. Until this returns they
+    /// are the job's, undone should it die.
+    pub async fn hand_over(&self, made: &mut Made) -> Result<(), CloudError> {
+        let ours = [super::TAG_APPLIANCE, super::TAG_JOB]
+            .map(|k| aws_sdk_ec2::types::Tag::builder().key(k).build())
+            .to_vec();
+        for in_member in [true, false] {
+            let ids: Vec<String> = made.held.iter().filter(|h| h.in_member == in_member).map(|h| h.id.clone()).collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let (ec2, account) =
+                if in_member { (&self.member, self.member_account.as_str()) } else { (&self.service, SERVICE) };
+            ec2.delete_tags()
+                .set_resources(Some(ids))
+                .set_tags(Some(ours.clone()))
+                .send()
+                .await
+                .map_err(CloudError::aws(account, "DeleteTags"))?;
+        }
+        for h in made.held.drain(..) {
+            self.cloud.journal.gone(&h.token)?;
+        }
+        Ok(())
     }
 }
 

@@ -33,8 +33,39 @@ pub enum CloudCmd {
     /// Copy a snapshot backup's data into the library: its snapshots made volumes attached to the access
     /// node, read as one backup; the volumes removed after.
     BackupCopy(BackupCopyArgs),
-    /// The jobs the daemon runs or has run (backups, copies).
+    /// Restore a backup into a member account: HotAdd (volumes attached to the access node, written,
+    /// snapshotted, shared, made the member's volumes) or, with --as-image, an image written through the
+    /// EBS direct APIs and shared with the member; --launch also starts the instance there.
+    Restore(CloudRestoreArgs),
+    /// The jobs the daemon runs or has run (backups, copies, restores).
     Jobs,
+}
+
+#[derive(Debug, Args)]
+pub struct CloudRestoreArgs {
+    /// Backup id, unique id prefix, or name.
+    pub backup: String,
+    /// The member account that gets the restored machine.
+    #[arg(long)]
+    pub account: String,
+    /// Write the disks into snapshots through the EBS direct APIs and register an image of them.
+    #[arg(long)]
+    pub as_image: bool,
+    /// Launch an instance in the member account with the backup's configuration.
+    #[arg(long)]
+    pub launch: bool,
+    /// The subnet of the launched instance (default: the backed-up instance's).
+    #[arg(long)]
+    pub subnet: Option<String>,
+    /// The instance type of the launched instance (default: the backed-up instance's).
+    #[arg(long)]
+    pub instance_type: Option<String>,
+    #[arg(long)]
+    pub region: Option<String>,
+    /// HotAdd: the instance of the service account the volumes are attached to (default: this one, from
+    /// its instance metadata).
+    #[arg(long)]
+    pub access_node: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -259,6 +290,35 @@ pub fn run(cli: &Cli, cmd: &CloudCmd) -> anyhow::Result<i32> {
             if !cli.json {
                 println!("backup {} copied from snapshot backup {}", result["id"].as_str().unwrap_or("?"), a.backup);
                 print_stored(&result, "nothing left in either account");
+            }
+        }
+        CloudCmd::Restore(a) => {
+            let req = crate::cloud::restore::Request {
+                backup: a.backup.clone(),
+                account: a.account.clone(),
+                as_image: a.as_image,
+                launch: a.launch,
+                subnet: a.subnet.clone(),
+                instance_type: a.instance_type.clone(),
+                region: a.region.clone(),
+                access_node: a.access_node.clone(),
+            };
+            let Some(result) = run_job(cli, &client, "/v1/cloud/restores", &req, "cloud restore")? else {
+                return Ok(1);
+            };
+            if !cli.json {
+                let r: crate::cloud::restore::Restored = serde_json::from_value(result)?;
+                println!("backup {} restored into account {} ({})", r.backup, r.account, r.region);
+                if let Some(image) = &r.image_id {
+                    println!("  image {image}, launchable by account {}", r.account);
+                }
+                if !r.volumes.is_empty() {
+                    println!("  volumes {}", r.volumes.join(", "));
+                }
+                if let Some(i) = &r.instance_id {
+                    println!("  instance {i} launched");
+                }
+                println!("  wrote {} in {:.1} s", size(r.bytes_written), r.seconds);
             }
         }
         CloudCmd::Jobs => {

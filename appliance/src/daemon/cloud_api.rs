@@ -28,6 +28,7 @@ pub fn routes() -> Router<Arc<Manager>> {
         .route("/v1/cloud/snapshot-backups", post(snapshot_backup))
         .route("/v1/cloud/snapshot-backups/{id}", axum::routing::delete(forget_snapshot_backup))
         .route("/v1/cloud/backup-copies", post(backup_copy))
+        .route("/v1/cloud/restores", post(restore))
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
 }
@@ -136,6 +137,16 @@ async fn backup_copy(
 ) -> Result<(axum::http::StatusCode, Json<JobInfo>), ApiError> {
     let Json(r) = req?;
     Ok((axum::http::StatusCode::ACCEPTED, Json(m.start_backup_copy(r)?)))
+}
+
+/// Starts restoring a backup into a member account (a job).
+async fn restore(
+    State(m): State<Arc<Manager>>,
+    req: Result<Json<crate::cloud::restore::Request>, JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<JobInfo>), ApiError> {
+    let Json(r) = req?;
+    m.cloud().accounts.get(&r.account)?;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(m.start_restore(r)?)))
 }
 
 async fn list_jobs(State(m): State<Arc<Manager>>) -> Json<Vec<JobInfo>> {

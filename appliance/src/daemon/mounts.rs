@@ -197,6 +197,31 @@ impl Manager {
         Ok(job.info())
     }
 
+    /// Starts restoring a backup into a member account as a job: as an image (EBS direct) or HotAdd.
+    pub fn start_restore(
+        self: &Arc<Self>,
+        req: crate::cloud::restore::Request,
+    ) -> Result<super::jobs::JobInfo, ApiError> {
+        let library = self.library()?;
+        let backup = library.resolve(&req.backup)?;
+        crate::cloud::restore::config_of(&backup)?;
+        let me = self.clone();
+        let kind = if req.as_image { "cloud-restore-image" } else { "cloud-restore" };
+        let job = self.jobs.start(kind, move |job| async move {
+            let report: Arc<dyn Report> = job.clone();
+            let id = job.id();
+            let restored = if req.as_image {
+                crate::cloud::restore_image::run(&me.cloud, library, &id, &backup, &req, report).await
+            } else {
+                crate::cloud::hotadd_restore::run(&me.cloud, library, &me.ebs_devices, &id, &backup, &req, report)
+                    .await
+            };
+            let restored = restored.map_err(|e| e.to_string())?;
+            Ok(serde_json::to_value(restored).expect("plain data"))
+        });
+        Ok(job.info())
+    }
+
     /// Forgets a snapshot backup: its catalog entry, then its image and snapshots in the member account.
     pub async fn forget_snapshot_backup(&self, id: &str, force: bool) -> Result<dedup::Manifest, ApiError> {
         let library = self.library()?;
