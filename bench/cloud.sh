@@ -28,6 +28,12 @@
 #           where AWS copies lazily (CreateImage: volume to snapshot; CreateVolume: snapshot to volume),
 #           so the time the stand-in spent answering (its counters) is recorded too, and the job's own
 #           time (cloud backup minus the stand-in's) is compared as well.
+#   restore restore to an image (`cloud restore BACKUP --account member --as-image`: each disk of the backup
+#           written into a snapshot through EBS direct, registered, shared) against `coldsnap upload --wait`
+#           of the same disk restored to a raw file first (`backup restore`, not timed); BENCH_RESTORES
+#           rounds, alternating, each round's image and snapshots removed after. Throughput = the disk's
+#           allocated bytes / the median time. Goal: livemount's throughput >= coldsnap's (ratio
+#           livemount/coldsnap >= 1), although livemount also registers and shares an image.
 # It cleans up everything it started and writes $BENCH_CACHE/cloud-results.json.
 #
 # Usage:  sudo bench/cloud.sh        (root: FUSE, tgtd, the guest image)
@@ -36,7 +42,8 @@
 #   BENCH_UPLOADS=3          upload rounds
 #   BENCH_BOOTS=1            boot rounds (each boots livemount, then tgt)
 #   BENCH_BACKUPS=3          streaming backup rounds
-#   BENCH_PARTS="upload boot backup"  what to run
+#   BENCH_RESTORES=3         restore-to-image rounds
+#   BENCH_PARTS="upload boot backup restore"  what to run
 #   BENCH_BOOT_TIMEOUT=900   seconds one boot may take
 #   BENCH_LM_PORT=3293 BENCH_LM_HTTP=8293 BENCH_TGT_PORT=3294 BENCH_TGT_CONTROL=3295 BENCH_WWW_PORT=8294
 #   BENCH_NO_BUILD=1         use target/release/livemount as it is
@@ -53,7 +60,8 @@ PACKAGES=$GUEST_CACHE/guest-packages
 UPLOADS=${BENCH_UPLOADS:-3}
 BOOTS=${BENCH_BOOTS:-1}
 BACKUPS=${BENCH_BACKUPS:-3}
-PARTS=${BENCH_PARTS:-upload boot backup}
+RESTORES=${BENCH_RESTORES:-3}
+PARTS=${BENCH_PARTS:-upload boot backup restore}
 BOOT_TIMEOUT=${BENCH_BOOT_TIMEOUT:-900}
 LM_PORT=${BENCH_LM_PORT:-3293}
 LM_HTTP=${BENCH_LM_HTTP:-8293}
@@ -94,7 +102,7 @@ ensure_tools() {
     python3 -c 'import moto, sys; sys.exit(moto.__version__ != "5.2.1")' 2>/dev/null \
         || python3 -m pip install -q 'moto[server]==5.2.1'
     # A release build of its own (the tests' coldsnap is a debug build, which would be unfair to it).
-    if [[ " $PARTS " == *" upload "* ]] && ! cargo install --list --root "$CACHE/coldsnap" 2>/dev/null | grep -q '^coldsnap v0\.12\.0:'; then
+    if [[ " $PARTS " == *" upload "* || " $PARTS " == *" restore "* ]] && ! cargo install --list --root "$CACHE/coldsnap" 2>/dev/null | grep -q '^coldsnap v0\.12\.0:'; then
         echo "bench: installing coldsnap 0.12.0 (crates.io, release build) into $CACHE/coldsnap" >&2
         CARGO_TARGET_DIR=$CACHE/coldsnap/target cargo install -q --locked --version 0.12.0 --root "$CACHE/coldsnap" coldsnap
     fi
@@ -299,6 +307,60 @@ bench_backup() {
     stop_daemon
 }
 
+# ---------------------------------------------------------------------------------------------------------
+# Restore to an image.
+# ---------------------------------------------------------------------------------------------------------
+bench_restore() {
+    local disk=$WORK/restore-root.img i t0 instance node id image
+    if [[ -f $GUEST ]]; then
+        cp --sparse=always "$GUEST" "$disk"
+    else
+        mkfs.ext4 -q -F -d /usr/lib "$disk" "$(( $(du -sm /usr/lib | cut -f1) * 5 / 4 + 256 ))M"
+    fi
+    log "restore: a backup of a $(( $(stat -c %s "$disk") >> 20 )) MiB instance disk restored as an image, against coldsnap"
+    awsq launch "$MEMBER" --disk "$disk" --name bench-restore > "$WORK/restore-member.json"
+    awsq launch "$SERVICE" --name access-node > "$WORK/restore-node.json"
+    instance=$(json_get "$WORK/restore-member.json" instance)
+    node=$(json_get "$WORK/restore-node.json" instance)
+    LM_LIB=$WORK/restore-library
+    "$LIVEMOUNT" --library "$LM_LIB" library init > /dev/null
+    mkdir -p "$WORK/restore-state" "$WORK/restore-fs"
+    serve_daemon --state-dir "$WORK/restore-state" --fuse-root "$WORK/restore-fs" --portal 127.0.0.1:0 \
+        --http 127.0.0.1:0 --ebs-devices "$WORK/aws/devices"
+    lm cloud account add member --role-arn "arn:aws:iam::$MEMBER:role/livemount-access" > /dev/null
+    lm --json cloud backup "$instance" --account member --access-node "$node" --no-reboot > "$WORK/restore-backup.json"
+    id=$(json_get "$WORK/restore-backup.json" result id)
+    "$LIVEMOUNT" --library "$LM_LIB" backup restore "$id" --disk 0 "$WORK/restore-raw.img" > /dev/null
+    rec restore.disk_bytes "$(stat -c %s "$WORK/restore-raw.img")"
+    rec restore.allocated_bytes "$(( $(du -B1 "$WORK/restore-raw.img" | cut -f1) ))"
+    for i in $(seq 1 "$RESTORES"); do
+        drop_caches
+        t0=$(now)
+        lm --json cloud restore "$id" --account member --as-image > "$WORK/restore-$i.json" 2> "$WORK/logs/restore-$i.err" \
+            || { cat "$WORK/logs/restore-$i.err" >&2; tail -20 "$WORK/logs/daemon.log" >&2; die "cloud restore failed"; }
+        rec "restore.lm.$i" "$(since "$t0")"
+        rec "restore.lm_bytes.$i" "$(json_get "$WORK/restore-$i.json" result bytes_written)"
+        image=$(json_get "$WORK/restore-$i.json" result image_id)
+        # The image was handed over to the user: removed here by hand, as a user would.
+        python3 - "$AWS_ENDPOINT_URL" "$image" <<'PY'
+import sys, boto3
+ec2 = boto3.client("ec2", endpoint_url=sys.argv[1], region_name="us-east-1")
+img = ec2.describe_images(ImageIds=[sys.argv[2]])["Images"][0]
+ec2.deregister_image(ImageId=sys.argv[2])
+for m in img["BlockDeviceMappings"]:
+    ec2.delete_snapshot(SnapshotId=m["Ebs"]["SnapshotId"])
+PY
+        drop_caches
+        t0=$(now)
+        "$COLDSNAP" upload --wait "$WORK/restore-raw.img" > "$WORK/logs/coldsnap-restore-$i.out" 2>&1 \
+            || { cat "$WORK/logs/coldsnap-restore-$i.out" >&2; die "coldsnap upload failed"; }
+        rec "restore.coldsnap.$i" "$(since "$t0")"
+        echo "   round $i: cloud restore --as-image $(grep "^restore.lm.$i=" "$WORK/figures" | cut -d= -f2 | cut -c1-5) s," \
+             "coldsnap upload --wait $(grep "^restore.coldsnap.$i=" "$WORK/figures" | cut -d= -f2 | cut -c1-5) s" >&2
+    done
+    stop_daemon
+}
+
 report() {
     WORK="$WORK" RESULTS="$RESULTS" NPROC="$(nproc)" LOAD="$(load_span)" CACHE_DROPS="$CACHE_DROPS" \
     VERSIONS="livemount $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'); coldsnap 0.12.0 (release); moto 5.2.1; $(qemu-system-x86_64 --version | head -1)" \
@@ -332,6 +394,7 @@ main() {
         stop_daemon
     fi
     [[ " $PARTS " == *" backup "* ]] && bench_backup
+    [[ " $PARTS " == *" restore "* ]] && bench_restore
     report
 }
 

@@ -1140,6 +1140,13 @@ def cmd_summary_cloud(argv):
                          "cloud_backup_s": cloud, "standin_answering_s": standin, "cloud_backup_own_s": own,
                          "ratio_cloud_over_local": cloud / local, "ratio_own_over_local": own / local,
                          "goal": "<= 1.1"}
+    if "restore.disk_bytes" in figs:
+        lm, cs = of("restore.lm."), of("restore.coldsnap.")
+        allocated = int(figs["restore.allocated_bytes"])
+        out["restore"] = {"disk_bytes": int(figs["restore.disk_bytes"]), "allocated_bytes": allocated,
+                          "livemount_restore_as_image_s": lm, "coldsnap_upload_wait_s": cs,
+                          "livemount_mib_s": allocated / 2**20 / lm, "coldsnap_mib_s": allocated / 2**20 / cs,
+                          "ratio_livemount_over_coldsnap_throughput": cs / lm, "goal": ">= 1.0"}
     json.dump(out, open(env["RESULTS"], "w"), indent=2)
     print(f"\ncloud benchmark (load {env['LOAD']}; {env['VERSIONS']})")
     if "upload" in out:
@@ -1165,6 +1172,12 @@ def cmd_summary_cloud(argv):
         print(f"          of which the stand-in answering {b['standin_answering_s']:6.2f} s (whole-file copies where "
               f"AWS copies lazily); the job's own {b['cloud_backup_own_s']:6.2f} s, ratio "
               f"{b['ratio_own_over_local']:.2f}x")
+    if "restore" in out:
+        r = out["restore"]
+        print(f"  restore of a {r['disk_bytes'] / 2**20:.0f} MiB disk ({r['allocated_bytes'] / 2**20:.0f} MiB allocated) "
+              f"as an image, medians: livemount {r['livemount_restore_as_image_s']:6.2f} s "
+              f"({r['livemount_mib_s']:.0f} MiB/s), coldsnap upload --wait {r['coldsnap_upload_wait_s']:6.2f} s "
+              f"({r['coldsnap_mib_s']:.0f} MiB/s);  ratio {r['ratio_livemount_over_coldsnap_throughput']:.2f}x (goal >= 1)")
     print(f"  results: {env['RESULTS']}")
 
 

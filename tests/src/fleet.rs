@@ -111,4 +111,3 @@ pub fn until_nothing_left(standin: &Standin, d: &Daemon, what: &str) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
-

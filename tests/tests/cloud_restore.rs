@@ -155,7 +155,7 @@ const IMAGE_STEPS: &[Step] = &[
 const HOTADD_STEPS: &[Step] = &[
     Step { action: "CreateVolume", account: SERVICE, undo: false },
     Step { action: "AttachVolume", account: SERVICE, undo: false },
-    Step { action: "DetachVolume", account: SERVICE, undo: false },
+    Step { action: "DetachVolume", account: SERVICE, undo: true },
     Step { action: "CreateSnapshot", account: SERVICE, undo: false },
     Step { action: "DeleteVolume", account: SERVICE, undo: true },
     Step { action: "ModifySnapshotAttribute", account: SERVICE, undo: false },
@@ -173,8 +173,7 @@ fn every_aws_call_of_a_restore_survives_a_failure_and_kill_9() {
     let (backup, _) = backup_and_disks(&d, &lib, &fleet, dir);
     let before = everything(&standin);
     let image_args = vec!["cloud", "restore", &backup, "--account", "member", "--as-image", "--launch"];
-    let hotadd_args =
-        vec!["cloud", "restore", &backup, "--account", "member", "--access-node", &fleet.access_node];
+    let hotadd_args = vec!["cloud", "restore", &backup, "--account", "member", "--access-node", &fleet.access_node];
 
     for (args, steps) in [(&image_args, IMAGE_STEPS), (&hotadd_args, HOTADD_STEPS)] {
         for step in steps {

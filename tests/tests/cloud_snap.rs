@@ -34,10 +34,7 @@ fn copy(d: &Daemon, backup: &str, fleet: &Fleet) -> Value {
 
 /// The resources of either account that hold backup `id`'s data.
 fn of_backup(standin: &Standin, id: &str) -> Vec<Value> {
-    [MEMBER, SERVICE]
-        .iter()
-        .flat_map(|acct| standin.resources(acct, Some(&format!("livemount:backup={id}"))))
-        .collect()
+    [MEMBER, SERVICE].iter().flat_map(|acct| standin.resources(acct, Some(&format!("livemount:backup={id}")))).collect()
 }
 
 fn manifests(lib: &Path) -> Vec<Value> {
@@ -57,7 +54,8 @@ fn a_snapshot_backup_stays_in_the_member_account_and_its_copy_is_the_streaming_b
     let fleet = launch_fleet(dir, &standin);
     let (mut d, lib) = backup_daemon(dir, &standin);
     let before = everything(&standin);
-    let streaming = ok(&d, &["cloud", "backup", &fleet.instance, "--account", "member", "--access-node", &fleet.access_node]);
+    let streaming =
+        ok(&d, &["cloud", "backup", &fleet.instance, "--account", "member", "--access-node", &fleet.access_node]);
     let streaming = streaming["result"]["id"].as_str().unwrap().to_string();
     let volumes_before = standin.calls("CreateVolume", SERVICE);
 
@@ -78,7 +76,8 @@ fn a_snapshot_backup_stays_in_the_member_account_and_its_copy_is_the_streaming_b
     assert_eq!(standin.calls("CreateVolume", SERVICE), volumes_before, "no data is copied");
 
     // Exactly the image and its snapshots were added, in the member account, carrying the backup's id.
-    let mut held: Vec<String> = of_backup(&standin, &id).iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    let mut held: Vec<String> =
+        of_backup(&standin, &id).iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
     held.sort();
     let mut expected = snapshots.clone();
     expected.push(image.clone());
@@ -94,7 +93,8 @@ fn a_snapshot_backup_stays_in_the_member_account_and_its_copy_is_the_streaming_b
     let shown = livemount(&lib).args(["backup", "show", &id]).output().unwrap();
     let shown = String::from_utf8_lossy(&shown.stdout);
     assert!(shown.contains("snapshot backup of EC2 instance") && shown.contains(&snapshots[1]), "{shown}");
-    let listed = String::from_utf8_lossy(&livemount(&lib).args(["backup", "list"]).output().unwrap().stdout).into_owned();
+    let listed =
+        String::from_utf8_lossy(&livemount(&lib).args(["backup", "list"]).output().unwrap().stdout).into_owned();
     assert!(listed.lines().any(|l| l.starts_with(&id) && l.ends_with("snapshots")), "{listed}");
     let e = livemount(&lib).args(["backup", "restore", &id]).arg(dir.join("x.img")).output().unwrap();
     let e = String::from_utf8_lossy(&e.stderr);
@@ -119,7 +119,10 @@ fn a_snapshot_backup_stays_in_the_member_account_and_its_copy_is_the_streaming_b
     assert_eq!(copied["origin"]["copy_of"], id.as_str());
     let (c, s) = (manifest(&lib, &copy_id), manifest(&lib, &streaming));
     for n in 0..2 {
-        assert_eq!(c["disks"][n]["index_blake3"], s["disks"][n]["index_blake3"], "disk {n}: the same chunks in the same places");
+        assert_eq!(
+            c["disks"][n]["index_blake3"], s["disks"][n]["index_blake3"],
+            "disk {n}: the same chunks in the same places"
+        );
     }
     restores_as_the_volumes(&lib, &copy_id, &dir.join("aws"), &fleet, dir);
     assert_eq!(standin.calls("ModifySnapshotAttribute", MEMBER) - modify0, 4, "shared, and the share taken back");

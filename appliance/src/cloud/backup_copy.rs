@@ -57,8 +57,8 @@ pub async fn run(
     let job = Workflow::new(cloud, job_id, &config.account, Some(&config.region)).await?;
     let snapshots: Vec<String> = config.block_devices.iter().filter_map(|b| b.snapshot_id.clone()).collect();
     let mut made = Made::default();
-    let result = copy(&job, library, devices_dir, snapshot_backup, config, &snapshots, req, report.clone(), &mut made)
-        .await;
+    let result =
+        copy(&job, library, devices_dir, snapshot_backup, config, &snapshots, req, report.clone(), &mut made).await;
     report.step("removing the volumes and taking the share back");
     let result = job.finish(result, &made, &[job.purpose.clone()], |m| format!("backup {} was made", m.id)).await;
     // The share goes whatever happened (also when nothing was shared yet: taking back is idempotent).
@@ -69,10 +69,9 @@ pub async fn run(
     };
     match (result, unshared) {
         (r, Ok(())) => r,
-        (Ok(m), Err(e)) => Err(CloudError::Unfinished {
-            outcome: format!("backup {} was made", m.id),
-            undo: Box::new(e),
-        }),
+        (Ok(m), Err(e)) => {
+            Err(CloudError::Unfinished { outcome: format!("backup {} was made", m.id), undo: Box::new(e) })
+        }
         (Err(first), Err(e)) => {
             tracing::warn!(job = %job_id, "taking back the share of the snapshots failed: {e}");
             Err(first)

@@ -76,7 +76,8 @@ impl BlockSource for FileBlocks {
         let mut buf = vec![0u8; BLOCK];
         let mut done = 0;
         while done < BLOCK {
-            let n = self.file.read_at(&mut buf[done..], index * BLOCK as u64 + done as u64).map_err(|e| e.to_string())?;
+            let n =
+                self.file.read_at(&mut buf[done..], index * BLOCK as u64 + done as u64).map_err(|e| e.to_string())?;
             if n == 0 {
                 break;
             }

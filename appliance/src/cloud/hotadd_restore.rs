@@ -50,8 +50,7 @@ pub async fn run(
             Err(e)
         }
     };
-    job.finish(result, &made, &[job.purpose.clone()], |r: &Restored| format!("backup {} was restored", r.backup))
-        .await
+    job.finish(result, &made, &[job.purpose.clone()], |r: &Restored| format!("backup {} was restored", r.backup)).await
 }
 
 #[allow(clippy::too_many_arguments)]

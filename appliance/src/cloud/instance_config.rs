@@ -65,20 +65,18 @@ pub struct BlockDevice {
 
 /// The instance's configuration; refuses an instance whose root is not on EBS.
 pub async fn describe(
-member: &aws_sdk_ec2::Client,
-account: &str,
-region: &str,
-id: &str,
+    member: &aws_sdk_ec2::Client,
+    account: &str,
+    region: &str,
+    id: &str,
 ) -> Result<InstanceConfig, CloudError> {
     let out = member.describe_instances().instance_ids(id).send().await.map_err(|e| {
         let err = CloudError::aws(account, "DescribeInstances")(e);
         match err.code() {
-            Some("InvalidInstanceID.NotFound") | Some("InvalidInstanceID.Malformed") => {
-                CloudError::Missing(format!(
-                    "no instance {id} in account {account} ({}): check the id and the account's Region",
-                    region
-                ))
-            }
+            Some("InvalidInstanceID.NotFound") | Some("InvalidInstanceID.Malformed") => CloudError::Missing(format!(
+                "no instance {id} in account {account} ({}): check the id and the account's Region",
+                region
+            )),
             _ => err,
         }
     })?;
@@ -111,8 +109,7 @@ id: &str,
     }
     // The root device first (a restore boots disk 0), then the others in device-name order.
     let root = inst.root_device_name().unwrap_or_default();
-    block_devices
-        .sort_by(|a, b| (a.device_name != root, &a.device_name).cmp(&(b.device_name != root, &b.device_name)));
+    block_devices.sort_by(|a, b| (a.device_name != root, &a.device_name).cmp(&(b.device_name != root, &b.device_name)));
     // An instance shows its boot mode and ENA support only when its AMI named them; the AMI, while it
     // still exists, says what the instance was launched with.
     let mut boot_mode = inst.boot_mode().map(|b| b.as_str().to_string());
@@ -135,12 +132,7 @@ id: &str,
         root_device_name: inst.root_device_name().map(str::to_string),
         subnet_id: inst.subnet_id().map(str::to_string),
         availability_zone: inst.placement().and_then(|p| p.availability_zone()).map(str::to_string),
-        security_group_ids: inst
-            .security_groups()
-            .iter()
-            .filter_map(|g| g.group_id())
-            .map(str::to_string)
-            .collect(),
+        security_group_ids: inst.security_groups().iter().filter_map(|g| g.group_id()).map(str::to_string).collect(),
         tags: inst.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string()))).collect(),
         block_devices,
         image_id: None,
@@ -153,4 +145,3 @@ async fn source_image(member: &aws_sdk_ec2::Client, image_id: Option<&str>) -> O
     let out = member.describe_images().image_ids(image_id?).send().await.ok()?;
     out.images().first().cloned()
 }
-

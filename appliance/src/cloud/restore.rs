@@ -138,7 +138,9 @@ pub async fn launch(
         .tag_specifications(
             TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags.clone())).build(),
         )
-        .tag_specifications(TagSpecification::builder().resource_type(ResourceType::Volume).set_tags(Some(tags)).build())
+        .tag_specifications(
+            TagSpecification::builder().resource_type(ResourceType::Volume).set_tags(Some(tags)).build(),
+        )
         .send()
         .await;
     let out = match out {
@@ -163,7 +165,11 @@ pub async fn launch(
         .flat_map(|i| i.block_device_mappings())
         .filter_map(|m| m.ebs().and_then(|e| e.volume_id()));
     for (n, volume) in volumes.enumerate() {
-        made.add(Kind::Volume, true, &format!("{token}-volume-{n}"), volume);
+        // Journaled as well: should the job die after their tags were taken off, the journal still knows them.
+        let vtoken = format!("{token}-volume-{n}");
+        job.cloud.journal.intent(&Resource::planned(Kind::Volume, account, &job.region, &job.purpose, &vtoken))?;
+        job.cloud.journal.made(&vtoken, volume)?;
+        made.add(Kind::Volume, true, &vtoken, volume);
     }
     Ok(id)
 }

@@ -86,8 +86,10 @@ async fn restore(
         // One token per job and disk: a retried call is idempotent; another job gets a new snapshot.
         let token = format!("{}-snapshot-{n}", job.job_id);
         job.cloud.journal.intent(&Resource::planned(Kind::Snapshot, SERVICE, &job.region, &job.purpose, &token))?;
-        let tags: Vec<(String, String)> =
-            restore_tags(job, &name_tag).iter().map(|t| (t.key().unwrap_or_default().into(), t.value().unwrap_or_default().into())).collect();
+        let tags: Vec<(String, String)> = restore_tags(job, &name_tag)
+            .iter()
+            .map(|t| (t.key().unwrap_or_default().into(), t.value().unwrap_or_default().into()))
+            .collect();
         let up = Upload {
             ebs: &ebs,
             account: SERVICE,
@@ -98,10 +100,15 @@ async fn restore(
         let mut snapshot = None;
         let progress = |done: u64, _| report.bytes(done_before + done, total);
         let uploaded = up
-            .run_from(Arc::new(BackupBlocks(Arc::new(disk))), Some(bd.size_gib.max(1) as u64), |id| {
-                snapshot = Some(id.to_string());
-                job.cloud.journal.made(&token, id)
-            }, &progress)
+            .run_from(
+                Arc::new(BackupBlocks(Arc::new(disk))),
+                Some(bd.size_gib.max(1) as u64),
+                |id| {
+                    snapshot = Some(id.to_string());
+                    job.cloud.journal.made(&token, id)
+                },
+                &progress,
+            )
             .await;
         if let Some(id) = &snapshot {
             made.add(Kind::Snapshot, false, &token, id);

@@ -113,7 +113,9 @@ impl<'a> Workflow<'a> {
             for purpose in swept {
                 match super::cleanup::remove_purpose(self.cloud, purpose).await {
                     Ok(0) => {}
-                    Ok(n) => tracing::info!(job = %self.job_id, removed = n, "removed what calls that seemed to fail had made"),
+                    Ok(n) => {
+                        tracing::info!(job = %self.job_id, removed = n, "removed what calls that seemed to fail had made")
+                    }
                     Err(e) => {
                         undone = Err(e);
                         break;
@@ -386,7 +388,13 @@ impl<'a> Workflow<'a> {
     }
 
     /// Attaches the volume at the `n`th free device name and waits for its device to appear.
-    pub async fn attach(&self, volume: &str, instance: &str, n: usize, devices_dir: &Path) -> Result<PathBuf, CloudError> {
+    pub async fn attach(
+        &self,
+        volume: &str,
+        instance: &str,
+        n: usize,
+        devices_dir: &Path,
+    ) -> Result<PathBuf, CloudError> {
         // /dev/sdf to /dev/sdp are the names AWS recommends for EBS volumes (Linux device naming).
         let letter = (b'f' + (n as u8 % 11)) as char;
         self.service
@@ -471,11 +479,11 @@ impl<'a> Workflow<'a> {
     /// taken off and the journal forgets them, so that no cleanup removes them. Until this returns they
     /// are the job's, undone should it die.
     pub async fn hand_over(&self, made: &mut Made) -> Result<(), CloudError> {
-        let ours = [super::TAG_APPLIANCE, super::TAG_JOB]
-            .map(|k| aws_sdk_ec2::types::Tag::builder().key(k).build())
-            .to_vec();
+        let ours =
+            [super::TAG_APPLIANCE, super::TAG_JOB].map(|k| aws_sdk_ec2::types::Tag::builder().key(k).build()).to_vec();
         for in_member in [true, false] {
-            let ids: Vec<String> = made.held.iter().filter(|h| h.in_member == in_member).map(|h| h.id.clone()).collect();
+            let ids: Vec<String> =
+                made.held.iter().filter(|h| h.in_member == in_member).map(|h| h.id.clone()).collect();
             if ids.is_empty() {
                 continue;
             }

@@ -187,10 +187,9 @@ impl Manager {
         let job = self.jobs.start("cloud-backup-copy", move |job| async move {
             let report: Arc<dyn Report> = job.clone();
             let devices = me.ebs_devices.clone();
-            let m =
-                crate::cloud::backup_copy::run(&me.cloud, library, &devices, &job.id(), &source, &req, report)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            let m = crate::cloud::backup_copy::run(&me.cloud, library, &devices, &job.id(), &source, &req, report)
+                .await
+                .map_err(|e| e.to_string())?;
             me.show_backups();
             Ok(backup_result(&m))
         });
@@ -213,8 +212,7 @@ impl Manager {
             let restored = if req.as_image {
                 crate::cloud::restore_image::run(&me.cloud, library, &id, &backup, &req, report).await
             } else {
-                crate::cloud::hotadd_restore::run(&me.cloud, library, &me.ebs_devices, &id, &backup, &req, report)
-                    .await
+                crate::cloud::hotadd_restore::run(&me.cloud, library, &me.ebs_devices, &id, &backup, &req, report).await
             };
             let restored = restored.map_err(|e| e.to_string())?;
             Ok(serde_json::to_value(restored).expect("plain data"))
@@ -497,7 +495,9 @@ impl Manager {
     pub async fn reconcile_cloud(&self) {
         match cleanup::remove_orphans(&self.cloud, &self.live_ids().await).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!("removed {n} cloud resources of jobs that died with the last daemon or of forgotten backups"),
+            Ok(n) => tracing::info!(
+                "removed {n} cloud resources of jobs that died with the last daemon or of forgotten backups"
+            ),
             Err(e) => tracing::warn!(
                 "cannot remove the cloud resources of dead jobs yet (`livemount cloud cleanup` retries): {e}"
             ),
