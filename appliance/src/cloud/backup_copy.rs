@@ -60,7 +60,7 @@ pub async fn run(
     let result =
         copy(&job, library, devices_dir, snapshot_backup, config, &snapshots, req, report.clone(), &mut made).await;
     report.step("removing the volumes and taking the share back");
-    let result = job.finish(result, &made, &[job.purpose.clone()], |m| format!("backup {} was made", m.id)).await;
+    let result = job.finish(result, &made, &job.purpose, |m| format!("backup {} was made", m.id)).await;
     // The share goes whatever happened (also when nothing was shared yet: taking back is idempotent).
     let service_id = cloud.accounts.account_id(SERVICE, &job.region).await;
     let unshared = match service_id {

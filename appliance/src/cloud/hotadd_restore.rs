@@ -21,7 +21,7 @@ use aws_sdk_ec2::types::{OperationType, ResourceType, TagSpecification, VolumeSt
 
 use super::instance_config::InstanceConfig;
 use super::journal::{Kind, Resource};
-use super::restore::{config_of, launch, name_tags, register, restore_tags, share_image, Request, Restored};
+use super::restore::{config_of, ended, launch, name_tags, register, restore_tags, share_image, Request, Restored};
 use super::workflow::{share_snapshots, this_instance, Made, Report, Workflow};
 use super::{accounts::SERVICE, Cloud, CloudError};
 
@@ -40,17 +40,7 @@ pub async fn run(
     let job = Workflow::new(cloud, job_id, &req.account, region.as_deref()).await?;
     let mut made = Made::default();
     let result = restore(&job, library, devices_dir, backup, &config, req, report.clone(), &mut made).await;
-    let result = match result {
-        Ok(r) => {
-            report.step("handing the restored machine over");
-            job.hand_over(&mut made).await.map(|()| r)
-        }
-        Err(e) => {
-            report.step("removing what the restore made");
-            Err(e)
-        }
-    };
-    job.finish(result, &made, &[job.purpose.clone()], |r: &Restored| format!("backup {} was restored", r.backup)).await
+    ended(&job, result, made, &*report).await
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -342,14 +342,7 @@ async fn register(
                 return Err(err);
             }
             // Registered by an earlier run that stopped before recording it.
-            let found = ec2
-                .describe_images()
-                .owners("self")
-                .filters(filter("name", &[&name]))
-                .send()
-                .await
-                .map_err(CloudError::aws(SERVICE, "DescribeImages"))?;
-            found.images().first().and_then(|i| i.image_id()).map(str::to_string).ok_or(err)?
+            super::workflow::image_named(ec2, SERVICE, &name).await?.ok_or(err)?
         }
     };
     cloud.journal.made(&token, &image_id)?;

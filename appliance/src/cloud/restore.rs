@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use super::instance_config::{BlockDevice, InstanceConfig};
 use super::journal::{Kind, Resource};
-use super::workflow::{Made, Workflow};
-use super::{accounts::SERVICE, ec2_tags, filter, CloudError, TAG_APPLIANCE, TAG_JOB};
+use super::workflow::{image_named, Made, Report, Workflow};
+use super::{accounts::SERVICE, ec2_tags, CloudError, TAG_APPLIANCE, TAG_JOB};
 
 /// What `cloud restore` asks for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,6 +174,27 @@ pub async fn launch(
     Ok(id)
 }
 
+/// Ends a restore: what it made is handed over to the user when it succeeded, else undone (and swept for
+/// by the job's tag).
+pub async fn ended(
+    job: &Workflow<'_>,
+    result: Result<Restored, CloudError>,
+    mut made: Made,
+    report: &dyn Report,
+) -> Result<Restored, CloudError> {
+    let result = match result {
+        Ok(r) => {
+            report.step("handing the restored machine over");
+            job.hand_over(&mut made).await.map(|()| r)
+        }
+        Err(e) => {
+            report.step("removing what the restore made");
+            Err(e)
+        }
+    };
+    job.finish(result, &made, &job.purpose, |r: &Restored| format!("backup {} was restored", r.backup)).await
+}
+
 /// The tags that say what a restored resource is: its name and the backup it came from.
 pub fn name_tags(backup: &dedup::Manifest) -> BTreeMap<String, String> {
     let mut tags = BTreeMap::new();
@@ -251,15 +272,7 @@ pub async fn register(
                 return Err(err);
             }
             // Registered by a retry of a call that had worked.
-            let found = job
-                .service
-                .describe_images()
-                .owners("self")
-                .filters(filter("name", &[&name]))
-                .send()
-                .await
-                .map_err(CloudError::aws(SERVICE, "DescribeImages"))?;
-            found.images().first().and_then(|i| i.image_id()).map(str::to_string).ok_or(err)?
+            image_named(&job.service, SERVICE, &name).await?.ok_or(err)?
         }
     };
     job.cloud.journal.made(&token, &image)?;

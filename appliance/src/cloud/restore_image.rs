@@ -21,7 +21,7 @@ use aws_sdk_ec2::types::OperationType;
 use super::ebs_upload::{BackupBlocks, Upload};
 use super::instance_config::InstanceConfig;
 use super::journal::{Kind, Resource};
-use super::restore::{config_of, launch, register, restore_tags, share_image, Request, Restored};
+use super::restore::{config_of, ended, launch, register, restore_tags, share_image, Request, Restored};
 use super::workflow::{share_snapshots, Made, Report, Workflow};
 use super::{accounts::SERVICE, sdk, Cloud, CloudError};
 
@@ -39,20 +39,7 @@ pub async fn run(
     let job = Workflow::new(cloud, job_id, &req.account, region.as_deref()).await?;
     let mut made = Made::default();
     let result = restore(&job, library, backup, &config, req, report.clone(), &mut made).await;
-    let result = match result {
-        Ok(r) => {
-            report.step("handing the image over");
-            job.hand_over(&mut made).await.map(|()| r)
-        }
-        Err(e) => {
-            report.step("removing what the restore made");
-            Err(e)
-        }
-    };
-    job.finish(result, &made, &[job.purpose.clone()], |r: &Restored| {
-        format!("image {} was made", r.image_id.as_deref().unwrap_or("?"))
-    })
-    .await
+    ended(&job, result, made, &*report).await
 }
 
 async fn restore(

@@ -55,7 +55,7 @@ pub async fn run(
     if result.is_err() {
         report.step("removing the image and its snapshots");
     }
-    job.finish(result, &undo, &[kept], |m| format!("snapshot backup {} was made", m.id)).await
+    job.finish(result, &undo, &kept, |m| format!("snapshot backup {} was made", m.id)).await
 }
 
 async fn snap(

@@ -48,7 +48,7 @@ pub async fn run(
     let mut made = Made::default();
     let result = back_up(&job, library, devices_dir, req, report.clone(), &mut made).await;
     report.step("removing the volumes, the image and its snapshots");
-    job.finish(result, &made, &[job.purpose.clone()], |m| format!("backup {} was made", m.id)).await
+    job.finish(result, &made, &job.purpose, |m| format!("backup {} was made", m.id)).await
 }
 
 async fn back_up(

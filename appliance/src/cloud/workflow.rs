@@ -99,29 +99,22 @@ impl<'a> Workflow<'a> {
     }
 
     /// Ends the job: undoes `made` (also when the work succeeded: what a job keeps is not in `made`), and
-    /// after a failure removes whatever of `swept` is still found by journal or tag (a call that seemed to
-    /// fail may have made its resource). An undo that fails turns the outcome into `Unfinished`.
+    /// after a failure removes whatever made for `swept` is still found by journal or tag (a call that
+    /// seemed to fail may have made its resource). An undo that fails turns the outcome into `Unfinished`.
     pub async fn finish<T>(
         &self,
         result: Result<T, CloudError>,
         made: &Made,
-        swept: &[Purpose],
+        swept: &Purpose,
         describe: impl FnOnce(&T) -> String,
     ) -> Result<T, CloudError> {
         let mut undone = self.undo(made).await;
         if result.is_err() && undone.is_ok() {
-            for purpose in swept {
-                match super::cleanup::remove_purpose(self.cloud, purpose).await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(job = %self.job_id, removed = n, "removed what calls that seemed to fail had made")
-                    }
-                    Err(e) => {
-                        undone = Err(e);
-                        break;
-                    }
+            undone = super::cleanup::remove_purpose(self.cloud, swept).await.map(|n| {
+                if n > 0 {
+                    tracing::info!(job = %self.job_id, removed = n, "removed what calls that seemed to fail had made");
                 }
-            }
+            });
         }
         match (result, undone) {
             (Ok(v), Ok(())) => Ok(v),
@@ -256,24 +249,12 @@ impl<'a> Workflow<'a> {
                     return Err(err);
                 }
                 // A retry of a call that had worked: the image of that name is this job's.
-                self.image_named(&name).await?.ok_or(err)?
+                image_named(&self.member, account, &name).await?.ok_or(err)?
             }
         };
         self.cloud.journal.made(&token, &image)?;
         made.add(Kind::Image, true, &token, &image);
         Ok(image)
-    }
-
-    pub async fn image_named(&self, name: &str) -> Result<Option<String>, CloudError> {
-        let out = self
-            .member
-            .describe_images()
-            .owners("self")
-            .filters(filter("name", &[name]))
-            .send()
-            .await
-            .map_err(CloudError::aws(&self.member_account, "DescribeImages"))?;
-        Ok(out.images().first().and_then(|i| i.image_id()).map(str::to_string))
     }
 
     /// Waits for the image; journals and tags its snapshots for `purpose`. Gives (device name, snapshot
@@ -525,6 +506,18 @@ pub async fn share_snapshots(
             .map_err(CloudError::aws(account, "ModifySnapshotAttribute"))?;
     }
     Ok(())
+}
+
+/// The image of `account` named `name` (names are unique per account and Region), if there is one.
+pub async fn image_named(ec2: &aws_sdk_ec2::Client, account: &str, name: &str) -> Result<Option<String>, CloudError> {
+    let out = ec2
+        .describe_images()
+        .owners("self")
+        .filters(filter("name", &[name]))
+        .send()
+        .await
+        .map_err(CloudError::aws(account, "DescribeImages"))?;
+    Ok(out.images().first().and_then(|i| i.image_id()).map(str::to_string))
 }
 
 /// This instance's id, from its instance metadata (IMDSv2).

@@ -100,23 +100,12 @@ pub struct BackupCopyArgs {
 
 #[derive(Debug, Args)]
 pub struct CloudBackupArgs {
-    /// The instance id (i-...).
-    pub instance: String,
-    /// The member account the instance is in.
-    #[arg(long)]
-    pub account: String,
-    /// The backup's name (default: the instance's Name tag).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Image the instance without rebooting it (the snapshots are then crash-consistent only).
-    #[arg(long)]
-    pub no_reboot: bool,
+    #[command(flatten)]
+    pub instance: CloudSnapArgs,
     /// The instance of the service account the volumes are attached to (default: this one, from its
     /// instance metadata).
     #[arg(long)]
     pub access_node: Option<String>,
-    #[arg(long)]
-    pub region: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -242,17 +231,18 @@ pub fn run(cli: &Cli, cmd: &CloudCmd) -> anyhow::Result<i32> {
             print_inventory(cli, &inv, "nothing: this appliance has no resources in AWS", "");
         }
         CloudCmd::Backup(a) => {
+            let (i, access_node) = (&a.instance, a.access_node.clone());
             let req = crate::cloud::streaming_backup::Request {
-                instance: a.instance.clone(),
-                account: a.account.clone(),
-                name: a.name.clone(),
-                no_reboot: a.no_reboot,
-                access_node: a.access_node.clone(),
-                region: a.region.clone(),
+                instance: i.instance.clone(),
+                account: i.account.clone(),
+                name: i.name.clone(),
+                no_reboot: i.no_reboot,
+                access_node,
+                region: i.region.clone(),
             };
             let Some(result) = run_job(cli, &client, "/v1/cloud/backups", &req, "cloud backup")? else { return Ok(1) };
             if !cli.json {
-                println!("backup {} of {} created", result["id"].as_str().unwrap_or("?"), a.instance);
+                println!("backup {} of {} created", result["id"].as_str().unwrap_or("?"), i.instance);
                 print_stored(&result, "nothing left in either account");
             }
         }
