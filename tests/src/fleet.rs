@@ -111,3 +111,14 @@ pub fn until_nothing_left(standin: &Standin, d: &Daemon, what: &str) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Runs `args` against a daemon that kills itself (SIGKILL) right after the AWS call `action` succeeded,
+/// then starts it again as it was: the crash a job must recover from.
+pub fn killed_after(d: &mut Daemon, standin: &Standin, action: &str, args: &[&str]) {
+    let base = standin.env();
+    d.env = [base.clone(), vec![("LIVEMOUNT_TEST_KILL_AFTER".to_string(), action.to_string())]].concat();
+    d.restart();
+    let _ = fails(d, args);
+    d.env = base;
+    d.restart();
+}

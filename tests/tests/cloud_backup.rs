@@ -11,8 +11,8 @@ use std::path::Path;
 use serde_json::{json, Value};
 use tests::aws::{Standin, MEMBER, SERVICE};
 use tests::fleet::{
-    backup_daemon, everything, fails, job_resources, launch_fleet, ok, restores_as_the_volumes, until_nothing_left,
-    Fleet,
+    backup_daemon, everything, fails, job_resources, killed_after, launch_fleet, ok, restores_as_the_volumes,
+    until_nothing_left, Fleet,
 };
 use tests::{json, livemount, random_bytes, Daemon};
 
@@ -196,12 +196,7 @@ fn every_aws_call_of_a_streaming_backup_survives_faults_and_kill_9() {
         assert_eq!(backups(&lib), made, "{what}: no backup is half there");
 
         let what = format!("kill -9 after {}", step.action);
-        let base = standin.env();
-        d.env = [base.clone(), vec![("LIVEMOUNT_TEST_KILL_AFTER".to_string(), step.action.to_string())]].concat();
-        d.restart();
-        let _ = fails(&d, &backup_args(&fleet));
-        d.env = base;
-        d.restart();
+        killed_after(&mut d, &standin, step.action, &backup_args(&fleet));
         // The restarted daemon removes what the dead job made, without being asked.
         nothing_left(&d, &what);
         livemount(&lib).args(["backup", "verify"]).assert().success();

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use tests::aws::{Standin, MEMBER, SERVICE};
-use tests::fleet::{backup_daemon, everything, fails, job_resources, launch_fleet, ok, until_nothing_left, Fleet};
+use tests::fleet::{
+    backup_daemon, everything, fails, job_resources, killed_after, launch_fleet, ok, until_nothing_left, Fleet,
+};
 use tests::{livemount, Daemon};
 
 /// Streams a backup of the fleet's instance; gives its id and its disks restored as files.
@@ -190,12 +192,7 @@ fn every_aws_call_of_a_restore_survives_a_failure_and_kill_9() {
             assert_eq!(everything(&standin), before, "{what}: both accounts are as they were");
 
             let what = format!("{:?}: kill -9 after {}", &args[4..], step.action);
-            let base = standin.env();
-            d.env = [base.clone(), vec![("LIVEMOUNT_TEST_KILL_AFTER".to_string(), step.action.to_string())]].concat();
-            d.restart();
-            let _ = fails(&d, args);
-            d.env = base;
-            d.restart();
+            killed_after(&mut d, &standin, step.action, args);
             until_nothing_left(&standin, &d, &what);
             assert_eq!(everything(&standin), before, "{what}: both accounts are as they were");
             assert_eq!(job_resources(&standin), Vec::<Value>::new());

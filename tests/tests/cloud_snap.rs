@@ -11,8 +11,8 @@ use std::path::Path;
 use serde_json::{json, Value};
 use tests::aws::{Standin, MEMBER, SERVICE};
 use tests::fleet::{
-    backup_daemon, everything, fails, job_resources, launch_fleet, ok, restores_as_the_volumes, until_nothing_left,
-    Fleet,
+    backup_daemon, everything, fails, job_resources, killed_after, launch_fleet, ok, restores_as_the_volumes,
+    until_nothing_left, Fleet,
 };
 use tests::{json, livemount, Daemon};
 
@@ -205,12 +205,7 @@ fn every_aws_call_of_a_snapshot_backup_and_a_copy_survives_faults_and_kill_9() {
         assert_eq!(manifests(&lib).len(), 0, "{what}: no catalog entry");
 
         let what = format!("snap: kill -9 after {}", step.action);
-        let base = standin.env();
-        d.env = [base.clone(), vec![("LIVEMOUNT_TEST_KILL_AFTER".to_string(), step.action.to_string())]].concat();
-        d.restart();
-        let _ = fails(&d, &["cloud", "snap", &fleet.instance, "--account", "member"]);
-        d.env = base;
-        d.restart();
+        killed_after(&mut d, &standin, step.action, &["cloud", "snap", &fleet.instance, "--account", "member"]);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while everything(&standin) != before {
             assert!(std::time::Instant::now() < deadline, "{what}: left {:?}\n{}", everything(&standin), d.log());
@@ -249,12 +244,7 @@ fn every_aws_call_of_a_snapshot_backup_and_a_copy_survives_faults_and_kill_9() {
         assert_eq!(copies(&lib), made, "{what}: no half backup");
 
         let what = format!("copy: kill -9 after {}", step.action);
-        let base = standin.env();
-        d.env = [base.clone(), vec![("LIVEMOUNT_TEST_KILL_AFTER".to_string(), step.action.to_string())]].concat();
-        d.restart();
-        let _ = fails(&d, &copy_args(&id, &fleet));
-        d.env = base;
-        d.restart();
+        killed_after(&mut d, &standin, step.action, &copy_args(&id, &fleet));
         until_nothing_left(&standin, &d, &what);
         assert_eq!(everything(&standin), with_snap, "{what}");
         livemount(&lib).args(["backup", "verify"]).assert().success();
