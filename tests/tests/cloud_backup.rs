@@ -234,3 +234,36 @@ fn against_stock_moto_a_streaming_backup_fails_where_moto_stops_and_leaves_nothi
     assert_eq!(standin.calls("DeregisterImage", MEMBER), 1, "the image was removed");
     assert_eq!(everything(&standin), before, "nothing left in either account");
 }
+
+#[test]
+fn a_streaming_backup_into_a_full_library_says_so_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let standin = Standin::start(&dir.join("aws"), false);
+    let fleet = launch_fleet(dir, &standin);
+    // A library on a file system far smaller than the instance's data.
+    let small = dir.join("small");
+    std::fs::create_dir(&small).unwrap();
+    tests::run(std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"]).arg(&small));
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let lib = small.join("library");
+    livemount(&lib).args(["library", "init"]).assert().success();
+    let devices = dir.join("aws").join("devices");
+    let d = Daemon::start_env(dir, &lib, &["--ebs-devices", devices.to_str().unwrap()], &standin.env());
+    d.cli().args(["cloud", "account", "add", "member", "--role-arn", tests::aws::MEMBER_ROLE]).assert().success();
+    let before = everything(&standin);
+
+    let e = fails(&d, &backup_args(&fleet));
+    assert!(e.contains("is full") && e.contains("free space"), "says the library is full and what to do: {e}");
+    assert!(!e.contains("cloud cleanup"), "the undo finished: {e}");
+    until_nothing_left(&standin, &d, "a full library");
+    assert_eq!(everything(&standin), before, "both accounts are as they were");
+    let out = livemount(&lib).args(["backup", "list", "--json"]).output().unwrap();
+    assert_eq!(json(&out.stdout), json!([]), "no half backup is listed");
+}
