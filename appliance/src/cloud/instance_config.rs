@@ -88,13 +88,19 @@ pub async fn describe(
             "instance {id} has an instance-store root: only EBS-backed instances can be imaged and backed up"
         )));
     }
+    // One DescribeVolumes for all of the instance's volumes: their sizes and types.
+    let ebs_mappings: Vec<_> = inst.block_device_mappings().iter().filter_map(|m| Some((m, m.ebs()?))).collect();
+    let ids: Vec<String> = ebs_mappings.iter().filter_map(|(_, e)| e.volume_id().map(str::to_string)).collect();
+    let volumes = if ids.is_empty() {
+        Vec::new()
+    } else {
+        let out = member.describe_volumes().set_volume_ids(Some(ids)).send().await;
+        out.map_err(CloudError::aws(account, "DescribeVolumes"))?.volumes().to_vec()
+    };
     let mut block_devices = Vec::new();
-    for m in inst.block_device_mappings() {
-        let Some(ebs) = m.ebs() else { continue };
+    for (m, ebs) in ebs_mappings {
         let volume_id = ebs.volume_id().unwrap_or_default().to_string();
-        let vol = member.describe_volumes().volume_ids(&volume_id).send().await;
-        let vol = vol.map_err(CloudError::aws(account, "DescribeVolumes"))?;
-        let v = vol.volumes().first();
+        let v = volumes.iter().find(|v| v.volume_id() == Some(volume_id.as_str()));
         block_devices.push(BlockDevice {
             device_name: m.device_name().unwrap_or_default().to_string(),
             volume_id,
