@@ -200,3 +200,28 @@ fn every_aws_call_of_a_restore_survives_a_failure_and_kill_9() {
     }
     livemount(&lib).args(["backup", "verify"]).assert().success();
 }
+
+#[test]
+fn against_stock_moto_a_restore_to_an_image_of_a_local_backup_is_handed_over() {
+    // Stock moto 5.2.1 takes the EBS direct upload (its StartSnapshot makes an EC2 volume of its own for
+    // the snapshot, which AWS does not) and RegisterImage; the flow completes, and what it made is the
+    // user's: nothing of it carries this appliance's tags.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let standin = Standin::start(&dir.join("aws"), true);
+    let (d, lib) = backup_daemon(dir, &standin);
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, tests::random_bytes(3, 3 << 20)).unwrap();
+    livemount(&lib).args(["backup", "create", "--name", "local"]).arg(&disk).assert().success();
+    let before = everything(&standin);
+    let r = restore(&d, &["cloud", "restore", "local", "--account", "member", "--as-image"]);
+    let image = r["image_id"].as_str().unwrap().to_string();
+    let snapshot = r["snapshots"][0].as_str().unwrap().to_string();
+    assert_eq!(r["bytes_written"], 3 << 20, "the disk's six non-zero blocks: {r}");
+    let mut added: Vec<(String, String)> =
+        everything(&standin).into_iter().filter(|x| !before.contains(x)).map(|(_, kind, id)| (kind, id)).collect();
+    added.retain(|(kind, _)| kind != "volume"); // moto's own, see above
+    added.sort();
+    assert_eq!(added, vec![("image".to_string(), image), ("snapshot".to_string(), snapshot)]);
+    nothing_of_ours(&standin);
+}
