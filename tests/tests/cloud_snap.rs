@@ -37,6 +37,23 @@ fn of_backup(standin: &Standin, id: &str) -> Vec<Value> {
     [MEMBER, SERVICE].iter().flat_map(|acct| standin.resources(acct, Some(&format!("livemount:backup={id}")))).collect()
 }
 
+/// Whether any of a snapshot backup's snapshots is still shared with the service account.
+fn shared_with_service(standin: &Standin, snapshots: &[String]) -> bool {
+    snapshots.iter().any(|s| standin.awsq(&["shared", MEMBER, s]).as_array().unwrap().iter().any(|a| a == SERVICE))
+}
+
+/// Waits (a restarted daemon takes a dead job's shares back in the background) until no snapshot is shared.
+fn until_unshared(standin: &Standin, snapshots: &[String], what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while shared_with_service(standin, snapshots) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: the snapshots are still shared with the service account"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 fn manifests(lib: &Path) -> Vec<Value> {
     let out = livemount(lib).args(["backup", "list", "--json"]).output().unwrap();
     json(&out.stdout).as_array().unwrap().clone()
@@ -126,6 +143,7 @@ fn a_snapshot_backup_stays_in_the_member_account_and_its_copy_is_the_streaming_b
     }
     restores_as_the_volumes(&lib, &copy_id, &dir.join("aws"), &fleet, dir);
     assert_eq!(standin.calls("ModifySnapshotAttribute", MEMBER) - modify0, 4, "shared, and the share taken back");
+    assert!(!shared_with_service(&standin, &snapshots), "the share was taken back");
     assert_eq!(everything(&standin), now, "the copy left nothing in either account");
 
     // Forgetting it removes the image and snapshots in the member account.
@@ -215,7 +233,14 @@ fn every_aws_call_of_a_snapshot_backup_and_a_copy_survives_faults_and_kill_9() {
     }
 
     // Backup copies of one snapshot backup: the snapshot backup is untouched whatever happens.
-    let id = snap(&d, &fleet)["id"].as_str().unwrap().to_string();
+    let snapped = snap(&d, &fleet);
+    let id = snapped["id"].as_str().unwrap().to_string();
+    let snapshots: Vec<String> = snapped["origin"]["block_devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["snapshot_id"].as_str().unwrap().to_string())
+        .collect();
     let with_snap = everything(&standin);
     let copies = |lib: &Path| manifests(lib).iter().filter(|m| m["origin"]["kind"] == "ec2-instance").count();
     let mut made = 0;
@@ -228,6 +253,7 @@ fn every_aws_call_of_a_snapshot_backup_and_a_copy_survives_faults_and_kill_9() {
         standin.clear_faults();
         until_nothing_left(&standin, &d, &what);
         assert_eq!(everything(&standin), with_snap, "{what}");
+        until_unshared(&standin, &snapshots, &what);
 
         let what = format!("copy: {} fails for good", step.action);
         fault(step, json!({"code": "UnauthorizedOperation", "status": 403, "times": null}));
@@ -241,12 +267,14 @@ fn every_aws_call_of_a_snapshot_backup_and_a_copy_survives_faults_and_kill_9() {
         }
         until_nothing_left(&standin, &d, &what);
         assert_eq!(everything(&standin), with_snap, "{what}");
+        until_unshared(&standin, &snapshots, &what);
         assert_eq!(copies(&lib), made, "{what}: no half backup");
 
         let what = format!("copy: kill -9 after {}", step.action);
         killed_after(&mut d, &standin, step.action, &copy_args(&id, &fleet));
         until_nothing_left(&standin, &d, &what);
         assert_eq!(everything(&standin), with_snap, "{what}");
+        until_unshared(&standin, &snapshots, &what);
         livemount(&lib).args(["backup", "verify"]).assert().success();
         let again = copy(&d, &id, &fleet);
         restores_as_the_volumes(&lib, again["id"].as_str().unwrap(), &dir.join("aws"), &fleet, dir);

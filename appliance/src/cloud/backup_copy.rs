@@ -18,6 +18,7 @@ use aws_sdk_ec2::types::OperationType;
 use serde::{Deserialize, Serialize};
 
 use super::instance_config::{InstanceConfig, KIND_INSTANCE};
+use super::journal::{Kind, Resource};
 use super::workflow::{share_snapshots, this_instance, Made, Report, Workflow};
 use super::{accounts::SERVICE, Cloud, CloudError};
 
@@ -60,23 +61,7 @@ pub async fn run(
     let result =
         copy(&job, library, devices_dir, snapshot_backup, config, &snapshots, req, report.clone(), &mut made).await;
     report.step("removing the volumes and taking the share back");
-    let result = job.finish(result, &made, &job.purpose, |m| format!("backup {} was made", m.id)).await;
-    // The share goes whatever happened (also when nothing was shared yet: taking back is idempotent).
-    let service_id = cloud.accounts.account_id(SERVICE, &job.region).await;
-    let unshared = match service_id {
-        Ok(id) => share_snapshots(&job.member, &job.member_account, &snapshots, &id, OperationType::Remove).await,
-        Err(e) => Err(e),
-    };
-    match (result, unshared) {
-        (r, Ok(())) => r,
-        (Ok(m), Err(e)) => {
-            Err(CloudError::Unfinished { outcome: format!("backup {} was made", m.id), undo: Box::new(e) })
-        }
-        (Err(first), Err(e)) => {
-            tracing::warn!(job = %job_id, "taking back the share of the snapshots failed: {e}");
-            Err(first)
-        }
-    }
+    job.finish(result, &made, &job.purpose, |m| format!("backup {} was made", m.id)).await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -105,7 +90,17 @@ async fn copy(
     let service_id = job.cloud.accounts.account_id(SERVICE, &job.region).await?;
 
     report.step("sharing the snapshots with the service account");
-    share_snapshots(&job.member, &job.member_account, snapshots, &service_id, OperationType::Add).await?;
+    // Each share is journaled like a resource: the job's undo, or after a `kill -9` the next start, takes
+    // it back.
+    for (n, snap) in snapshots.iter().enumerate() {
+        let token = format!("{}-share-{n}", job.job_id);
+        let share = Resource::planned(Kind::Share, &job.member_account, &job.region, &job.purpose, &token);
+        job.cloud.journal.intent(&share)?;
+        job.cloud.journal.made(&token, snap)?;
+        made.add(Kind::Share, true, &token, snap);
+        share_snapshots(&job.member, &job.member_account, std::slice::from_ref(snap), &service_id, OperationType::Add)
+            .await?;
+    }
 
     // The copy is a backup of the instance as it was when the snapshots were taken.
     config.kind = KIND_INSTANCE.into();

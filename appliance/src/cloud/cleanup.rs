@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use aws_sdk_ec2::types::OperationType;
 use serde::{Deserialize, Serialize};
 
 use super::journal::{Kind, Purpose};
@@ -56,7 +57,7 @@ pub async fn inventory(cloud: &Cloud, live: &BTreeSet<String>) -> Inventory {
         match scan(cloud, account, region).await {
             Ok(found) => {
                 for f in found {
-                    seen_ids.insert(f.id.clone().unwrap_or_default());
+                    seen_ids.insert((f.kind, f.id.clone().unwrap_or_default()));
                     inv.resources.push(f);
                 }
             }
@@ -64,13 +65,14 @@ pub async fn inventory(cloud: &Cloud, live: &BTreeSet<String>) -> Inventory {
         }
     }
     // Journal entries: attach their tokens, and list what AWS did not show by tag.
-    let by_id: BTreeMap<String, String> =
-        cloud.journal.live().into_iter().filter_map(|r| r.id.clone().map(|id| (id, r.token))).collect();
+    // By kind and id: a share's id is its snapshot's.
+    let by_id: BTreeMap<(Kind, String), String> =
+        cloud.journal.live().into_iter().filter_map(|r| r.id.clone().map(|id| ((r.kind, id), r.token))).collect();
     for f in &mut inv.resources {
-        f.token = f.id.as_ref().and_then(|id| by_id.get(id).cloned());
+        f.token = f.id.as_ref().and_then(|id| by_id.get(&(f.kind, id.clone())).cloned());
     }
     for r in cloud.journal.live() {
-        let shown = r.id.as_ref().is_some_and(|id| seen_ids.contains(id));
+        let shown = r.id.as_ref().is_some_and(|id| seen_ids.contains(&(r.kind, id.clone())));
         let place_failed = inv.errors.iter().any(|e| e.starts_with(&format!("{} ({})", r.account, r.region)));
         if !shown && !place_failed {
             // Not found by its tags: gone, or its tags were taken off (a hand-over cut short); asking by
@@ -137,6 +139,11 @@ async fn state_of(cloud: &Cloud, account: &str, region: &str, kind: Kind, id: &s
         },
         Kind::Snapshot => match ec2.describe_snapshots().snapshot_ids(id).send().await {
             Ok(o) => o.snapshots().first().and_then(|s| s.state()).map(|s| s.as_str().to_string()),
+            Err(e) => gone(CloudError::aws(account, "DescribeSnapshots")(e))?,
+        },
+        // A share lasts as long as its snapshot, until it is taken back.
+        Kind::Share => match ec2.describe_snapshots().snapshot_ids(id).send().await {
+            Ok(o) => o.snapshots().first().map(|_| "shared".to_string()),
             Err(e) => gone(CloudError::aws(account, "DescribeSnapshots")(e))?,
         },
     };
@@ -263,6 +270,7 @@ async fn remove(cloud: &Cloud, f: &Found) -> Result<(), CloudError> {
                 }
             }
             Kind::Snapshot => delete_snapshot(&ec2, account, &id).await?,
+            Kind::Share => unshare(cloud, &ec2, f, &id).await?,
         }
         tracing::info!(kind = %f.kind, %id, account = %f.account, "removed");
     }
@@ -331,6 +339,14 @@ pub(super) async fn deregister_image(
     let r = ec2.deregister_image().image_id(id).send().await;
     ignore_not_found(r.map(|_| ()).map_err(CloudError::aws(account, "DeregisterImage")))?;
     Ok(snapshots)
+}
+
+/// Takes back the service account's permission to make volumes of snapshot `id` of `f.account`.
+async fn unshare(cloud: &Cloud, ec2: &aws_sdk_ec2::Client, f: &Found, id: &str) -> Result<(), CloudError> {
+    let service = cloud.accounts.account_id(super::accounts::SERVICE, &f.region).await?;
+    let ids = [id.to_string()];
+    let r = super::workflow::share_snapshots(ec2, &f.account, &ids, &service, OperationType::Remove).await;
+    ignore_not_found(r)
 }
 
 /// Deletes a snapshot (gone already is fine).

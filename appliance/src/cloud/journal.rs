@@ -24,6 +24,9 @@ pub enum Kind {
     Image,
     Snapshot,
     Volume,
+    /// A snapshot's create-volume permission given to the service account (id: the snapshot's): kept
+    /// snapshots a job shares must not stay shared after it.
+    Share,
 }
 
 impl std::fmt::Display for Kind {
@@ -33,6 +36,7 @@ impl std::fmt::Display for Kind {
             Kind::Image => "image",
             Kind::Snapshot => "snapshot",
             Kind::Volume => "volume",
+            Kind::Share => "share",
         })
     }
 }

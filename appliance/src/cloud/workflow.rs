@@ -434,8 +434,9 @@ impl<'a> Workflow<'a> {
         let rank = |k: Kind| match k {
             Kind::Instance => 0,
             Kind::Volume => 1,
-            Kind::Image => 2,
-            Kind::Snapshot => 3,
+            Kind::Share => 2,
+            Kind::Image => 3,
+            Kind::Snapshot => 4,
         };
         let mut order: Vec<&Held> = made.held.iter().rev().collect();
         order.sort_by_key(|h| rank(h.kind));
@@ -448,6 +449,13 @@ impl<'a> Workflow<'a> {
                 Kind::Volume => super::cleanup::delete_volume(ec2, account, &h.id).await,
                 Kind::Image => super::cleanup::deregister_image(ec2, account, &h.id).await.map(|_| ()),
                 Kind::Snapshot => super::cleanup::delete_snapshot(ec2, account, &h.id).await,
+                Kind::Share => match self.cloud.accounts.account_id(SERVICE, &self.region).await {
+                    Ok(service) => {
+                        let ids = std::slice::from_ref(&h.id);
+                        share_snapshots(ec2, account, ids, &service, OperationType::Remove).await
+                    }
+                    Err(e) => Err(e),
+                },
             };
             if let Err(e) = r.and_then(|()| self.cloud.journal.gone(&h.token)) {
                 first_error.get_or_insert(e);
