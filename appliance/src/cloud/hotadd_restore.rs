@@ -21,30 +21,13 @@ use aws_sdk_ec2::types::{OperationType, ResourceType, TagSpecification, VolumeSt
 
 use super::instance_config::InstanceConfig;
 use super::journal::{Kind, Resource};
-use super::restore::{config_of, ended, launch, name_tags, register, restore_tags, share_image, Request, Restored};
+use super::restore::{launch, name_tags, register, restore_tags, share_image, Request, Restored};
 use super::workflow::{share_snapshots, this_instance, Made, Report, Workflow};
-use super::{accounts::SERVICE, Cloud, CloudError};
+use super::{accounts::SERVICE, CloudError};
 
-/// Restores `backup` into the member account through volumes attached to the access node.
-pub async fn run(
-    cloud: &Cloud,
-    library: Arc<dedup::Library>,
-    devices_dir: &Path,
-    job_id: &str,
-    backup: &dedup::Manifest,
-    req: &Request,
-    report: Arc<dyn Report>,
-) -> Result<Restored, CloudError> {
-    let config = config_of(backup)?;
-    let region = req.region.clone().or((!config.region.is_empty()).then(|| config.region.clone()));
-    let job = Workflow::new(cloud, job_id, &req.account, region.as_deref()).await?;
-    let mut made = Made::default();
-    let result = restore(&job, library, devices_dir, backup, &config, req, report.clone(), &mut made).await;
-    ended(&job, result, made, &*report).await
-}
-
+/// The restore's own steps (`restore::run` prepares and ends the job).
 #[allow(clippy::too_many_arguments)]
-async fn restore(
+pub(super) async fn restore(
     job: &Workflow<'_>,
     library: Arc<dedup::Library>,
     devices_dir: &Path,

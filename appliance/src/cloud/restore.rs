@@ -4,6 +4,8 @@
 //! member's instance launched with that configuration, and what the user gets in the end.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
 
 use aws_sdk_ec2::types::{
     ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, InstanceStateName, InstanceType,
@@ -14,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::instance_config::{BlockDevice, InstanceConfig};
 use super::journal::{Kind, Resource};
 use super::workflow::{image_named, Made, Report, Workflow};
-use super::{accounts::SERVICE, ec2_tags, CloudError, TAG_APPLIANCE, TAG_JOB};
+use super::{accounts::SERVICE, ec2_tags, Cloud, CloudError, TAG_APPLIANCE, TAG_JOB};
 
 /// What `cloud restore` asks for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,14 +176,28 @@ pub async fn launch(
     Ok(id)
 }
 
-/// Ends a restore: what it made is handed over to the user when it succeeded, else undone (and swept for
-/// by the job's tag).
-pub async fn ended(
-    job: &Workflow<'_>,
-    result: Result<Restored, CloudError>,
-    mut made: Made,
-    report: &dyn Report,
+/// Restores `backup` into the member account, as an image (`req.as_image`) or HotAdd through the access
+/// node's `devices_dir`; gives what the member got. What the restore made is handed over to the user when
+/// it succeeded, else undone (and swept for by the job's tag).
+pub async fn run(
+    cloud: &Cloud,
+    library: Arc<dedup::Library>,
+    devices_dir: &Path,
+    job_id: &str,
+    backup: &dedup::Manifest,
+    req: &Request,
+    report: Arc<dyn Report>,
 ) -> Result<Restored, CloudError> {
+    let config = config_of(backup)?;
+    let region = req.region.clone().or((!config.region.is_empty()).then(|| config.region.clone()));
+    let job = Workflow::new(cloud, job_id, &req.account, region.as_deref()).await?;
+    let mut made = Made::default();
+    let result = if req.as_image {
+        super::restore_image::restore(&job, library, backup, &config, req, report.clone(), &mut made).await
+    } else {
+        super::hotadd_restore::restore(&job, library, devices_dir, backup, &config, req, report.clone(), &mut made)
+            .await
+    };
     let result = match result {
         Ok(r) => {
             report.step("handing the restored machine over");

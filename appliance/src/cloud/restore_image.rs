@@ -21,28 +21,12 @@ use aws_sdk_ec2::types::OperationType;
 use super::ebs_upload::{BackupBlocks, Upload};
 use super::instance_config::InstanceConfig;
 use super::journal::{Kind, Resource};
-use super::restore::{config_of, ended, launch, register, restore_tags, share_image, Request, Restored};
+use super::restore::{launch, register, restore_tags, share_image, Request, Restored};
 use super::workflow::{share_snapshots, Made, Report, Workflow};
-use super::{accounts::SERVICE, sdk, Cloud, CloudError};
+use super::{accounts::SERVICE, sdk, CloudError};
 
-/// Restores `backup` as an image launchable by the member account; gives what the member got.
-pub async fn run(
-    cloud: &Cloud,
-    library: Arc<dedup::Library>,
-    job_id: &str,
-    backup: &dedup::Manifest,
-    req: &Request,
-    report: Arc<dyn Report>,
-) -> Result<Restored, CloudError> {
-    let config = config_of(backup)?;
-    let region = req.region.clone().or((!config.region.is_empty()).then(|| config.region.clone()));
-    let job = Workflow::new(cloud, job_id, &req.account, region.as_deref()).await?;
-    let mut made = Made::default();
-    let result = restore(&job, library, backup, &config, req, report.clone(), &mut made).await;
-    ended(&job, result, made, &*report).await
-}
-
-async fn restore(
+/// The restore's own steps (`restore::run` prepares and ends the job).
+pub(super) async fn restore(
     job: &Workflow<'_>,
     library: Arc<dedup::Library>,
     backup: &dedup::Manifest,

@@ -209,12 +209,9 @@ impl Manager {
         let job = self.jobs.start(kind, move |job| async move {
             let report: Arc<dyn Report> = job.clone();
             let id = job.id();
-            let restored = if req.as_image {
-                crate::cloud::restore_image::run(&me.cloud, library, &id, &backup, &req, report).await
-            } else {
-                crate::cloud::hotadd_restore::run(&me.cloud, library, &me.ebs_devices, &id, &backup, &req, report).await
-            };
-            let restored = restored.map_err(|e| e.to_string())?;
+            let restored = crate::cloud::restore::run(&me.cloud, library, &me.ebs_devices, &id, &backup, &req, report)
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(serde_json::to_value(restored).expect("plain data"))
         });
         Ok(job.info())
