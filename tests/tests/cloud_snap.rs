@@ -54,6 +54,11 @@ fn until_unshared(standin: &Standin, snapshots: &[String], what: &str) {
     }
 }
 
+/// The snapshot of each disk, as a snapshot backup's origin names them.
+fn snapshot_ids(origin: &Value) -> Vec<String> {
+    origin["block_devices"].as_array().unwrap().iter().map(|b| b["snapshot_id"].as_str().unwrap().to_string()).collect()
+}
+
 fn manifests(lib: &Path) -> Vec<Value> {
     let out = livemount(lib).args(["backup", "list", "--json"]).output().unwrap();
     json(&out.stdout).as_array().unwrap().clone()
@@ -82,12 +87,7 @@ fn a_snapshot_backup_stays_in_the_member_account_and_its_copy_is_the_streaming_b
     assert_eq!(origin["kind"], "ec2-snapshots", "{origin}");
     assert_eq!(origin["instance_id"], fleet.instance.as_str());
     let image = origin["image_id"].as_str().unwrap().to_string();
-    let snapshots: Vec<String> = origin["block_devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["snapshot_id"].as_str().unwrap().to_string())
-        .collect();
+    let snapshots = snapshot_ids(origin);
     assert_eq!(snapshots.len(), 2, "one snapshot per volume: {origin}");
     assert_eq!(origin["block_devices"][0]["device_name"], "/dev/xvda", "the root first");
     assert_eq!(standin.calls("CreateVolume", SERVICE), volumes_before, "no data is copied");
@@ -235,12 +235,7 @@ fn every_aws_call_of_a_snapshot_backup_and_a_copy_survives_faults_and_kill_9() {
     // Backup copies of one snapshot backup: the snapshot backup is untouched whatever happens.
     let snapped = snap(&d, &fleet);
     let id = snapped["id"].as_str().unwrap().to_string();
-    let snapshots: Vec<String> = snapped["origin"]["block_devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["snapshot_id"].as_str().unwrap().to_string())
-        .collect();
+    let snapshots = snapshot_ids(&snapped["origin"]);
     let with_snap = everything(&standin);
     let copies = |lib: &Path| manifests(lib).iter().filter(|m| m["origin"]["kind"] == "ec2-instance").count();
     let mut made = 0;

@@ -270,7 +270,7 @@ async fn remove(cloud: &Cloud, f: &Found) -> Result<(), CloudError> {
                 }
             }
             Kind::Snapshot => delete_snapshot(&ec2, account, &id).await?,
-            Kind::Share => unshare(cloud, &ec2, f, &id).await?,
+            Kind::Share => unshare(cloud, &ec2, account, &f.region, &id).await?,
         }
         tracing::info!(kind = %f.kind, %id, account = %f.account, "removed");
     }
@@ -341,11 +341,18 @@ pub(super) async fn deregister_image(
     Ok(snapshots)
 }
 
-/// Takes back the service account's permission to make volumes of snapshot `id` of `f.account`.
-async fn unshare(cloud: &Cloud, ec2: &aws_sdk_ec2::Client, f: &Found, id: &str) -> Result<(), CloudError> {
-    let service = cloud.accounts.account_id(super::accounts::SERVICE, &f.region).await?;
+/// Takes back the service account's permission to make volumes of snapshot `id` of `account` (a
+/// snapshot that is gone is fine).
+pub(super) async fn unshare(
+    cloud: &Cloud,
+    ec2: &aws_sdk_ec2::Client,
+    account: &str,
+    region: &str,
+    id: &str,
+) -> Result<(), CloudError> {
+    let service = cloud.accounts.account_id(super::accounts::SERVICE, region).await?;
     let ids = [id.to_string()];
-    let r = super::workflow::share_snapshots(ec2, &f.account, &ids, &service, OperationType::Remove).await;
+    let r = super::workflow::share_snapshots(ec2, account, &ids, &service, OperationType::Remove).await;
     ignore_not_found(r)
 }
 

@@ -449,13 +449,7 @@ impl<'a> Workflow<'a> {
                 Kind::Volume => super::cleanup::delete_volume(ec2, account, &h.id).await,
                 Kind::Image => super::cleanup::deregister_image(ec2, account, &h.id).await.map(|_| ()),
                 Kind::Snapshot => super::cleanup::delete_snapshot(ec2, account, &h.id).await,
-                Kind::Share => match self.cloud.accounts.account_id(SERVICE, &self.region).await {
-                    Ok(service) => {
-                        let ids = std::slice::from_ref(&h.id);
-                        share_snapshots(ec2, account, ids, &service, OperationType::Remove).await
-                    }
-                    Err(e) => Err(e),
-                },
+                Kind::Share => super::cleanup::unshare(self.cloud, ec2, account, &self.region, &h.id).await,
             };
             if let Err(e) = r.and_then(|()| self.cloud.journal.gone(&h.token)) {
                 first_error.get_or_insert(e);
