@@ -256,14 +256,19 @@ bench_boot() {
 # ---------------------------------------------------------------------------------------------------------
 # Streaming backup.
 # ---------------------------------------------------------------------------------------------------------
+# member_disk FILE: the member instance's root disk: the Debian guest when it is in its cache, else real
+# files as a root disk has them (an ext4 of /usr/lib).
+member_disk() {
+    if [[ -f $GUEST ]]; then
+        cp --sparse=always "$GUEST" "$1"
+    else
+        mkfs.ext4 -q -F -d /usr/lib "$1" "$(( $(du -sm /usr/lib | cut -f1) * 5 / 4 + 256 ))M"
+    fi
+}
+
 bench_backup() {
     local disk=$WORK/member-root.img i t0 s0 volume instance node id
-    if [[ -f $GUEST ]]; then
-        cp --sparse=always "$GUEST" "$disk"
-    else
-        # Real files, as a root disk has them, when the guest image is not built yet.
-        mkfs.ext4 -q -F -d /usr/lib "$disk" "$(( $(du -sm /usr/lib | cut -f1) * 5 / 4 + 256 ))M"
-    fi
+    member_disk "$disk"
     log "backup: a member instance launched from a $(( $(stat -c %s "$disk") >> 20 )) MiB disk (EBS direct upload)"
     awsq launch "$MEMBER" --disk "$disk" --name bench-web > "$WORK/member.json"
     awsq launch "$SERVICE" --name access-node > "$WORK/node.json"
@@ -312,11 +317,7 @@ bench_backup() {
 # ---------------------------------------------------------------------------------------------------------
 bench_restore() {
     local disk=$WORK/restore-root.img i t0 instance node id image
-    if [[ -f $GUEST ]]; then
-        cp --sparse=always "$GUEST" "$disk"
-    else
-        mkfs.ext4 -q -F -d /usr/lib "$disk" "$(( $(du -sm /usr/lib | cut -f1) * 5 / 4 + 256 ))M"
-    fi
+    member_disk "$disk"
     log "restore: a backup of a $(( $(stat -c %s "$disk") >> 20 )) MiB instance disk restored as an image, against coldsnap"
     awsq launch "$MEMBER" --disk "$disk" --name bench-restore > "$WORK/restore-member.json"
     awsq launch "$SERVICE" --name access-node > "$WORK/restore-node.json"
