@@ -30,6 +30,22 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// A duration in seconds from `90`, `90s`, `15m`, `12h` or `7d`.
+pub fn parse_seconds(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration (examples: 900, 15m, 12h, 7d)"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?} has an unknown unit (use s, m, h or d)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too long"))
+}
+
 /// A byte progress bar on stderr when it is a terminal and output is not JSON; hidden otherwise.
 pub fn byte_bar(total: u64, json: bool, what: &str) -> ProgressBar {
     if json || !std::io::stderr().is_terminal() {

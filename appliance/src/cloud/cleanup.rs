@@ -146,6 +146,7 @@ async fn state_of(cloud: &Cloud, account: &str, region: &str, kind: Kind, id: &s
             Ok(o) => o.snapshots().first().map(|_| "shared".to_string()),
             Err(e) => gone(CloudError::aws(account, "DescribeSnapshots")(e))?,
         },
+        Kind::Object | Kind::Grant => return super::s3_objects::state_of(cloud, region, kind, id).await,
     };
     Ok(state.filter(|s| s != "deregistered" && s != "deleted").unwrap_or_else(|| "gone".into()))
 }
@@ -271,6 +272,7 @@ async fn remove(cloud: &Cloud, f: &Found) -> Result<(), CloudError> {
             }
             Kind::Snapshot => delete_snapshot(&ec2, account, &id).await?,
             Kind::Share => unshare(cloud, &ec2, account, &f.region, &id).await?,
+            Kind::Object | Kind::Grant => super::s3_objects::remove(cloud, &f.region, f.kind, &id).await?,
         }
         tracing::info!(kind = %f.kind, %id, account = %f.account, "removed");
     }

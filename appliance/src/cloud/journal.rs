@@ -27,6 +27,17 @@ pub enum Kind {
     /// A snapshot's create-volume permission given to the service account (id: the snapshot's): kept
     /// snapshots a job shares must not stay shared after it.
     Share,
+    /// An object in a bucket of the service account (id: `BUCKET/KEY`, known before it exists).
+    Object,
+    /// A bucket-policy statement letting a member account read objects (id: `BUCKET/SID`).
+    Grant,
+}
+
+impl Kind {
+    /// Whether it is an S3 resource (an object or a grant) rather than an EC2 one.
+    pub fn is_s3(self) -> bool {
+        matches!(self, Kind::Object | Kind::Grant)
+    }
 }
 
 impl std::fmt::Display for Kind {
@@ -37,6 +48,8 @@ impl std::fmt::Display for Kind {
             Kind::Snapshot => "snapshot",
             Kind::Volume => "volume",
             Kind::Share => "share",
+            Kind::Object => "object",
+            Kind::Grant => "grant",
         })
     }
 }

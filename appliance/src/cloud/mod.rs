@@ -1,9 +1,9 @@
 //! The cloud half of the appliance: the AWS accounts it works in (`accounts`), the journal of every
 //! resource it makes (`journal`), the iPXE machine image (`images`, uploaded through `ebs_upload`), the
 //! instances that boot live mounts (`instances`), the account workflows (`streaming_backup`,
-//! `snapshot_backup`, `backup_copy`, `hotadd_restore`, `restore_image`, on the steps of `workflow` and
-//! `restore`; what they keep of an instance is `instance_config`), and finding and removing what was left behind (`cleanup`). `sdk` is how every call
-//! reaches AWS.
+//! `snapshot_backup`, `backup_copy`, `hotadd_restore`, `restore_image`, `recover_files`, on the steps of
+//! `workflow`, `restore` and `s3_objects`; what they keep of an instance is `instance_config`), and
+//! finding and removing what was left behind (`cleanup`). `sdk` is how every call reaches AWS.
 //!
 //! ```text
 //! <state>/cloud/appliance-id    this appliance's id, in the livemount:appliance tag of all it makes
@@ -24,7 +24,9 @@ pub mod instances;
 pub mod journal;
 mod poll;
 pub mod restore;
+pub mod recover_files;
 pub mod restore_image;
+pub mod s3_objects;
 pub mod sdk;
 pub mod snapshot_backup;
 pub mod streaming_backup;

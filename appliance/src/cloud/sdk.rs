@@ -59,7 +59,7 @@ where
     }
 }
 
-/// EC2, EBS direct and STS clients over `config`. Each carries the crash hook below when it is set.
+/// EC2, EBS direct, S3 and STS clients over `config`. Each carries the crash hook below when it is set.
 pub fn ec2(config: &SdkConfig) -> aws_sdk_ec2::Client {
     let mut b = aws_sdk_ec2::config::Builder::from(config);
     if let Some(hook) = KillAfter::from_env() {
@@ -74,6 +74,16 @@ pub fn ebs(config: &SdkConfig) -> aws_sdk_ebs::Client {
         b = b.interceptor(hook);
     }
     aws_sdk_ebs::Client::from_conf(b.build())
+}
+
+/// S3 in path style when the endpoint is set (a local stand-in or an S3-compatible store answers on one
+/// host name, not one per bucket); AWS's own virtual-hosted style otherwise.
+pub fn s3(config: &SdkConfig) -> aws_sdk_s3::Client {
+    let mut b = aws_sdk_s3::config::Builder::from(config).force_path_style(config.endpoint_url().is_some());
+    if let Some(hook) = KillAfter::from_env() {
+        b = b.interceptor(hook);
+    }
+    aws_sdk_s3::Client::from_conf(b.build())
 }
 
 pub fn sts(config: &SdkConfig) -> aws_sdk_sts::Client {

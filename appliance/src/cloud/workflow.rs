@@ -437,6 +437,8 @@ impl<'a> Workflow<'a> {
             Kind::Share => 2,
             Kind::Image => 3,
             Kind::Snapshot => 4,
+            Kind::Grant => 5,
+            Kind::Object => 6,
         };
         let mut order: Vec<&Held> = made.held.iter().rev().collect();
         order.sort_by_key(|h| rank(h.kind));
@@ -450,6 +452,7 @@ impl<'a> Workflow<'a> {
                 Kind::Image => super::cleanup::deregister_image(ec2, account, &h.id).await.map(|_| ()),
                 Kind::Snapshot => super::cleanup::delete_snapshot(ec2, account, &h.id).await,
                 Kind::Share => super::cleanup::unshare(self.cloud, ec2, account, &self.region, &h.id).await,
+                Kind::Object | Kind::Grant => super::s3_objects::remove(self.cloud, &self.region, h.kind, &h.id).await,
             };
             if let Err(e) = r.and_then(|()| self.cloud.journal.gone(&h.token)) {
                 first_error.get_or_insert(e);
@@ -465,8 +468,13 @@ impl<'a> Workflow<'a> {
         let ours =
             [super::TAG_APPLIANCE, super::TAG_JOB].map(|k| aws_sdk_ec2::types::Tag::builder().key(k).build()).to_vec();
         for in_member in [true, false] {
-            let ids: Vec<String> =
-                made.held.iter().filter(|h| h.in_member == in_member).map(|h| h.id.clone()).collect();
+            // S3 objects and grants carry no tags of ours: the journal alone finds them.
+            let ids: Vec<String> = made
+                .held
+                .iter()
+                .filter(|h| h.in_member == in_member && !h.kind.is_s3())
+                .map(|h| h.id.clone())
+                .collect();
             if ids.is_empty() {
                 continue;
             }

@@ -37,6 +37,9 @@ pub enum CloudCmd {
     /// snapshotted, shared, made the member's volumes) or, with --as-image, an image written through the
     /// EBS direct APIs and shared with the member; --launch also starts the instance there.
     Restore(CloudRestoreArgs),
+    /// Agentless file recovery: files and folders of a backup uploaded into a bucket of the service
+    /// account (mode, owner and modification time as object metadata), readable by a member account.
+    RecoverFiles(RecoverFilesArgs),
     /// The jobs the daemon runs or has run (backups, copies, restores).
     Jobs,
 }
@@ -66,6 +69,30 @@ pub struct CloudRestoreArgs {
     /// its instance metadata).
     #[arg(long)]
     pub access_node: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverFilesArgs {
+    /// Backup id, unique id prefix, or name.
+    pub backup: String,
+    /// Files or folders as the guest has them (/etc/hostname), or within one of the backup's file
+    /// systems (disk0p1:/etc); a folder comes with everything under it.
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+    /// The member account that may read the recovered files.
+    #[arg(long)]
+    pub account: String,
+    /// A bucket of the service account, in the member account's Region.
+    #[arg(long)]
+    pub bucket: String,
+    /// The folder of the bucket the files go under (default: recovered/BACKUP-ID).
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Also print a presigned download URL of each file, valid this long (e.g. 900, 15m, 12h, 7d).
+    #[arg(long, value_parser = crate::output::parse_seconds)]
+    pub presign: Option<u64>,
+    #[arg(long)]
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -309,6 +336,43 @@ pub fn run(cli: &Cli, cmd: &CloudCmd) -> anyhow::Result<i32> {
                     println!("  instance {i} launched");
                 }
                 println!("  wrote {} in {:.1} s", size(r.bytes_written), r.seconds);
+            }
+        }
+        CloudCmd::RecoverFiles(a) => {
+            let req = crate::cloud::recover_files::Request {
+                backup: a.backup.clone(),
+                paths: a.paths.clone(),
+                account: a.account.clone(),
+                bucket: a.bucket.clone(),
+                prefix: a.prefix.clone(),
+                presign_seconds: a.presign,
+                region: a.region.clone(),
+            };
+            let Some(result) = run_job(cli, &client, "/v1/cloud/file-recoveries", &req, "cloud recover-files")? else {
+                return Ok(1);
+            };
+            if !cli.json {
+                let r: crate::cloud::recover_files::Recovered = serde_json::from_value(result)?;
+                for f in &r.files {
+                    println!("{}  {}  {} {}", f.url, size(f.size), f.mode, f.path);
+                    if let Some(u) = &f.presigned_url {
+                        println!("  {u}");
+                    }
+                }
+                for s in &r.skipped {
+                    println!("skipped {}: {}", s.path, s.why);
+                }
+                println!(
+                    "{} file(s), {} from backup {} in {:.1} s; account {} ({}) may read s3://{}/{}/",
+                    r.files.len(),
+                    size(r.bytes),
+                    r.backup,
+                    r.seconds,
+                    r.account,
+                    r.account_id,
+                    r.bucket,
+                    r.prefix
+                );
             }
         }
         CloudCmd::Jobs => {

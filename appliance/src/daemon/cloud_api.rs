@@ -29,6 +29,7 @@ pub fn routes() -> Router<Arc<Manager>> {
         .route("/v1/cloud/snapshot-backups/{id}", axum::routing::delete(forget_snapshot_backup))
         .route("/v1/cloud/backup-copies", post(backup_copy))
         .route("/v1/cloud/restores", post(restore))
+        .route("/v1/cloud/file-recoveries", post(recover_files))
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
 }
@@ -147,6 +148,16 @@ async fn restore(
     let Json(r) = req?;
     m.cloud().accounts.get(&r.account)?;
     Ok((axum::http::StatusCode::ACCEPTED, Json(m.start_restore(r)?)))
+}
+
+/// Starts recovering files of a backup into a bucket of the service account (a job).
+async fn recover_files(
+    State(m): State<Arc<Manager>>,
+    req: Result<Json<crate::cloud::recover_files::Request>, JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<JobInfo>), ApiError> {
+    let Json(r) = req?;
+    m.cloud().accounts.get(&r.account)?;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(m.start_recover_files(r)?)))
 }
 
 async fn list_jobs(State(m): State<Arc<Manager>>) -> Json<Vec<JobInfo>> {

@@ -217,6 +217,38 @@ impl Manager {
         Ok(job.info())
     }
 
+    /// Starts recovering files of a backup into a bucket as a job: the bucket is checked, the backup
+    /// browsed, the files uploaded and the member account let read them; the browse ends with the job.
+    pub fn start_recover_files(
+        self: &Arc<Self>,
+        req: crate::cloud::recover_files::Request,
+    ) -> Result<super::jobs::JobInfo, ApiError> {
+        let library = self.library()?;
+        let backup = library.resolve(&req.backup)?;
+        if backup.disks.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "backup {} holds no disks in the library (a snapshot backup): `livemount cloud backup-copy {}` copies it in first",
+                backup.id, backup.id
+            )));
+        }
+        let me = self.clone();
+        let job = self.jobs.start("cloud-recover-files", move |job| async move {
+            let report: Arc<dyn Report> = job.clone();
+            let id = job.id();
+            let target = crate::cloud::recover_files::prepare(&me.cloud, &backup.id, &req).await.map_err(|e| e.to_string())?;
+            report.step("browsing the backup");
+            let browsed = me.browse(&backup.id).await.map_err(|e| e.to_string())?;
+            let fss = browsed.browse.clone().map(|b| b.filesystems).unwrap_or_default();
+            let recovered =
+                crate::cloud::recover_files::run(&me.cloud, &id, &backup.id, fss, &req, target, report).await;
+            if let Err(e) = me.unbrowse(&browsed.id).await {
+                tracing::warn!(job = %id, mount = %browsed.id, "ending the browse failed: {e}");
+            }
+            Ok(serde_json::to_value(recovered.map_err(|e| e.to_string())?).expect("plain data"))
+        });
+        Ok(job.info())
+    }
+
     /// Forgets a snapshot backup: its catalog entry, then its image and snapshots in the member account.
     pub async fn forget_snapshot_backup(&self, id: &str, force: bool) -> Result<dedup::Manifest, ApiError> {
         let library = self.library()?;
