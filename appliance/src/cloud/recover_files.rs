@@ -183,7 +183,10 @@ async fn upload_and_grant(
     for f in &files {
         let key = key_of(f);
         if key.len() > MAX_KEY {
-            return Err(CloudError::BadRequest(format!("{}: its S3 key would be longer than {MAX_KEY} bytes", f.guest)));
+            return Err(CloudError::BadRequest(format!(
+                "{}: its S3 key would be longer than {MAX_KEY} bytes",
+                f.guest
+            )));
         }
         if !keys.insert(key.clone()) {
             return Err(CloudError::BadRequest(format!("{} is named twice (in two file systems?)", f.guest)));
@@ -213,16 +216,26 @@ async fn upload_and_grant(
     };
     let mut running = tokio::task::JoinSet::new();
     let mut queue = files.iter();
+    let mut failed = None;
+    // The first failure starts no more uploads; those in flight are waited for, so that the undo comes
+    // after every one of them.
     loop {
-        while running.len() < FILES_IN_FLIGHT {
+        while running.len() < FILES_IN_FLIGHT && failed.is_none() {
             let Some(f) = queue.next() else { break };
-            let (s3, bucket, key, host, size) =
-                (s3.clone(), bucket.to_string(), key_of(f), f.host.clone(), f.size);
+            let (s3, bucket, key, host, size) = (s3.clone(), bucket.to_string(), key_of(f), f.host.clone(), f.size);
             let (metadata, sent) = (metadata_of(f, backup_id), sent.clone());
             running.spawn(async move { s3_objects::upload(&s3, &bucket, &key, &host, size, metadata, sent).await });
         }
         let Some(joined) = running.join_next().await else { break };
-        joined.map_err(|e| CloudError::Conflict(format!("an upload stopped: {e}")))??;
+        match joined.map_err(|e| CloudError::Conflict(format!("an upload stopped: {e}"))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) | Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     let mut recovered = Vec::new();
     for f in &files {

@@ -77,9 +77,11 @@ pub async fn upload(
     let mut running = tokio::task::JoinSet::new();
     let mut done: Vec<CompletedPart> = Vec::new();
     let mut next = 0u64;
-    // Parts go several at a time; the first failure stops the rest (the caller's undo aborts the upload).
-    while next < parts || !running.is_empty() {
-        while next < parts && running.len() < PARTS_IN_FLIGHT {
+    let mut failed = None;
+    // Parts go several at a time; the first failure starts no more, and those in flight are waited for,
+    // so that the caller's undo (which aborts the upload) comes after every part.
+    while (next < parts && failed.is_none()) || !running.is_empty() {
+        while next < parts && failed.is_none() && running.len() < PARTS_IN_FLIGHT {
             let (s3, bucket, key, upload_id) = (s3.clone(), bucket.to_string(), key.to_string(), upload_id.clone());
             let (file, sent) = (file.to_path_buf(), sent.clone());
             let offset = next * part_size;
@@ -110,9 +112,16 @@ pub async fn upload(
             next += 1;
         }
         if let Some(joined) = running.join_next().await {
-            let part = joined.map_err(|e| CloudError::Conflict(format!("a part's upload stopped: {e}")))??;
-            done.push(part);
+            match joined.map_err(|e| CloudError::Conflict(format!("a part's upload stopped: {e}"))) {
+                Ok(Ok(part)) => done.push(part),
+                Ok(Err(e)) | Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
         }
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     done.sort_by_key(|p| p.part_number());
     s3.complete_multipart_upload()

@@ -52,7 +52,12 @@ where
         SdkError::ServiceError(s) => {
             let err = s.err();
             let code = err.code().map(str::to_string);
-            let message = err.message().map(str::to_string).unwrap_or_else(|| err.to_string());
+            let message = match (&code, err.message()) {
+                (_, Some(m)) => m.to_string(),
+                // An answer the SDK could not read as an AWS error: what it saw, with its causes.
+                (None, None) => aws_smithy_types::error::display::DisplayErrorContext(err).to_string(),
+                (Some(_), None) => err.to_string(),
+            };
             (code, message)
         }
         other => (None, aws_smithy_types::error::display::DisplayErrorContext(other).to_string()),

@@ -235,7 +235,8 @@ impl Manager {
         let job = self.jobs.start("cloud-recover-files", move |job| async move {
             let report: Arc<dyn Report> = job.clone();
             let id = job.id();
-            let target = crate::cloud::recover_files::prepare(&me.cloud, &backup.id, &req).await.map_err(|e| e.to_string())?;
+            let target =
+                crate::cloud::recover_files::prepare(&me.cloud, &backup.id, &req).await.map_err(|e| e.to_string())?;
             report.step("browsing the backup");
             let browsed = me.browse(&backup.id).await.map_err(|e| e.to_string())?;
             let fss = browsed.browse.clone().map(|b| b.filesystems).unwrap_or_default();

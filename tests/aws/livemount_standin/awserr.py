@@ -29,6 +29,13 @@ def error_response(service: str, code: str, message: str, status: int = 400, ext
             ("x-amzn-RequestId", request_id),
         ]
         return status, headers, json.dumps(doc).encode()
+    if service == "s3":
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Error>'
+            f"<Code>{escape(code)}</Code><Message>{escape(message)}</Message>"
+            f"<RequestId>{request_id}</RequestId></Error>"
+        )
+        return status, [("Content-Type", "application/xml"), ("x-amz-request-id", request_id)], body.encode()
     kind = "Receiver" if status >= 500 else "Sender"
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n<ErrorResponse><Error>'

@@ -23,6 +23,9 @@ from werkzeug.serving import make_server
 from .awserr import AwsError, error_response
 
 _SCOPE = re.compile(r"Credential=([^/,\s]+)/\d{8}/([^/]+)/([^/]+)/aws4_request")
+# A presigned URL carries its credential scope in the query (SigV4, "Authenticating Requests: Using Query
+# Parameters").
+_QUERY_SCOPE = re.compile(r"X-Amz-Credential=([^%&/]+)(?:%2F|/)\d{8}(?:%2F|/)([^%&/]+)(?:%2F|/)([^%&/]+)")
 
 
 def _read_body(environ) -> bytes:
@@ -101,6 +104,10 @@ class Front:
             from moto.moto_api._internal.models import moto_api_backend
 
             moto_api_backend.reset()
+            # moto's IAM enforcement (awsq iam-enforce) is off again, as at start.
+            from moto import settings
+
+            settings.INITIAL_NO_AUTH_ACTION_COUNT = float("inf")
             self.control.reset()
             self.idem.reset()
             if self.ebs is not None:
@@ -126,7 +133,7 @@ class Front:
 
         method = environ["REQUEST_METHOD"]
         query = environ.get("QUERY_STRING", "")
-        scope = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+        scope = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", "")) or _QUERY_SCOPE.search(query)
         access_key, region, service = scope.groups() if scope else ("AKIAEXAMPLE", "us-east-1", "unknown")
         account = get_account_id_from(access_key)
 
@@ -135,6 +142,11 @@ class Front:
         if service == "ebs":
             action, groups = self.ebs_action_of(method, path)
             action = action or f"{method} {path}"
+        elif service == "s3":
+            from .s3_ext import action_of as s3_action_of
+
+            headers = {k[5:].replace("_", "-"): v for k, v in environ.items() if k.startswith("HTTP_")}
+            action = s3_action_of(method, path, query, headers)
         else:
             params = parse_qs(query, keep_blank_values=True)
             ctype = environ.get("CONTENT_TYPE", "")
@@ -183,6 +195,13 @@ class Front:
                 result = error_response("ebs", "ValidationException", f"Malformed request: {err}", 400,
                                         {"Reason": "INVALID_PARAMETER_VALUE"})
             return self._respond(start_response, *result)
+
+        if service == "s3":
+            from .s3_ext import cross_account_denied, fixed_answer
+
+            if cross_account_denied(account, action, path):
+                return self._respond(start_response, *error_response("s3", "AccessDenied", "Access Denied", 403))
+            return self._respond(start_response, *fixed_answer(action, *self._call_moto(environ, body)))
 
         token = (params.get("ClientToken") or [None])[0]
         if service == "ec2" and token:
