@@ -43,6 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             label: "image".into(),
             source: dedup::source::open(&image)?,
             partition_table: None,
+            parent: None,
         };
         dedup::ingest::create_backup(&lib, Some("speed".into()), vec![disk], &|_| {})?;
     }

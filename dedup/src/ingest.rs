@@ -17,7 +17,7 @@ use crate::chunk::{self, ChunkId};
 use crate::durable::{self, AtomicFile};
 use crate::error::{Error, Result};
 use crate::gc::RunningBackup;
-use crate::index::{DiskIndex, DiskIndexWriter};
+use crate::index::{DiskIndex, DiskIndexWriter, IndexEntry};
 use crate::library::{now_rfc3339, Library};
 use crate::lock::{self, LockKind};
 use crate::manifest::{DiskManifest, IngestStats, Manifest, PartitionSummary};
@@ -30,6 +30,10 @@ pub struct DiskInput {
     pub label: String,
     pub source: Box<dyn DiskSource>,
     pub partition_table: Option<PartitionSummary>,
+    /// The same disk in an earlier backup: where the source says a chunk is unchanged since then
+    /// (`DiskSource::unchanged`), its id is taken from this index and nothing is read. Used only when its
+    /// chunk and disk sizes are this backup's.
+    pub parent: Option<DiskIndex>,
 }
 
 /// Progress of a backup: bytes of disk covered so far out of the total.
@@ -74,7 +78,8 @@ pub fn create_backup_from(
             let size = disk.source.size();
             let report = |done: u64| progress(Progress { done: done_before + done, total });
             let index_file = format!("disk{n}.index");
-            let (checksum, disk_stats) = ingest_disk(lib, &mut *disk.source, &tmp.join(&index_file), &report)?;
+            let parent = disk.parent.as_ref().filter(|p| p.chunk_size == lib.chunk_size() && p.disk_size == size);
+            let (checksum, disk_stats) = ingest_disk(lib, &mut *disk.source, parent, &tmp.join(&index_file), &report)?;
             done_before += size;
             stats.add(&disk_stats);
             disk_manifests.push(DiskManifest {
@@ -183,11 +188,19 @@ struct Done {
     buf: Option<Vec<u8>>,
 }
 
+/// What the reader hands a worker: a chunk's bytes, or the parent's entry of a chunk the source says is
+/// unchanged (the worker makes sure the library still holds it).
+enum Job {
+    Data(usize, Vec<u8>),
+    Unchanged(usize, IndexEntry),
+}
+
 /// Ingests one disk, writing its index to `index_path` (synced); returns the index's checksum and what the
-/// disk cost.
+/// disk cost. `parent`: the same disk's index in an earlier backup, of the same chunk and disk size.
 pub fn ingest_disk(
     lib: &Library,
     source: &mut dyn DiskSource,
+    parent: Option<&DiskIndex>,
     index_path: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(String, IngestStats)> {
@@ -201,7 +214,7 @@ pub fn ingest_disk(
         failed.store(true, Ordering::SeqCst);
         first_error.lock().expect("not poisoned").get_or_insert(e);
     };
-    let (job_tx, job_rx) = bounded::<(usize, Vec<u8>)>(workers * 2);
+    let (job_tx, job_rx) = bounded::<Job>(workers * 2);
     let (done_tx, done_rx) = bounded::<Done>(workers * 4);
     let (free_tx, free_rx) = bounded::<Vec<u8>>(workers * 4);
 
@@ -214,12 +227,11 @@ pub fn ingest_disk(
         let reader_done_tx = done_tx.clone();
         let (fail_r, failed_r) = (&fail, &failed);
         let bytes_read = s.spawn(move || {
-            read_chunks(&mut *source, chunk_size, count, &job_tx, &reader_done_tx, &free_rx, failed_r).unwrap_or_else(
-                |e| {
-                    fail_r(e);
-                    0
-                },
-            )
+            let chunks = Chunks { chunk_size, count, parent };
+            read_chunks(&mut *source, &chunks, &job_tx, &reader_done_tx, &free_rx, failed_r).unwrap_or_else(|e| {
+                fail_r(e);
+                0
+            })
         });
         for _ in 0..workers {
             let (job_rx, done_tx, fail_w, failed_w) = (job_rx.clone(), done_tx.clone(), &fail, &failed);
@@ -260,17 +272,25 @@ pub fn ingest_disk(
     Ok((index.finish()?, stats))
 }
 
-/// The reader: sends each chunk holding data to the workers, reports chunks without data as zero at once.
-/// Returns the number of bytes read.
-fn read_chunks(
-    source: &mut dyn DiskSource,
+/// The chunks of the disk being read, and the same disk's index in an earlier backup.
+struct Chunks<'a> {
     chunk_size: u32,
     count: usize,
-    jobs: &Sender<(usize, Vec<u8>)>,
+    parent: Option<&'a DiskIndex>,
+}
+
+/// The reader: sends each chunk holding data to the workers, reports chunks without data as zero at once;
+/// a chunk the source says is unchanged since the parent goes to the workers as the parent's entry,
+/// unread. Returns the number of bytes read.
+fn read_chunks(
+    source: &mut dyn DiskSource,
+    chunks: &Chunks,
+    jobs: &Sender<Job>,
     done: &Sender<Done>,
     free: &Receiver<Vec<u8>>,
     failed: &AtomicBool,
 ) -> Result<u64> {
+    let (chunk_size, count) = (chunks.chunk_size, chunks.count);
     let size = source.size();
     let mut bytes_read = 0u64;
     // The data range not yet wholly read; the source is asked for the next one as the reader passes it.
@@ -283,6 +303,18 @@ fn read_chunks(
         }
         let start = i as u64 * u64::from(chunk_size);
         let end = (start + u64::from(chunk_size)).min(size);
+        if let Some(parent) = chunks.parent.filter(|_| source.unchanged(start..end)) {
+            let sent = match parent.entry(i as u64)? {
+                e if e.id.is_zero() => {
+                    done.send(Done { index: i, id: ChunkId::ZERO, at: None, outcome: Outcome::Zero, buf: None }).is_ok()
+                }
+                e => jobs.send(Job::Unchanged(i, e)).is_ok(),
+            };
+            if !sent {
+                break;
+            }
+            continue;
+        }
         if next.as_ref().is_some_and(|r| r.end <= start) {
             next = source.next_data(start)?;
         }
@@ -313,7 +345,7 @@ fn read_chunks(
             next = source.next_data(r.end)?;
         }
         let sent = match buf {
-            Some(b) => jobs.send((i, b)).is_ok(),
+            Some(b) => jobs.send(Job::Data(i, b)).is_ok(),
             None => {
                 done.send(Done { index: i, id: ChunkId::ZERO, at: None, outcome: Outcome::Zero, buf: None }).is_ok()
             }
@@ -325,21 +357,34 @@ fn read_chunks(
     Ok(bytes_read)
 }
 
-/// A worker: hash, reuse or compress and store.
-fn store_chunks(
-    lib: &Library,
-    jobs: &Receiver<(usize, Vec<u8>)>,
-    done: &Sender<Done>,
-    failed: &AtomicBool,
-) -> Result<()> {
+/// A worker: hash, reuse or compress and store; for a chunk unchanged since the parent, only make sure the
+/// library holds it (and mark it used, as a reuse does).
+fn store_chunks(lib: &Library, jobs: &Receiver<Job>, done: &Sender<Done>, failed: &AtomicBool) -> Result<()> {
     let mut compressor =
         zstd::bulk::Compressor::new(chunk::ZSTD_LEVEL).map_err(|e| Error::io("start zstd", lib.root(), e))?;
     let mut lock_file: File = lib.chunks_lock()?;
     let mut encoded = Vec::new();
-    for (index, data) in jobs.iter() {
+    for job in jobs.iter() {
         if failed.load(Ordering::Relaxed) {
             break;
         }
+        let (index, data) = match job {
+            Job::Data(index, data) => (index, data),
+            Job::Unchanged(index, entry) => {
+                let held = lock::lock(lock_file, LockKind::Shared)
+                    .map_err(|e| Error::io("lock", lib.path("chunks.lock"), e))?;
+                let touched = lib.store().touch(&entry.id);
+                lock_file = held.release().map_err(|e| Error::io("unlock", lib.path("chunks.lock"), e))?;
+                // The parent's chunk must still be in the library; when it is not, the backup fails
+                // rather than name a chunk it does not hold.
+                let at = touched?.ok_or(Error::ChunkMissing { id: entry.id })?;
+                let done_chunk = Done { index, id: entry.id, at: Some(at), outcome: Outcome::Reused, buf: None };
+                if done.send(done_chunk).is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
         let (id, at, outcome) = if chunk::is_all_zero(&data) {
             (ChunkId::ZERO, None, Outcome::Zero)
         } else {

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -133,6 +134,32 @@ def all_blocks(ebs, sid: str, page: int = 10000) -> list[dict]:
 
 def error_code(ctx) -> str:
     return ctx.exception.response["Error"]["Code"]
+
+
+def s3_client(standin, creds: dict | None = None):
+    return standin.client("s3", creds, Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}))
+
+
+def completed_root(s3, bucket: str, key: str) -> str:
+    """Uploads `key` in one part; the root element of CompleteMultipartUpload's answer, as sent."""
+    roots = []
+
+    def keep(http_response, **_):
+        after_declaration = http_response.content.decode().split("?>", 1)[-1]
+        roots.append(re.search(r"<(\w+)[\s>]", after_declaration).group(1))
+
+    s3.meta.events.register("after-call.s3.CompleteMultipartUpload", keep)
+    up = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    etag = s3.upload_part(Bucket=bucket, Key=key, UploadId=up, PartNumber=1, Body=b"one part")["ETag"]
+    s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=up,
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+    return roots[0]
+
+
+def grant(bucket: str, prefix: str, account: str) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Sid": "Member", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+        "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*"}]})
 
 
 class Extended(unittest.TestCase):
@@ -534,6 +561,39 @@ class Extended(unittest.TestCase):
         self.assertEqual([again["VolumeId"]], made)
         self.assertGreater(self.s.control("GET", "/standin/counters")["seconds"]["CreateVolume"], 0)
 
+    # ---- 6. S3: cross-account bucket policy, CompleteMultipartUpload ----
+    def test_s3_cross_account_read_needs_a_bucket_policy_statement(self):
+        s3, m_s3 = s3_client(self.s), s3_client(self.s, self.s.member_creds())
+        s3.create_bucket(Bucket="files")
+        s3.put_object(Bucket="files", Key="granted/a", Body=b"for the member")
+        s3.put_object(Bucket="files", Key="other/b", Body=b"not for the member")
+        with self.assertRaises(ClientError) as ctx:
+            m_s3.get_object(Bucket="files", Key="granted/a")
+        self.assertEqual(error_code(ctx), "AccessDenied")
+        s3.put_bucket_policy(Bucket="files", Policy=grant("files", "granted", MEMBER))
+        self.assertEqual(m_s3.get_object(Bucket="files", Key="granted/a")["Body"].read(), b"for the member")
+        for denied in (lambda: m_s3.get_object(Bucket="files", Key="other/b"),
+                       lambda: m_s3.put_object(Bucket="files", Key="granted/c", Body=b"x"),
+                       lambda: m_s3.list_objects_v2(Bucket="files")):
+            with self.assertRaises(ClientError) as ctx:
+                denied()
+            self.assertEqual(error_code(ctx), "AccessDenied")
+        # A Deny wins over the Allow; the owner is never asked for a policy.
+        policy = json.loads(grant("files", "granted", MEMBER))
+        policy["Statement"].append(dict(policy["Statement"][0], Sid="No", Effect="Deny"))
+        s3.put_bucket_policy(Bucket="files", Policy=json.dumps(policy))
+        with self.assertRaises(ClientError) as ctx:
+            m_s3.get_object(Bucket="files", Key="granted/a")
+        self.assertEqual(error_code(ctx), "AccessDenied")
+        self.assertEqual(s3.get_object(Bucket="files", Key="other/b")["Body"].read(), b"not for the member")
+        self.assertEqual(self.s.control("GET", "/standin/counters")["actions"]["GetObject"], {SERVICE: 1, MEMBER: 4})
+
+    def test_s3_complete_multipart_upload_answers_as_aws_documents(self):
+        s3 = s3_client(self.s)
+        s3.create_bucket(Bucket="parts")
+        self.assertEqual(completed_root(s3, "parts", "k"), "CompleteMultipartUploadResult")
+        self.assertEqual(s3.get_object(Bucket="parts", Key="k")["Body"].read(), b"one part")
+
     def test_reset_clears_everything(self):
         self.upload_marker = upload(self.ebs, {0: block_of(1)})
         self.ec2.create_volume(Size=1, AvailabilityZone="us-east-1a")
@@ -621,6 +681,13 @@ class Stock(unittest.TestCase):
         # ...and makes a new snapshot for a repeated ClientToken.
         self.assertNotEqual(ebs.start_snapshot(VolumeSize=1, ClientToken="t")["SnapshotId"],
                             ebs.start_snapshot(VolumeSize=1, ClientToken="t")["SnapshotId"])
+
+    def test_stock_s3_lets_any_account_read_and_misnames_the_upload_result(self):
+        s3, m_s3 = s3_client(self.s), s3_client(self.s, self.s.member_creds())
+        s3.create_bucket(Bucket="files")
+        s3.put_object(Bucket="files", Key="other/b", Body=b"not for the member")
+        self.assertEqual(m_s3.get_object(Bucket="files", Key="other/b")["Body"].read(), b"not for the member")
+        self.assertEqual(completed_root(s3, "files", "k"), "CompleteMultipartUploadResponse")
 
 
 if __name__ == "__main__":

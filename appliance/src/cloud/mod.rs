@@ -15,6 +15,8 @@
 pub mod accounts;
 pub mod backup_copy;
 pub mod cleanup;
+pub mod ebs_backup;
+pub mod ebs_snapshot;
 pub mod ebs_upload;
 pub mod error;
 pub mod hotadd_restore;

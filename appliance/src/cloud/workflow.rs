@@ -166,7 +166,7 @@ impl<'a> Workflow<'a> {
             for (label, path) in paths {
                 let mut source = dedup::source::open(&path)?;
                 let partition_table = crate::partitions::summarize(&mut *source).ok().flatten();
-                disks.push(dedup::ingest::DiskInput { label, source, partition_table });
+                disks.push(dedup::ingest::DiskInput { label, source, partition_table, parent: None });
             }
             dedup::ingest::create_backup_from(&library, name, Some(origin), disks, &|p| progress.bytes(p.done, p.total))
         })

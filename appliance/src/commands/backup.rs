@@ -14,14 +14,24 @@ use crate::output::{self, print_json, size};
 
 #[derive(Debug, Subcommand)]
 pub enum BackupCmd {
-    /// Back up one or more disks (raw images, block devices, qcow2/vmdk/vhdx/vdi images) as one backup.
+    /// Back up one or more disks (raw images, block devices, qcow2/vmdk/vhdx/vdi images) as one backup,
+    /// or an EBS snapshot (`ebs:snap-…`, with `--account`) through the EBS direct APIs.
     Create {
-        /// The disks of the machine, in order.
+        /// The disks of the machine, in order; or one `ebs:snap-…`.
         #[arg(required = true)]
         sources: Vec<PathBuf>,
         /// A name to find the backup by.
         #[arg(long)]
         name: Option<String>,
+        /// With `ebs:snap-…`: the cloud account the snapshot is read in (`livemount cloud account list`).
+        #[arg(long)]
+        account: Option<String>,
+        /// With `ebs:snap-…`: the Region (default: the account's).
+        #[arg(long)]
+        region: Option<String>,
+        /// With `ebs:snap-…`: GetSnapshotBlock calls in flight at once.
+        #[arg(long)]
+        requests_in_flight: Option<usize>,
     },
     /// List the backups, oldest first.
     List,
@@ -58,7 +68,22 @@ pub enum BackupCmd {
 pub fn run(cli: &Cli, cmd: &BackupCmd) -> anyhow::Result<i32> {
     let lib = Arc::new(super::open_library(cli)?);
     match cmd {
-        BackupCmd::Create { sources, name } => create(cli, &lib, sources, name.clone()),
+        BackupCmd::Create { sources, name, account, region, requests_in_flight } => match ebs_snapshot_of(sources)? {
+            Some(snapshot) => {
+                let req = crate::cloud::ebs_backup::Request {
+                    snapshot,
+                    account: account.clone().context("backing up an EBS snapshot needs --account ACCOUNT")?,
+                    name: name.clone(),
+                    region: region.clone(),
+                    requests_in_flight: *requests_in_flight,
+                };
+                create_from_snapshot(cli, &req)
+            }
+            None if account.is_some() || region.is_some() => {
+                anyhow::bail!("--account and --region are for an EBS snapshot source (ebs:snap-…)")
+            }
+            None => create(cli, &lib, sources, name.clone()),
+        },
         BackupCmd::List => {
             let all = lib.backups()?;
             if cli.json {
@@ -114,13 +139,49 @@ pub fn run(cli: &Cli, cmd: &BackupCmd) -> anyhow::Result<i32> {
     }
 }
 
+/// The snapshot id of an `ebs:snap-…` source, which must then be the only one.
+fn ebs_snapshot_of(sources: &[PathBuf]) -> anyhow::Result<Option<String>> {
+    let snapshots: Vec<&str> = sources.iter().filter_map(|s| s.to_str().and_then(|s| s.strip_prefix("ebs:"))).collect();
+    match snapshots.as_slice() {
+        [] => Ok(None),
+        [s] if sources.len() == 1 && s.starts_with("snap-") => Ok(Some(s.to_string())),
+        [s] if sources.len() == 1 => anyhow::bail!("ebs:{s} names no snapshot: write ebs:snap-…"),
+        _ => anyhow::bail!("an EBS snapshot is backed up on its own: give one ebs:snap-… and no other source"),
+    }
+}
+
+/// A backup of an EBS snapshot, made by the daemon (it holds the accounts and the SDK's credentials).
+fn create_from_snapshot(cli: &Cli, req: &crate::cloud::ebs_backup::Request) -> anyhow::Result<i32> {
+    let client = crate::client::Client::new(cli.api.clone())?;
+    let job: crate::daemon::JobInfo = client.post("/v1/cloud/ebs-backups", req)?;
+    let job = super::cloud::follow(cli, &client, job, "backup")?;
+    let Some(result) = job.result.filter(|_| job.state == "succeeded") else {
+        eprintln!("livemount: backup of {} failed: {}", req.snapshot, job.error.unwrap_or(job.state));
+        return Ok(1);
+    };
+    if cli.json {
+        print_json(&result);
+        return Ok(0);
+    }
+    let stats: dedup::manifest::IngestStats =
+        serde_json::from_value(result["stats"].clone()).context("reading the daemon's answer")?;
+    print_created(result["id"].as_str().unwrap_or("?"), &stats);
+    if let Some(o) = crate::cloud::ebs_backup::SnapshotOrigin::from_value(&result["origin"]) {
+        match &o.parent_backup {
+            Some(p) => println!("  {} changed block(s) read; the rest kept from backup {p}", o.blocks_read),
+            None => println!("  {} block(s) read; a full backup", o.blocks_read),
+        }
+    }
+    Ok(0)
+}
+
 fn create(cli: &Cli, lib: &dedup::Library, sources: &[PathBuf], name: Option<String>) -> anyhow::Result<i32> {
     let mut disks = Vec::new();
     for path in sources {
         let mut source = dedup::source::open(path)?;
         let partition_table = crate::partitions::summarize(&mut *source)
             .with_context(|| format!("reading the partition table of {}", path.display()))?;
-        disks.push(DiskInput { label: path.display().to_string(), source, partition_table });
+        disks.push(DiskInput { label: path.display().to_string(), source, partition_table, parent: None });
     }
     let total = disks.iter().map(|d| d.source.size()).sum();
     let bar = output::byte_bar(total, cli.json, "backup");
@@ -129,20 +190,23 @@ fn create(cli: &Cli, lib: &dedup::Library, sources: &[PathBuf], name: Option<Str
     if cli.json {
         print_json(&serde_json::json!({ "id": m.id, "name": m.name, "stats": m.stats }));
     } else {
-        let s = &m.stats;
-        println!("backup {} created", m.id);
-        println!(
-            "  read {} of {} in {:.1} s; stored {} new ({} chunks new, {} reused, {} zero)",
-            size(s.bytes_read),
-            size(s.disk_bytes),
-            s.seconds,
-            size(s.new_bytes_stored),
-            s.chunks_new,
-            s.chunks_reused,
-            s.chunks_zero
-        );
+        print_created(&m.id, &m.stats);
     }
     Ok(0)
+}
+
+fn print_created(id: &str, s: &dedup::manifest::IngestStats) {
+    println!("backup {id} created");
+    println!(
+        "  read {} of {} in {:.1} s; stored {} new ({} chunks new, {} reused, {} zero)",
+        size(s.bytes_read),
+        size(s.disk_bytes),
+        s.seconds,
+        size(s.new_bytes_stored),
+        s.chunks_new,
+        s.chunks_reused,
+        s.chunks_zero
+    );
 }
 
 /// One line of where a backup's disks came from: the instance a cloud backup was made of.

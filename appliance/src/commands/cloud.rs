@@ -434,7 +434,7 @@ fn print_stored(result: &serde_json::Value, end: &str) {
 }
 
 /// Follows a job until it ends, with a progress bar (none with --json); gives how it ended.
-fn follow(cli: &Cli, client: &Client, mut job: JobInfo, what: &str) -> anyhow::Result<JobInfo> {
+pub(super) fn follow(cli: &Cli, client: &Client, mut job: JobInfo, what: &str) -> anyhow::Result<JobInfo> {
     let bar = crate::output::byte_bar(0, cli.json, what);
     while job.state == "running" {
         bar.set_length(job.total);

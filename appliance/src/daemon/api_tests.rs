@@ -21,7 +21,7 @@ fn library_with_a_backup(dir: &std::path::Path) -> std::path::PathBuf {
     let disk = dir.join("disk.img");
     std::fs::write(&disk, vec![7u8; 1 << 20]).unwrap();
     let source = dedup::source::open(&disk).unwrap();
-    let input = DiskInput { label: disk.display().to_string(), source, partition_table: None };
+    let input = DiskInput { label: disk.display().to_string(), source, partition_table: None, parent: None };
     dedup::ingest::create_backup(&lib, Some("test-backup".into()), vec![input], &|_| {}).unwrap();
     lib_dir
 }

@@ -26,6 +26,7 @@ pub fn routes() -> Router<Arc<Manager>> {
         .route("/v1/cloud/cleanup", post(cleanup))
         .route("/v1/cloud/backups", post(streaming_backup))
         .route("/v1/cloud/snapshot-backups", post(snapshot_backup))
+        .route("/v1/cloud/ebs-backups", post(ebs_backup))
         .route("/v1/cloud/snapshot-backups/{id}", axum::routing::delete(forget_snapshot_backup))
         .route("/v1/cloud/backup-copies", post(backup_copy))
         .route("/v1/cloud/restores", post(restore))
@@ -113,6 +114,16 @@ async fn snapshot_backup(
     let Json(r) = req?;
     m.cloud().accounts.get(&r.account)?;
     Ok((axum::http::StatusCode::ACCEPTED, Json(m.start_snapshot_backup(r)?)))
+}
+
+/// Starts a backup of an EBS snapshot through EBS direct (a job).
+async fn ebs_backup(
+    State(m): State<Arc<Manager>>,
+    req: Result<Json<crate::cloud::ebs_backup::Request>, JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<JobInfo>), ApiError> {
+    let Json(r) = req?;
+    m.cloud().accounts.get(&r.account)?;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(m.start_ebs_backup(r)?)))
 }
 
 #[derive(Debug, serde::Deserialize)]

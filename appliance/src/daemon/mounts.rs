@@ -155,6 +155,22 @@ impl Manager {
         Ok(job.info())
     }
 
+    /// Starts a backup of an EBS snapshot, read through EBS direct, as a job.
+    pub fn start_ebs_backup(
+        self: &Arc<Self>,
+        req: crate::cloud::ebs_backup::Request,
+    ) -> Result<super::jobs::JobInfo, ApiError> {
+        let library = self.library()?;
+        let me = self.clone();
+        let job = self.jobs.start("ebs-backup", move |job| async move {
+            let report: Arc<dyn Report> = job.clone();
+            let m = crate::cloud::ebs_backup::run(&me.cloud, library, &req, report).await.map_err(|e| e.to_string())?;
+            me.show_backups();
+            Ok(backup_result(&m))
+        });
+        Ok(job.info())
+    }
+
     /// Starts a snapshot backup of an instance of a member account as a job.
     pub fn start_snapshot_backup(
         self: &Arc<Self>,

@@ -29,6 +29,11 @@ pub trait DiskSource: Send {
     /// A hint that `offset..offset + len` will be read soon, so the source can start fetching it. The
     /// default does nothing.
     fn will_need(&self, _offset: u64, _len: u64) {}
+    /// True when `range` is known to hold what it held in the parent backup given with the disk
+    /// (`DiskInput::parent`), so that its chunks need not be read. The default knows nothing.
+    fn unchanged(&mut self, _range: Range<u64>) -> bool {
+        false
+    }
 }
 
 /// Opens a source, choosing raw access or qemu by what the file is.

@@ -1,0 +1,325 @@
+//! Reading an EBS snapshot through the EBS direct APIs, with no volume: which 512 KiB blocks it holds
+//! (ListSnapshotBlocks: a block it does not list reads as zeros), what changed since an older snapshot of
+//! its lineage (ListChangedBlocks), and the bytes of one block (GetSnapshotBlock), checked against the
+//! SHA-256 EBS sends with them. Calls in flight are bounded by a budget shared by every reader of the
+//! snapshot; throttling and transient faults are retried by the SDK's standard retry (exponential
+//! backoff with jitter, see `sdk`). A block token that expired or that EBS no longer takes is renewed by
+//! listing again from that block. An error is always an error: a block is never answered with zeros
+//! unless EBS says it holds none.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use aws_sdk_ebs::operation::get_snapshot_block::GetSnapshotBlockError;
+use aws_sdk_ebs::types::{ChecksumAlgorithm, ValidationExceptionReason};
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use super::ebs_upload::BLOCK;
+use super::CloudError;
+
+/// GetSnapshotBlock calls in flight per snapshot when no budget is given.
+pub const DEFAULT_REQUEST_BUDGET: usize = 32;
+
+/// Tokens are renewed this long before EBS says they expire, so that no call starts with one that lapses
+/// on the way.
+const RENEW_BEFORE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What EC2 says of a snapshot, checked before any EBS direct call.
+#[derive(Debug, Clone)]
+pub struct SnapshotInfo {
+    pub snapshot_id: String,
+    /// The volume it was taken of; `vol-ffffffff` for one written through EBS direct.
+    pub volume_id: String,
+    pub size_gib: u64,
+    pub owner: String,
+}
+
+/// Asks EC2 for `snapshot` in `account` (the account's name, for messages): it must exist, be visible
+/// to the account and be completed.
+pub async fn describe(ec2: &aws_sdk_ec2::Client, account: &str, snapshot: &str) -> Result<SnapshotInfo, CloudError> {
+    let out = ec2.describe_snapshots().snapshot_ids(snapshot).send().await;
+    let missing = || CloudError::Missing(format!("account {account} has no snapshot {snapshot} it can read"));
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => {
+            let err = CloudError::aws(account, "DescribeSnapshots")(e);
+            return Err(match err.code() {
+                Some(c) if c.starts_with("InvalidSnapshot") => missing(),
+                _ => err,
+            });
+        }
+    };
+    let snap = out.snapshots().first().ok_or_else(missing)?;
+    let state = snap.state().map(|s| s.as_str().to_string()).unwrap_or_default();
+    if state != "completed" {
+        return Err(CloudError::Conflict(format!(
+            "snapshot {snapshot} of account {account} is {state} ({}): it can be read once it is completed",
+            snap.progress().unwrap_or("no progress reported")
+        )));
+    }
+    Ok(SnapshotInfo {
+        snapshot_id: snapshot.to_string(),
+        volume_id: snap.volume_id().unwrap_or_default().to_string(),
+        size_gib: snap.volume_size().unwrap_or(0).max(0) as u64,
+        owner: snap.owner_id().unwrap_or_default().to_string(),
+    })
+}
+
+/// One snapshot's blocks, read through EBS direct.
+pub struct SnapshotBlocks {
+    ebs: aws_sdk_ebs::Client,
+    account: String,
+    snapshot_id: String,
+    size: u64,
+    /// Listed blocks and their tokens; an index not here is all zeros.
+    tokens: Mutex<Tokens>,
+    budget: Arc<Semaphore>,
+}
+
+struct Tokens {
+    by_block: BTreeMap<u32, String>,
+    /// When the tokens of the last listing expire.
+    expires: Option<SystemTime>,
+}
+
+impl SnapshotBlocks {
+    /// Lists the snapshot's blocks (every page). `budget`: GetSnapshotBlock calls in flight at once.
+    pub async fn open(
+        ebs: aws_sdk_ebs::Client,
+        account: &str,
+        snapshot_id: &str,
+        budget: usize,
+    ) -> Result<SnapshotBlocks, CloudError> {
+        let mut blocks = SnapshotBlocks {
+            ebs,
+            account: account.to_string(),
+            snapshot_id: snapshot_id.to_string(),
+            size: 0,
+            tokens: Mutex::new(Tokens { by_block: BTreeMap::new(), expires: None }),
+            budget: Arc::new(Semaphore::new(budget.max(1))),
+        };
+        let (listed, size, expires) = blocks.list_from(0, None).await?;
+        blocks.size = size;
+        *blocks.tokens.lock().expect("not poisoned") = Tokens { by_block: listed, expires };
+        Ok(blocks)
+    }
+
+    /// Lists blocks from `start` (up to `limit` of them; all without one): their tokens, the volume's
+    /// size in bytes and when the tokens expire.
+    async fn list_from(
+        &self,
+        start: u32,
+        limit: Option<usize>,
+    ) -> Result<(BTreeMap<u32, String>, u64, Option<SystemTime>), CloudError> {
+        let mut listed = BTreeMap::new();
+        let (mut expires, mut next) = (None, None::<String>);
+        loop {
+            let out = self
+                .ebs
+                .list_snapshot_blocks()
+                .snapshot_id(&self.snapshot_id)
+                .starting_block_index(start as i32)
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(CloudError::aws(&self.account, "ListSnapshotBlocks"))?;
+            check_block_size(out.block_size(), &self.snapshot_id)?;
+            let size = out.volume_size().unwrap_or(0).max(0) as u64 * (1 << 30);
+            expires = expires.or(out.expiry_time().and_then(|t| SystemTime::try_from(*t).ok()));
+            for b in out.blocks() {
+                if let (Some(i), Some(t)) = (b.block_index(), b.block_token()) {
+                    listed.insert(i as u32, t.to_string());
+                }
+            }
+            next = out.next_token().map(str::to_string);
+            if next.is_none() || limit.is_some_and(|n| listed.len() >= n) {
+                // Every page of a listing gives the volume's size.
+                return Ok((listed, size, expires));
+            }
+        }
+    }
+
+    pub fn snapshot_id(&self) -> &str {
+        &self.snapshot_id
+    }
+
+    /// The volume's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether EBS listed the block (a block it does not list is all zeros).
+    pub fn is_listed(&self, index: u64) -> bool {
+        u32::try_from(index).is_ok_and(|i| self.tokens.lock().expect("not poisoned").by_block.contains_key(&i))
+    }
+
+    /// The first listed block at or after `from`, and how many listed blocks follow it without a gap.
+    pub fn next_listed_run(&self, from: u64) -> Option<(u64, u64)> {
+        let from = u32::try_from(from).ok()?;
+        let tokens = self.tokens.lock().expect("not poisoned");
+        let mut blocks = tokens.by_block.range(from..).map(|(i, _)| u64::from(*i));
+        let first = blocks.next()?;
+        let mut len = 1;
+        for i in blocks {
+            if i != first + len {
+                break;
+            }
+            len += 1;
+        }
+        Some((first, len))
+    }
+
+    /// Number of listed blocks.
+    pub fn listed_count(&self) -> usize {
+        self.tokens.lock().expect("not poisoned").by_block.len()
+    }
+
+    /// The blocks that differ between `older` (a snapshot of the same lineage) and this one; `None` when
+    /// EBS says the two are unrelated.
+    pub async fn changed_since(&self, older: &str) -> Result<Option<BTreeSet<u64>>, CloudError> {
+        let mut changed = BTreeSet::new();
+        let mut next = None::<String>;
+        loop {
+            let out = self
+                .ebs
+                .list_changed_blocks()
+                .first_snapshot_id(older)
+                .second_snapshot_id(&self.snapshot_id)
+                .set_next_token(next.take())
+                .send()
+                .await;
+            let out = match out {
+                Ok(out) => out,
+                Err(e) => {
+                    let unrelated = e.as_service_error().is_some_and(|s| match s {
+                        aws_sdk_ebs::operation::list_changed_blocks::ListChangedBlocksError::ValidationException(v) => {
+                            v.reason() == Some(&ValidationExceptionReason::UnrelatedSnapshots)
+                        }
+                        _ => false,
+                    });
+                    if unrelated {
+                        return Ok(None);
+                    }
+                    return Err(CloudError::aws(&self.account, "ListChangedBlocks")(e));
+                }
+            };
+            check_block_size(out.block_size(), &self.snapshot_id)?;
+            changed.extend(out.changed_blocks().iter().filter_map(|b| b.block_index()).map(|i| i as u64));
+            next = out.next_token().map(str::to_string);
+            if next.is_none() {
+                return Ok(Some(changed));
+            }
+        }
+    }
+
+    /// Block `index`, checked against its SHA-256; `None` when EBS lists no data for it (zeros).
+    pub async fn read_block(&self, index: u64) -> Result<Option<Vec<u8>>, CloudError> {
+        let Ok(i) = u32::try_from(index) else { return Ok(None) };
+        let mut renewed = false;
+        loop {
+            let Some(token) = self.token(i, renewed).await? else { return Ok(None) };
+            let _permit = self.budget.acquire().await.expect("the budget is never closed");
+            let out = self
+                .ebs
+                .get_snapshot_block()
+                .snapshot_id(&self.snapshot_id)
+                .block_index(i as i32)
+                .block_token(&token)
+                .send()
+                .await;
+            let out = match out {
+                Ok(out) => out,
+                Err(e) if !renewed && token_refused(&e) => {
+                    // Expired early, or renewed by EBS: list again from this block, once.
+                    renewed = true;
+                    continue;
+                }
+                Err(e) => return Err(CloudError::aws(&self.account, "GetSnapshotBlock")(e)),
+            };
+            let (checksum, algorithm) = (out.checksum().map(str::to_string), out.checksum_algorithm().cloned());
+            let data = out.block_data.collect().await.map_err(|e| {
+                CloudError::Conflict(format!(
+                    "reading block {index} of snapshot {} in account {}: the answer broke off: {e}",
+                    self.snapshot_id, self.account
+                ))
+            })?;
+            let data = data.to_vec();
+            self.check(index, &data, checksum.as_deref(), algorithm.as_ref())?;
+            return Ok(Some(data));
+        }
+    }
+
+    /// The block's token: the listed one while it is fresh, else (or when `renew`) a new listing's.
+    async fn token(&self, i: u32, renew: bool) -> Result<Option<String>, CloudError> {
+        let (held, fresh) = {
+            let t = self.tokens.lock().expect("not poisoned");
+            let fresh = t.expires.is_none_or(|e| SystemTime::now() + RENEW_BEFORE < e);
+            (t.by_block.get(&i).cloned(), fresh)
+        };
+        let Some(held) = held else { return Ok(None) };
+        if fresh && !renew {
+            return Ok(Some(held));
+        }
+        // One page from this block on: the blocks read next get fresh tokens with it.
+        let (listed, _, expires) = self.list_from(i, Some(1)).await?;
+        let mut t = self.tokens.lock().expect("not poisoned");
+        let renewed = listed.get(&i).cloned();
+        for (b, token) in listed {
+            t.by_block.insert(b, token);
+        }
+        if renewed.is_none() {
+            t.by_block.remove(&i);
+        }
+        t.expires = expires.or(t.expires);
+        Ok(renewed)
+    }
+
+    fn check(
+        &self,
+        index: u64,
+        data: &[u8],
+        checksum: Option<&str>,
+        algorithm: Option<&ChecksumAlgorithm>,
+    ) -> Result<(), CloudError> {
+        let bad = |why: String| {
+            CloudError::Conflict(format!(
+                "block {index} of snapshot {} in account {} came back damaged: {why}; nothing was answered from it",
+                self.snapshot_id, self.account
+            ))
+        };
+        if data.len() != BLOCK {
+            return Err(bad(format!("{} bytes instead of {BLOCK}", data.len())));
+        }
+        if algorithm != Some(&ChecksumAlgorithm::ChecksumAlgorithmSha256) {
+            return Err(bad(format!("EBS sent no SHA-256 checksum (algorithm {algorithm:?})")));
+        }
+        let want = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(data));
+        match checksum {
+            Some(c) if c == want => Ok(()),
+            other => Err(bad(format!("its SHA-256 is {want}, EBS said {}", other.unwrap_or("nothing")))),
+        }
+    }
+}
+
+/// Whether GetSnapshotBlock refused the token (INVALID_BLOCK_TOKEN): a new listing gives a new one.
+fn token_refused<R>(e: &aws_smithy_runtime_api::client::result::SdkError<GetSnapshotBlockError, R>) -> bool {
+    matches!(
+        e.as_service_error(),
+        Some(GetSnapshotBlockError::ValidationException(v))
+            if v.reason() == Some(&ValidationExceptionReason::InvalidBlockToken)
+    )
+}
+
+/// The EBS direct API reference fixes blocks at 524288 bytes; a listing that says otherwise is not one
+/// this reader can follow.
+fn check_block_size(said: Option<i32>, snapshot: &str) -> Result<(), CloudError> {
+    match said {
+        Some(s) if s as usize != BLOCK => Err(CloudError::Conflict(format!(
+            "EBS lists snapshot {snapshot} in blocks of {s} bytes; the EBS direct APIs define 524288"
+        ))),
+        _ => Ok(()),
+    }
+}
