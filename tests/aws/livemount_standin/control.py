@@ -7,6 +7,10 @@ status; a throttle rule fails every matching call for S seconds with the
 service's throttling error. An `after` rule lets the call be carried out and
 then answers the error instead of its result: the reply lost on the way back,
 after AWS acted (what a timeout or a dropped connection looks like to a client).
+A `corrupt` rule lets the call through and flips one byte of its answer's body
+(its headers, checksums included, as sent): damage on the way that only a
+client checking the checksum sees. `reason` adds the Reason field that EBS
+direct's ValidationException carries (e.g. INVALID_BLOCK_TOKEN).
 """
 
 import threading
@@ -28,11 +32,13 @@ class Fault:
         self.status = spec.get("status")
         self.message = spec.get("message") or "Injected by the livemount AWS stand-in."
         self.after = bool(spec.get("after", False))
+        self.corrupt = bool(spec.get("corrupt", False))
+        self.reason = spec.get("reason")
         self.installed = time.monotonic()
         self.seen = 0
         self.fired = 0
-        if self.throttle_seconds is None and not self.code:
-            raise ValueError("a fault needs 'code' (or 'throttle_seconds')")
+        if self.throttle_seconds is None and not self.code and not self.corrupt:
+            raise ValueError("a fault needs 'code' (or 'throttle_seconds', or 'corrupt')")
 
     def matches(self, service: str, action: str, account: str) -> bool:
         return (
@@ -41,9 +47,8 @@ class Fault:
             and (self.service is None or self.service == service)
         )
 
-    def fire(self, service: str) -> tuple[str, str, int, bool] | None:
-        """Count one matching call; the error to answer (and whether the call is carried out first), or
-        None to let it pass."""
+    def fire(self, service: str) -> "Hit | None":
+        """Count one matching call; what to do to it, or None to let it pass."""
         self.seen += 1
         if self.throttle_seconds is not None:
             if time.monotonic() - self.installed >= float(self.throttle_seconds):
@@ -51,13 +56,13 @@ class Fault:
             code = self.code or ("RequestLimitExceeded" if service == "ec2" else "ThrottlingException")
             status = self.status or (503 if service == "ec2" else 400)
             self.fired += 1
-            return code, "Request limit exceeded." if service == "ec2" else "Rate exceeded", status, False
+            return Hit(code, "Request limit exceeded." if service == "ec2" else "Rate exceeded", status)
         if self.seen < self.nth:
             return None
         if self.times is not None and self.fired >= self.times:
             return None
         self.fired += 1
-        return self.code, self.message, int(self.status or 400), self.after
+        return Hit(self.code, self.message, int(self.status or 400), self.after, self.corrupt, self.reason)
 
     def to_json(self) -> dict:
         return {
@@ -70,9 +75,20 @@ class Fault:
             "status": self.status,
             "throttle_seconds": self.throttle_seconds,
             "after": self.after,
+            "corrupt": self.corrupt,
+            "reason": self.reason,
             "seen": self.seen,
             "fired": self.fired,
         }
+
+
+class Hit:
+    """What a fault does to one call: answer an error (after carrying the call out, with `after`), or
+    carry it out and damage its answer (`corrupt`)."""
+
+    def __init__(self, code, message, status, after=False, corrupt=False, reason=None):
+        self.code, self.message, self.status = code, message, status
+        self.after, self.corrupt, self.reason = after, corrupt, reason
 
 
 class Control:

@@ -167,13 +167,21 @@ class Front:
     def _answer(self, environ, start_response, path, body, method, query, service, action, groups, params,
                 account, region):
         fault = self.control.check(service, action, account)
+        if fault and fault.corrupt:
+            answer = self._carry_out(environ, start_response, path, body, method, query, service, action,
+                                     groups, params, account, region)
+            data = bytearray(b"".join(answer))
+            if data:
+                data[len(data) // 2] ^= 0xFF
+            return [bytes(data)]
         if fault:
-            code, message, status, after = fault
-            if after:
+            if fault.after:
                 # Carried out, its answer dropped: the client sees only the error.
                 self._carry_out(environ, lambda *_: None, path, body, method, query, service, action,
                                 groups, params, account, region)
-            return self._respond(start_response, *error_response(service, code, message, status))
+            extra = {"Reason": fault.reason} if fault.reason else None
+            return self._respond(start_response, *error_response(service, fault.code, fault.message,
+                                                                 fault.status, extra))
         return self._carry_out(environ, start_response, path, body, method, query, service, action, groups,
                                params, account, region)
 
