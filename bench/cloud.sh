@@ -34,6 +34,12 @@
 #           rounds, alternating, each round's image and snapshots removed after. Throughput = the disk's
 #           allocated bytes / the median time. Goal: livemount's throughput >= coldsnap's (ratio
 #           livemount/coldsnap >= 1), although livemount also registers and shares an image.
+#   snapshot  an EBS snapshot of a member's disk backed up with no volume (`backup create ebs:SNAP --account
+#           member`: EBS direct, only the listed blocks) against `coldsnap download` of the same snapshot
+#           through the same stand-in (goal: coldsnap's time / livemount's >= 1.5); then the incremental of a
+#           child snapshot with 1% of the disk's allocated blocks rewritten (ListChangedBlocks: only those
+#           read) against that full backup (goal: full / incremental >= 20). BENCH_SNAPSHOTS rounds, each
+#           into an empty library, alternating with coldsnap.
 # It cleans up everything it started and writes $BENCH_CACHE/cloud-results.json.
 #
 # Usage:  sudo bench/cloud.sh        (root: FUSE, tgtd, the guest image)
@@ -43,7 +49,8 @@
 #   BENCH_BOOTS=1            boot rounds (each boots livemount, then tgt)
 #   BENCH_BACKUPS=3          streaming backup rounds
 #   BENCH_RESTORES=3         restore-to-image rounds
-#   BENCH_PARTS="upload boot backup restore"  what to run
+#   BENCH_SNAPSHOTS=3        snapshot backup rounds
+#   BENCH_PARTS="upload boot backup restore snapshot"  what to run
 #   BENCH_BOOT_TIMEOUT=900   seconds one boot may take
 #   BENCH_LM_PORT=3293 BENCH_LM_HTTP=8293 BENCH_TGT_PORT=3294 BENCH_TGT_CONTROL=3295 BENCH_WWW_PORT=8294
 #   BENCH_NO_BUILD=1         use target/release/livemount as it is
@@ -61,7 +68,8 @@ UPLOADS=${BENCH_UPLOADS:-3}
 BOOTS=${BENCH_BOOTS:-1}
 BACKUPS=${BENCH_BACKUPS:-3}
 RESTORES=${BENCH_RESTORES:-3}
-PARTS=${BENCH_PARTS:-upload boot backup restore}
+SNAPSHOTS=${BENCH_SNAPSHOTS:-3}
+PARTS=${BENCH_PARTS:-upload boot backup restore snapshot}
 BOOT_TIMEOUT=${BENCH_BOOT_TIMEOUT:-900}
 LM_PORT=${BENCH_LM_PORT:-3293}
 LM_HTTP=${BENCH_LM_HTTP:-8293}
@@ -102,7 +110,7 @@ ensure_tools() {
     python3 -c 'import moto, sys; sys.exit(moto.__version__ != "5.2.1")' 2>/dev/null \
         || python3 -m pip install -q 'moto[server]==5.2.1'
     # A release build of its own (the tests' coldsnap is a debug build, which would be unfair to it).
-    if [[ " $PARTS " == *" upload "* || " $PARTS " == *" restore "* ]] && ! cargo install --list --root "$CACHE/coldsnap" 2>/dev/null | grep -q '^coldsnap v0\.12\.0:'; then
+    if [[ " $PARTS " == *" upload "* || " $PARTS " == *" restore "* || " $PARTS " == *" snapshot "* ]] && ! cargo install --list --root "$CACHE/coldsnap" 2>/dev/null | grep -q '^coldsnap v0\.12\.0:'; then
         echo "bench: installing coldsnap 0.12.0 (crates.io, release build) into $CACHE/coldsnap" >&2
         CARGO_TARGET_DIR=$CACHE/coldsnap/target cargo install -q --locked --version 0.12.0 --root "$CACHE/coldsnap" coldsnap
     fi
@@ -362,6 +370,65 @@ PY
     stop_daemon
 }
 
+# ---------------------------------------------------------------------------------------------------------
+# Snapshot backup through EBS direct.
+# ---------------------------------------------------------------------------------------------------------
+bench_snapshot() {
+    local disk=$WORK/snap-disk.img child=$WORK/snap-child.img i t0 snap1 snap2 creds
+    member_disk "$disk"
+    cp --sparse=always "$disk" "$child"
+    # 1% of the allocated 512 KiB blocks rewritten with new bytes, spread over the disk.
+    python3 - "$child" <<'PY'
+import os, sys
+path, block = sys.argv[1], 512 << 10
+with open(path, "r+b") as f:
+    size = os.fstat(f.fileno()).st_size
+    allocated = [b for b in range(size // block) if os.pread(f.fileno(), block, b * block).count(0) != block]
+    for b in allocated[::100]:
+        os.pwrite(f.fileno(), os.urandom(block), b * block)
+    print(len(allocated[::100]), "of", len(allocated), "allocated blocks rewritten", file=sys.stderr)
+PY
+    log "snapshot: a $(( $(stat -c %s "$disk") >> 20 )) MiB disk as an EBS snapshot, backed up through EBS direct, against coldsnap download"
+    snap1=$(awsq upload "$MEMBER" "$disk" | json_get - snapshot)
+    snap2=$(awsq upload "$MEMBER" "$child" --parent "$snap1" --parent-file "$disk" | json_get - snapshot)
+    rec snapshot.disk_bytes "$(stat -c %s "$disk")"
+    rec snapshot.allocated_bytes "$(( $(du -B1 "$disk" | cut -f1) ))"
+    creds=$(awsq credentials "$MEMBER")
+    mkdir -p "$WORK/snap-state" "$WORK/snap-fs"
+    LM_LIB=$WORK/snap-library
+    "$LIVEMOUNT" --library "$LM_LIB" library init > /dev/null
+    serve_daemon --state-dir "$WORK/snap-state" --fuse-root "$WORK/snap-fs" --portal 127.0.0.1:0 --http 127.0.0.1:0
+    lm cloud account add member --role-arn "arn:aws:iam::$MEMBER:role/livemount-access" > /dev/null
+    for i in $(seq 1 "$SNAPSHOTS"); do
+        t0=$(now)
+        lm --json backup create "ebs:$snap1" --account member > "$WORK/snap-full-$i.json" 2> "$WORK/logs/snap-full-$i.err" \
+            || { cat "$WORK/logs/snap-full-$i.err" >&2; tail -20 "$WORK/logs/daemon.log" >&2; die "backup create ebs: failed"; }
+        rec "snapshot.full.$i" "$(since "$t0")"
+        t0=$(now)
+        lm --json backup create "ebs:$snap2" --account member > "$WORK/snap-incr-$i.json" 2> "$WORK/logs/snap-incr-$i.err" \
+            || { cat "$WORK/logs/snap-incr-$i.err" >&2; die "the incremental backup failed"; }
+        rec "snapshot.incremental.$i" "$(since "$t0")"
+        [[ $(json_get "$WORK/snap-incr-$i.json" origin parent_backup) == $(json_get "$WORK/snap-full-$i.json" id) ]] \
+            || die "round $i: the child snapshot's backup was not incremental"
+        rec "snapshot.incremental_blocks.$i" "$(json_get "$WORK/snap-incr-$i.json" origin blocks_read)"
+        for id in "$(json_get "$WORK/snap-incr-$i.json" id)" "$(json_get "$WORK/snap-full-$i.json" id)"; do
+            lm backup forget "$id" > /dev/null
+        done
+        lm library gc > /dev/null
+        rm -f "$WORK/snap-download.img"
+        t0=$(now)
+        env $(echo "$creds" | python3 -c 'import json,sys; print(" ".join(f"{k}={v}" for k, v in json.load(sys.stdin).items()))') \
+            "$COLDSNAP" download "$snap1" "$WORK/snap-download.img" > "$WORK/logs/coldsnap-download-$i.out" 2>&1 \
+            || { cat "$WORK/logs/coldsnap-download-$i.out" >&2; die "coldsnap download failed"; }
+        rec "snapshot.coldsnap.$i" "$(since "$t0")"
+        rm -f "$WORK/snap-download.img"
+        echo "   round $i: backup create ebs: $(grep "^snapshot.full.$i=" "$WORK/figures" | cut -d= -f2 | cut -c1-5) s," \
+             "incremental $(grep "^snapshot.incremental.$i=" "$WORK/figures" | cut -d= -f2 | cut -c1-5) s," \
+             "coldsnap download $(grep "^snapshot.coldsnap.$i=" "$WORK/figures" | cut -d= -f2 | cut -c1-5) s" >&2
+    done
+    stop_daemon
+}
+
 report() {
     WORK="$WORK" RESULTS="$RESULTS" NPROC="$(nproc)" LOAD="$(load_span)" CACHE_DROPS="$CACHE_DROPS" \
     VERSIONS="livemount $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'); coldsnap 0.12.0 (release); moto 5.2.1; $(qemu-system-x86_64 --version | head -1)" \
@@ -396,6 +463,7 @@ main() {
     fi
     [[ " $PARTS " == *" backup "* ]] && bench_backup
     [[ " $PARTS " == *" restore "* ]] && bench_restore
+    [[ " $PARTS " == *" snapshot "* ]] && bench_snapshot
     report
 }
 

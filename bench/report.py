@@ -50,9 +50,9 @@ def run_facts(env):
     }
 
 def cmd_json_get(argv):
-    """json-get FILE KEY...: prints one field of a JSON file; KEY is a name, a list index (digits) or a
+    """json-get FILE KEY...: prints one field of a JSON file (`-`: standard input); KEY is a name, a list index (digits) or a
     dotted path of both (disks.0.fuse_path)."""
-    d = json.load(open(argv[1]))
+    d = json.load(sys.stdin if argv[1] == "-" else open(argv[1]))
     for k in [p for key in argv[2:] for p in key.split(".")]:
         d = d[int(k)] if k.isdigit() else d[k]
     print(d)
@@ -1147,6 +1147,14 @@ def cmd_summary_cloud(argv):
                           "livemount_restore_as_image_s": lm, "coldsnap_upload_wait_s": cs,
                           "livemount_mib_s": allocated / 2**20 / lm, "coldsnap_mib_s": allocated / 2**20 / cs,
                           "ratio_livemount_over_coldsnap_throughput": cs / lm, "goal": ">= 1.0"}
+    if "snapshot.disk_bytes" in figs:
+        full, incr, cs = of("snapshot.full."), of("snapshot.incremental."), of("snapshot.coldsnap.")
+        out["snapshot"] = {"disk_bytes": int(figs["snapshot.disk_bytes"]),
+                           "allocated_bytes": int(figs["snapshot.allocated_bytes"]),
+                           "livemount_full_s": full, "livemount_incremental_s": incr, "coldsnap_download_s": cs,
+                           "incremental_blocks_read": of("snapshot.incremental_blocks."),
+                           "ratio_coldsnap_over_full": cs / full, "goal_full": ">= 1.5",
+                           "ratio_full_over_incremental": full / incr, "goal_incremental": ">= 20"}
     json.dump(out, open(env["RESULTS"], "w"), indent=2)
     print(f"\ncloud benchmark (load {env['LOAD']}; {env['VERSIONS']})")
     if "upload" in out:
@@ -1178,6 +1186,13 @@ def cmd_summary_cloud(argv):
               f"as an image, medians: livemount {r['livemount_restore_as_image_s']:6.2f} s "
               f"({r['livemount_mib_s']:.0f} MiB/s), coldsnap upload --wait {r['coldsnap_upload_wait_s']:6.2f} s "
               f"({r['coldsnap_mib_s']:.0f} MiB/s);  ratio {r['ratio_livemount_over_coldsnap_throughput']:.2f}x (goal >= 1)")
+    if "snapshot" in out:
+        r = out["snapshot"]
+        print(f"  snapshot of a {r['disk_bytes'] / 2**20:.0f} MiB disk ({r['allocated_bytes'] / 2**20:.0f} MiB allocated), "
+              f"medians: backup create ebs: {r['livemount_full_s']:6.2f} s, coldsnap download {r['coldsnap_download_s']:6.2f} s;"
+              f"  ratio {r['ratio_coldsnap_over_full']:.2f}x (goal >= 1.5)")
+        print(f"          incremental of 1% changed ({r['incremental_blocks_read']:.0f} blocks read) "
+              f"{r['livemount_incremental_s']:6.2f} s;  full / incremental {r['ratio_full_over_incremental']:.1f}x (goal >= 20)")
     print(f"  results: {env['RESULTS']}")
 
 

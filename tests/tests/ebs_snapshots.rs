@@ -2,13 +2,15 @@
 //! (512 KiB blocks, parents, changed blocks as AWS documents them): a backup reads only the blocks the
 //! snapshot lists, an incremental of a child snapshot only the blocks ListChangedBlocks names (counted
 //! at the stand-in), and both restore bit-identical. Bad input and a damaged answer give a clear error
-//! and no backup, never wrong bytes.
+//! and no backup, never wrong bytes. Restores write new snapshots through EBS direct (a child of a
+//! parent: only the blocks that differ), which coldsnap downloads identical.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use serde_json::{json, Value};
 use tests::aws::{Standin, MEMBER};
-use tests::fleet::{backup_daemon, everything, fails, ok};
+use tests::fleet::{backup_daemon, everything, fails, job_resources, ok};
 use tests::{livemount, random_bytes, Daemon};
 
 const BLOCK: usize = 512 << 10;
@@ -47,6 +49,33 @@ fn restores_as(lib: &Path, backup: &str, want: &[u8], scratch: &Path) {
     assert!(got[..want.len()] == *want, "backup {backup} restores the snapshot's bytes");
     assert!(got[want.len()..].iter().all(|&b| b == 0), "and zeros past them");
     std::fs::remove_file(&out).unwrap();
+}
+
+/// Downloads `snapshot` of the member account with coldsnap (an EBS direct client written by others)
+/// and checks it is `want` followed by zeros.
+fn coldsnap_downloads(standin: &Standin, snapshot: &str, want: &[u8], scratch: &Path) {
+    let out = scratch.join("downloaded.img");
+    let _ = std::fs::remove_file(&out);
+    let creds = standin.awsq(&["credentials", MEMBER]);
+    let mut cmd = Command::new("coldsnap");
+    cmd.args(["download", snapshot]).arg(&out).envs(standin.env());
+    for (k, v) in creds.as_object().unwrap() {
+        cmd.env(k, v.as_str().unwrap());
+    }
+    tests::run(&mut cmd);
+    let got = std::fs::read(&out).unwrap();
+    assert!(got[..want.len()] == *want, "coldsnap downloads {snapshot} as the backup's bytes");
+    assert!(got[want.len()..].iter().all(|&b| b == 0), "and zeros past them");
+    std::fs::remove_file(&out).unwrap();
+}
+
+fn restore(d: &Daemon, backup: &Value, parent: Option<&str>) -> Value {
+    let id = backup["id"].as_str().unwrap();
+    let mut args = vec!["backup", "restore", id, "ebs:", "--account", "member"];
+    if let Some(p) = parent {
+        args.extend(["--parent", p]);
+    }
+    ok(d, &args)
 }
 
 fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
@@ -101,6 +130,34 @@ fn a_child_snapshot_backs_up_reading_only_its_changed_blocks() {
     assert_eq!(other["origin"]["parent_backup"], Value::Null, "{other}");
     assert_eq!(other["origin"]["blocks_read"], listed);
     assert_eq!(everything(&standin), before, "nothing was made in either account");
+
+    // Restores into new snapshots of the member account, which coldsnap downloads identical.
+    let restored = restore(&d, &full, None);
+    assert_eq!(restored["blocks_written"], listed, "only allocated blocks are written: {restored}");
+    let restored_snap = restored["snapshots"][0].as_str().unwrap().to_string();
+    coldsnap_downloads(&standin, &restored_snap, &first, dir.path());
+    // A child of the snapshot the full backup came from: the differences are known by chunk id.
+    let reads = standin.calls("GetSnapshotBlock", MEMBER);
+    let child = restore(&d, &incremental, Some(&snap1));
+    assert_eq!(child["blocks_written"], 4, "only the changed blocks are written: {child}");
+    assert_eq!(standin.calls("GetSnapshotBlock", MEMBER), reads, "and the parent is not read");
+    coldsnap_downloads(&standin, child["snapshots"][0].as_str().unwrap(), &second, dir.path());
+    // A child of a snapshot the library has no backup of: the parent's blocks are read and compared.
+    let child = restore(&d, &incremental, Some(&restored_snap));
+    assert_eq!(child["blocks_written"], 4, "{child}");
+    coldsnap_downloads(&standin, child["snapshots"][0].as_str().unwrap(), &second, dir.path());
+    assert_eq!(job_resources(&standin), Vec::<Value>::new(), "what was restored is the user's, not the job's");
+    assert_eq!(ok(&d, &["cloud", "resources"])["resources"], json!([]));
+
+    // A failed restore leaves nothing.
+    let before = everything(&standin);
+    standin.fault(json!({"action": "PutSnapshotBlock", "nth": 3, "times": 1, "code": "AccessDeniedException",
+                         "status": 403}));
+    let err = fails(&d, &["backup", "restore", full["id"].as_str().unwrap(), "ebs:", "--account", "member"]);
+    assert!(err.contains("PutSnapshotBlock") && err.contains("AccessDeniedException"), "{err}");
+    standin.clear_faults();
+    assert_eq!(everything(&standin), before, "the failed restore's snapshot is gone");
+    assert_eq!(ok(&d, &["cloud", "resources"])["resources"], json!([]));
 }
 
 #[test]

@@ -153,6 +153,9 @@ async fn find_parent(
     Ok(None)
 }
 
+/// One block being read: its bytes, or `None` for zeros.
+type BlockFetch = JoinHandle<Result<Option<Vec<u8>>, CloudError>>;
+
 /// Blocks fetched ahead of the reader at most (32 MiB).
 const FETCH_AHEAD: usize = 64;
 
@@ -163,7 +166,7 @@ pub struct SnapshotDisk {
     runtime: tokio::runtime::Handle,
     /// With a parent backup: the blocks changed since its snapshot.
     changed: Option<BTreeSet<u64>>,
-    fetching: Mutex<HashMap<u64, JoinHandle<Result<Option<Vec<u8>>, CloudError>>>>,
+    fetching: Mutex<HashMap<u64, BlockFetch>>,
     /// The block read last, for reads of its other parts.
     current: Option<(u64, Option<Vec<u8>>)>,
 }
@@ -177,7 +180,7 @@ impl SnapshotDisk {
         self.blocks.is_listed(block) && self.changed.as_ref().is_none_or(|c| c.contains(&block))
     }
 
-    fn fetch(&self, block: u64) -> JoinHandle<Result<Option<Vec<u8>>, CloudError>> {
+    fn fetch(&self, block: u64) -> BlockFetch {
         let blocks = self.blocks.clone();
         self.runtime.spawn(async move { blocks.read_block(block).await })
     }

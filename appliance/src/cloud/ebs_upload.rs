@@ -44,7 +44,8 @@ pub trait BlockSource: Send + Sync + 'static {
     fn size(&self) -> u64;
     /// For errors: what the disk is.
     fn name(&self) -> String;
-    /// Block `index`, padded with zeros past the end of the disk; None when it is all zeros.
+    /// Block `index`, padded with zeros past the end of the disk; None when it need not be written (all
+    /// zeros; for a child snapshot, the same as the parent's).
     fn read_block(&self, index: u64) -> Result<Option<Vec<u8>>, String>;
 }
 
@@ -139,6 +140,19 @@ impl Upload<'_> {
         started: impl FnOnce(&str) -> Result<(), CloudError>,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<Uploaded, CloudError> {
+        self.run_child(source, size_gib, None, started, progress).await
+    }
+
+    /// As `run_from`, the new snapshot a child of `parent` when given: it starts with the parent's
+    /// blocks, and a block `source` gives as `None` keeps the parent's.
+    pub async fn run_child(
+        &self,
+        source: Arc<dyn BlockSource>,
+        size_gib: Option<u64>,
+        parent: Option<&str>,
+        started: impl FnOnce(&str) -> Result<(), CloudError>,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<Uploaded, CloudError> {
         let size = source.size();
         let gib = size.div_ceil(1 << 30).max(size_gib.unwrap_or(1)).max(1);
         let tags: Vec<Tag> = self.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
@@ -146,6 +160,7 @@ impl Upload<'_> {
             .ebs
             .start_snapshot()
             .volume_size(gib as i64)
+            .set_parent_snapshot_id(parent.map(str::to_string))
             .client_token(self.client_token)
             .description(&self.description)
             .set_tags(Some(tags))

@@ -16,6 +16,7 @@ pub mod accounts;
 pub mod backup_copy;
 pub mod cleanup;
 pub mod ebs_backup;
+pub mod ebs_restore;
 pub mod ebs_snapshot;
 pub mod ebs_upload;
 pub mod error;

@@ -44,11 +44,21 @@ pub enum BackupCmd {
     Restore {
         /// Backup id, unique id prefix, or name.
         id: String,
-        /// The file to write (one disk), or a folder to write disk<N>.img files into (several disks).
+        /// The file to write (one disk), a folder to write disk<N>.img files into (several disks), or
+        /// `ebs:` for new EBS snapshots written through the EBS direct APIs (with `--account`).
         dest: PathBuf,
         /// Restore only this disk (numbered from 0) into DEST.
         #[arg(long)]
         disk: Option<usize>,
+        /// With `ebs:`: the cloud account that gets the snapshots.
+        #[arg(long)]
+        account: Option<String>,
+        /// With `ebs:`: a snapshot the new one is a child of; only the blocks that differ are written.
+        #[arg(long)]
+        parent: Option<String>,
+        /// With `ebs:`: the Region (default: the account's).
+        #[arg(long)]
+        region: Option<String>,
     },
     /// Re-read and re-hash every chunk that backups use; name each missing or corrupt chunk.
     Verify {
@@ -121,7 +131,22 @@ pub fn run(cli: &Cli, cmd: &BackupCmd) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        BackupCmd::Restore { id, dest, disk } => restore(cli, &lib, id, dest, *disk),
+        BackupCmd::Restore { id, dest, disk, account, parent, region } => {
+            if dest.as_os_str() == "ebs:" {
+                let req = crate::cloud::ebs_restore::Request {
+                    backup: lib.resolve(id)?.id,
+                    account: account.clone().context("restoring into EBS snapshots needs --account ACCOUNT")?,
+                    disk: *disk,
+                    parent: parent.clone(),
+                    region: region.clone(),
+                };
+                return restore_to_snapshots(cli, &req);
+            }
+            if account.is_some() || parent.is_some() || region.is_some() {
+                anyhow::bail!("--account, --parent and --region are for a restore into EBS snapshots (ebs:)");
+            }
+            restore(cli, &lib, id, dest, *disk)
+        }
         BackupCmd::Verify { id } => verify(cli, &lib, id.as_deref()),
         BackupCmd::Forget { id, force } => {
             let m = lib.resolve(id)?;
@@ -364,6 +389,28 @@ fn restore(
     if cli.json {
         print_json(&serde_json::json!({ "id": m.id, "disks": written }));
     }
+    Ok(0)
+}
+
+/// A restore into EBS snapshots, made by the daemon (it holds the accounts and the SDK's credentials).
+fn restore_to_snapshots(cli: &Cli, req: &crate::cloud::ebs_restore::Request) -> anyhow::Result<i32> {
+    let client = crate::client::Client::new(cli.api.clone())?;
+    let job: crate::daemon::JobInfo = client.post("/v1/cloud/ebs-restores", req)?;
+    let job = super::cloud::follow(cli, &client, job, "restore")?;
+    let Some(result) = job.result.filter(|_| job.state == "succeeded") else {
+        eprintln!("livemount: restore of backup {} failed: {}", req.backup, job.error.unwrap_or(job.state));
+        return Ok(1);
+    };
+    if cli.json {
+        print_json(&result);
+        return Ok(0);
+    }
+    let r: crate::cloud::ebs_restore::Restored =
+        serde_json::from_value(result).context("reading the daemon's answer")?;
+    for (n, s) in r.disks.iter().zip(&r.snapshots) {
+        println!("restored disk {n} of backup {} into snapshot {s} of account {} ({})", r.backup, r.account, r.region);
+    }
+    println!("  {} block(s) written in {:.1} s", r.blocks_written, r.seconds);
     Ok(0)
 }
 

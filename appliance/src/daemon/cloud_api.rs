@@ -27,6 +27,7 @@ pub fn routes() -> Router<Arc<Manager>> {
         .route("/v1/cloud/backups", post(streaming_backup))
         .route("/v1/cloud/snapshot-backups", post(snapshot_backup))
         .route("/v1/cloud/ebs-backups", post(ebs_backup))
+        .route("/v1/cloud/ebs-restores", post(ebs_restore))
         .route("/v1/cloud/snapshot-backups/{id}", axum::routing::delete(forget_snapshot_backup))
         .route("/v1/cloud/backup-copies", post(backup_copy))
         .route("/v1/cloud/restores", post(restore))
@@ -124,6 +125,16 @@ async fn ebs_backup(
     let Json(r) = req?;
     m.cloud().accounts.get(&r.account)?;
     Ok((axum::http::StatusCode::ACCEPTED, Json(m.start_ebs_backup(r)?)))
+}
+
+/// Starts restoring a backup into new EBS snapshots through EBS direct (a job).
+async fn ebs_restore(
+    State(m): State<Arc<Manager>>,
+    req: Result<Json<crate::cloud::ebs_restore::Request>, JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<JobInfo>), ApiError> {
+    let Json(r) = req?;
+    m.cloud().accounts.get(&r.account)?;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(m.start_ebs_restore(r)?)))
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -233,6 +233,26 @@ impl Manager {
         Ok(job.info())
     }
 
+    /// Starts restoring a backup into new EBS snapshots of an account (EBS direct) as a job.
+    pub fn start_ebs_restore(
+        self: &Arc<Self>,
+        req: crate::cloud::ebs_restore::Request,
+    ) -> Result<super::jobs::JobInfo, ApiError> {
+        let library = self.library()?;
+        let backup = library.resolve(&req.backup)?;
+        crate::cloud::ebs_restore::disks_of(&backup, &req)?;
+        let me = self.clone();
+        let job = self.jobs.start("ebs-restore", move |job| async move {
+            let report: Arc<dyn Report> = job.clone();
+            let id = job.id();
+            let restored = crate::cloud::ebs_restore::run(&me.cloud, library, &id, &backup, &req, report)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(serde_json::to_value(restored).expect("plain data"))
+        });
+        Ok(job.info())
+    }
+
     /// Starts recovering files of a backup into a bucket as a job: the bucket is checked, the backup
     /// browsed, the files uploaded and the member account let read them; the browse ends with the job.
     pub fn start_recover_files(
