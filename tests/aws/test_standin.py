@@ -594,6 +594,23 @@ class Extended(unittest.TestCase):
         self.assertEqual(completed_root(s3, "parts", "k"), "CompleteMultipartUploadResult")
         self.assertEqual(s3.get_object(Bucket="parts", Key="k")["Body"].read(), b"one part")
 
+    def test_fault_damages_an_answer_or_gives_a_reason(self):
+        sid = upload(self.ebs, {0: block_of(4)})
+        token = all_blocks(self.ebs, sid)[0]["BlockToken"]
+        self.s.control("POST", "/standin/faults", {"action": "GetSnapshotBlock", "times": 1, "corrupt": True})
+        got = self.ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=0, BlockToken=token)
+        data = got["BlockData"].read()
+        self.assertEqual(len(data), BLOCK)
+        self.assertNotEqual(data, block_of(4), "one byte flipped")
+        self.assertEqual(got["Checksum"], sha(block_of(4)), "the checksum is the block's, as sent")
+        self.s.control("POST", "/standin/faults", {"action": "GetSnapshotBlock", "times": 1, "status": 400,
+                                                   "code": "ValidationException", "reason": "INVALID_BLOCK_TOKEN"})
+        with self.assertRaises(ClientError) as ctx:
+            self.ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=0, BlockToken=token)
+        self.assertEqual(ctx.exception.response["Reason"], "INVALID_BLOCK_TOKEN")
+        again = self.ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=0, BlockToken=token)["BlockData"].read()
+        self.assertEqual(again, block_of(4))
+
     def test_reset_clears_everything(self):
         self.upload_marker = upload(self.ebs, {0: block_of(1)})
         self.ec2.create_volume(Size=1, AvailabilityZone="us-east-1a")
