@@ -18,6 +18,9 @@ pub struct MountRequest {
     /// Prepare the guest and publish an iPXE script so that a VM boots from the mount.
     #[serde(default)]
     pub boot: Option<BootRequest>,
+    /// With `backup` = `ebs:snap-…`: the cloud account that reads the snapshot.
+    #[serde(default)]
+    pub account: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -159,6 +162,9 @@ impl From<blockdev::pseudo_disk::CounterSnapshot> for DiskCounters {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BrowseRequest {
     pub backup: String,
+    /// With `backup` = `ebs:snap-…`: the cloud account that reads the snapshot.
+    #[serde(default)]
+    pub account: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

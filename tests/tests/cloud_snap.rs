@@ -116,8 +116,16 @@ fn a_snapshot_backup_stays_in_the_member_account_and_its_copy_is_the_streaming_b
     let e = livemount(&lib).args(["backup", "restore", &id]).arg(dir.join("x.img")).output().unwrap();
     let e = String::from_utf8_lossy(&e.stderr);
     assert!(e.contains("snapshot backup") && e.contains("cloud backup-copy"), "{e}");
-    let e = fails(&d, &["mount", &id]);
-    assert!(e.contains("snapshot backup") && e.contains("cloud backup-copy"), "{e}");
+    // It mounts as it is: its disks read the member's snapshots through EBS direct, and nothing is made.
+    let m = ok(&d, &["mount", &id, "--read-only"]);
+    for (n, (dev, vol)) in fleet.volumes.iter().enumerate() {
+        let fuse = std::path::PathBuf::from(m["disks"][n]["fuse_path"].as_str().unwrap());
+        let volume = dir.join("aws").join("volumes").join(format!("{vol}.img"));
+        assert!(std::fs::read(&fuse).unwrap() == std::fs::read(&volume).unwrap(), "mounted disk {n} is {dev}");
+    }
+    assert!(standin.calls("GetSnapshotBlock", MEMBER) > 0, "read in the member account");
+    ok(&d, &["unmount", m["id"].as_str().unwrap()]);
+    assert_eq!(everything(&standin), now, "the mount made nothing in AWS");
     livemount(&lib).args(["backup", "verify"]).assert().success();
 
     // Kept by cleanup and across a restart: the library lists the backup.

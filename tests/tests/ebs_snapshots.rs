@@ -3,7 +3,8 @@
 //! snapshot lists, an incremental of a child snapshot only the blocks ListChangedBlocks names (counted
 //! at the stand-in), and both restore bit-identical. Bad input and a damaged answer give a clear error
 //! and no backup, never wrong bytes. Restores write new snapshots through EBS direct (a child of a
-//! parent: only the blocks that differ), which coldsnap downloads identical.
+//! parent: only the blocks that differ), which coldsnap downloads identical. A snapshot live-mounts and
+//! browses through EBS direct with nothing made in AWS.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -209,4 +210,55 @@ fn bad_snapshots_and_damaged_answers_give_a_clear_error_and_no_backup() {
     assert!(standin.calls("ListSnapshotBlocks", MEMBER) >= lists + 3, "listed once, then once per renewal");
     standin.clear_faults();
     restores_as(&lib, b["id"].as_str().unwrap(), &data, dir.path());
+}
+
+#[test]
+fn a_snapshot_live_mounts_and_browses_with_nothing_made_in_aws() {
+    let dir = tempfile::tempdir().unwrap();
+    let standin = Standin::start(&dir.path().join("aws"), false);
+    let (d, _lib) = backup_daemon(dir.path(), &standin);
+    let tree = dir.path().join("tree");
+    tests::populate_tree(&tree, 3, 1);
+    let disk_file = tests::make_ext4_disk(dir.path(), "disk.img", &tree, 64);
+    let disk = std::fs::read(&disk_file).unwrap();
+    let snap = upload(&standin, &disk_file, None);
+    let listed = disk.chunks(BLOCK).filter(|b| b.iter().any(|&x| x != 0)).count() as u64;
+    let before = everything(&standin);
+
+    let err = fails(&d, &["mount", &format!("ebs:{snap}")]);
+    assert!(err.contains("needs the cloud account"), "{err}");
+    let m = ok(&d, &["mount", &format!("ebs:{snap}"), "--account", "member"]);
+    assert_eq!(m["backup"], format!("ebs:{snap}"));
+    let fuse = PathBuf::from(m["disks"][0]["fuse_path"].as_str().unwrap());
+    let got = std::fs::read(&fuse).unwrap();
+    assert_eq!(got.len(), 1 << 30, "the snapshot's volume size");
+    assert!(got[..disk.len()] == *disk, "the live-mounted snapshot reads as the disk it was made of");
+    assert!(got[disk.len()..].iter().all(|&b| b == 0));
+    assert_eq!(standin.calls("GetSnapshotBlock", MEMBER), listed, "each listed block recalled once, zeros never");
+    // Writes go to the mount's own store; the snapshot is never changed by serving it.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&fuse).unwrap();
+        f.write_all_at(&[0x5a; 4096], 8 << 20).unwrap();
+        f.sync_all().unwrap();
+    }
+    let mut reread = vec![0u8; 4096];
+    {
+        use std::os::unix::fs::FileExt;
+        std::fs::File::open(&fuse).unwrap().read_exact_at(&mut reread, 8 << 20).unwrap();
+    }
+    assert_eq!(reread, vec![0x5a; 4096]);
+    let back = dir.path().join("snapshot-now.img");
+    standin.awsq(&["read-snapshot", MEMBER, &snap, back.to_str().unwrap()]);
+    assert!(std::fs::read(&back).unwrap()[..disk.len()] == *disk, "the snapshot is as it was");
+    ok(&d, &["unmount", m["id"].as_str().unwrap()]);
+
+    let out = d.cli().args(["browse", &format!("ebs:{snap}"), "--account", "member", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), d.log());
+    let b = tests::json(&out.stdout);
+    let root = PathBuf::from(b["browse"]["filesystems"][0]["path"].as_str().unwrap());
+    assert!(std::fs::read(root.join("etc/hostname")).unwrap() == std::fs::read(tree.join("etc/hostname")).unwrap());
+    d.cli().args(["unbrowse", b["id"].as_str().unwrap()]).assert().success();
+    assert_eq!(everything(&standin), before, "nothing was made in AWS");
+    assert_eq!(ok(&d, &["mounts"]), json!([]));
 }

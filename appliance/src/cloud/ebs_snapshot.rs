@@ -323,3 +323,48 @@ fn check_block_size(said: Option<i32>, snapshot: &str) -> Result<(), CloudError>
         _ => Ok(()),
     }
 }
+
+/// A snapshot as a pseudo-disk's source: chunk N is block N (512 KiB), recalled with GetSnapshotBlock;
+/// an unlisted block is zeros, known without a call.
+pub struct SnapshotSource {
+    pub blocks: Arc<SnapshotBlocks>,
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl blockdev::Source for SnapshotSource {
+    fn size(&self) -> u64 {
+        self.blocks.size()
+    }
+
+    fn chunk_size(&self) -> u32 {
+        BLOCK as u32
+    }
+
+    fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> Result<(), blockdev::SourceError> {
+        // Called on a blocking thread: waiting here for the runtime's call is what it is for.
+        let data = self
+            .runtime
+            .block_on(self.blocks.read_block(index))
+            .map_err(|e| blockdev::SourceError::Other { chunk: index, source: Box::new(e) })?;
+        let len = (self.size() - index * BLOCK as u64).min(BLOCK as u64) as usize;
+        match data {
+            Some(mut d) => {
+                d.truncate(len);
+                *buf = d;
+            }
+            None => {
+                buf.clear();
+                buf.resize(len, 0);
+            }
+        }
+        Ok(())
+    }
+
+    fn is_zero_chunk(&self, index: u64) -> bool {
+        !self.blocks.is_listed(index)
+    }
+
+    fn describe(&self) -> String {
+        format!("EBS snapshot {}", self.blocks.snapshot_id())
+    }
+}

@@ -9,8 +9,11 @@ use crate::output::print_json;
 
 #[derive(Debug, Args)]
 pub struct BrowseArgs {
-    /// Backup id, unique id prefix, or name.
+    /// Backup id, unique id prefix, or name; or `ebs:snap-…` (with --account).
     pub backup: String,
+    /// With `ebs:snap-…`: the cloud account that reads the snapshot.
+    #[arg(long)]
+    pub account: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -21,7 +24,8 @@ pub struct UnbrowseArgs {
 
 pub fn browse(cli: &Cli, args: &BrowseArgs) -> anyhow::Result<i32> {
     let client = Client::new(cli.api.clone())?;
-    let info: MountInfo = client.post("/v1/browse", &BrowseRequest { backup: args.backup.clone() })?;
+    let info: MountInfo =
+        client.post("/v1/browse", &BrowseRequest { backup: args.backup.clone(), account: args.account.clone() })?;
     if cli.json {
         print_json(&info);
     } else {

@@ -9,8 +9,12 @@ use crate::output::{print_json, size};
 
 #[derive(Debug, Args)]
 pub struct MountArgs {
-    /// Backup id, unique id prefix, or name.
+    /// Backup id, unique id prefix, or name; or `ebs:snap-…` (with --account): an EBS snapshot read
+    /// through the EBS direct APIs, with nothing made in AWS.
     pub backup: String,
+    /// With `ebs:snap-…`: the cloud account that reads the snapshot.
+    #[arg(long)]
+    pub account: Option<String>,
     /// Serve the disks read-only.
     #[arg(long)]
     pub read_only: bool,
@@ -79,8 +83,14 @@ pub fn mount(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
         instance_type: args.instance_type.clone(),
     });
     let boot = args.boot.then(|| BootRequest { mac: args.mac.clone(), skip_prepare: args.skip_prepare, cloud });
-    let req =
-        MountRequest { backup: args.backup.clone(), name: args.name.clone(), read_only: args.read_only, access, boot };
+    let req = MountRequest {
+        backup: args.backup.clone(),
+        name: args.name.clone(),
+        read_only: args.read_only,
+        access,
+        boot,
+        account: args.account.clone(),
+    };
     let info: MountInfo = client.post("/v1/mounts", &req)?;
     if cli.json {
         print_json(&info);

@@ -68,7 +68,7 @@ async fn browse(
     req: Result<Json<BrowseRequest>, JsonRejection>,
 ) -> Result<Json<MountInfo>, ApiError> {
     let Json(req) = req?;
-    m.browse(&req.backup).await.map(Json)
+    m.browse(&req.backup, req.account.as_deref()).await.map(Json)
 }
 
 async fn unbrowse(State(m): State<Arc<Manager>>, Path(id): Path<String>) -> Result<Json<MountInfo>, ApiError> {

@@ -39,6 +39,7 @@ fn request(backup: &str, name: Option<&str>) -> MountRequest {
         read_only: false,
         access: TargetAccess::default(),
         boot: None,
+        account: None,
     }
 }
 

@@ -30,7 +30,7 @@ use crate::api_types::{BootRequest, BrowseInfo, CloudRequest, MountInfo, MountRe
 use crate::cloud::instance_config::InstanceConfig;
 use crate::cloud::instances::{CloudMount, CloudState};
 use crate::cloud::workflow::Report;
-use crate::cloud::{cleanup, images, instances, Cloud};
+use crate::cloud::{cleanup, ebs_snapshot, images, instances, Cloud};
 use crate::library_source::LibrarySource;
 
 /// A mount as `mount.json` keeps it.
@@ -55,6 +55,18 @@ pub struct MountState {
     /// The VM of a cloud mount.
     #[serde(default)]
     pub cloud: Option<CloudMount>,
+    /// A mount of EBS snapshots (`ebs:snap-…`, or a snapshot backup): its disks read them through the
+    /// EBS direct APIs, and no library data.
+    #[serde(default)]
+    pub snapshots: Option<SnapshotsOfMount>,
+}
+
+/// The EBS snapshots a mount reads, disk N from the Nth, in one account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotsOfMount {
+    pub snapshot_ids: Vec<String>,
+    pub account: String,
+    pub region: String,
 }
 
 struct Mount {
@@ -274,7 +286,7 @@ impl Manager {
             let target =
                 crate::cloud::recover_files::prepare(&me.cloud, &backup.id, &req).await.map_err(|e| e.to_string())?;
             report.step("browsing the backup");
-            let browsed = me.browse(&backup.id).await.map_err(|e| e.to_string())?;
+            let browsed = me.browse(&backup.id, None).await.map_err(|e| e.to_string())?;
             let fss = browsed.browse.clone().map(|b| b.filesystems).unwrap_or_default();
             let recovered =
                 crate::cloud::recover_files::run(&me.cloud, &id, &backup.id, fss, &req, target, report).await;
@@ -329,14 +341,35 @@ impl Manager {
         dedup::durable::write_file(&path, &json).map_err(ApiError::io("write", &path))
     }
 
-    /// Opens the pseudo-disks of a mount and shows them in the view.
-    fn open_mount(&self, state: MountState) -> Result<Arc<Mount>, ApiError> {
+    /// What a mount's disks read: a library backup's disks, or an EBS snapshot.
+    async fn sources_of(&self, state: &MountState) -> Result<Vec<Arc<dyn blockdev::Source>>, ApiError> {
+        if let Some(s) = &state.snapshots {
+            let config = self.cloud.accounts.config(&s.account, &s.region, "mount").await?;
+            let (ec2, ebs) = (crate::cloud::sdk::ec2(&config), crate::cloud::sdk::ebs(&config));
+            let mut sources: Vec<Arc<dyn blockdev::Source>> = Vec::new();
+            for id in &s.snapshot_ids {
+                ebs_snapshot::describe(&ec2, &s.account, id).await?;
+                let budget = ebs_snapshot::DEFAULT_REQUEST_BUDGET;
+                let blocks = ebs_snapshot::SnapshotBlocks::open(ebs.clone(), &s.account, id, budget).await?;
+                let runtime = tokio::runtime::Handle::current();
+                sources.push(Arc::new(ebs_snapshot::SnapshotSource { blocks: Arc::new(blocks), runtime }));
+            }
+            return Ok(sources);
+        }
         let lib =
             if state.library == self.library_path { self.library()? } else { Arc::new(Library::open(&state.library)?) };
         let manifest = lib.resolve(&state.backup)?;
-        let mut disks = Vec::new();
+        let mut sources: Vec<Arc<dyn blockdev::Source>> = Vec::new();
         for d in 0..state.disks {
-            let source = Arc::new(LibrarySource(Arc::new(BackupDisk::open(lib.clone(), &manifest, d)?)));
+            sources.push(Arc::new(LibrarySource(Arc::new(BackupDisk::open(lib.clone(), &manifest, d)?))));
+        }
+        Ok(sources)
+    }
+
+    /// Opens the pseudo-disks of a mount over `sources` and shows them in the view.
+    fn open_mount(&self, state: MountState, sources: Vec<Arc<dyn blockdev::Source>>) -> Result<Arc<Mount>, ApiError> {
+        let mut disks = Vec::new();
+        for (d, source) in sources.into_iter().enumerate() {
             let dir = self.mount_dir(&state.id).join(format!("disk{d}"));
             disks.push(PseudoDisk::open(&dir, source, self.engine.clone(), Options { read_only: state.read_only })?);
         }
@@ -386,7 +419,11 @@ impl Manager {
                 continue;
             }
             let id = state.id.clone();
-            match self.open_mount(MountState { browse: None, ..state }) {
+            let opened = match self.sources_of(&state).await {
+                Ok(sources) => self.open_mount(MountState { browse: None, ..state }, sources),
+                Err(e) => Err(e),
+            };
+            match opened {
                 Ok(m) => {
                     tracing::info!(mount = %id, "mount restored");
                     self.mounts.lock().await.insert(id, m);
@@ -398,13 +435,7 @@ impl Manager {
 
     pub async fn create(&self, req: &MountRequest, for_browse: bool) -> Result<MountInfo, ApiError> {
         let lib = self.library()?;
-        let manifest = lib.resolve(&req.backup)?;
-        if let Some(c) = InstanceConfig::of(&manifest).filter(|c| c.is_snapshot_backup()) {
-            return Err(ApiError::BadRequest(format!(
-                "backup {} is a snapshot backup: its data is in EBS snapshots of account {}, not in the library; `livemount cloud backup-copy {}` copies it in",
-                manifest.id, c.account, manifest.id
-            )));
-        }
+        let (backup_id, disk_count, snapshots) = self.what_to_mount(&lib, req).await?;
         let cloud_req = req.boot.as_ref().and_then(|b| b.cloud.clone());
         // Before anything is made: the account, the Region and its iPXE image must be there.
         let cloud_plan = match &cloud_req {
@@ -429,16 +460,17 @@ impl Manager {
         let state = MountState {
             id: id.clone(),
             name: req.name.clone(),
-            backup: manifest.id.clone(),
+            backup: backup_id.clone(),
             library: lib.root().to_path_buf(),
             read_only: req.read_only || for_browse,
             created: dedup::library::now_rfc3339(),
-            disks: manifest.disks.len(),
+            disks: disk_count,
             for_browse,
             browse: None,
             access,
             boot: None,
             cloud: None,
+            snapshots,
         };
         let mount_dir = self.mount_dir(&id);
         std::fs::create_dir_all(&mount_dir).map_err(ApiError::io("create", &mount_dir))?;
@@ -450,11 +482,14 @@ impl Manager {
             (Some(name), false) => format!("live mount {id} ({name}) of livemount serve"),
             (None, false) => format!("live mount {id} of livemount serve"),
         };
-        lib.hold(&id, &manifest.id, &what)?;
+        if state.snapshots.is_none() {
+            lib.hold(&id, &backup_id, &what)?;
+        }
+        let sources = self.sources_of(&state).await?;
         self.save(&state)?;
         // Declared after `undo`, so dropped before it: the disks are closed before their stores go.
-        let mount = self.open_mount(state)?;
-        tracing::info!(mount = %id, backup = %manifest.id, "mounted");
+        let mount = self.open_mount(state, sources)?;
+        tracing::info!(mount = %id, backup = %backup_id, "mounted");
         if let Some(boot) = &req.boot {
             if let Err(e) = self.make_bootable(&mount, boot).await {
                 tracing::warn!(mount = %id, "boot preparation failed; rolling the mount back: {e}");
@@ -474,6 +509,38 @@ impl Manager {
         let info = self.info(&mount);
         self.mounts.lock().await.insert(id, mount);
         Ok(info)
+    }
+
+    /// What a mount request names: a library backup (its id and disk count), or EBS snapshots read in an
+    /// account: `ebs:snap-…` with `account`, or a snapshot backup (its snapshots stay in the account the
+    /// backup names).
+    async fn what_to_mount(
+        &self,
+        lib: &Library,
+        req: &MountRequest,
+    ) -> Result<(String, usize, Option<SnapshotsOfMount>), ApiError> {
+        if let Some(snapshot_id) = req.backup.strip_prefix("ebs:") {
+            let account = req.account.clone().ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "mounting EBS snapshot {snapshot_id} needs the cloud account that reads it (--account)"
+                ))
+            })?;
+            let region = self.cloud.accounts.region_of(&account, None).await?;
+            let s = SnapshotsOfMount { snapshot_ids: vec![snapshot_id.to_string()], account, region };
+            return Ok((req.backup.clone(), 1, Some(s)));
+        }
+        let manifest = lib.resolve(&req.backup)?;
+        match InstanceConfig::of(&manifest).filter(|c| c.is_snapshot_backup()) {
+            Some(c) => {
+                let ids: Option<Vec<String>> = c.block_devices.iter().map(|b| b.snapshot_id.clone()).collect();
+                let ids = ids.filter(|i| !i.is_empty()).ok_or_else(|| {
+                    ApiError::BadRequest(format!("snapshot backup {} names no snapshot for some disk", manifest.id))
+                })?;
+                let s = SnapshotsOfMount { snapshot_ids: ids, account: c.account.clone(), region: c.region.clone() };
+                Ok((manifest.id.clone(), s.snapshot_ids.len(), Some(s)))
+            }
+            None => Ok((manifest.id.clone(), manifest.disks.len(), None)),
+        }
     }
 
     /// Prepares the mount's guest to boot from iSCSI and publishes its iPXE script.
@@ -648,10 +715,17 @@ impl Manager {
         self.mounts.lock().await.remove(&id);
         self.portal.remove_target(&iqn_of(&id));
         self.view.remove(&["mounts", &id]);
-        let library = m.state.lock().expect("not poisoned").library.clone();
+        let (library, held) = {
+            let s = m.state.lock().expect("not poisoned");
+            (s.library.clone(), s.snapshots.is_none())
+        };
         drop(m);
         let mount_dir = self.mount_dir(&id);
         blockdev::pseudo_disk::remove_stores(&mount_dir).map_err(ApiError::io("remove", &mount_dir))?;
+        if !held {
+            tracing::info!(mount = %id, "unmounted");
+            return Ok(info);
+        }
         if let Err(e) = Library::open(&library).and_then(|lib| lib.release(&id)) {
             tracing::warn!(mount = %id, "the mount is gone but its hold on the backup stays: {e}");
         }
@@ -660,7 +734,7 @@ impl Manager {
     }
 
     /// Mounts a backup read-only and mounts its file systems for file recovery.
-    pub async fn browse(&self, backup: &str) -> Result<MountInfo, ApiError> {
+    pub async fn browse(&self, backup: &str, account: Option<&str>) -> Result<MountInfo, ApiError> {
         let info = self
             .create(
                 &MountRequest {
@@ -669,6 +743,7 @@ impl Manager {
                     read_only: true,
                     access: TargetAccess::default(),
                     boot: None,
+                    account: account.map(str::to_string),
                 },
                 true,
             )
