@@ -14,10 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use super::ebs_backup::SnapshotOrigin;
 use super::ebs_snapshot::{self, SnapshotBlocks, DEFAULT_REQUEST_BUDGET};
-use super::ebs_upload::{BackupBlocks, BlockSource, Upload, BLOCK};
-use super::journal::{Kind, Resource};
+use super::ebs_upload::{BackupBlocks, BlockSource, BLOCK};
 use super::restore::{name_tags, restore_tags};
-use super::workflow::{Made, Report, Workflow};
+use super::workflow::{Made, NewSnapshot, Report, Workflow};
 use super::{sdk, Cloud, CloudError};
 
 /// What `backup restore ID ebs:` asks for.
@@ -148,42 +147,17 @@ async fn write(
             }
             None => (Arc::new(BackupBlocks(disk)), None, None),
         };
-        // One token per job and disk: a retried call is idempotent; another job gets a new snapshot.
-        let token = format!("{}-snapshot-{n}", job.job_id);
-        job.cloud.journal.intent(&Resource::planned(
-            Kind::Snapshot,
-            &job.member_account,
-            &job.region,
-            &job.purpose,
-            &token,
-        ))?;
-        let up = Upload {
-            ebs: &ebs,
-            account: &req.account,
-            client_token: &token,
+        let progress = |done: u64, _| report.bytes(done_before + done, total);
+        let new = NewSnapshot {
+            disk: n,
+            in_member: true,
+            source,
+            size_gib,
+            parent: parent_id.as_deref(),
             description: format!("livemount restore of disk {n} of backup {}", backup.id),
             tags: tags.clone(),
         };
-        let mut snapshot = None;
-        let progress = |done: u64, _| report.bytes(done_before + done, total);
-        let uploaded = up
-            .run_child(
-                source,
-                size_gib,
-                parent_id.as_deref(),
-                |id| {
-                    snapshot = Some(id.to_string());
-                    job.cloud.journal.made(&token, id)
-                },
-                &progress,
-            )
-            .await;
-        if let Some(id) = &snapshot {
-            made.add(Kind::Snapshot, true, &token, id);
-        } else if uploaded.is_err() {
-            // StartSnapshot failed; had it worked after all, the snapshot carries the job's tag.
-            job.cloud.journal.gone(&token)?;
-        }
+        let uploaded = job.write_snapshot(&ebs, new, &progress, made).await;
         let uploaded = uploaded?;
         blocks_written += uploaded.blocks_written;
         done_before += size;

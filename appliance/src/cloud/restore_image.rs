@@ -18,11 +18,10 @@ use std::time::Instant;
 
 use aws_sdk_ec2::types::OperationType;
 
-use super::ebs_upload::{BackupBlocks, Upload};
+use super::ebs_upload::BackupBlocks;
 use super::instance_config::InstanceConfig;
-use super::journal::{Kind, Resource};
 use super::restore::{launch, register, restore_tags, share_image, Request, Restored};
-use super::workflow::{share_snapshots, Made, Report, Workflow};
+use super::workflow::{share_snapshots, Made, NewSnapshot, Report, Workflow};
 use super::{accounts::SERVICE, sdk, CloudError};
 
 /// The restore's own steps (`restore::run` prepares and ends the job).
@@ -54,39 +53,21 @@ pub(super) async fn restore(
                 .map_err(|e| CloudError::Conflict(format!("opening disk {n} of backup {}: {e}", backup.id)))?
         };
         let size = disk.size();
-        // One token per job and disk: a retried call is idempotent; another job gets a new snapshot.
-        let token = format!("{}-snapshot-{n}", job.job_id);
-        job.cloud.journal.intent(&Resource::planned(Kind::Snapshot, SERVICE, &job.region, &job.purpose, &token))?;
         let tags: Vec<(String, String)> = restore_tags(job, &name_tag)
             .iter()
             .map(|t| (t.key().unwrap_or_default().into(), t.value().unwrap_or_default().into()))
             .collect();
-        let up = Upload {
-            ebs: &ebs,
-            account: SERVICE,
-            client_token: &token,
+        let progress = |done: u64, _| report.bytes(done_before + done, total);
+        let new = NewSnapshot {
+            disk: n,
+            in_member: false,
+            source: Arc::new(BackupBlocks(Arc::new(disk))),
+            size_gib: Some(bd.size_gib.max(1) as u64),
+            parent: None,
             description: format!("livemount restore of disk {n} of backup {}", backup.id),
             tags,
         };
-        let mut snapshot = None;
-        let progress = |done: u64, _| report.bytes(done_before + done, total);
-        let uploaded = up
-            .run_from(
-                Arc::new(BackupBlocks(Arc::new(disk))),
-                Some(bd.size_gib.max(1) as u64),
-                |id| {
-                    snapshot = Some(id.to_string());
-                    job.cloud.journal.made(&token, id)
-                },
-                &progress,
-            )
-            .await;
-        if let Some(id) = &snapshot {
-            made.add(Kind::Snapshot, false, &token, id);
-        } else if uploaded.is_err() {
-            // StartSnapshot failed; had it worked after all, the snapshot carries the job's tag.
-            job.cloud.journal.gone(&token)?;
-        }
+        let uploaded = job.write_snapshot(&ebs, new, &progress, made).await;
         let uploaded = uploaded?;
         written += uploaded.bytes_written;
         done_before += size;

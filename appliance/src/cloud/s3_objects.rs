@@ -266,13 +266,18 @@ pub async fn grant_read(
     }));
     policy["Statement"] = Value::Array(statements);
     before()?;
+    put_policy(s3, bucket, &policy).await?;
+    Ok(true)
+}
+
+async fn put_policy(s3: &aws_sdk_s3::Client, bucket: &str, policy: &Value) -> Result<(), CloudError> {
     s3.put_bucket_policy()
         .bucket(bucket)
         .policy(policy.to_string())
         .send()
         .await
-        .map_err(CloudError::aws(SERVICE, "PutBucketPolicy"))?;
-    Ok(true)
+        .map(|_| ())
+        .map_err(CloudError::aws(SERVICE, "PutBucketPolicy"))
 }
 
 /// Takes the statement `sid` out of the bucket policy (absent already is fine); a policy left without
@@ -290,12 +295,7 @@ async fn revoke(s3: &aws_sdk_s3::Client, bucket: &str, sid: &str) -> Result<(), 
         return ignore_gone(r.map(|_| ()).map_err(CloudError::aws(SERVICE, "DeleteBucketPolicy")));
     }
     policy["Statement"] = Value::Array(kept);
-    s3.put_bucket_policy()
-        .bucket(bucket)
-        .policy(policy.to_string())
-        .send()
-        .await
-        .map_err(CloudError::aws(SERVICE, "PutBucketPolicy"))?;
+    put_policy(s3, bucket, &policy).await?;
     Ok(())
 }
 

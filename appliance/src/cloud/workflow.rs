@@ -16,6 +16,7 @@ use aws_sdk_ec2::types::{
     TagSpecification, VolumeAttachmentState, VolumeState,
 };
 
+use super::ebs_upload::{BlockSource, Upload, Uploaded};
 use super::instance_config::{BlockDevice, InstanceConfig};
 use super::journal::{Kind, Purpose, Resource};
 use super::poll::Poll;
@@ -28,6 +29,20 @@ const WAIT: Duration = Duration::from_secs(600);
 pub trait Report: Send + Sync {
     fn step(&self, what: &str);
     fn bytes(&self, done: u64, total: u64);
+}
+
+/// A snapshot a job writes through EBS direct (`Workflow::write_snapshot`).
+pub struct NewSnapshot<'a> {
+    /// The job's disk number (its client token).
+    pub disk: usize,
+    /// Made in the member account, else in the service account.
+    pub in_member: bool,
+    pub source: Arc<dyn BlockSource>,
+    pub size_gib: Option<u64>,
+    /// A child of this snapshot.
+    pub parent: Option<&'a str>,
+    pub description: String,
+    pub tags: Vec<(String, String)>,
 }
 
 /// The resources a job made that its undo removes.
@@ -464,6 +479,35 @@ impl<'a> Workflow<'a> {
     /// Hands what the job made over to its user: the tags by which this appliance finds what it made are
     /// taken off and the journal forgets them, so that no cleanup removes them. Until this returns they
     /// are the job's, undone should it die.
+    /// Writes a disk of the job into a new snapshot through EBS direct, journaled before it is started
+    /// (one client token per job and disk: a retried call is idempotent, another job gets a new one)
+    /// and added to `made` once EBS gave its id.
+    pub async fn write_snapshot(
+        &self,
+        ebs: &aws_sdk_ebs::Client,
+        snapshot: NewSnapshot<'_>,
+        progress: &(dyn Fn(u64, u64) + Sync),
+        made: &mut Made,
+    ) -> Result<Uploaded, CloudError> {
+        let account = if snapshot.in_member { self.member_account.as_str() } else { SERVICE };
+        let token = format!("{}-snapshot-{}", self.job_id, snapshot.disk);
+        self.cloud.journal.intent(&Resource::planned(Kind::Snapshot, account, &self.region, &self.purpose, &token))?;
+        let up = Upload { ebs, account, client_token: &token, description: snapshot.description, tags: snapshot.tags };
+        let mut id = None;
+        let started = |made_id: &str| {
+            id = Some(made_id.to_string());
+            self.cloud.journal.made(&token, made_id)
+        };
+        let uploaded = up.run_child(snapshot.source, snapshot.size_gib, snapshot.parent, started, progress).await;
+        if let Some(id) = &id {
+            made.add(Kind::Snapshot, snapshot.in_member, &token, id);
+        } else if uploaded.is_err() {
+            // StartSnapshot failed; had it worked after all, the snapshot carries the job's tag.
+            self.cloud.journal.gone(&token)?;
+        }
+        uploaded
+    }
+
     pub async fn hand_over(&self, made: &mut Made) -> Result<(), CloudError> {
         let ours =
             [super::TAG_APPLIANCE, super::TAG_JOB].map(|k| aws_sdk_ec2::types::Tag::builder().key(k).build()).to_vec();
