@@ -39,7 +39,12 @@
 #           through the same stand-in (goal: coldsnap's time / livemount's >= 1.5); then the incremental of a
 #           child snapshot with 1% of the disk's allocated blocks rewritten (ListChangedBlocks: only those
 #           read) against that full backup (goal: full / incremental >= 20). BENCH_SNAPSHOTS rounds, each
-#           into an empty library, alternating with coldsnap.
+#           into an empty library, alternating with coldsnap. The stand-in answers one call at a time, so the
+#           seconds it spent answering GetSnapshotBlock (its counters) are the floor of both, recorded beside
+#           each. Then cold random 4 KiB reads through the FUSE file of `mount ebs:SNAP --account member`
+#           (O_DIRECT, BENCH_SNAPSHOT_READS offsets each in a block of its own, so every read recalls a block)
+#           against one GetSnapshotBlock round trip of the same blocks (a bare HTTP GET on a kept-alive
+#           connection, nothing but the call): median and p99 of each (goal: median at most 1.5x).
 # It cleans up everything it started and writes $BENCH_CACHE/cloud-results.json.
 #
 # Usage:  sudo bench/cloud.sh        (root: FUSE, tgtd, the guest image)
@@ -50,6 +55,7 @@
 #   BENCH_BACKUPS=3          streaming backup rounds
 #   BENCH_RESTORES=3         restore-to-image rounds
 #   BENCH_SNAPSHOTS=3        snapshot backup rounds
+#   BENCH_SNAPSHOT_READS=300 cold random 4 KiB reads through a mounted snapshot
 #   BENCH_PARTS="upload boot backup restore snapshot"  what to run
 #   BENCH_BOOT_TIMEOUT=900   seconds one boot may take
 #   BENCH_LM_PORT=3293 BENCH_LM_HTTP=8293 BENCH_TGT_PORT=3294 BENCH_TGT_CONTROL=3295 BENCH_WWW_PORT=8294
@@ -69,6 +75,7 @@ BOOTS=${BENCH_BOOTS:-1}
 BACKUPS=${BENCH_BACKUPS:-3}
 RESTORES=${BENCH_RESTORES:-3}
 SNAPSHOTS=${BENCH_SNAPSHOTS:-3}
+SNAPSHOT_READS=${BENCH_SNAPSHOT_READS:-300}
 PARTS=${BENCH_PARTS:-upload boot backup restore snapshot}
 BOOT_TIMEOUT=${BENCH_BOOT_TIMEOUT:-900}
 LM_PORT=${BENCH_LM_PORT:-3293}
@@ -139,6 +146,11 @@ awsq() { "$AWSQ" --endpoint "$AWS_ENDPOINT_URL" "$@"; }
 # The seconds the stand-in has spent answering calls so far (all actions).
 standin_seconds() {
     curl -sf "$AWS_ENDPOINT_URL/standin/counters" | python3 -c 'import json,sys; print(sum(json.load(sys.stdin)["seconds"].values()))'
+}
+
+# The seconds the stand-in has spent answering one action so far.
+standin_action_seconds() {
+    curl -sf "$AWS_ENDPOINT_URL/standin/counters" | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"].get(sys.argv[1], 0))' "$1"
 }
 
 # ---------------------------------------------------------------------------------------------------------
@@ -400,10 +412,12 @@ PY
     serve_daemon --state-dir "$WORK/snap-state" --fuse-root "$WORK/snap-fs" --portal 127.0.0.1:0 --http 127.0.0.1:0
     lm cloud account add member --role-arn "arn:aws:iam::$MEMBER:role/livemount-access" > /dev/null
     for i in $(seq 1 "$SNAPSHOTS"); do
+        s0=$(standin_action_seconds GetSnapshotBlock)
         t0=$(now)
         lm --json backup create "ebs:$snap1" --account member > "$WORK/snap-full-$i.json" 2> "$WORK/logs/snap-full-$i.err" \
             || { cat "$WORK/logs/snap-full-$i.err" >&2; tail -20 "$WORK/logs/daemon.log" >&2; die "backup create ebs: failed"; }
         rec "snapshot.full.$i" "$(since "$t0")"
+        rec "snapshot.full_standin.$i" "$(echo "$(standin_action_seconds GetSnapshotBlock) - $s0" | bc -l)"
         t0=$(now)
         lm --json backup create "ebs:$snap2" --account member > "$WORK/snap-incr-$i.json" 2> "$WORK/logs/snap-incr-$i.err" \
             || { cat "$WORK/logs/snap-incr-$i.err" >&2; die "the incremental backup failed"; }
@@ -416,17 +430,39 @@ PY
         done
         lm library gc > /dev/null
         rm -f "$WORK/snap-download.img"
+        s0=$(standin_action_seconds GetSnapshotBlock)
         t0=$(now)
         env $(echo "$creds" | python3 -c 'import json,sys; print(" ".join(f"{k}={v}" for k, v in json.load(sys.stdin).items()))') \
             "$COLDSNAP" download "$snap1" "$WORK/snap-download.img" > "$WORK/logs/coldsnap-download-$i.out" 2>&1 \
             || { cat "$WORK/logs/coldsnap-download-$i.out" >&2; die "coldsnap download failed"; }
         rec "snapshot.coldsnap.$i" "$(since "$t0")"
+        rec "snapshot.coldsnap_standin.$i" "$(echo "$(standin_action_seconds GetSnapshotBlock) - $s0" | bc -l)"
         rm -f "$WORK/snap-download.img"
         echo "   round $i: backup create ebs: $(grep "^snapshot.full.$i=" "$WORK/figures" | cut -d= -f2 | cut -c1-5) s," \
              "incremental $(grep "^snapshot.incremental.$i=" "$WORK/figures" | cut -d= -f2 | cut -c1-5) s," \
              "coldsnap download $(grep "^snapshot.coldsnap.$i=" "$WORK/figures" | cut -d= -f2 | cut -c1-5) s" >&2
     done
+    snapshot_cold_reads "$disk" "$snap1" "$creds"
     stop_daemon
+}
+
+# snapshot_cold_reads DISK SNAP CREDS: cold random 4 KiB reads through a live-mounted snapshot of DISK
+# against bare GetSnapshotBlock round trips of the same blocks (CREDS: the member's, as `awsq credentials`).
+snapshot_cold_reads() {
+    local disk=$1 snap=$2 creds=$3 id fuse
+    python3 "$REPORT_PY" fuse-offsets "$disk" "$(( SNAPSHOT_READS * 4 ))" 7 "$WORK/snap-offsets-all.txt"
+    # One read per 512 KiB block: each read is the first of its block, so each recalls one.
+    python3 "$REPORT_PY" distinct-blocks "$WORK/snap-offsets-all.txt" 524288 "$SNAPSHOT_READS" "$WORK/snap-offsets.txt"
+    lm --json mount "ebs:$snap" --account member > "$WORK/snap-mount.json" \
+        || { tail -20 "$WORK/logs/daemon.log" >&2; die "mount ebs:$snap failed"; }
+    id=$(json_get "$WORK/snap-mount.json" id)
+    fuse=$(json_get "$WORK/snap-mount.json" disks 0 fuse_path)
+    python3 "$REPORT_PY" fuse-reads "$fuse" "$WORK/snap-offsets.txt" "$WORK/snap-cold-reads.json"
+    lm unmount "$id" > /dev/null
+    python3 "$REPORT_PY" ebs-round-trips "$AWS_ENDPOINT_URL" "$creds" "$snap" "$WORK/snap-offsets.txt" \
+        "$WORK/snap-round-trips.json"
+    python3 "$REPORT_PY" fuse-pass "$WORK/snap-cold-reads.json" "mounted snapshot" >&2
+    python3 "$REPORT_PY" fuse-pass "$WORK/snap-round-trips.json" "GetSnapshotBlock" >&2
 }
 
 report() {

@@ -15,6 +15,7 @@ inside them; the subcommands share nothing but argument handling, and one file k
 scripts to call (python3 "$REPORT_PY" SUBCOMMAND, see bench/lib.sh). The sections follow the scripts.
 """
 import argparse
+import base64
 import bisect
 import collections
 import errno
@@ -492,13 +493,81 @@ def cmd_fuse_reads(argv):
         print(f"{path}: {len(bad)} reads differ from the raw image (first at offset {bad[0]})", file=sys.stderr)
 
 
+def cmd_distinct_blocks(argv):
+    """distinct-blocks OFFSETS BLOCK N OUT: the first N lines of OFFSETS (fuse-offsets) whose offsets lie in
+    BLOCK-sized blocks of their own, so that each read is the first of its block (cloud.sh)."""
+    src, block, n, out = argv[1], int(argv[2]), int(argv[3]), argv[4]
+    seen, kept = set(), []
+    for line in open(src):
+        off = int(line.split()[0])
+        if off // block not in seen and len(kept) < n:
+            seen.add(off // block)
+            kept.append(line)
+    if len(kept) < n:
+        sys.exit(f"only {len(kept)} of {n} offsets lie in blocks of their own")
+    open(out, "w").writelines(kept)
+
+
+def cmd_ebs_round_trips(argv):
+    """ebs-round-trips ENDPOINT CREDS_JSON SNAPSHOT OFFSETS OUT: one GetSnapshotBlock round trip per offset's
+    512 KiB block, one at a time on one kept-alive connection, timed from sending the request to the last
+    byte of the answer (perf_counter_ns): the floor of any cold read of a snapshot through this endpoint.
+    Each answer is checked against its SHA-256 and the offset's 4 KiB against its digest. The request names
+    the account by its access key, as the stand-in reads it; nothing but the call is timed (cloud.sh)."""
+    import http.client
+    import urllib.parse
+    endpoint, creds, snap, offsets, out = argv[1], json.loads(argv[2]), argv[3], argv[4], argv[5]
+    B, BLOCK = 4096, 512 << 10
+    url = urllib.parse.urlparse(endpoint)
+    conn = http.client.HTTPConnection(url.hostname, url.port)
+    day = time.strftime("%Y%m%d", time.gmtime())
+    headers = {
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={creds['AWS_ACCESS_KEY_ID']}/{day}/us-east-1/ebs/"
+                         "aws4_request, SignedHeaders=host, Signature=0",
+        "X-Amz-Security-Token": creds.get("AWS_SESSION_TOKEN", ""),
+    }
+
+    def get(path):
+        conn.request("GET", path, headers=headers)
+        r = conn.getresponse()
+        body = r.read()
+        if r.status != 200:
+            sys.exit(f"GET {path}: {r.status} {body[:200]!r}")
+        return r, body
+
+    tokens, page = {}, None
+    while True:
+        q = "?maxResults=10000" + (f"&pageToken={urllib.parse.quote(page)}" if page else "")
+        doc = json.loads(get(f"/snapshots/{snap}/blocks{q}")[1])
+        tokens.update({b["BlockIndex"]: b["BlockToken"] for b in doc["Blocks"]})
+        page = doc.get("NextToken")
+        if not page:
+            break
+    items = [(int(a), b) for a, b in (line.split() for line in open(offsets))]
+    lat, bad = [], []
+    for off, digest in items:
+        index = off // BLOCK
+        path = f"/snapshots/{snap}/blocks/{index}?blockToken={urllib.parse.quote(tokens[index])}"
+        t0 = time.perf_counter_ns()
+        r, body = get(path)
+        t1 = time.perf_counter_ns()
+        lat.append(t1 - t0)
+        sha = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        part = body[off % BLOCK:off % BLOCK + B]
+        if sha != r.getheader("x-amz-Checksum") or hashlib.blake2b(part, digest_size=16).hexdigest() != digest:
+            bad.append(off)
+    json.dump({"how": "GetSnapshotBlock over HTTP", "lat_ns": lat, "mismatches": bad}, open(out, "w"))
+    if bad:
+        sys.exit(f"{len(bad)} blocks came back other than the disk holds (first at offset {bad[0]})")
+
+
 def cmd_fuse_pass(argv):
     """fuse-pass READS_JSON LABEL: median, p90, p99 of one pass of fuse-reads, one line (fuse.sh)."""
     r = json.load(open(argv[1]))
     s = sorted(r["lat_ns"])
     p = lambda q: s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))] / 1e6
     print(f"   {argv[2]:<22} median {p(50):8.3f} ms  p90 {p(90):8.3f} ms  p99 {p(99):8.3f} ms  "
-          f"({'O_DIRECT' if r['direct'] else 'pread'}, {len(r['mismatches'])} mismatches)")
+          f"({r.get('how') or ('O_DIRECT' if r['direct'] else 'pread')}, {len(r['mismatches'])} mismatches)")
 
 
 def cmd_summary_fuse(argv):
@@ -1154,7 +1223,19 @@ def cmd_summary_cloud(argv):
                            "livemount_full_s": full, "livemount_incremental_s": incr, "coldsnap_download_s": cs,
                            "incremental_blocks_read": of("snapshot.incremental_blocks."),
                            "ratio_coldsnap_over_full": cs / full, "goal_full": ">= 1.5",
-                           "ratio_full_over_incremental": full / incr, "goal_incremental": ">= 20"}
+                           "ratio_full_over_incremental": full / incr, "goal_incremental": ">= 20",
+                           "standin_get_snapshot_block_s_full": of("snapshot.full_standin."),
+                           "standin_get_snapshot_block_s_coldsnap": of("snapshot.coldsnap_standin.")}
+        cold, trips = os.path.join(work, "snap-cold-reads.json"), os.path.join(work, "snap-round-trips.json")
+        if os.path.exists(cold) and os.path.exists(trips):
+            def pct(path):
+                xs = sorted(json.load(open(path))["lat_ns"])
+                p = lambda q: xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))] / 1e6
+                return {"reads": len(xs), "median_ms": p(50), "p99_ms": p(99)}
+            c, t = pct(cold), pct(trips)
+            out["snapshot"]["cold_reads"] = {"mounted_snapshot": c, "get_snapshot_block": t,
+                                             "ratio_median": c["median_ms"] / t["median_ms"],
+                                             "ratio_p99": c["p99_ms"] / t["p99_ms"], "goal_median": "<= 1.5"}
     json.dump(out, open(env["RESULTS"], "w"), indent=2)
     print(f"\ncloud benchmark (load {env['LOAD']}; {env['VERSIONS']})")
     if "upload" in out:
@@ -1193,6 +1274,17 @@ def cmd_summary_cloud(argv):
               f"  ratio {r['ratio_coldsnap_over_full']:.2f}x (goal >= 1.5)")
         print(f"          incremental of 1% changed ({r['incremental_blocks_read']:.0f} blocks read) "
               f"{r['livemount_incremental_s']:6.2f} s;  full / incremental {r['ratio_full_over_incremental']:.1f}x (goal >= 20)")
+        if r.get("standin_get_snapshot_block_s_full") is not None:
+            fl, cf = r["standin_get_snapshot_block_s_full"], r["standin_get_snapshot_block_s_coldsnap"]
+            print(f"          the stand-in answering GetSnapshotBlock (one call at a time: the floor of both): "
+                  f"{fl:6.2f} s for the backup ({r['livemount_full_s'] / fl:.2f}x the floor), {cf:6.2f} s for "
+                  f"coldsnap ({r['coldsnap_download_s'] / cf:.2f}x the floor)")
+        if "cold_reads" in r:
+            c = r["cold_reads"]
+            m, t = c["mounted_snapshot"], c["get_snapshot_block"]
+            print(f"          cold random 4 KiB reads ({m['reads']}): mounted snapshot median {m['median_ms']:.2f} ms, "
+                  f"p99 {m['p99_ms']:.2f} ms; one GetSnapshotBlock median {t['median_ms']:.2f} ms, p99 "
+                  f"{t['p99_ms']:.2f} ms;  ratio median {c['ratio_median']:.2f}x (goal <= 1.5), p99 {c['ratio_p99']:.2f}x")
     print(f"  results: {env['RESULTS']}")
 
 
@@ -1278,6 +1370,8 @@ COMMANDS = {
     "summary-boot": (cmd_summary_boot, []),
     "summary-cloud": (cmd_summary_cloud, []),
     "fuse-offsets": (cmd_fuse_offsets, ["image", "n", "seed", "out"]),
+    "distinct-blocks": (cmd_distinct_blocks, ["offsets", "block", "n", "out"]),
+    "ebs-round-trips": (cmd_ebs_round_trips, ["endpoint", "creds_json", "snapshot", "offsets", "out"]),
     "fuse-reads": (cmd_fuse_reads, ["file", "offsets", "out"]),
     "fuse-pass": (cmd_fuse_pass, ["reads_json", "label"]),
     "summary-fuse": (cmd_summary_fuse, []),

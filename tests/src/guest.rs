@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::run;
+use crate::{json, livemount, run, Daemon};
 
 const GUEST_CACHE: &str = "/var/cache/livemount-guest";
 
@@ -109,4 +109,59 @@ pub fn guest_backup(dir: &Path) -> (PathBuf, String, PathBuf, PathBuf) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let backup = crate::json(&out.stdout)["id"].as_str().unwrap().to_string();
     (lib, backup, guest, packages)
+}
+
+/// What a guest booted through the appliance left: the mount's first FUSE file (its disk as the guest
+/// left it) and the QEMU run.
+pub struct BootedMount {
+    pub mount_id: String,
+    pub fuse_file: PathBuf,
+    pub run: ConsoleRun,
+}
+
+/// Mounts `source` with `--boot` (plus `extra` mount options), checks the iPXE scripts the appliance
+/// publishes, and boots QEMU from a boot disk made by `livemount image ipxe-disk`, as a machine on
+/// premises would: iPXE fetches the entry script, chains to the mount's script and sanboots from the iSCSI
+/// target. The guest must reach its marker with its root file system on iSCSI, after the initramfs
+/// logged in again from the iBFT. The daemon must advertise 10.0.2.2 (the host as QEMU's user network
+/// sees it).
+pub fn boot_mount_in_qemu(daemon: &Daemon, library: &Path, source: &str, extra: &[&str], dir: &Path) -> BootedMount {
+    let mac = "52:54:00:4c:4d:01";
+    let out = daemon.cli().args(["mount", source, "--boot", "--mac", mac, "--json"]).args(extra).output().unwrap();
+    assert!(out.status.success(), "mount --boot: {}\n{}", String::from_utf8_lossy(&out.stderr), daemon.log());
+    let m = json(&out.stdout);
+    let boot = &m["boot"];
+    assert!(boot["changes"].to_string().contains("installed open-iscsi"), "{boot}");
+    let script_url = boot["script_url"].as_str().unwrap();
+    let entry_url = boot["entry_url"].as_str().unwrap();
+
+    // The scripts as iPXE will fetch them (the host sees the HTTP server on 127.0.0.1).
+    let local = |url: &str| url.replace("10.0.2.2", "127.0.0.1");
+    let script = run(Command::new("curl").args(["-sf", &local(script_url)]));
+    assert!(script.contains("sanboot") && script.contains(m["iqn"].as_str().unwrap()), "{script}");
+    let entry = run(Command::new("curl").args(["-sf", &format!("{}?mac={mac}", local(entry_url))]));
+    assert!(entry.contains(&format!("chain {script_url}")), "{entry}");
+
+    // The boot disk a machine image would carry, with the entry script inside.
+    let base = entry_url.trim_end_matches("/ipxe/entry.ipxe");
+    let boot_disk = dir.join("ipxe-boot.img");
+    livemount(library).args(["image", "ipxe-disk", "--appliance-url", base]).arg(&boot_disk).assert().success();
+
+    let boot_drive = format!("file={},format=raw,if=ide", boot_disk.display());
+    let nic = format!("virtio-net-pci,netdev=n0,mac={mac}");
+    let args: Vec<String> =
+        ["-drive", &boot_drive, "-netdev", "user,id=n0", "-device", &nic, "-boot", "c"].map(String::from).to_vec();
+    let booted = run_qemu(&args, Duration::from_secs(900));
+    let marker = booted.marker().unwrap_or_else(|| {
+        panic!("no boot marker on the console after {:?}:\n{}\n{}", booted.elapsed, booted.tail(3000), daemon.log())
+    });
+    assert!(marker.contains("tran=iscsi"), "the root file system is on the iSCSI disk: {marker}");
+    assert!(booted.console.contains("iscsistart"), "the initramfs logged in from the iBFT");
+    eprintln!("booted to the marker in {:?}: {marker}", booted.elapsed);
+
+    // The marker file the guest wrote is in the mount's private store, readable through the FUSE file.
+    let fuse_file = PathBuf::from(m["disks"][0]["fuse_path"].as_str().unwrap());
+    let file = read_guest_file(&fuse_file, "/var/lib/livemount-marker");
+    assert!(file.contains("booted") && file.contains("iscsi"), "marker file: {file:?}");
+    BootedMount { mount_id: m["id"].as_str().unwrap().to_string(), fuse_file, run: booted }
 }

@@ -1,9 +1,10 @@
 //! Snapshot backups (an image of the member's instance that stays in the member account, and a catalog
-//! entry without data) and backup copies (the snapshots read into the library through volumes attached to
-//! the access node), against the local AWS stand-in. Checked: the snapshot backup holds exactly the
-//! image and snapshots it names, kept through cleanup and restarts and gone when it is forgotten; its copy
-//! has the same chunks as a streaming backup of the instance and restores as its volumes; faults and a
-//! `kill -9` at every AWS call of either leave nothing and no half backup; against stock moto the copy
+//! entry without data) and backup copies (the snapshots read into the library through EBS direct with
+//! nothing made, or through volumes attached to the access node), against the local AWS stand-in.
+//! Checked: the snapshot backup holds exactly the image and snapshots it names, kept through cleanup and
+//! restarts and gone when it is forgotten; its copy, either way, has the same chunks as a streaming backup
+//! of the instance and restores as its volumes; faults and a `kill -9` at every AWS call of either leave
+//! nothing and no half backup; EBS direct refused falls back to volumes; against stock moto the copy
 //! stops where moto does.
 
 use std::path::Path;
@@ -22,12 +23,13 @@ fn snap(d: &Daemon, fleet: &Fleet) -> Value {
     job["result"].clone()
 }
 
-fn copy_args<'a>(backup: &'a str, fleet: &'a Fleet) -> Vec<&'a str> {
-    vec!["cloud", "backup-copy", backup, "--access-node", &fleet.access_node]
+/// `cloud backup-copy` of `backup`, reading `via` EBS direct, volumes or whichever works (auto).
+fn copy_args<'a>(backup: &'a str, fleet: &'a Fleet, via: &'a str) -> Vec<&'a str> {
+    vec!["cloud", "backup-copy", backup, "--access-node", &fleet.access_node, "--via", via]
 }
 
-fn copy(d: &Daemon, backup: &str, fleet: &Fleet) -> Value {
-    let job = ok(d, &copy_args(backup, fleet));
+fn copy(d: &Daemon, backup: &str, fleet: &Fleet, via: &str) -> Value {
+    let job = ok(d, &copy_args(backup, fleet, via));
     assert_eq!(job["state"], "succeeded", "{job}");
     job["result"].clone()
 }
@@ -135,21 +137,39 @@ fn a_snapshot_backup_stays_in_the_member_account_and_its_copy_is_the_streaming_b
     ok(&d, &["cloud", "cleanup"]);
     assert_eq!(of_backup(&standin, &id).len(), 3, "the snapshot backup's data is still there");
 
-    // The copy reads the same chunks as the streaming backup, through volumes it removes after.
-    let modify0 = standin.calls("ModifySnapshotAttribute", MEMBER);
-    let copied = copy(&d, &id, &fleet);
-    let copy_id = copied["id"].as_str().unwrap().to_string();
-    assert_eq!(copied["stats"]["chunks_new"], 0, "every chunk was stored by the streaming backup: {copied}");
-    assert_eq!(copied["origin"]["kind"], "ec2-instance");
-    assert_eq!(copied["origin"]["copy_of"], id.as_str());
-    let (c, s) = (manifest(&lib, &copy_id), manifest(&lib, &streaming));
-    for n in 0..2 {
-        assert_eq!(
-            c["disks"][n]["index_blake3"], s["disks"][n]["index_blake3"],
-            "disk {n}: the same chunks in the same places"
-        );
-    }
-    restores_as_the_volumes(&lib, &copy_id, &dir.join("aws"), &fleet, dir);
+    // The copy reads the same chunks as the streaming backup: by default through EBS direct, sharing and
+    // making nothing; through volumes it removes after when asked.
+    let same_chunks_as_streaming = |copied: &Value| {
+        let copy_id = copied["id"].as_str().unwrap().to_string();
+        assert_eq!(copied["stats"]["chunks_new"], 0, "every chunk was stored by the streaming backup: {copied}");
+        assert_eq!(copied["origin"]["kind"], "ec2-instance");
+        assert_eq!(copied["origin"]["copy_of"], id.as_str());
+        let (c, s) = (manifest(&lib, &copy_id), manifest(&lib, &streaming));
+        for n in 0..2 {
+            assert_eq!(
+                c["disks"][n]["index_blake3"], s["disks"][n]["index_blake3"],
+                "disk {n}: the same chunks in the same places"
+            );
+        }
+        restores_as_the_volumes(&lib, &copy_id, &dir.join("aws"), &fleet, dir);
+        copy_id
+    };
+    let (modify0, volumes0, reads0) = (
+        standin.calls("ModifySnapshotAttribute", MEMBER),
+        standin.calls("CreateVolume", SERVICE),
+        standin.calls("GetSnapshotBlock", MEMBER),
+    );
+    let copied = copy(&d, &id, &fleet, "auto");
+    assert!(standin.calls("GetSnapshotBlock", MEMBER) > reads0, "read through EBS direct");
+    assert_eq!(standin.calls("ModifySnapshotAttribute", MEMBER), modify0, "nothing shared");
+    assert_eq!(standin.calls("CreateVolume", SERVICE), volumes0, "no volume made");
+    let direct_id = same_chunks_as_streaming(&copied);
+    assert_eq!(everything(&standin), now, "the copy made nothing in either account");
+    ok(&d, &["backup", "forget", &direct_id]);
+
+    let copied = copy(&d, &id, &fleet, "volumes");
+    let copy_id = same_chunks_as_streaming(&copied);
+    assert_eq!(standin.calls("CreateVolume", SERVICE) - volumes0, 2, "one volume per disk");
     assert_eq!(standin.calls("ModifySnapshotAttribute", MEMBER) - modify0, 4, "shared, and the share taken back");
     assert!(!shared_with_service(&standin, &snapshots), "the share was taken back");
     assert_eq!(everything(&standin), now, "the copy left nothing in either account");
@@ -160,9 +180,9 @@ fn a_snapshot_backup_stays_in_the_member_account_and_its_copy_is_the_streaming_b
     assert!(String::from_utf8_lossy(&out.stdout).contains(&image));
     assert!(!manifests(&lib).iter().any(|m| m["id"] == id.as_str()));
     assert_eq!(everything(&standin), before, "both accounts are as they were");
-    let e = fails(&d, &copy_args(&id, &fleet));
+    let e = fails(&d, &copy_args(&id, &fleet, "auto"));
     assert!(e.contains(&format!("no backup {id}")) || e.contains("not found") || e.contains(&id), "{e}");
-    let e = fails(&d, &copy_args(&copy_id, &fleet));
+    let e = fails(&d, &copy_args(&copy_id, &fleet, "auto"));
     assert!(e.contains("is not a snapshot backup"), "{e}");
 }
 
@@ -180,12 +200,19 @@ const SNAP_STEPS: &[Step] = &[
     Step { action: "CreateTags", account: MEMBER, undo: false },
 ];
 
+/// The calls of a copy through volumes.
 const COPY_STEPS: &[Step] = &[
     Step { action: "ModifySnapshotAttribute", account: MEMBER, undo: false },
     Step { action: "CreateVolume", account: SERVICE, undo: false },
     Step { action: "AttachVolume", account: SERVICE, undo: false },
     Step { action: "DetachVolume", account: SERVICE, undo: true },
     Step { action: "DeleteVolume", account: SERVICE, undo: true },
+];
+
+/// The calls of a copy through EBS direct (nothing to undo: it makes nothing).
+const DIRECT_COPY_STEPS: &[Step] = &[
+    Step { action: "ListSnapshotBlocks", account: MEMBER, undo: false },
+    Step { action: "GetSnapshotBlock", account: MEMBER, undo: false },
 ];
 
 fn fired_once(standin: &Standin, what: &str) {
@@ -250,7 +277,7 @@ fn every_aws_call_of_a_snapshot_backup_and_a_copy_survives_faults_and_kill_9() {
     for step in COPY_STEPS {
         let what = format!("copy: {} fails once", step.action);
         fault(step, json!({"nth": 1, "times": 1, "code": "InternalError", "status": 500}));
-        copy(&d, &id, &fleet);
+        copy(&d, &id, &fleet, "volumes");
         made += 1;
         fired_once(&standin, &what);
         standin.clear_faults();
@@ -260,7 +287,7 @@ fn every_aws_call_of_a_snapshot_backup_and_a_copy_survives_faults_and_kill_9() {
 
         let what = format!("copy: {} fails for good", step.action);
         fault(step, json!({"code": "UnauthorizedOperation", "status": 403, "times": null}));
-        let e = fails(&d, &copy_args(&id, &fleet));
+        let e = fails(&d, &copy_args(&id, &fleet, "volumes"));
         assert!(e.contains(step.action) && e.contains("UnauthorizedOperation"), "{what}: {e}");
         standin.clear_faults();
         if step.undo {
@@ -274,15 +301,55 @@ fn every_aws_call_of_a_snapshot_backup_and_a_copy_survives_faults_and_kill_9() {
         assert_eq!(copies(&lib), made, "{what}: no half backup");
 
         let what = format!("copy: kill -9 after {}", step.action);
-        killed_after(&mut d, &standin, step.action, &copy_args(&id, &fleet));
+        killed_after(&mut d, &standin, step.action, &copy_args(&id, &fleet, "volumes"));
         until_nothing_left(&standin, &d, &what);
         assert_eq!(everything(&standin), with_snap, "{what}");
         until_unshared(&standin, &snapshots, &what);
         livemount(&lib).args(["backup", "verify"]).assert().success();
-        let again = copy(&d, &id, &fleet);
+        let again = copy(&d, &id, &fleet, "volumes");
         restores_as_the_volumes(&lib, again["id"].as_str().unwrap(), &dir.join("aws"), &fleet, dir);
         made = copies(&lib);
     }
+
+    // Through EBS direct: a call that fails once is retried; one that fails for good fails the copy,
+    // which makes nothing and stores no half backup; a kill -9 leaves no half backup either.
+    for step in DIRECT_COPY_STEPS {
+        let what = format!("direct copy: {} fails once", step.action);
+        fault(step, json!({"nth": 1, "times": 1, "code": "InternalServerException", "status": 500}));
+        copy(&d, &id, &fleet, "ebs-direct");
+        made += 1;
+        fired_once(&standin, &what);
+        standin.clear_faults();
+        assert_eq!(everything(&standin), with_snap, "{what}");
+
+        let what = format!("direct copy: {} fails for good", step.action);
+        fault(step, json!({"code": "InternalServerException", "status": 500, "times": null}));
+        let e = fails(&d, &copy_args(&id, &fleet, "auto"));
+        assert!(e.contains(step.action) && e.contains("InternalServerException"), "{what}: {e}");
+        standin.clear_faults();
+        assert_eq!(everything(&standin), with_snap, "{what}");
+        assert_eq!(copies(&lib), made, "{what}: no half backup");
+
+        let what = format!("direct copy: kill -9 after {}", step.action);
+        killed_after(&mut d, &standin, step.action, &copy_args(&id, &fleet, "ebs-direct"));
+        assert_eq!(everything(&standin), with_snap, "{what}");
+        assert_eq!(copies(&lib), made, "{what}: no half backup");
+        livemount(&lib).args(["backup", "verify"]).assert().success();
+    }
+    // A role that may not read through EBS direct: the copy goes through volumes, unless EBS direct was
+    // asked for.
+    let refused = json!({"action": "ListSnapshotBlocks", "account": MEMBER, "code": "AccessDeniedException",
+                         "status": 403, "times": null});
+    standin.fault(refused);
+    let e = fails(&d, &copy_args(&id, &fleet, "ebs-direct"));
+    assert!(e.contains("ListSnapshotBlocks") && e.contains("AccessDeniedException"), "{e}");
+    let volumes0 = standin.calls("CreateVolume", SERVICE);
+    let again = copy(&d, &id, &fleet, "auto");
+    standin.clear_faults();
+    assert_eq!(standin.calls("CreateVolume", SERVICE) - volumes0, 2, "read through volumes");
+    restores_as_the_volumes(&lib, again["id"].as_str().unwrap(), &dir.join("aws"), &fleet, dir);
+    until_unshared(&standin, &snapshots, "fallback to volumes");
+    assert_eq!(everything(&standin), with_snap, "fallback to volumes");
     ok(&d, &["backup", "forget", &id]);
     assert_eq!(everything(&standin), before);
 }
@@ -304,8 +371,12 @@ fn against_stock_moto_a_snapshot_backup_works_and_its_copy_stops_where_moto_does
     let id = job["result"]["id"].as_str().unwrap().to_string();
     let with_snap = everything(&standin);
     assert!(with_snap.len() > before.len(), "the image and its snapshots are kept");
-    let e = fails(&d, &["cloud", "backup-copy", &id, "--access-node", node["instance"].as_str().unwrap()]);
+    let node = node["instance"].as_str().unwrap();
+    let e = fails(&d, &["cloud", "backup-copy", &id, "--access-node", node, "--via", "volumes"]);
     assert!(e.contains("CreateVolume") && e.contains("InvalidSnapshot.NotFound"), "{e}");
+    assert_eq!(everything(&standin), with_snap, "the copy left nothing");
+    let e = fails(&d, &["cloud", "backup-copy", &id, "--access-node", node]);
+    assert!(e.contains("ListSnapshotBlocks"), "{e}");
     assert_eq!(everything(&standin), with_snap, "the copy left nothing");
     ok(&d, &["backup", "forget", &id]);
     assert_eq!(everything(&standin), before, "nothing left in either account");

@@ -4,13 +4,14 @@
 //! at the stand-in), and both restore bit-identical. Bad input and a damaged answer give a clear error
 //! and no backup, never wrong bytes. Restores write new snapshots through EBS direct (a child of a
 //! parent: only the blocks that differ), which coldsnap downloads identical. A snapshot live-mounts and
-//! browses through EBS direct with nothing made in AWS.
+//! browses through EBS direct with nothing made in AWS, and a Debian guest boots from a live-mounted
+//! snapshot through iPXE in QEMU as on premises.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{json, Value};
-use tests::aws::{Standin, MEMBER};
+use tests::aws::{Standin, MEMBER, MEMBER_ROLE};
 use tests::fleet::{backup_daemon, everything, fails, job_resources, ok};
 use tests::{livemount, random_bytes, Daemon};
 
@@ -259,6 +260,36 @@ fn a_snapshot_live_mounts_and_browses_with_nothing_made_in_aws() {
     let root = PathBuf::from(b["browse"]["filesystems"][0]["path"].as_str().unwrap());
     assert!(std::fs::read(root.join("etc/hostname")).unwrap() == std::fs::read(tree.join("etc/hostname")).unwrap());
     d.cli().args(["unbrowse", b["id"].as_str().unwrap()]).assert().success();
+    assert_eq!(everything(&standin), before, "nothing was made in AWS");
+    assert_eq!(ok(&d, &["mounts"]), json!([]));
+}
+
+#[test]
+fn a_vm_boots_from_a_live_mounted_snapshot_through_ipxe() {
+    let dir = tempfile::tempdir().unwrap();
+    let (guest, packages) = tests::guest::guest_image_and_packages();
+    let standin = Standin::start(&dir.path().join("aws"), false);
+    let snap = upload(&standin, &guest, None);
+    let before = everything(&standin);
+    let lib = dir.path().join("library");
+    livemount(&lib).args(["library", "init"]).assert().success();
+    // QEMU's user-mode network reaches the host's 127.0.0.1 as 10.0.2.2.
+    let packages_arg = packages.display().to_string();
+    let extra = ["--advertise", "10.0.2.2", "--guest-packages", &packages_arg];
+    let d = Daemon::start_env(dir.path(), &lib, &extra, &standin.env());
+    d.cli().args(["cloud", "account", "add", "member", "--role-arn", MEMBER_ROLE]).assert().success();
+
+    let source = format!("ebs:{snap}");
+    let booted = tests::guest::boot_mount_in_qemu(&d, &lib, &source, &["--account", "member"], dir.path());
+    assert!(standin.calls("GetSnapshotBlock", MEMBER) > 0, "the guest was read from the snapshot");
+    ok(&d, &["unmount", &booted.mount_id]);
+
+    // Booting and preparing the guest wrote only to the mount's store: the snapshot is as it was uploaded.
+    let back = dir.path().join("snapshot-after.img");
+    standin.awsq(&["read-snapshot", MEMBER, &snap, back.to_str().unwrap()]);
+    let guest_len = std::fs::metadata(&guest).unwrap().len().to_string();
+    let same = Command::new("cmp").args(["-n", &guest_len]).arg(&back).arg(&guest).status().unwrap().success();
+    assert!(same, "the snapshot reads back as the guest image it was made of");
     assert_eq!(everything(&standin), before, "nothing was made in AWS");
     assert_eq!(ok(&d, &["mounts"]), json!([]));
 }

@@ -74,6 +74,38 @@ impl Made {
     }
 }
 
+/// Opens one disk of a backup, on the blocking thread that reads it.
+pub type OpenDisk = Box<dyn FnOnce() -> dedup::Result<Box<dyn dedup::source::DiskSource>> + Send>;
+
+/// Backs up the disks of an instance (one per block device of `config`, in its order) as one backup whose
+/// origin is `config`; each disk is labelled with the volume and device it was of.
+pub async fn back_up_disks(
+    library: Arc<dedup::Library>,
+    config: &InstanceConfig,
+    disks: Vec<OpenDisk>,
+    name: Option<String>,
+    report: Arc<dyn Report>,
+) -> Result<dedup::Manifest, CloudError> {
+    let labels: Vec<String> = config
+        .block_devices
+        .iter()
+        .map(|bd| format!("ebs:{} ({} of {} in {})", bd.volume_id, bd.device_name, config.instance_id, config.account))
+        .collect();
+    let origin = serde_json::to_value(config).expect("plain data");
+    tokio::task::spawn_blocking(move || {
+        let mut inputs = Vec::new();
+        for (label, open) in labels.into_iter().zip(disks) {
+            let mut source = open()?;
+            let partition_table = crate::partitions::summarize(&mut *source).ok().flatten();
+            inputs.push(dedup::ingest::DiskInput { label, source, partition_table, parent: None });
+        }
+        dedup::ingest::create_backup_from(&library, name, Some(origin), inputs, &|p| report.bytes(p.done, p.total))
+    })
+    .await
+    .map_err(|e| CloudError::Conflict(format!("the backup's worker stopped: {e}")))?
+    .map_err(|e| CloudError::Conflict(format!("backing up the disks failed: {e}")))
+}
+
 /// The AWS clients and names of one job.
 pub struct Workflow<'a> {
     pub cloud: &'a Cloud,
@@ -162,32 +194,11 @@ impl<'a> Workflow<'a> {
             devices.push(self.attach(&volume, access_node, n, devices_dir).await?);
         }
         report.step("backing up the volumes");
-        let paths: Vec<(String, PathBuf)> = config
-            .block_devices
-            .iter()
-            .zip(devices)
-            .map(|(bd, dev)| {
-                let label = format!(
-                    "ebs:{} ({} of {} in {})",
-                    bd.volume_id, bd.device_name, config.instance_id, config.account
-                );
-                (label, dev)
-            })
+        let opens: Vec<OpenDisk> = devices
+            .into_iter()
+            .map(|dev| -> OpenDisk { Box::new(move || dedup::source::open(&dev)) })
             .collect();
-        let origin = serde_json::to_value(config).expect("plain data");
-        let progress = report.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut disks = Vec::new();
-            for (label, path) in paths {
-                let mut source = dedup::source::open(&path)?;
-                let partition_table = crate::partitions::summarize(&mut *source).ok().flatten();
-                disks.push(dedup::ingest::DiskInput { label, source, partition_table, parent: None });
-            }
-            dedup::ingest::create_backup_from(&library, name, Some(origin), disks, &|p| progress.bytes(p.done, p.total))
-        })
-        .await
-        .map_err(|e| CloudError::Conflict(format!("the backup's worker stopped: {e}")))?
-        .map_err(|e| CloudError::Conflict(format!("backing up the volumes failed: {e}")))
+        back_up_disks(library, config, opens, name, report).await
     }
 
     /// The instance's block devices in the order of `snapshots` (device name, snapshot id), each

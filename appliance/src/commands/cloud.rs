@@ -123,6 +123,10 @@ pub struct BackupCopyArgs {
     /// instance metadata).
     #[arg(long)]
     pub access_node: Option<String>,
+    /// How the snapshots are read: EBS direct (nothing made or shared), through volumes, or EBS direct
+    /// when the member account allows it.
+    #[arg(long, value_enum, default_value_t)]
+    pub via: crate::cloud::backup_copy::CopyVia,
 }
 
 #[derive(Debug, Args)]
@@ -300,6 +304,7 @@ pub fn run(cli: &Cli, cmd: &CloudCmd) -> anyhow::Result<i32> {
                 backup: a.backup.clone(),
                 name: a.name.clone(),
                 access_node: a.access_node.clone(),
+                via: a.via,
             };
             let Some(result) = run_job(cli, &client, "/v1/cloud/backup-copies", &req, "cloud backup-copy")? else {
                 return Ok(1);
@@ -440,8 +445,8 @@ pub(super) fn follow(cli: &Cli, client: &Client, mut job: JobInfo, what: &str) -
         bar.set_length(job.total);
         bar.set_position(job.done);
         bar.set_message(job.step.clone());
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        job = client.get(&format!("/v1/jobs/{}", job.id))?;
+        // The daemon answers when the job ends or after 200 ms, whichever is first.
+        job = client.get(&format!("/v1/jobs/{}?wait_ms=200", job.id))?;
     }
     bar.finish_and_clear();
     Ok(job)

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
@@ -147,7 +147,7 @@ struct ForgetQuery {
 async fn forget_snapshot_backup(
     State(m): State<Arc<Manager>>,
     Path(id): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<ForgetQuery>,
+    Query(q): Query<ForgetQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let forgotten = m.forget_snapshot_backup(&id, q.force).await?;
     Ok(Json(serde_json::json!({ "forgotten": forgotten.id })))
@@ -186,9 +186,23 @@ async fn list_jobs(State(m): State<Arc<Manager>>) -> Json<Vec<JobInfo>> {
     Json(m.jobs().list())
 }
 
-async fn get_job(State(m): State<Arc<Manager>>, Path(id): Path<String>) -> Result<Json<JobInfo>, ApiError> {
+/// `GET /v1/jobs/{id}[?wait_ms=N]`: the job; with `wait_ms`, once it has ended or N ms (at most 10 s) have
+/// passed, so that a caller following it hears of its end at once.
+async fn get_job(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+    Query(q): Query<JobQuery>,
+) -> Result<Json<JobInfo>, ApiError> {
+    let longest = std::time::Duration::from_millis(q.wait_ms.unwrap_or(0).min(10_000));
     m.jobs()
-        .get(&id)
+        .wait(&id, longest)
+        .await
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no job {id}; `livemount cloud jobs` lists them")))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct JobQuery {
+    #[serde(default)]
+    wait_ms: Option<u64>,
 }

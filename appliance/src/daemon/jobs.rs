@@ -28,6 +28,8 @@ pub struct Job {
     info: Mutex<JobInfo>,
     /// Other ids whose cloud resources are the job's while it runs (the snapshot backup it is making).
     owns: Mutex<Vec<String>>,
+    /// Wakes the callers waiting for the job to end (`Jobs::wait`).
+    ended: tokio::sync::Notify,
 }
 
 impl Job {
@@ -57,6 +59,8 @@ impl Job {
                 info.error = Some(e);
             }
         }
+        drop(info);
+        self.ended.notify_waiters();
     }
 }
 
@@ -102,6 +106,7 @@ impl Jobs {
                 error: None,
             }),
             owns: Mutex::new(Vec::new()),
+            ended: tokio::sync::Notify::new(),
         });
         {
             let mut jobs = self.jobs.lock().expect("not poisoned");
@@ -124,8 +129,18 @@ impl Jobs {
         job
     }
 
-    pub fn get(&self, id: &str) -> Option<JobInfo> {
-        self.jobs.lock().expect("not poisoned").get(id).map(|j| j.info())
+    /// The job once it has ended or `longest` has passed, whichever comes first: a caller following a
+    /// job learns that it ended at once, not at its next look.
+    pub async fn wait(&self, id: &str, longest: std::time::Duration) -> Option<JobInfo> {
+        let job = self.jobs.lock().expect("not poisoned").get(id).cloned()?;
+        let ended = job.ended.notified();
+        tokio::pin!(ended);
+        // Registered before the state is read, so an end between the two is not missed.
+        ended.as_mut().enable();
+        if job.info().state == "running" {
+            let _ = tokio::time::timeout(longest, ended).await;
+        }
+        Some(job.info())
     }
 
     pub fn list(&self) -> Vec<JobInfo> {
@@ -141,5 +156,37 @@ impl Jobs {
             ids.extend(j.owns.lock().expect("not poisoned").iter().cloned());
         }
         ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn a_waiting_caller_learns_at_once_that_the_job_ended() {
+        let jobs = Jobs::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let job = jobs.start("test", |_| async move {
+            let _ = rx.await;
+            Ok(serde_json::json!("made"))
+        });
+        let id = job.id();
+        // Still running: the wait ends when its time is up.
+        let started = Instant::now();
+        let info = jobs.wait(&id, Duration::from_millis(50)).await.unwrap();
+        assert_eq!(info.state, "running");
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        // Ends while a caller waits a long time: the caller hears of it as soon as it ends.
+        let started = Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = tx.send(());
+        });
+        let info = jobs.wait(&id, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(info.state, "succeeded");
+        assert!(started.elapsed() < Duration::from_secs(5), "woken by the end, not the time limit");
+        assert!(jobs.wait("job-none", Duration::from_millis(1)).await.is_none());
     }
 }
