@@ -422,6 +422,32 @@ class Extended(unittest.TestCase):
             self.ebs.list_changed_blocks(FirstSnapshotId=unrelated, SecondSnapshotId=child)
         self.assertEqual(error_code(ctx), "ValidationException")
 
+    def test_block_tokens_lapse_at_their_expiry_time(self):
+        # "Block tokens returned by EBS direct APIs are temporary. They change on the expiry timestamp
+        # specified for them" (EBS user guide); the lifetime is the stand-in's setting (7 days by default).
+        sid = upload(self.ebs, {0: block_of(1), 3: block_of(4)})
+        listing = self.ebs.list_snapshot_blocks(SnapshotId=sid)
+        self.assertGreater(listing["ExpiryTime"].timestamp(), time.time() + 6 * 24 * 3600)
+        self.s.control("POST", "/standin/settings", {"block_token_lifetime": 1})
+        try:
+            listing = self.ebs.list_snapshot_blocks(SnapshotId=sid)
+            self.assertLess(listing["ExpiryTime"].timestamp(), time.time() + 2)
+            token = listing["Blocks"][1]["BlockToken"]
+            self.assertRegex(token, r"^[A-Za-z0-9+/=]+$")
+            got = self.ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=3, BlockToken=token)
+            self.assertEqual(got["BlockData"].read(), block_of(4))
+            time.sleep(1.2)
+            with self.assertRaises(ClientError) as ctx:
+                self.ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=3, BlockToken=token)
+            self.assertEqual(error_code(ctx), "ValidationException")
+            self.assertEqual(ctx.exception.response["Reason"], "INVALID_BLOCK_TOKEN")
+            # A new listing gives a token that works again.
+            fresh = self.ebs.list_snapshot_blocks(SnapshotId=sid)["Blocks"][1]["BlockToken"]
+            got = self.ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=3, BlockToken=fresh)
+            self.assertEqual(got["BlockData"].read(), block_of(4))
+        finally:
+            self.s.control("POST", "/standin/settings", {"block_token_lifetime": 7 * 24 * 3600})
+
     def test_listing_pages(self):
         blocks = {i: block_of(i) for i in range(130)}
         sid = upload(self.ebs, blocks, aggregate=False)

@@ -228,14 +228,25 @@ fn a_snapshot_live_mounts_and_browses_with_nothing_made_in_aws() {
 
     let err = fails(&d, &["mount", &format!("ebs:{snap}")]);
     assert!(err.contains("needs the cloud account"), "{err}");
+    // Block tokens that last 2 s: the mount outlives the ones it listed first and renews them.
+    standin.control("POST", "/standin/settings", Some(&json!({"block_token_lifetime": 2})));
     let m = ok(&d, &["mount", &format!("ebs:{snap}"), "--account", "member"]);
     assert_eq!(m["backup"], format!("ebs:{snap}"));
     let fuse = PathBuf::from(m["disks"][0]["fuse_path"].as_str().unwrap());
-    let got = std::fs::read(&fuse).unwrap();
-    assert_eq!(got.len(), 1 << 30, "the snapshot's volume size");
+    let mut got = vec![0u8; 1 << 30];
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(&fuse).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 1 << 30, "the snapshot's volume size");
+        let half = disk.len() / 2;
+        f.read_exact_at(&mut got[..half], 0).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        f.read_exact_at(&mut got[half..], half as u64).unwrap();
+    }
     assert!(got[..disk.len()] == *disk, "the live-mounted snapshot reads as the disk it was made of");
     assert!(got[disk.len()..].iter().all(|&b| b == 0));
     assert_eq!(standin.calls("GetSnapshotBlock", MEMBER), listed, "each listed block recalled once, zeros never");
+    assert!(standin.calls("ListSnapshotBlocks", MEMBER) >= 2, "the lapsed block tokens were renewed");
     // Writes go to the mount's own store; the snapshot is never changed by serving it.
     {
         use std::os::unix::fs::FileExt;

@@ -108,8 +108,9 @@ pub async fn run(
     }
     let job = Workflow::new(cloud, job_id, &config.account, Some(&config.region)).await?;
     let mut made = Made::default();
-    let result = copy_through_volumes(&job, library, devices_dir, &copied, &snapshots, name, req, report.clone(), &mut made)
-        .await;
+    let result =
+        copy_through_volumes(&job, library, devices_dir, &copied, &snapshots, name, req, report.clone(), &mut made)
+            .await;
     report.step("removing the volumes and taking the share back");
     job.finish(result, &made, &job.purpose, |m| format!("backup {} was made", m.id)).await
 }

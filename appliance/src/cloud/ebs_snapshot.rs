@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_ebs::operation::get_snapshot_block::GetSnapshotBlockError;
 use aws_sdk_ebs::types::{ChecksumAlgorithm, ValidationExceptionReason};
@@ -23,9 +23,10 @@ use super::CloudError;
 /// GetSnapshotBlock calls in flight per snapshot when no budget is given.
 pub const DEFAULT_REQUEST_BUDGET: usize = 32;
 
-/// Tokens are renewed this long before EBS says they expire, so that no call starts with one that lapses
-/// on the way.
-const RENEW_BEFORE: std::time::Duration = std::time::Duration::from_secs(60);
+/// Tokens are renewed this long before EBS says they expire (or a quarter of their lifetime, when that is
+/// shorter), so that no call starts with one that lapses on the way. AWS's tokens last seven days: a live
+/// mount that runs longer renews them.
+const RENEW_BEFORE: Duration = Duration::from_secs(60);
 
 /// What EC2 says of a snapshot, checked before any EBS direct call.
 #[derive(Debug, Clone)]
@@ -81,8 +82,47 @@ pub struct SnapshotBlocks {
 
 struct Tokens {
     by_block: BTreeMap<u32, String>,
-    /// When the tokens of the last listing expire.
-    expires: Option<SystemTime>,
+    /// When the tokens expire, by the first block of the range a listing gave them to: the tokens of the
+    /// blocks from one key up to the next expire at that key's time.
+    expiry: BTreeMap<u32, SystemTime>,
+    /// How long before their expiry tokens are renewed.
+    margin: Duration,
+}
+
+impl Tokens {
+    fn empty() -> Tokens {
+        Tokens { by_block: BTreeMap::new(), expiry: BTreeMap::new(), margin: RENEW_BEFORE }
+    }
+
+    /// Whether block `i`'s token may still be used.
+    fn fresh(&self, i: u32) -> bool {
+        let expires = self.expiry.range(..=i).next_back().map(|(_, e)| *e);
+        expires.is_none_or(|e| SystemTime::now() + self.margin < e)
+    }
+
+    /// Takes the tokens of a listing from block `from` on (the blocks it did not list are gone from that
+    /// range; `from` itself when it listed nothing).
+    fn renew(&mut self, from: u32, listed: BTreeMap<u32, String>, expires: Option<SystemTime>) {
+        let end = listed.keys().next_back().map_or(from, |last| last.saturating_add(1));
+        let stale: Vec<u32> = self.by_block.range(from..end.max(from.saturating_add(1))).map(|(b, _)| *b).collect();
+        for b in stale {
+            self.by_block.remove(&b);
+        }
+        self.by_block.extend(listed);
+        let Some(expires) = expires else { return };
+        // The tokens after the listed range keep the expiry they had.
+        let after = self.expiry.range(..=end).next_back().map(|(_, e)| *e);
+        let covered: Vec<u32> = self.expiry.range(from..=end).map(|(b, _)| *b).collect();
+        for b in covered {
+            self.expiry.remove(&b);
+        }
+        self.expiry.insert(from, expires);
+        if let Some(after) = after {
+            self.expiry.insert(end, after);
+        }
+        let lifetime = expires.duration_since(SystemTime::now()).unwrap_or_default();
+        self.margin = RENEW_BEFORE.min(lifetime / 4);
+    }
 }
 
 impl SnapshotBlocks {
@@ -98,12 +138,12 @@ impl SnapshotBlocks {
             account: account.to_string(),
             snapshot_id: snapshot_id.to_string(),
             size: 0,
-            tokens: Mutex::new(Tokens { by_block: BTreeMap::new(), expires: None }),
+            tokens: Mutex::new(Tokens::empty()),
             budget: Arc::new(Semaphore::new(budget.max(1))),
         };
         let (listed, size, expires) = blocks.list_from(0, None).await?;
         blocks.size = size;
-        *blocks.tokens.lock().expect("not poisoned") = Tokens { by_block: listed, expires };
+        blocks.tokens.lock().expect("not poisoned").renew(0, listed, expires);
         Ok(blocks)
     }
 
@@ -256,8 +296,7 @@ impl SnapshotBlocks {
     async fn token(&self, i: u32, renew: bool) -> Result<Option<String>, CloudError> {
         let (held, fresh) = {
             let t = self.tokens.lock().expect("not poisoned");
-            let fresh = t.expires.is_none_or(|e| SystemTime::now() + RENEW_BEFORE < e);
-            (t.by_block.get(&i).cloned(), fresh)
+            (t.by_block.get(&i).cloned(), t.fresh(i))
         };
         let Some(held) = held else { return Ok(None) };
         if fresh && !renew {
@@ -265,15 +304,8 @@ impl SnapshotBlocks {
         }
         // One page from this block on: the blocks read next get fresh tokens with it.
         let (listed, _, expires) = self.list_from(i, Some(1)).await?;
-        let mut t = self.tokens.lock().expect("not poisoned");
         let renewed = listed.get(&i).cloned();
-        for (b, token) in listed {
-            t.by_block.insert(b, token);
-        }
-        if renewed.is_none() {
-            t.by_block.remove(&i);
-        }
-        t.expires = expires.or(t.expires);
+        self.tokens.lock().expect("not poisoned").renew(i, listed, expires);
         Ok(renewed)
     }
 
@@ -366,5 +398,38 @@ impl blockdev::Source for SnapshotSource {
 
     fn describe(&self) -> String {
         format!("EBS snapshot {}", self.blocks.snapshot_id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(blocks: &[u32], tag: &str) -> BTreeMap<u32, String> {
+        blocks.iter().map(|b| (*b, format!("{tag}{b}"))).collect()
+    }
+
+    #[test]
+    fn a_renewal_refreshes_only_the_range_it_listed() {
+        let now = SystemTime::now();
+        let mut t = Tokens::empty();
+        t.renew(0, listing(&[0, 1, 5, 9], "a"), Some(now + Duration::from_secs(2)));
+        assert!(t.fresh(0) && t.fresh(9));
+        assert!(t.margin <= Duration::from_millis(500) && t.margin > Duration::from_millis(400), "a quarter");
+        // Blocks 0 to 1 lapse; a listing from 5 covers 5 and 9 (block 7 is gone from the snapshot).
+        t.expiry.insert(0, now - Duration::from_secs(1));
+        t.renew(5, listing(&[5, 9], "b"), Some(now + Duration::from_secs(3600)));
+        assert!(!t.fresh(0) && !t.fresh(1), "outside the renewed range: still lapsed");
+        assert!(t.fresh(5) && t.fresh(9));
+        assert_eq!(t.by_block.get(&5).map(String::as_str), Some("b5"));
+        assert_eq!(t.by_block.get(&0).map(String::as_str), Some("a0"));
+        assert_eq!(t.margin, Duration::from_secs(60), "at most a minute before");
+        // A listing from 1 that covers only block 1 leaves what follows as it was.
+        t.renew(1, listing(&[1], "c"), Some(now + Duration::from_secs(7200)));
+        assert!(t.fresh(1) && !t.fresh(0));
+        assert_eq!(t.expiry.range(..=5).next_back().map(|(_, e)| *e), Some(now + Duration::from_secs(3600)));
+        // A block a listing no longer names is zeros from then on.
+        t.renew(9, BTreeMap::new(), None);
+        assert!(!t.by_block.contains_key(&9));
     }
 }

@@ -194,10 +194,8 @@ impl<'a> Workflow<'a> {
             devices.push(self.attach(&volume, access_node, n, devices_dir).await?);
         }
         report.step("backing up the volumes");
-        let opens: Vec<OpenDisk> = devices
-            .into_iter()
-            .map(|dev| -> OpenDisk { Box::new(move || dedup::source::open(&dev)) })
-            .collect();
+        let opens: Vec<OpenDisk> =
+            devices.into_iter().map(|dev| -> OpenDisk { Box::new(move || dedup::source::open(&dev)) }).collect();
         back_up_disks(library, config, opens, name, report).await
     }
 

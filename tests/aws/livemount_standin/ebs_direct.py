@@ -30,7 +30,10 @@ _ROUTES = [
     ("GET", re.compile(r"^/snapshots/(?P<sid>[^/]+)/changedblocks$"), "ListChangedBlocks"),
 ]
 
-# Block tokens stay valid for 7 days in this stand-in (AWS returns ExpiryTime).
+# Block tokens: "Block tokens returned by EBS direct APIs are temporary. They change on the expiry
+# timestamp specified for them" (EBS user guide, Concepts for EBS direct APIs); "Block tokens are valid
+# for seven days" (EBS direct APIs FAQ). A listing answers ExpiryTime; a token used after it is refused.
+# The lifetime is a setting of the stand-in (POST /standin/settings) so that tests can see tokens lapse.
 TOKEN_LIFETIME = 7 * 24 * 3600
 
 
@@ -72,9 +75,27 @@ class EbsDirect:
         self.store = store
         # (account, region, ClientToken) -> (fingerprint, response document)
         self.start_tokens: dict[tuple[str, str, str], tuple[str, dict]] = {}
+        self.token_lifetime: float = TOKEN_LIFETIME
 
     def reset(self) -> None:
         self.start_tokens.clear()
+        self.token_lifetime = TOKEN_LIFETIME
+
+    # ---- block tokens ----
+    @staticmethod
+    def _issue(stored: str, expiry: float) -> str:
+        """The token a listing hands out for a block: its stored token and when it lapses, as one string of
+        the Block type's pattern (^[A-Za-z0-9+/=]+$)."""
+        return base64.b64encode(f"{stored}:{expiry:.3f}".encode()).decode()
+
+    @staticmethod
+    def _redeem(token: str | None) -> tuple[str | None, float]:
+        """The stored token and expiry a handed-out token names; (None, 0) for one this stand-in never issued."""
+        try:
+            stored, _, expiry = base64.b64decode(token or "", validate=True).decode().rpartition(":")
+            return (stored or None), float(expiry)
+        except (ValueError, UnicodeDecodeError):
+            return None, 0.0
 
     # ---- lookups ----
     def _find(self, snapshot_id: str, region: str) -> Snapshot | None:
@@ -307,9 +328,14 @@ class EbsDirect:
         return page, next_token
 
     def _listing(self, key: str, page: list, next_token, meta) -> tuple:
+        expiry = time.time() + self.token_lifetime
+        for entry in page:
+            for field in ("BlockToken", "FirstBlockToken", "SecondBlockToken"):
+                if field in entry:
+                    entry[field] = self._issue(entry[field], expiry)
         doc = {
             key: page,
-            "ExpiryTime": time.time() + TOKEN_LIFETIME,
+            "ExpiryTime": expiry,
             "VolumeSize": meta.size_gib,
             "BlockSize": BLOCK_SIZE,
         }
@@ -370,10 +396,12 @@ class EbsDirect:
             idx = int(idx_s)
         except ValueError:
             raise _validation(f"Invalid BlockIndex {idx_s!r}.", "INVALID_BLOCK")
-        token = q.get("blockToken")
+        stored, expiry = self._redeem(q.get("blockToken"))
         held = meta.blocks.get(idx)
-        if held is None or token != held[0]:
+        if held is None or stored != held[0]:
             raise _validation(f"The block token for block {idx} is not valid.", "INVALID_BLOCK_TOKEN")
+        if time.time() > expiry:
+            raise _validation(f"The block token for block {idx} has expired.", "INVALID_BLOCK_TOKEN")
         data = self.store.read_block(sid, idx)
         return 200, [
             ("Content-Type", "application/octet-stream"),

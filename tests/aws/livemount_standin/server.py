@@ -115,6 +115,15 @@ class Front:
             if self.store is not None:
                 self.store.reset()
             return self._json(start_response, 200, {"reset": True})
+        if path == "/standin/settings" and method == "POST":
+            # {"block_token_lifetime": SECONDS}: how long the EBS direct block tokens of later listings last.
+            try:
+                doc = json.loads(body or b"{}")
+                if self.ebs is not None and "block_token_lifetime" in doc:
+                    self.ebs.token_lifetime = float(doc["block_token_lifetime"])
+            except (ValueError, TypeError) as err:
+                return self._json(start_response, 400, {"error": str(err)})
+            return self._json(start_response, 200, {"block_token_lifetime": getattr(self.ebs, "token_lifetime", None)})
         if path == "/standin/health":
             return self._json(start_response, 200, {"ok": True, "stock": self.stock})
         return self._json(start_response, 404, {"error": f"no control endpoint {method} {path}"})
