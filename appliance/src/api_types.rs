@@ -225,3 +225,10 @@ pub struct CleanupRequest {
     #[serde(default)]
     pub images: bool,
 }
+
+/// `POST /v1/mounts/{id}/commit`: the new backup's name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CommitRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+}

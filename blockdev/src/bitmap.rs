@@ -51,6 +51,23 @@ impl Bitmap {
         }
     }
 
+    /// Whether any bit of `start..start + count` is set.
+    pub fn any_in(&self, start: u64, count: u64) -> bool {
+        let end = (start + count).min(self.len);
+        let mut i = start;
+        while i < end {
+            let word = (i / 64) as usize;
+            let first = i % 64;
+            let n = (end - i).min(64 - first);
+            let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << first };
+            if self.words[word].load(Ordering::Acquire) & mask != 0 {
+                return true;
+            }
+            i += n;
+        }
+        false
+    }
+
     /// Number of set bits.
     pub fn count_ones(&self) -> u64 {
         self.words.iter().map(|w| u64::from(w.load(Ordering::Acquire).count_ones())).sum()

@@ -308,3 +308,34 @@ fn a_cancelled_write_never_lands_after_a_later_write() {
         }
     });
 }
+
+#[test]
+fn held_writes_wait_and_changed_ranges_are_known() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(8 * 65536, 65536, None);
+    let disk = PseudoDisk::open(dir.path(), src.clone(), Engine::start().unwrap(), Options::default()).unwrap();
+    rt.block_on(async {
+        assert!(!disk.changed(0, 8 * 65536), "nothing written yet");
+        disk.write(65536 + 100, vec![7; 10].into(), false).await.unwrap();
+        disk.unmap(5 * 65536, 65536).await.unwrap();
+        assert!(disk.changed(65536, 65536) && disk.changed(65536 + 4000, 1), "the written block");
+        assert!(!disk.changed(65536 + 4096, 65536 - 4096), "the rest of that chunk");
+        assert!(disk.changed(5 * 65536, 65536), "a discard is a change");
+        assert!(!disk.changed(0, 65536) && !disk.changed(7 * 65536, 65536) && !disk.changed(8 * 65536, 10));
+
+        // While writes are held, a write waits; reads go on; it lands once they are let go.
+        let held = disk.hold_writes().await;
+        let writer = {
+            let disk = disk.clone();
+            tokio::spawn(async move { disk.write(0, vec![9; 4096].into(), false).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!writer.is_finished(), "the write waits while writes are held");
+        assert_eq!(disk.read(0, 4096).await.unwrap(), src.data[..4096], "reads go on");
+        drop(held);
+        writer.await.unwrap().unwrap();
+        assert_eq!(disk.read(0, 4096).await.unwrap(), vec![9; 4096]);
+        assert!(disk.changed(0, 1));
+    });
+}

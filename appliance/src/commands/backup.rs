@@ -106,9 +106,16 @@ pub fn run(cli: &Cli, cmd: &BackupCmd) -> anyhow::Result<i32> {
                     let (disks, total, kind) = match snapshot_backup(m) {
                         Some(c) => {
                             let gib: u64 = c.block_devices.iter().map(|b| b.size_gib.max(0) as u64).sum();
-                            (c.block_devices.len(), gib << 30, "snapshots")
+                            (c.block_devices.len(), gib << 30, "snapshots".to_string())
                         }
-                        None => (m.disks.len(), m.disks.iter().map(|d| d.size).sum(), "library"),
+                        None => {
+                            // A committed mount shows its lineage: the backup it is a new version of.
+                            let kind = match crate::daemon::CommitOrigin::of(m) {
+                                Some(o) => format!("library, version of {}", o.parent_backup),
+                                None => "library".to_string(),
+                            };
+                            (m.disks.len(), m.disks.iter().map(|d| d.size).sum(), kind)
+                        }
                     };
                     println!(
                         "{:<23} {:<20} {:<20} {:>5} {:>10}  {kind}",
@@ -285,6 +292,11 @@ fn describe_origin(origin: &serde_json::Value) -> String {
             field("region"),
             field("instance_type"),
             origin.get("block_devices").and_then(|b| b.as_array()).map_or(0, |b| b.len())
+        ),
+        "mount-commit" => format!(
+            "live mount {} committed: a new version of backup {}, sharing its unchanged chunks",
+            field("mount"),
+            field("parent_backup")
         ),
         other => other.to_string(),
     }

@@ -1,17 +1,22 @@
 //! `livemount mount|mounts|unmount`: live mounts, through the daemon.
 
-use clap::Args;
+use clap::{Args, Subcommand};
 
-use crate::api_types::{BootRequest, CloudRequest, MountInfo, MountRequest, TargetAccess};
+use crate::api_types::{BootRequest, CloudRequest, CommitRequest, MountInfo, MountRequest, TargetAccess};
 use crate::cli::Cli;
 use crate::client::Client;
+use crate::daemon::JobInfo;
 use crate::output::{print_json, size};
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct MountArgs {
+    #[command(subcommand)]
+    pub action: Option<MountAction>,
     /// Backup id, unique id prefix, or name; or `ebs:snap-…` (with --account): an EBS snapshot read
     /// through the EBS direct APIs, with nothing made in AWS.
-    pub backup: String,
+    #[arg(required = true)]
+    pub backup: Option<String>,
     /// With `ebs:snap-…`: the cloud account that reads the snapshot.
     #[arg(long)]
     pub account: Option<String>,
@@ -62,6 +67,23 @@ pub struct MountArgs {
     pub instance_type: Option<String>,
 }
 
+/// What else `mount` does with a live mount.
+#[derive(Debug, Subcommand)]
+pub enum MountAction {
+    /// Keep what a live mount holds now as a new version of its backup: only the chunks it changed are
+    /// read and stored; the mount goes on (its writes wait while the commit runs).
+    Commit(CommitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    /// Mount id, unique id prefix, or name.
+    pub mount: String,
+    /// The new backup's name.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct UnmountArgs {
     /// Mount id, unique id prefix, or name.
@@ -70,6 +92,10 @@ pub struct UnmountArgs {
 
 pub fn mount(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
     let client = Client::new(cli.api.clone())?;
+    if let Some(MountAction::Commit(c)) = &args.action {
+        return commit(cli, &client, c);
+    }
+    let backup = args.backup.clone().expect("clap requires BACKUP without a subcommand");
     let access = TargetAccess {
         chap: args.chap_user.clone().zip(args.chap_secret.clone()),
         mutual_chap: args.mutual_chap_user.clone().zip(args.mutual_chap_secret.clone()),
@@ -84,7 +110,7 @@ pub fn mount(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
     });
     let boot = args.boot.then(|| BootRequest { mac: args.mac.clone(), skip_prepare: args.skip_prepare, cloud });
     let req = MountRequest {
-        backup: args.backup.clone(),
+        backup,
         name: args.name.clone(),
         read_only: args.read_only,
         access,
@@ -123,6 +149,32 @@ pub fn mount(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
             println!("  disk {}: {} ({})", d.disk, d.fuse_path, size(d.size));
             println!("          {}", d.iscsi_url);
         }
+    }
+    Ok(0)
+}
+
+/// `mount commit`: starts the daemon's commit job and follows it.
+fn commit(cli: &Cli, client: &Client, args: &CommitArgs) -> anyhow::Result<i32> {
+    let req = CommitRequest { name: args.name.clone() };
+    let job: JobInfo = client.post(&format!("/v1/mounts/{}/commit", args.mount), &req)?;
+    let job = super::cloud::follow(cli, client, job, "commit")?;
+    if cli.json {
+        print_json(&job);
+    }
+    let Some(result) = job.result.filter(|_| job.state == "succeeded") else {
+        eprintln!("livemount: mount commit failed: {}", job.error.unwrap_or(job.state));
+        return Ok(1);
+    };
+    if !cli.json {
+        let stats = &result["stats"];
+        println!(
+            "backup {} committed from mount {} (a new version of backup {}): read {}, stored {} new",
+            result["id"].as_str().unwrap_or("?"),
+            args.mount,
+            result["origin"]["parent_backup"].as_str().unwrap_or("?"),
+            size(stats["bytes_read"].as_u64().unwrap_or(0)),
+            size(stats["new_bytes_stored"].as_u64().unwrap_or(0)),
+        );
     }
     Ok(0)
 }

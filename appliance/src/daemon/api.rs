@@ -10,13 +10,14 @@ use axum::{Json, Router};
 
 use super::error::ApiError;
 use super::mounts::Manager;
-use crate::api_types::{BrowseRequest, MountInfo, MountRequest};
+use crate::api_types::{BrowseRequest, CommitRequest, MountInfo, MountRequest};
 
 pub fn routes(manager: Arc<Manager>) -> Router {
     Router::new()
         .route("/v1/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/v1/mounts", get(list_mounts).post(create_mount))
         .route("/v1/mounts/{id}", get(get_mount).delete(remove_mount))
+        .route("/v1/mounts/{id}/commit", post(commit_mount))
         .route("/v1/browse", post(browse))
         .route("/v1/browse/{id}", axum::routing::delete(unbrowse))
         .merge(super::cloud_api::routes())
@@ -61,6 +62,16 @@ async fn get_mount(State(m): State<Arc<Manager>>, Path(id): Path<String>) -> Res
 
 async fn remove_mount(State(m): State<Arc<Manager>>, Path(id): Path<String>) -> Result<Json<MountInfo>, ApiError> {
     m.remove(&id).await.map(Json)
+}
+
+/// Starts committing a mount as a new backup (a job: `GET /v1/jobs/{id}` follows it).
+async fn commit_mount(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+    req: Result<Json<CommitRequest>, JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<super::jobs::JobInfo>), ApiError> {
+    let Json(req) = req?;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(m.start_commit(&id, req.name).await?)))
 }
 
 async fn browse(

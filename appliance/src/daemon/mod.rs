@@ -10,6 +10,7 @@ mod cloud_api;
 mod error;
 mod jobs;
 pub use jobs::JobInfo;
+pub use mounts::CommitOrigin;
 mod loopdev;
 mod mounts;
 

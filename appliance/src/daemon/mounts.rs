@@ -33,6 +33,9 @@ use crate::cloud::workflow::Report;
 use crate::cloud::{cleanup, ebs_snapshot, images, instances, Cloud};
 use crate::library_source::LibrarySource;
 
+mod commit;
+pub use commit::CommitOrigin;
+
 /// A mount as `mount.json` keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MountState {

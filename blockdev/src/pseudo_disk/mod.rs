@@ -58,6 +58,11 @@ const COMPACT_OVER: u64 = 4 << 20;
 
 pub use counters::CounterSnapshot;
 
+/// Writes held back by `PseudoDisk::hold_writes`; they go on when this is dropped.
+pub struct WritesHeld {
+    _guards: Vec<tokio::sync::OwnedMutexGuard<()>>,
+}
+
 /// Options of a pseudo-disk.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -408,6 +413,28 @@ impl PseudoDisk {
             self.write_locked(tail_start, Bytes::from(vec![0u8; (end - tail_start) as usize])).await?;
         }
         Ok(())
+    }
+
+    /// Holds every write and unmap back until the guard is dropped (they wait; reads go on), once the
+    /// changes already running have completed: the disk's content stays as it is while the guard lives,
+    /// as a commit of the disk into a backup needs.
+    pub async fn hold_writes(&self) -> WritesHeld {
+        let mut guards = Vec::with_capacity(WRITE_STRIPES);
+        // In stripe order, as every change takes them: no change and no hold wait for each other.
+        for stripe in &self.write_stripes {
+            guards.push(stripe.clone().lock_owned().await);
+        }
+        WritesHeld { _guards: guards }
+    }
+
+    /// Whether anything of `offset..offset + len` was written or discarded since the pseudo-disk was
+    /// made: where it was not, the disk reads as its source.
+    pub fn changed(&self, offset: u64, len: u64) -> bool {
+        if len == 0 || offset >= self.size {
+            return false;
+        }
+        let (first, last) = (offset / BLOCK, (offset + len - 1).min(self.size - 1) / BLOCK);
+        self.private.present.any_in(first, last - first + 1)
     }
 
     /// Makes every write acknowledged so far durable.
