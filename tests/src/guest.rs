@@ -119,19 +119,33 @@ pub struct BootedMount {
     pub run: ConsoleRun,
 }
 
-/// Mounts `source` with `--boot` (plus `extra` mount options), checks the iPXE scripts the appliance
-/// publishes, and boots QEMU from a boot disk made by `livemount image ipxe-disk`, as a machine on
-/// premises would: iPXE fetches the entry script, chains to the mount's script and sanboots from the iSCSI
-/// target. The guest must reach its marker with its root file system on iSCSI, after the initramfs
-/// logged in again from the iBFT. The daemon must advertise 10.0.2.2 (the host as QEMU's user network
-/// sees it).
-pub fn boot_mount_in_qemu(daemon: &Daemon, library: &Path, source: &str, extra: &[&str], dir: &Path) -> BootedMount {
-    let mac = "52:54:00:4c:4d:01";
-    let out = daemon.cli().args(["mount", source, "--boot", "--mac", mac, "--json"]).args(extra).output().unwrap();
+/// The MAC address of the QEMU machine the boot tests start.
+pub const MAC: &str = "52:54:00:4c:4d:01";
+
+/// Mounts `source` with `--boot` (plus `extra` mount options) for the QEMU machine of `boot_in_qemu`;
+/// gives the mount as `mount --json` shows it.
+pub fn boot_mount(daemon: &Daemon, source: &str, extra: &[&str]) -> serde_json::Value {
+    let out = daemon.cli().args(["mount", source, "--boot", "--mac", MAC, "--json"]).args(extra).output().unwrap();
     assert!(out.status.success(), "mount --boot: {}\n{}", String::from_utf8_lossy(&out.stderr), daemon.log());
     let m = json(&out.stdout);
+    assert!(m["boot"]["changes"].to_string().contains("installed open-iscsi"), "{}", m["boot"]);
+    m
+}
+
+/// Mounts `source` with `--boot` and boots it in QEMU (`boot_in_qemu`).
+pub fn boot_mount_in_qemu(daemon: &Daemon, library: &Path, source: &str, extra: &[&str], dir: &Path) -> BootedMount {
+    let m = boot_mount(daemon, source, extra);
+    boot_in_qemu(daemon, library, &m, dir)
+}
+
+/// Checks the iPXE scripts the appliance publishes for boot mount `m` and boots QEMU from a boot disk made
+/// by `livemount image ipxe-disk`, as a machine on premises would: iPXE fetches the entry script, chains to
+/// the mount's script and sanboots from the iSCSI target. The guest must reach its marker with its root
+/// file system on iSCSI, after the initramfs logged in again from the iBFT. The daemon must advertise
+/// 10.0.2.2 (the host as QEMU's user network sees it).
+pub fn boot_in_qemu(daemon: &Daemon, library: &Path, m: &serde_json::Value, dir: &Path) -> BootedMount {
+    let mac = MAC;
     let boot = &m["boot"];
-    assert!(boot["changes"].to_string().contains("installed open-iscsi"), "{boot}");
     let script_url = boot["script_url"].as_str().unwrap();
     let entry_url = boot["entry_url"].as_str().unwrap();
 

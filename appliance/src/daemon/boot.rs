@@ -55,19 +55,33 @@ pub struct BootPlan {
     /// The guest already boots from iSCSI: nothing is changed in it.
     pub skip_prepare: bool,
     pub chap: Option<(String, String)>,
+    /// The initiator name the guest is prepared with (or was, when `reused`) and iPXE logs in as.
+    pub initiator_iqn: String,
+    /// The mounted backup holds a guest prepared before: nothing is changed in it.
+    pub reused: Option<Reused>,
 }
 
-/// Prepares the guest of mount `mount_id` on its disk files to boot from iSCSI, using `work` as scratch
-/// space, and gives what to publish for it. The caller flushes the disks and keeps the state.
+/// A preparation made before, kept in backup `backup`.
+pub struct Reused {
+    pub backup: String,
+    pub preparation: super::mounts::Preparation,
+}
+
+/// Prepares the guest on a mount's disk files to boot from iSCSI, using `work` as scratch space (unless
+/// it was prepared before or needs no preparation), and gives what to publish for it. The caller flushes
+/// the disks and keeps the state.
 pub async fn make_bootable(
-    mount_id: &str,
     disk_files: &[PathBuf],
     work: &Path,
     settings: &BootSettings,
     plan: BootPlan,
 ) -> Result<BootState, ApiError> {
-    let initiator_iqn = initiator_iqn(mount_id);
-    let (os, changes) = if plan.skip_prepare {
+    let initiator_iqn = plan.initiator_iqn;
+    let (os, changes) = if let Some(r) = plan.reused {
+        let mut changes = r.preparation.changes;
+        changes.push(format!("prepared before: mounted as backup {}, nothing prepared again", r.backup));
+        (r.preparation.guest_os, changes)
+    } else if plan.skip_prepare {
         ("not prepared (--skip-prepare)".to_string(), Vec::new())
     } else {
         std::fs::create_dir_all(work).map_err(ApiError::io("create", work))?;

@@ -34,7 +34,7 @@ use crate::cloud::{cleanup, ebs_snapshot, images, instances, Cloud};
 use crate::library_source::LibrarySource;
 
 mod commit;
-pub use commit::CommitOrigin;
+pub use commit::{CommitOrigin, Preparation};
 
 /// A mount as `mount.json` keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -439,6 +439,15 @@ impl Manager {
     pub async fn create(&self, req: &MountRequest, for_browse: bool) -> Result<MountInfo, ApiError> {
         let lib = self.library()?;
         let (backup_id, disk_count, snapshots) = self.what_to_mount(&lib, req).await?;
+        // A boot mount of a backup whose guest was prepared before mounts that prepared version instead.
+        let reuse = match (&req.boot, &snapshots) {
+            (Some(b), None) if !b.skip_prepare => commit::prepared_version_of(&lib, &lib.resolve(&backup_id)?)?,
+            _ => None,
+        };
+        let (backup_id, disk_count) = match &reuse {
+            Some((m, _)) => (m.id.clone(), m.disks.len()),
+            None => (backup_id, disk_count),
+        };
         let cloud_req = req.boot.as_ref().and_then(|b| b.cloud.clone());
         // Before anything is made: the account, the Region and its iPXE image must be there.
         let cloud_plan = match &cloud_req {
@@ -450,6 +459,10 @@ impl Manager {
             None => None,
         };
         let id = new_mount_id();
+        let boot_initiator = match &reuse {
+            Some((_, p)) => p.initiator_iqn.clone(),
+            None => boot::initiator_iqn(&id),
+        };
         let mut access = req.access.clone();
         if cloud_plan.is_some() {
             // A cloud VM reaches the appliance over a network others share: only it may log in, with
@@ -457,7 +470,7 @@ impl Manager {
             access = TargetAccess {
                 chap: Some(("livemount".into(), crate::random::hex(8))),
                 mutual_chap: None,
-                allowed_initiators: vec![boot::initiator_iqn(&id)],
+                allowed_initiators: vec![boot_initiator.clone()],
             };
         }
         let state = MountState {
@@ -494,7 +507,7 @@ impl Manager {
         let mount = self.open_mount(state, sources)?;
         tracing::info!(mount = %id, backup = %backup_id, "mounted");
         if let Some(boot) = &req.boot {
-            if let Err(e) = self.make_bootable(&mount, boot).await {
+            if let Err(e) = self.make_bootable(&mount, boot, boot_initiator, reuse).await {
                 tracing::warn!(mount = %id, "boot preparation failed; rolling the mount back: {e}");
                 return Err(e);
             }
@@ -546,18 +559,44 @@ impl Manager {
         }
     }
 
-    /// Prepares the mount's guest to boot from iSCSI and publishes its iPXE script.
-    async fn make_bootable(&self, mount: &Mount, req: &BootRequest) -> Result<(), ApiError> {
-        let (id, chap) = {
+    /// Prepares the mount's guest to boot from iSCSI (or takes the preparation of the backup it mounts,
+    /// `prepared`), and publishes its iPXE script. A guest prepared here is committed as a backup of its
+    /// own, which later boot mounts of the same backup mount instead of preparing again.
+    async fn make_bootable(
+        &self,
+        mount: &Mount,
+        req: &BootRequest,
+        initiator_iqn: String,
+        prepared: Option<(dedup::Manifest, commit::Preparation)>,
+    ) -> Result<(), ApiError> {
+        let (id, chap, backup) = {
             let s = mount.state.lock().expect("not poisoned");
-            (s.id.clone(), req.cloud.as_ref().and(s.access.chap.clone()))
+            (s.id.clone(), req.cloud.as_ref().and(s.access.chap.clone()), s.backup.clone())
         };
         let files: Vec<PathBuf> = (0..mount.disks.len()).map(|d| disk_file(&self.fuse_root, &id, d)).collect();
         let work = self.state_dir.join("boot").join(&id);
-        let plan = BootPlan { mac: req.mac.clone(), skip_prepare: req.skip_prepare, chap };
-        let published = boot::make_bootable(&id, &files, &work, &self.boot, plan).await?;
+        let reused = prepared.as_ref().map(|(m, p)| boot::Reused { backup: m.id.clone(), preparation: p.clone() });
+        let plan = BootPlan { mac: req.mac.clone(), skip_prepare: req.skip_prepare, chap, initiator_iqn, reused };
+        let mut published = boot::make_bootable(&files, &work, &self.boot, plan).await?;
         for d in &mount.disks {
             d.flush().await?;
+        }
+        let snapshots = mount.state.lock().expect("not poisoned").snapshots.is_some();
+        if prepared.is_none() && !req.skip_prepare && !snapshots {
+            let parent = self.library()?.resolve(&backup)?;
+            let preparation = commit::Preparation {
+                version: image::guest::PREPARATION_VERSION,
+                initiator_iqn: published.initiator_iqn.clone(),
+                guest_os: published.guest_os.clone(),
+                changes: published.changes.clone(),
+            };
+            let name = Some(format!("{}, prepared for iSCSI boot", parent.name.as_deref().unwrap_or(&parent.id)));
+            let report = Arc::new(commit::Unreported);
+            match self.commit(&id, mount, &parent, name, Some(preparation), report).await {
+                Ok(m) => published.changes.push(format!("kept as backup {} for later boot mounts", m.id)),
+                // The mount is ready as it is; only the next boot mount prepares again.
+                Err(e) => tracing::warn!(mount = %id, "keeping the prepared guest as a backup failed: {e}"),
+            }
         }
         let state = {
             let mut s = mount.state.lock().expect("not poisoned");

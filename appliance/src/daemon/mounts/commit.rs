@@ -29,6 +29,42 @@ pub struct CommitOrigin {
     pub parent_backup: String,
     /// The mount the content came from.
     pub mount: String,
+    /// The guest preparation for an iSCSI boot that the commit holds, when it was made to keep one.
+    #[serde(default)]
+    pub preparation: Option<Preparation>,
+}
+
+/// A guest preparation kept in a committed backup, for later boot mounts of the same backup to reuse.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Preparation {
+    /// `image::guest::PREPARATION_VERSION` of the preparation.
+    pub version: u32,
+    /// The initiator name the guest logs in again with; iPXE must log in under the same.
+    pub initiator_iqn: String,
+    pub guest_os: String,
+    /// What the preparation changed in the guest.
+    pub changes: Vec<String>,
+}
+
+/// The backup holding `backup`'s guest prepared by this version of the preparation: the backup itself
+/// when it is one, else the newest committed from a mount of it to keep a preparation; `None` when there
+/// is none (the guest must be prepared).
+pub fn prepared_version_of(
+    lib: &dedup::Library,
+    backup: &dedup::Manifest,
+) -> Result<Option<(dedup::Manifest, Preparation)>, ApiError> {
+    let current = |m: &dedup::Manifest| {
+        CommitOrigin::of(m).and_then(|o| o.preparation).filter(|p| p.version == image::guest::PREPARATION_VERSION)
+    };
+    if let Some(p) = current(backup) {
+        return Ok(Some((backup.clone(), p)));
+    }
+    let derived = lib.backups()?.into_iter().rev().find_map(|m| {
+        let parent_is = CommitOrigin::of(&m).is_some_and(|o| o.parent_backup == backup.id);
+        let p = current(&m).filter(|_| parent_is)?;
+        Some((m, p))
+    });
+    Ok(derived)
 }
 
 pub const ORIGIN_KIND: &str = "mount-commit";
@@ -63,20 +99,22 @@ impl Manager {
         let job = self.jobs.start("mount-commit", move |job| async move {
             let report: Arc<dyn Report> = job.clone();
             report.step(&format!("committing mount {id} as a new version of backup {}", parent.id));
-            let m = me.commit(&id, &mount, &parent, name, report).await.map_err(|e| e.to_string())?;
+            let m = me.commit(&id, &mount, &parent, name, None, report).await.map_err(|e| e.to_string())?;
             me.show_backups();
             Ok(backup_result(&m))
         });
         Ok(job.info())
     }
 
-    /// Commits `mount` (of backup `parent`) as a new backup; gives its manifest.
+    /// Commits `mount` (of backup `parent`) as a new backup, recording the guest `preparation` it holds
+    /// when there is one; gives its manifest.
     pub(super) async fn commit(
         &self,
         id: &str,
         mount: &Mount,
         parent: &dedup::Manifest,
         name: Option<String>,
+        preparation: Option<Preparation>,
         report: Arc<dyn Report>,
     ) -> Result<dedup::Manifest, ApiError> {
         let lib = self.library()?;
@@ -96,7 +134,12 @@ impl Manager {
         for d in &mount.disks {
             d.flush().await?;
         }
-        let origin = CommitOrigin { kind: ORIGIN_KIND.into(), parent_backup: parent.id.clone(), mount: id.to_string() };
+        let origin = CommitOrigin {
+            kind: ORIGIN_KIND.into(),
+            parent_backup: parent.id.clone(),
+            mount: id.to_string(),
+            preparation,
+        };
         let origin = serde_json::to_value(&origin).expect("plain data");
         let (disks, parent, runtime) = (mount.disks.clone(), parent.clone(), tokio::runtime::Handle::current());
         let made = tokio::task::spawn_blocking(move || {
@@ -116,6 +159,14 @@ impl Manager {
         tracing::info!(mount = %id, backup = %made.id, parent = %parent_id(&made), "mount committed");
         Ok(made)
     }
+}
+
+/// A report that goes nowhere: a commit made as part of another request shows no progress of its own.
+pub(super) struct Unreported;
+
+impl Report for Unreported {
+    fn step(&self, _: &str) {}
+    fn bytes(&self, _: u64, _: u64) {}
 }
 
 fn parent_id(m: &dedup::Manifest) -> String {
