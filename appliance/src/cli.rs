@@ -44,7 +44,7 @@ pub enum Command {
     /// Run the appliance daemon: the FUSE file view, the live mounts and the control API.
     Serve(ServeArgs),
     /// Live-mount a backup: its disks become writable pseudo-disks, without a restore.
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// List the live mounts with their counters.
     Mounts,
     /// Remove a live mount: delete its stores; the backup stays exactly as it was.

@@ -35,37 +35,33 @@ impl Bitmap {
     }
 
     pub fn set_range(&self, start: u64, count: u64, value: bool) {
-        let end = (start + count).min(self.len);
-        let mut i = start;
-        while i < end {
-            let word = (i / 64) as usize;
-            let first = i % 64;
-            let n = (end - i).min(64 - first);
-            let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << first };
+        for (word, mask) in self.words_of(start, count) {
             if value {
                 self.words[word].fetch_or(mask, Ordering::AcqRel);
             } else {
                 self.words[word].fetch_and(!mask, Ordering::AcqRel);
             }
-            i += n;
         }
     }
 
     /// Whether any bit of `start..start + count` is set.
     pub fn any_in(&self, start: u64, count: u64) -> bool {
+        self.words_of(start, count).any(|(word, mask)| self.words[word].load(Ordering::Acquire) & mask != 0)
+    }
+
+    /// The words that hold bits `start..start + count` (cut at the end), each with the mask of those bits.
+    fn words_of(&self, start: u64, count: u64) -> impl Iterator<Item = (usize, u64)> {
         let end = (start + count).min(self.len);
         let mut i = start;
-        while i < end {
-            let word = (i / 64) as usize;
-            let first = i % 64;
-            let n = (end - i).min(64 - first);
-            let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << first };
-            if self.words[word].load(Ordering::Acquire) & mask != 0 {
-                return true;
+        std::iter::from_fn(move || {
+            if i >= end {
+                return None;
             }
+            let (word, first) = ((i / 64) as usize, i % 64);
+            let n = (end - i).min(64 - first);
             i += n;
-        }
-        false
+            Some((word, if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << first }))
+        })
     }
 
     /// Number of set bits.

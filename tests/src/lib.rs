@@ -291,3 +291,19 @@ pub fn stored_chunk_count(library: &Path) -> usize {
     let ids: std::collections::HashSet<_> = lib.store().list().unwrap().into_iter().map(|c| c.id).collect();
     ids.len()
 }
+
+/// Discards `len` bytes at `offset` of an open file (FALLOC_FL_PUNCH_HOLE, size kept), as a guest's TRIM
+/// reaches a live mount's FUSE file.
+pub fn punch_hole(f: &std::fs::File, offset: u64, len: u64) {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: fallocate on an open descriptor; no memory is passed.
+    let r = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    assert_eq!(r, 0, "punch hole: {}", std::io::Error::last_os_error());
+}

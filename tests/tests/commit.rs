@@ -6,12 +6,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use tests::{json, livemount, random_bytes, Daemon};
+use tests::{json, livemount, punch_hole, random_bytes, Daemon};
 
 const CHUNK: u64 = 64 << 10;
 
@@ -45,19 +44,6 @@ fn commit(d: &Daemon, mount: &str, name: &str) -> Value {
 
 fn open_rw(p: &Path) -> File {
     OpenOptions::new().read(true).write(true).open(p).unwrap()
-}
-
-fn punch_hole(f: &File, offset: u64, len: u64) {
-    // SAFETY: fallocate on an open descriptor; no memory is passed.
-    let r = unsafe {
-        libc::fallocate(
-            f.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    assert_eq!(r, 0, "punch hole: {}", std::io::Error::last_os_error());
 }
 
 /// Restores `backup` and compares it with `want`.

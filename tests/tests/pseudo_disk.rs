@@ -4,13 +4,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proptest::strategy::Strategy;
 
-use tests::{json, livemount, make_ext4_disk, populate_tree, random_bytes, Daemon};
+use tests::{json, livemount, make_ext4_disk, populate_tree, punch_hole, random_bytes, Daemon};
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -44,19 +43,6 @@ fn mount(d: &Daemon, backup: &str, extra: &[&str]) -> serde_json::Value {
 
 fn open_rw(p: &Path) -> File {
     OpenOptions::new().read(true).write(true).open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
-}
-
-fn punch_hole(f: &File, offset: u64, len: u64) {
-    // SAFETY: fallocate on an open descriptor; no memory is passed.
-    let r = unsafe {
-        libc::fallocate(
-            f.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    assert_eq!(r, 0, "punch hole: {}", std::io::Error::last_os_error());
 }
 
 fn verify_and_restore_identical(s: &Setup) {
