@@ -7,7 +7,6 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 use tests::{json, livemount, punch_hole, random_bytes, Daemon};
@@ -127,35 +126,27 @@ fn a_commit_stores_only_what_the_mount_changed_and_restores_as_the_mount_reads()
 fn a_kill_9_during_a_commit_leaves_no_half_backup_and_a_rerun_completes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (mut d, _disk, v1) = library_with_backup(dir, 160);
+    let (mut d, _disk, v1) = library_with_backup(dir, 32);
     let lib = d.library.clone();
     let m = ok(&d, &["mount", &v1, "--name", "work"]);
     let fuse = PathBuf::from(m["disks"][0]["fuse_path"].as_str().unwrap());
-    // Enough changed chunks that the commit is still running when the daemon is killed.
     let f = open_rw(&fuse);
-    f.write_all_at(&random_bytes(9, 128 << 20), 16 << 20).unwrap();
+    f.write_all_at(&random_bytes(9, 8 << 20), 16 << 20).unwrap();
     f.sync_all().unwrap();
     drop(f);
 
-    let mut cli = Command::new(tests::livemount_bin())
-        .arg("--library")
-        .arg(&lib)
-        .arg("--api")
-        .arg(d.api())
-        .args(["mount", "commit", "work", "--name", "v2"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    d.kill9();
-    let _ = cli.wait();
-    assert!(!d.log().contains("mount committed"), "the kill came before the commit ended:\n{}", d.log());
+    // The daemon kills itself (SIGKILL) once the commit has read its first changed chunk.
+    d.env = vec![("LIVEMOUNT_TEST_KILL_AFTER".to_string(), "mount-commit-read".to_string())];
+    d.restart();
+    let out = d.cli().args(["mount", "commit", "work", "--name", "v2"]).output().unwrap();
+    assert!(!out.status.success(), "the commit was cut off: {}", d.log());
+    assert!(d.log().contains("killing the daemon") && !d.log().contains("mount committed"), "{}", d.log());
     let backups = json(&livemount(&lib).args(["backup", "list", "--json"]).output().unwrap().stdout);
     assert_eq!(backups.as_array().unwrap().len(), 1, "no half backup is listed: {backups}");
     livemount(&lib).args(["backup", "verify"]).assert().success();
 
     // The mount comes back with the daemon; committing again completes.
+    d.env = Vec::new();
     d.restart();
     let job = ok(&d, &["mount", "commit", "work", "--name", "v2"]);
     assert_eq!(job["state"], "succeeded", "{job}");

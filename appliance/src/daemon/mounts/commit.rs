@@ -146,8 +146,11 @@ impl Manager {
             let mut inputs = Vec::new();
             for (n, disk) in disks.into_iter().enumerate() {
                 let index = lib.load_index(&parent, n)?;
-                let mut source: Box<dyn DiskSource> = Box::new(MountedDisk { disk, runtime: runtime.clone() });
-                let partition_table = crate::partitions::summarize(&mut *source).ok().flatten();
+                let mut source = MountedDisk { disk, runtime: runtime.clone(), kill_after_read: false };
+                let partition_table = crate::partitions::summarize(&mut source).ok().flatten();
+                // Armed for the ingest's reads only.
+                source.kill_after_read = std::env::var(KILL_AFTER).is_ok_and(|v| v == KILL_AFTER_READ);
+                let source: Box<dyn DiskSource> = Box::new(source);
                 let label = parent.disks[n].source.clone();
                 inputs.push(dedup::ingest::DiskInput { label, source, partition_table, parent: Some(index) });
             }
@@ -178,7 +181,13 @@ fn parent_id(m: &dedup::Manifest) -> String {
 struct MountedDisk {
     disk: Arc<PseudoDisk>,
     runtime: tokio::runtime::Handle,
+    /// For crash tests (`LIVEMOUNT_TEST_KILL_AFTER=mount-commit-read`): the daemon kills itself with
+    /// SIGKILL once the commit has read a changed chunk, cutting the commit off midway.
+    kill_after_read: bool,
 }
+
+const KILL_AFTER: &str = "LIVEMOUNT_TEST_KILL_AFTER";
+const KILL_AFTER_READ: &str = "mount-commit-read";
 
 impl DiskSource for MountedDisk {
     fn size(&self) -> u64 {
@@ -197,6 +206,10 @@ impl DiskSource for MountedDisk {
             reason: format!("reading the mounted disk at offset {offset}: {e}"),
         })?;
         buf.copy_from_slice(&data);
+        if self.kill_after_read {
+            tracing::warn!("{KILL_AFTER}={KILL_AFTER_READ}: killing the daemon with SIGKILL");
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+        }
         Ok(())
     }
 
