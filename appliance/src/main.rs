@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod cloud;
 mod commands;
+mod crash_hook;
 mod daemon;
 mod library_source;
 mod output;

@@ -103,8 +103,8 @@ impl Tokens {
     /// Takes the tokens of a listing from block `from` on (the blocks it did not list are gone from that
     /// range; `from` itself when it listed nothing).
     fn renew(&mut self, from: u32, listed: BTreeMap<u32, String>, expires: Option<SystemTime>) {
-        let end = listed.keys().next_back().map_or(from, |last| last.saturating_add(1));
-        let stale: Vec<u32> = self.by_block.range(from..end.max(from.saturating_add(1))).map(|(b, _)| *b).collect();
+        let end = listed.keys().next_back().unwrap_or(&from).saturating_add(1);
+        let stale: Vec<u32> = self.by_block.range(from..end).map(|(b, _)| *b).collect();
         for b in stale {
             self.by_block.remove(&b);
         }

@@ -95,19 +95,16 @@ pub fn sts(config: &SdkConfig) -> aws_sdk_sts::Client {
     aws_sdk_sts::Client::new(config)
 }
 
-/// For crash tests: `LIVEMOUNT_TEST_KILL_AFTER=RunInstances` makes the daemon kill itself with SIGKILL as
-/// soon as a RunInstances call has succeeded, before anything after it runs or is recorded: exactly the
-/// crash that the journal and the reconciliation must recover from. Not set, it costs nothing.
+/// The crash hook (`crate::crash_hook`) on the SDK's calls: `LIVEMOUNT_TEST_KILL_AFTER=RunInstances` kills
+/// the daemon as soon as a RunInstances call has succeeded.
 #[derive(Debug)]
 struct KillAfter {
     action: String,
 }
 
 impl KillAfter {
-    const VAR: &'static str = "LIVEMOUNT_TEST_KILL_AFTER";
-
     fn from_env() -> Option<KillAfter> {
-        std::env::var(Self::VAR).ok().filter(|a| !a.is_empty()).map(|action| KillAfter { action })
+        crate::crash_hook::point().map(|action| KillAfter { action })
     }
 }
 
@@ -125,8 +122,7 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for KillAfter {
         let action = cfg.load::<aws_smithy_runtime_api::client::orchestrator::Metadata>().map(|m| m.name());
         let succeeded = matches!(context.output_or_error(), Some(Ok(_)));
         if succeeded && action == Some(self.action.as_str()) {
-            tracing::warn!("{}={}: killing the daemon with SIGKILL", Self::VAR, self.action);
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+            crate::crash_hook::kill(&self.action);
         }
         Ok(())
     }

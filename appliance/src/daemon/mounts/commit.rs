@@ -141,6 +141,7 @@ impl Manager {
             preparation,
         };
         let origin = serde_json::to_value(&origin).expect("plain data");
+        let parent_id = parent.id.clone();
         let (disks, parent, runtime) = (mount.disks.clone(), parent.clone(), tokio::runtime::Handle::current());
         let made = tokio::task::spawn_blocking(move || {
             let mut inputs = Vec::new();
@@ -149,7 +150,7 @@ impl Manager {
                 let mut source = MountedDisk { disk, runtime: runtime.clone(), kill_after_read: false };
                 let partition_table = crate::partitions::summarize(&mut source).ok().flatten();
                 // Armed for the ingest's reads only.
-                source.kill_after_read = std::env::var(KILL_AFTER).is_ok_and(|v| v == KILL_AFTER_READ);
+                source.kill_after_read = crate::crash_hook::armed_at(KILL_AFTER_READ);
                 let source: Box<dyn DiskSource> = Box::new(source);
                 let label = parent.disks[n].source.clone();
                 inputs.push(dedup::ingest::DiskInput { label, source, partition_table, parent: Some(index) });
@@ -159,7 +160,7 @@ impl Manager {
         .await
         .map_err(|e| ApiError::internal(format!("the commit's worker stopped: {e}")))??;
         drop(held);
-        tracing::info!(mount = %id, backup = %made.id, parent = %parent_id(&made), "mount committed");
+        tracing::info!(mount = %id, backup = %made.id, parent = %parent_id, "mount committed");
         Ok(made)
     }
 }
@@ -172,10 +173,6 @@ impl Report for Unreported {
     fn bytes(&self, _: u64, _: u64) {}
 }
 
-fn parent_id(m: &dedup::Manifest) -> String {
-    CommitOrigin::of(m).map(|o| o.parent_backup).unwrap_or_default()
-}
-
 /// A mounted disk as the library's source: its content as the mount serves it, and which chunks the mount
 /// left as the backup had them.
 struct MountedDisk {
@@ -186,7 +183,6 @@ struct MountedDisk {
     kill_after_read: bool,
 }
 
-const KILL_AFTER: &str = "LIVEMOUNT_TEST_KILL_AFTER";
 const KILL_AFTER_READ: &str = "mount-commit-read";
 
 impl DiskSource for MountedDisk {
@@ -207,8 +203,7 @@ impl DiskSource for MountedDisk {
         })?;
         buf.copy_from_slice(&data);
         if self.kill_after_read {
-            tracing::warn!("{KILL_AFTER}={KILL_AFTER_READ}: killing the daemon with SIGKILL");
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+            crate::crash_hook::kill(KILL_AFTER_READ);
         }
         Ok(())
     }
