@@ -27,6 +27,11 @@ impl Source for LibrarySource {
         // An index that cannot be read says "not zero": the read then reports why.
         self.0.chunk_id(index).is_ok_and(|id| id.is_zero())
     }
+    fn parallel_reads(&self) -> usize {
+        // A chunk read is one positioned read and a decode: CPU-bound once the file is cached, so a couple
+        // per core keep the disk and the cores busy.
+        std::thread::available_parallelism().map_or(4, |n| (2 * n.get()).max(4))
+    }
     fn describe(&self) -> String {
         format!("backup {} disk {}", self.0.backup_id(), self.0.disk_number())
     }

@@ -12,6 +12,12 @@ pub trait Source: Send + Sync + 'static {
     fn is_zero_chunk(&self, _index: u64) -> bool {
         false
     }
+    /// How many chunk reads at once keep this source busy without crowding out the reads that are waiting:
+    /// a few for a store whose reads cost CPU (decoding), dozens for one whose reads cost a round trip. It
+    /// bounds the readahead in flight (and with it the memory readahead holds).
+    fn parallel_reads(&self) -> usize {
+        4
+    }
     /// A short description for logs ("backup 2026...-abc123 disk 0").
     fn describe(&self) -> String;
 }

@@ -13,6 +13,8 @@ pub struct Counters {
     pub read_bytes_private: AtomicU64,
     pub read_bytes_recall: AtomicU64,
     pub flushes: AtomicU64,
+    /// Recalled chunks whose write to the recall store is under way (they were answered from memory).
+    pub chunks_being_kept: AtomicU64,
 }
 
 /// A snapshot of the counters.
@@ -25,7 +27,7 @@ pub struct CounterSnapshot {
     pub read_bytes_private: u64,
     pub read_bytes_recall: u64,
     pub flushes: u64,
-    /// Blocks held by the private store and chunks held by the recall store now.
+    /// Blocks held by the private store now, and chunks held by the recall store (or being written to it).
     pub private_blocks: u64,
     pub recalled_chunks: u64,
 }
@@ -51,7 +53,10 @@ impl PseudoDisk {
     pub fn counters(&self) -> CounterSnapshot {
         let mut s = self.counters.snapshot();
         s.private_blocks = self.private.present.count_ones();
-        s.recalled_chunks = self.recall.present.count_ones();
+        // Read before the bitmap: a write that completes in between is counted at most twice, never missed,
+        // and the sum is capped at the disk's chunks.
+        let being_kept = self.counters.chunks_being_kept.load(Ordering::Acquire);
+        s.recalled_chunks = (self.recall.present.count_ones() + being_kept).min(self.chunk_count());
         s
     }
 }

@@ -8,8 +8,10 @@
 //!   per source chunk.
 //!
 //! A read takes each block from the private store, else from the recall store, else recalls its chunk once
-//! (concurrent readers of one chunk wait for the same recall) and serves it from the recall store. A write
-//! smaller than its block first reads the rest of the block from below. The source is never written.
+//! (concurrent readers of one chunk wait for the same recall; the chunks of one read are recalled in
+//! parallel) and answers from the recalled bytes while they are written to the recall store behind it. A
+//! sequential reader has the chunks ahead of it recalled before it asks (`readahead.rs`). A write smaller
+//! than its block first reads the rest of the block from below. The source is never written.
 //!
 //! Durability: a flush syncs both data files, then appends the allocation changes made since the last flush
 //! to the maps and syncs them. After a crash the maps name only data that was synced, so every write
@@ -20,22 +22,25 @@
 //! no two changes wait for each other) until its store operations have completed, even when its caller is
 //! cancelled; a flush runs one at a time under `flush_lock` and takes each store's pending records before
 //! it syncs that store's data file, so it logs only changes whose data the sync covers. Recalls take no
-//! stripe: the recall store is written only by the one leader of each chunk's recall (`recall.rs`).
+//! stripe: the recall store is written only by the one leader of each chunk's recall (`recall.rs`), and a
+//! chunk is marked present only once its write has completed.
 //!
 //! Files: this one has the read, write, unmap and flush API; `stores.rs` the stores and the compaction of
-//! their maps; `recall.rs` the single-flight recall and readahead; `counters.rs` the counters.
+//! their maps; `recall.rs` the single-flight recall and the readahead tasks; `readahead.rs` the detection
+//! of sequential streams and their windows; `counters.rs` the counters.
 
 mod counters;
+mod readahead;
 mod recall;
 mod stores;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::Semaphore;
 
 use crate::alloc_log::RecordKind;
 use crate::bitmap::Bitmap;
@@ -43,14 +48,14 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::source::Source;
 use counters::Counters;
+use readahead::Streams;
+use recall::Recalling;
 use stores::Store;
 
 pub use stores::remove_stores;
 
 /// The private store's unit.
 pub const BLOCK: u64 = 4096;
-/// Chunks recalled ahead of a sequential reader.
-const READAHEAD_CHUNKS: u64 = 2;
 /// Stripes of the lock that orders overlapping changes of the private store (by 4 KiB block).
 const WRITE_STRIPES: usize = 1024;
 /// A map log larger than this is compacted when the pseudo-disk opens.
@@ -80,12 +85,15 @@ pub struct PseudoDisk {
     /// Private blocks that read as zeros (discarded); meaningful only where `private.present` is set.
     private_zero: Bitmap,
     recall: Store,
-    /// Recalls in progress; followers wait on the receiver until the leader drops the sender.
-    recalling: Mutex<HashMap<u64, watch::Receiver<()>>>,
+    /// Recalls in progress, until their chunk is in the recall store or the recall failed.
+    recalling: Mutex<HashMap<u64, Recalling>>,
     /// Held by every write and unmap for the blocks it changes, until its store operations have completed.
     write_stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
     flush_lock: tokio::sync::Mutex<()>,
-    next_sequential: AtomicU64,
+    /// The sequential streams of reads, for readahead.
+    streams: Mutex<Streams>,
+    /// Readahead recalls in flight at most (the source's `parallel_reads`).
+    readahead_slots: Arc<Semaphore>,
     counters: Counters,
 }
 
@@ -111,6 +119,7 @@ impl PseudoDisk {
         for r in &recall_records {
             recall.present.set_range(r.start, r.count, true);
         }
+        let parallel_reads = source.parallel_reads().max(1);
         let disk = PseudoDisk {
             dir: dir.to_path_buf(),
             source,
@@ -124,7 +133,8 @@ impl PseudoDisk {
             recalling: Mutex::new(HashMap::new()),
             write_stripes: (0..WRITE_STRIPES).map(|_| Arc::new(tokio::sync::Mutex::new(()))).collect(),
             flush_lock: tokio::sync::Mutex::new(()),
-            next_sequential: AtomicU64::new(u64::MAX),
+            streams: Mutex::new(Streams::default()),
+            readahead_slots: Arc::new(Semaphore::new(parallel_reads)),
             counters: Counters::default(),
         };
         disk.compact_maps()?;
@@ -157,6 +167,7 @@ impl PseudoDisk {
 
     /// Reads `len` bytes at `offset`.
     pub async fn read(self: &Arc<Self>, offset: u64, len: usize) -> Result<Vec<u8>> {
+        // Readahead is asked for before the read waits, in the order reads arrive.
         if let Some(data) = self.read_now(offset, len) {
             return Ok(data);
         }
@@ -172,7 +183,6 @@ impl PseudoDisk {
             out
         };
         self.counters.bytes_read.fetch_add(len as u64, Ordering::Relaxed);
-        self.readahead(offset, len as u64);
         Ok(out)
     }
 
@@ -181,6 +191,8 @@ impl PseudoDisk {
     /// range): `read` then does the work. This is the whole read path of a warm disk.
     pub fn read_now(self: &Arc<Self>, offset: u64, len: usize) -> Option<Vec<u8>> {
         let end = offset.checked_add(len as u64).filter(|&e| e <= self.size && len > 0)?;
+        // Noted once per read even when `read` follows: a read that does not move a stream on changes nothing.
+        self.readahead(offset, len as u64);
         let (layer, run_end) = self.run_at(offset, end);
         if run_end != end {
             return None;
@@ -203,7 +215,6 @@ impl PseudoDisk {
             }
         };
         self.counters.bytes_read.fetch_add(len as u64, Ordering::Relaxed);
-        self.readahead(offset, len as u64);
         Some(data)
     }
 
@@ -236,9 +247,9 @@ impl PseudoDisk {
         Ok(())
     }
 
-    /// Reads one run of blocks that all come from `layer`. Below the private store, every chunk of the run
-    /// is recalled first (each once), then the run is read from the recall store in one operation; a run
-    /// within the one chunk this reader has just recalled is served from memory.
+    /// Reads one run of blocks that all come from `layer`. Below the private store, the run's chunks are
+    /// recalled first (in parallel, each once); what is in the recall store is read from there, a run of
+    /// chunks in one operation, and what is still in memory (just recalled) is copied from there.
     async fn read_run(self: &Arc<Self>, layer: Layer, pos: u64, len: usize) -> Result<Vec<u8>> {
         match layer {
             Layer::Zero => Ok(vec![0u8; len]),
@@ -249,18 +260,40 @@ impl PseudoDisk {
             }
             Layer::Below => {
                 let (first, last) = (pos / self.chunk_size, (pos + len as u64 - 1) / self.chunk_size);
-                let mut fresh = None;
-                for chunk in first..=last {
-                    fresh = self.ensure_recalled(chunk).await?;
-                }
+                let recalled = if first == last {
+                    vec![self.recalled(first).await?]
+                } else {
+                    futures_util::future::try_join_all((first..=last).map(|c| self.recalled(c))).await?
+                };
                 self.counters.read_bytes_recall.fetch_add(len as u64, Ordering::Relaxed);
-                match fresh {
-                    Some(data) if first == last => {
-                        let within = (pos - first * self.chunk_size) as usize;
-                        Ok(data[within..within + len].to_vec())
+                let in_memory = |pos: u64| recalled[(pos / self.chunk_size - first) as usize].as_ref();
+                let end = pos + len as u64;
+                let mut out = Vec::with_capacity(len);
+                let mut at = pos;
+                while at < end {
+                    let chunk_end = ((at / self.chunk_size + 1) * self.chunk_size).min(end);
+                    if let Some(data) = in_memory(at) {
+                        let within = (at % self.chunk_size) as usize;
+                        out.extend_from_slice(&data[within..within + (chunk_end - at) as usize]);
+                        at = chunk_end;
+                    } else {
+                        let mut run_end = chunk_end;
+                        while run_end < end && in_memory(run_end).is_none() {
+                            run_end = (run_end + self.chunk_size).min(end);
+                        }
+                        let data = self
+                            .engine
+                            .read(&self.recall.data, at, (run_end - at) as usize)
+                            .await
+                            .map_err(self.recall.io_err("read"))?;
+                        if out.is_empty() && run_end == end {
+                            return Ok(data); // the whole run in the recall store: its buffer is the answer
+                        }
+                        out.extend_from_slice(&data);
+                        at = run_end;
                     }
-                    _ => self.engine.read(&self.recall.data, pos, len).await.map_err(self.recall.io_err("read")),
                 }
+                Ok(out)
             }
         }
     }
