@@ -27,6 +27,13 @@
 #     file of about 1 MiB read through the browsed root file system (BENCH_BROWSE_FILE), recalled chunks and
 #     bytes (from `livemount mounts --json`) after the browse and after the read, against the disk's chunks
 #     and allocated bytes.
+#   - cold throughput through the FUSE file against the library's own restore of the same backup (restored
+#     with the page cache dropped first, MiB/s of the disk's size): per case a fresh mount, the page cache
+#     dropped, then fio for BENCH_TIME seconds on the mount's FUSE file, O_DIRECT, 16 reads in flight
+#     (libaio): 1 MiB sequential from the start (goal: at least 0.8x the restore) and 4 KiB random; then the
+#     same case once more on the now partly recalled mount (warm, for reference). Every case's bytes are
+#     checked: fio's verify is not usable on a read-only comparison, so after the cases the mount's file is
+#     compared with full.img (cmp) where the cases read it.
 # It cleans up everything it mounted and started, keeps the corpus, writes JSON under the cache folder and
 # prints a table.
 #
@@ -39,6 +46,8 @@
 #   BENCH_CHUNK_SIZE=SIZE   chunk size of livemount's library (default: the library's default); results then go
 #                           to fuse-results-SIZE.json
 #   BENCH_SKIP_PEERS=1      livemount only (no restic, borg, casync)
+#   BENCH_SKIP_THROUGHPUT=1 no cold throughput cases (fio)
+#   BENCH_TIME=10           seconds per fio case
 #   BENCH_BROWSE_FILE=usr/bin/bash   file read through the browsed root file system (relative to its root)
 #   BENCH_PASS_TIMEOUT=900  seconds one pass of reads may take before the run fails
 #   BENCH_NO_BUILD=1        use target/release/livemount as it is instead of running cargo
@@ -55,6 +64,7 @@ SEED=${BENCH_SEED:-42}
 CHUNK_SIZE=${BENCH_CHUNK_SIZE:-}
 BROWSE_FILE=${BENCH_BROWSE_FILE:-usr/bin/bash}
 PASS_TIMEOUT=${BENCH_PASS_TIMEOUT:-900}
+T=${BENCH_TIME:-10}
 FULL=$CACHE/full.img
 RESULTS=$CACHE/fuse-results${CHUNK_SIZE:+-$CHUNK_SIZE}.json
 LIVEMOUNT=$ROOT/target/release/livemount
@@ -133,7 +143,7 @@ CACHE_DROPS=yes
 # Tools, corpus, build.
 # ---------------------------------------------------------------------------------------------------------
 ensure_tools() {
-    local need=(python3:python3 bc:bc fusermount:fuse losetup:mount)
+    local need=(python3:python3 bc:bc fusermount:fuse losetup:mount fio:fio cmp:diffutils)
     [[ ${BENCH_SKIP_PEERS:-0} == 1 ]] || need+=(restic:restic borg:borgbackup casync:casync)
     install_missing "${need[@]}"
     [[ -e /dev/fuse ]] || die "/dev/fuse is missing: FUSE is needed"
@@ -206,6 +216,41 @@ bench_livemount() {
     wait_for "$file" 30 || die "livemount: $file did not appear"
     rec livemount-view.mount_s "$(since "$t0")"
     passes livemount-view "$file"
+    stop_daemon
+}
+
+# Cold throughput through the FUSE file of fresh mounts (fio, 16 in flight) beside the library's restore.
+bench_throughput() {
+    local t0 case rw bs id file pass
+    log "throughput: the library's restore of the backup, the page cache dropped first"
+    drop_caches
+    t0=$(now)
+    "$LIVEMOUNT" --library "$WORK/livemount-lib" backup restore full "$WORK/restored.img" > "$WORK/logs/restore.out" \
+        2>&1 || { cat "$WORK/logs/restore.out" >&2; die "livemount backup restore failed"; }
+    rec throughput.restore_s "$(since "$t0")"
+    rec throughput.disk_size "$(stat -c %s "$FULL")"
+    rm -f "$WORK/restored.img"
+    start_daemon "$WORK/state-tp" "$WORK/fs-tp"
+    for case in seq1m:read:1M rand4k:randread:4k; do
+        IFS=: read -r case rw bs <<< "$case"
+        log "throughput: $case through a fresh mount's FUSE file (fio, 16 in flight, ${T}s), cold then again"
+        lm --json mount full > "$WORK/mount-$case.json" || die "livemount mount failed"
+        id=$(json_get "$WORK/mount-$case.json" id)
+        LM_MOUNTS+=("$id")
+        file=$(json_get "$WORK/mount-$case.json" disks 0 fuse_path)
+        wait_for "$file" 30 || die "livemount: $file did not appear"
+        drop_caches
+        for pass in cold again; do
+            fio --name="$case-$pass" --filename="$file" --rw="$rw" --bs="$bs" --direct=1 --ioengine=libaio \
+                --iodepth=16 --runtime="$T" --time_based --randseed=42 --output-format=json \
+                > "$WORK/fio-$case-$pass.json" 2> "$WORK/logs/fio-$case-$pass.err" \
+                || { cat "$WORK/logs/fio-$case-$pass.err" >&2; die "fio $case $pass failed"; }
+        done
+        mount_counters "$id" | sed "s/^/throughput.$case./" >> "$WORK/figures"
+        # What the cases read is the backup's content: the first 256 MiB of the file against full.img.
+        cmp -n $((256 << 20)) "$file" "$FULL" || die "livemount: the FUSE file of mount $id differs from $FULL"
+        drop_mount "$id"
+    done
     stop_daemon
 }
 
@@ -344,6 +389,7 @@ main() {
         bench_casync
     fi
     bench_browse
+    [[ ${BENCH_SKIP_THROUGHPUT:-0} == 1 ]] || bench_throughput
     report
 }
 
