@@ -45,6 +45,13 @@
 #           (O_DIRECT, BENCH_SNAPSHOT_READS offsets each in a block of its own, so every read recalls a block)
 #           against one GetSnapshotBlock round trip of the same blocks (a bare HTTP GET on a kept-alive
 #           connection, nothing but the call): median and p99 of each (goal: median at most 1.5x).
+#   far     a store far away: a member's disk as an EBS snapshot, live-mounted (`mount ebs:SNAP`) through a
+#           relay that adds BENCH_FAR_DELAY_MS (20) to every request to the stand-in (bench/delay_relay.py),
+#           and, for reference, straight to the stand-in; each a fresh daemon and mount, nothing recalled.
+#           The whole disk read cold through the mount's FUSE file with fio (1 MiB sequential, O_DIRECT, 16
+#           in flight), then compared with the disk (cmp). Throughput = the bytes recalled (the snapshot's
+#           listed blocks; unlisted ones are zeros without a request) / fio's time, and the disk's size / that
+#           time. Goal: at least 100 MiB/s recalled with the delay.
 # It cleans up everything it started and writes $BENCH_CACHE/cloud-results.json.
 #
 # Usage:  sudo bench/cloud.sh        (root: FUSE, tgtd, the guest image)
@@ -56,7 +63,8 @@
 #   BENCH_RESTORES=3         restore-to-image rounds
 #   BENCH_SNAPSHOTS=3        snapshot backup rounds
 #   BENCH_SNAPSHOT_READS=300 cold random 4 KiB reads through a mounted snapshot
-#   BENCH_PARTS="upload boot backup restore snapshot"  what to run
+#   BENCH_PARTS="upload boot backup restore snapshot far"  what to run
+#   BENCH_FAR_DELAY_MS=20    the delay the relay adds to each request of the far part
 #   BENCH_BOOT_TIMEOUT=900   seconds one boot may take
 #   BENCH_LM_PORT=3293 BENCH_LM_HTTP=8293 BENCH_TGT_PORT=3294 BENCH_TGT_CONTROL=3295 BENCH_WWW_PORT=8294
 #   BENCH_NO_BUILD=1         use target/release/livemount as it is
@@ -76,7 +84,8 @@ BACKUPS=${BENCH_BACKUPS:-3}
 RESTORES=${BENCH_RESTORES:-3}
 SNAPSHOTS=${BENCH_SNAPSHOTS:-3}
 SNAPSHOT_READS=${BENCH_SNAPSHOT_READS:-300}
-PARTS=${BENCH_PARTS:-upload boot backup restore snapshot}
+PARTS=${BENCH_PARTS:-upload boot backup restore snapshot far}
+FAR_DELAY_MS=${BENCH_FAR_DELAY_MS:-20}
 BOOT_TIMEOUT=${BENCH_BOOT_TIMEOUT:-900}
 LM_PORT=${BENCH_LM_PORT:-3293}
 LM_HTTP=${BENCH_LM_HTTP:-8293}
@@ -93,7 +102,7 @@ AWSQ=$ROOT/tests/aws/awsq
 IMDS=$ROOT/tests/aws/imds
 COLDSNAP=$CACHE/coldsnap/bin/coldsnap
 
-WORK="" LM_LIB="" DAEMON_PID="" TGTD_PID="" WWW_PID="" STANDIN_PID="" BOOT_PID=""
+WORK="" LM_LIB="" DAEMON_PID="" TGTD_PID="" WWW_PID="" STANDIN_PID="" BOOT_PID="" RELAY_PID=""
 LM_MOUNTS=()
 
 cleanup() {
@@ -103,6 +112,7 @@ cleanup() {
     stop_tgtd
     [[ -n $WWW_PID ]] && stop_pid "$WWW_PID" TERM 10
     stop_daemon
+    [[ -n $RELAY_PID ]] && stop_pid "$RELAY_PID" TERM 10
     [[ -n $STANDIN_PID ]] && stop_pid "$STANDIN_PID" TERM 10
     remove_work
     exit $rc
@@ -112,7 +122,7 @@ trap 'exit 130' INT TERM
 
 ensure_tools() {
     install_missing qemu-system-x86_64:qemu-system-x86 tgtd:tgt tgtadm:tgt python3:python3 bc:bc fusermount:fuse \
-        ss:iproute2 curl:curl debugfs:e2fsprogs losetup:mount
+        ss:iproute2 curl:curl debugfs:e2fsprogs losetup:mount fio:fio cmp:diffutils
     [[ $(id -u) == 0 ]] || die "run as root (FUSE, tgtd, the guest image)"
     python3 -c 'import moto, sys; sys.exit(moto.__version__ != "5.2.1")' 2>/dev/null \
         || python3 -m pip install -q 'moto[server]==5.2.1'
@@ -465,6 +475,63 @@ snapshot_cold_reads() {
     python3 "$REPORT_PY" fuse-pass "$WORK/snap-round-trips.json" "GetSnapshotBlock" >&2
 }
 
+# ---------------------------------------------------------------------------------------------------------
+# Far: a snapshot read cold through a mount, with every request to the store delayed, and without.
+# ---------------------------------------------------------------------------------------------------------
+bench_far() {
+    local disk=$WORK/far-disk.img snap relay_port endpoint=$AWS_ENDPOINT_URL how
+    member_disk "$disk"
+    snap=$(awsq upload "$MEMBER" "$disk" | json_get - snapshot)
+    rec far.disk_bytes "$(stat -c %s "$disk")"
+    rec far.delay_ms "$FAR_DELAY_MS"
+    python3 "$ROOT/bench/delay_relay.py" --to "${endpoint#http://}" --delay-ms "$FAR_DELAY_MS" \
+        > "$WORK/logs/relay.out" 2> "$WORK/logs/relay.err" &
+    RELAY_PID=$!
+    for _ in $(seq 1 100); do
+        relay_port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$WORK/logs/relay.out")
+        [[ -n $relay_port ]] && break
+        sleep 0.1
+    done
+    [[ -n $relay_port ]] || { cat "$WORK/logs/relay.err" >&2; die "the delay relay did not come up"; }
+    for how in delayed direct; do
+        log "far: ebs:$snap mounted $how (${FAR_DELAY_MS} ms per request when delayed), read whole and cold"
+        LM_LIB=$WORK/far-library-$how
+        "$LIVEMOUNT" --library "$LM_LIB" library init > /dev/null
+        mkdir -p "$WORK/far-state-$how" "$WORK/far-fs-$how"
+        if [[ $how == delayed ]]; then
+            AWS_ENDPOINT_URL=http://127.0.0.1:$relay_port serve_daemon --state-dir "$WORK/far-state-$how" \
+                --fuse-root "$WORK/far-fs-$how" --portal 127.0.0.1:0 --http 127.0.0.1:0
+        else
+            serve_daemon --state-dir "$WORK/far-state-$how" --fuse-root "$WORK/far-fs-$how" --portal 127.0.0.1:0 \
+                --http 127.0.0.1:0
+        fi
+        lm cloud account add member --role-arn "arn:aws:iam::$MEMBER:role/livemount-access" > /dev/null
+        lm --json mount "ebs:$snap" --account member > "$WORK/far-mount-$how.json" \
+            || { tail -20 "$WORK/logs/daemon.log" >&2; die "mount ebs:$snap failed"; }
+        local id fuse
+        id=$(json_get "$WORK/far-mount-$how.json" id)
+        fuse=$(json_get "$WORK/far-mount-$how.json" disks 0 fuse_path)
+        drop_caches
+        fio --name="far-$how" --filename="$fuse" --rw=read --bs=1M --direct=1 --ioengine=libaio --iodepth=16 \
+            --output-format=json > "$WORK/far-fio-$how.json" 2> "$WORK/logs/far-fio-$how.err" \
+            || { cat "$WORK/logs/far-fio-$how.err" >&2; die "fio through the mounted snapshot failed"; }
+        mount_counters "$id" | sed "s/^/far.$how./" >> "$WORK/figures"
+        cmp "$fuse" "$disk" || die "the mounted snapshot ($how) reads differently from the disk it was made of"
+        lm unmount "$id" > /dev/null
+        stop_daemon
+        python3 - "$WORK/far-fio-$how.json" "$how" >> "$WORK/figures" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["jobs"][0]["read"]
+print(f"far.{sys.argv[2]}.fio_s={r['runtime'] / 1000}")
+print(f"far.{sys.argv[2]}.fio_bytes={r['io_bytes']}")
+PY
+        echo "   $how: $(grep "^far.$how.fio_s=" "$WORK/figures" | cut -d= -f2) s for the disk," \
+             "$(( $(grep "^far.$how.bytes_recalled=" "$WORK/figures" | cut -d= -f2) >> 20 )) MiB recalled" >&2
+    done
+    stop_pid "$RELAY_PID" TERM 10
+    RELAY_PID=""
+}
+
 report() {
     WORK="$WORK" RESULTS="$RESULTS" NPROC="$(nproc)" LOAD="$(load_span)" CACHE_DROPS="$CACHE_DROPS" \
     VERSIONS="livemount $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'); coldsnap 0.12.0 (release); moto 5.2.1; $(qemu-system-x86_64 --version | head -1)" \
@@ -500,6 +567,7 @@ main() {
     [[ " $PARTS " == *" backup "* ]] && bench_backup
     [[ " $PARTS " == *" restore "* ]] && bench_restore
     [[ " $PARTS " == *" snapshot "* ]] && bench_snapshot
+    [[ " $PARTS " == *" far "* ]] && bench_far
     report
 }
 

@@ -774,6 +774,18 @@ def cmd_iscsi_perf(argv):
     if int(rc) == 0 and m and "finished." in text:
         iops = int(m[-1])
         r.update(iops=iops, mib_s=round(iops * blocks * 512 / 2**20, 1))
+        # A sequential run wraps to LBA 0 at the end of the disk: from then on a cold target reads what the
+        # first pass brought in. The first pass's own rate: the running average of the last whole second
+        # before the wrap.
+        seconds = [(int(a), int(b)) for a, b in
+                   re.findall(r"^\d\d:\d\d:\d\d - lba (\d+), iops current \d+ .*?iops average (\d+) ", text, re.M)]
+        if "-r" not in args and seconds:
+            wrap = next((i for i in range(1, len(seconds)) if seconds[i][0] < seconds[i - 1][0]), None)
+            if wrap is None:
+                r.update(first_pass_complete=False, first_pass_mib_s=r["mib_s"])
+            elif wrap >= 2:
+                r.update(first_pass_complete=True, first_pass_seconds=wrap,
+                         first_pass_mib_s=round(seconds[wrap - 1][1] * blocks * 512 / 2**20, 1))
     else:
         errs = [l for l in text.splitlines() if "fail" in l.lower() or "error" in l.lower()]
         r["error"] = (errs[0] if errs else f"exit status {rc}" + (" (timeout)" if rc in ("124", "137") else ""))[:200]
@@ -933,9 +945,11 @@ def cmd_summary_iscsi(argv):
     if fig.get("disk.restore_s") and fig.get("disk.size"):
         restore_mib_s = int(fig["disk.size"]) / float(fig["disk.restore_s"]) / 2**20
     cold_goals = []
-    seq = val("livemount-cold", "seq1m-m16", "mib_s")
+    # The first pass over the disk only (the run wraps around a disk it has read whole: that is warm).
+    seq = val("livemount-cold", "seq1m-m16", "first_pass_mib_s")
     r = round(seq / restore_mib_s, 2) if seq and restore_mib_s else None
-    cold_goals.append({"case": "seq1m-m16", "against": f"library restore ({restore_mib_s or 0:.0f} MiB/s)",
+    cold_goals.append({"case": "seq1m-m16", "first_pass_mib_s": seq,
+                       "against": f"library restore ({restore_mib_s or 0:.0f} MiB/s)",
                        "goal": 0.8, "ratio": r, "met": r is not None and r >= 0.8})
     r = ratios.get("livemount-cold/tgt-cold:rand4k-m16")
     cold_goals.append({"case": "rand4k-m16", "against": "tgt-cold IOPS", "goal": 1.0, "ratio": r,
@@ -998,6 +1012,12 @@ def cmd_summary_iscsi(argv):
     for g in goals:
         print(f"  goal {g['case']:<12} livemount-warm >= {g['goal']}x tgt-warm {g['metric']:<10}: "
               f"{('%.2fx' % g['ratio']) if g['ratio'] else '-':>7}  {'MET' if g['met'] else 'NOT MET'}")
+    for c in ("seq1m-m16", "seq1m-m64"):
+        fp = [(t, P[(t, c)]) for t in targets if (t, c) in P and P[(t, c)].get("first_pass_mib_s")]
+        if fp:
+            print(f"  {c} first pass over the disk (before the run wraps to LBA 0), MiB/s: "
+                  + ", ".join(f"{t} {x['first_pass_mib_s']:.0f}" + ("" if x.get("first_pass_complete") else " (no wrap)")
+                              for t, x in fp))
     for g in cold_goals:
         print(f"  goal {g['case']:<12} livemount-cold >= {g['goal']}x {g['against']:<30}: "
               f"{('%.2fx' % g['ratio']) if g['ratio'] else '-':>7}  {'MET' if g['met'] else 'NOT MET'}")
@@ -1294,6 +1314,15 @@ def cmd_summary_cloud(argv):
             out["snapshot"]["cold_reads"] = {"mounted_snapshot": c, "get_snapshot_block": t,
                                              "ratio_median": c["median_ms"] / t["median_ms"],
                                              "ratio_p99": c["p99_ms"] / t["p99_ms"], "goal_median": "<= 1.5"}
+    if "far.disk_bytes" in figs:
+        far = {"disk_bytes": int(figs["far.disk_bytes"]), "delay_ms": float(figs["far.delay_ms"]), "goal": ">= 100 MiB/s recalled, delayed"}
+        for how in ("delayed", "direct"):
+            if f"far.{how}.fio_s" in figs:
+                t = float(figs[f"far.{how}.fio_s"])
+                rec = int(figs[f"far.{how}.bytes_recalled"])
+                far[how] = {"seconds": t, "bytes_recalled": rec, "recalled_mib_s": rec / 2**20 / t,
+                            "disk_mib_s": int(figs[f"far.{how}.fio_bytes"]) / 2**20 / t}
+        out["far"] = far
     json.dump(out, open(env["RESULTS"], "w"), indent=2)
     print(f"\ncloud benchmark (load {env['LOAD']}; {env['VERSIONS']})")
     if "upload" in out:
@@ -1343,6 +1372,18 @@ def cmd_summary_cloud(argv):
             print(f"          cold random 4 KiB reads ({m['reads']}): mounted snapshot median {m['median_ms']:.2f} ms, "
                   f"p99 {m['p99_ms']:.2f} ms; one GetSnapshotBlock median {t['median_ms']:.2f} ms, p99 "
                   f"{t['p99_ms']:.2f} ms;  ratio median {c['ratio_median']:.2f}x (goal <= 1.5), p99 {c['ratio_p99']:.2f}x")
+    if "far" in out:
+        f = out["far"]
+        print(f"  far store: a {f['disk_bytes'] / 2**20:.0f} MiB snapshot read whole and cold through a mount's FUSE file "
+              f"(fio 1 MiB, 16 in flight), {f['delay_ms']:.0f} ms added per request when delayed:")
+        for how in ("delayed", "direct"):
+            if how in f:
+                x = f[how]
+                print(f"          {how:<8} {x['seconds']:6.2f} s: {x['recalled_mib_s']:7.1f} MiB/s recalled "
+                      f"({x['bytes_recalled'] / 2**20:.0f} MiB), {x['disk_mib_s']:7.1f} MiB/s of the disk")
+        if "delayed" in f:
+            print(f"          goal >= 100 MiB/s recalled with the delay: "
+                  f"{'MET' if f['delayed']['recalled_mib_s'] >= 100 else 'NOT MET'}")
     print(f"  results: {env['RESULTS']}")
 
 

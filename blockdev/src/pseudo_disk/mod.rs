@@ -92,8 +92,13 @@ pub struct PseudoDisk {
     flush_lock: tokio::sync::Mutex<()>,
     /// The sequential streams of reads, for readahead.
     streams: Mutex<Streams>,
-    /// Readahead recalls in flight at most (the source's `parallel_reads`).
+    /// Readahead recalls in flight at most: half the source's `parallel_reads` (at least one), so that readers
+    /// always find slots of their own.
     readahead_slots: Arc<Semaphore>,
+    /// Reads of the source in flight at most, for readers and readahead together (`parallel_reads`).
+    source_slots: Semaphore,
+    /// One chunk of zeros: the answer for every zero chunk (a read takes only its part of it).
+    zeros: Arc<Vec<u8>>,
     counters: Counters,
 }
 
@@ -134,7 +139,9 @@ impl PseudoDisk {
             write_stripes: (0..WRITE_STRIPES).map(|_| Arc::new(tokio::sync::Mutex::new(()))).collect(),
             flush_lock: tokio::sync::Mutex::new(()),
             streams: Mutex::new(Streams::default()),
-            readahead_slots: Arc::new(Semaphore::new(parallel_reads)),
+            readahead_slots: Arc::new(Semaphore::new(parallel_reads.div_ceil(2))),
+            source_slots: Semaphore::new(parallel_reads),
+            zeros: Arc::new(vec![0u8; chunk_size as usize]),
             counters: Counters::default(),
         };
         disk.compact_maps()?;

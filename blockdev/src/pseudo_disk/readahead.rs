@@ -64,7 +64,8 @@ impl Streams {
         };
         let Some(slot) = self.slots.iter().position(continues) else {
             let slot = self.oldest();
-            self.slots[slot] = Stream { start: offset, next: end, window: 0, ahead_to: 0, used: self.clock, live: true };
+            self.slots[slot] =
+                Stream { start: offset, next: end, window: 0, ahead_to: 0, used: self.clock, live: true };
             return None;
         };
         let s = &mut self.slots[slot];

@@ -8,9 +8,9 @@
 //! crash, ever reads a recall store block that was not written whole: a recall cut off midway is recalled
 //! again.
 //!
-//! Readahead (`readahead.rs` decides what) runs in background tasks, at most the source's
-//! `parallel_reads` at once: a chunk that finds no free slot is left for the stream's next read, so
-//! readahead never queues up in front of the reads that are waiting.
+//! Readahead (`readahead.rs` decides what) runs in background tasks, at most half the source's
+//! `parallel_reads` at once: a chunk that finds no free slot is left for the stream's next read, so readahead
+//! never queues up in front of the reads that are waiting.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,8 +28,8 @@ pub(super) type Recalling = watch::Receiver<Option<Arc<Vec<u8>>>>;
 
 impl PseudoDisk {
     /// Makes chunk `chunk` readable: None when it is in the recall store (read it there), its bytes when
-    /// they are in memory (just recalled, or still being written to the recall store). One recall per chunk
-    /// at a time.
+    /// they are in memory (just recalled, or still being written to the recall store; a zero chunk is the
+    /// disk's one chunk of zeros, which may be longer than a short last chunk). One recall per chunk at a time.
     pub(super) async fn recalled(self: &Arc<Self>, chunk: u64) -> Result<Option<Arc<Vec<u8>>>> {
         loop {
             if self.recall.present.get(chunk) {
@@ -74,7 +74,7 @@ impl PseudoDisk {
         let len = chunk_len(self.size, self.chunk_size as u32, chunk);
         if self.source.is_zero_chunk(chunk) {
             self.mark_recalled(chunk);
-            return Ok(Arc::new(vec![0u8; len]));
+            return Ok(self.zeros.clone());
         }
         let data = self.read_source(chunk, len).await?;
         self.counters.bytes_recalled.fetch_add(len as u64, Ordering::Relaxed);
@@ -83,7 +83,7 @@ impl PseudoDisk {
         if data.iter().all(|&b| b == 0) {
             // A chunk of zeros stays a hole of the sparse recall file.
             self.mark_recalled(chunk);
-            return Ok(Arc::new(data));
+            return Ok(self.zeros.clone());
         }
         let shared = Arc::new(data);
         entry.publish(shared.clone());
@@ -102,9 +102,12 @@ impl PseudoDisk {
         Ok(shared)
     }
 
-    /// The chunk's bytes from the source, on a blocking thread; exactly `len` of them or an error.
+    /// The chunk's bytes from the source, on a blocking thread; exactly `len` of them or an error. At most
+    /// the source's `parallel_reads` run at once, readers and readahead alike, in the order they asked: more
+    /// would only add threads that wait for the same cores or the same connection.
     async fn read_source(&self, chunk: u64, len: usize) -> Result<Vec<u8>> {
         let source = self.source.clone();
+        let _slot = self.source_slots.acquire().await.expect("the semaphore is never closed");
         tokio::task::spawn_blocking(move || {
             let mut buf = Vec::with_capacity(len);
             source.read_chunk(chunk, &mut buf).map(|()| buf)
@@ -144,7 +147,8 @@ impl PseudoDisk {
         };
         let mut reached = ahead.chunks.start;
         for chunk in ahead.chunks.clone() {
-            let busy = self.recall.present.get(chunk) || self.recalling.lock().expect("not poisoned").contains_key(&chunk);
+            let busy =
+                self.recall.present.get(chunk) || self.recalling.lock().expect("not poisoned").contains_key(&chunk);
             if !busy {
                 let Ok(slot) = self.readahead_slots.clone().try_acquire_owned() else {
                     break;
