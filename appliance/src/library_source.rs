@@ -32,6 +32,11 @@ impl Source for LibrarySource {
         // per core keep the disk and the cores busy.
         std::thread::available_parallelism().map_or(4, |n| (2 * n.get()).max(4))
     }
+    fn read_batch(&self) -> usize {
+        // A chunk takes tens of microseconds to read and check, about what handing it to a thread costs:
+        // about 512 KiB of chunks per task.
+        ((512 << 10) / self.0.chunk_size() as usize).max(1)
+    }
     fn describe(&self) -> String {
         format!("backup {} disk {}", self.0.backup_id(), self.0.disk_number())
     }

@@ -18,6 +18,12 @@ pub trait Source: Send + Sync + 'static {
     fn parallel_reads(&self) -> usize {
         4
     }
+    /// How many consecutive chunks one task reads in a row (readahead, and a read of several chunks): several
+    /// for a source whose reads take microseconds (each task costs a switch between threads, which would
+    /// cost more than the read), one for a source whose reads wait on the network (they should overlap).
+    fn read_batch(&self) -> usize {
+        1
+    }
     /// A short description for logs ("backup 2026...-abc123 disk 0").
     fn describe(&self) -> String;
 }
@@ -65,4 +71,66 @@ pub enum SourceError {
 pub fn chunk_len(size: u64, chunk_size: u32, index: u64) -> usize {
     let start = index * u64::from(chunk_size);
     ((start + u64::from(chunk_size)).min(size) - start) as usize
+}
+
+impl SourceError {
+    /// The same failure again, for another reader of the same recall: the same kind, chunk and errno, with
+    /// the causes kept as text.
+    pub(crate) fn duplicate(&self) -> SourceError {
+        let text = |e: &BoxError| -> BoxError { error_chain(e.as_ref()).into() };
+        match self {
+            SourceError::Missing { chunk, source } => SourceError::Missing { chunk: *chunk, source: text(source) },
+            SourceError::Corrupt { chunk, source } => SourceError::Corrupt { chunk: *chunk, source: text(source) },
+            SourceError::Other { chunk, source } => SourceError::Other { chunk: *chunk, source: text(source) },
+            SourceError::Io { chunk, what, source } => SourceError::Io {
+                chunk: *chunk,
+                what: what.clone(),
+                source: match source.raw_os_error() {
+                    Some(errno) => std::io::Error::from_raw_os_error(errno),
+                    None => std::io::Error::new(source.kind(), error_chain(source)),
+                },
+            },
+        }
+    }
+}
+
+/// An error with its causes, for a log line: "a: b: c" (each cause once, also where a message repeats it).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duplicate_keeps_the_kind_the_chunk_the_errno_and_the_causes() {
+        let io = SourceError::Io {
+            chunk: 7,
+            what: "read pack 3".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        match io.duplicate() {
+            SourceError::Io { chunk: 7, what, source } => {
+                assert_eq!(what, "read pack 3");
+                assert_eq!(source.raw_os_error(), Some(libc::ENOSPC));
+            }
+            other => panic!("{other:?}"),
+        }
+        let inner: BoxError = Box::new(std::io::Error::other("checksum mismatch"));
+        let corrupt = SourceError::Corrupt { chunk: 9, source: inner };
+        let copy = corrupt.duplicate();
+        assert!(matches!(copy, SourceError::Corrupt { chunk: 9, .. }));
+        assert_eq!(copy.to_string(), corrupt.to_string());
+    }
 }

@@ -96,7 +96,9 @@ pub struct PseudoDisk {
     /// always find slots of their own.
     readahead_slots: Arc<Semaphore>,
     /// Reads of the source in flight at most, for readers and readahead together (`parallel_reads`).
-    source_slots: Semaphore,
+    source_slots: Arc<Semaphore>,
+    /// Consecutive chunks one recall task reads in a row (the source's `read_batch`).
+    read_batch: usize,
     /// One chunk of zeros: the answer for every zero chunk (a read takes only its part of it).
     zeros: Arc<Vec<u8>>,
     counters: Counters,
@@ -125,6 +127,7 @@ impl PseudoDisk {
             recall.present.set_range(r.start, r.count, true);
         }
         let parallel_reads = source.parallel_reads().max(1);
+        let read_batch = source.read_batch().max(1);
         let disk = PseudoDisk {
             dir: dir.to_path_buf(),
             source,
@@ -140,7 +143,8 @@ impl PseudoDisk {
             flush_lock: tokio::sync::Mutex::new(()),
             streams: Mutex::new(Streams::default()),
             readahead_slots: Arc::new(Semaphore::new(parallel_reads.div_ceil(2))),
-            source_slots: Semaphore::new(parallel_reads),
+            source_slots: Arc::new(Semaphore::new(parallel_reads)),
+            read_batch,
             zeros: Arc::new(vec![0u8; chunk_size as usize]),
             counters: Counters::default(),
         };
@@ -267,11 +271,7 @@ impl PseudoDisk {
             }
             Layer::Below => {
                 let (first, last) = (pos / self.chunk_size, (pos + len as u64 - 1) / self.chunk_size);
-                let recalled = if first == last {
-                    vec![self.recalled(first).await?]
-                } else {
-                    futures_util::future::try_join_all((first..=last).map(|c| self.recalled(c))).await?
-                };
+                let recalled = self.recall_range(first, last).await?;
                 self.counters.read_bytes_recall.fetch_add(len as u64, Ordering::Relaxed);
                 let in_memory = |pos: u64| recalled[(pos / self.chunk_size - first) as usize].as_ref();
                 let end = pos + len as u64;

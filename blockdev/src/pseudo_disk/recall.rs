@@ -1,132 +1,187 @@
 //! Recalls from the source: each chunk once at a time however many readers want it (single flight: the
-//! first reader leads the recall, the others wait for it), and readahead for sequential readers.
+//! first reader to ask claims the recall, the others wait for it), and readahead for sequential readers.
 //!
-//! A recalled chunk answers its readers as soon as the source has given it (verified: a source never gives
-//! bytes it has not checked). Its bytes stay in memory, shared with every reader that comes for the chunk,
-//! while a task writes them to the recall store; only then is the chunk marked present, and the allocation
-//! change is logged by the next flush, after the data file is synced. So no reader, and no reopen after a
-//! crash, ever reads a recall store block that was not written whole: a recall cut off midway is recalled
-//! again.
+//! A recall runs detached from the readers that wait for it: a reader that gives up (an aborted iSCSI task,
+//! a dropped connection) never cuts a recall off midway. Consecutive chunks are read by one blocking task
+//! (the source's `read_batch` of them in a row), at most `parallel_reads` tasks at once. Each chunk answers
+//! its waiters as soon as the source has given it (verified: a source never gives bytes it has not
+//! checked); the same task then writes it to the recall store, and only after that write is the chunk marked
+//! present. The allocation change is logged by the next flush, after the data file is synced. So no reader,
+//! and no reopen after a crash, ever reads a recall store block that was not written whole: a recall cut off
+//! midway is recalled again.
 //!
-//! Readahead (`readahead.rs` decides what) runs in background tasks, at most half the source's
-//! `parallel_reads` at once: a chunk that finds no free slot is left for the stream's next read, so readahead
-//! never queues up in front of the reads that are waiting.
+//! Readahead (`readahead.rs` decides what) claims the chunks ahead of a stream the same way, at most half
+//! the source's `parallel_reads` batches at once: a chunk that finds no free slot is left for the stream's
+//! next read, so readahead never queues up in front of the reads that are waiting.
 
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use super::PseudoDisk;
 use crate::alloc_log::RecordKind;
 use crate::error::{Error, Result};
-use crate::source::{chunk_len, SourceError};
+use crate::source::{chunk_len, error_chain, SourceError};
 
-/// A recall in progress, as its followers see it: None while the source is read, then the chunk's bytes
-/// while they are written to the recall store.
-pub(super) type Recalling = watch::Receiver<Option<Arc<Vec<u8>>>>;
+/// A recall as everyone who waits for it sees it.
+#[derive(Clone)]
+pub(super) enum Recall {
+    /// The source is being read.
+    Fetching,
+    /// The chunk's bytes (they may still be on their way to the recall store).
+    Ready(Arc<Vec<u8>>),
+    /// The source could not give the chunk: each waiter gets this error; the next reader tries again.
+    Failed(Arc<SourceError>),
+}
+
+pub(super) type Recalling = watch::Receiver<Recall>;
+
+/// What a chunk needs, as a reader finds it.
+enum Claim {
+    /// Readable now: from the recall store (None), or these bytes (a zero chunk).
+    Ready(Option<Arc<Vec<u8>>>),
+    /// Being recalled by someone else.
+    Wait(Recalling),
+    /// Being recalled by no one: this caller starts the recall.
+    Lead(RecallEntry, Recalling),
+}
+
+/// How a wait for a recall ended.
+enum Waited {
+    Ready(Arc<Vec<u8>>),
+    Failed(SourceError),
+    /// The recall ended without an answer (its task died): ask again.
+    Gone,
+}
 
 impl PseudoDisk {
-    /// Makes chunk `chunk` readable: None when it is in the recall store (read it there), its bytes when
-    /// they are in memory (just recalled, or still being written to the recall store; a zero chunk is the
-    /// disk's one chunk of zeros, which may be longer than a short last chunk). One recall per chunk at a time.
-    pub(super) async fn recalled(self: &Arc<Self>, chunk: u64) -> Result<Option<Arc<Vec<u8>>>> {
-        loop {
-            if self.recall.present.get(chunk) {
-                return Ok(None);
-            }
-            let (leader, mut rx) = {
-                let mut map = self.recalling.lock().expect("not poisoned");
-                if self.recall.present.get(chunk) {
-                    return Ok(None);
-                }
-                match map.get(&chunk) {
-                    Some(rx) => (None, rx.clone()),
-                    None => {
-                        let (tx, rx) = watch::channel(None);
-                        map.insert(chunk, rx.clone());
-                        (Some(tx), rx)
+    /// Makes chunks `first..=last` readable, recalling those that need it, in parallel; for each chunk None
+    /// when it is in the recall store (read it there), its bytes when they are in memory (just recalled, or
+    /// still on their way to the recall store; a zero chunk is the disk's one chunk of zeros, which may be
+    /// longer than a short last chunk).
+    pub(super) async fn recall_range(self: &Arc<Self>, first: u64, last: u64) -> Result<Vec<Option<Arc<Vec<u8>>>>> {
+        let mut out = vec![None; (last - first + 1) as usize];
+        let mut todo: Vec<u64> = (first..=last).collect();
+        while !todo.is_empty() {
+            let mut waits = Vec::new();
+            let mut batch: Vec<RecallEntry> = Vec::new();
+            for chunk in todo.drain(..) {
+                match self.claim(chunk) {
+                    Claim::Ready(data) => out[(chunk - first) as usize] = data,
+                    Claim::Wait(rx) => waits.push((chunk, rx)),
+                    Claim::Lead(entry, rx) => {
+                        waits.push((chunk, rx));
+                        if batch.last().is_some_and(|e| e.chunk + 1 != chunk) || batch.len() == self.read_batch {
+                            self.start_fetch(std::mem::take(&mut batch), None);
+                        }
+                        batch.push(entry);
                     }
                 }
-            };
-            if let Some(tx) = leader {
-                // The entry goes (and the followers wake) however this ends, also when this reader's task is
-                // cancelled midway (an aborted iSCSI task, a dropped connection).
-                let entry = RecallEntry { disk: self.clone(), chunk, tx: Some(tx) };
-                return self.recall_chunk(chunk, entry).await.map(Some);
             }
-            // Wait for the bytes, or for the leader to finish (the chunk is present then) or fail (the next
-            // reader tries again, so each reader gets the error for itself).
-            loop {
-                if let Some(data) = rx.borrow_and_update().clone() {
-                    return Ok(Some(data));
-                }
-                if rx.changed().await.is_err() {
-                    break;
+            if !batch.is_empty() {
+                self.start_fetch(batch, None);
+            }
+            let results = futures_util::future::join_all(
+                waits.into_iter().map(|(chunk, rx)| async move { (chunk, wait(rx).await) }),
+            )
+            .await;
+            for (chunk, waited) in results {
+                match waited {
+                    Waited::Ready(data) => out[(chunk - first) as usize] = Some(data),
+                    Waited::Failed(e) => {
+                        return Err(Error::Recall { chunk, source_name: self.source.describe(), source: e })
+                    }
+                    Waited::Gone => todo.push(chunk),
                 }
             }
         }
+        Ok(out)
     }
 
-    /// Reads chunk `chunk` from the source, publishes its bytes to the followers, and has them written to
-    /// the recall store behind the answer.
-    async fn recall_chunk(self: &Arc<Self>, chunk: u64, mut entry: RecallEntry) -> Result<Arc<Vec<u8>>> {
-        let len = chunk_len(self.size, self.chunk_size as u32, chunk);
+    /// Finds out what chunk `chunk` needs; claims its recall when no one has.
+    fn claim(self: &Arc<Self>, chunk: u64) -> Claim {
+        if self.recall.present.get(chunk) {
+            return Claim::Ready(None);
+        }
         if self.source.is_zero_chunk(chunk) {
             self.mark_recalled(chunk);
-            return Ok(self.zeros.clone());
+            return Claim::Ready(Some(self.zeros.clone()));
         }
-        let data = self.read_source(chunk, len).await?;
+        let mut map = self.recalling.lock().expect("not poisoned");
+        if self.recall.present.get(chunk) {
+            return Claim::Ready(None);
+        }
+        if let Some(rx) = map.get(&chunk) {
+            return Claim::Wait(rx.clone());
+        }
+        let (tx, rx) = watch::channel(Recall::Fetching);
+        map.insert(chunk, rx.clone());
+        Claim::Lead(RecallEntry { disk: self.clone(), chunk, tx: Some(tx) }, rx)
+    }
+
+    /// Recalls the claimed chunks `entries` (consecutive) in one blocking task, once a source slot is free.
+    fn start_fetch(self: &Arc<Self>, entries: Vec<RecallEntry>, readahead_slot: Option<OwnedSemaphorePermit>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let slot = me.source_slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+            let worker = me.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for entry in entries {
+                    worker.fetch(entry);
+                }
+                drop((slot, readahead_slot));
+            })
+            .await;
+        });
+    }
+
+    /// Reads one claimed chunk from the source, answers its waiters, then keeps it in the recall store.
+    /// Blocking.
+    fn fetch(&self, mut entry: RecallEntry) {
+        let chunk = entry.chunk;
+        let len = chunk_len(self.size, self.chunk_size as u32, chunk);
+        let data = match self.read_source(chunk, len) {
+            Ok(data) => data,
+            Err(e) => {
+                tracing::error!(chunk, source = %self.source.describe(), "recall failed: {}", error_chain(&e));
+                entry.publish(Recall::Failed(Arc::new(e)));
+                return;
+            }
+        };
         self.counters.bytes_recalled.fetch_add(len as u64, Ordering::Relaxed);
         // Only chunks that held data count as recalled: zero chunks read nothing from the source.
         self.counters.chunks_recalled.fetch_add(1, Ordering::Relaxed);
         if data.iter().all(|&b| b == 0) {
             // A chunk of zeros stays a hole of the sparse recall file.
             self.mark_recalled(chunk);
-            return Ok(self.zeros.clone());
+            entry.publish(Recall::Ready(self.zeros.clone()));
+            return;
         }
-        let shared = Arc::new(data);
-        entry.publish(shared.clone());
-        let store_copy = Vec::clone(&shared);
-        let me = self.clone();
+        let data = Arc::new(data);
         self.counters.chunks_being_kept.fetch_add(1, Ordering::AcqRel);
-        tokio::spawn(async move {
-            match me.engine.write(&me.recall.data, chunk * me.chunk_size, store_copy).await {
-                Ok(_) => me.mark_recalled(chunk),
-                // Nothing is lost: the chunk is not marked present, and its next reader recalls it again.
-                Err(e) => tracing::warn!(chunk, "cannot keep a recalled chunk in the recall store: {e}"),
-            }
-            me.counters.chunks_being_kept.fetch_sub(1, Ordering::AcqRel);
-            drop(entry); // after the chunk is present: a follower that wakes finds it
-        });
-        Ok(shared)
+        entry.publish(Recall::Ready(data.clone()));
+        match self.recall.data.write_all_at(&data, chunk * self.chunk_size) {
+            Ok(()) => self.mark_recalled(chunk),
+            // Nothing is lost: the chunk is not marked present, and its next reader recalls it again.
+            Err(e) => tracing::warn!(chunk, "cannot keep a recalled chunk in the recall store: {e}"),
+        }
+        self.counters.chunks_being_kept.fetch_sub(1, Ordering::AcqRel);
+        // `entry` goes now, after the chunk is present: whoever looks next finds it there.
     }
 
-    /// The chunk's bytes from the source, on a blocking thread; exactly `len` of them or an error. At most
-    /// the source's `parallel_reads` run at once, readers and readahead alike, in the order they asked: more
-    /// would only add threads that wait for the same cores or the same connection.
-    async fn read_source(&self, chunk: u64, len: usize) -> Result<Vec<u8>> {
-        let source = self.source.clone();
-        let _slot = self.source_slots.acquire().await.expect("the semaphore is never closed");
-        tokio::task::spawn_blocking(move || {
-            let mut buf = Vec::with_capacity(len);
-            source.read_chunk(chunk, &mut buf).map(|()| buf)
-        })
-        .await
-        .map_err(|e| SourceError::Other { chunk, source: Box::new(e) })
-        .and_then(|r| r)
-        .and_then(|data| {
-            if data.len() == len {
-                Ok(data)
-            } else {
-                let why = format!("the source gave {} bytes for a chunk of {len}", data.len());
-                Err(SourceError::Corrupt { chunk, source: why.into() })
-            }
-        })
-        .map_err(|e| {
-            tracing::error!(chunk, source = %self.source.describe(), "recall failed: {}", chain(&e));
-            Error::Recall { chunk, source_name: self.source.describe(), source: e }
-        })
+    /// The chunk's bytes from the source: exactly `len` of them, or why not. Blocking.
+    fn read_source(&self, chunk: u64, len: usize) -> std::result::Result<Vec<u8>, SourceError> {
+        let mut buf = Vec::with_capacity(len);
+        // A source that panics is a bug, but it must not leave the chunk's waiters waiting for ever.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.source.read_chunk(chunk, &mut buf)))
+            .unwrap_or_else(|_| Err(SourceError::Other { chunk, source: "the source panicked".into() }))?;
+        if buf.len() != len {
+            let why = format!("the source gave {} bytes for a chunk of {len}", buf.len());
+            return Err(SourceError::Corrupt { chunk, source: why.into() });
+        }
+        Ok(buf)
     }
 
     fn mark_recalled(&self, chunk: u64) {
@@ -134,48 +189,83 @@ impl PseudoDisk {
         self.recall.note(RecordKind::Data, chunk, 1);
     }
 
-    /// Notes a read for readahead; when it continues a sequential stream, recalls the chunks ahead of it in
-    /// the background, as many as the source's free slots allow.
+    /// Notes a read for readahead; when it continues a sequential stream, claims the chunks ahead of it and
+    /// recalls them in the background, as many batches as the free readahead slots allow.
     pub(super) fn readahead(self: &Arc<Self>, offset: u64, len: u64) {
         // Outside a runtime (a caller's own thread) there is no one to recall ahead.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        if tokio::runtime::Handle::try_current().is_err() {
             return;
-        };
+        }
         let mut streams = self.streams.lock().expect("not poisoned");
         let Some(ahead) = streams.on_read(offset, len, self.chunk_size, self.chunk_count()) else {
             return;
         };
         let mut reached = ahead.chunks.start;
+        let mut batch: Vec<RecallEntry> = Vec::new();
+        let mut slot = None;
         for chunk in ahead.chunks.clone() {
             let busy =
                 self.recall.present.get(chunk) || self.recalling.lock().expect("not poisoned").contains_key(&chunk);
-            if !busy {
-                let Ok(slot) = self.readahead_slots.clone().try_acquire_owned() else {
-                    break;
-                };
-                let me = self.clone();
-                runtime.spawn(async move {
-                    let _ = me.recalled(chunk).await;
-                    drop(slot);
-                });
+            let entry = if busy {
+                None
+            } else {
+                match self.claim(chunk) {
+                    Claim::Lead(entry, _) => Some(entry),
+                    Claim::Ready(_) | Claim::Wait(_) => None,
+                }
+            };
+            let full = batch.len() == self.read_batch;
+            if !batch.is_empty() && (entry.is_none() || full) {
+                self.start_fetch(std::mem::take(&mut batch), slot.take());
+            }
+            if let Some(entry) = entry {
+                if slot.is_none() {
+                    match self.readahead_slots.clone().try_acquire_owned() {
+                        Ok(s) => slot = Some(s),
+                        Err(_) => break, // `entry` goes unfetched: this chunk waits for the stream's next read
+                    }
+                }
+                batch.push(entry);
             }
             reached = chunk + 1;
+        }
+        if !batch.is_empty() {
+            self.start_fetch(batch, slot.take());
         }
         streams.asked(&ahead, reached);
     }
 }
 
-/// A recall in progress, registered in `PseudoDisk::recalling` for as long as this value lives.
+/// Waits for a recall's answer.
+async fn wait(mut rx: Recalling) -> Waited {
+    loop {
+        match &*rx.borrow_and_update() {
+            Recall::Ready(data) => return Waited::Ready(data.clone()),
+            Recall::Failed(e) => return Waited::Failed(e.duplicate()),
+            Recall::Fetching => {}
+        }
+        if rx.changed().await.is_err() {
+            // The recall is over: its last word, if it had one, is still there.
+            return match &*rx.borrow() {
+                Recall::Ready(data) => Waited::Ready(data.clone()),
+                Recall::Failed(e) => Waited::Failed(e.duplicate()),
+                Recall::Fetching => Waited::Gone,
+            };
+        }
+    }
+}
+
+/// A claimed recall, registered in `PseudoDisk::recalling` for as long as this value lives.
 pub(super) struct RecallEntry {
     disk: Arc<PseudoDisk>,
     chunk: u64,
-    tx: Option<watch::Sender<Option<Arc<Vec<u8>>>>>,
+    tx: Option<watch::Sender<Recall>>,
 }
 
 impl RecallEntry {
-    fn publish(&mut self, data: Arc<Vec<u8>>) {
+    fn publish(&mut self, state: Recall) {
         if let Some(tx) = &self.tx {
-            tx.send_replace(Some(data));
+            tx.send_replace(state);
         }
     }
 }
@@ -183,21 +273,6 @@ impl RecallEntry {
 impl Drop for RecallEntry {
     fn drop(&mut self) {
         self.disk.recalling.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.chunk);
-        drop(self.tx.take()); // wakes the followers, after the entry is gone
+        drop(self.tx.take()); // wakes the waiters, after the entry is gone
     }
-}
-
-/// An error with its causes, for the log: "a: b: c" (each cause once, also where a message repeats it).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
 }
