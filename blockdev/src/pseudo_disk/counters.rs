@@ -27,7 +27,8 @@ pub struct CounterSnapshot {
     pub read_bytes_private: u64,
     pub read_bytes_recall: u64,
     pub flushes: u64,
-    /// Blocks held by the private store now, and chunks held by the recall store (or being written to it).
+    /// Blocks held by the private store now, and chunks recalled: held by the recall store (or being written
+    /// to it), or known to be zeros.
     pub private_blocks: u64,
     pub recalled_chunks: u64,
 }
@@ -56,7 +57,8 @@ impl PseudoDisk {
         // Read before the bitmap: a write that completes in between is counted at most twice, never missed,
         // and the sum is capped at the disk's chunks.
         let being_kept = self.counters.chunks_being_kept.load(Ordering::Acquire);
-        s.recalled_chunks = (self.recall.present.count_ones() + being_kept).min(self.chunk_count());
+        let held = self.recall.present.count_ones() + self.recall_zero.count_ones();
+        s.recalled_chunks = (held + being_kept).min(self.chunk_count());
         s
     }
 }

@@ -85,6 +85,10 @@ pub struct PseudoDisk {
     /// Private blocks that read as zeros (discarded); meaningful only where `private.present` is set.
     private_zero: Bitmap,
     recall: Store,
+    /// Chunks known to be all zeros: they read as zeros without the recall store (whose holes would cost a
+    /// page-cache fill to read). In memory only: after a reopen they are found again without reading the
+    /// source (`Source::is_zero_chunk`).
+    recall_zero: Bitmap,
     /// Recalls in progress, until their chunk is in the recall store or the recall failed.
     recalling: Mutex<HashMap<u64, Recalling>>,
     /// Held by every write and unmap for the blocks it changes, until its store operations have completed.
@@ -138,6 +142,7 @@ impl PseudoDisk {
             private,
             private_zero,
             recall,
+            recall_zero: Bitmap::new(chunks),
             recalling: Mutex::new(HashMap::new()),
             write_stripes: (0..WRITE_STRIPES).map(|_| Arc::new(tokio::sync::Mutex::new(()))).collect(),
             flush_lock: tokio::sync::Mutex::new(()),
@@ -312,6 +317,8 @@ impl PseudoDisk {
             } else {
                 Layer::Private
             }
+        } else if self.recall_zero.get(block * BLOCK / self.chunk_size) {
+            Layer::Zero
         } else {
             Layer::Below
         }

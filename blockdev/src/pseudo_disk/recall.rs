@@ -105,8 +105,11 @@ impl PseudoDisk {
         if self.recall.present.get(chunk) {
             return Claim::Ready(None);
         }
+        if self.recall_zero.get(chunk) {
+            return Claim::Ready(Some(self.zeros.clone()));
+        }
         if self.source.is_zero_chunk(chunk) {
-            self.mark_recalled(chunk);
+            self.recall_zero.set_range(chunk, 1, true);
             return Claim::Ready(Some(self.zeros.clone()));
         }
         let mut map = self.recalling.lock().expect("not poisoned");
@@ -154,8 +157,8 @@ impl PseudoDisk {
         // Only chunks that held data count as recalled: zero chunks read nothing from the source.
         self.counters.chunks_recalled.fetch_add(1, Ordering::Relaxed);
         if data.iter().all(|&b| b == 0) {
-            // A chunk of zeros stays a hole of the sparse recall file.
-            self.mark_recalled(chunk);
+            // A chunk of zeros stays out of the recall store.
+            self.recall_zero.set_range(chunk, 1, true);
             entry.publish(Recall::Ready(self.zeros.clone()));
             return;
         }
@@ -204,8 +207,9 @@ impl PseudoDisk {
         let mut batch: Vec<RecallEntry> = Vec::new();
         let mut slot = None;
         for chunk in ahead.chunks.clone() {
-            let busy =
-                self.recall.present.get(chunk) || self.recalling.lock().expect("not poisoned").contains_key(&chunk);
+            let busy = self.recall.present.get(chunk)
+                || self.recall_zero.get(chunk)
+                || self.recalling.lock().expect("not poisoned").contains_key(&chunk);
             let entry = if busy {
                 None
             } else {
