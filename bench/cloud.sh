@@ -51,7 +51,10 @@
 #           The whole disk read cold through the mount's FUSE file with fio (1 MiB sequential, O_DIRECT, 16
 #           in flight), then compared with the disk (cmp). Throughput = the bytes recalled (the snapshot's
 #           listed blocks; unlisted ones are zeros without a request) / fio's time, and the disk's size / that
-#           time. Goal: at least 100 MiB/s recalled with the delay.
+#           time. Goal: at least 100 MiB/s recalled with the delay. Then (the Debian guest as the disk) a boot
+#           of each: `mount ebs:SNAP --account member --boot` (the preparation reads the disk through the same
+#           store), the page cache dropped, QEMU's iPXE sanboots the mount's script; the time of the mount and
+#           from QEMU's start to the guest's marker. Goal: the delayed boot at most 1.5x the direct one.
 # It cleans up everything it started and writes $BENCH_CACHE/cloud-results.json.
 #
 # Usage:  sudo bench/cloud.sh        (root: FUSE, tgtd, the guest image)
@@ -479,7 +482,7 @@ snapshot_cold_reads() {
 # Far: a snapshot read cold through a mount, with every request to the store delayed, and without.
 # ---------------------------------------------------------------------------------------------------------
 bench_far() {
-    local disk=$WORK/far-disk.img snap relay_port endpoint=$AWS_ENDPOINT_URL how
+    local disk=$WORK/far-disk.img snap relay_port endpoint=$AWS_ENDPOINT_URL how t0 url
     member_disk "$disk"
     snap=$(awsq upload "$MEMBER" "$disk" | json_get - snapshot)
     rec far.disk_bytes "$(stat -c %s "$disk")"
@@ -498,12 +501,13 @@ bench_far() {
         LM_LIB=$WORK/far-library-$how
         "$LIVEMOUNT" --library "$LM_LIB" library init > /dev/null
         mkdir -p "$WORK/far-state-$how" "$WORK/far-fs-$how"
+        local serve=(--state-dir "$WORK/far-state-$how" --fuse-root "$WORK/far-fs-$how"
+            --portal "127.0.0.1:$(free_port)" --http "127.0.0.1:$(free_port)" --advertise 10.0.2.2
+            --guest-packages "$PACKAGES")
         if [[ $how == delayed ]]; then
-            AWS_ENDPOINT_URL=http://127.0.0.1:$relay_port serve_daemon --state-dir "$WORK/far-state-$how" \
-                --fuse-root "$WORK/far-fs-$how" --portal 127.0.0.1:0 --http 127.0.0.1:0
+            AWS_ENDPOINT_URL=http://127.0.0.1:$relay_port serve_daemon "${serve[@]}"
         else
-            serve_daemon --state-dir "$WORK/far-state-$how" --fuse-root "$WORK/far-fs-$how" --portal 127.0.0.1:0 \
-                --http 127.0.0.1:0
+            serve_daemon "${serve[@]}"
         fi
         lm cloud account add member --role-arn "arn:aws:iam::$MEMBER:role/livemount-access" > /dev/null
         lm --json mount "ebs:$snap" --account member > "$WORK/far-mount-$how.json" \
@@ -518,6 +522,31 @@ bench_far() {
         mount_counters "$id" | sed "s/^/far.$how./" >> "$WORK/figures"
         cmp "$fuse" "$disk" || die "the mounted snapshot ($how) reads differently from the disk it was made of"
         lm unmount "$id" > /dev/null
+        if [[ -f $GUEST ]]; then
+            t0=$(now)
+            lm --json mount "ebs:$snap" --account member --boot --mac 52:54:00:4c:4d:31 > "$WORK/far-boot-$how.json" \
+                2> "$WORK/logs/far-boot-$how.err" \
+                || { cat "$WORK/logs/far-boot-$how.err" >&2; tail -20 "$WORK/logs/daemon.log" >&2; die "mount --boot failed"; }
+            rec "far.$how.boot_mount_s" "$(since "$t0")"
+            id=$(json_get "$WORK/far-boot-$how.json" id)
+            url=$(json_get "$WORK/far-boot-$how.json" boot script_url)
+            mount_counters "$id" first-disk | sed "s/^/far.$how.after_mount./" >> "$WORK/figures"
+            drop_caches
+            python3 "$REPORT_PY" boot-run "far-$how" "$BOOT_TIMEOUT" "$WORK/logs/console-far-$how.log" "$WORK/qemu.pid" \
+                -- qemu-system-x86_64 -accel tcg -m 1024 -nographic -no-reboot \
+                -netdev "user,id=n0,bootfile=$url" -device "virtio-net-pci,netdev=n0,mac=52:54:00:4c:4d:31" -boot n \
+                > "$WORK/boot-far-$how.json" 2> "$WORK/logs/boot-far-$how.err" &
+            BOOT_PID=$!
+            wait "$BOOT_PID" || true
+            BOOT_PID=""
+            [[ $(python3 "$REPORT_PY" boot-verdict "$WORK/boot-far-$how.json") == yes ]] || {
+                tail -c 2000 "$WORK/logs/console-far-$how.log" | tr -d '\033' | tail -15 | sed 's/^/     | /' >&2
+                die "the guest on the $how snapshot mount did not boot to its marker"
+            }
+            rec "far.$how.boot_marker_s" "$(json_get "$WORK/boot-far-$how.json" marker_s)"
+            mount_counters "$id" first-disk | sed "s/^/far.$how.after_boot./" >> "$WORK/figures"
+            lm unmount "$id" > /dev/null
+        fi
         stop_daemon
         python3 - "$WORK/far-fio-$how.json" "$how" >> "$WORK/figures" <<'PY'
 import json, sys
@@ -541,7 +570,7 @@ report() {
 main() {
     ensure_tools
     # The guest is what the boot part boots; the backup part takes it when it is there.
-    [[ " $PARTS " == *" boot "* ]] && prepare_guest
+    [[ " $PARTS " == *" boot "* || " $PARTS " == *" far "* ]] && prepare_guest
     build_livemount
     mkdir -p "$CACHE"
     WORK=$(mktemp -d "$CACHE/cloud-run.XXXXXX")

@@ -775,17 +775,21 @@ def cmd_iscsi_perf(argv):
         iops = int(m[-1])
         r.update(iops=iops, mib_s=round(iops * blocks * 512 / 2**20, 1))
         # A sequential run wraps to LBA 0 at the end of the disk: from then on a cold target reads what the
-        # first pass brought in. The first pass's own rate: the running average of the last whole second
-        # before the wrap.
+        # first pass brought in. The first pass's own rate: the disk's size over the time the pass took, the
+        # second in which it wrapped counted at that second's rate.
         seconds = [(int(a), int(b)) for a, b in
-                   re.findall(r"^\d\d:\d\d:\d\d - lba (\d+), iops current \d+ .*?iops average (\d+) ", text, re.M)]
-        if "-r" not in args and seconds:
-            wrap = next((i for i in range(1, len(seconds)) if seconds[i][0] < seconds[i - 1][0]), None)
+                   re.findall(r"^\d\d:\d\d:\d\d - lba (\d+), iops current (\d+) ", text, re.M)]
+        capacity = re.search(r"^capacity is (\d+) blocks", text, re.M)
+        if "-r" not in args and seconds and capacity:
+            total = int(capacity.group(1))
+            wrap = next((i for i in range(len(seconds)) if seconds[i][0] < (seconds[i - 1][0] if i else 0)), None)
             if wrap is None:
                 r.update(first_pass_complete=False, first_pass_mib_s=r["mib_s"])
-            elif wrap >= 2:
-                r.update(first_pass_complete=True, first_pass_seconds=wrap,
-                         first_pass_mib_s=round(seconds[wrap - 1][1] * blocks * 512 / 2**20, 1))
+            elif seconds[wrap][1] > 0:
+                before = seconds[wrap - 1][0] if wrap else 0
+                t = wrap + (total - before) / (seconds[wrap][1] * blocks)
+                r.update(first_pass_complete=True, first_pass_s=round(t, 2),
+                         first_pass_mib_s=round(total * 512 / t / 2**20, 1))
     else:
         errs = [l for l in text.splitlines() if "fail" in l.lower() or "error" in l.lower()]
         r["error"] = (errs[0] if errs else f"exit status {rc}" + (" (timeout)" if rc in ("124", "137") else ""))[:200]
@@ -1322,6 +1326,15 @@ def cmd_summary_cloud(argv):
                 rec = int(figs[f"far.{how}.bytes_recalled"])
                 far[how] = {"seconds": t, "bytes_recalled": rec, "recalled_mib_s": rec / 2**20 / t,
                             "disk_mib_s": int(figs[f"far.{how}.fio_bytes"]) / 2**20 / t}
+                if f"far.{how}.boot_marker_s" in figs:
+                    far[how]["boot"] = {"mount_s": float(figs[f"far.{how}.boot_mount_s"]),
+                                        "marker_s": float(figs[f"far.{how}.boot_marker_s"]),
+                                        "recalled_after_mount": int(figs[f"far.{how}.after_mount.bytes_recalled"]),
+                                        "recalled_after_boot": int(figs[f"far.{how}.after_boot.bytes_recalled"])}
+        if far.get("delayed", {}).get("boot") and far.get("direct", {}).get("boot"):
+            d, n = far["delayed"]["boot"], far["direct"]["boot"]
+            far["boot_ratio_marker"] = d["marker_s"] / n["marker_s"]
+            far["boot_ratio_mount_and_marker"] = (d["mount_s"] + d["marker_s"]) / (n["mount_s"] + n["marker_s"])
         out["far"] = far
     json.dump(out, open(env["RESULTS"], "w"), indent=2)
     print(f"\ncloud benchmark (load {env['LOAD']}; {env['VERSIONS']})")
@@ -1381,6 +1394,14 @@ def cmd_summary_cloud(argv):
                 x = f[how]
                 print(f"          {how:<8} {x['seconds']:6.2f} s: {x['recalled_mib_s']:7.1f} MiB/s recalled "
                       f"({x['bytes_recalled'] / 2**20:.0f} MiB), {x['disk_mib_s']:7.1f} MiB/s of the disk")
+        for how in ("delayed", "direct"):
+            b = f.get(how, {}).get("boot")
+            if b:
+                print(f"          boot {how:<8} mount --boot {b['mount_s']:6.1f} s ({b['recalled_after_mount'] / 2**20:.0f} MiB "
+                      f"recalled), QEMU to marker {b['marker_s']:6.1f} s ({b['recalled_after_boot'] / 2**20:.0f} MiB after)")
+        if "boot_ratio_marker" in f:
+            print(f"          boot delayed / direct: to the marker {f['boot_ratio_marker']:.2f}x, mount and boot "
+                  f"{f['boot_ratio_mount_and_marker']:.2f}x (goal <= 1.5)")
         if "delayed" in f:
             print(f"          goal >= 100 MiB/s recalled with the delay: "
                   f"{'MET' if f['delayed']['recalled_mib_s'] >= 100 else 'NOT MET'}")
