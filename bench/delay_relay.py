@@ -58,7 +58,20 @@ async def pump(reader, writer):
         writer.write_eof()
 
 
+# Every connection's task, held here: asyncio keeps only weak references to tasks, and a relay waiting on a
+# quiet connection would otherwise be collected mid-flight.
+LIVE = set()
+
+
 async def relay(client_r, client_w, host, port, delay):
+    LIVE.add(asyncio.current_task())
+    try:
+        await relay_connection(client_r, client_w, host, port, delay)
+    finally:
+        LIVE.discard(asyncio.current_task())
+
+
+async def relay_connection(client_r, client_w, host, port, delay):
     try:
         server_r, server_w = await asyncio.open_connection(host, port)
     except OSError:

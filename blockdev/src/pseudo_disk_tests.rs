@@ -34,6 +34,9 @@ impl Source for MemSource {
         buf.extend_from_slice(&self.data[start..start + chunk_len(self.size(), self.chunk_size, index)]);
         Ok(())
     }
+    fn parallel_reads(&self) -> usize {
+        16 // readahead gets 8 of them: enough to run ahead of a reader whose every read waits 1 ms
+    }
     fn describe(&self) -> String {
         "memory".into()
     }
@@ -207,6 +210,59 @@ fn a_failing_chunk_is_an_error_not_data_and_other_chunks_still_read() {
         disk.write(65536, vec![7u8; 65536].into(), false).await.unwrap();
         assert_eq!(disk.read(65536 + 10, 100).await.unwrap(), vec![7u8; 100]);
     });
+}
+
+/// Every reader waiting for a recall that fails gets the failure (as a medium error, with the chunk named),
+/// none of them hangs or gets bytes, and a read of the good chunk next to it is answered.
+#[test]
+fn every_waiter_of_a_failed_recall_gets_the_error() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(4 * 65536, 65536, Some(1));
+    let disk = PseudoDisk::open(dir.path(), src.clone(), Engine::start().unwrap(), Options::default()).unwrap();
+    rt.block_on(async {
+        let readers: Vec<_> = (0..8u64)
+            .map(|i| {
+                let d = disk.clone();
+                tokio::spawn(async move { d.read(65536 + i * 4096, 4096).await })
+            })
+            .collect();
+        // One read across the bad chunk and its good neighbour fails whole.
+        assert!(disk.read(65536 - 4096, 8192).await.is_err());
+        for r in readers {
+            let err = tokio::time::timeout(std::time::Duration::from_secs(10), r).await.unwrap().unwrap().unwrap_err();
+            assert_eq!(err.errno(), libc::EIO);
+            assert!(err.to_string().contains("chunk 1") && err.to_string().contains("checksum"), "{err}");
+        }
+        assert_eq!(disk.read(0, 4096).await.unwrap()[..], src.data[..4096]);
+    });
+}
+
+/// A sequential reader finds the chunks ahead of it recalled (or on their way) before it asks; a random
+/// reader of the same number of chunks has nothing recalled beyond what it read.
+#[test]
+fn a_sequential_reader_is_read_ahead_of_and_a_random_one_is_not() {
+    let rt = rt();
+    let chunks = 1024u64;
+    let recalled_after = |offsets: Vec<u64>| {
+        let dir = tempfile::tempdir().unwrap();
+        let src = source((chunks * 65536) as usize, 65536, None);
+        let disk = PseudoDisk::open(dir.path(), src.clone(), Engine::start().unwrap(), Options::default()).unwrap();
+        rt.block_on(async {
+            for &at in &offsets {
+                let got = disk.read(at, 65536).await.unwrap();
+                assert!(got[..] == src.data[at as usize..at as usize + 65536]);
+            }
+            // Let the readahead in flight land.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        });
+        disk.counters().chunks_recalled
+    };
+    let sequential = recalled_after((0..32).map(|c| c * 65536).collect());
+    assert!(sequential >= 36, "32 sequential chunks read, {sequential} recalled: readahead went ahead");
+    // 331 apart modulo 1024: no read lands within a MiB of where an earlier one ended.
+    let random = recalled_after((0..32).map(|c| (c * 331 % chunks) * 65536).collect());
+    assert!(random <= 32, "32 scattered chunks read, {random} recalled");
 }
 
 #[test]
