@@ -1,6 +1,12 @@
 //! What a pseudo-disk reads from. The appliance implements this for a backup in the dedup library (and later
 //! a cloud snapshot); this crate knows nothing behind it.
 
+use std::future::Future;
+use std::pin::Pin;
+
+/// A boxed future that can move between threads.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
 /// A read-only disk cut into chunks of `chunk_size` bytes (the last one may be shorter).
 pub trait Source: Send + Sync + 'static {
     fn size(&self) -> u64;
@@ -8,6 +14,13 @@ pub trait Source: Send + Sync + 'static {
     /// Reads chunk `index` whole into `buf` (resized to the chunk's length). Blocking: the pseudo-disk calls
     /// it on a blocking thread. An error means the data cannot be had; it is never replaced by other bytes.
     fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> Result<(), SourceError>;
+    /// For a source whose reads wait on the network: the read of chunk `index` (its whole bytes, as
+    /// `read_chunk` gives them) as a future the pseudo-disk runs on its runtime, so that many are in flight
+    /// without a thread each and an answer reaches its reader without a hop between threads. None (the
+    /// default): `read_chunk` runs on a blocking thread.
+    fn read_chunk_async(&self, _index: u64) -> Option<BoxFuture<Result<Vec<u8>, SourceError>>> {
+        None
+    }
     /// True when the chunk is known to be all zeros without reading it. The default knows nothing.
     fn is_zero_chunk(&self, _index: u64) -> bool {
         false

@@ -382,22 +382,15 @@ impl blockdev::Source for SnapshotSource {
 
     fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> Result<(), blockdev::SourceError> {
         // Called on a blocking thread: waiting here for the runtime's call is what it is for.
-        let data = self
-            .runtime
-            .block_on(self.blocks.read_block(index))
-            .map_err(|e| blockdev::SourceError::Other { chunk: index, source: Box::new(e) })?;
-        let len = (self.size() - index * BLOCK as u64).min(BLOCK as u64) as usize;
-        match data {
-            Some(mut d) => {
-                d.truncate(len);
-                *buf = d;
-            }
-            None => {
-                buf.clear();
-                buf.resize(len, 0);
-            }
-        }
+        *buf = self.runtime.block_on(block_bytes(self.blocks.clone(), index))?;
         Ok(())
+    }
+
+    fn read_chunk_async(
+        &self,
+        index: u64,
+    ) -> Option<blockdev::source::BoxFuture<Result<Vec<u8>, blockdev::SourceError>>> {
+        Some(Box::pin(block_bytes(self.blocks.clone(), index)))
     }
 
     fn is_zero_chunk(&self, index: u64) -> bool {
@@ -413,6 +406,23 @@ impl blockdev::Source for SnapshotSource {
     fn describe(&self) -> String {
         format!("EBS snapshot {}", self.blocks.snapshot_id())
     }
+}
+
+/// Block `index` of a snapshot as a chunk of its disk: the block's bytes cut at the disk's end, zeros for a
+/// block the snapshot does not list.
+async fn block_bytes(blocks: Arc<SnapshotBlocks>, index: u64) -> Result<Vec<u8>, blockdev::SourceError> {
+    let data = blocks
+        .read_block(index)
+        .await
+        .map_err(|e| blockdev::SourceError::Other { chunk: index, source: Box::new(e) })?;
+    let len = (blocks.size() - index * BLOCK as u64).min(BLOCK as u64) as usize;
+    Ok(match data {
+        Some(mut d) => {
+            d.truncate(len);
+            d
+        }
+        None => vec![0u8; len],
+    })
 }
 
 #[cfg(test)]

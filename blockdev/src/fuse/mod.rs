@@ -9,15 +9,13 @@
 mod fs;
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use fs::{mount, MountedView};
 
 /// A boxed future, as the file view's async operations return.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+pub use crate::source::BoxFuture;
 
 /// A disk image file of the view. Errors are errno values.
 pub trait ViewFile: Send + Sync {

@@ -5,8 +5,9 @@
 //! FUSE view), so streams are tracked apart: up to `STREAMS` of them, the least recently used giving way to
 //! a new one. A read continues a stream when it starts near where the stream's reads have got to (an
 //! initiator with many commands outstanding sends them in order, but they reach the disk a little out of
-//! order). Each continuation doubles the stream's window, up to what the stream has read so far (a short
-//! file read whole recalls little past its end) and at most `MAX_WINDOW`; a read that continues no
+//! order). Each continuation doubles the stream's window (at least twice the read), up to what the stream
+//! has read so far (two adjacent small reads recall little; a short file read whole recalls at most its own
+//! size past its end) and at most `MAX_WINDOW`; a read that continues no
 //! stream starts a new one with no window, so random readers recall nothing ahead. A stream that stops is
 //! forgotten once newer ones take its place.
 //!
@@ -18,8 +19,6 @@ use std::ops::Range;
 const STREAMS: usize = 16;
 /// A read this far before or after where a stream has got to (or its window, when larger) continues it.
 const SLACK: u64 = 1 << 20;
-/// The window of a stream's first continuation: at least this, and at least twice the read.
-const FIRST_WINDOW: u64 = 512 << 10;
 /// The largest window: enough to keep a far-away store's requests in flight, small enough for memory.
 pub(super) const MAX_WINDOW: u64 = 64 << 20;
 
@@ -74,8 +73,8 @@ impl Streams {
             // A read that moves the stream on widens its window; one behind it (out of order, or a read
             // tried again) changes nothing.
             s.next = end;
-            let proven = (s.next - s.start.min(s.next)).max(FIRST_WINDOW);
-            s.window = (s.window * 2).max(FIRST_WINDOW).max(2 * len).min(proven).min(MAX_WINDOW);
+            let proven = s.next - s.start.min(s.next);
+            s.window = (s.window * 2).max(2 * len).min(proven).min(MAX_WINDOW);
         }
         if s.window == 0 {
             return None;
@@ -160,12 +159,14 @@ mod tests {
     #[test]
     fn chunks_not_asked_for_are_asked_for_by_the_next_read() {
         let mut s = Streams::default();
-        s.on_read(0, CHUNK, CHUNK, CHUNKS);
-        let ahead = s.on_read(CHUNK, CHUNK, CHUNK, CHUNKS).expect("a stream");
-        assert_eq!(ahead.chunks, 2..10);
-        s.asked(&ahead, 5); // only three could be asked for
-        let again = s.on_read(2 * CHUNK, CHUNK, CHUNK, CHUNKS).expect("a stream");
-        assert_eq!(again.chunks, 5..11, "from where the last one stopped, to the window the stream has earned");
+        for i in 0..4 {
+            s.on_read(i * CHUNK, CHUNK, CHUNK, CHUNKS);
+        }
+        let ahead = s.on_read(4 * CHUNK, CHUNK, CHUNK, CHUNKS).expect("a stream");
+        assert_eq!(ahead.chunks, 5..10, "a window as long as what the stream has read");
+        s.asked(&ahead, 7); // only two could be asked for
+        let again = s.on_read(5 * CHUNK, CHUNK, CHUNK, CHUNKS).expect("a stream");
+        assert_eq!(again.chunks, 7..12, "from where the last one stopped, to the window the stream has earned");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! A recall runs detached from the readers that wait for it: a reader that gives up (an aborted iSCSI task,
 //! a dropped connection) never cuts a recall off midway. Consecutive chunks are read by one blocking task
-//! (the source's `read_batch` of them in a row), at most `parallel_reads` tasks at once. Each chunk answers
+//! (the source's `read_batch` of them in a row; a source that reads asynchronously is awaited on the runtime
+//! instead), at most `parallel_reads` tasks at once. Each chunk answers
 //! its waiters as soon as the source has given it (verified: a source never gives bytes it has not
 //! checked); the same task then writes it to the recall store, and only after that write is the chunk marked
 //! present. The allocation change is logged by the next flush, after the data file is synced. So no reader,
@@ -18,6 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use super::PseudoDisk;
@@ -124,33 +126,65 @@ impl PseudoDisk {
         Claim::Lead(RecallEntry { disk: self.clone(), chunk, tx: Some(tx) }, rx)
     }
 
-    /// Recalls the claimed chunks `entries` (consecutive) in one blocking task, once a source slot is free.
+    /// Recalls the claimed chunks `entries` (consecutive) once a source slot is free: one blocking task
+    /// reads them in a row, or, from a source that reads asynchronously, this task awaits each read.
     fn start_fetch(self: &Arc<Self>, entries: Vec<RecallEntry>, readahead_slot: Option<OwnedSemaphorePermit>) {
         let me = self.clone();
         tokio::spawn(async move {
             let slot = me.source_slots.clone().acquire_owned().await.expect("the semaphore is never closed");
-            let worker = me.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                for entry in entries {
-                    worker.fetch(entry);
+            let mut entries = entries.into_iter();
+            while let Some(entry) = entries.next() {
+                let chunk = entry.chunk;
+                let Some(read) = me.source.read_chunk_async(chunk) else {
+                    // A blocking source: this chunk and the rest of the batch on one blocking thread.
+                    let batch: Vec<RecallEntry> = std::iter::once(entry).chain(entries).collect();
+                    let worker = me.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        for entry in batch {
+                            let chunk = entry.chunk;
+                            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                let mut buf = Vec::with_capacity(worker.chunk_size as usize);
+                                worker.source.read_chunk(chunk, &mut buf).map(|()| buf)
+                            }));
+                            if let Some(kept) = worker.answer(entry, read.unwrap_or_else(|_| Err(panicked(chunk)))) {
+                                worker.keep(kept);
+                            }
+                        }
+                    })
+                    .await;
+                    break;
+                };
+                let read = std::panic::AssertUnwindSafe(read).catch_unwind().await;
+                if let Some(kept) = me.answer(entry, read.unwrap_or_else(|_| Err(panicked(chunk)))) {
+                    // The answer is out: keeping the chunk takes a blocking thread but no source slot.
+                    let worker = me.clone();
+                    tokio::task::spawn_blocking(move || worker.keep(kept));
                 }
-                drop((slot, readahead_slot));
-            })
-            .await;
+            }
+            drop((slot, readahead_slot));
         });
     }
 
-    /// Reads one claimed chunk from the source, answers its waiters, then keeps it in the recall store.
-    /// Blocking.
-    fn fetch(&self, mut entry: RecallEntry) {
+    /// Answers the waiters of a claimed chunk with what the source gave. Returns the chunk to keep in the
+    /// recall store, if it has data (a zero chunk is kept as known zeros, a failure not at all: the entry
+    /// goes, and the chunk's next reader tries again).
+    fn answer(&self, mut entry: RecallEntry, read: std::result::Result<Vec<u8>, SourceError>) -> Option<Kept> {
         let chunk = entry.chunk;
         let len = chunk_len(self.size, self.chunk_size as u32, chunk);
-        let data = match self.read_source(chunk, len) {
+        let data = read.and_then(|data| {
+            if data.len() == len {
+                Ok(data)
+            } else {
+                let why = format!("the source gave {} bytes for a chunk of {len}", data.len());
+                Err(SourceError::Corrupt { chunk, source: why.into() })
+            }
+        });
+        let data = match data {
             Ok(data) => data,
             Err(e) => {
                 tracing::error!(chunk, source = %self.source.describe(), "recall failed: {}", error_chain(&e));
                 entry.publish(Recall::Failed(Arc::new(e)));
-                return;
+                return None;
             }
         };
         self.counters.bytes_recalled.fetch_add(len as u64, Ordering::Relaxed);
@@ -160,31 +194,25 @@ impl PseudoDisk {
             // A chunk of zeros stays out of the recall store.
             self.recall_zero.set_range(chunk, 1, true);
             entry.publish(Recall::Ready(self.zeros.clone()));
-            return;
+            return None;
         }
         let data = Arc::new(data);
         self.counters.chunks_being_kept.fetch_add(1, Ordering::AcqRel);
         entry.publish(Recall::Ready(data.clone()));
-        match self.recall.data.write_all_at(&data, chunk * self.chunk_size) {
-            Ok(()) => self.mark_recalled(chunk),
-            // Nothing is lost: the chunk is not marked present, and its next reader recalls it again.
-            Err(e) => tracing::warn!(chunk, "cannot keep a recalled chunk in the recall store: {e}"),
-        }
-        self.counters.chunks_being_kept.fetch_sub(1, Ordering::AcqRel);
-        // `entry` goes now, after the chunk is present: whoever looks next finds it there.
+        Some(Kept { entry, data })
     }
 
-    /// The chunk's bytes from the source: exactly `len` of them, or why not. Blocking.
-    fn read_source(&self, chunk: u64, len: usize) -> std::result::Result<Vec<u8>, SourceError> {
-        let mut buf = Vec::with_capacity(len);
-        // A source that panics is a bug, but it must not leave the chunk's waiters waiting for ever.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.source.read_chunk(chunk, &mut buf)))
-            .unwrap_or_else(|_| Err(SourceError::Other { chunk, source: "the source panicked".into() }))?;
-        if buf.len() != len {
-            let why = format!("the source gave {} bytes for a chunk of {len}", buf.len());
-            return Err(SourceError::Corrupt { chunk, source: why.into() });
+    /// Writes an answered chunk to the recall store and marks it present; its entry goes after that, so
+    /// whoever looks next finds it there. Blocking.
+    fn keep(&self, kept: Kept) {
+        let Kept { entry, data } = kept;
+        match self.recall.data.write_all_at(&data, entry.chunk * self.chunk_size) {
+            Ok(()) => self.mark_recalled(entry.chunk),
+            // Nothing is lost: the chunk is not marked present, and its next reader recalls it again.
+            Err(e) => tracing::warn!(chunk = entry.chunk, "cannot keep a recalled chunk in the recall store: {e}"),
         }
-        Ok(buf)
+        self.counters.chunks_being_kept.fetch_sub(1, Ordering::AcqRel);
+        drop(entry);
     }
 
     fn mark_recalled(&self, chunk: u64) {
@@ -257,6 +285,17 @@ async fn wait(mut rx: Recalling) -> Waited {
             };
         }
     }
+}
+
+/// An answered chunk on its way to the recall store, its entry still registered.
+struct Kept {
+    entry: RecallEntry,
+    data: Arc<Vec<u8>>,
+}
+
+/// A source that panicked is a bug, but it must not leave the chunk's waiters waiting for ever.
+fn panicked(chunk: u64) -> SourceError {
+    SourceError::Other { chunk, source: "the source panicked while reading the chunk".into() }
 }
 
 /// A claimed recall, registered in `PseudoDisk::recalling` for as long as this value lives.
