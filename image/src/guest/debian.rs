@@ -1,7 +1,8 @@
 //! Debian and Ubuntu guests (initramfs-tools): make sure open-iscsi is there (installed offline from the
 //! appliance's packages when not), name the initiator as iPXE will, log in from the iBFT in the initramfs
 //! only when firmware left one (so that a local boot of the same disk does not wait for a network), keep
-//! ifupdown away from the boot NIC, and rebuild the initramfs.
+//! ifupdown away from the boot NIC, and rebuild the initramfs (once: the configuration is written before the
+//! install, whose dpkg trigger rebuilds it).
 
 use std::path::Path;
 
@@ -37,12 +38,8 @@ pub fn prepare(root: &Path, opts: &PrepareOptions, os: String) -> Result<Prepare
     let mut done = Prepared { family: "debian".into(), os, ..Default::default() };
     let chroot = Chroot::enter(root)?;
 
-    if !has_initiator(root) {
-        install_open_iscsi(root, &chroot, opts)?;
-        done.installed_initiator = true;
-        done.changes.push("installed open-iscsi from the appliance's packages".into());
-    }
-
+    // The configuration first: installing open-iscsi rebuilds the initramfs (its dpkg trigger), and that
+    // rebuild then already carries it. open-iscsi's postinst keeps an initiator name that is there.
     let iscsi_dir = root.join("etc/iscsi");
     std::fs::create_dir_all(&iscsi_dir).map_err(io_err("create", &iscsi_dir))?;
     let name_file = iscsi_dir.join("initiatorname.iscsi");
@@ -65,10 +62,39 @@ pub fn prepare(root: &Path, opts: &PrepareOptions, os: String) -> Result<Prepare
         }
     }
 
-    chroot.run(&["update-initramfs", "-u", "-k", "all"])?;
+    let before = initramfs_images(root);
+    if !has_initiator(root) {
+        install_open_iscsi(root, &chroot, opts)?;
+        done.installed_initiator = true;
+        done.changes.push("installed open-iscsi from the appliance's packages".into());
+    }
+    // Every kernel's initramfs that the install did not rebuild is rebuilt here (the trigger rebuilds only
+    // the newest kernel's; without an install, none was rebuilt).
+    let after = initramfs_images(root);
+    let stale: Vec<&String> =
+        after.iter().filter(|(version, built)| before.get(*version) == Some(built)).map(|(v, _)| v).collect();
+    if after.is_empty() {
+        chroot.run(&["update-initramfs", "-u", "-k", "all"])?;
+    }
+    for version in &stale {
+        chroot.run(&["update-initramfs", "-u", "-k", version])?;
+    }
     done.changes.push("initramfs rebuilt".into());
     drop(chroot);
     Ok(done)
+}
+
+/// The guest's initramfs images (`/boot/initrd.img-<kernel version>`) by kernel version, with when each was
+/// last written.
+fn initramfs_images(root: &Path) -> std::collections::BTreeMap<String, std::time::SystemTime> {
+    let Ok(entries) = std::fs::read_dir(root.join("boot")) else { return Default::default() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_string_lossy().strip_prefix("initrd.img-")?.to_string();
+            Some((version, e.metadata().ok()?.modified().ok()?))
+        })
+        .collect()
 }
 
 /// Installs open-iscsi from `<packages>/debian-<major>/*.deb` (or `<packages>/*.deb`) without a network.
