@@ -88,7 +88,7 @@ fn steps(n: usize) -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
 fn random_operations_match_the_model(ops: &[Step]) -> bool {
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
-    let size = 3 * 65536 * 4 + 12345; // not a multiple of the block size
+    let size = 3 * 65536 * 16 + 12345; // not a multiple of the block size; room for streams of over a MiB
     let src = source(size, 65536, None);
     let engine = Engine::start().unwrap();
     let mut model = src.data.clone();
@@ -104,10 +104,10 @@ fn random_operations_match_the_model(ops: &[Step]) -> bool {
                     assert!(got[..] == model[off as usize..(off + len) as usize], "step {step}: read {off}+{len}");
                 }
                 30..=39 => {
-                    // A sequential reader: readahead recalls ahead of it, and answers come before the recall
-                    // store is written.
+                    // A sequential reader (of over a MiB when its reads are large): readahead recalls ahead of
+                    // it, and answers come before the recall store is written.
                     let mut at = off;
-                    while at < (off + 4 * len).min(size as u64) {
+                    while at < (off + 24 * len).min(size as u64) {
                         let n = len.min(size as u64 - at);
                         let got = disk.read(at, n as usize).await.unwrap();
                         assert!(got[..] == model[at as usize..(at + n) as usize], "step {step}: read {at}+{n}");

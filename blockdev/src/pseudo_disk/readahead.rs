@@ -5,9 +5,9 @@
 //! FUSE view), so streams are tracked apart: up to `STREAMS` of them, the least recently used giving way to
 //! a new one. A read continues a stream when it starts near where the stream's reads have got to (an
 //! initiator with many commands outstanding sends them in order, but they reach the disk a little out of
-//! order). Each continuation doubles the stream's window (at least twice the read), up to what the stream
-//! has read so far (two adjacent small reads recall little; a short file read whole recalls at most its own
-//! size past its end) and at most `MAX_WINDOW`; a read that continues no
+//! order). Once a stream has read `MIN_STREAM` bytes (small files and metadata never get there), each
+//! continuation doubles its window (at least twice the read), up to what the stream has read so far and at
+//! most `MAX_WINDOW`; a read that continues no
 //! stream starts a new one with no window, so random readers recall nothing ahead. A stream that stops is
 //! forgotten once newer ones take its place.
 //!
@@ -19,6 +19,9 @@ use std::ops::Range;
 const STREAMS: usize = 16;
 /// A read this far before or after where a stream has got to (or its window, when larger) continues it.
 const SLACK: u64 = 1 << 20;
+/// A stream is read ahead of once it has read this much: a small file read whole, or two blocks of metadata
+/// next to each other, recall nothing they do not read.
+const MIN_STREAM: u64 = 1 << 20;
 /// The largest window: enough to keep a far-away store's requests in flight, small enough for memory.
 pub(super) const MAX_WINDOW: u64 = 64 << 20;
 
@@ -74,7 +77,9 @@ impl Streams {
             // tried again) changes nothing.
             s.next = end;
             let proven = s.next - s.start.min(s.next);
-            s.window = (s.window * 2).max(2 * len).min(proven).min(MAX_WINDOW);
+            if proven >= MIN_STREAM {
+                s.window = (s.window * 2).max(2 * len).min(proven).min(MAX_WINDOW);
+            }
         }
         if s.window == 0 {
             return None;
@@ -159,21 +164,22 @@ mod tests {
     #[test]
     fn chunks_not_asked_for_are_asked_for_by_the_next_read() {
         let mut s = Streams::default();
-        for i in 0..4 {
-            s.on_read(i * CHUNK, CHUNK, CHUNK, CHUNKS);
+        let k = 256 << 10;
+        for i in 0..3 {
+            assert!(s.on_read(i * k, k, CHUNK, CHUNKS).is_none(), "not a MiB read yet");
         }
-        let ahead = s.on_read(4 * CHUNK, CHUNK, CHUNK, CHUNKS).expect("a stream");
-        assert_eq!(ahead.chunks, 5..10, "a window as long as what the stream has read");
-        s.asked(&ahead, 7); // only two could be asked for
-        let again = s.on_read(5 * CHUNK, CHUNK, CHUNK, CHUNKS).expect("a stream");
-        assert_eq!(again.chunks, 7..12, "from where the last one stopped, to the window the stream has earned");
+        let ahead = s.on_read(3 * k, k, CHUNK, CHUNKS).expect("a stream of a MiB");
+        assert_eq!(ahead.chunks, 16..24, "twice the read ahead");
+        s.asked(&ahead, 18); // only two could be asked for
+        let again = s.on_read(3 * k, k, CHUNK, CHUNKS).expect("the same read again");
+        assert_eq!(again.chunks, 18..24, "from where the last one stopped");
     }
 
     #[test]
     fn the_window_ends_at_the_disk_end() {
         let mut s = Streams::default();
-        s.on_read(0, CHUNK, CHUNK, 4);
-        let ahead = s.on_read(CHUNK, CHUNK, CHUNK, 4).expect("a stream");
-        assert_eq!(ahead.chunks, 2..4);
+        s.on_read(0, 512 << 10, CHUNK, 20);
+        let ahead = s.on_read(512 << 10, 512 << 10, CHUNK, 20).expect("a stream");
+        assert_eq!(ahead.chunks, 16..20);
     }
 }
