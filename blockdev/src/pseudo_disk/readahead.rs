@@ -6,8 +6,8 @@
 //! a new one. A read continues a stream when it starts near where the stream's reads have got to (an
 //! initiator with many commands outstanding sends them in order, but they reach the disk a little out of
 //! order). Once a stream has read `MIN_STREAM` bytes (small files and metadata never get there), each
-//! continuation doubles its window (at least twice the read), up to what the stream has read so far and at
-//! most `MAX_WINDOW`; a read that continues no
+//! continuation doubles its window (at least twice the read), up to half of what the stream has read so far
+//! (what a stream overshoots when it stops) and at most `MAX_WINDOW`; a read that continues no
 //! stream starts a new one with no window, so random readers recall nothing ahead. A stream that stops is
 //! forgotten once newer ones take its place.
 //!
@@ -20,8 +20,10 @@ const STREAMS: usize = 16;
 /// A read this far before or after where a stream has got to (or its window, when larger) continues it.
 const SLACK: u64 = 1 << 20;
 /// A stream is read ahead of once it has read this much: a small file read whole, or two blocks of metadata
-/// next to each other, recall nothing they do not read.
-const MIN_STREAM: u64 = 1 << 20;
+/// next to each other, recall nothing they do not read. (Measured on a guest's boot: streams from 256 KiB
+/// on, windows of half the stream, recalled 14% of the disk's data and prepared the guest in 25 s; from
+/// 1 MiB on, whole-stream windows, 16% and 31 s; from the second read on, 18% and 25 s.)
+const MIN_STREAM: u64 = 256 << 10;
 /// The largest window: enough to keep a far-away store's requests in flight, small enough for memory.
 pub(super) const MAX_WINDOW: u64 = 64 << 20;
 
@@ -78,7 +80,7 @@ impl Streams {
             s.next = end;
             let proven = s.next - s.start.min(s.next);
             if proven >= MIN_STREAM {
-                s.window = (s.window * 2).max(2 * len).min(proven).min(MAX_WINDOW);
+                s.window = (s.window * 2).max(2 * len).min(proven / 2).min(MAX_WINDOW);
             }
         }
         if s.window == 0 {
@@ -119,7 +121,7 @@ mod tests {
         let mib = 1 << 20;
         assert_eq!(read(&mut s, 0, mib), None, "one read is no stream yet");
         let first = read(&mut s, mib, mib).expect("the second read continues the stream");
-        assert_eq!(first, 32..64, "twice the read ahead of the stream");
+        assert_eq!(first, 32..48, "half of what the stream has read");
         let mut last = first;
         for i in 2..200 {
             if let Some(r) = read(&mut s, i * mib, mib) {
@@ -165,14 +167,20 @@ mod tests {
     fn chunks_not_asked_for_are_asked_for_by_the_next_read() {
         let mut s = Streams::default();
         let k = 256 << 10;
-        for i in 0..3 {
-            assert!(s.on_read(i * k, k, CHUNK, CHUNKS).is_none(), "not a MiB read yet");
-        }
-        let ahead = s.on_read(3 * k, k, CHUNK, CHUNKS).expect("a stream of a MiB");
-        assert_eq!(ahead.chunks, 16..24, "twice the read ahead");
-        s.asked(&ahead, 18); // only two could be asked for
-        let again = s.on_read(3 * k, k, CHUNK, CHUNKS).expect("the same read again");
-        assert_eq!(again.chunks, 18..24, "from where the last one stopped");
+        assert!(s.on_read(0, k, CHUNK, CHUNKS).is_none(), "one read is no stream");
+        let ahead = s.on_read(k, k, CHUNK, CHUNKS).expect("a stream of 512 KiB");
+        assert_eq!(ahead.chunks, 8..12, "half of what the stream has read, ahead of it");
+        s.asked(&ahead, 10); // only two could be asked for
+        let again = s.on_read(k, k, CHUNK, CHUNKS).expect("the same read again");
+        assert_eq!(again.chunks, 10..12, "from where the last one stopped");
+    }
+
+    #[test]
+    fn small_streams_are_not_read_ahead_of() {
+        let mut s = Streams::default();
+        assert!(s.on_read(0, 4096, CHUNK, CHUNKS).is_none());
+        assert!(s.on_read(4096, 4096, CHUNK, CHUNKS).is_none(), "two blocks next to each other");
+        assert!(s.on_read(8192, 128 << 10, CHUNK, CHUNKS).is_none(), "a small file read whole");
     }
 
     #[test]
