@@ -2,14 +2,14 @@
 //! first reader to ask claims the recall, the others wait for it), and readahead for sequential readers.
 //!
 //! A recall runs detached from the readers that wait for it: a reader that gives up (an aborted iSCSI task,
-//! a dropped connection) never cuts a recall off midway. Consecutive chunks are read by one blocking task
-//! (the source's `read_batch` of them in a row; a source that reads asynchronously is awaited on the runtime
-//! instead), at most `parallel_reads` tasks at once. Each chunk answers
-//! its waiters as soon as the source has given it (verified: a source never gives bytes it has not
-//! checked); the same task then writes it to the recall store, and only after that write is the chunk marked
-//! present. The allocation change is logged by the next flush, after the data file is synced. So no reader,
-//! and no reopen after a crash, ever reads a recall store block that was not written whole: a recall cut off
-//! midway is recalled again.
+//! a dropped connection) never cuts a recall off midway. At most the source's `parallel_reads` recalls run
+//! at once; a blocking source reads its `read_batch` consecutive chunks in a row on one blocking thread, a
+//! source that reads asynchronously is awaited on the runtime. Each chunk answers its waiters as soon as the
+//! source has given it (verified: a source never gives bytes it has not checked); then a blocking thread
+//! writes it to the recall store, and only after that write is the chunk marked present. The allocation
+//! change is logged by the next flush, after the data file is synced. So no reader, and no reopen after a
+//! crash, ever reads a recall store block that was not written whole: a recall cut off midway is recalled
+//! again.
 //!
 //! Readahead (`readahead.rs` decides what) claims the chunks ahead of a stream the same way, at most half
 //! the source's `parallel_reads` batches at once: a chunk that finds no free slot is left for the stream's
