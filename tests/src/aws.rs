@@ -14,7 +14,7 @@ pub const MEMBER: &str = "111111111111";
 pub const MEMBER_ROLE: &str = "arn:aws:iam::111111111111:role/livemount-access";
 
 pub fn aws_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("aws")
+    crate::tests_dir().join("aws")
 }
 
 /// A stand-in on a free port of 127.0.0.1, stopped when dropped.

@@ -14,7 +14,7 @@ const GUEST_CACHE: &str = "/var/cache/livemount-guest";
 pub const BOOT_MARKER: &str = "LIVEMOUNT-BOOT-MARKER";
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    crate::tests_dir().join("fixtures")
 }
 
 /// The cached guest image and the folder of guest packages (open-iscsi for Debian 12) the daemon takes.

@@ -9,6 +9,13 @@ pub mod initiator;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// This crate's folder (`tests/`), where the fixtures and the AWS stand-in are. Taken at run time (cargo and
+/// nextest set it for every test): a test binary built from another checkout of the project that cargo
+/// takes as fresh (a target folder shared with CI's clone) must still find this checkout's files.
+pub fn tests_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 /// The `livemount` binary that cargo built beside the test executable.
 pub fn livemount_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
