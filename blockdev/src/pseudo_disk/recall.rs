@@ -115,8 +115,12 @@ impl PseudoDisk {
             return Claim::Ready(Some(self.zeros.clone()));
         }
         let mut map = self.recalling.lock().expect("not poisoned");
+        // Looked at again under the lock: a recall that ended meanwhile left the chunk present or known zero.
         if self.recall.present.get(chunk) {
             return Claim::Ready(None);
+        }
+        if self.recall_zero.get(chunk) {
+            return Claim::Ready(Some(self.zeros.clone()));
         }
         if let Some(rx) = map.get(&chunk) {
             return Claim::Wait(rx.clone());
@@ -235,16 +239,10 @@ impl PseudoDisk {
         let mut batch: Vec<RecallEntry> = Vec::new();
         let mut slot = None;
         for chunk in ahead.chunks.clone() {
-            let busy = self.recall.present.get(chunk)
-                || self.recall_zero.get(chunk)
-                || self.recalling.lock().expect("not poisoned").contains_key(&chunk);
-            let entry = if busy {
-                None
-            } else {
-                match self.claim(chunk) {
-                    Claim::Lead(entry, _) => Some(entry),
-                    Claim::Ready(_) | Claim::Wait(_) => None,
-                }
+            // Only a chunk no one has recalled or is recalling needs fetching.
+            let entry = match self.claim(chunk) {
+                Claim::Lead(entry, _) => Some(entry),
+                Claim::Ready(_) | Claim::Wait(_) => None,
             };
             let full = batch.len() == self.read_batch;
             if !batch.is_empty() && (entry.is_none() || full) {
