@@ -76,6 +76,41 @@ pub struct IngestStats {
     pub chunks_reused: u64,
     pub chunks_zero: u64,
     pub seconds: f64,
+    /// Where the time went.
+    #[serde(default)]
+    pub time: IngestTimes,
+}
+
+/// Where a backup's time went, in seconds summed over the threads that spent it (a pipeline's stages overlap,
+/// so these add up to more than the wall time when the cores are busy).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct IngestTimes {
+    /// The reader reading the sources.
+    pub read: f64,
+    /// The reader waiting for a worker to take what it read (the workers were busy).
+    pub read_waiting: f64,
+    /// Workers hashing chunks (and telling zero chunks).
+    pub hash: f64,
+    /// Workers compressing new chunks.
+    pub compress: f64,
+    /// Workers looking chunks up and writing new ones to the store.
+    pub store: f64,
+    /// Workers waiting for the reader.
+    pub workers_waiting: f64,
+    /// Making the stored chunks durable at the end (what was not done while the workers worked).
+    pub sync: f64,
+}
+
+impl IngestTimes {
+    pub fn add(&mut self, other: &IngestTimes) {
+        self.read += other.read;
+        self.read_waiting += other.read_waiting;
+        self.hash += other.hash;
+        self.compress += other.compress;
+        self.store += other.store;
+        self.workers_waiting += other.workers_waiting;
+        self.sync += other.sync;
+    }
 }
 
 impl IngestStats {
@@ -87,5 +122,6 @@ impl IngestStats {
         self.chunks_new += other.chunks_new;
         self.chunks_reused += other.chunks_reused;
         self.chunks_zero += other.chunks_zero;
+        self.time.add(&other.time);
     }
 }

@@ -8,11 +8,12 @@ mod raw;
 
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
 pub use qemu::QemuImage;
-pub use raw::RawFile;
+pub use raw::{RawFile, DIRECT_ALIGN};
 
 /// A disk to back up.
 pub trait DiskSource: Send {
@@ -34,6 +35,17 @@ pub trait DiskSource: Send {
     fn unchanged(&mut self, _range: Range<u64>) -> bool {
         false
     }
+    /// A reader of the same disk that several threads may use at once, when the source has one: the ingest
+    /// then keeps several reads in flight. The default has none.
+    fn shared_reader(&self) -> Option<Arc<dyn SharedRead>> {
+        None
+    }
+}
+
+/// Reads of a disk that any number of threads may make at once.
+pub trait SharedRead: Send + Sync {
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
 }
 
 /// Opens a source, choosing raw access or qemu by what the file is.

@@ -25,9 +25,10 @@
 
 mod merge;
 mod repair;
+mod seal;
 mod sweep;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::num::NonZeroUsize;
@@ -44,9 +45,10 @@ use super::located::{PackName, StoredAt};
 use super::pack_format::{pack_header, PackEntry, PackIndex};
 use super::{ChunkLocation, ChunkStore, RepairStats, StoredChunk, SweepStats};
 use crate::chunk::ChunkId;
-use crate::durable::{self, AtomicFile};
+use crate::durable;
 use crate::error::{Error, Result};
 use crate::formats::PACK_HEADER_LEN;
+use seal::Sealing;
 
 /// A pack is sealed once it holds this many bytes...
 const PACK_TARGET_BYTES: u64 = 16 << 20;
@@ -70,9 +72,10 @@ pub struct PackStore {
     /// The packs this process has dealt with, by name: their open files and marks.
     packs: Mutex<HashMap<PackName, Arc<Pack>>>,
     writer: Mutex<Option<OpenPack>>,
-    /// Held while a pack is sealed, so that `sync` can wait for seals other threads started. Taken before
-    /// the writer lock is released, so no full pack is ever outside both.
-    sealing: Mutex<()>,
+    /// Full packs being sealed, oldest first (`seal.rs`). A full pack enters it before the writer lock is
+    /// released, so no full pack is ever outside both; seals are finished with this lock held, so a `sync`
+    /// also waits for the seals another thread is finishing.
+    sealing: Mutex<VecDeque<Sealing>>,
     /// A write or seal failed: chunks whose `put` succeeded are lost, so `sync` must fail from now on.
     failed: AtomicBool,
     /// This process has stored chunks (it then also keeps the chunk map up to date).
@@ -105,7 +108,7 @@ impl PackStore {
             catalog: RwLock::new(Catalog::default()),
             packs: Mutex::new(HashMap::new()),
             writer: Mutex::new(None),
-            sealing: Mutex::new(()),
+            sealing: Mutex::new(VecDeque::new()),
             failed: AtomicBool::new(false),
             writes: AtomicBool::new(false),
             open_files: Mutex::new(LruCache::new(MAX_OPEN_PACKS)),
@@ -242,49 +245,55 @@ impl PackStore {
         Ok(OpenPack { pack, file, len: PACK_HEADER_LEN as u64, entries: Vec::new(), record: Vec::new() })
     }
 
-    /// Makes a pack durable and gives it its index. On failure the pack is abandoned.
-    fn seal(&self, open: OpenPack, _sealing: &std::sync::MutexGuard<'_, ()>) -> Result<()> {
-        let result = (|| {
-            open.file.sync_data().map_err(|e| Error::io("sync pack", &open.pack.path, e))?;
-            let index = PackIndex { pack_len: open.len, entries: open.entries.clone() };
-            let idx_path = self.index_path(&open.pack.name.to_string());
-            let mut f =
-                AtomicFile::create(&idx_path, Some(&self.tmp)).map_err(|e| Error::io("create", &idx_path, e))?;
-            std::io::Write::write_all(&mut f, &index.encode()).map_err(|e| Error::io("write", &idx_path, e))?;
-            f.commit_without_dir_sync().map_err(|e| Error::io("write", &idx_path, e))
-        })();
+    /// Starts sealing a full pack (on a thread of its own).
+    fn start_seal(&self, open: OpenPack) -> Sealing {
+        let name = open.pack.name.to_string();
+        Sealing::start(open, self.index_path(&name), self.tmp.clone())
+    }
+
+    /// Waits for a seal and makes its outcome known: the pack is sealed, or it is abandoned.
+    fn finish_seal(&self, sealing: Sealing) -> Result<()> {
+        let (pack, result) = sealing.wait();
         match result {
             Ok(()) => {
-                open.pack.mark_sealed();
-                self.catalog.write().expect("not poisoned").sealed(open.pack.name);
+                pack.mark_sealed();
+                self.catalog.write().expect("not poisoned").sealed(pack.name);
                 // Reads of its chunks open it through the bounded set of open files, like any pack.
-                open.pack.set_file(None);
+                pack.set_file(None);
                 Ok(())
             }
             Err(e) => {
-                self.abandon(open);
+                self.abandon(&pack);
                 Err(e)
             }
         }
     }
 
     /// Drops an unfinished pack: its chunks are forgotten and its file removed.
-    fn abandon(&self, open: OpenPack) {
+    fn abandon(&self, pack: &Pack) {
         self.failed.store(true, Ordering::Release);
-        self.forget_pack(open.pack.name);
-        let _ = fs::remove_file(&open.pack.path);
+        self.forget_pack(pack.name);
+        let _ = fs::remove_file(&pack.path);
     }
 
     /// Seals the open pack, waits for seals in progress, and makes the folder's names durable (always: an
     /// index another thread or process sealed may be what the caller's manifest refers to).
     fn seal_and_sync_dir(&self) -> Result<()> {
         let mut writer = self.writer.lock().expect("not poisoned");
-        let sealing = self.sealing.lock().expect("not poisoned");
+        let mut sealing = self.sealing.lock().expect("not poisoned");
         if let Some(open) = writer.take() {
-            drop(writer);
-            self.seal(open, &sealing)?;
-        } else {
-            drop(writer);
+            sealing.push_back(self.start_seal(open));
+        }
+        drop(writer);
+        let mut first_error = None;
+        for running in sealing.drain(..) {
+            if let Err(e) = self.finish_seal(running) {
+                first_error.get_or_insert(e);
+            }
+        }
+        drop(sealing);
+        if let Some(e) = first_error {
+            return Err(e);
         }
         if self.failed.load(Ordering::Acquire) {
             return Err(Error::io(
@@ -379,6 +388,10 @@ impl Drop for PackStore {
         if let Some(open) = open {
             let _ = fs::remove_file(&open.pack.path);
         }
+        // Seals still running finish (their packs are whole); nothing is left writing after the store.
+        for running in self.sealing.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            let _ = running.wait();
+        }
     }
 }
 
@@ -432,9 +445,8 @@ impl ChunkStore for PackStore {
         };
         if let Err(e) = written {
             let open = writer.take().expect("open");
-            let path = open.pack.path.clone();
-            self.abandon(open);
-            return Err(Error::io("write pack", path, e));
+            self.abandon(&open.pack);
+            return Err(Error::io("write pack", &open.pack.path, e));
         }
         let at = StoredAt { pack: open.pack.name, offset: offset.expect("checked"), len: encoded.len() as u32 };
         open.entries.push(PackEntry { id: *id, offset: u64::from(at.offset), len: at.len });
@@ -442,9 +454,14 @@ impl ChunkStore for PackStore {
         self.catalog.write().expect("not poisoned").insert(*id, at);
         if open.len >= self.pack_target || open.entries.len() >= PACK_MAX_CHUNKS {
             let full = writer.take().expect("open");
-            let sealing = self.sealing.lock().expect("not poisoned");
+            let mut sealing = self.sealing.lock().expect("not poisoned");
+            sealing.push_back(self.start_seal(full));
             drop(writer);
-            self.seal(full, &sealing)?;
+            // Seals that are done are finished now; the oldest is waited for when too many are running.
+            while sealing.front().is_some_and(|s| s.is_finished() || sealing.len() > seal::MAX_RUNNING) {
+                let done = sealing.pop_front().expect("checked");
+                self.finish_seal(done)?;
+            }
             drop(sealing);
             self.merge_if_due()?;
         }

@@ -237,7 +237,9 @@ fn chunk_maps_keep_memory_bounded_and_follow_gc() {
     for (id, enc) in &chunks {
         at.push(s.put(id, enc).unwrap());
         let loose = s.catalog.read().unwrap().loose_chunks();
-        assert!(loose <= 8 + 1, "{loose} chunks held in memory with a merge at 8");
+        // The packs being sealed are not in a map yet: their chunks stay in memory until they are.
+        let bound = 8 + super::seal::MAX_RUNNING + 1;
+        assert!(loose <= bound, "{loose} chunks held in memory with a merge at 8");
     }
     s.sync().unwrap();
     let maps = super::super::catalog::map_generations(&s.dir).unwrap();
