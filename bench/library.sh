@@ -4,16 +4,20 @@
 # What it measures, in one run, on the same two images (a full disk and an incremental version of it):
 #   - ingest time of the full image and of the incremental, restore time of the incremental, stored bytes
 #     after each (du -sb of the repository), for livemount (release build) and each peer at its defaults;
-#   - the machine's single-core BLAKE3 and zstd level-3 throughput on the corpus data (the ceiling for ingest);
+#   - this machine's limits, measured in the same run (dedup/examples/limits.rs, and dd): reading each image's
+#     allocated bytes cold; BLAKE3, and BLAKE3 plus the library's codec, over them on all cores; writing the
+#     incremental's allocated bytes with direct I/O (dd oflag=direct) and reading the library's packs cold;
 #   - a chunk-size sweep of the library: dedup ratio against cold random-read latency.
-# It prints a table, the ratios against the goals, and writes everything as JSON under the cache folder.
+# It prints a table, livemount's ratios against those limits and against restic's stored size (the goals),
+# and writes everything as JSON under the cache folder.
 #
 # Usage:  sudo bench/library.sh          (root: debootstrap, loop mounts and dropping the page cache)
 # Env:
 #   BENCH_CACHE=DIR        corpus and results folder (default /var/cache/livemount-bench); images are reused
 #   BENCH_SKIP_PEERS=1     skip restic, borg and casync
+#   BENCH_PEERS="restic borg casync"   the peers to run (restic alone gives the stored-size goal)
 #   BENCH_SKIP_SWEEP=1     skip the chunk-size sweep
-#   BENCH_SKIP_LIMITS=1    skip the BLAKE3/zstd throughput figures
+#   BENCH_SKIP_LIMITS=1    skip the measurement of the limits (and the ratios against them)
 #   BENCH_SWEEP_SIZES="64K 256K 1M 4M"   chunk sizes of the sweep
 #   BENCH_READS=300        random 4 KiB reads per chunk size
 #   BENCH_IMAGE_SIZE=4G    size of the disk image (only when it is built)
@@ -197,12 +201,31 @@ build() {
 }
 
 # ---------------------------------------------------------------------------------------------------------
-# Single-core ceilings on the corpus data.
+# The machine's limits, in this run: what ingest and incremental ingest are judged against.
 # ---------------------------------------------------------------------------------------------------------
 run_limits() {
-    log "single-core BLAKE3 and zstd throughput on $INCR"
-    "$ROOT/target/release/examples/limits" "$INCR" 256 > "$WORK/limits.json"
-    cat "$WORK/limits.json" >&2
+    local img
+    for img in full incr; do
+        log "limits on the $img image: cold read of its allocated bytes, hash and hash+codec on all cores"
+        drop_caches
+        "$ROOT/target/release/examples/limits" "$CACHE/$img.img" > "$WORK/limits-$img.json"
+        cat "$WORK/limits-$img.json" >&2
+    done
+}
+
+# The restore's floor, in this run: the library's packs read cold, and the incremental's allocated bytes
+# written with direct I/O and made durable (what a restore must at least do).
+run_restore_floor() {
+    local lib=$1 bytes blocks
+    log "restore floor: packs read cold, allocated bytes written with dd oflag=direct"
+    timed floor-read-packs bash -c 'cat "$1"/packs/*.pack > /dev/null' _ "$lib"
+    rec floor.read_packs_s "$ELAPSED"
+    bytes=$(( $(stat -c %b "$INCR") * 512 ))
+    blocks=$(( (bytes + (4 << 20) - 1) / (4 << 20) ))
+    timed floor-write-direct dd if=/dev/zero of="$WORK/floor.img" bs=4M count="$blocks" oflag=direct conv=fsync status=none
+    rec floor.write_s "$ELAPSED"
+    rec floor.write_bytes "$(( blocks * (4 << 20) ))"
+    rm -f "$WORK/floor.img"
 }
 
 # ---------------------------------------------------------------------------------------------------------
@@ -221,6 +244,7 @@ bench_livemount() {
     cp "$WORK/logs/livemount-incr.out" "$WORK/livemount-incr.json"
     timed livemount-restore "$LIVEMOUNT" --library "$lib" backup restore incr "$out"
     rec livemount.restore_s "$ELAPSED"
+    [[ ${BENCH_SKIP_LIMITS:-0} == 1 ]] || run_restore_floor "$lib"
     # The point of a restore: bit-identical, or the run fails.
     cmp "$INCR" "$out" || die "livemount restore of the incremental differs from $INCR"
     echo "   restore is identical to the source (cmp)" >&2
@@ -330,9 +354,8 @@ main() {
     [[ ${BENCH_SKIP_LIMITS:-0} == 1 ]] || run_limits
     bench_livemount
     if [[ ${BENCH_SKIP_PEERS:-0} != 1 ]]; then
-        bench_restic
-        bench_borg
-        bench_casync
+        local peer
+        for peer in ${BENCH_PEERS:-restic borg casync}; do "bench_$peer"; done
     fi
     [[ ${BENCH_SKIP_SWEEP:-0} == 1 ]] || bench_sweep
     report

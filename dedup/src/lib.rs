@@ -18,6 +18,7 @@
 //! image formats), `reader.rs` (random-access reads), `restore.rs`, `verify.rs`, `gc.rs`, `stats.rs`,
 //! `store/` (chunk stores), `library.rs` (the folder layout).
 
+pub mod aligned;
 pub mod chunk;
 pub mod durable;
 pub mod error;

@@ -11,8 +11,9 @@ use std::sync::Mutex;
 
 use crossbeam_channel::bounded;
 
-use super::read::{read_disk, ReadStats, Reading, SpanBuf};
+use super::read::{read_disk, ReadStats, Reading};
 use super::store::store_chunks;
+use crate::aligned::AlignedBuf;
 use crate::chunk::ChunkId;
 use crate::error::{Error, Result};
 use crate::index::{DiskIndex, DiskIndexWriter, IndexEntry};
@@ -28,7 +29,7 @@ const QUEUE_BYTES: usize = 64 << 20;
 /// What the reader hands a worker.
 pub(super) enum Job {
     /// Consecutive chunks from chunk `first` on, read into one buffer (the disk's last chunk may be short).
-    Span { first: usize, buf: SpanBuf },
+    Span { first: usize, buf: AlignedBuf },
     /// The parent's entry of a chunk the source says is unchanged: the worker makes sure the library still
     /// holds it.
     Unchanged(usize, IndexEntry),
@@ -58,7 +59,7 @@ impl DoneChunk {
 /// Chunks done, in any order, and the buffer they came in, handed back for reuse.
 pub(super) struct Done {
     pub chunks: Vec<DoneChunk>,
-    pub buf: Option<SpanBuf>,
+    pub buf: Option<AlignedBuf>,
 }
 
 /// Ingests one disk, writing its index to `index_path` (synced); returns the index's checksum and what the
@@ -83,7 +84,7 @@ pub fn ingest_disk(
     let spans = (QUEUE_BYTES / super::read::span_bytes(chunk_size)).max(workers * 2);
     let (job_tx, job_rx) = bounded::<Job>(spans);
     let (done_tx, done_rx) = bounded::<Done>(spans);
-    let (free_tx, free_rx) = bounded::<SpanBuf>(spans + workers * 2);
+    let (free_tx, free_rx) = bounded::<AlignedBuf>(spans + workers * 2);
 
     // Written as chunks are done: memory does not grow with the disk.
     let mut index = DiskIndexWriter::create(index_path, chunk_size, size)?;

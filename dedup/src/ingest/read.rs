@@ -9,9 +9,10 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::pipeline::{Done, DoneChunk, Job};
+use crate::aligned::AlignedBuf;
 use crate::error::Result;
 use crate::index::DiskIndex;
-use crate::source::{DiskSource, DIRECT_ALIGN};
+use crate::source::DiskSource;
 
 /// Bytes of consecutive chunks read and handed over at once (at least one chunk).
 const SPAN_BYTES: usize = 4 << 20;
@@ -38,7 +39,7 @@ pub(super) struct Reading<'a> {
     pub jobs: &'a Sender<Job>,
     pub done: &'a Sender<Done>,
     /// Buffers the workers are done with.
-    pub free: &'a Receiver<SpanBuf>,
+    pub free: &'a Receiver<AlignedBuf>,
 }
 
 /// What the reader did.
@@ -248,31 +249,5 @@ impl DataCursor {
             self.asked = Some(pos);
         }
         Ok(self.found.clone().map(|r| r.start.max(pos)..r.end))
-    }
-}
-
-/// A span's buffer. Its bytes start at a `DIRECT_ALIGN` boundary, so that a source can read into it with direct
-/// I/O (and a span of whole chunks is a multiple of it in length).
-#[derive(Default)]
-pub(super) struct SpanBuf {
-    vec: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl SpanBuf {
-    /// Makes the buffer `len` bytes long and gives them (a reused buffer keeps its old bytes).
-    fn resize(&mut self, len: usize) -> &mut [u8] {
-        if self.vec.len() < len + DIRECT_ALIGN {
-            self.vec = vec![0; len + DIRECT_ALIGN];
-            // The heap block does not move while the vector is not resized, so the offset stays right.
-            self.start = self.vec.as_ptr().align_offset(DIRECT_ALIGN);
-        }
-        self.len = len;
-        &mut self.vec[self.start..self.start + len]
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        &self.vec[self.start..self.start + self.len]
     }
 }

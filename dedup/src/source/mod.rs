@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 
 pub use qemu::QemuImage;
-pub use raw::{RawFile, DIRECT_ALIGN};
+pub use raw::RawFile;
 
 /// A disk to back up.
 pub trait DiskSource: Send {

@@ -1,0 +1,52 @@
+//! Buffers for direct I/O (O_DIRECT), which needs the memory, the offset and the length of every read and write
+//! aligned to the device's logical block size.
+
+/// Alignment that direct I/O needs here (the largest logical block size in use).
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// True when `n` (an offset, a length or an address) suits direct I/O.
+pub(crate) fn direct_aligned(n: usize) -> bool {
+    n.is_multiple_of(DIRECT_ALIGN)
+}
+
+/// A reusable buffer whose bytes start at a `DIRECT_ALIGN` boundary.
+#[derive(Default)]
+pub(crate) struct AlignedBuf {
+    vec: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// Makes the buffer `len` bytes long and gives them (a reused buffer keeps its old bytes).
+    pub fn resize(&mut self, len: usize) -> &mut [u8] {
+        if self.vec.len() < len + DIRECT_ALIGN {
+            self.vec = vec![0; len + DIRECT_ALIGN];
+            // The heap block does not move while the vector is not resized, so the offset stays right.
+            self.start = self.vec.as_ptr().align_offset(DIRECT_ALIGN);
+        }
+        self.len = len;
+        &mut self.vec[self.start..self.start + len]
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.vec[self.start..self.start + self.len]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_start_aligned_whatever_the_length() {
+        let mut buf = AlignedBuf::default();
+        for len in [0, 1, 4095, 4096, 65536, 100_000, 10] {
+            let b = buf.resize(len);
+            assert_eq!(b.len(), len);
+            assert!(direct_aligned(b.as_ptr() as usize));
+            b.fill(7);
+            assert!(buf.bytes().iter().all(|&x| x == 7));
+        }
+    }
+}
