@@ -88,9 +88,26 @@ pub struct PackStore {
 struct OpenPack {
     pack: Arc<Pack>,
     file: Arc<File>,
+    /// Bytes of the pack, the records being written included.
     len: u64,
     entries: Vec<PackEntry>,
-    record: Vec<u8>,
+    writes: Arc<RecordWrites>,
+}
+
+/// The records of an open pack being written. A writer reserves its record's place under the writer lock and
+/// writes it after releasing that lock, holding `gate` for reading; sealing takes `gate` for writing, so it
+/// starts only once every reserved record is in the file. (Written under the writer lock, the records of two
+/// workers waited for each other: measured, a third of the workers' time in the store on a first backup.)
+#[derive(Default)]
+pub(super) struct RecordWrites {
+    pub gate: RwLock<()>,
+    /// A record failed to be written: the pack must not be sealed.
+    pub failed: AtomicBool,
+}
+
+thread_local! {
+    /// A record (id, then the encoded chunk) being written by this thread.
+    static RECORD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl PackStore {
@@ -242,7 +259,7 @@ impl PackStore {
         }
         let pack = Arc::new(Pack::new(name, path, false, Some(file.clone())));
         self.packs.lock().expect("not poisoned").insert(name, pack.clone());
-        Ok(OpenPack { pack, file, len: PACK_HEADER_LEN as u64, entries: Vec::new(), record: Vec::new() })
+        Ok(OpenPack { pack, file, len: PACK_HEADER_LEN as u64, entries: Vec::new(), writes: Default::default() })
     }
 
     /// Starts sealing a full pack (on a thread of its own).
@@ -434,30 +451,50 @@ impl ChunkStore for PackStore {
             *writer = Some(self.new_pack()?);
         }
         let open = writer.as_mut().expect("just opened");
-        open.record.clear();
-        open.record.extend_from_slice(&id.0);
-        open.record.extend_from_slice(encoded);
         // A pack is sealed at a few MiB, so its offsets always fit the 32 bits a location has.
-        let offset = u32::try_from(open.len + RECORD_ID_LEN).ok().filter(|_| open.len < u64::from(u32::MAX) / 2);
-        let written = match offset {
-            Some(_) => open.file.write_all_at(&open.record, open.len),
-            None => Err(std::io::Error::other("the pack has grown past 2 GiB")),
-        };
-        if let Err(e) = written {
+        let Some(offset) = u32::try_from(open.len + RECORD_ID_LEN).ok().filter(|_| open.len < u64::from(u32::MAX) / 2)
+        else {
             let open = writer.take().expect("open");
             self.abandon(&open.pack);
-            return Err(Error::io("write pack", &open.pack.path, e));
-        }
-        let at = StoredAt { pack: open.pack.name, offset: offset.expect("checked"), len: encoded.len() as u32 };
+            return Err(Error::io(
+                "write pack",
+                &open.pack.path,
+                std::io::Error::other("the pack has grown past 2 GiB"),
+            ));
+        };
+        // The record's place is reserved here; it is written below, outside the writer lock.
+        let at = StoredAt { pack: open.pack.name, offset, len: encoded.len() as u32 };
+        let write_at = open.len;
         open.entries.push(PackEntry { id: *id, offset: u64::from(at.offset), len: at.len });
-        open.len += open.record.len() as u64;
-        self.catalog.write().expect("not poisoned").insert(*id, at);
-        if open.len >= self.pack_target || open.entries.len() >= PACK_MAX_CHUNKS {
+        open.len += RECORD_ID_LEN + encoded.len() as u64;
+        let (file, writes, path) = (open.file.clone(), open.writes.clone(), open.pack.path.clone());
+        let writing = writes.gate.read().expect("not poisoned");
+        let full = open.len >= self.pack_target || open.entries.len() >= PACK_MAX_CHUNKS;
+        if full {
+            // Its seal waits for this record and any other still being written.
             let full = writer.take().expect("open");
-            let mut sealing = self.sealing.lock().expect("not poisoned");
-            sealing.push_back(self.start_seal(full));
-            drop(writer);
+            self.sealing.lock().expect("not poisoned").push_back(self.start_seal(full));
+        }
+        drop(writer);
+
+        let written = RECORD.with(|record| {
+            let mut record = record.borrow_mut();
+            record.clear();
+            record.extend_from_slice(&id.0);
+            record.extend_from_slice(encoded);
+            file.write_all_at(&record, write_at)
+        });
+        if let Err(e) = written {
+            writes.failed.store(true, Ordering::Release);
+            self.failed.store(true, Ordering::Release);
+            return Err(Error::io("write pack", path, e));
+        }
+        self.catalog.write().expect("not poisoned").insert(*id, at);
+        drop(writing);
+
+        if full {
             // Seals that are done are finished now; the oldest is waited for when too many are running.
+            let mut sealing = self.sealing.lock().expect("not poisoned");
             while sealing.front().is_some_and(|s| s.is_finished() || sealing.len() > seal::MAX_RUNNING) {
                 let done = sealing.pop_front().expect("checked");
                 self.finish_seal(done)?;

@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -38,11 +39,18 @@ enum Work {
 impl Sealing {
     /// Starts making `open` durable and then writing its index (through a temporary file in `tmp`).
     pub fn start(open: OpenPack, index_path: PathBuf, tmp: PathBuf) -> Sealing {
-        let OpenPack { pack, file, len, entries, .. } = open;
+        let OpenPack { pack, file, len, entries, writes } = open;
         let pack_path = pack.path.clone();
         let work = std::thread::Builder::new()
             .name("seal-pack".into())
-            .spawn(move || seal(&file, &pack_path, len, entries, &index_path, &tmp))
+            .spawn(move || {
+                // Every record reserved in the pack is written first (or failed to be).
+                let _all_written = writes.gate.write().expect("not poisoned");
+                if writes.failed.load(Ordering::Acquire) {
+                    return Err(Error::io("seal", &pack_path, std::io::Error::other("a record could not be written")));
+                }
+                seal(&file, &pack_path, len, entries, &index_path, &tmp)
+            })
             .map_or_else(|e| Work::Done(Err(Error::io("start a thread to seal", &pack.path, e))), Work::Running);
         Sealing { pack, work }
     }
