@@ -9,6 +9,8 @@
 mod pipeline;
 mod read;
 mod store;
+#[cfg(test)]
+mod tests;
 
 pub use pipeline::ingest_disk;
 
