@@ -49,21 +49,45 @@ for d in $(seq 0 $((DISKS - 1))); do
     truncate -s $((DISK_MIB << 20)) "$DIR/disks/$d.img"
 done
 
-# backup DISK: a backup of a disk to completion; records the SHA-256 of what it backed up under its id.
+# finished OUT: records a finished backup of $DIR/source.img (OUT: what `backup create --json` printed):
+# the SHA-256 of what it backed up, under its id.
+finished() {
+    local id
+    id=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' <<<"$1")
+    finished_id "$id"
+}
+finished_id() { sha256sum < "$DIR/source.img" | cut -d' ' -f1 > "$DIR/expected/$1"; }
+
+# A run killed after its backup was published (between the rename that makes it visible and the process's
+# exit) made a whole backup: the one new backup in the list is recorded as finished, and is held to the same
+# checks as every other (verify, and a restore compared with what was backed up).
+adopt_published() {
+    local listed id new=()
+    listed=$(lm --json backup list | python3 -c 'import json,sys; [print(b["id"]) for b in json.load(sys.stdin)]')
+    for id in $listed; do [[ -f $DIR/expected/$id ]] || new+=("$id"); done
+    (( ${#new[@]} <= 1 )) || fail "one killed backup run left ${#new[@]} backups: ${new[*]}"
+    if (( ${#new[@]} == 1 )); then finished_id "${new[0]}"; published_before_kill=$((published_before_kill + 1)); fi
+}
+
+# backup DISK: a backup of a disk to completion.
 backup() {
-    local disk=$1 out id
+    local disk=$1 out
     cp --reflink=auto "$DIR/disks/$disk.img" "$DIR/source.img"
     out=$(lm --json backup create "$DIR/source.img" --name "disk$disk") || fail "backup create of disk $disk: $out"
-    id=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' <<<"$out")
-    sha256sum < "$DIR/source.img" | cut -d' ' -f1 > "$DIR/expected/$id"
+    finished "$out"
 }
 
 # timed CMD...: runs a command to completion and prints how long it took in ms.
 timed() { local t0; t0=$(now_ms); "$@" >/dev/null; echo $(( $(now_ms) - t0 )); }
 
-backup_ms=$(timed backup 0)
+# How long each command takes uninterrupted: the kills fall anywhere in that time (and a little after).
+cp --reflink=auto "$DIR/disks/0.img" "$DIR/source.img"
+started=$(now_ms)
+out=$(lm --json backup create "$DIR/source.img" --name disk0) || fail "backup create of disk 0: $out"
+backup_ms=$(( $(now_ms) - started ))
+finished "$out"
 gc_ms=$(timed lm library gc)
-kills=0 killed_mid=0 restores=0
+kills=0 killed_mid=0 restores=0 published_before_kill=0
 
 check_library() {
     local verify listed id
@@ -105,21 +129,29 @@ for round in $(seq 1 "$ROUNDS"); do
             rm -f "$DIR/expected/$oldest"
         fi
         budget=$gc_ms
-        lm library gc >/dev/null 2>&1 &
+        # Drawn before the command starts, so that the time it takes to draw is not part of the delay.
+        delay=$(rand_below $((budget * 12 / 10 + 1)))
+        # Started directly, not through `lm`: $! must be the process the kill is for, not a subshell.
+        "$LIVEMOUNT" --library "$LIB" library gc >/dev/null 2>&1 &
     else
         what="backup of disk $disk"
         budget=$backup_ms
+        delay=$(rand_below $((budget * 12 / 10 + 1)))
         cp --reflink=auto "$DIR/disks/$disk.img" "$DIR/source.img"
-        lm backup create "$DIR/source.img" --name "disk$disk" >/dev/null 2>&1 &
+        "$LIVEMOUNT" --library "$LIB" --json backup create "$DIR/source.img" --name "disk$disk" >"$DIR/killed.out" 2>/dev/null &
     fi
     pid=$!
-    delay=$(rand_below $((budget * 12 / 10 + 1)))
     sleep "$(echo "scale=3; $delay / 1000" | bc)"
     if kill -0 "$pid" 2>/dev/null; then
         kill -KILL "$pid" 2>/dev/null || true
         killed_mid=$((killed_mid + 1))
     fi
-    wait "$pid" 2>/dev/null || true
+    # A run that ended before the kill came is a finished backup like any other.
+    if wait "$pid" 2>/dev/null; then
+        [[ $what == gc ]] || finished "$(cat "$DIR/killed.out")"
+    elif [[ $what != gc ]]; then
+        adopt_published
+    fi
     kills=$((kills + 1))
 
     check_library
@@ -136,4 +168,4 @@ for round in $(seq 1 "$ROUNDS"); do
     fi
 done
 restore_all
-echo "soak: PASSED $ROUNDS rounds: $killed_mid of $kills runs (backup create and library gc) killed mid-way by SIGKILL; 0 broken backups, 0 lost chunks; $restores restores identical"
+echo "soak: PASSED $ROUNDS rounds: $killed_mid of $kills runs (backup create and library gc) killed mid-way by SIGKILL ($published_before_kill backups killed after they were published, kept and checked); 0 broken backups, 0 lost chunks; $restores restores identical"
