@@ -4,9 +4,9 @@
 # thousand rounds take a while): run it by hand after changing how the library writes.
 #
 # Each round: one of the disks gets 1 MiB of new data somewhere (so backups store new chunks and forgotten
-# ones leave garbage), then either `backup create` of a random disk or `library gc` starts (gc after a
-# `backup forget` of the oldest backup when more than six are kept), and is killed after a random time
-# between 0 and 1.2x how long an uninterrupted run of it took. Then:
+# ones leave garbage), the oldest backup is forgotten when more than six are kept, then either `backup create`
+# of a random disk or `library gc` starts, and is killed after a random time between 0 and 1.2x how long an
+# uninterrupted run of it took. Then:
 #   - `backup verify` of every finished backup must be clean (no chunk of a finished backup lost or damaged);
 #   - every backup in the list must be one this script saw finish (a killed backup never appears half-made),
 #     and after a finished gc no temporary file of a killed run older than a minute is left;
@@ -120,14 +120,15 @@ for round in $(seq 1 "$ROUNDS"); do
     at=$(rand_below $((DISK_MIB - 1)))
     head -c $((1 << 20)) /dev/urandom | dd of="$DIR/disks/$disk.img" bs=1M seek="$at" conv=notrunc status=none
 
+    # The oldest backup is forgotten whenever more than six are kept (so gc has garbage to find, and the
+    # restores every 50 rounds stay as many whatever the number of rounds).
+    while (( $(ls "$DIR/expected" | wc -l) > 6 )); do
+        oldest=$(lm --json backup list | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
+        lm backup forget "$oldest" >/dev/null || fail "forget $oldest"
+        rm -f "$DIR/expected/$oldest"
+    done
     if (( $(rand_below 3) == 0 )); then
         what=gc
-        count=$(ls "$DIR/expected" | wc -l)
-        if (( count > 6 )); then
-            oldest=$(lm --json backup list | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
-            lm backup forget "$oldest" >/dev/null || fail "forget $oldest"
-            rm -f "$DIR/expected/$oldest"
-        fi
         budget=$gc_ms
         # Drawn before the command starts, so that the time it takes to draw is not part of the delay.
         delay=$(rand_below $((budget * 12 / 10 + 1)))
