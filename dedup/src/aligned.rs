@@ -9,6 +9,27 @@ pub(crate) fn direct_aligned(n: usize) -> bool {
     n.is_multiple_of(DIRECT_ALIGN)
 }
 
+/// True when a transfer of `buf` at `offset` suits direct I/O.
+pub(crate) fn suits_direct(offset: u64, buf: &[u8]) -> bool {
+    direct_aligned(offset as usize) && direct_aligned(buf.len()) && direct_aligned(buf.as_ptr() as usize)
+}
+
+/// One transfer: through `direct` when there is one and the transfer `suits` it, through the page cache
+/// (`transfer(None)`) otherwise, and through the page cache again when the direct one is refused after all
+/// (some file systems accept O_DIRECT at open but not for every transfer). The flag says whether a direct
+/// transfer was refused, so the caller can stop trying.
+pub(crate) fn direct_or_cached<T>(
+    direct: Option<&std::fs::File>,
+    suits: bool,
+    mut transfer: impl FnMut(Option<&std::fs::File>) -> std::io::Result<T>,
+) -> (std::io::Result<T>, bool) {
+    let Some(direct) = direct.filter(|_| suits) else { return (transfer(None), false) };
+    match transfer(Some(direct)) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (transfer(None), true),
+        result => (result, false),
+    }
+}
+
 /// A reusable buffer whose bytes start at a `DIRECT_ALIGN` boundary.
 #[derive(Default)]
 pub(crate) struct AlignedBuf {

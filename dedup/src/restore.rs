@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam_channel::bounded;
 use rayon::prelude::*;
 
-use crate::aligned::{direct_aligned, AlignedBuf};
+use crate::aligned::{direct_or_cached, suits_direct, AlignedBuf};
 use crate::chunk::is_all_zero;
 use crate::error::{Error, Result};
 use crate::reader::BackupDisk;
@@ -147,17 +147,10 @@ impl Output<'_> {
 
     /// One write: direct when it can be (`data` lies in an aligned buffer), through the page cache otherwise.
     fn write(&self, data: &[u8], offset: u64) -> Result<()> {
-        let aligned =
-            direct_aligned(offset as usize) && direct_aligned(data.len()) && direct_aligned(data.as_ptr() as usize);
-        let direct = self.direct.filter(|_| aligned);
-        let mut written = match direct {
+        let (written, _) = direct_or_cached(self.direct, suits_direct(offset, data), |file| match file {
             Some(direct) => direct.write_all_at(data, offset),
             None => self.write_cached(data, offset),
-        };
-        if direct.is_some() && matches!(&written, Err(e) if e.raw_os_error() == Some(libc::EINVAL)) {
-            // Refused after all (some file systems accept the flag but not every write): the page cache.
-            written = self.write_cached(data, offset);
-        }
+        });
         written.map_err(|e| Error::io("write", self.path, e))
     }
 

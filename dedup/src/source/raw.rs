@@ -19,7 +19,7 @@ use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
 use nix::unistd::{lseek, Whence};
 
 use super::{DiskSource, SharedRead};
-use crate::aligned::direct_aligned;
+use crate::aligned::{direct_or_cached, suits_direct};
 use crate::error::{Error, Result};
 
 pub struct RawFile {
@@ -67,19 +67,12 @@ impl RawFile {
 
 impl SharedRead for RawReader {
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let direct = self.direct.as_ref().filter(|_| {
-            self.direct_works.load(Ordering::Relaxed)
-                && direct_aligned(offset as usize)
-                && direct_aligned(buf.len())
-                && direct_aligned(buf.as_ptr() as usize)
-        });
-        let mut result = match direct {
-            Some(direct) => direct.read_exact_at(buf, offset),
-            None => self.file.read_exact_at(buf, offset),
-        };
-        if direct.is_some() && matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EINVAL)) {
+        let direct = self.direct.as_ref().filter(|_| self.direct_works.load(Ordering::Relaxed));
+        let suits = suits_direct(offset, buf);
+        let (result, refused) =
+            direct_or_cached(direct, suits, |file| file.unwrap_or(&self.file).read_exact_at(buf, offset));
+        if refused {
             self.direct_works.store(false, Ordering::Relaxed);
-            result = self.file.read_exact_at(buf, offset);
         }
         result.map_err(|e| Error::Source {
             path: self.path.clone(),
