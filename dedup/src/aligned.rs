@@ -53,6 +53,44 @@ impl AlignedBuf {
     pub fn bytes(&self) -> &[u8] {
         &self.vec[self.start..self.start + self.len]
     }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Empties the buffer, keeping its memory (already faulted in: refilling it costs no page faults).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Appends `more`, keeping the bytes already there (a buffer that must grow is copied to a larger one).
+    pub fn extend_from_slice(&mut self, more: &[u8]) {
+        let len = self.len;
+        self.reserve(len + more.len());
+        self.vec[self.start + len..self.start + len + more.len()].copy_from_slice(more);
+        self.len += more.len();
+    }
+
+    /// The bytes followed by zeros up to the next `DIRECT_ALIGN` boundary: a whole direct write of them.
+    pub fn padded(&mut self) -> &[u8] {
+        let (len, padded) = (self.len, self.len.next_multiple_of(DIRECT_ALIGN));
+        self.reserve(padded);
+        self.vec[self.start + len..self.start + padded].fill(0);
+        &self.vec[self.start..self.start + padded]
+    }
+
+    /// Makes room for `capacity` bytes, keeping the ones there are; it grows by an eighth at least, so that
+    /// appending a record at a time copies the buffer rarely.
+    pub fn reserve(&mut self, capacity: usize) {
+        if self.vec.len() >= capacity + DIRECT_ALIGN {
+            return;
+        }
+        let mut grown = AlignedBuf::default();
+        grown.resize(capacity.max(self.vec.len() + self.vec.len() / 8));
+        grown.vec[grown.start..grown.start + self.len].copy_from_slice(self.bytes());
+        grown.len = self.len;
+        *self = grown;
+    }
 }
 
 #[cfg(test)]
@@ -69,5 +107,26 @@ mod tests {
             b.fill(7);
             assert!(buf.bytes().iter().all(|&x| x == 7));
         }
+    }
+
+    #[test]
+    fn appending_keeps_the_bytes_and_pads_with_zeros() {
+        let mut buf = AlignedBuf::default();
+        let mut expected = Vec::new();
+        for i in 0..50u8 {
+            let part = vec![i + 1; 1000 + usize::from(i) * 37];
+            buf.extend_from_slice(&part);
+            expected.extend_from_slice(&part);
+            assert_eq!(buf.bytes(), &expected[..]);
+            assert!(direct_aligned(buf.bytes().as_ptr() as usize));
+        }
+        let len = buf.len();
+        let padded = buf.padded();
+        assert!(direct_aligned(padded.len()) && padded.len() >= len && padded.len() < len + DIRECT_ALIGN);
+        assert_eq!(&padded[..len], &expected[..]);
+        assert!(padded[len..].iter().all(|&b| b == 0));
+        buf.clear();
+        buf.extend_from_slice(b"again");
+        assert_eq!(buf.bytes(), b"again");
     }
 }

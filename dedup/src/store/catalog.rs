@@ -10,12 +10,13 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use super::chunk_map::{self, ChunkMap};
 use super::located::{PackName, StoredAt};
 use super::pack_format::PackIndex;
+use crate::aligned::AlignedBuf;
 use crate::chunk::ChunkId;
 use crate::error::{Error, Result};
 
@@ -31,11 +32,31 @@ pub(super) struct Pack {
     /// Set once this process has marked the pack as used (see `PackStore::touch`).
     pub touched: AtomicBool,
     file: Mutex<Option<Arc<File>>>,
+    /// The bytes of a pack this process is writing, until its file holds them durably (`pack/seal.rs`):
+    /// reads of its chunks are answered from here meanwhile.
+    unwritten: RwLock<Option<AlignedBuf>>,
 }
 
 impl Pack {
-    pub fn new(name: PackName, path: PathBuf, sealed: bool, file: Option<Arc<File>>) -> Self {
-        Pack { name, path, sealed: AtomicBool::new(sealed), touched: AtomicBool::new(false), file: Mutex::new(file) }
+    /// A pack sealed by some process, found in the folder.
+    pub fn sealed(name: PackName, path: PathBuf) -> Self {
+        Self::new(name, path, true, None)
+    }
+
+    /// A pack this process is starting to write, its bytes (the header first) in `bytes`.
+    pub fn unwritten(name: PackName, path: PathBuf, bytes: AlignedBuf) -> Self {
+        Self::new(name, path, false, Some(bytes))
+    }
+
+    fn new(name: PackName, path: PathBuf, sealed: bool, unwritten: Option<AlignedBuf>) -> Self {
+        Pack {
+            name,
+            path,
+            sealed: AtomicBool::new(sealed),
+            touched: AtomicBool::new(false),
+            file: Mutex::new(None),
+            unwritten: RwLock::new(unwritten),
+        }
     }
 
     pub fn is_sealed(&self) -> bool {
@@ -53,6 +74,43 @@ impl Pack {
 
     pub fn set_file(&self, file: Option<Arc<File>>) {
         *self.file.lock().expect("not poisoned") = file;
+    }
+
+    /// Appends to the bytes of a pack being written.
+    pub fn append(&self, parts: &[&[u8]]) {
+        let mut unwritten = self.unwritten.write().expect("not poisoned");
+        let bytes = unwritten.as_mut().expect("only a pack being written grows");
+        for part in parts {
+            bytes.extend_from_slice(part);
+        }
+    }
+
+    /// The bytes of a pack being written, padded for a direct write: `f(padded bytes, length)`. (Reads of
+    /// its chunks wait meanwhile; they are rare: this process's own chunks, read back before their seal.)
+    pub fn with_unwritten<T>(&self, f: impl FnOnce(&[u8], u64) -> T) -> Option<T> {
+        let mut unwritten = self.unwritten.write().expect("not poisoned");
+        let bytes = unwritten.as_mut()?;
+        let len = bytes.len() as u64;
+        Some(f(bytes.padded(), len))
+    }
+
+    /// Reads `out.len()` bytes at `offset` of a pack being written: `None` when its file holds them.
+    /// `Some(false)` when the pack ends before.
+    pub fn read_unwritten(&self, offset: usize, out: &mut [&mut [u8]]) -> Option<bool> {
+        let unwritten = self.unwritten.read().expect("not poisoned");
+        let bytes = unwritten.as_ref()?.bytes();
+        let mut at = offset;
+        for part in out.iter_mut() {
+            let Some(src) = bytes.get(at..at + part.len()) else { return Some(false) };
+            part.copy_from_slice(src);
+            at += part.len();
+        }
+        Some(true)
+    }
+
+    /// Once its file holds its bytes durably: the memory they took, for the next pack.
+    pub fn take_unwritten(&self) -> Option<AlignedBuf> {
+        self.unwritten.write().expect("not poisoned").take()
     }
 }
 

@@ -7,8 +7,9 @@
 //! slow to read cold (a folder lookup and an inode read before the data), and wastes the tail block of every
 //! file. A pack is one open file; a cold chunk read is one positioned read.
 //!
-//! Durability: a writer appends records to its open pack, then seals it: fdatasync of the pack, then its
-//! index written through a temporary file, fsynced and renamed into place. `sync` seals the open pack and
+//! Durability: a writer appends records to its open pack, built in memory, then seals it: the pack written
+//! to its file and made durable, then its index written through a temporary file, fsynced and renamed into
+//! place (`seal.rs`). `sync` seals the open pack and
 //! fsyncs the folder, so every chunk put before it is durable, names included, before a manifest refers to
 //! it. A pack without an index is unfinished work: readers ignore it and `sweep` removes it.
 //!
@@ -29,10 +30,9 @@ mod seal;
 mod sweep;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::ErrorKind;
 use std::num::NonZeroUsize;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -44,6 +44,7 @@ use super::catalog::{Catalog, Pack, MERGE_AT};
 use super::located::{PackName, StoredAt};
 use super::pack_format::{pack_header, PackEntry, PackIndex};
 use super::{ChunkLocation, ChunkStore, RepairStats, StoredChunk, SweepStats};
+use crate::aligned::AlignedBuf;
 use crate::chunk::ChunkId;
 use crate::durable;
 use crate::error::{Error, Result};
@@ -56,6 +57,9 @@ const PACK_TARGET_BYTES: u64 = 16 << 20;
 /// to a few bytes would otherwise put a quarter of a million of them in one pack (measured with
 /// `bench/memory.sh`: the peak memory of a backup grew with the disk until this bound).
 const PACK_MAX_CHUNKS: usize = 64 * 1024;
+/// Room beyond `PACK_TARGET_BYTES` that a pack's memory starts with: its last record (at most a chunk's
+/// encoding, a little more than the chunk) goes past the target.
+const PACK_SLACK: usize = 1 << 20;
 /// Sealed packs this process keeps open at most; the least recently used is closed first.
 const MAX_OPEN_PACKS: NonZeroUsize = NonZeroUsize::new(256).expect("not zero");
 /// Length of the chunk id before each record.
@@ -72,6 +76,8 @@ pub struct PackStore {
     /// The packs this process has dealt with, by name: their open files and marks.
     packs: Mutex<HashMap<PackName, Arc<Pack>>>,
     writer: Mutex<Option<OpenPack>>,
+    /// The memory of packs sealed, for the next packs: refilled, it costs no page faults.
+    spare_buffers: Mutex<Vec<AlignedBuf>>,
     /// Full packs being sealed, oldest first (`seal.rs`). A full pack enters it before the writer lock is
     /// released, so no full pack is ever outside both; seals are finished with this lock held, so a `sync`
     /// also waits for the seals another thread is finishing.
@@ -84,30 +90,10 @@ pub struct PackStore {
     open_files: Mutex<LruCache<PackName, Arc<Pack>>>,
 }
 
-/// The pack this process is appending to.
+/// The pack this process is appending to (its bytes in `Pack::append`'s memory).
 struct OpenPack {
     pack: Arc<Pack>,
-    file: Arc<File>,
-    /// Bytes of the pack, the records being written included.
-    len: u64,
     entries: Vec<PackEntry>,
-    writes: Arc<RecordWrites>,
-}
-
-/// The records of an open pack being written. A writer reserves its record's place under the writer lock and
-/// writes it after releasing that lock, holding `gate` for reading; sealing takes `gate` for writing, so it
-/// starts only once every reserved record is in the file. (Written under the writer lock, the records of two
-/// workers waited for each other: measured, a third of the workers' time in the store on a first backup.)
-#[derive(Default)]
-pub(super) struct RecordWrites {
-    pub gate: RwLock<()>,
-    /// A record failed to be written: the pack must not be sealed.
-    pub failed: AtomicBool,
-}
-
-thread_local! {
-    /// A record (id, then the encoded chunk) being written by this thread.
-    static RECORD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl PackStore {
@@ -125,6 +111,7 @@ impl PackStore {
             catalog: RwLock::new(Catalog::default()),
             packs: Mutex::new(HashMap::new()),
             writer: Mutex::new(None),
+            spare_buffers: Mutex::new(Vec::new()),
             sealing: Mutex::new(VecDeque::new()),
             failed: AtomicBool::new(false),
             writes: AtomicBool::new(false),
@@ -143,10 +130,7 @@ impl PackStore {
     /// The pack of that name, as this process knows it (a sealed pack when first met).
     fn pack(&self, name: PackName) -> Arc<Pack> {
         let mut packs = self.packs.lock().expect("not poisoned");
-        packs
-            .entry(name)
-            .or_insert_with(|| Arc::new(Pack::new(name, self.pack_path(&name.to_string()), true, None)))
-            .clone()
+        packs.entry(name).or_insert_with(|| Arc::new(Pack::sealed(name, self.pack_path(&name.to_string())))).clone()
     }
 
     /// Where the catalog says a chunk is, scanning the folder first when it never was.
@@ -217,13 +201,20 @@ impl PackStore {
 
     /// Reads the record of a chunk: the id before it must match, and the pack must hold all of it.
     fn read_record(&self, id: &ChunkId, at: StoredAt, pack: &Arc<Pack>) -> std::result::Result<Vec<u8>, ReadFailure> {
-        let file = self.file_of(pack).map_err(ReadFailure::Open)?;
         let mut record_id = [0u8; RECORD_ID_LEN as usize];
         let mut buf = vec![0u8; at.len as usize];
         let wanted = record_id.len() + buf.len();
         let Some(start) = u64::from(at.offset).checked_sub(RECORD_ID_LEN) else {
             return Err(ReadFailure::Elsewhere);
         };
+        // A chunk of a pack this process is still writing is read from memory.
+        match pack.read_unwritten(start as usize, &mut [&mut record_id, &mut buf]) {
+            Some(true) if record_id == id.0 => return Ok(buf),
+            Some(true) => return Err(ReadFailure::Elsewhere),
+            Some(false) => return Err(ReadFailure::Short),
+            None => {}
+        }
+        let file = self.file_of(pack).map_err(ReadFailure::Open)?;
         // One read for the id and the chunk, each into its own buffer.
         let read = nix::sys::uio::preadv(
             &*file,
@@ -242,24 +233,18 @@ impl PackStore {
         Ok(buf)
     }
 
-    /// Starts a new pack file.
-    fn new_pack(&self) -> Result<OpenPack> {
+    /// Starts a new pack, in memory until its seal.
+    fn new_pack(&self) -> OpenPack {
         let name = PackName::random();
-        let path = self.pack_path(&name.to_string());
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Error::io("create pack", &path, e))?;
-        let file = Arc::new(file);
-        if let Err(e) = file.write_all_at(&pack_header(), 0) {
-            let _ = fs::remove_file(&path);
-            return Err(Error::io("write pack", &path, e));
-        }
-        let pack = Arc::new(Pack::new(name, path, false, Some(file.clone())));
+        let mut bytes = self.spare_buffers.lock().expect("not poisoned").pop().unwrap_or_default();
+        bytes.clear();
+        // Room for a full pack at once: growing it record by record would copy it over and over, and leave
+        // the allocator with freed blocks of every size.
+        bytes.reserve(self.pack_target as usize + PACK_SLACK);
+        bytes.extend_from_slice(&pack_header());
+        let pack = Arc::new(Pack::unwritten(name, self.pack_path(&name.to_string()), bytes));
         self.packs.lock().expect("not poisoned").insert(name, pack.clone());
-        Ok(OpenPack { pack, file, len: PACK_HEADER_LEN as u64, entries: Vec::new(), writes: Default::default() })
+        OpenPack { pack, entries: Vec::new() }
     }
 
     /// Starts sealing a full pack (on a thread of its own).
@@ -276,7 +261,12 @@ impl PackStore {
                 pack.mark_sealed();
                 self.catalog.write().expect("not poisoned").sealed(pack.name);
                 // Reads of its chunks open it through the bounded set of open files, like any pack.
-                pack.set_file(None);
+                if let Some(bytes) = pack.take_unwritten() {
+                    let mut spare = self.spare_buffers.lock().expect("not poisoned");
+                    if spare.len() <= seal::MAX_RUNNING {
+                        spare.push(bytes);
+                    }
+                }
                 Ok(())
             }
             Err(e) => {
@@ -400,11 +390,8 @@ enum ReadFailure {
 
 impl Drop for PackStore {
     fn drop(&mut self) {
-        // A pack never sealed is unfinished work: nothing refers to its chunks.
-        let open = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(open) = open {
-            let _ = fs::remove_file(&open.pack.path);
-        }
+        // A pack never sealed is unfinished work, never written: nothing refers to its chunks.
+        drop(self.writer.lock().unwrap_or_else(|p| p.into_inner()).take());
         // Seals still running finish (their packs are whole); nothing is left writing after the store.
         for running in self.sealing.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             let _ = running.wait();
@@ -447,13 +434,10 @@ impl ChunkStore for PackStore {
     fn put(&self, id: &ChunkId, encoded: &[u8]) -> Result<StoredAt> {
         self.writes.store(true, Ordering::Release);
         let mut writer = self.writer.lock().expect("not poisoned");
-        if writer.is_none() {
-            *writer = Some(self.new_pack()?);
-        }
-        let open = writer.as_mut().expect("just opened");
+        let open = writer.get_or_insert_with(|| self.new_pack());
+        let len = open.entries.last().map_or(PACK_HEADER_LEN as u64, |e| e.offset + u64::from(e.len));
         // A pack is sealed at a few MiB, so its offsets always fit the 32 bits a location has.
-        let Some(offset) = u32::try_from(open.len + RECORD_ID_LEN).ok().filter(|_| open.len < u64::from(u32::MAX) / 2)
-        else {
+        let Some(offset) = u32::try_from(len + RECORD_ID_LEN).ok().filter(|_| len < u64::from(u32::MAX) / 2) else {
             let open = writer.take().expect("open");
             self.abandon(&open.pack);
             return Err(Error::io(
@@ -462,46 +446,27 @@ impl ChunkStore for PackStore {
                 std::io::Error::other("the pack has grown past 2 GiB"),
             ));
         };
-        // The record's place is reserved here; it is written below, outside the writer lock.
         let at = StoredAt { pack: open.pack.name, offset, len: encoded.len() as u32 };
-        let write_at = open.len;
+        // A copy into memory: cheap enough under the lock (the file is written whole by the seal).
+        open.pack.append(&[&id.0, encoded]);
         open.entries.push(PackEntry { id: *id, offset: u64::from(at.offset), len: at.len });
-        open.len += RECORD_ID_LEN + encoded.len() as u64;
-        let (file, writes, path) = (open.file.clone(), open.writes.clone(), open.pack.path.clone());
-        let writing = writes.gate.read().expect("not poisoned");
-        let full = open.len >= self.pack_target || open.entries.len() >= PACK_MAX_CHUNKS;
-        if full {
-            // Its seal waits for this record and any other still being written.
-            let full = writer.take().expect("open");
-            self.sealing.lock().expect("not poisoned").push_back(self.start_seal(full));
-        }
-        drop(writer);
-
-        let written = RECORD.with(|record| {
-            let mut record = record.borrow_mut();
-            record.clear();
-            record.extend_from_slice(&id.0);
-            record.extend_from_slice(encoded);
-            file.write_all_at(&record, write_at)
-        });
-        if let Err(e) = written {
-            writes.failed.store(true, Ordering::Release);
-            self.failed.store(true, Ordering::Release);
-            return Err(Error::io("write pack", path, e));
-        }
+        // Known before the pack can be sealed, so that its seal finds every chunk of it in the catalog.
         self.catalog.write().expect("not poisoned").insert(*id, at);
-        drop(writing);
-
-        if full {
-            // Seals that are done are finished now; the oldest is waited for when too many are running.
-            let mut sealing = self.sealing.lock().expect("not poisoned");
-            while sealing.front().is_some_and(|s| s.is_finished() || sealing.len() > seal::MAX_RUNNING) {
-                let done = sealing.pop_front().expect("checked");
-                self.finish_seal(done)?;
-            }
-            drop(sealing);
-            self.merge_if_due()?;
+        let full = len + RECORD_ID_LEN + u64::from(at.len) >= self.pack_target || open.entries.len() >= PACK_MAX_CHUNKS;
+        if !full {
+            return Ok(at);
         }
+        let full = writer.take().expect("open");
+        let mut sealing = self.sealing.lock().expect("not poisoned");
+        sealing.push_back(self.start_seal(full));
+        drop(writer);
+        // Seals that are done are finished now; the oldest is waited for when too many are running.
+        while sealing.front().is_some_and(|s| s.is_finished() || sealing.len() > seal::MAX_RUNNING) {
+            let done = sealing.pop_front().expect("checked");
+            self.finish_seal(done)?;
+        }
+        drop(sealing);
+        self.merge_if_due()?;
         Ok(at)
     }
 

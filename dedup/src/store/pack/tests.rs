@@ -3,6 +3,8 @@
 
 use super::*;
 use crate::chunk;
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 fn encoded(n: u32) -> (ChunkId, Vec<u8>) {
@@ -84,13 +86,14 @@ fn a_failed_write_fails_the_next_sync() {
     let s = open(dir.path());
     let (id, enc) = encoded(6);
     s.put(&id, &enc).unwrap();
-    // The open pack vanishes under the writer: sealing it fails, and so does every later sync.
+    // Something stands where the open pack's file goes: sealing it fails, and so does every later sync.
     let loc = s.locate(&id).unwrap().unwrap();
-    fs::remove_file(&loc.pack).unwrap();
-    fs::remove_dir_all(dir.path().join("tmp")).unwrap();
+    assert!(!loc.pack.exists(), "an open pack is in memory until its seal");
+    fs::create_dir(&loc.pack).unwrap();
     assert!(s.sync().is_err());
-    fs::create_dir(dir.path().join("tmp")).unwrap();
+    fs::remove_dir(&loc.pack).unwrap();
     assert!(s.sync().is_err(), "chunks put before the failure are lost: sync keeps saying so");
+    assert!(matches!(s.get(&id), Err(Error::ChunkMissing { .. })), "the abandoned pack's chunks are gone");
 }
 
 #[test]
@@ -197,6 +200,30 @@ fn damage_is_reported_never_served() {
     let stats = s.sweep(&HashSet::new(), SystemTime::now() + Duration::from_secs(1)).unwrap();
     assert_eq!(stats.chunks_removed + stats.unfinished_packs_removed, 0);
     assert!(loc.pack.exists());
+}
+
+#[test]
+fn chunks_read_back_while_their_packs_are_written_and_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    s.pack_target = 100_000; // a pack of one or two chunks: many seals at once
+    let chunks: Vec<_> = (0..40).map(encoded).collect();
+    for (n, (id, enc)) in chunks.iter().enumerate() {
+        s.put(id, enc).unwrap();
+        // Every chunk so far reads back, whether its pack is open, being sealed or sealed.
+        for (id, enc) in &chunks[n.saturating_sub(6)..=n] {
+            assert_eq!(&s.get(id).unwrap(), enc);
+        }
+    }
+    s.sync().unwrap();
+    // Each pack file is exactly as long as its index says (the padding of its direct write is gone).
+    let other = open(dir.path());
+    for (id, enc) in &chunks {
+        assert_eq!(&other.get(id).unwrap(), enc);
+        let loc = other.locate(id).unwrap().unwrap();
+        let index = PackIndex::read(&loc.index).unwrap();
+        assert_eq!(fs::metadata(&loc.pack).unwrap().len(), index.pack_len);
+    }
 }
 
 #[test]
