@@ -4,8 +4,8 @@
 //! version without preparing again. QEMU boots it through the appliance's iPXE boot disk: iPXE fetches the
 //! entry script over HTTP, chains to the mount's script and sanboots from the native iSCSI target; the
 //! guest's initramfs logs in again from the iBFT and the guest runs to userspace with its root on the iSCSI
-//! disk, writes a marker file, prints a marker on the serial console and powers off. Afterwards the backup
-//! verifies and restores identical.
+//! disk, writes a marker file, prints a marker on the serial console and powers off. The prepared version,
+//! restored to a local disk, boots from it too. Afterwards the backup verifies and restores identical.
 
 use std::process::Command;
 
@@ -54,6 +54,17 @@ fn a_debian_vm_boots_from_a_live_mount_over_ipxe_and_iscsi() {
         assert!(!pristine.contains("tran=iscsi"), "backup {b} was not written: {pristine:?}");
         std::fs::remove_file(&restored).unwrap();
     }
+
+    // The prepared guest moved off the live mount onto a local disk still boots from it: its initramfs
+    // keeps the storage drivers, and logs in to nothing without an iBFT.
+    let local = dir.join("prepared-local.img");
+    livemount(&lib).args(["backup", "restore", &prepared_id]).arg(&local).assert().success();
+    let drive = format!("file={},format=raw,if=virtio", local.display());
+    let args: Vec<String> = ["-drive", &drive, "-nic", "none", "-boot", "c"].map(String::from).to_vec();
+    let run = tests::guest::run_qemu(&args, std::time::Duration::from_secs(900));
+    let marker = run.marker().unwrap_or_else(|| panic!("no boot marker from the local disk:\n{}", run.tail(3000)));
+    assert!(marker.contains("root=/dev/vda") && !marker.contains("tran=iscsi"), "booted from the local disk: {marker}");
+    std::fs::remove_file(&local).unwrap();
 
     daemon.cli().args(["unmount", &booted.mount_id]).assert().success();
     livemount(&lib).args(["backup", "verify"]).assert().success();
