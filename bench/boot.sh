@@ -20,7 +20,8 @@
 #     fresh mount. The guest tgt boots has open-iscsi and the initramfs of a livemount-prepared guest: the
 #     two sides boot the same guest, only the target differs. This first boot mount of the backup also keeps
 #     the prepared guest as a version of the backup, so every lm boot below is a later boot mount: it mounts
-#     that version and prepares nothing (goals: the first mount --boot ready < 15 s, a later one < 2 s, a
+#     that version and prepares nothing (goals: the first mount --boot ready < 15 s having recalled at most
+#     10% of the allocated data, a later one < 2 s, a
 #     later one plus its boot to the marker <= 1.2x tgt's boot);
 #   - the boots, N rounds (BENCH_BOOTS), the paths alternating within each round:
 #       lm-net    a fresh `mount --boot`, the page cache dropped, QEMU's own iPXE (virtio-net ROM) fetches the

@@ -361,6 +361,9 @@ def cmd_summary_boot(argv):
     if "copy.prep_s" in figs:
         v = float(figs["copy.prep_s"])
         goal("first mount --boot ready (prepared and kept), s", v, "< 15 s", v < 15, " s")
+    if "copy.prep.bytes_recalled" in figs:
+        v = 100 * float(figs["copy.prep.bytes_recalled"]) / alloc
+        goal("recalled by the first mount --boot, % of allocated", v, "<= 10%", v <= 10, "%")
     for path in ("lm-net", "lm-disk"):
         if P.get(path, {}).get("prep_s") is not None:
             v = P[path]["prep_s"]
