@@ -342,14 +342,53 @@ impl PseudoDisk {
         Ok(())
     }
 
+    /// PRE-FETCH: starts recalling `offset..offset + len` in the background (as much as the readahead
+    /// bounds allow now); later reads of it find it recalled or on its way.
+    pub fn prefetch(self: &Arc<Self>, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        self.prefetch_range(offset, len);
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `offset`, hands them to `edit`, and writes them back when `edit` says so (its
+    /// first result), all as one change: no other write or discard of those blocks comes between the read
+    /// and the write (COMPARE AND WRITE, ORWRITE). Returns `edit`'s second result. With `fua`, a write is
+    /// durable on return.
+    pub async fn read_modify_write<T, F>(self: &Arc<Self>, offset: u64, len: usize, fua: bool, edit: F) -> Result<T>
+    where
+        F: FnOnce(&mut [u8]) -> (bool, T) + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        self.check_range(offset, len as u64)?;
+        let (wrote, result) = self
+            .change(offset, offset + len as u64, move |me| async move {
+                let mut data = vec![0u8; len];
+                me.read_into(offset, &mut data).await?;
+                let (write, result) = edit(&mut data);
+                if write && len > 0 {
+                    me.write_locked(offset, Bytes::from(data)).await?;
+                }
+                Ok((write, result))
+            })
+            .await?;
+        if wrote && fua {
+            self.flush().await?;
+        }
+        Ok(result)
+    }
+
     /// Runs a change of the private store to its end, with the blocks it changes locked until its store
     /// operations have completed, even when the caller is cancelled (an aborted iSCSI task, a dropped
     /// connection): an operation already handed to the engine must not land after a later change of the same
     /// blocks, so that later change waits for it.
-    async fn change<F, Fut>(self: &Arc<Self>, offset: u64, end: u64, body: F) -> Result<()>
+    async fn change<F, Fut, T>(self: &Arc<Self>, offset: u64, end: u64, body: F) -> Result<T>
     where
         F: FnOnce(Arc<Self>) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+        Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
     {
         let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
         let mut stripes: Vec<usize> = if last - first + 1 >= WRITE_STRIPES as u64 {

@@ -264,6 +264,35 @@ impl PseudoDisk {
         }
         streams.asked(&ahead, reached);
     }
+
+    /// Recalls the chunks of `offset..offset + len` (at most `MAX_WINDOW` bytes of it) in the background
+    /// (PRE-FETCH): a task takes a readahead slot, then claims the next consecutive chunks no one has
+    /// recalled or is recalling and fetches them, until the range is done. A slot is taken before any
+    /// chunk is claimed, so a read of a chunk never waits behind the prefetch's queue.
+    pub(super) fn prefetch_range(self: &Arc<Self>, offset: u64, len: u64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let mut next = offset / self.chunk_size;
+        let end = (offset + len.min(super::readahead::MAX_WINDOW)).div_ceil(self.chunk_size).min(self.chunk_count());
+        let me = self.clone();
+        runtime.spawn(async move {
+            while next < end {
+                let Ok(slot) = me.readahead_slots.clone().acquire_owned().await else { return };
+                let mut batch: Vec<RecallEntry> = Vec::new();
+                while next < end && batch.len() < me.read_batch {
+                    match me.claim(next) {
+                        Claim::Lead(entry, _) => batch.push(entry),
+                        // Recalled or on its way: it ends a batch of consecutive chunks.
+                        Claim::Ready(_) | Claim::Wait(_) if !batch.is_empty() => break,
+                        Claim::Ready(_) | Claim::Wait(_) => {}
+                    }
+                    next += 1;
+                }
+                if !batch.is_empty() {
+                    me.start_fetch(batch, Some(slot));
+                }
+            }
+        });
+    }
 }
 
 /// Waits for a recall's answer.

@@ -28,28 +28,44 @@ pub struct Sense {
     pub key: u8,
     pub asc: u8,
     pub ascq: u8,
+    /// The INFORMATION field, when the command defines it (COMPARE AND WRITE: where the miscompare is).
+    pub info: Option<u32>,
 }
 
 impl Sense {
-    pub const INVALID_OPCODE: Sense = Sense { key: 0x05, asc: 0x20, ascq: 0x00 };
-    pub const LBA_OUT_OF_RANGE: Sense = Sense { key: 0x05, asc: 0x21, ascq: 0x00 };
-    pub const INVALID_FIELD_IN_CDB: Sense = Sense { key: 0x05, asc: 0x24, ascq: 0x00 };
-    pub const LUN_NOT_SUPPORTED: Sense = Sense { key: 0x05, asc: 0x25, ascq: 0x00 };
-    pub const INVALID_FIELD_IN_PARAMETERS: Sense = Sense { key: 0x05, asc: 0x26, ascq: 0x00 };
-    pub const PARAMETER_LIST_LENGTH: Sense = Sense { key: 0x05, asc: 0x1a, ascq: 0x00 };
-    pub const WRITE_PROTECTED: Sense = Sense { key: 0x07, asc: 0x27, ascq: 0x00 };
-    pub const UNRECOVERED_READ_ERROR: Sense = Sense { key: 0x03, asc: 0x11, ascq: 0x00 };
-    pub const WRITE_ERROR: Sense = Sense { key: 0x03, asc: 0x0c, ascq: 0x00 };
-    pub const SPACE_ALLOCATION_FAILED: Sense = Sense { key: 0x07, asc: 0x27, ascq: 0x07 };
-    pub const MISCOMPARE: Sense = Sense { key: 0x0e, asc: 0x1d, ascq: 0x00 };
+    pub const fn new(key: u8, asc: u8, ascq: u8) -> Sense {
+        Sense { key, asc, ascq, info: None }
+    }
+
+    /// The same sense with its INFORMATION field set (and marked valid).
+    pub const fn with_info(self, info: u32) -> Sense {
+        Sense { info: Some(info), ..self }
+    }
+
+    pub const INVALID_OPCODE: Sense = Sense::new(0x05, 0x20, 0x00);
+    pub const LBA_OUT_OF_RANGE: Sense = Sense::new(0x05, 0x21, 0x00);
+    pub const INVALID_FIELD_IN_CDB: Sense = Sense::new(0x05, 0x24, 0x00);
+    pub const LUN_NOT_SUPPORTED: Sense = Sense::new(0x05, 0x25, 0x00);
+    pub const INVALID_FIELD_IN_PARAMETERS: Sense = Sense::new(0x05, 0x26, 0x00);
+    pub const PARAMETER_LIST_LENGTH: Sense = Sense::new(0x05, 0x1a, 0x00);
+    pub const WRITE_PROTECTED: Sense = Sense::new(0x07, 0x27, 0x00);
+    pub const UNRECOVERED_READ_ERROR: Sense = Sense::new(0x03, 0x11, 0x00);
+    pub const WRITE_ERROR: Sense = Sense::new(0x03, 0x0c, 0x00);
+    pub const SPACE_ALLOCATION_FAILED: Sense = Sense::new(0x07, 0x27, 0x07);
+    /// MISCOMPARE, MISCOMPARE DURING VERIFY OPERATION.
+    pub const MISCOMPARE_DURING_VERIFY: Sense = Sense::new(0x0e, 0x1d, 0x00);
     /// HARDWARE ERROR, INTERNAL TARGET FAILURE.
-    pub const INTERNAL_TARGET_FAILURE: Sense = Sense { key: 0x04, asc: 0x44, ascq: 0x00 };
-    pub const DATA_PHASE_ERROR: Sense = Sense { key: 0x0b, asc: 0x4b, ascq: 0x00 };
+    pub const INTERNAL_TARGET_FAILURE: Sense = Sense::new(0x04, 0x44, 0x00);
+    pub const DATA_PHASE_ERROR: Sense = Sense::new(0x0b, 0x4b, 0x00);
 
     /// Fixed-format sense data (SPC-4 4.5.3), 18 bytes.
     pub fn fixed(&self) -> Vec<u8> {
         let mut s = vec![0u8; 18];
         s[0] = 0x70;
+        if let Some(info) = self.info {
+            s[0] |= 0x80; // VALID: the INFORMATION field holds something
+            s[3..7].copy_from_slice(&info.to_be_bytes());
+        }
         s[2] = self.key;
         s[7] = 10;
         s[12] = self.asc;
@@ -132,6 +148,10 @@ pub enum Handler {
     ReadCapacity16,
     Read,
     Write,
+    WriteAndVerify,
+    CompareAndWrite,
+    OrWrite,
+    Prefetch,
     Verify,
     WriteSame,
     Unmap,
@@ -170,14 +190,20 @@ pub const COMMANDS: &[CommandInfo] = &[
     cmd(0x25, None, 10, false, Handler::ReadCapacity10),
     cmd(0x28, None, 10, false, Handler::Read),
     cmd(0x2a, None, 10, true, Handler::Write),
+    cmd(0x2e, None, 10, true, Handler::WriteAndVerify),
     cmd(0x2f, None, 10, false, Handler::Verify),
+    cmd(0x34, None, 10, false, Handler::Prefetch),
     cmd(0x35, None, 10, false, Handler::SynchronizeCache),
     cmd(0x41, None, 10, true, Handler::WriteSame),
     cmd(0x42, None, 10, true, Handler::Unmap),
     cmd(0x5a, None, 10, false, Handler::ModeSense),
     cmd(0x88, None, 16, false, Handler::Read),
+    cmd(0x89, None, 16, true, Handler::CompareAndWrite),
     cmd(0x8a, None, 16, true, Handler::Write),
+    cmd(0x8b, None, 16, true, Handler::OrWrite),
+    cmd(0x8e, None, 16, true, Handler::WriteAndVerify),
     cmd(0x8f, None, 16, false, Handler::Verify),
+    cmd(0x90, None, 16, false, Handler::Prefetch),
     cmd(0x91, None, 16, false, Handler::SynchronizeCache),
     cmd(0x93, None, 16, true, Handler::WriteSame),
     cmd(0x9e, Some(0x10), 16, false, Handler::ReadCapacity16),
@@ -186,6 +212,8 @@ pub const COMMANDS: &[CommandInfo] = &[
     cmd(0xa3, Some(0x0c), 12, false, Handler::ReportSupportedOpcodes),
     cmd(0xa8, None, 12, false, Handler::Read),
     cmd(0xaa, None, 12, true, Handler::Write),
+    cmd(0xae, None, 12, true, Handler::WriteAndVerify),
+    cmd(0xaf, None, 12, false, Handler::Verify),
 ];
 
 /// Finds the table entry of a CDB.
@@ -234,6 +262,10 @@ pub async fn execute(set: &LunSet, lun: u64, cdb: &[u8], data_out: Bytes) -> Out
         Handler::ReadCapacity16 => sbc::read_capacity16(unit, cdb),
         Handler::Read => sbc::read(unit, cdb).await,
         Handler::Write => sbc::write(unit, cdb, data_out).await,
+        Handler::WriteAndVerify => sbc::write_and_verify(unit, cdb, data_out).await,
+        Handler::CompareAndWrite => sbc::compare_and_write(unit, cdb, data_out).await,
+        Handler::OrWrite => sbc::or_write(unit, cdb, data_out).await,
+        Handler::Prefetch => sbc::prefetch(unit, cdb),
         Handler::Verify => sbc::verify(unit, cdb, &data_out).await,
         Handler::WriteSame => sbc::write_same(unit, cdb, &data_out).await,
         Handler::Unmap => sbc::unmap(unit, cdb, &data_out).await,

@@ -1,9 +1,9 @@
-//! Block commands (SBC-3): READ and WRITE 6/10/12/16, VERIFY, WRITE SAME, UNMAP, GET LBA STATUS, READ
-//! CAPACITY, SYNCHRONIZE CACHE. Blocks are 512 bytes; the pseudo-disk works in bytes.
+//! Block commands (SBC-3): READ and WRITE 6/10/12/16, WRITE AND VERIFY, COMPARE AND WRITE, ORWRITE, VERIFY,
+//! PRE-FETCH, WRITE SAME, UNMAP, GET LBA STATUS, READ CAPACITY, SYNCHRONIZE CACHE. Blocks are 512 bytes; the pseudo-disk works in bytes.
 
 use bytes::Bytes;
 
-use super::spc::{MAX_TRANSFER_BLOCKS, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS};
+use super::spc::{MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BLOCKS, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS};
 use super::{be16, be32, be64, Lun, Outcome, Sense, BLOCK_SIZE};
 
 /// LBA, block count and FUA of a READ or WRITE CDB of any length. None when a field is invalid.
@@ -86,6 +86,22 @@ pub fn read_now(lun: &Lun, cdb: &[u8], max_len: usize) -> Option<Outcome> {
 
 pub async fn write(lun: &Lun, cdb: &[u8], data: Bytes) -> Outcome {
     let Some((lba, blocks, fua)) = rw_fields(cdb) else { return Outcome::check(Sense::INVALID_FIELD_IN_CDB) };
+    write_blocks(lun, lba, blocks, fua, data).await
+}
+
+/// WRITE AND VERIFY (10/12/16): a write that is on the medium when it completes. What is written is what
+/// reads back (the stores are checked files, not a medium that loses bits), so the verification, with or
+/// without comparing the data (BYTCHK), is the durable write itself.
+pub async fn write_and_verify(lun: &Lun, cdb: &[u8], data: Bytes) -> Outcome {
+    let bytchk = (cdb[1] >> 1) & 0x03;
+    if bytchk > 1 {
+        return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
+    }
+    let Some((lba, blocks, _)) = rw_fields(cdb) else { return Outcome::check(Sense::INVALID_FIELD_IN_CDB) };
+    write_blocks(lun, lba, blocks, true, data).await
+}
+
+async fn write_blocks(lun: &Lun, lba: u64, blocks: u64, fua: bool, data: Bytes) -> Outcome {
     if let Err(s) = in_range(lun, lba, blocks) {
         return Outcome::check(s);
     }
@@ -108,15 +124,106 @@ pub async fn write(lun: &Lun, cdb: &[u8], data: Bytes) -> Outcome {
     outcome
 }
 
+/// COMPARE AND WRITE (16): the data-out holds the blocks expected, then the blocks to write. The blocks are
+/// written only if they hold what was expected, with no other change of them in between (a hypervisor's
+/// lock on a shared datastore, VMware's ATS, is made of this).
+pub async fn compare_and_write(lun: &Lun, cdb: &[u8], data: Bytes) -> Outcome {
+    if cdb[1] & 0xe0 != 0 {
+        return Outcome::check(Sense::INVALID_FIELD_IN_CDB); // no protection information on these LUNs
+    }
+    let fua = cdb[1] & 0x08 != 0;
+    let (lba, blocks) = (be64(&cdb[2..10]), u64::from(cdb[13]));
+    if blocks > u64::from(MAX_COMPARE_AND_WRITE_BLOCKS) {
+        return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
+    }
+    if let Err(s) = in_range(lun, lba, blocks) {
+        return Outcome::check(s);
+    }
+    let half = (blocks * BLOCK_SIZE) as usize;
+    let mut outcome = if blocks == 0 {
+        Outcome::good(Vec::new())
+    } else if data.len() < 2 * half {
+        // Both halves are needed: a comparison with part of the data would be a guess.
+        Outcome::check(Sense::INVALID_FIELD_IN_CDB)
+    } else {
+        let compared = lun.disk.read_modify_write(lba * BLOCK_SIZE, half, fua, move |current| {
+            let (expected, new) = (&data[..half], &data[half..2 * half]);
+            match current.iter().zip(expected).position(|(a, b)| a != b) {
+                Some(at) => (false, Some(at)),
+                None => {
+                    current.copy_from_slice(new);
+                    (true, None)
+                }
+            }
+        });
+        match compared.await {
+            Ok(None) => Outcome::good(Vec::new()),
+            // Where the first byte that differs is, from the start of the data-out.
+            Ok(Some(at)) => Outcome::check(Sense::MISCOMPARE_DURING_VERIFY.with_info(at as u32)),
+            Err(e) => Outcome::check(Sense::of(&e, true)),
+        }
+    };
+    outcome.data_out_wanted = 2 * half;
+    outcome
+}
+
+/// ORWRITE (16): each byte of the blocks becomes itself OR the data-out's, with no other change of the
+/// blocks in between.
+pub async fn or_write(lun: &Lun, cdb: &[u8], data: Bytes) -> Outcome {
+    let Some((lba, blocks, fua)) = rw_fields(cdb) else { return Outcome::check(Sense::INVALID_FIELD_IN_CDB) };
+    if let Err(s) = in_range(lun, lba, blocks) {
+        return Outcome::check(s);
+    }
+    if blocks > u64::from(MAX_TRANSFER_BLOCKS) {
+        return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
+    }
+    let len = (blocks * BLOCK_SIZE) as usize;
+    let mut outcome = if blocks == 0 {
+        Outcome::good(Vec::new())
+    } else if data.len() < len {
+        Outcome::check(Sense::INVALID_FIELD_IN_CDB)
+    } else {
+        let ored = lun.disk.read_modify_write(lba * BLOCK_SIZE, len, fua, move |current| {
+            current.iter_mut().zip(&data[..len]).for_each(|(c, d)| *c |= d);
+            (true, ())
+        });
+        match ored.await {
+            Ok(()) => Outcome::good(Vec::new()),
+            Err(e) => Outcome::check(Sense::of(&e, true)),
+        }
+    };
+    outcome.data_out_wanted = len;
+    outcome
+}
+
+/// PRE-FETCH (10/16): the blocks are recalled in the background; GOOD says that not all of them need be in
+/// the cache when it returns (SBC-3 5.9), which is true whether or not IMMED is set.
+pub fn prefetch(lun: &Lun, cdb: &[u8]) -> Outcome {
+    let (lba, blocks) = if cdb.len() == 10 {
+        (u64::from(be32(&cdb[2..6])), u64::from(be16(&cdb[7..9])))
+    } else {
+        (be64(&cdb[2..10]), u64::from(be32(&cdb[10..14])))
+    };
+    if let Err(s) = in_range(lun, lba, blocks) {
+        return Outcome::check(s);
+    }
+    // No blocks: every block from the LBA to the end of the LUN.
+    let blocks = if blocks == 0 { lun.blocks() - lba } else { blocks };
+    match lun.disk.prefetch(lba * BLOCK_SIZE, blocks * BLOCK_SIZE) {
+        Ok(()) => Outcome::good(Vec::new()),
+        Err(e) => Outcome::check(Sense::of(&e, false)),
+    }
+}
+
 pub async fn verify(lun: &Lun, cdb: &[u8], data: &[u8]) -> Outcome {
     let bytchk = (cdb[1] >> 1) & 0x03;
     if cdb[1] & 0xe0 != 0 || bytchk == 2 {
         return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
     }
-    let (lba, blocks) = if cdb.len() == 10 {
-        (u64::from(be32(&cdb[2..6])), u64::from(be16(&cdb[7..9])))
-    } else {
-        (be64(&cdb[2..10]), u64::from(be32(&cdb[10..14])))
+    let (lba, blocks) = match cdb.len() {
+        10 => (u64::from(be32(&cdb[2..6])), u64::from(be16(&cdb[7..9]))),
+        12 => (u64::from(be32(&cdb[2..6])), u64::from(be32(&cdb[6..10]))),
+        _ => (be64(&cdb[2..10]), u64::from(be32(&cdb[10..14]))),
     };
     if let Err(s) = in_range(lun, lba, blocks) {
         return Outcome::check(s);
@@ -142,7 +249,7 @@ pub async fn verify(lun: &Lun, cdb: &[u8], data: &[u8]) -> Outcome {
     if matches {
         Outcome::good(Vec::new())
     } else {
-        Outcome::check(Sense::MISCOMPARE)
+        Outcome::check(Sense::MISCOMPARE_DURING_VERIFY)
     }
 }
 

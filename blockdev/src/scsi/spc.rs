@@ -12,6 +12,8 @@ pub const MAX_TRANSFER_BLOCKS: u32 = 65536;
 /// Largest UNMAP in one descriptor and in one command, in blocks.
 pub const MAX_UNMAP_BLOCKS: u32 = 1 << 20;
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
+/// Largest COMPARE AND WRITE, in blocks (the field is one byte; hypervisors use one block).
+pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 255;
 
 pub fn inquiry(lun: &Lun, cdb: &[u8]) -> Outcome {
     let evpd = cdb[1] & 0x01 != 0;
@@ -41,6 +43,7 @@ pub fn inquiry(lun: &Lun, cdb: &[u8]) -> Outcome {
         0xb0 => {
             let mut d = vec![0u8; 60];
             d[0] = 0x01; // WSNZ: WRITE SAME with zero blocks is refused
+            d[1] = MAX_COMPARE_AND_WRITE_BLOCKS;
             d[2..4].copy_from_slice(&8u16.to_be_bytes()); // optimal granularity: 4 KiB
             d[4..8].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());
             d[8..12].copy_from_slice(&2048u32.to_be_bytes()); // optimal transfer: 1 MiB
@@ -113,7 +116,7 @@ pub fn request_sense(cdb: &[u8]) -> Outcome {
         return Outcome::check(Sense::INVALID_FIELD_IN_CDB); // descriptor format is not offered
     }
     // Sense is returned with each CHECK CONDITION (autosense): nothing is pending here.
-    let s = Sense { key: 0, asc: 0, ascq: 0 };
+    let s = Sense::new(0, 0, 0);
     truncate(s.fixed(), usize::from(cdb[4]))
 }
 
@@ -125,7 +128,7 @@ pub fn mode_sense(lun: &Lun, cdb: &[u8]) -> Outcome {
     let subpage = cdb[3];
     let alloc = if ten { usize::from(be16(&cdb[7..9])) } else { usize::from(cdb[4]) };
     if pc == 3 {
-        return Outcome::check(Sense { key: 0x05, asc: 0x39, ascq: 0x00 }); // saving parameters not supported
+        return Outcome::check(Sense::new(0x05, 0x39, 0x00)); // saving parameters not supported
     }
     if subpage != 0 && subpage != 0xff {
         return Outcome::check(Sense::INVALID_FIELD_IN_CDB);

@@ -192,7 +192,7 @@ fn each_source_error_kind_has_its_sense_and_errno() {
         let got = rt.block_on(crate::fuse::ViewFile::read(&file, 4096, 512));
         assert_eq!(got, Err(errno), "{:?}", make(0));
     }
-    assert_eq!(Sense::UNRECOVERED_READ_ERROR, Sense { key: 0x03, asc: 0x11, ascq: 0x00 });
+    assert_eq!(Sense::UNRECOVERED_READ_ERROR, Sense::new(0x03, 0x11, 0x00));
 }
 
 proptest::proptest! {
@@ -212,4 +212,113 @@ proptest::proptest! {
         let data = vec![0u8; data_len];
         let _ = run(s, 0, &cdb, &data);
     }
+}
+
+/// A 16-byte CDB: opcode, flags, 8-byte LBA, then `tail` (bytes 10..16).
+fn cdb16(opcode: u8, flags: u8, lba: u64, tail: [u8; 6]) -> Vec<u8> {
+    let mut c = vec![opcode, flags];
+    c.extend_from_slice(&lba.to_be_bytes());
+    c.extend_from_slice(&tail);
+    c
+}
+
+fn read_blocks(s: &LunSet, lba: u64, n: u32) -> Vec<u8> {
+    let [a, b, c, d] = n.to_be_bytes();
+    let o = run(s, 0, &cdb16(0x88, 0, lba, [a, b, c, d, 0, 0]), &[]);
+    assert_eq!(o.status, GOOD, "{o:?}");
+    o.data.to_vec()
+}
+
+#[test]
+fn compare_and_write_writes_only_what_matches_and_says_where_it_did_not() {
+    let (_d, s) = set(false);
+    let caw = |lba: u64, blocks: u8| cdb16(0x89, 0, lba, [0, 0, 0, blocks, 0, 0]);
+    // The source reads 0x5a: expecting that, two blocks become 0x11.
+    let mut data = vec![0x5a; 1024];
+    data.extend_from_slice(&[0x11; 1024]);
+    assert_eq!(run(&s, 0, &caw(4, 2), &data).status, GOOD);
+    assert_eq!(read_blocks(&s, 4, 2), vec![0x11; 1024]);
+    // Expecting the old content again: the second block's byte 7 differs (offset 512 + 7 of the data-out).
+    let mut stale = vec![0x11; 1024];
+    stale[512 + 7] = 0x5a;
+    stale.extend_from_slice(&[0x22; 1024]);
+    let o = run(&s, 0, &caw(4, 2), &stale);
+    let sense = o.sense.expect("check condition");
+    assert_eq!((sense.key, sense.asc, sense.info), (0x0e, 0x1d, Some(519)));
+    assert_eq!(sense.fixed()[3..7], 519u32.to_be_bytes(), "INFORMATION, marked valid");
+    assert_eq!(sense.fixed()[0] & 0x80, 0x80);
+    assert_eq!(read_blocks(&s, 4, 2), vec![0x11; 1024], "nothing written on a miscompare");
+    // Too short a data-out, beyond the end, and more blocks than announced are refused.
+    assert_eq!(run(&s, 0, &caw(4, 2), &[0x11; 1024]).sense, Some(Sense::INVALID_FIELD_IN_CDB));
+    assert_eq!(run(&s, 0, &caw(2047, 2), &[0; 2048]).sense, Some(Sense::LBA_OUT_OF_RANGE));
+    let limits = run(&s, 0, &[0x12, 1, 0xb0, 0, 64, 0], &[]);
+    assert_eq!(limits.data[5], super::spc::MAX_COMPARE_AND_WRITE_BLOCKS);
+}
+
+#[test]
+fn compare_and_write_is_atomic_against_concurrent_writes_of_its_blocks() {
+    // Many initiators take the same "lock block" with COMPARE AND WRITE from 0 to their id: exactly one wins,
+    // the block holds its id, and every other one is told of the miscompare.
+    let (_d, s) = set(false);
+    let s = Arc::new(s);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+    let zero = [0u8; 512];
+    rt.block_on(execute(&s, 0, &cdb16(0x8a, 0, 9, [0, 0, 0, 1, 0, 0]), Bytes::copy_from_slice(&zero)));
+    let outcomes = rt.block_on(async {
+        let tasks: Vec<_> = (1..=16u8)
+            .map(|id| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let mut data = vec![0u8; 512];
+                    data.extend_from_slice(&[id; 512]);
+                    (id, execute(&s, 0, &cdb16(0x89, 0, 9, [0, 0, 0, 1, 0, 0]), Bytes::from(data)).await)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.push(t.await.unwrap());
+        }
+        all
+    });
+    let winners: Vec<u8> = outcomes.iter().filter(|(_, o)| o.status == GOOD).map(|(id, _)| *id).collect();
+    assert_eq!(winners.len(), 1, "{outcomes:?}");
+    assert!(outcomes.iter().all(|(_, o)| o.status == GOOD || o.sense.is_some_and(|s| s.key == 0x0e)));
+    assert_eq!(read_blocks(&s, 9, 1), vec![winners[0]; 512]);
+}
+
+#[test]
+fn orwrite_verify12_write_and_verify_and_prefetch() {
+    let (_d, s) = set(false);
+    // ORWRITE: 0x5a | 0x81 = 0xdb.
+    assert_eq!(run(&s, 0, &cdb16(0x8b, 0, 3, [0, 0, 0, 1, 0, 0]), &[0x81; 512]).status, GOOD);
+    assert_eq!(read_blocks(&s, 3, 1), vec![0xdb; 512]);
+    // WRITE AND VERIFY (12), then VERIFY (12) comparing the data: equal, then not.
+    let mut wv12 = vec![0xae, 0];
+    wv12.extend_from_slice(&5u32.to_be_bytes());
+    wv12.extend_from_slice(&1u32.to_be_bytes());
+    wv12.extend_from_slice(&[0, 0]);
+    assert_eq!(run(&s, 0, &wv12, &[0x33; 512]).status, GOOD);
+    assert_eq!(read_blocks(&s, 5, 1), vec![0x33; 512]);
+    let mut v12 = vec![0xaf, 0x02];
+    v12.extend_from_slice(&5u32.to_be_bytes());
+    v12.extend_from_slice(&1u32.to_be_bytes());
+    v12.extend_from_slice(&[0, 0]);
+    assert_eq!(run(&s, 0, &v12, &[0x33; 512]).status, GOOD);
+    assert_eq!(run(&s, 0, &v12, &[0x34; 512]).sense, Some(Sense::MISCOMPARE_DURING_VERIFY));
+    // PRE-FETCH (16) of the whole LUN (zero blocks: to the end) recalls its chunks in the background.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let o = execute(&s, 0, &cdb16(0x90, 0, 0, [0, 0, 0, 0, 0, 0]), Bytes::new()).await;
+        assert_eq!(o.status, GOOD);
+        let disk = &s.luns[0].disk;
+        for _ in 0..200 {
+            if disk.counters().bytes_recalled >= disk.size() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(disk.counters().bytes_recalled, disk.size(), "every chunk recalled by the PRE-FETCH");
+    });
+    assert_eq!(run(&s, 0, &cdb16(0x90, 0, 2048, [0, 0, 0, 1, 0, 0]), &[]).sense, Some(Sense::LBA_OUT_OF_RANGE));
 }
