@@ -878,7 +878,7 @@ fn target_of(state: &MountState, disks: &[Arc<PseudoDisk>]) -> Target {
             let mut naa = [0u8; 16];
             naa.copy_from_slice(&h.as_bytes()[..16]);
             naa[0] = 0x60 | (naa[0] & 0x0f); // NAA 6: IEEE Registered Extended
-            Arc::new(Lun { disk: disk.clone(), serial: format!("LM{}D{d}", &state.id[..12.min(state.id.len())]), naa })
+            Arc::new(Lun::new(disk.clone(), format!("LM{}D{d}", &state.id[..12.min(state.id.len())]), naa))
         })
         .collect();
     let a = &state.access;

@@ -13,11 +13,14 @@ fuzz_target!(|data: &[u8]| {
     let split = data.len().min(16);
     let (cdb, out) = data.split_at(split);
     let lun = u64::from(data[0] & 1);
+    let nexus = blockdev::scsi::Nexus::iscsi("iqn.2026-01.fuzz:initiator", [0x40, 0, 0, 0, 0, u8::from(data[0] & 2 != 0)]);
     let outcome = common::runtime().block_on(blockdev::scsi::execute(
         common::luns(),
+        &nexus,
         lun,
         cdb,
         bytes::Bytes::copy_from_slice(out),
     ));
-    assert!(outcome.status == blockdev::scsi::GOOD || outcome.sense.is_some());
+    let conflict = outcome.status == blockdev::scsi::reservations::RESERVATION_CONFLICT;
+    assert!(outcome.status == blockdev::scsi::GOOD || outcome.sense.is_some() || conflict);
 });

@@ -39,7 +39,7 @@ fn lun_set() -> LunSet {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
     let disk = PseudoDisk::open(dir.path(), Arc::new(Pattern), Engine::start().unwrap(), Options::default()).unwrap();
-    LunSet { luns: vec![Arc::new(Lun { disk, serial: "FUZZ".into(), naa: [0x60; 16] })] }
+    LunSet { luns: vec![Arc::new(Lun::new(disk, "FUZZ".into(), [0x60; 16]))] }
 }
 
 pub fn luns() -> &'static LunSet {

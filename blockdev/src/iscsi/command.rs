@@ -15,7 +15,7 @@ use super::params::SessionParams;
 use super::pdu::{flag, CommandResponse, Pdu, Residual, TargetOp, RESERVED_TAG};
 use super::target::Target;
 use super::window::{Backlog, Out};
-use crate::scsi::{self, Outcome, Sense, CHECK_CONDITION, GOOD};
+use crate::scsi::{self, Nexus, Outcome, Sense, CHECK_CONDITION, GOOD};
 
 /// The most write buffer reserved up front from the expected length, which the initiator chooses: a larger
 /// write grows its buffer as its data arrives, so a lying header cannot make the target reserve gigabytes.
@@ -31,6 +31,8 @@ pub(super) struct TaskContext {
     /// Running commands, by ITT: their LUN and a handle to abort them.
     pub tasks: Mutex<HashMap<u32, (u64, AbortHandle)>>,
     pub next_ttt: AtomicU32,
+    /// The SCSI initiator port of the session (for reservations).
+    pub nexus: Nexus,
 }
 
 /// How collecting a command's write data ended.
@@ -77,7 +79,7 @@ impl TaskContext {
             None => (Transfer::Complete, cmd.data.clone()),
         };
         let outcome = match received {
-            Transfer::Complete => scsi::execute(&target.luns, cmd.lun(), cmd.cdb(), data).await,
+            Transfer::Complete => scsi::execute(&target.luns, &self.nexus, cmd.lun(), cmd.cdb(), data).await,
             // A broken data sequence fails the command, and nothing of it is written.
             Transfer::SequenceError => Outcome::check(Sense::DATA_PHASE_ERROR),
             Transfer::Gone => {

@@ -71,6 +71,8 @@ pub enum SessionType {
 pub struct Session {
     pub kind: SessionType,
     pub initiator: String,
+    /// The session's initiator part (ISID): with the name, the SCSI initiator port.
+    pub isid: [u8; 6],
     pub target: Option<Arc<Target>>,
     pub tsih: u16,
     pub params: SessionParams,
@@ -282,6 +284,7 @@ fn step(req: &Pdu, st: &mut LoginState, portal: &Portal) -> Step {
             let session = Session {
                 kind: st.kind,
                 initiator,
+                isid: st.isid,
                 target: st.target.clone(),
                 tsih,
                 params: st.params.clone(),

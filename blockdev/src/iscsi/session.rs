@@ -28,6 +28,7 @@ use super::text;
 use super::window::{queued_size, Backlog, Numbers, Out};
 use super::writer::Batch;
 use crate::scsi;
+use crate::scsi::Nexus;
 
 /// How long a connection may be idle before the target sends a NOP-In ping. Initiators that never answer
 /// are tolerated: the ping only keeps the connection's state visible in traces and middleboxes.
@@ -61,7 +62,12 @@ where
         }
     };
     let tsih = session.tsih;
+    // The I_T nexus ends with the session: what the initiator port held only while it lasted goes.
+    let nexus = session.target.clone().map(|t| (t, Nexus::iscsi(&session.initiator, session.isid)));
     run(stream, session, portal.clone()).await;
+    if let Some((target, nexus)) = nexus {
+        target.luns.nexus_lost(&nexus);
+    }
     portal.end_session(tsih);
 }
 
@@ -69,7 +75,8 @@ async fn run<S>(stream: S, session: Session, portal: Arc<Portal>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Session { kind, initiator, target, params, exp_cmd_sn, stat_sn, mut stop, .. } = session;
+    let Session { kind, initiator, isid, target, params, exp_cmd_sn, stat_sn, mut stop, .. } = session;
+    let nexus = Nexus::iscsi(&initiator, isid);
     let digests = Digests { header: params.header_digest, data: params.data_digest };
     let (rd, wr) = tokio::io::split(stream);
     let mut rd = BufReader::with_capacity(256 * 1024, rd);
@@ -84,6 +91,7 @@ where
         transfers: Mutex::default(),
         tasks: Mutex::default(),
         next_ttt: AtomicU32::new(1),
+        nexus: nexus.clone(),
     });
     let conn = Connection { portal, target, kind, initiator, numbers, ctx };
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -330,12 +338,22 @@ impl Connection {
                 TmfResponse::FunctionComplete
             }
             AbortTaskSet | ClearTaskSet | LogicalUnitReset if !lun_exists => TmfResponse::LunDoesNotExist,
-            AbortTaskSet | ClearTaskSet | LogicalUnitReset => {
+            AbortTaskSet | ClearTaskSet => {
                 abort_where(&|_, l| l == lun);
+                TmfResponse::FunctionComplete
+            }
+            LogicalUnitReset => {
+                abort_where(&|_, l| l == lun);
+                if let Some(t) = &self.target {
+                    t.luns.reset(Some(lun));
+                }
                 TmfResponse::FunctionComplete
             }
             TargetWarmReset | TargetColdReset => {
                 abort_where(&|_, _| true);
+                if let Some(t) = &self.target {
+                    t.luns.reset(None);
+                }
                 TmfResponse::FunctionComplete
             }
             ClearAca => TmfResponse::FunctionComplete, // ACA is never established here

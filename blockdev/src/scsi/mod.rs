@@ -6,6 +6,7 @@
 //! Every failure becomes sense data (`Sense`), never a dropped command. `execute_now` is the fast path of a
 //! transport: a READ the page cache can answer, done without waiting.
 
+pub mod reservations;
 mod sbc;
 mod spc;
 
@@ -14,6 +15,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::PseudoDisk;
+pub use reservations::Nexus;
+use reservations::{Access, Reservations};
 
 /// Logical block size the LUNs report.
 pub const BLOCK_SIZE: u64 = 512;
@@ -102,16 +105,23 @@ impl Sense {
     }
 }
 
-/// One LUN: a pseudo-disk with its identity.
+/// One LUN: a pseudo-disk with its identity and its reservations.
 pub struct Lun {
     pub disk: Arc<PseudoDisk>,
     /// Unit serial number (VPD 0x80), unique per disk.
     pub serial: String,
     /// NAA IEEE Registered Extended designator (VPD 0x83), unique per disk.
     pub naa: [u8; 16],
+    pub reservations: Reservations,
 }
 
 impl Lun {
+    /// A LUN of `disk`; persistent reservations kept with APTPL live in the disk's folder.
+    pub fn new(disk: Arc<PseudoDisk>, serial: String, naa: [u8; 16]) -> Lun {
+        let reservations = Reservations::open(Some(disk.dir()));
+        Lun { disk, serial, naa, reservations }
+    }
+
     pub fn blocks(&self) -> u64 {
         self.disk.size() / BLOCK_SIZE
     }
@@ -161,6 +171,38 @@ pub enum Handler {
     StartStopUnit,
     PreventAllowMediumRemoval,
     ReportSupportedOpcodes,
+    PersistentReserveIn,
+    PersistentReserveOut,
+    Reserve,
+    Release,
+}
+
+impl Handler {
+    /// What the command does, for the conflicts a reservation makes (SPC-4 Table 68, SPC-2 Table 15).
+    fn access(self) -> Access {
+        use Handler::*;
+        match self {
+            Inquiry
+            | ReportLuns
+            | RequestSense
+            | ReportSupportedOpcodes
+            | PersistentReserveIn
+            | PersistentReserveOut
+            | Reserve
+            | Release => Access::Always,
+            TestUnitReady | ReadCapacity10 | ReadCapacity16 => Access::Status,
+            Read | Verify | Prefetch | GetLbaStatus | ModeSense => Access::Read,
+            Write
+            | WriteAndVerify
+            | CompareAndWrite
+            | OrWrite
+            | WriteSame
+            | Unmap
+            | SynchronizeCache
+            | StartStopUnit
+            | PreventAllowMediumRemoval => Access::Write,
+        }
+    }
 }
 
 /// One supported command.
@@ -184,6 +226,8 @@ pub const COMMANDS: &[CommandInfo] = &[
     cmd(0x08, None, 6, false, Handler::Read),
     cmd(0x0a, None, 6, true, Handler::Write),
     cmd(0x12, None, 6, false, Handler::Inquiry),
+    cmd(0x16, None, 6, false, Handler::Reserve),
+    cmd(0x17, None, 6, false, Handler::Release),
     cmd(0x1a, None, 6, false, Handler::ModeSense),
     cmd(0x1b, None, 6, false, Handler::StartStopUnit),
     cmd(0x1e, None, 6, false, Handler::PreventAllowMediumRemoval),
@@ -196,7 +240,11 @@ pub const COMMANDS: &[CommandInfo] = &[
     cmd(0x35, None, 10, false, Handler::SynchronizeCache),
     cmd(0x41, None, 10, true, Handler::WriteSame),
     cmd(0x42, None, 10, true, Handler::Unmap),
+    cmd(0x56, None, 10, false, Handler::Reserve),
+    cmd(0x57, None, 10, false, Handler::Release),
     cmd(0x5a, None, 10, false, Handler::ModeSense),
+    cmd(0x5e, None, 10, false, Handler::PersistentReserveIn),
+    cmd(0x5f, None, 10, false, Handler::PersistentReserveOut),
     cmd(0x88, None, 16, false, Handler::Read),
     cmd(0x89, None, 16, true, Handler::CompareAndWrite),
     cmd(0x8a, None, 16, true, Handler::Write),
@@ -228,9 +276,27 @@ pub struct LunSet {
     pub luns: Vec<Arc<Lun>>,
 }
 
-/// Runs one command on `lun` of `set`, with `data_out` the data the initiator sent (owned, so that a WRITE
-/// hands it to the pseudo-disk without a copy).
-pub async fn execute(set: &LunSet, lun: u64, cdb: &[u8], data_out: Bytes) -> Outcome {
+impl LunSet {
+    /// The I_T nexus is gone (logout, dropped connection): what it held only while it lasted goes.
+    pub fn nexus_lost(&self, nexus: &Nexus) {
+        for lun in &self.luns {
+            lun.reservations.nexus_lost(nexus);
+        }
+    }
+
+    /// LOGICAL UNIT RESET of `lun` (every LUN for a target reset: `None`).
+    pub fn reset(&self, lun: Option<u64>) {
+        for (n, unit) in self.luns.iter().enumerate() {
+            if lun.is_none_or(|l| l == n as u64) {
+                unit.reservations.reset();
+            }
+        }
+    }
+}
+
+/// Runs one command of initiator port `nexus` on `lun` of `set`, with `data_out` the data the initiator sent
+/// (owned, so that a WRITE hands it to the pseudo-disk without a copy).
+pub async fn execute(set: &LunSet, nexus: &Nexus, lun: u64, cdb: &[u8], data_out: Bytes) -> Outcome {
     let Some(info) = lookup(cdb) else { return Outcome::check(Sense::INVALID_OPCODE) };
     if cdb.len() < usize::from(info.cdb_len) {
         return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
@@ -248,6 +314,10 @@ pub async fn execute(set: &LunSet, lun: u64, cdb: &[u8], data_out: Bytes) -> Out
     let Some(unit) = usize::try_from(lun).ok().and_then(|l| set.luns.get(l)) else {
         return Outcome::check(Sense::LUN_NOT_SUPPORTED);
     };
+    let reports_attention = !matches!(info.handler, Handler::Inquiry | Handler::ReportLuns | Handler::RequestSense);
+    if let Some(refused) = unit.reservations.admit(nexus, info.handler.access(), reports_attention) {
+        return refused;
+    }
     if info.writes && unit.disk.is_read_only() {
         return Outcome::check(Sense::WRITE_PROTECTED);
     }
@@ -273,6 +343,10 @@ pub async fn execute(set: &LunSet, lun: u64, cdb: &[u8], data_out: Bytes) -> Out
         Handler::SynchronizeCache => sbc::synchronize_cache(unit).await,
         Handler::ReportLuns => spc::report_luns(set, cdb),
         Handler::RequestSense => spc::request_sense(cdb),
+        Handler::PersistentReserveIn => unit.reservations.persistent_reserve_in(cdb),
+        Handler::PersistentReserveOut => unit.reservations.persistent_reserve_out(nexus, cdb, &data_out),
+        Handler::Reserve => unit.reservations.reserve(nexus, cdb),
+        Handler::Release => unit.reservations.release(nexus),
     }
 }
 
@@ -287,6 +361,9 @@ pub fn execute_now(set: &LunSet, lun: u64, cdb: &[u8], max_len: usize) -> Option
         return None;
     }
     let unit = set.luns.get(usize::try_from(lun).ok()?)?;
+    if unit.reservations.engaged() {
+        return None; // `execute` checks the reservations and unit attentions
+    }
     sbc::read_now(unit, &cdb[..usize::from(info.cdb_len)], max_len)
 }
 

@@ -140,11 +140,12 @@ pub async fn compare_and_write(lun: &Lun, cdb: &[u8], data: Bytes) -> Outcome {
         return Outcome::check(s);
     }
     let half = (blocks * BLOCK_SIZE) as usize;
-    let mut outcome = if blocks == 0 {
-        Outcome::good(Vec::new())
-    } else if data.len() < 2 * half {
-        // Both halves are needed: a comparison with part of the data would be a guess.
+    let mut outcome = if data.len() != 2 * half {
+        // The data-out must be exactly both halves: with more or less, which bytes are the expected ones
+        // would be a guess (and zero blocks with data is a length that did not fit the CDB's one byte).
         Outcome::check(Sense::INVALID_FIELD_IN_CDB)
+    } else if blocks == 0 {
+        Outcome::good(Vec::new())
     } else {
         let compared = lun.disk.read_modify_write(lba * BLOCK_SIZE, half, fua, move |current| {
             let (expected, new) = (&data[..half], &data[half..2 * half]);

@@ -34,13 +34,18 @@ fn set(read_only: bool) -> (tempfile::TempDir, LunSet) {
         crate::Options { read_only },
     )
     .unwrap();
-    let lun = Lun { disk, serial: "LM0001".into(), naa: [0x6a; 16] };
+    let lun = Lun::new(disk, "LM0001".into(), [0x6a; 16]);
     (dir, LunSet { luns: vec![Arc::new(lun)] })
+}
+
+/// Initiator port `n` (a session of its own).
+fn initiator(n: u8) -> Nexus {
+    Nexus::iscsi("iqn.2026-01.test:initiator", [0x40, 0, 0, 0, 0, n])
 }
 
 fn run(set: &LunSet, lun: u64, cdb: &[u8], data: &[u8]) -> Outcome {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(execute(set, lun, cdb, Bytes::copy_from_slice(data)))
+    rt.block_on(execute(set, &initiator(1), lun, cdb, Bytes::copy_from_slice(data)))
 }
 
 #[test]
@@ -178,7 +183,7 @@ fn each_source_error_kind_has_its_sense_and_errno() {
             crate::Options::default(),
         )
         .unwrap();
-        let lun = Lun { disk: disk.clone(), serial: "LM0002".into(), naa: [0x6b; 16] };
+        let lun = Lun::new(disk.clone(), "LM0002".into(), [0x6b; 16]);
         let s = LunSet { luns: vec![Arc::new(lun)] };
         let o = run(&s, 0, &[0x28, 0, 0, 0, 0, 8, 0, 0, 1, 0], &[]);
         assert_eq!(o.status, CHECK_CONDITION);
@@ -250,6 +255,8 @@ fn compare_and_write_writes_only_what_matches_and_says_where_it_did_not() {
     assert_eq!(read_blocks(&s, 4, 2), vec![0x11; 1024], "nothing written on a miscompare");
     // Too short a data-out, beyond the end, and more blocks than announced are refused.
     assert_eq!(run(&s, 0, &caw(4, 2), &[0x11; 1024]).sense, Some(Sense::INVALID_FIELD_IN_CDB));
+    assert_eq!(run(&s, 0, &caw(4, 1), &[0x11; 2048]).sense, Some(Sense::INVALID_FIELD_IN_CDB), "too long");
+    assert_eq!(run(&s, 0, &caw(4, 0), &[0x11; 1024]).sense, Some(Sense::INVALID_FIELD_IN_CDB), "256 blocks");
     assert_eq!(run(&s, 0, &caw(2047, 2), &[0; 2048]).sense, Some(Sense::LBA_OUT_OF_RANGE));
     let limits = run(&s, 0, &[0x12, 1, 0xb0, 0, 64, 0], &[]);
     assert_eq!(limits.data[5], super::spc::MAX_COMPARE_AND_WRITE_BLOCKS);
@@ -263,7 +270,7 @@ fn compare_and_write_is_atomic_against_concurrent_writes_of_its_blocks() {
     let s = Arc::new(s);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
     let zero = [0u8; 512];
-    rt.block_on(execute(&s, 0, &cdb16(0x8a, 0, 9, [0, 0, 0, 1, 0, 0]), Bytes::copy_from_slice(&zero)));
+    rt.block_on(execute(&s, &initiator(1), 0, &cdb16(0x8a, 0, 9, [0, 0, 0, 1, 0, 0]), Bytes::copy_from_slice(&zero)));
     let outcomes = rt.block_on(async {
         let tasks: Vec<_> = (1..=16u8)
             .map(|id| {
@@ -271,7 +278,7 @@ fn compare_and_write_is_atomic_against_concurrent_writes_of_its_blocks() {
                 tokio::spawn(async move {
                     let mut data = vec![0u8; 512];
                     data.extend_from_slice(&[id; 512]);
-                    (id, execute(&s, 0, &cdb16(0x89, 0, 9, [0, 0, 0, 1, 0, 0]), Bytes::from(data)).await)
+                    (id, execute(&s, &initiator(1), 0, &cdb16(0x89, 0, 9, [0, 0, 0, 1, 0, 0]), Bytes::from(data)).await)
                 })
             })
             .collect();
@@ -309,7 +316,7 @@ fn orwrite_verify12_write_and_verify_and_prefetch() {
     // PRE-FETCH (16) of the whole LUN (zero blocks: to the end) recalls its chunks in the background.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let o = execute(&s, 0, &cdb16(0x90, 0, 0, [0, 0, 0, 0, 0, 0]), Bytes::new()).await;
+        let o = execute(&s, &initiator(1), 0, &cdb16(0x90, 0, 0, [0, 0, 0, 0, 0, 0]), Bytes::new()).await;
         assert_eq!(o.status, GOOD);
         let disk = &s.luns[0].disk;
         for _ in 0..200 {
@@ -321,4 +328,117 @@ fn orwrite_verify12_write_and_verify_and_prefetch() {
         assert_eq!(disk.counters().bytes_recalled, disk.size(), "every chunk recalled by the PRE-FETCH");
     });
     assert_eq!(run(&s, 0, &cdb16(0x90, 0, 2048, [0, 0, 0, 1, 0, 0]), &[]).sense, Some(Sense::LBA_OUT_OF_RANGE));
+}
+
+/// A command of initiator port `n` on LUN 0.
+fn run_as(set: &LunSet, n: u8, cdb: &[u8], data: &[u8]) -> Outcome {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(execute(set, &initiator(n), 0, cdb, Bytes::copy_from_slice(data)))
+}
+
+/// PERSISTENT RESERVE OUT: service action, type, the caller's key, the service action key, APTPL.
+fn prout(sa: u8, kind: u8, key: u64, sa_key: u64, aptpl: bool) -> (Vec<u8>, Vec<u8>) {
+    let cdb = vec![0x5f, sa, kind, 0, 0, 0, 0, 0, 24, 0];
+    let mut list = key.to_be_bytes().to_vec();
+    list.extend_from_slice(&sa_key.to_be_bytes());
+    list.extend_from_slice(&[0, 0, 0, 0, u8::from(aptpl), 0, 0, 0]);
+    (cdb, list)
+}
+
+fn prin(s: &LunSet, n: u8, sa: u8) -> Vec<u8> {
+    let o = run_as(s, n, &[0x5e, sa, 0, 0, 0, 0, 0, 0x10, 0, 0], &[]);
+    assert_eq!(o.status, GOOD, "{o:?}");
+    o.data.to_vec()
+}
+
+const CONFLICT: u8 = reservations::RESERVATION_CONFLICT;
+
+#[test]
+fn two_initiators_contend_for_a_persistent_reservation_as_spc4_says() {
+    let (_d, s) = set(false);
+    let out = |n: u8, sa: u8, kind: u8, key: u64, sa_key: u64| {
+        let (cdb, list) = prout(sa, kind, key, sa_key, false);
+        run_as(&s, n, &cdb, &list)
+    };
+    let read = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    let write = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    // Registration: a wrong key of an unregistered port conflicts; each registers its own.
+    assert_eq!(out(1, 0, 0, 0x99, 0xa).status, CONFLICT);
+    assert_eq!(out(1, 0, 0, 0, 0xa).status, GOOD);
+    assert_eq!(out(2, 6, 0, 0, 0xb).status, GOOD, "REGISTER AND IGNORE EXISTING KEY");
+    let keys = prin(&s, 1, 0);
+    assert_eq!(&keys[0..4], &2u32.to_be_bytes(), "generation: two registrations");
+    assert_eq!(&keys[8..], &[0xau64.to_be_bytes(), 0xbu64.to_be_bytes()].concat()[..]);
+    // Port 1 takes WRITE EXCLUSIVE: port 2 still reads, but may not write; port 1 does both.
+    assert_eq!(out(1, 1, 1, 0xa, 0).status, GOOD);
+    assert_eq!(out(2, 1, 1, 0xb, 0).status, CONFLICT, "another holder's reservation");
+    assert_eq!(run_as(&s, 2, &read, &[]).status, GOOD);
+    assert_eq!(run_as(&s, 2, &write, &[0; 512]).status, CONFLICT);
+    assert_eq!(run_as(&s, 1, &write, &[7; 512]).status, GOOD);
+    let r = prin(&s, 2, 1);
+    assert_eq!((&r[8..16], r[21]), (&0xau64.to_be_bytes()[..], 1), "READ RESERVATION: port 1's key, type 1");
+    // Port 2 preempts port 1 as EXCLUSIVE ACCESS: port 1's registration goes, and it is told so once.
+    assert_eq!(out(2, 4, 3, 0xb, 0xa).status, GOOD);
+    let told = run_as(&s, 1, &read, &[]);
+    assert_eq!(told.sense.map(|x| (x.key, x.asc, x.ascq)), Some((0x06, 0x2a, 0x05)), "REGISTRATIONS PREEMPTED");
+    assert_eq!(run_as(&s, 1, &read, &[]).status, CONFLICT, "exclusive access: no reads either");
+    assert_eq!(run_as(&s, 1, &[0x12, 0, 0, 0, 36, 0], &[]).status, GOOD, "INQUIRY always");
+    assert_eq!(prin(&s, 1, 0)[8..], 0xbu64.to_be_bytes());
+    // A release of another type is refused; of its own type, port 1 may write again.
+    assert_eq!(out(2, 2, 1, 0xb, 0).sense, Some(Sense::new(0x05, 0x26, 0x04)));
+    assert_eq!(out(2, 2, 3, 0xb, 0).status, GOOD);
+    assert_eq!(run_as(&s, 1, &write, &[8; 512]).status, GOOD);
+    // All registrants: every registrant may write; CLEAR takes everything away and tells the others.
+    assert_eq!(out(1, 0, 0, 0, 0xc).status, GOOD);
+    assert_eq!(out(2, 1, 7, 0xb, 0).status, GOOD);
+    assert_eq!(run_as(&s, 1, &write, &[9; 512]).status, GOOD);
+    assert_eq!(run_as(&s, 3, &write, &[9; 512]).status, CONFLICT, "port 3 is not registered");
+    assert_eq!(out(2, 3, 0, 0xb, 0).status, GOOD);
+    let told = run_as(&s, 1, &read, &[]);
+    assert_eq!(told.sense.map(|x| (x.key, x.asc, x.ascq)), Some((0x06, 0x2a, 0x03)), "RESERVATIONS PREEMPTED");
+    assert_eq!(prin(&s, 1, 0)[4..8], 0u32.to_be_bytes(), "no keys left");
+    assert_eq!(run_as(&s, 3, &write, &[9; 512]).status, GOOD);
+}
+
+#[test]
+fn persistent_reservations_with_aptpl_come_back_with_the_lun() {
+    let (_d, s) = set(false);
+    let (cdb, list) = prout(0, 0, 0, 0x1234, true);
+    assert_eq!(run_as(&s, 1, &cdb, &list).status, GOOD);
+    let (cdb, list) = prout(1, 3, 0x1234, 0, true);
+    assert_eq!(run_as(&s, 1, &cdb, &list).status, GOOD);
+    // The daemon restarts: the mount's LUN is made again on the same disk.
+    let disk = s.luns[0].disk.clone();
+    let again = LunSet { luns: vec![Arc::new(Lun::new(disk.clone(), "LM0001".into(), [0x6a; 16]))] };
+    assert_eq!(prin(&again, 2, 1)[21], 3, "the reservation came back");
+    assert_eq!(run_as(&again, 2, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[]).status, CONFLICT);
+    let caps = prin(&again, 1, 2);
+    assert_eq!((caps[2] & 0x01, caps[3] & 0x01), (1, 1), "PTPL_C and PTPL_A");
+    // Without APTPL nothing is kept.
+    let (cdb, list) = prout(0, 0, 0x1234, 0, false);
+    assert_eq!(run_as(&again, 1, &cdb, &list).status, GOOD);
+    let third = LunSet { luns: vec![Arc::new(Lun::new(disk, "LM0001".into(), [0x6a; 16]))] };
+    assert_eq!(prin(&third, 1, 1)[4..8], 0u32.to_be_bytes());
+    assert_eq!(run_as(&third, 2, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[]).status, GOOD);
+}
+
+#[test]
+fn reserve6_holds_the_lun_for_one_port_until_release_reset_or_logout() {
+    let (_d, s) = set(false);
+    let mode_sense = [0x1a, 0, 0x3f, 0, 0xff, 0];
+    assert_eq!(run_as(&s, 1, &[0x16, 0, 0, 0, 0, 0], &[]).status, GOOD);
+    assert_eq!(run_as(&s, 2, &mode_sense, &[]).status, CONFLICT);
+    assert_eq!(run_as(&s, 2, &[0x16, 0, 0, 0, 0, 0], &[]).status, CONFLICT);
+    assert_eq!(run_as(&s, 2, &[0x17, 0, 0, 0, 0, 0], &[]).status, GOOD, "another's RELEASE releases nothing");
+    assert_eq!(run_as(&s, 2, &mode_sense, &[]).status, CONFLICT);
+    assert_eq!(run_as(&s, 1, &mode_sense, &[]).status, GOOD);
+    s.nexus_lost(&initiator(1));
+    assert_eq!(run_as(&s, 2, &mode_sense, &[]).status, GOOD, "the holder logged out");
+    assert_eq!(run_as(&s, 2, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]).status, GOOD, "RESERVE(10)");
+    s.reset(Some(0));
+    assert_eq!(run_as(&s, 1, &mode_sense, &[]).status, GOOD, "LUN reset");
+    // A persistent registration makes RESERVE conflict.
+    let (cdb, list) = prout(0, 0, 0, 5, false);
+    assert_eq!(run_as(&s, 1, &cdb, &list).status, GOOD);
+    assert_eq!(run_as(&s, 1, &[0x16, 0, 0, 0, 0, 0], &[]).status, CONFLICT);
 }
