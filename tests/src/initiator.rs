@@ -221,21 +221,20 @@ impl Initiator {
         Ok((bhs, data))
     }
 
-    /// READ(10) of `blocks` 512-byte blocks at `lba` on LUN 0; returns the data and the SCSI status.
-    pub fn read10(&mut self, lba: u32, blocks: u16) -> std::io::Result<(Vec<u8>, u8)> {
+    /// One SCSI command on LUN 0, its data-out sent as immediate data, up to `read_len` bytes of data-in
+    /// wanted. Returns the data-in, the SCSI status and the sense data (empty when there is none).
+    pub fn command(&mut self, cdb: &[u8], data_out: &[u8], read_len: u32) -> std::io::Result<Answer> {
         self.itt += 1;
         let mut bhs = [0u8; 48];
         bhs[0] = op::SCSI_COMMAND;
-        bhs[1] = 0x80 | 0x40; // F, R
+        bhs[1] = 0x80 | if read_len > 0 { 0x40 } else { 0 } | if data_out.is_empty() { 0 } else { 0x20 }; // F, R, W
         bhs[16..20].copy_from_slice(&self.itt.to_be_bytes());
-        bhs[20..24].copy_from_slice(&(u32::from(blocks) * 512).to_be_bytes());
+        bhs[20..24].copy_from_slice(&(read_len + data_out.len() as u32).to_be_bytes());
         bhs[24..28].copy_from_slice(&self.cmd_sn.to_be_bytes());
         bhs[28..32].copy_from_slice(&self.exp_stat_sn.to_be_bytes());
         self.cmd_sn += 1;
-        bhs[32] = 0x28;
-        bhs[34..38].copy_from_slice(&lba.to_be_bytes());
-        bhs[39..41].copy_from_slice(&blocks.to_be_bytes());
-        self.send_raw(bhs, &[])?;
+        bhs[32..32 + cdb.len()].copy_from_slice(cdb);
+        self.send_raw(bhs, data_out)?;
         let mut data = Vec::new();
         loop {
             let (rsp, d) = self.recv()?;
@@ -243,36 +242,41 @@ impl Initiator {
                 op::DATA_IN => {
                     data.extend_from_slice(&d);
                     if rsp[1] & 0x01 != 0 {
-                        return Ok((data, rsp[3]));
+                        return Ok(Answer { data, status: rsp[3], sense: Vec::new() });
                     }
                 }
-                op::SCSI_RESPONSE => return Ok((data, rsp[3])),
+                op::SCSI_RESPONSE => {
+                    // The sense data comes after its 2-byte length.
+                    let sense = d.get(2..).map(<[u8]>::to_vec).unwrap_or_default();
+                    return Ok(Answer { data, status: rsp[3], sense });
+                }
                 _ => {} // NOP-In pings and the like
             }
         }
     }
 
+    /// READ(10) of `blocks` 512-byte blocks at `lba` on LUN 0; returns the data and the SCSI status.
+    pub fn read10(&mut self, lba: u32, blocks: u16) -> std::io::Result<(Vec<u8>, u8)> {
+        let mut cdb = [0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+        self.command(&cdb, &[], u32::from(blocks) * 512).map(|a| (a.data, a.status))
+    }
+
     /// WRITE(10) with all data as immediate data.
     pub fn write10(&mut self, lba: u32, data: &[u8]) -> std::io::Result<u8> {
-        self.itt += 1;
-        let blocks = (data.len() / 512) as u16;
-        let mut bhs = [0u8; 48];
-        bhs[0] = op::SCSI_COMMAND;
-        bhs[1] = 0x80 | 0x20; // F, W
-        bhs[16..20].copy_from_slice(&self.itt.to_be_bytes());
-        bhs[20..24].copy_from_slice(&(data.len() as u32).to_be_bytes());
-        bhs[24..28].copy_from_slice(&self.cmd_sn.to_be_bytes());
-        bhs[28..32].copy_from_slice(&self.exp_stat_sn.to_be_bytes());
-        self.cmd_sn += 1;
-        bhs[32] = 0x2a;
-        bhs[34..38].copy_from_slice(&lba.to_be_bytes());
-        bhs[39..41].copy_from_slice(&blocks.to_be_bytes());
-        self.send_raw(bhs, data)?;
-        loop {
-            let (rsp, _) = self.recv()?;
-            if rsp[0] & 0x3f == op::SCSI_RESPONSE {
-                return Ok(rsp[3]);
-            }
-        }
+        let mut cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        cdb[7..9].copy_from_slice(&((data.len() / 512) as u16).to_be_bytes());
+        self.command(&cdb, data, 0).map(|a| a.status)
     }
+}
+
+/// What a SCSI command got back.
+#[derive(Debug)]
+pub struct Answer {
+    pub data: Vec<u8>,
+    pub status: u8,
+    /// Fixed-format sense data, when the status is CHECK CONDITION.
+    pub sense: Vec<u8>,
 }

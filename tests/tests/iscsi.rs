@@ -131,6 +131,12 @@ fn libiscsi_conformance_suite_passes() {
         "Prefetch16",
         "PreventAllow",
         "PrinReadKeys",
+        "PrinReportCapabilities",
+        "PrinServiceactionRange",
+        "ProutClear",
+        "ProutPreempt",
+        "ProutRegister",
+        "ProutReserve",
         "Read6",
         "Read10",
         "Read12",
@@ -452,4 +458,60 @@ fn every_reject_carries_its_reason_code_and_the_rejected_header() {
     let keys = b"InitiatorName=iqn.2026-11.io.livemount:test-initiator\0";
     assert_rejected(&mut ini, login, &[], keys, false, reason::PROTOCOL_ERROR, "login in full feature phase");
     assert!(ini.recv().is_err(), "the connection ends after a login in full feature phase");
+}
+
+/// PERSISTENT RESERVE OUT of `key` with service action `sa`, type `kind`, service action key `sa_key`.
+fn prout(i: &mut Initiator, sa: u8, kind: u8, key: u64, sa_key: u64, aptpl: bool) -> tests::initiator::Answer {
+    let mut list = key.to_be_bytes().to_vec();
+    list.extend_from_slice(&sa_key.to_be_bytes());
+    list.extend_from_slice(&[0, 0, 0, 0, u8::from(aptpl), 0, 0, 0]);
+    i.command(&[0x5f, sa, kind, 0, 0, 0, 0, 0, 24, 0], &list, 0).unwrap()
+}
+
+/// PERSISTENT RESERVE IN, service action `sa`.
+fn prin(i: &mut Initiator, sa: u8) -> Vec<u8> {
+    let a = i.command(&[0x5e, sa, 0, 0, 0, 0, 0, 1, 0, 0], &[], 256).unwrap();
+    assert_eq!(a.status, 0, "{a:?}");
+    a.data
+}
+
+#[test]
+fn two_sessions_contend_for_a_persistent_reservation_which_survives_a_daemon_restart() {
+    const CONFLICT: u8 = 0x18;
+    let mut s = setup();
+    let (_, iqn, portal, _, _) = mount(&s, &[]);
+    let mut a = Initiator::login_with_isid(&portal, &iqn, [0x40, 0, 0, 0, 0, 1]).unwrap();
+    let mut b = Initiator::login_with_isid(&portal, &iqn, [0x40, 0, 0, 0, 0, 2]).unwrap();
+    // Both register (a with APTPL); a takes EXCLUSIVE ACCESS: b may neither read nor write.
+    assert_eq!(prout(&mut a, 0, 0, 0, 0xaaaa, true).status, 0);
+    assert_eq!(prout(&mut b, 0, 0, 0, 0xbbbb, true).status, 0);
+    assert_eq!(prout(&mut a, 1, 3, 0xaaaa, 0, true).status, 0);
+    assert_eq!(b.read10(0, 1).unwrap().1, CONFLICT);
+    assert_eq!(b.write10(0, &[1; 512]).unwrap(), CONFLICT);
+    assert_eq!(a.write10(0, &[2; 512]).unwrap(), 0);
+    let keys = prin(&mut b, 0);
+    assert_eq!(u32::from_be_bytes(keys[4..8].try_into().unwrap()), 16, "two keys");
+
+    // The daemon restarts; the mount comes back with its reservation (APTPL), whoever logs in.
+    drop((a, b));
+    s.daemon.restart();
+    // The portal listens on a new port.
+    let mounts = json(&s.daemon.cli().args(["mounts", "--json"]).output().unwrap().stdout);
+    let url = mounts[0]["disks"][0]["iscsi_url"].as_str().unwrap().to_string();
+    let portal = url.trim_start_matches("iscsi://").split('/').next().unwrap().to_string();
+    let mut b = Initiator::login_with_isid(&portal, &iqn, [0x40, 0, 0, 0, 0, 2]).unwrap();
+    let r = prin(&mut b, 1);
+    assert_eq!((&r[8..16], r[21]), (&0xaaaau64.to_be_bytes()[..], 3), "a's EXCLUSIVE ACCESS is back");
+    assert_eq!(b.read10(0, 1).unwrap().1, CONFLICT);
+    // b preempts a: b holds it, and a is told once that its registration went.
+    assert_eq!(prout(&mut b, 4, 3, 0xbbbb, 0xaaaa, true).status, 0);
+    assert_eq!(b.read10(0, 1).unwrap(), (vec![2; 512], 0), "a's write is there");
+    let mut a = Initiator::login_with_isid(&portal, &iqn, [0x40, 0, 0, 0, 0, 1]).unwrap();
+    let told = a.command(&[0x00, 0, 0, 0, 0, 0], &[], 0).unwrap();
+    assert_eq!((told.status, told.sense[2] & 0x0f, told.sense[12], told.sense[13]), (2, 6, 0x2a, 0x05));
+    assert_eq!(a.read10(0, 1).unwrap().1, CONFLICT);
+    assert_eq!(prout(&mut a, 1, 3, 0xaaaa, 0, true).status, CONFLICT, "a is no longer registered");
+    // b clears everything: a may use the disk again.
+    assert_eq!(prout(&mut b, 3, 0, 0xbbbb, 0, false).status, 0);
+    assert_eq!(a.read10(0, 1).unwrap().1, 0);
 }
