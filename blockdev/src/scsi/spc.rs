@@ -42,7 +42,7 @@ pub fn inquiry(lun: &Lun, cdb: &[u8]) -> Outcome {
         }
         0xb0 => {
             let mut d = vec![0u8; 60];
-            d[0] = 0x01; // WSNZ: WRITE SAME with zero blocks is refused
+            // WSNZ 0: WRITE SAME of zero blocks writes to the end of the LUN.
             d[1] = MAX_COMPARE_AND_WRITE_BLOCKS;
             d[2..4].copy_from_slice(&8u16.to_be_bytes()); // optimal granularity: 4 KiB
             d[4..8].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());

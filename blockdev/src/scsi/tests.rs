@@ -442,3 +442,16 @@ fn reserve6_holds_the_lun_for_one_port_until_release_reset_or_logout() {
     assert_eq!(run_as(&s, 1, &cdb, &list).status, GOOD);
     assert_eq!(run_as(&s, 1, &[0x16, 0, 0, 0, 0, 0], &[]).status, CONFLICT);
 }
+
+#[test]
+fn write_same_of_zero_blocks_writes_to_the_end_of_the_lun() {
+    let (_d, s) = set(false);
+    let limits = run(&s, 0, &[0x12, 1, 0xb0, 0, 64, 0], &[]);
+    assert_eq!(limits.data[4] & 0x01, 0, "WSNZ is 0");
+    assert_eq!(run(&s, 0, &cdb16(0x93, 0, 2040, [0, 0, 0, 0, 0, 0]), &[0x44; 512]).status, GOOD);
+    assert_eq!(read_blocks(&s, 2039, 9), [vec![0x5a; 512], vec![0x44; 8 * 512]].concat());
+    assert_eq!(
+        run(&s, 0, &cdb16(0x93, 0, 2048, [0, 0, 0, 0, 0, 0]), &[0x44; 512]).sense,
+        Some(Sense::LBA_OUT_OF_RANGE)
+    );
+}
