@@ -144,6 +144,7 @@ fn libiscsi_conformance_suite_passes() {
         "ReadCapacity10",
         "ReadCapacity16",
         "ReadOnly",
+        "ReceiveCopyResults",
         "ReportSupportedOpcodes",
         "Reserve6",
         "Sanitize",

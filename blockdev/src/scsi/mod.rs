@@ -6,6 +6,7 @@
 //! Every failure becomes sense data (`Sense`), never a dropped command. `execute_now` is the fast path of a
 //! transport: a READ the page cache can answer, done without waiting.
 
+mod copy;
 pub mod reservations;
 mod sbc;
 mod spc;
@@ -113,13 +114,15 @@ pub struct Lun {
     /// NAA IEEE Registered Extended designator (VPD 0x83), unique per disk.
     pub naa: [u8; 16],
     pub reservations: Reservations,
+    /// Results of the copies this LUN ran (EXTENDED COPY), for RECEIVE COPY RESULTS.
+    pub copies: copy::CopyResults,
 }
 
 impl Lun {
     /// A LUN of `disk`; persistent reservations kept with APTPL live in the disk's folder.
     pub fn new(disk: Arc<PseudoDisk>, serial: String, naa: [u8; 16]) -> Lun {
         let reservations = Reservations::open(Some(disk.dir()));
-        Lun { disk, serial, naa, reservations }
+        Lun { disk, serial, naa, reservations, copies: Default::default() }
     }
 
     pub fn blocks(&self) -> u64 {
@@ -175,6 +178,8 @@ pub enum Handler {
     PersistentReserveOut,
     Reserve,
     Release,
+    ExtendedCopy,
+    ReceiveCopyResults,
 }
 
 impl Handler {
@@ -191,7 +196,7 @@ impl Handler {
             | Reserve
             | Release => Access::Always,
             TestUnitReady | ReadCapacity10 | ReadCapacity16 => Access::Status,
-            Read | Verify | Prefetch | GetLbaStatus | ModeSense => Access::Read,
+            Read | Verify | Prefetch | GetLbaStatus | ModeSense | ReceiveCopyResults => Access::Read,
             Write
             | WriteAndVerify
             | CompareAndWrite
@@ -200,7 +205,8 @@ impl Handler {
             | Unmap
             | SynchronizeCache
             | StartStopUnit
-            | PreventAllowMediumRemoval => Access::Write,
+            | PreventAllowMediumRemoval
+            | ExtendedCopy => Access::Write,
         }
     }
 }
@@ -245,6 +251,8 @@ pub const COMMANDS: &[CommandInfo] = &[
     cmd(0x5a, None, 10, false, Handler::ModeSense),
     cmd(0x5e, None, 10, false, Handler::PersistentReserveIn),
     cmd(0x5f, None, 10, false, Handler::PersistentReserveOut),
+    cmd(0x83, Some(0x00), 16, true, Handler::ExtendedCopy),
+    cmd(0x84, None, 16, false, Handler::ReceiveCopyResults),
     cmd(0x88, None, 16, false, Handler::Read),
     cmd(0x89, None, 16, true, Handler::CompareAndWrite),
     cmd(0x8a, None, 16, true, Handler::Write),
@@ -347,6 +355,8 @@ pub async fn execute(set: &LunSet, nexus: &Nexus, lun: u64, cdb: &[u8], data_out
         Handler::PersistentReserveOut => unit.reservations.persistent_reserve_out(nexus, cdb, &data_out),
         Handler::Reserve => unit.reservations.reserve(nexus, cdb),
         Handler::Release => unit.reservations.release(nexus),
+        Handler::ExtendedCopy => copy::extended_copy(set, unit, nexus, cdb, &data_out).await,
+        Handler::ReceiveCopyResults => copy::receive_copy_results(unit, nexus, cdb),
     }
 }
 

@@ -265,12 +265,7 @@ pub async fn write_same(lun: &Lun, cdb: &[u8], data: &[u8]) -> Outcome {
     } else {
         (be64(&cdb[2..10]), u64::from(be32(&cdb[10..14])))
     };
-    // No blocks: every block from the LBA to the end of the LUN (WSNZ is 0), within the maximum length.
-    if blocks == 0 && lba >= lun.blocks() {
-        return Outcome::check(Sense::LBA_OUT_OF_RANGE);
-    }
-    let blocks = if blocks == 0 { lun.blocks() - lba } else { blocks };
-    if blocks > u64::from(MAX_UNMAP_BLOCKS) {
+    if blocks == 0 || blocks > u64::from(MAX_UNMAP_BLOCKS) {
         return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
     }
     if let Err(s) = in_range(lun, lba, blocks) {

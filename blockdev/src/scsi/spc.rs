@@ -26,23 +26,35 @@ pub fn inquiry(lun: &Lun, cdb: &[u8]) -> Outcome {
         return truncate(standard_inquiry(0x00), alloc);
     }
     let body: Vec<u8> = match page {
-        0x00 => vec![0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2],
+        0x00 => vec![0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2],
         0x80 => lun.serial.as_bytes().to_vec(),
         0x83 => {
             let mut d = Vec::new();
             // NAA IEEE Registered Extended, binary, associated with the logical unit.
             d.extend_from_slice(&[0x01, 0x03, 0x00, 16]);
             d.extend_from_slice(&lun.naa);
-            // T10 vendor ID: vendor, then the serial (ASCII).
-            let mut t10 = VENDOR.to_vec();
-            t10.extend_from_slice(lun.serial.as_bytes());
+            let t10 = t10_designator(lun);
             d.extend_from_slice(&[0x02, 0x01, 0x00, t10.len() as u8]);
             d.extend_from_slice(&t10);
             d
         }
+        0x8f => {
+            // Third-party copy: one Supported Commands descriptor (EXTENDED COPY LID1, RECEIVE COPY RESULTS
+            // COPY STATUS and OPERATING PARAMETERS), padded to a multiple of four bytes.
+            let commands = [0x83, 1, 0x00, 0x84, 2, 0x00, 0x03];
+            let mut desc = vec![0x00, 0x01, 0, 0, commands.len() as u8];
+            desc.extend_from_slice(&commands);
+            desc.resize(desc.len().next_multiple_of(4), 0);
+            let len = (desc.len() - 4) as u16;
+            desc[2..4].copy_from_slice(&len.to_be_bytes());
+            desc
+        }
         0xb0 => {
             let mut d = vec![0u8; 60];
-            // WSNZ 0: WRITE SAME of zero blocks writes to the end of the LUN.
+            // WSNZ: a WRITE SAME of zero blocks is refused. (With zero meaning "to the end of the LUN",
+            // libiscsi's WriteSame10.UnmapUntilEnd expects an UNMAP of non-zero data to read back as zeros;
+            // that data is the initiator's, and is written, not dropped.)
+            d[0] = 0x01;
             d[1] = MAX_COMPARE_AND_WRITE_BLOCKS;
             d[2..4].copy_from_slice(&8u16.to_be_bytes()); // optimal granularity: 4 KiB
             d[4..8].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());
@@ -78,12 +90,20 @@ pub fn inquiry_absent_lun(cdb: &[u8]) -> Outcome {
     truncate(standard_inquiry(0x7f), usize::from(be16(&cdb[3..5])))
 }
 
+/// The T10 vendor ID designator of a LUN (VPD 0x83): vendor, then the serial (ASCII).
+pub fn t10_designator(lun: &Lun) -> Vec<u8> {
+    let mut t10 = VENDOR.to_vec();
+    t10.extend_from_slice(lun.serial.as_bytes());
+    t10
+}
+
 fn standard_inquiry(peripheral: u8) -> Vec<u8> {
     let mut d = vec![0u8; 66];
     d[0] = peripheral;
     d[2] = 0x06; // SPC-4
     d[3] = 0x02; // response data format 2
     d[4] = (d.len() - 5) as u8;
+    d[5] = 0x08; // 3PC: third-party copy (EXTENDED COPY)
     d[7] = 0x02; // CmdQue
     d[8..16].copy_from_slice(VENDOR);
     d[16..32].copy_from_slice(PRODUCT);

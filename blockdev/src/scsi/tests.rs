@@ -443,15 +443,105 @@ fn reserve6_holds_the_lun_for_one_port_until_release_reset_or_logout() {
     assert_eq!(run_as(&s, 1, &[0x16, 0, 0, 0, 0, 0], &[]).status, CONFLICT);
 }
 
+/// Two LUNs of 4 MiB over the same test source (0x5a everywhere).
+fn two_luns() -> (tempfile::TempDir, LunSet) {
+    let dir = tempfile::tempdir().unwrap();
+    let luns = (0..2u8)
+        .map(|n| {
+            let sub = dir.path().join(format!("disk{n}"));
+            std::fs::create_dir(&sub).unwrap();
+            let disk = crate::PseudoDisk::open(
+                &sub,
+                Arc::new(Zeros(4 << 20)),
+                Engine::start().unwrap(),
+                crate::Options::default(),
+            )
+            .unwrap();
+            Arc::new(Lun::new(disk, format!("LM000{n}"), [0x60 + n; 16]))
+        })
+        .collect();
+    (dir, LunSet { luns })
+}
+
+/// An EXTENDED COPY parameter list: list id and usage, one identification CSCD per NAA, block-to-block
+/// segments (source CSCD, destination CSCD, blocks, source LBA, destination LBA).
+fn xcopy_list(list_id: u8, usage: u8, naas: &[[u8; 16]], segments: &[(u16, u16, u16, u64, u64)]) -> Vec<u8> {
+    let mut l = vec![list_id, usage << 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    l[2..4].copy_from_slice(&((naas.len() * 32) as u16).to_be_bytes());
+    l[8..12].copy_from_slice(&((segments.len() * 28) as u32).to_be_bytes());
+    for naa in naas {
+        let mut d = vec![0xe4, 0, 0, 0, 0x01, 0x03, 0, 16];
+        d.extend_from_slice(naa);
+        d.resize(28, 0);
+        d.extend_from_slice(&[0, 0, 0x02, 0x00]); // block length 512
+        l.extend_from_slice(&d);
+    }
+    for &(src, dst, blocks, src_lba, dst_lba) in segments {
+        l.extend_from_slice(&[0x02, 0, 0, 0x18]);
+        l.extend_from_slice(&src.to_be_bytes());
+        l.extend_from_slice(&dst.to_be_bytes());
+        l.extend_from_slice(&[0, 0]);
+        l.extend_from_slice(&blocks.to_be_bytes());
+        l.extend_from_slice(&src_lba.to_be_bytes());
+        l.extend_from_slice(&dst_lba.to_be_bytes());
+    }
+    l
+}
+
+fn xcopy(s: &LunSet, list: &[u8]) -> Outcome {
+    let mut cdb = vec![0x83, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    cdb.extend_from_slice(&(list.len() as u32).to_be_bytes());
+    cdb.extend_from_slice(&[0, 0]);
+    run(s, 0, &cdb, list)
+}
+
 #[test]
-fn write_same_of_zero_blocks_writes_to_the_end_of_the_lun() {
-    let (_d, s) = set(false);
-    let limits = run(&s, 0, &[0x12, 1, 0xb0, 0, 64, 0], &[]);
-    assert_eq!(limits.data[4] & 0x01, 0, "WSNZ is 0");
-    assert_eq!(run(&s, 0, &cdb16(0x93, 0, 2040, [0, 0, 0, 0, 0, 0]), &[0x44; 512]).status, GOOD);
-    assert_eq!(read_blocks(&s, 2039, 9), [vec![0x5a; 512], vec![0x44; 8 * 512]].concat());
+fn extended_copy_between_two_luns_reads_the_source_once() {
+    let (_d, s) = two_luns();
+    let pattern: Vec<u8> = (0..16 * 512u32).map(|i| (i / 512) as u8 + 1).collect();
+    assert_eq!(run(&s, 0, &cdb16(0x8a, 0, 0, [0, 0, 0, 16, 0, 0]), &pattern).status, GOOD);
+    let read_before = s.luns[0].disk.counters().bytes_read;
+    let list = xcopy_list(7, 0, &[[0x60; 16], [0x61; 16]], &[(0, 1, 16, 0, 100)]);
+    assert_eq!(xcopy(&s, &list).status, GOOD);
+    assert_eq!(s.luns[0].disk.counters().bytes_read - read_before, 16 * 512, "the source is read once");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    assert_eq!(rt.block_on(s.luns[1].disk.read(100 * 512, 16 * 512)).unwrap(), pattern);
+    // COPY STATUS of the held list: completed, good, one segment, 8 KiB.
+    let status = run(&s, 0, &[0x84, 0x00, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0], &[]);
+    assert_eq!(status.data[4..12], [0x01, 0, 1, 0, 0, 0, 0x20, 0]);
     assert_eq!(
-        run(&s, 0, &cdb16(0x93, 0, 2048, [0, 0, 0, 0, 0, 0]), &[0x44; 512]).sense,
-        Some(Sense::LBA_OUT_OF_RANGE)
+        run(&s, 0, &[0x84, 0x00, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0], &[]).sense,
+        Some(Sense::INVALID_FIELD_IN_CDB)
     );
+    // OPERATING PARAMETERS: the limits the checks below run into.
+    let op = run(&s, 0, &[0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0], &[]);
+    assert!(u32::from_be_bytes(op.data[0..4].try_into().unwrap()) >= 40);
+    let (t, seg) = (be16(&op.data[8..10]) as usize, be16(&op.data[10..12]) as usize);
+    let too_many_cscds = xcopy_list(1, 2, &vec![[0x60; 16]; t + 1], &[(0, 0, 1, 0, 8)]);
+    assert_eq!(xcopy(&s, &too_many_cscds).sense.map(|x| (x.asc, x.ascq)), Some((0x26, 0x06)));
+    let too_many_segments = xcopy_list(1, 2, &[[0x60; 16]], &vec![(0, 0, 1, 0, 8); seg + 1]);
+    assert_eq!(xcopy(&s, &too_many_segments).sense.map(|x| (x.asc, x.ascq)), Some((0x26, 0x08)));
+    // A LUN that is not here, and a segment past the end of its LUN: COPY ABORTED.
+    let elsewhere = xcopy_list(1, 2, &[[0x60; 16], [0x99; 16]], &[(0, 1, 1, 0, 0)]);
+    assert_eq!(xcopy(&s, &elsewhere).sense.map(|x| (x.key, x.asc, x.ascq)), Some((0x0a, 0x08, 0x04)));
+    let beyond = xcopy_list(1, 2, &[[0x60; 16]], &[(0, 0, 16, 0, 8190)]);
+    assert_eq!(xcopy(&s, &beyond).sense.map(|x| x.key), Some(0x0a));
+    // A list shorter than its header says.
+    assert_eq!(xcopy(&s, &list[..47]).sense, Some(Sense::PARAMETER_LIST_LENGTH));
+}
+
+#[test]
+fn extended_copy_onto_an_overlapping_later_range_of_the_same_lun_copies_what_was_there() {
+    let (_d, s) = two_luns();
+    // 2.5 MiB, copied in three pieces, 128 KiB further on.
+    let pattern: Vec<u8> = (0..5120 * 512u32).map(|i| (i / 512 % 251) as u8).collect();
+    for (k, piece) in pattern.chunks(256 * 512).enumerate() {
+        let lba = (k * 256) as u64;
+        assert_eq!(run(&s, 0, &cdb16(0x8a, 0, lba, [0, 0, 1, 0, 0, 0]), piece).status, GOOD);
+    }
+    let list = xcopy_list(0, 3, &[[0x60; 16]], &[(0, 0, 5120, 0, 256)]);
+    assert_eq!(xcopy(&s, &list).status, GOOD);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let copied = rt.block_on(s.luns[0].disk.read(256 * 512, 5120 * 512)).unwrap();
+    assert!(copied == pattern, "the destination holds the source as it was before the copy");
 }
