@@ -26,7 +26,7 @@ pub fn inquiry(lun: &Lun, cdb: &[u8]) -> Outcome {
         return truncate(standard_inquiry(0x00), alloc);
     }
     let body: Vec<u8> = match page {
-        0x00 => vec![0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2],
+        0x00 => vec![0x00, 0x80, 0x83, 0x86, 0x8f, 0xb0, 0xb1, 0xb2],
         0x80 => lun.serial.as_bytes().to_vec(),
         0x83 => {
             let mut d = Vec::new();
@@ -36,6 +36,15 @@ pub fn inquiry(lun: &Lun, cdb: &[u8]) -> Outcome {
             let t10 = t10_designator(lun);
             d.extend_from_slice(&[0x02, 0x01, 0x00, t10.len() as u8]);
             d.extend_from_slice(&t10);
+            d
+        }
+        0x86 => {
+            // Extended INQUIRY data: SIMPLE tasks only (a command tagged ORDERED or HEAD OF QUEUE runs as a
+            // SIMPLE one, so those are not announced); V_SUP: writes sit in a volatile cache until
+            // SYNCHRONIZE CACHE or FUA.
+            let mut d = vec![0u8; 60];
+            d[1] = 0x01;
+            d[2] = 0x01;
             d
         }
         0x8f => {

@@ -545,3 +545,18 @@ fn extended_copy_onto_an_overlapping_later_range_of_the_same_lun_copies_what_was
     let copied = rt.block_on(s.luns[0].disk.read(256 * 512, 5120 * 512)).unwrap();
     assert!(copied == pattern, "the destination holds the source as it was before the copy");
 }
+
+#[test]
+fn the_task_attributes_and_copy_offload_announced_are_the_ones_offered() {
+    let (_d, s) = set(false);
+    let pages = run(&s, 0, &[0x12, 1, 0x00, 0, 64, 0], &[]);
+    assert!(pages.data[4..].contains(&0x86) && pages.data[4..].contains(&0x8f));
+    let extended = run(&s, 0, &[0x12, 1, 0x86, 0, 64, 0], &[]);
+    assert_eq!((extended.data[1], extended.data[5]), (0x86, 0x01), "SIMPLE tasks only");
+    let standard = run(&s, 0, &[0x12, 0, 0, 0, 64, 0], &[]);
+    assert_eq!(standard.data[5] & 0x08, 0x08, "3PC");
+    let tpc = run(&s, 0, &[0x12, 1, 0x8f, 0, 64, 0], &[]);
+    // One Supported Commands descriptor: EXTENDED COPY (LID1), RECEIVE COPY RESULTS 0 and 3.
+    assert_eq!(&tpc.data[4..6], &[0x00, 0x01]);
+    assert_eq!(&tpc.data[9..16], &[0x83, 1, 0x00, 0x84, 2, 0x00, 0x03]);
+}
