@@ -12,11 +12,13 @@ pub mod op {
     pub const IMMEDIATE: u8 = 0x40;
     pub const NOP_OUT: u8 = 0x00;
     pub const SCSI_COMMAND: u8 = 0x01;
+    pub const TASK_MANAGEMENT: u8 = 0x02;
     pub const LOGIN: u8 = 0x03;
     pub const DATA_OUT: u8 = 0x05;
     pub const SNACK: u8 = 0x10;
     pub const NOP_IN: u8 = 0x20;
     pub const SCSI_RESPONSE: u8 = 0x21;
+    pub const TASK_MANAGEMENT_RESPONSE: u8 = 0x22;
     pub const DATA_IN: u8 = 0x25;
     pub const REJECT: u8 = 0x3f;
 }
@@ -251,6 +253,26 @@ impl Initiator {
                     return Ok(Answer { data, status: rsp[3], sense });
                 }
                 _ => {} // NOP-In pings and the like
+            }
+        }
+    }
+
+    /// A task management function (RFC 7143 11.5: 5 = LOGICAL UNIT RESET, 6 = TARGET WARM RESET...) on LUN 0,
+    /// sent as an immediate PDU; returns the response code (0: function complete).
+    pub fn task_management(&mut self, function: u8) -> std::io::Result<u8> {
+        self.itt += 1;
+        let mut bhs = [0u8; 48];
+        bhs[0] = op::IMMEDIATE | op::TASK_MANAGEMENT;
+        bhs[1] = 0x80 | function;
+        bhs[16..20].copy_from_slice(&self.itt.to_be_bytes());
+        bhs[20..24].copy_from_slice(&u32::MAX.to_be_bytes()); // no referenced task
+        bhs[24..28].copy_from_slice(&self.cmd_sn.to_be_bytes());
+        bhs[28..32].copy_from_slice(&self.exp_stat_sn.to_be_bytes());
+        self.send_raw(bhs, &[])?;
+        loop {
+            let (rsp, _) = self.recv()?;
+            if rsp[0] & 0x3f == op::TASK_MANAGEMENT_RESPONSE {
+                return Ok(rsp[2]);
             }
         }
     }

@@ -516,3 +516,20 @@ fn two_sessions_contend_for_a_persistent_reservation_which_survives_a_daemon_res
     assert_eq!(prout(&mut b, 3, 0, 0xbbbb, 0, false).status, 0);
     assert_eq!(a.read10(0, 1).unwrap().1, 0);
 }
+
+#[test]
+fn a_lun_reset_from_one_session_releases_reserve6_and_tells_the_others() {
+    let s = setup();
+    let (_, iqn, portal, _, _) = mount(&s, &[]);
+    let mut a = Initiator::login_with_isid(&portal, &iqn, [0x40, 0, 0, 0, 0, 1]).unwrap();
+    let mut b = Initiator::login_with_isid(&portal, &iqn, [0x40, 0, 0, 0, 0, 2]).unwrap();
+    let tur = [0x00, 0, 0, 0, 0, 0];
+    assert_eq!(a.command(&[0x16, 0, 0, 0, 0, 0], &[], 0).unwrap().status, 0, "a holds RESERVE(6)");
+    assert_eq!(b.command(&tur, &[], 0).unwrap().status, 0x18, "reserved by a");
+    assert_eq!(b.task_management(5).unwrap(), 0, "LOGICAL UNIT RESET: function complete");
+    // a learns of the reset once, on its next command; the reservation is gone for both.
+    let told = a.command(&tur, &[], 0).unwrap();
+    assert_eq!((told.status, told.sense[2] & 0x0f, told.sense[12], told.sense[13]), (2, 6, 0x29, 0x03));
+    assert_eq!(a.command(&tur, &[], 0).unwrap().status, 0);
+    assert_eq!(b.command(&tur, &[], 0).unwrap().status, 0, "b, which reset, is told nothing");
+}

@@ -882,12 +882,12 @@ fn target_of(state: &MountState, disks: &[Arc<PseudoDisk>]) -> Target {
         })
         .collect();
     let a = &state.access;
-    Target {
-        iqn: iqn_of(&state.id),
-        luns: LunSet { luns },
-        chap: a.chap.clone().map(|(user, secret)| ChapConfig { user, secret, mutual: a.mutual_chap.clone() }),
-        allowed_initiators: a.allowed_initiators.clone(),
-    }
+    Target::new(
+        iqn_of(&state.id),
+        LunSet { luns },
+        a.chap.clone().map(|(user, secret)| ChapConfig { user, secret, mutual: a.mutual_chap.clone() }),
+        a.allowed_initiators.clone(),
+    )
 }
 
 /// A mount id: 16 random hex digits (the unguessable part of the mount's iSCSI name later).

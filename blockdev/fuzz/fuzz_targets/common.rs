@@ -52,12 +52,7 @@ pub fn portal() -> Arc<Portal> {
     PORTAL
         .get_or_init(|| {
             let p = Portal::new("127.0.0.1:3260".into());
-            p.add_target(Arc::new(Target {
-                iqn: TARGET.into(),
-                luns: lun_set(),
-                chap: None,
-                allowed_initiators: vec![],
-            }));
+            p.add_target(Arc::new(Target::new(TARGET.into(), lun_set(), None, vec![])));
             p
         })
         .clone()

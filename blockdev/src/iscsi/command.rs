@@ -52,6 +52,21 @@ fn take_data_out(d: &Pdu, data: &mut Vec<u8>, expected_data_sn: u32) -> bool {
 }
 
 impl TaskContext {
+    /// Aborts this session's tasks that `doomed` picks (by ITT and LUN), and their pending transfers;
+    /// returns how many there were. An aborted task answers nothing.
+    pub fn abort_where(&self, doomed: impl Fn(u32, u64) -> bool) -> usize {
+        let mut tasks = self.tasks.lock().expect("not poisoned");
+        let picked: Vec<u32> =
+            tasks.iter().filter(|(itt, (lun, _))| doomed(**itt, *lun)).map(|(itt, _)| *itt).collect();
+        for itt in &picked {
+            if let Some((_, handle)) = tasks.remove(itt) {
+                handle.abort();
+            }
+            self.transfers.lock().expect("not poisoned").remove(itt);
+        }
+        picked.len()
+    }
+
     pub fn send(&self, pdu: Pdu, status: bool) {
         self.backlog.queued(&pdu);
         let _ = self.out.send(Out { pdu, status });

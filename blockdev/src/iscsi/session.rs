@@ -93,6 +93,9 @@ where
         next_ttt: AtomicU32::new(1),
         nexus: nexus.clone(),
     });
+    if let Some(t) = &target {
+        t.joined(&ctx);
+    }
     let conn = Connection { portal, target, kind, initiator, numbers, ctx };
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
@@ -320,37 +323,45 @@ impl Connection {
         let function = pdu.tmf_function();
         let lun = pdu.lun();
         let lun_exists = self.target.as_ref().is_some_and(|t| (lun as usize) < t.luns.luns.len());
-        let mut tasks = self.ctx.tasks.lock().expect("not poisoned");
-        let mut abort_where = |pred: &dyn Fn(u32, u64) -> bool| {
-            let doomed: Vec<u32> = tasks.iter().filter(|(itt, (l, _))| pred(**itt, *l)).map(|(itt, _)| *itt).collect();
-            for itt in doomed {
-                if let Some((_, h)) = tasks.remove(&itt) {
-                    h.abort();
+        // The tasks of every session of the target on `lun`: each other session's initiator port is told by a
+        // unit attention, since its aborted tasks answer nothing (SAM-5 7.6, 7.10; TAS is 0).
+        let across_sessions = |lun: Option<u64>, told: scsi::Sense| {
+            let Some(target) = &self.target else { return };
+            for session in target.sessions() {
+                let aborted = session.abort_where(|_, l| lun.is_none_or(|lun| l == lun));
+                let other = session.nexus != self.ctx.nexus;
+                if other && (aborted > 0 || told != scsi::Sense::COMMANDS_CLEARED_BY_ANOTHER_INITIATOR) {
+                    target.luns.unit_attention(lun, &session.nexus, told);
                 }
-                self.ctx.transfers.lock().expect("not poisoned").remove(&itt);
             }
         };
         use TmfFunction::*;
         let response = match function {
             AbortTask => {
                 let reference = pdu.referenced_task_tag();
-                abort_where(&|itt, _| itt == reference);
+                self.ctx.abort_where(|itt, _| itt == reference);
                 TmfResponse::FunctionComplete
             }
             AbortTaskSet | ClearTaskSet | LogicalUnitReset if !lun_exists => TmfResponse::LunDoesNotExist,
-            AbortTaskSet | ClearTaskSet => {
-                abort_where(&|_, l| l == lun);
+            // This I_T nexus's tasks only.
+            AbortTaskSet => {
+                self.ctx.abort_where(|_, l| l == lun);
+                TmfResponse::FunctionComplete
+            }
+            // The task set is shared by every I_T nexus (the LUN's task set is one).
+            ClearTaskSet => {
+                across_sessions(Some(lun), scsi::Sense::COMMANDS_CLEARED_BY_ANOTHER_INITIATOR);
                 TmfResponse::FunctionComplete
             }
             LogicalUnitReset => {
-                abort_where(&|_, l| l == lun);
+                across_sessions(Some(lun), scsi::Sense::RESET_OCCURRED);
                 if let Some(t) = &self.target {
                     t.luns.reset(Some(lun));
                 }
                 TmfResponse::FunctionComplete
             }
             TargetWarmReset | TargetColdReset => {
-                abort_where(&|_, _| true);
+                across_sessions(None, scsi::Sense::RESET_OCCURRED);
                 if let Some(t) = &self.target {
                     t.luns.reset(None);
                 }
@@ -360,7 +371,6 @@ impl Connection {
             TaskReassign => TmfResponse::ReassignmentNotSupported, // needs error recovery level 2
             Unsupported(_) => TmfResponse::FunctionNotSupported,
         };
-        drop(tasks);
         let mut r = Pdu::new(TargetOp::TaskManagementResponse);
         r.set_flags(flag::FINAL);
         r.set_tmf_response(response);

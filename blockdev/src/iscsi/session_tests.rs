@@ -120,7 +120,7 @@ fn portal_with_a_disk(dir: &std::path::Path) -> std::sync::Arc<Portal> {
     let disk = PseudoDisk::open(dir, std::sync::Arc::new(Ones), Engine::start().unwrap(), Options::default()).unwrap();
     let portal = Portal::new("127.0.0.1:3260".into());
     let luns = LunSet { luns: vec![std::sync::Arc::new(Lun::new(disk, "T".into(), [0x60; 16]))] };
-    portal.add_target(std::sync::Arc::new(Target { iqn: TARGET.into(), luns, chap: None, allowed_initiators: vec![] }));
+    portal.add_target(std::sync::Arc::new(Target::new(TARGET.into(), luns, None, vec![])));
     portal
 }
 

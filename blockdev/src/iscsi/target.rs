@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use tokio::sync::watch;
 
 use super::chap::ChapConfig;
+use super::command::TaskContext;
 use crate::scsi::LunSet;
 
 /// A target: an IQN, its LUNs and who may log in.
@@ -17,9 +18,28 @@ pub struct Target {
     pub chap: Option<ChapConfig>,
     /// Initiator names allowed to log in; empty means everyone.
     pub allowed_initiators: Vec<String>,
+    /// The sessions logged in to it: task management that reaches across sessions (CLEAR TASK SET, LOGICAL
+    /// UNIT RESET) finds their tasks here.
+    sessions: Mutex<Vec<Weak<TaskContext>>>,
 }
 
 impl Target {
+    pub fn new(iqn: String, luns: LunSet, chap: Option<ChapConfig>, allowed_initiators: Vec<String>) -> Target {
+        Target { iqn, luns, chap, allowed_initiators, sessions: Mutex::default() }
+    }
+
+    /// A session has logged in (its tasks are reachable from then on; it leaves when it is dropped).
+    pub(super) fn joined(&self, session: &Arc<TaskContext>) {
+        let mut sessions = self.sessions.lock().expect("not poisoned");
+        sessions.retain(|s| s.strong_count() > 0);
+        sessions.push(Arc::downgrade(session));
+    }
+
+    /// The sessions logged in now.
+    pub(super) fn sessions(&self) -> Vec<Arc<TaskContext>> {
+        self.sessions.lock().expect("not poisoned").iter().filter_map(Weak::upgrade).collect()
+    }
+
     pub fn allows(&self, initiator: &str) -> bool {
         self.allowed_initiators.is_empty() || self.allowed_initiators.iter().any(|a| a == initiator)
     }

@@ -61,6 +61,10 @@ impl Sense {
     /// HARDWARE ERROR, INTERNAL TARGET FAILURE.
     pub const INTERNAL_TARGET_FAILURE: Sense = Sense::new(0x04, 0x44, 0x00);
     pub const DATA_PHASE_ERROR: Sense = Sense::new(0x0b, 0x4b, 0x00);
+    /// UNIT ATTENTION, BUS DEVICE RESET FUNCTION OCCURRED: a LUN or target reset from another initiator.
+    pub const RESET_OCCURRED: Sense = Sense::new(0x06, 0x29, 0x03);
+    /// UNIT ATTENTION, COMMANDS CLEARED BY ANOTHER INITIATOR.
+    pub const COMMANDS_CLEARED_BY_ANOTHER_INITIATOR: Sense = Sense::new(0x06, 0x2f, 0x00);
 
     /// Fixed-format sense data (SPC-4 4.5.3), 18 bytes.
     pub fn fixed(&self) -> Vec<u8> {
@@ -289,6 +293,15 @@ impl LunSet {
     pub fn nexus_lost(&self, nexus: &Nexus) {
         for lun in &self.luns {
             lun.reservations.nexus_lost(nexus);
+        }
+    }
+
+    /// A unit attention for `nexus` on `lun` (every LUN: `None`), reported with its next command.
+    pub fn unit_attention(&self, lun: Option<u64>, nexus: &Nexus, sense: Sense) {
+        for (n, unit) in self.luns.iter().enumerate() {
+            if lun.is_none_or(|l| l == n as u64) {
+                unit.reservations.raise(nexus, sense);
+            }
         }
     }
 

@@ -218,6 +218,13 @@ impl Reservations {
         self.update_engaged(&st);
     }
 
+    /// A unit attention for `nexus`, reported with its next command (after those already waiting).
+    pub fn raise(&self, nexus: &Nexus, sense: Sense) {
+        let mut st = self.state.lock().expect("not poisoned");
+        st.attentions.entry(nexus.name().to_string()).or_default().push(sense);
+        self.update_engaged(&st);
+    }
+
     /// LOGICAL UNIT RESET: RESERVE(6/10) reservations are released; persistent ones stay.
     pub fn reset(&self) {
         let mut st = self.state.lock().expect("not poisoned");
