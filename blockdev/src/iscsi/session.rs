@@ -62,12 +62,7 @@ where
         }
     };
     let tsih = session.tsih;
-    // The I_T nexus ends with the session: what the initiator port held only while it lasted goes.
-    let nexus = session.target.clone().map(|t| (t, Nexus::iscsi(&session.initiator, session.isid)));
     run(stream, session, portal.clone()).await;
-    if let Some((target, nexus)) = nexus {
-        target.luns.nexus_lost(&nexus);
-    }
     portal.end_session(tsih);
 }
 
@@ -91,7 +86,7 @@ where
         transfers: Mutex::default(),
         tasks: Mutex::default(),
         next_ttt: AtomicU32::new(1),
-        nexus: nexus.clone(),
+        nexus,
     });
     if let Some(t) = &target {
         t.joined(&ctx);
@@ -135,8 +130,10 @@ where
             break;
         }
     }
-    for (_, (_, h)) in conn.ctx.tasks.lock().expect("not poisoned").drain() {
-        h.abort();
+    conn.ctx.abort_where(|_, _| true);
+    // The I_T nexus ends with the session: what the initiator port held only while it lasted goes.
+    if let Some(t) = &conn.target {
+        t.luns.nexus_lost(&conn.ctx.nexus);
     }
     drop(conn);
     let _ = writer.await;

@@ -363,12 +363,15 @@ impl PseudoDisk {
             return Err(Error::ReadOnly);
         }
         self.check_range(offset, len as u64)?;
+        if len == 0 {
+            return Ok(edit(&mut []).1); // no blocks to lock, read or write
+        }
         let (wrote, result) = self
             .change(offset, offset + len as u64, move |me| async move {
                 let mut data = vec![0u8; len];
                 me.read_into(offset, &mut data).await?;
                 let (write, result) = edit(&mut data);
-                if write && len > 0 {
+                if write {
                     me.write_locked(offset, Bytes::from(data)).await?;
                 }
                 Ok((write, result))

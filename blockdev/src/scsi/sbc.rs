@@ -1,10 +1,21 @@
 //! Block commands (SBC-3): READ and WRITE 6/10/12/16, WRITE AND VERIFY, COMPARE AND WRITE, ORWRITE, VERIFY,
-//! PRE-FETCH, WRITE SAME, UNMAP, GET LBA STATUS, READ CAPACITY, SYNCHRONIZE CACHE. Blocks are 512 bytes; the pseudo-disk works in bytes.
+//! PRE-FETCH, WRITE SAME, UNMAP, GET LBA STATUS, READ CAPACITY, SYNCHRONIZE CACHE. Blocks are 512 bytes; the
+//! pseudo-disk works in bytes.
 
 use bytes::Bytes;
 
 use super::spc::{MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BLOCKS, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS};
 use super::{be16, be32, be64, Lun, Outcome, Sense, BLOCK_SIZE};
+
+/// LBA and block count of a 10-, 12- or 16-byte block command: they stand at the same places in every SBC
+/// command of each length (READ, WRITE, VERIFY, PRE-FETCH, WRITE SAME...).
+fn lba_and_blocks(cdb: &[u8]) -> (u64, u64) {
+    match cdb.len() {
+        10 => (u64::from(be32(&cdb[2..6])), u64::from(be16(&cdb[7..9]))),
+        12 => (u64::from(be32(&cdb[2..6])), u64::from(be32(&cdb[6..10]))),
+        _ => (be64(&cdb[2..10]), u64::from(be32(&cdb[10..14]))),
+    }
+}
 
 /// LBA, block count and FUA of a READ or WRITE CDB of any length. None when a field is invalid.
 fn rw_fields(cdb: &[u8]) -> Option<(u64, u64, bool)> {
@@ -13,16 +24,13 @@ fn rw_fields(cdb: &[u8]) -> Option<(u64, u64, bool)> {
     if protect {
         return None; // no protection information on these LUNs
     }
-    Some(match cdb.len() {
-        6 => {
-            let lba = (u64::from(cdb[1] & 0x1f) << 16) | (u64::from(cdb[2]) << 8) | u64::from(cdb[3]);
-            let n = if cdb[4] == 0 { 256 } else { u64::from(cdb[4]) };
-            (lba, n, false)
-        }
-        10 => (u64::from(be32(&cdb[2..6])), u64::from(be16(&cdb[7..9])), fua),
-        12 => (u64::from(be32(&cdb[2..6])), u64::from(be32(&cdb[6..10])), fua),
-        _ => (be64(&cdb[2..10]), u64::from(be32(&cdb[10..14])), fua),
-    })
+    if cdb.len() == 6 {
+        let lba = (u64::from(cdb[1] & 0x1f) << 16) | (u64::from(cdb[2]) << 8) | u64::from(cdb[3]);
+        let n = if cdb[4] == 0 { 256 } else { u64::from(cdb[4]) };
+        return Some((lba, n, false));
+    }
+    let (lba, blocks) = lba_and_blocks(cdb);
+    Some((lba, blocks, fua))
 }
 
 /// Checks that `lba..lba+blocks` lies on the LUN; the LBA itself must exist even for a zero-length transfer.
@@ -200,11 +208,7 @@ pub async fn or_write(lun: &Lun, cdb: &[u8], data: Bytes) -> Outcome {
 /// PRE-FETCH (10/16): the blocks are recalled in the background; GOOD says that not all of them need be in
 /// the cache when it returns (SBC-3 5.9), which is true whether or not IMMED is set.
 pub fn prefetch(lun: &Lun, cdb: &[u8]) -> Outcome {
-    let (lba, blocks) = if cdb.len() == 10 {
-        (u64::from(be32(&cdb[2..6])), u64::from(be16(&cdb[7..9])))
-    } else {
-        (be64(&cdb[2..10]), u64::from(be32(&cdb[10..14])))
-    };
+    let (lba, blocks) = lba_and_blocks(cdb);
     if let Err(s) = in_range(lun, lba, blocks) {
         return Outcome::check(s);
     }
@@ -221,11 +225,7 @@ pub async fn verify(lun: &Lun, cdb: &[u8], data: &[u8]) -> Outcome {
     if cdb[1] & 0xe0 != 0 || bytchk == 2 {
         return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
     }
-    let (lba, blocks) = match cdb.len() {
-        10 => (u64::from(be32(&cdb[2..6])), u64::from(be16(&cdb[7..9]))),
-        12 => (u64::from(be32(&cdb[2..6])), u64::from(be32(&cdb[6..10]))),
-        _ => (be64(&cdb[2..10]), u64::from(be32(&cdb[10..14]))),
-    };
+    let (lba, blocks) = lba_and_blocks(cdb);
     if let Err(s) = in_range(lun, lba, blocks) {
         return Outcome::check(s);
     }
@@ -260,11 +260,7 @@ pub async fn write_same(lun: &Lun, cdb: &[u8], data: &[u8]) -> Outcome {
     if cdb[1] & 0xe0 != 0 || cdb[1] & 0x16 != 0 {
         return Outcome::check(Sense::INVALID_FIELD_IN_CDB); // protection, ANCHOR, PBDATA and LBDATA are not offered
     }
-    let (lba, blocks) = if cdb.len() == 10 {
-        (u64::from(be32(&cdb[2..6])), u64::from(be16(&cdb[7..9])))
-    } else {
-        (be64(&cdb[2..10]), u64::from(be32(&cdb[10..14])))
-    };
+    let (lba, blocks) = lba_and_blocks(cdb);
     if blocks == 0 || blocks > u64::from(MAX_UNMAP_BLOCKS) {
         return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
     }

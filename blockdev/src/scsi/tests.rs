@@ -301,16 +301,14 @@ fn orwrite_verify12_write_and_verify_and_prefetch() {
     assert_eq!(run(&s, 0, &cdb16(0x8b, 0, 3, [0, 0, 0, 1, 0, 0]), &[0x81; 512]).status, GOOD);
     assert_eq!(read_blocks(&s, 3, 1), vec![0xdb; 512]);
     // WRITE AND VERIFY (12), then VERIFY (12) comparing the data: equal, then not.
-    let mut wv12 = vec![0xae, 0];
-    wv12.extend_from_slice(&5u32.to_be_bytes());
-    wv12.extend_from_slice(&1u32.to_be_bytes());
-    wv12.extend_from_slice(&[0, 0]);
+    // A 12-byte CDB: opcode, flags, 4-byte LBA, 4-byte block count, then two zero bytes.
+    let cdb12 = |opcode: u8, flags: u8, lba: u32, blocks: u32| {
+        [[opcode, flags].as_slice(), &lba.to_be_bytes(), &blocks.to_be_bytes(), &[0, 0]].concat()
+    };
+    let wv12 = cdb12(0xae, 0, 5, 1);
     assert_eq!(run(&s, 0, &wv12, &[0x33; 512]).status, GOOD);
     assert_eq!(read_blocks(&s, 5, 1), vec![0x33; 512]);
-    let mut v12 = vec![0xaf, 0x02];
-    v12.extend_from_slice(&5u32.to_be_bytes());
-    v12.extend_from_slice(&1u32.to_be_bytes());
-    v12.extend_from_slice(&[0, 0]);
+    let v12 = cdb12(0xaf, 0x02, 5, 1);
     assert_eq!(run(&s, 0, &v12, &[0x33; 512]).status, GOOD);
     assert_eq!(run(&s, 0, &v12, &[0x34; 512]).sense, Some(Sense::MISCOMPARE_DURING_VERIFY));
     // PRE-FETCH (16) of the whole LUN (zero blocks: to the end) recalls its chunks in the background.
