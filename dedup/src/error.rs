@@ -57,6 +57,15 @@ pub enum Error {
     #[error("invalid chunk size {size}: it must be a power of two between 4 KiB and 16 MiB")]
     InvalidChunkSize { size: u64 },
 
+    #[error("cannot {op} {object}: {reason}")]
+    Remote { op: String, object: String, reason: String },
+
+    #[error("the library {location} is locked by a gc or repair running on {holder}; run this again once it has finished (a lock whose holder died expires within a minute)")]
+    LibraryBusy { location: String, holder: String },
+
+    #[error("{reason}")]
+    BadLocation { reason: String },
+
     #[error("read of {len} bytes at offset {offset} is past the end of the disk ({size} bytes)")]
     OutOfRange { offset: u64, len: u64, size: u64 },
 }

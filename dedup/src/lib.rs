@@ -32,6 +32,7 @@ pub mod manifest;
 pub mod reader;
 pub mod record_file;
 pub mod restore;
+pub mod s3;
 pub mod source;
 pub mod stats;
 pub mod store;

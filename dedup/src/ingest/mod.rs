@@ -17,8 +17,8 @@ pub use pipeline::ingest_disk;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::durable::{self, AtomicFile};
-use crate::error::{Error, Result};
+use crate::durable;
+use crate::error::Result;
 use crate::gc::RunningBackup;
 use crate::index::DiskIndex;
 use crate::library::{now_rfc3339, Library};
@@ -66,10 +66,8 @@ pub fn create_backup_from(
     let id = new_backup_id();
     let _running = RunningBackup::register(lib, &id)?;
     lib.store().start_marking();
-    // The disk indexes are written as the disks are read, into the folder that becomes the backup's.
-    let backups = lib.path("backups");
-    let tmp = backups.join(format!(".tmp-{id}"));
-    std::fs::create_dir(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    // The disk indexes are written as the disks are read, into a folder of their own until published.
+    let tmp = lib.backend().start_backup(&id)?;
     let result = (|| {
         let total: u64 = disks.iter().map(|d| d.source.size()).sum();
         let mut done_before = 0u64;
@@ -112,31 +110,18 @@ pub fn create_backup_from(
         Ok(manifest)
     })();
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
+        lib.backend().discard(&tmp);
     }
     result
 }
 
-/// Makes the backup visible: chunk names durable first, then the manifest beside the (already durable) disk
-/// indexes in the temporary folder, then one rename of that folder.
+/// Makes the backup visible: chunk names durable first, then the disk indexes and the manifest, which
+/// appears last (see `Backend::publish`).
 fn commit_backup(lib: &Library, manifest: &Manifest, tmp: &Path) -> Result<()> {
     lib.store().sync()?;
-    let backups = lib.path("backups");
-    {
-        let json = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
-        write_new_durable(&tmp.join("manifest.json"), &json)?;
-        durable::sync_dir(tmp).map_err(|e| Error::io("sync folder", tmp, e))?;
-        let dest = backups.join(&manifest.id);
-        std::fs::rename(tmp, &dest).map_err(|e| Error::io("publish backup", &dest, e))?;
-        durable::sync_dir(&backups).map_err(|e| Error::io("sync folder", &backups, e))
-    }
-}
-
-fn write_new_durable(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut f = AtomicFile::create(path, None).map_err(|e| Error::io("create", path, e))?;
-    f.write_all(data).map_err(|e| Error::io("write", path, e))?;
-    f.commit_without_dir_sync().map_err(|e| Error::io("write", path, e))
+    let json = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
+    let index_files: Vec<String> = manifest.disks.iter().map(|d| d.index_file.clone()).collect();
+    lib.backend().publish(&manifest.id, &json, tmp, &index_files)
 }
 
 /// Writes a backup that holds no disk of the library: a catalog entry for data kept elsewhere (a snapshot
@@ -148,8 +133,7 @@ pub fn create_catalog_entry(
     name: Option<String>,
     origin: serde_json::Value,
 ) -> Result<Manifest> {
-    let tmp = lib.path("backups").join(format!(".tmp-{id}"));
-    std::fs::create_dir(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    let tmp = lib.backend().start_backup(id)?;
     let manifest = Manifest {
         format_version: crate::formats::LIBRARY_FORMAT_VERSION,
         id: id.to_string(),
@@ -161,7 +145,7 @@ pub fn create_catalog_entry(
     };
     let result = commit_backup(lib, &manifest, &tmp);
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
+        lib.backend().discard(&tmp);
     }
     result.map(|()| manifest)
 }

@@ -28,7 +28,7 @@ pub(super) fn store_chunks(
         compressor: zstd::bulk::Compressor::new(chunk::ZSTD_LEVEL)
             .map_err(|e| Error::io("start zstd", lib.root(), e))?,
         encoded: Vec::new(),
-        lock_file: Some(lib.chunks_lock()?),
+        lock_file: lib.chunk_lock_file()?,
         times: IngestTimes::default(),
     };
     loop {
@@ -60,7 +60,8 @@ struct Worker<'a> {
     compressor: zstd::bulk::Compressor<'static>,
     /// The encoding of the chunk being stored, reused from chunk to chunk.
     encoded: Vec<u8>,
-    /// The library's chunk lock file, handed to the lock while it is held.
+    /// The library's chunk lock file, handed to the lock while it is held; `None` in a library where the
+    /// backup's registration alone keeps gc away (S3).
     lock_file: Option<File>,
     times: IngestTimes,
 }
@@ -70,8 +71,8 @@ impl Worker<'_> {
     /// to be stored and the moment the index names it. Taken once per span: two system calls per chunk were
     /// measurable.
     fn under_chunk_lock<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        let lock_path = || self.lib.path("chunks.lock");
-        let file = self.lock_file.take().expect("the lock file is back after every use");
+        let lock_path = || self.lib.root().join("chunks.lock");
+        let Some(file) = self.lock_file.take() else { return f(self) };
         let held = lock::lock(file, LockKind::Shared).map_err(|e| Error::io("lock", lock_path(), e))?;
         let result = f(self);
         self.lock_file = Some(held.release().map_err(|e| Error::io("unlock", lock_path(), e))?);

@@ -6,9 +6,11 @@ pub mod chunk_map;
 pub mod located;
 mod pack;
 pub mod pack_format;
+mod s3_packs;
 
 pub use located::{PackName, StoredAt};
 pub use pack::PackStore;
+pub use s3_packs::S3PackStore;
 
 use std::collections::HashSet;
 use std::path::PathBuf;

@@ -25,10 +25,11 @@
 
 use std::path::Path;
 
-use crate::chunk::ChunkId;
+use crate::chunk::{self, ChunkId};
 use crate::error::{Error, Result};
+use crate::store::RepairStats;
 use crate::formats::{
-    PACK_FORMAT_VERSION, PACK_HEADER_LEN, PACK_INDEX_ENTRY_LEN, PACK_INDEX_HEADER_LEN, PACK_INDEX_MAGIC, PACK_MAGIC,
+    CHUNK_HEADER_LEN, CHUNK_MAGIC, PACK_FORMAT_VERSION, PACK_HEADER_LEN, PACK_INDEX_ENTRY_LEN, PACK_INDEX_HEADER_LEN, PACK_INDEX_MAGIC, PACK_MAGIC,
 };
 
 /// Where one encoded chunk lies in its pack.
@@ -115,6 +116,36 @@ impl PackIndex {
             entries.push(entry);
         }
         Ok(PackIndex { pack_len, entries })
+    }
+
+    /// The index of a pack, read back from its records: each record's id, then its encoded chunk, which says its
+    /// own length. A record that fails its check is left out; reading stops where no record header can be found.
+    pub fn from_records(data: &[u8], stats: &mut RepairStats) -> PackIndex {
+        let mut entries = Vec::new();
+        let mut pos = PACK_HEADER_LEN;
+        let mut plain = Vec::new();
+        let record_start = 32;
+        while pos + record_start + CHUNK_HEADER_LEN <= data.len() {
+            let id = ChunkId(data[pos..pos + record_start].try_into().expect("32 bytes"));
+            let chunk_at = pos + record_start;
+            let header = &data[chunk_at..chunk_at + CHUNK_HEADER_LEN];
+            if header[..4] != CHUNK_MAGIC {
+                break;
+            }
+            let payload_len = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes")) as usize;
+            let end = chunk_at + CHUNK_HEADER_LEN + payload_len;
+            if end > data.len() {
+                break;
+            }
+            if chunk::decode_verified(&id, &data[chunk_at..end], &mut plain).is_ok() {
+                entries.push(PackEntry { id, offset: chunk_at as u64, len: (end - chunk_at) as u32 });
+            } else {
+                stats.chunks_damaged += 1;
+            }
+            pos = end;
+        }
+        stats.bytes_unreadable += (data.len() - pos.min(data.len())) as u64;
+        PackIndex { pack_len: pos as u64, entries }
     }
 
     /// Reads and decodes an index file.

@@ -10,13 +10,12 @@
 use std::fs::{self, File};
 use std::io::ErrorKind;
 
-use super::{PackStore, RECORD_ID_LEN};
-use crate::chunk::{self, ChunkId};
+use super::PackStore;
 use crate::durable::AtomicFile;
 use crate::error::{Error, Result};
-use crate::formats::{CHUNK_HEADER_LEN, CHUNK_MAGIC, PACK_HEADER_LEN, PACK_MAGIC};
+use crate::formats::{PACK_HEADER_LEN, PACK_MAGIC};
 use crate::store::catalog::file_stems;
-use crate::store::pack_format::{PackEntry, PackIndex};
+use crate::store::pack_format::PackIndex;
 use crate::store::RepairStats;
 
 impl PackStore {
@@ -40,7 +39,7 @@ impl PackStore {
                 tracing::warn!("{} is not a pack; left alone", pack_path.display());
                 continue;
             }
-            let index = index_from_records(&data, &mut stats);
+            let index = PackIndex::from_records(&data, &mut stats);
             if index.entries.is_empty() {
                 continue; // nothing to recover: an unfinished pack that gc removes
             }
@@ -88,34 +87,4 @@ impl PackStore {
         }
         Ok(())
     }
-}
-
-/// The index of a pack, read back from its records: each record's id, then its encoded chunk, which says its
-/// own length. A record that fails its check is left out; reading stops where no record header can be found.
-fn index_from_records(data: &[u8], stats: &mut RepairStats) -> PackIndex {
-    let mut entries = Vec::new();
-    let mut pos = PACK_HEADER_LEN;
-    let mut plain = Vec::new();
-    let record_start = RECORD_ID_LEN as usize;
-    while pos + record_start + CHUNK_HEADER_LEN <= data.len() {
-        let id = ChunkId(data[pos..pos + record_start].try_into().expect("32 bytes"));
-        let chunk_at = pos + record_start;
-        let header = &data[chunk_at..chunk_at + CHUNK_HEADER_LEN];
-        if header[..4] != CHUNK_MAGIC {
-            break;
-        }
-        let payload_len = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes")) as usize;
-        let end = chunk_at + CHUNK_HEADER_LEN + payload_len;
-        if end > data.len() {
-            break;
-        }
-        if chunk::decode_verified(&id, &data[chunk_at..end], &mut plain).is_ok() {
-            entries.push(PackEntry { id, offset: chunk_at as u64, len: (end - chunk_at) as u32 });
-        } else {
-            stats.chunks_damaged += 1;
-        }
-        pos = end;
-    }
-    stats.bytes_unreadable += (data.len() - pos.min(data.len())) as u64;
-    PackIndex { pack_len: pos as u64, entries }
 }

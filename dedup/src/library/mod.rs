@@ -1,32 +1,32 @@
-//! A library on disk: its settings, its chunk store and its backups.
+//! A library: its settings, its chunk store and its backups, in a folder of this machine (`dir.rs`, the
+//! layout is described there) or in S3 (`s3.rs`), behind one seam (`backend.rs`). A library is named by
+//! its folder or by `s3://BUCKET/PREFIX` wherever the commands take one.
 //!
-//! ```text
-//! <library>/library.json          settings (format version, chunk size); marks the folder as a library
-//! <library>/packs/<name>.pack     encoded chunks, many to a pack file (see `store::PackStore`)
-//! <library>/packs/<name>.idx      where each chunk of the pack is; written once the pack is durable
-//! <library>/backups/<id>/         one folder per finished backup: manifest.json and disk<N>.index
-//! <library>/running/<id>          one file per backup in progress, flock-ed by its process (see `gc.rs`)
-//! <library>/holds/<holder>        one file per use of a backup that must outlive commands (a live mount):
-//!                                 the backup id, then what holds it; `forget` refuses a held backup
-//! <library>/tmp/                  temporary files; anything here is unfinished work
-//! <library>/chunks.lock           taken shared to reuse or add a chunk, exclusive by gc while it deletes
-//! ```
-//! A backup folder appears in one rename once everything it refers to is durable, so a reader never sees
-//! half a backup.
+//! A backup appears in one step (a folder's rename; an S3 manifest written last) once everything it refers
+//! to is durable, so a reader never sees half a backup.
 
-use std::fs::{self, File};
+mod backend;
+mod dir;
+mod s3;
+
+pub(crate) use backend::Guard;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::{self, ChunkId};
-use crate::durable;
 use crate::error::{Error, Result};
 use crate::formats::{LIBRARY_CONFIG_FILE, LIBRARY_FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use crate::index::{DiskIndex, IndexEntry};
 use crate::manifest::Manifest;
-use crate::store::{ChunkLocation, ChunkStore, PackStore};
+use crate::s3::{S3Objects, S3Url};
+use crate::store::{ChunkLocation, ChunkStore, PackStore, S3PackStore};
+use backend::Backend;
+
+/// Where an S3 library keeps its local copies (disk indexes) when `LIVEMOUNT_CACHE` does not say.
+pub const DEFAULT_CACHE: &str = "/var/cache/livemount";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LibraryConfig {
@@ -38,55 +38,68 @@ pub struct LibraryConfig {
 pub struct Library {
     root: PathBuf,
     config: LibraryConfig,
+    backend: Box<dyn Backend>,
     store: Arc<dyn ChunkStore>,
 }
 
+/// The backend of the library named `root`: `s3://…` is a library in S3, anything else a folder.
+fn backend_of(root: &Path) -> Result<(Box<dyn Backend>, Option<Arc<S3Objects>>)> {
+    let Some(parsed) = root.to_str().and_then(S3Url::parse) else {
+        return Ok((Box::new(dir::DirBackend::new(root)), None));
+    };
+    let url = parsed.map_err(|reason| Error::BadLocation { reason })?;
+    let objects = Arc::new(S3Objects::connect(&url)?);
+    let cache = std::env::var_os("LIVEMOUNT_CACHE").map_or_else(|| PathBuf::from(DEFAULT_CACHE), PathBuf::from);
+    Ok((Box::new(s3::S3Backend::new(objects.clone(), &cache)), Some(objects)))
+}
+
 impl Library {
-    /// Creates a new directory library at `root` (the folder may exist but must not hold a library).
+    /// Creates a new library at `root`: a folder (which may exist but must not hold a library), or
+    /// `s3://BUCKET/PREFIX` in an existing bucket.
     pub fn init(root: &Path, chunk_size: u32) -> Result<Library> {
         if !chunk_size.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
             return Err(Error::InvalidChunkSize { size: chunk_size.into() });
         }
-        let config_path = root.join(LIBRARY_CONFIG_FILE);
-        if config_path.exists() {
-            return Err(Error::LibraryExists { path: root.to_path_buf() });
-        }
-        durable::create_dir_durable(root).map_err(|e| Error::io("create library folder", root, e))?;
-        for sub in ["packs", "backups", "running", "tmp"] {
-            let p = root.join(sub);
-            durable::create_dir_durable(&p).map_err(|e| Error::io("create folder", &p, e))?;
-        }
+        let (backend, _) = backend_of(root)?;
         let config = LibraryConfig { format_version: LIBRARY_FORMAT_VERSION, chunk_size, created: now_rfc3339() };
         let json = serde_json::to_vec_pretty(&config).expect("config serializes");
-        durable::write_file(&config_path, &json).map_err(|e| Error::io("write", &config_path, e))?;
+        if !backend.create_config(json)? {
+            return Err(Error::LibraryExists { path: backend.location() });
+        }
         Self::open(root)
     }
 
     /// Opens an existing library.
     pub fn open(root: &Path) -> Result<Library> {
-        let config_path = root.join(LIBRARY_CONFIG_FILE);
-        let data = match fs::read(&config_path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotALibrary { path: root.to_path_buf() })
-            }
-            Err(e) => return Err(Error::io("read", config_path, e)),
+        let (backend, objects) = backend_of(root)?;
+        let Some(data) = backend.read_config()? else {
+            return Err(Error::NotALibrary { path: backend.location() });
         };
+        let config_path = backend.location().join(LIBRARY_CONFIG_FILE);
         let config: LibraryConfig = serde_json::from_slice(&data)
             .map_err(|e| Error::BadFormat { path: config_path.clone(), reason: e.to_string() })?;
         if config.format_version != LIBRARY_FORMAT_VERSION {
             return Err(Error::UnsupportedLibrary {
-                path: root.to_path_buf(),
+                path: backend.location(),
                 found: config.format_version,
                 supported: LIBRARY_FORMAT_VERSION,
             });
         }
-        let store = PackStore::open(&root.join("packs"), &root.join("tmp"))?;
-        Ok(Library { root: root.to_path_buf(), config, store: Arc::new(store) })
+        let store: Arc<dyn ChunkStore> = match objects {
+            Some(objects) => Arc::new(S3PackStore::open(objects)),
+            None => Arc::new(PackStore::open(&root.join("packs"), &root.join("tmp"))?),
+        };
+        Ok(Library { root: backend.location(), config, backend, store })
     }
 
+    /// The library's location: its folder, or its `s3://` URL.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// True for a library in S3.
+    pub fn is_remote(&self) -> bool {
+        self.root.to_str().is_some_and(|r| r.starts_with("s3://"))
     }
 
     pub fn chunk_size(&self) -> u32 {
@@ -101,14 +114,14 @@ impl Library {
         &*self.store
     }
 
-    pub(crate) fn path(&self, sub: &str) -> PathBuf {
-        self.root.join(sub)
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        &*self.backend
     }
 
-    /// The lock that separates chunk reuse from chunk deletion (see `gc.rs`).
-    pub(crate) fn chunks_lock(&self) -> Result<File> {
-        let p = self.path("chunks.lock");
-        fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(|e| Error::io("open", p, e))
+    /// The file whose shared lock a backup holds around each reuse or addition of chunks, where the library
+    /// has one (see `gc.rs`).
+    pub(crate) fn chunk_lock_file(&self) -> Result<Option<std::fs::File>> {
+        self.backend.chunk_lock_file()
     }
 
     /// Reads one chunk's plain bytes into `out`, verified against its id. The all-zero id gives zeros of
@@ -159,28 +172,25 @@ impl Library {
 
     /// Every finished backup, oldest first.
     pub fn backups(&self) -> Result<Vec<Manifest>> {
-        let dir = self.path("backups");
         let mut out = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(|e| Error::io("list backups in", &dir, e))? {
-            let entry = entry.map_err(|e| Error::io("list backups in", &dir, e))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if durable::is_temp_name(name) {
-                continue;
+        for id in self.backend.backup_ids()? {
+            match self.load_manifest(&id) {
+                Ok(m) => out.push(m),
+                // Forgotten between the listing and the reading.
+                Err(Error::BackupNotFound { .. }) => {}
+                Err(e) => return Err(e),
             }
-            out.push(self.load_manifest(name)?);
         }
         out.sort_by(|a, b| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
         Ok(out)
     }
 
     fn load_manifest(&self, id: &str) -> Result<Manifest> {
-        let p = self.path("backups").join(id).join("manifest.json");
-        let data = fs::read(&p).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::BackupNotFound { id: id.to_string() },
-            _ => Error::io("read", &p, e),
-        })?;
-        serde_json::from_slice(&data).map_err(|e| Error::BadFormat { path: p, reason: e.to_string() })
+        let data = self.backend.read_manifest(id)?.ok_or_else(|| Error::BackupNotFound { id: id.to_string() })?;
+        serde_json::from_slice(&data).map_err(|e| Error::BadFormat {
+            path: self.root.join("backups").join(id).join("manifest.json"),
+            reason: e.to_string(),
+        })
     }
 
     /// Finds a backup by its id, a unique prefix of its id, or its name (the newest backup of that name).
@@ -205,7 +215,7 @@ impl Library {
     /// Opens the chunk index of one disk of a backup, checked against the manifest.
     pub fn load_index(&self, manifest: &Manifest, disk: usize) -> Result<DiskIndex> {
         let d = manifest.disks.get(disk).ok_or_else(|| Error::DiskNotFound { backup: manifest.id.clone(), disk })?;
-        let p = self.path("backups").join(&manifest.id).join(&d.index_file);
+        let p = self.backend.index_file(&manifest.id, &d.index_file)?;
         let index = DiskIndex::open(&p, &d.index_blake3)?;
         if index.disk_size != d.size || index.chunk_size != d.chunk_size {
             return Err(Error::BadFormat { path: p, reason: "index disagrees with manifest.json".into() });
@@ -215,41 +225,25 @@ impl Library {
 
     /// Records that `holder` (a mount id) uses backup `backup_id`, described by `what`, until `release`.
     pub fn hold(&self, holder: &str, backup_id: &str, what: &str) -> Result<()> {
-        let dir = self.path("holds");
-        durable::create_dir_durable(&dir).map_err(|e| Error::io("create folder", &dir, e))?;
-        let p = dir.join(holder);
-        durable::write_file(&p, format!("{backup_id}\n{what}\n").as_bytes()).map_err(|e| Error::io("write", &p, e))
+        self.backend.write_hold(holder, &format!("{backup_id}\n{what}\n"))
     }
 
     /// Ends a hold (absent holds are fine: release is idempotent).
     pub fn release(&self, holder: &str) -> Result<()> {
-        let p = self.path("holds").join(holder);
-        match fs::remove_file(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("remove", &p, e)),
-        }
+        self.backend.remove_hold(holder)
     }
 
     /// What holds backup `backup_id` (the descriptions of its holds).
     pub fn holds_of(&self, backup_id: &str) -> Result<Vec<String>> {
-        let dir = self.path("holds");
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("list", &dir, e)),
-        };
-        let mut out = Vec::new();
-        for entry in entries.flatten() {
-            if entry.file_name().to_str().is_some_and(durable::is_temp_name) {
-                continue;
-            }
-            let text = fs::read_to_string(entry.path()).unwrap_or_default();
-            let mut lines = text.lines();
-            if lines.next() == Some(backup_id) {
-                out.push(lines.next().unwrap_or("an unnamed holder").to_string());
-            }
-        }
+        let mut out: Vec<String> = self
+            .backend
+            .holds()?
+            .iter()
+            .filter_map(|text| {
+                let mut lines = text.lines();
+                (lines.next() == Some(backup_id)).then(|| lines.next().unwrap_or("an unnamed holder").to_string())
+            })
+            .collect();
         out.sort();
         Ok(out)
     }
@@ -262,13 +256,7 @@ impl Library {
         if !holders.is_empty() && !force {
             return Err(Error::BackupHeld { id: manifest.id.clone(), holders: holders.join(", ") });
         }
-        let backups = self.path("backups");
-        let dir = backups.join(&manifest.id);
-        // Rename first so that the backup disappears in one step, then delete at leisure.
-        let doomed = backups.join(format!(".tmp-forget-{}", manifest.id));
-        fs::rename(&dir, &doomed).map_err(|e| Error::io("remove backup", &dir, e))?;
-        durable::sync_dir(&backups).map_err(|e| Error::io("sync folder", &backups, e))?;
-        fs::remove_dir_all(&doomed).map_err(|e| Error::io("remove", &doomed, e))?;
+        self.backend.remove_backup(&manifest.id)?;
         Ok(manifest)
     }
 }

@@ -1,0 +1,310 @@
+//! A library in S3, shared by any number of appliances.
+//!
+//! ```text
+//! <prefix>library.json                 settings, created once with a conditional create
+//! <prefix>packs/<name>.pack, .idx      the chunk store (see `store::S3PackStore`)
+//! <prefix>backups/<id>/disk<N>.index   a backup's disk indexes, written first...
+//! <prefix>backups/<id>/manifest.json   ...its manifest last: a backup is listed once its manifest exists
+//! <prefix>holds/<holder>               what holds a backup (a live mount on some appliance)
+//! <prefix>running/<id>                 a backup in progress: its start and a lease its process renews
+//! <prefix>locks/gc                     gc's lock: taken with a conditional create, with a lease
+//! ```
+//! Nothing is rewritten in place except the leases, which only their owner writes.
+//!
+//! Why gc is safe without a shared lock: S3 has no lock that many writers hold at once, and a reused chunk's
+//! pack cannot be marked used (objects have no times to set). So the registry and gc's lock exclude each
+//! other instead. A backup registers first and then waits while gc's lock is held; gc takes its lock first
+//! and then reads the registry, and sweeps only when no backup is registered. S3 is strongly consistent
+//! (read after write, list after write), so whichever of the two writes second sees the other. A process that
+//! dies stops renewing its lease; once the lease has run out its entry counts for nothing, so a dead
+//! appliance never blocks gc for good. (Leases are compared with each appliance's clock: keep them in time.)
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::backend::{Backend, Guard};
+use crate::durable;
+use crate::error::{Error, Result};
+use crate::formats::LIBRARY_CONFIG_FILE;
+use crate::s3::S3Objects;
+
+/// How long a registration or gc's lock lasts without being renewed; renewed every third of it.
+const LEASE: Duration = Duration::from_secs(60);
+/// How often a backup looks again whether gc's lock has gone.
+const LOCK_POLL: Duration = Duration::from_secs(1);
+/// Margin subtracted from the cutoff: object times come from the store's clock, not ours.
+const TIME_MARGIN: Duration = Duration::from_secs(60);
+
+pub(crate) struct S3Backend {
+    objects: Arc<S3Objects>,
+    /// This machine's copies of the library's disk indexes, and the backups being written.
+    cache: PathBuf,
+}
+
+/// What a registration or gc's lock says of itself.
+#[derive(Serialize, Deserialize)]
+struct Lease {
+    /// Seconds since the epoch.
+    start: u64,
+    until: u64,
+    host: String,
+    pid: u32,
+}
+
+impl Lease {
+    fn new(start: u64) -> Lease {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+        Lease { start, until: now_secs() + LEASE.as_secs(), host, pid: std::process::id() }
+    }
+
+    fn renewed(&self) -> Lease {
+        Lease { until: now_secs() + LEASE.as_secs(), host: self.host.clone(), ..*self }
+    }
+
+    fn is_live(&self) -> bool {
+        self.until > now_secs()
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a lease serializes")
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+impl S3Backend {
+    /// The backend of the library in `objects`, its local copies under `cache_root` (one folder per bucket and
+    /// prefix).
+    pub fn new(objects: Arc<S3Objects>, cache_root: &Path) -> Self {
+        let url = objects.url();
+        let mut cache = cache_root.join("s3").join(&url.bucket);
+        for part in url.prefix.split('/').filter(|p| !p.is_empty()) {
+            cache.push(part);
+        }
+        S3Backend { objects, cache }
+    }
+
+    fn read_lease(&self, name: &str) -> Result<Option<Lease>> {
+        Ok(self.objects.get(name)?.and_then(|data| serde_json::from_slice(&data).ok()))
+    }
+
+    /// Writes `name` now and renews it every third of the lease until the guard is dropped, when it is
+    /// removed.
+    fn keep_leased(&self, name: &str, lease: Lease) -> Box<dyn Guard> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let (objects, object) = (self.objects.clone(), name.to_string());
+        let renewer = std::thread::Builder::new().name("lease".into()).spawn(move || loop {
+            match stopped.recv_timeout(LEASE / 3) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(e) = objects.put(&object, lease.renewed().encode()) {
+                        tracing::warn!("cannot renew the lease of {object}: {e}");
+                    }
+                }
+                _ => {
+                    let _ = objects.delete(&object);
+                    return;
+                }
+            }
+        });
+        Box::new(Leased { stop: Some(stop), renewer: renewer.ok() })
+    }
+
+    fn local_index(&self, id: &str, index_file: &str) -> PathBuf {
+        self.cache.join("indexes").join(id).join(index_file)
+    }
+}
+
+/// A lease kept alive by its thread; dropping it stops the renewals and removes the object.
+struct Leased {
+    stop: Option<mpsc::Sender<()>>,
+    renewer: Option<JoinHandle<()>>,
+}
+
+impl Drop for Leased {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.renewer.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Backend for S3Backend {
+    fn location(&self) -> PathBuf {
+        PathBuf::from(self.objects.url().to_string())
+    }
+
+    fn read_config(&self) -> Result<Option<Vec<u8>>> {
+        self.objects.get(LIBRARY_CONFIG_FILE)
+    }
+
+    fn create_config(&self, data: Vec<u8>) -> Result<bool> {
+        self.objects.create_new(LIBRARY_CONFIG_FILE, data)
+    }
+
+    fn backup_ids(&self) -> Result<Vec<String>> {
+        Ok(self
+            .objects
+            .list("backups/")?
+            .into_iter()
+            .filter_map(|o| o.name.strip_prefix("backups/")?.strip_suffix("/manifest.json").map(str::to_string))
+            .collect())
+    }
+
+    fn read_manifest(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        self.objects.get(&format!("backups/{id}/manifest.json"))
+    }
+
+    fn index_file(&self, id: &str, index_file: &str) -> Result<PathBuf> {
+        let local = self.local_index(id, index_file);
+        if local.exists() {
+            return Ok(local);
+        }
+        let name = format!("backups/{id}/{index_file}");
+        let data = self.objects.get(&name)?.ok_or_else(|| Error::BadFormat {
+            path: PathBuf::from(self.objects.url().object_url(&name)),
+            reason: "the backup's disk index is missing".into(),
+        })?;
+        let dir = local.parent().expect("a file in a folder");
+        durable::create_dir_durable(dir).map_err(|e| Error::io("create folder", dir, e))?;
+        durable::write_file(&local, &data).map_err(|e| Error::io("write", &local, e))?;
+        Ok(local)
+    }
+
+    fn start_backup(&self, id: &str) -> Result<PathBuf> {
+        let staging = self.cache.join("staging").join(id);
+        durable::create_dir_durable(&staging).map_err(|e| Error::io("create folder", &staging, e))?;
+        Ok(staging)
+    }
+
+    fn publish(&self, id: &str, manifest: &[u8], staging: &Path, index_files: &[String]) -> Result<()> {
+        for file in index_files {
+            let path = staging.join(file);
+            let data = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+            self.objects.put(&format!("backups/{id}/{file}"), data)?;
+        }
+        self.objects.put(&format!("backups/{id}/manifest.json"), manifest.to_vec())?;
+        // The indexes just written are this machine's copies from now on.
+        let kept = self.cache.join("indexes").join(id);
+        if let Some(parent) = kept.parent() {
+            let _ = durable::create_dir_durable(parent);
+        }
+        if std::fs::rename(staging, &kept).is_err() {
+            self.discard(staging);
+        }
+        Ok(())
+    }
+
+    fn discard(&self, staging: &Path) {
+        let _ = std::fs::remove_dir_all(staging);
+    }
+
+    fn remove_backup(&self, id: &str) -> Result<()> {
+        // The manifest first: the backup is gone in that one step; its indexes follow.
+        self.objects.delete(&format!("backups/{id}/manifest.json"))?;
+        for o in self.objects.list(&format!("backups/{id}/"))? {
+            self.objects.delete(&o.name)?;
+        }
+        let _ = std::fs::remove_dir_all(self.cache.join("indexes").join(id));
+        Ok(())
+    }
+
+    fn write_hold(&self, holder: &str, text: &str) -> Result<()> {
+        self.objects.put(&format!("holds/{holder}"), text.as_bytes().to_vec())
+    }
+
+    fn remove_hold(&self, holder: &str) -> Result<()> {
+        self.objects.delete(&format!("holds/{holder}"))
+    }
+
+    fn holds(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for o in self.objects.list("holds/")? {
+            if let Some(data) = self.objects.get(&o.name)? {
+                out.push(String::from_utf8_lossy(&data).into_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    fn register_running(&self, id: &str) -> Result<Box<dyn Guard>> {
+        let name = format!("running/{id}");
+        let lease = Lease::new(now_secs());
+        self.objects.put(&name, lease.encode())?;
+        let registered = self.keep_leased(&name, lease);
+        // Registered first, then wait while a gc holds the library: a gc that took its lock before this
+        // registration was written may not have seen it.
+        let mut said = false;
+        while let Some(gc) = self.read_lease("locks/gc")?.filter(Lease::is_live) {
+            if !said {
+                tracing::info!("waiting for the gc that {} (pid {}) runs on {}", gc.host, gc.pid, self.location().display());
+                said = true;
+            }
+            std::thread::sleep(LOCK_POLL);
+        }
+        Ok(registered)
+    }
+
+    fn chunk_lock_file(&self) -> Result<Option<std::fs::File>> {
+        Ok(None)
+    }
+
+    fn lock_chunks(&self) -> Result<Box<dyn Guard>> {
+        let name = "locks/gc";
+        loop {
+            let lease = Lease::new(now_secs());
+            if self.objects.create_new(name, lease.encode())? {
+                return Ok(self.keep_leased(name, lease));
+            }
+            match self.read_lease(name)? {
+                Some(held) if held.is_live() => {
+                    return Err(Error::LibraryBusy {
+                        location: self.location().display().to_string(),
+                        holder: format!("{} (pid {})", held.host, held.pid),
+                    })
+                }
+                // Its holder stopped renewing it (or it was removed meanwhile): take it over.
+                _ => self.objects.delete(name)?,
+            }
+        }
+    }
+
+    fn sweep_cutoff(&self, gc_start: SystemTime) -> Result<(Option<SystemTime>, u64)> {
+        let mut running = 0;
+        for o in self.objects.list("running/")? {
+            match self.read_lease(&o.name)? {
+                Some(lease) if lease.is_live() => running += 1,
+                // A backup whose process stopped renewing: gone.
+                _ => self.objects.delete(&o.name)?,
+            }
+        }
+        // Backups in progress cannot mark what they reuse (see above): no sweep while any runs.
+        let cutoff = (running == 0).then(|| gc_start - TIME_MARGIN);
+        Ok((cutoff, running))
+    }
+
+    fn clean_up(&self, cutoff: SystemTime) -> Result<u64> {
+        // Disk indexes of backups that never got their manifest.
+        let objects = self.objects.list("backups/")?;
+        let published: std::collections::HashSet<&str> = objects
+            .iter()
+            .filter_map(|o| o.name.strip_prefix("backups/")?.strip_suffix("/manifest.json"))
+            .collect();
+        let mut removed = 0;
+        for o in &objects {
+            let Some((id, _)) = o.name.strip_prefix("backups/").and_then(|rest| rest.split_once('/')) else { continue };
+            if !published.contains(id) && o.modified < cutoff {
+                self.objects.delete(&o.name)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,499 @@
+//! The pack store in S3: the same packs and pack indexes as the folder's store (`pack_format.rs`), as
+//! objects `packs/<name>.pack` and `packs/<name>.idx`.
+//!
+//! - A pack is built in memory and uploaded whole once full (in parts, several at a time: `S3Objects::put`);
+//!   its index is written only after the pack's upload has completed, so an index never names a chunk that
+//!   is not there. A pack without an index is unfinished work that gc removes.
+//! - A cold chunk read is one ranged GET of its pack: the record's id and the encoded chunk, checked against
+//!   each other before the chunk is used.
+//! - Where chunks are: a backup's disk index records it (a mount reads without any lookup); for the rest
+//!   (a backup deciding what to reuse, a location gone stale after gc), every pack index, read when first
+//!   needed and again when a chunk is not found.
+//! - Nothing marks a reused pack as used (objects have no times to set): gc keeps away from backups in
+//!   progress by the library's registry and lock instead (`library/s3.rs`).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::SystemTime;
+
+use super::located::{PackName, StoredAt};
+use super::pack_format::{pack_header, PackEntry, PackIndex};
+use super::{ChunkLocation, ChunkStore, RepairStats, StoredChunk, SweepStats};
+use crate::chunk::ChunkId;
+use crate::error::{Error, Result};
+use crate::formats::{PACK_HEADER_LEN, PACK_MAGIC};
+use crate::s3::{ObjectInfo, S3Objects};
+
+/// A pack is uploaded once it holds this many bytes (one ranged GET reads a chunk, so a pack's size costs
+/// reads nothing; it sets the number of objects and of requests to write them).
+const PACK_TARGET_BYTES: usize = 16 << 20;
+/// ... or this many chunks (see the folder store's `PACK_MAX_CHUNKS`).
+const PACK_MAX_CHUNKS: usize = 64 * 1024;
+/// Packs uploading at once at most; each holds its bytes in memory until uploaded.
+const MAX_UPLOADS: usize = 4;
+/// Pack indexes read at once when the catalog is loaded.
+const INDEX_READERS: usize = 8;
+/// Length of the chunk id before each record.
+const RECORD_ID_LEN: u64 = 32;
+/// A pack is rewritten by `sweep` when at least this share of its bytes is unused (1/4), as in a folder.
+const REWRITE_DEAD_SHARE: (u64, u64) = (1, 4);
+
+pub struct S3PackStore {
+    objects: Arc<S3Objects>,
+    catalog: RwLock<Catalog>,
+    writer: Mutex<Option<OpenPack>>,
+    /// Packs uploading, oldest first; their bytes answer reads of their chunks until their index is written.
+    uploads: Mutex<VecDeque<Upload>>,
+    /// An upload failed: chunks whose `put` succeeded are lost, so `sync` fails from now on.
+    failed: AtomicBool,
+}
+
+#[derive(Default)]
+struct Catalog {
+    chunks: HashMap<ChunkId, StoredAt>,
+    /// Packs whose index has been read (or that this process wrote).
+    loaded: HashSet<PackName>,
+    scanned: bool,
+}
+
+struct OpenPack {
+    name: PackName,
+    bytes: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+struct Upload {
+    name: PackName,
+    bytes: Arc<Vec<u8>>,
+    work: JoinHandle<Result<()>>,
+}
+
+fn pack_object(name: &str) -> String {
+    format!("packs/{name}.pack")
+}
+
+fn index_object(name: &str) -> String {
+    format!("packs/{name}.idx")
+}
+
+impl S3PackStore {
+    pub fn open(objects: Arc<S3Objects>) -> Self {
+        S3PackStore {
+            objects,
+            catalog: RwLock::new(Catalog::default()),
+            writer: Mutex::new(None),
+            uploads: Mutex::new(VecDeque::new()),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    fn url_of(&self, name: &str) -> PathBuf {
+        PathBuf::from(self.objects.url().object_url(name))
+    }
+
+    /// Where a chunk is, reading the pack indexes first when they never were.
+    fn lookup(&self, id: &ChunkId) -> Result<Option<StoredAt>> {
+        if !self.catalog.read().expect("not poisoned").scanned {
+            self.refresh()?;
+        }
+        Ok(self.catalog.read().expect("not poisoned").chunks.get(id).copied())
+    }
+
+    /// Reads the index of every pack not known yet, and forgets packs whose index has gone.
+    fn refresh(&self) -> Result<()> {
+        let listed = self.objects.list("packs/")?;
+        let sealed: HashSet<PackName> = listed.iter().filter_map(|o| sealed_name(&o.name)).collect();
+        let new: Vec<PackName> = {
+            let mut cat = self.catalog.write().expect("not poisoned");
+            let open: HashSet<PackName> = self.packs_in_memory();
+            let gone: HashSet<PackName> =
+                cat.loaded.iter().filter(|p| !sealed.contains(p) && !open.contains(p)).copied().collect();
+            cat.chunks.retain(|_, at| !gone.contains(&at.pack));
+            cat.loaded.retain(|p| !gone.contains(p));
+            let mut new: Vec<PackName> = sealed.iter().filter(|p| !cat.loaded.contains(p)).copied().collect();
+            new.sort();
+            new
+        };
+        let indexes = self.read_indexes(&new)?;
+        let mut cat = self.catalog.write().expect("not poisoned");
+        for (pack, index) in indexes {
+            for e in index.entries {
+                let Ok(offset) = u32::try_from(e.offset) else { continue };
+                cat.chunks.entry(e.id).or_insert(StoredAt { pack, offset, len: e.len });
+            }
+            cat.loaded.insert(pack);
+        }
+        cat.scanned = true;
+        Ok(())
+    }
+
+    /// The indexes of `packs`, read several at a time. A damaged index is passed over with a warning (verify
+    /// names its chunks; repair rebuilds it); one removed since the listing, silently.
+    fn read_indexes(&self, packs: &[PackName]) -> Result<Vec<(PackName, PackIndex)>> {
+        let next = Mutex::new(packs.iter());
+        let found = Mutex::new(Vec::with_capacity(packs.len()));
+        std::thread::scope(|s| {
+            let readers: Vec<_> = (0..INDEX_READERS.min(packs.len()))
+                .map(|_| {
+                    s.spawn(|| -> Result<()> {
+                        while let Some(&pack) = next.lock().expect("not poisoned").next() {
+                            if let Some(index) = self.read_index(&pack.to_string())? {
+                                found.lock().expect("not poisoned").push((pack, index));
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            readers.into_iter().try_for_each(|r| r.join().expect("an index reader panicked"))
+        })?;
+        Ok(found.into_inner().expect("not poisoned"))
+    }
+
+    fn read_index(&self, name: &str) -> Result<Option<PackIndex>> {
+        let object = index_object(name);
+        let Some(data) = self.objects.get(&object)? else { return Ok(None) };
+        match PackIndex::decode(&self.url_of(&object), &data) {
+            Ok(index) => Ok(Some(index)),
+            Err(e) => {
+                tracing::warn!("ignoring pack {name}: {e}");
+                Ok(None)
+            }
+        }
+    }
+
+    fn packs_in_memory(&self) -> HashSet<PackName> {
+        let mut names: HashSet<PackName> = self.uploads.lock().expect("not poisoned").iter().map(|u| u.name).collect();
+        names.extend(self.writer.lock().expect("not poisoned").as_ref().map(|o| o.name));
+        names
+    }
+
+    /// The record at `at` if its pack is still in this process's memory (being filled or uploaded).
+    fn read_in_memory(&self, at: &StoredAt) -> Option<Vec<u8>> {
+        let start = u64::from(at.offset).checked_sub(RECORD_ID_LEN)? as usize;
+        let end = at.offset as usize + at.len as usize;
+        if let Some(open) = self.writer.lock().expect("not poisoned").as_ref().filter(|o| o.name == at.pack) {
+            return open.bytes.get(start..end).map(<[u8]>::to_vec);
+        }
+        let uploads = self.uploads.lock().expect("not poisoned");
+        uploads.iter().find(|u| u.name == at.pack).and_then(|u| u.bytes.get(start..end).map(<[u8]>::to_vec))
+    }
+
+    /// Reads the record of a chunk with one ranged GET: the id before it must match.
+    fn read_record(&self, id: &ChunkId, at: &StoredAt) -> Result<Option<Vec<u8>>> {
+        let record = match self.read_in_memory(at) {
+            Some(r) => Some(r),
+            None => {
+                let Some(start) = u64::from(at.offset).checked_sub(RECORD_ID_LEN) else { return Ok(None) };
+                let object = pack_object(&at.pack.to_string());
+                self.objects.get_range(&object, start, RECORD_ID_LEN + u64::from(at.len))?
+            }
+        };
+        Ok(record.filter(|r| r.len() == RECORD_ID_LEN as usize + at.len as usize && r[..32] == id.0).map(|mut r| {
+            r.drain(..RECORD_ID_LEN as usize);
+            r
+        }))
+    }
+
+    /// Reads a chunk wherever the catalog says, reading the indexes again once when it is not there.
+    fn get_found(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        for refreshed in [false, true] {
+            if refreshed {
+                self.refresh()?;
+            }
+            if let Some(at) = self.lookup(id)? {
+                if let Some(data) = self.read_record(id, &at)? {
+                    return Ok(data);
+                }
+                if refreshed {
+                    let pack = self.url_of(&pack_object(&at.pack.to_string()));
+                    return Err(Error::ChunkCorrupt {
+                        id: *id,
+                        reason: format!("{} does not hold it where its index says", pack.display()),
+                    });
+                }
+            }
+        }
+        Err(Error::ChunkMissing { id: *id })
+    }
+
+    /// Starts uploading a full pack: the pack, then its index.
+    fn start_upload(&self, open: OpenPack) -> Upload {
+        let OpenPack { name, bytes, entries } = open;
+        let bytes = Arc::new(bytes);
+        let (objects, data) = (self.objects.clone(), bytes.clone());
+        let work = std::thread::Builder::new()
+            .name("upload-pack".into())
+            .spawn(move || {
+                let name = name.to_string();
+                objects.put(&pack_object(&name), data.to_vec())?;
+                let index = PackIndex { pack_len: data.len() as u64, entries };
+                objects.put(&index_object(&name), index.encode())
+            })
+            .expect("a thread for an upload starts");
+        Upload { name, bytes, work }
+    }
+
+    /// Waits for an upload; a failed one loses its chunks (and fails `sync` from now on).
+    fn finish_upload(&self, upload: Upload) -> Result<()> {
+        let result = upload.work.join().unwrap_or_else(|_| {
+            Err(Error::Remote {
+                op: "upload".into(),
+                object: self.objects.url().object_url(&pack_object(&upload.name.to_string())),
+                reason: "the upload thread panicked".into(),
+            })
+        });
+        if result.is_err() {
+            self.failed.store(true, Ordering::Release);
+            let mut cat = self.catalog.write().expect("not poisoned");
+            cat.chunks.retain(|_, at| at.pack != upload.name);
+            cat.loaded.remove(&upload.name);
+        }
+        result
+    }
+
+    /// Uploads the open pack and waits for every upload.
+    fn upload_all(&self) -> Result<()> {
+        let mut uploads = self.uploads.lock().expect("not poisoned");
+        if let Some(open) = self.writer.lock().expect("not poisoned").take() {
+            uploads.push_back(self.start_upload(open));
+        }
+        let mut first_error = None;
+        while let Some(u) = uploads.pop_front() {
+            if let Err(e) = self.finish_upload(u) {
+                first_error.get_or_insert(e);
+            }
+        }
+        drop(uploads);
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Error::Remote {
+                op: "store chunks in".into(),
+                object: self.objects.url().to_string(),
+                reason: "an earlier upload of chunks failed; they were not kept".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Every pack with a readable index, with its index and the time its pack was written.
+    fn sealed_packs(&self) -> Result<Vec<(String, PackIndex, SystemTime)>> {
+        let listed = self.objects.list("packs/")?;
+        let written: HashMap<&str, &ObjectInfo> =
+            listed.iter().filter_map(|o| Some((o.name.strip_prefix("packs/")?.strip_suffix(".pack")?, o))).collect();
+        let names: Vec<PackName> = listed.iter().filter_map(|o| sealed_name(&o.name)).collect();
+        let mut out = Vec::new();
+        for (pack, index) in self.read_indexes(&names)? {
+            let name = pack.to_string();
+            if let Some(o) = written.get(name.as_str()) {
+                out.push((name, index, o.modified));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}
+
+/// The pack named by an index object's name.
+fn sealed_name(object: &str) -> Option<PackName> {
+    PackName::parse(object.strip_prefix("packs/")?.strip_suffix(".idx")?)
+}
+
+impl Drop for S3PackStore {
+    fn drop(&mut self) {
+        // Uploads under way finish (their packs are whole); an open pack never uploaded is simply dropped.
+        for u in self.uploads.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            let _ = u.work.join();
+        }
+    }
+}
+
+impl ChunkStore for S3PackStore {
+    fn touch(&self, id: &ChunkId) -> Result<Option<StoredAt>> {
+        self.lookup(id)
+    }
+
+    fn put(&self, id: &ChunkId, encoded: &[u8]) -> Result<StoredAt> {
+        let mut writer = self.writer.lock().expect("not poisoned");
+        let open = writer.get_or_insert_with(|| {
+            let mut bytes = Vec::with_capacity(PACK_TARGET_BYTES + (1 << 20));
+            bytes.extend_from_slice(&pack_header());
+            OpenPack { name: PackName::random(), bytes, entries: Vec::new() }
+        });
+        let offset = open.bytes.len() as u64 + RECORD_ID_LEN;
+        let at = StoredAt { pack: open.name, offset: offset as u32, len: encoded.len() as u32 };
+        open.bytes.extend_from_slice(&id.0);
+        open.bytes.extend_from_slice(encoded);
+        open.entries.push(PackEntry { id: *id, offset, len: at.len });
+        {
+            let mut cat = self.catalog.write().expect("not poisoned");
+            cat.chunks.insert(*id, at);
+            cat.loaded.insert(at.pack);
+        }
+        if open.bytes.len() < PACK_TARGET_BYTES && open.entries.len() < PACK_MAX_CHUNKS {
+            return Ok(at);
+        }
+        let full = writer.take().expect("open");
+        let mut uploads = self.uploads.lock().expect("not poisoned");
+        uploads.push_back(self.start_upload(full));
+        drop(writer);
+        while uploads.front().is_some_and(|u| u.work.is_finished() || uploads.len() > MAX_UPLOADS) {
+            let done = uploads.pop_front().expect("checked");
+            self.finish_upload(done)?;
+        }
+        Ok(at)
+    }
+
+    fn get(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        self.get_found(id)
+    }
+
+    fn get_at(&self, id: &ChunkId, at: &StoredAt) -> Result<Vec<u8>> {
+        match self.read_record(id, at)? {
+            Some(data) => Ok(data),
+            // Not where the backup's index says any more (gc rewrote or removed the pack): wherever it is now.
+            None => self.get_found(id),
+        }
+    }
+
+    fn list(&self) -> Result<Vec<StoredChunk>> {
+        Ok(self
+            .sealed_packs()?
+            .iter()
+            .flat_map(|(_, index, used)| {
+                index.entries.iter().map(|e| StoredChunk {
+                    id: e.id,
+                    used: *used,
+                    stored_bytes: u64::from(e.len) + RECORD_ID_LEN,
+                })
+            })
+            .collect())
+    }
+
+    fn start_marking(&self) {
+        // Read the indexes again when first needed: a gc may have removed packs since they were read.
+        self.catalog.write().expect("not poisoned").scanned = false;
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.upload_all()
+    }
+
+    fn sweep(&self, in_use: &HashSet<ChunkId>, cutoff: SystemTime) -> Result<SweepStats> {
+        let mut stats = SweepStats::default();
+        let mut claimed: HashSet<ChunkId> = HashSet::new();
+        let mut doomed = Vec::new();
+        for (name, index, written) in self.sealed_packs()? {
+            // A chunk in use is kept in the first pack that holds it; other copies are spare.
+            let (live, dead): (Vec<PackEntry>, Vec<PackEntry>) =
+                index.entries.iter().partition(|e| in_use.contains(&e.id) && claimed.insert(e.id));
+            if dead.is_empty() {
+                continue;
+            }
+            if written >= cutoff {
+                stats.chunks_kept_recent += dead.len() as u64;
+                continue;
+            }
+            let dead_bytes: u64 = dead.iter().map(|e| u64::from(e.len) + RECORD_ID_LEN).sum();
+            let (num, den) = REWRITE_DEAD_SHARE;
+            if !live.is_empty() && dead_bytes * den < index.pack_len * num {
+                continue; // mostly in use: not worth rewriting yet
+            }
+            if live.is_empty() {
+                stats.packs_removed += 1;
+            } else {
+                let object = pack_object(&name);
+                let Some(data) = self.objects.get(&object)? else { continue };
+                for e in &live {
+                    let Some(encoded) = data.get(e.offset as usize..(e.offset + u64::from(e.len)) as usize) else {
+                        continue;
+                    };
+                    self.put(&e.id, encoded)?;
+                }
+                stats.packs_rewritten += 1;
+            }
+            stats.chunks_removed += dead.len() as u64;
+            stats.bytes_removed += dead_bytes;
+            doomed.push(name);
+        }
+        // The copies are uploaded and indexed before the packs they came from go.
+        self.upload_all()?;
+        for name in &doomed {
+            // The index first: a pack without an index is unfinished work, never half a pack.
+            self.objects.delete(&index_object(name))?;
+            self.objects.delete(&pack_object(name))?;
+        }
+        // Packs never indexed, left by writers that died.
+        let listed = self.objects.list("packs/")?;
+        let indexed: HashSet<&str> =
+            listed.iter().filter_map(|o| o.name.strip_prefix("packs/")?.strip_suffix(".idx")).collect();
+        for o in &listed {
+            let Some(name) = o.name.strip_prefix("packs/").and_then(|n| n.strip_suffix(".pack")) else { continue };
+            if !indexed.contains(name) && o.modified < cutoff {
+                self.objects.delete(&o.name)?;
+                stats.unfinished_packs_removed += 1;
+            }
+        }
+        self.catalog.write().expect("not poisoned").scanned = false;
+        Ok(stats)
+    }
+
+    fn repair(&self) -> Result<RepairStats> {
+        let mut stats = RepairStats::default();
+        let listed = self.objects.list("packs/")?;
+        let packs: HashSet<&str> =
+            listed.iter().filter_map(|o| o.name.strip_prefix("packs/")?.strip_suffix(".pack")).collect();
+        // An index whose pack has gone names chunks that cannot be read.
+        for o in &listed {
+            let Some(name) = o.name.strip_prefix("packs/").and_then(|n| n.strip_suffix(".idx")) else { continue };
+            if packs.contains(name) {
+                continue;
+            }
+            let chunks = self.read_index(name)?.map_or(0, |i| i.entries.len() as u64);
+            tracing::warn!("pack {name} has gone: removing its index, which names {chunks} chunks");
+            self.objects.delete(&o.name)?;
+            stats.indexes_dropped += 1;
+            stats.chunks_dropped += chunks;
+        }
+        let mut names: Vec<&str> = packs.into_iter().collect();
+        names.sort_unstable();
+        for name in names {
+            stats.packs_checked += 1;
+            if self.read_index(name)?.is_some() {
+                continue;
+            }
+            let object = pack_object(name);
+            let Some(data) = self.objects.get(&object)? else { continue };
+            if data.len() < PACK_HEADER_LEN || data[..8] != PACK_MAGIC {
+                tracing::warn!("{} is not a pack; left alone", self.url_of(&object).display());
+                continue;
+            }
+            let index = PackIndex::from_records(&data, &mut stats);
+            if index.entries.is_empty() {
+                continue; // nothing to recover: an unfinished pack that gc removes
+            }
+            self.objects.put(&index_object(name), index.encode())?;
+            stats.indexes_rebuilt += 1;
+            stats.chunks_recovered += index.entries.len() as u64;
+        }
+        *self.catalog.write().expect("not poisoned") = Catalog::default();
+        Ok(stats)
+    }
+
+    fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
+        Ok(self.lookup(id)?.map(|at| {
+            let name = at.pack.to_string();
+            ChunkLocation {
+                pack: self.url_of(&pack_object(&name)),
+                index: self.url_of(&index_object(&name)),
+                offset: u64::from(at.offset),
+                len: at.len,
+            }
+        }))
+    }
+}
