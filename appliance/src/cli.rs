@@ -17,7 +17,8 @@ pub const DEFAULT_LIBRARY: &str = "/var/lib/livemount/library";
 #[derive(Debug, Parser)]
 #[command(name = "livemount", version, about, long_about = None)]
 pub struct Cli {
-    /// The library folder.
+    /// The library: a folder, or s3://BUCKET/PREFIX (the AWS SDK's default chain gives credentials, region
+    /// and endpoint).
     #[arg(long, global = true, env = "LIVEMOUNT_LIBRARY", default_value = DEFAULT_LIBRARY)]
     pub library: PathBuf,
 

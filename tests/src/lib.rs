@@ -5,6 +5,7 @@ pub mod aws;
 pub mod fleet;
 pub mod guest;
 pub mod initiator;
+pub mod seaweed;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -270,11 +271,25 @@ pub fn corrupt_chunk(library: &Path, id: &dedup::ChunkId) {
     use std::os::unix::fs::FileExt;
     let lib = dedup::Library::open(library).unwrap();
     let loc = lib.store().locate(id).unwrap().expect("the chunk is stored");
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(&loc.pack).unwrap();
     let at = loc.offset + u64::from(loc.len) / 2;
+    if let Some((objects, pack)) = s3_object(library, &loc.pack) {
+        let mut data = objects.get(&pack).unwrap().expect("the pack object exists");
+        data[at as usize] ^= 0x10;
+        objects.put(&pack, data).unwrap();
+        return;
+    }
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&loc.pack).unwrap();
     let mut b = [0u8];
     f.read_exact_at(&mut b, at).unwrap();
     f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+}
+
+/// For a library in S3: a client of its bucket and the name (under the library's prefix) of the object that
+/// `url` (as `ChunkLocation` gives it) is.
+pub fn s3_object(library: &Path, url: &Path) -> Option<(dedup::s3::S3Objects, String)> {
+    let lib_url = dedup::s3::S3Url::parse(library.to_str()?)?.unwrap();
+    let name = url.to_str()?.strip_prefix(&lib_url.object_url(""))?.to_string();
+    Some((dedup::s3::S3Objects::connect(&lib_url).unwrap(), name))
 }
 
 /// Makes one chunk go missing from a library: its entry leaves the index of its pack (the index is written
@@ -283,13 +298,48 @@ pub fn remove_chunk(library: &Path, id: &dedup::ChunkId) {
     use dedup::store::pack_format::PackIndex;
     let lib = dedup::Library::open(library).unwrap();
     let loc = lib.store().locate(id).unwrap().expect("the chunk is stored");
+    let record = (loc.offset - 32) as usize..(loc.offset + u64::from(loc.len)) as usize;
+    if let (Some((objects, index_name)), Some((_, pack_name))) = (s3_object(library, &loc.index), s3_object(library, &loc.pack)) {
+        let data = objects.get(&index_name).unwrap().unwrap();
+        let mut index = PackIndex::decode(&loc.index, &data).unwrap();
+        index.entries.retain(|e| e.id != *id);
+        objects.put(&index_name, index.encode()).unwrap();
+        let mut pack = objects.get(&pack_name).unwrap().unwrap();
+        pack[record].fill(0);
+        objects.put(&pack_name, pack).unwrap();
+        return;
+    }
     let mut index = PackIndex::read(&loc.index).unwrap();
     index.entries.retain(|e| e.id != *id);
     std::fs::write(&loc.index, index.encode()).unwrap();
     // The record goes from the pack too: a backup's index knows where it was and would read it there.
     use std::os::unix::fs::FileExt;
     let pack = std::fs::OpenOptions::new().write(true).open(&loc.pack).unwrap();
-    pack.write_all_at(&vec![0u8; 32 + loc.len as usize], loc.offset - 32).unwrap();
+    pack.write_all_at(&vec![0u8; record.len()], record.start as u64).unwrap();
+}
+
+/// Replaces a file of a library in a folder, or an object of one in S3 (`path` as `ChunkLocation` names it).
+pub fn overwrite_stored(library: &Path, path: &Path, data: &[u8]) {
+    match s3_object(library, path) {
+        Some((objects, name)) => objects.put(&name, data.to_vec()).unwrap(),
+        None => std::fs::write(path, data).unwrap(),
+    }
+}
+
+/// Removes a file of a library in a folder, or an object of one in S3.
+pub fn remove_stored(library: &Path, path: &Path) {
+    match s3_object(library, path) {
+        Some((objects, name)) => objects.delete(&name).unwrap(),
+        None => std::fs::remove_file(path).unwrap(),
+    }
+}
+
+/// Whether a file of a library in a folder, or an object of one in S3, exists.
+pub fn stored_exists(library: &Path, path: &Path) -> bool {
+    match s3_object(library, path) {
+        Some((objects, name)) => objects.get(&name).unwrap().is_some(),
+        None => path.exists(),
+    }
 }
 
 /// How many distinct chunks a library holds.

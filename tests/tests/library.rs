@@ -11,11 +11,51 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tests::{json, livemount, make_ext4_disk, populate_tree, random_bytes, run};
 
-/// A library in a temporary folder, with the chunk size given.
-fn new_library(dir: &Path, chunk_size: &str) -> PathBuf {
-    let lib = dir.join("library");
-    livemount(&lib).args(["library", "init", "--chunk-size", chunk_size]).assert().success();
-    lib
+/// Where a test's library is: the tests marked below run once on each (`on_both_backends!`).
+#[derive(Clone, Copy)]
+enum Backend {
+    Folder,
+    /// A bucket of a SeaweedFS cluster of this test's own (master, three volume servers, filer with S3).
+    S3,
+}
+
+/// A test's library: its location (a folder or `s3://…`) and what serves it.
+struct TestLib {
+    location: PathBuf,
+    _store: Option<tests::seaweed::SeaweedFs>,
+}
+
+impl std::ops::Deref for TestLib {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.location
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TestLib {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.location.as_os_str()
+    }
+}
+
+/// A new library with the chunk size given, in a temporary folder or in S3. For S3 the test process's own
+/// environment aims the AWS SDK at the cluster (the commands it runs inherit it; nextest runs every test in
+/// a process of its own).
+fn new_library(backend: Backend, dir: &Path, chunk_size: &str) -> TestLib {
+    let (location, store) = match backend {
+        Backend::Folder => (dir.join("library"), None),
+        Backend::S3 => {
+            let store = tests::seaweed::SeaweedFs::start();
+            store.create_bucket("backups");
+            for (k, v) in store.env() {
+                std::env::set_var(k, v);
+            }
+            std::env::set_var("LIVEMOUNT_CACHE", dir.join("cache"));
+            (PathBuf::from("s3://backups/site-a/library"), Some(store))
+        }
+    };
+    livemount(&location).args(["library", "init", "--chunk-size", chunk_size]).assert().success();
+    TestLib { location, _store: store }
 }
 
 fn backup(lib: &Path, sources: &[&Path]) -> serde_json::Value {
@@ -56,13 +96,12 @@ fn chunk_ids(lib: &Path, id: &str) -> Vec<dedup::ChunkId> {
     ids
 }
 
-#[test]
-fn backup_of_partitioned_ext4_restores_bit_identical() {
+fn backup_of_partitioned_ext4_restores_bit_identical(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
     populate_tree(&tree, 1, 6);
     let disk = make_ext4_disk(dir.path(), "disk.img", &tree, 64);
-    let lib = new_library(dir.path(), "64K");
+    let lib = new_library(backend, dir.path(), "64K");
 
     let out = backup(&lib, &[&disk]);
     let id = out["id"].as_str().unwrap().to_string();
@@ -84,13 +123,12 @@ fn backup_of_partitioned_ext4_restores_bit_identical() {
     verify_clean(&lib);
 }
 
-#[test]
-fn incremental_backup_stores_only_changed_chunks() {
+fn incremental_backup_stores_only_changed_chunks(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
     populate_tree(&tree, 2, 4);
     let disk = make_ext4_disk(dir.path(), "disk.img", &tree, 48);
-    let lib = new_library(dir.path(), "64K");
+    let lib = new_library(backend, dir.path(), "64K");
     let first = backup(&lib, &[&disk]);
     let first_id = first["id"].as_str().unwrap().to_string();
 
@@ -128,15 +166,14 @@ fn incremental_backup_stores_only_changed_chunks() {
     restore_and_compare(&lib, &first_id, &disk);
 }
 
-#[test]
-fn qcow2_of_the_same_disk_gives_the_same_chunk_ids() {
+fn qcow2_of_the_same_disk_gives_the_same_chunk_ids(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
     populate_tree(&tree, 3, 3);
     let disk = make_ext4_disk(dir.path(), "disk.img", &tree, 40);
     let qcow = dir.path().join("disk.qcow2");
     run(Command::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(&disk).arg(&qcow));
-    let lib = new_library(dir.path(), "64K");
+    let lib = new_library(backend, dir.path(), "64K");
     let raw_id = backup(&lib, &[&disk])["id"].as_str().unwrap().to_string();
     let q = backup(&lib, &[&qcow]);
     let q_id = q["id"].as_str().unwrap().to_string();
@@ -156,13 +193,12 @@ fn qcow2_of_the_same_disk_gives_the_same_chunk_ids() {
     assert!(std::fs::read(out.join("disk1.img")).unwrap() == original);
 }
 
-#[test]
-fn verify_names_corrupt_and_missing_chunks_and_reads_fail_cleanly() {
+fn verify_names_corrupt_and_missing_chunks_and_reads_fail_cleanly(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
     populate_tree(&tree, 4, 3);
     let disk = make_ext4_disk(dir.path(), "disk.img", &tree, 32);
-    let lib_path = new_library(dir.path(), "64K");
+    let lib_path = new_library(backend, dir.path(), "64K");
     let id = backup(&lib_path, &[&disk])["id"].as_str().unwrap().to_string();
     verify_clean(&lib_path);
 
@@ -216,13 +252,12 @@ fn verify_names_corrupt_and_missing_chunks_and_reads_fail_cleanly() {
     assert!(err.contains("chunk") && (err.contains(&bad.to_hex()) || err.contains(&gone.to_hex())), "{err}");
 }
 
-#[test]
-fn concurrent_reads_of_a_backup_disk() {
+fn concurrent_reads_of_a_backup_disk(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
     populate_tree(&tree, 5, 4);
     let disk = make_ext4_disk(dir.path(), "disk.img", &tree, 32);
-    let lib_path = new_library(dir.path(), "64K");
+    let lib_path = new_library(backend, dir.path(), "64K");
     let id = backup(&lib_path, &[&disk])["id"].as_str().unwrap().to_string();
     let original = std::fs::read(&disk).unwrap();
     let lib = Arc::new(dedup::Library::open(&lib_path).unwrap());
@@ -273,11 +308,10 @@ fn count_chunks(lib: &Path) -> usize {
     tests::stored_chunk_count(lib)
 }
 
-#[test]
-fn kill_9_during_backup_leaves_a_clean_library_and_a_rerun_reuses_it() {
+fn kill_9_during_backup_leaves_a_clean_library_and_a_rerun_reuses_it(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let img = big_random_image(dir.path(), "big.img", 384, 7);
-    let lib = new_library(dir.path(), "64K");
+    let lib = new_library(backend, dir.path(), "64K");
     let total_chunks = 384 * 16;
     let mut killed_with = Vec::new();
     for round in 0..3 {
@@ -320,11 +354,10 @@ fn kill_9_during_backup_leaves_a_clean_library_and_a_rerun_reuses_it() {
     restore_and_compare(&lib, done["id"].as_str().unwrap(), &img);
 }
 
-#[test]
-fn gc_while_backups_run_never_deletes_a_used_chunk() {
+fn gc_while_backups_run_never_deletes_a_used_chunk(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let img = big_random_image(dir.path(), "a.img", 192, 11);
-    let lib = new_library(dir.path(), "64K");
+    let lib = new_library(backend, dir.path(), "64K");
     // Garbage: a backup of the same data, forgotten. Its chunks are exactly what the next backup reuses,
     // so gc and the backup race for every chunk.
     let old = backup(&lib, &[&img]);
@@ -356,15 +389,17 @@ fn gc_while_backups_run_never_deletes_a_used_chunk() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let id = json(&out.stdout)["id"].as_str().unwrap().to_string();
     assert!(gc_runs >= 2, "gc ran while the backup ran ({gc_runs} runs)");
+    // After the backup: one more gc (in S3 the first that may sweep: backups in progress keep it from it),
+    // then everything the backup needs is there and intact.
+    let out = livemount(&lib).args(["library", "gc", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    removed += json(&out.stdout)["chunks_removed"].as_u64().unwrap();
     assert!(removed >= 256, "gc removed the unrelated garbage ({removed} chunks)");
-    // After the backup: one more gc, then everything the backup needs is there and intact.
-    livemount(&lib).args(["library", "gc"]).assert().success();
     verify_clean(&lib);
     restore_and_compare(&lib, &id, &img);
 }
 
-#[test]
-fn two_backups_at_once_both_succeed() {
+fn two_backups_at_once_both_succeed(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let a = big_random_image(dir.path(), "a.img", 96, 21);
     // b shares its first half with a.
@@ -372,7 +407,7 @@ fn two_backups_at_once_both_succeed() {
     b_data[48 << 20..].copy_from_slice(&random_bytes(22, 48 << 20));
     let b = dir.path().join("b.img");
     std::fs::write(&b, &b_data).unwrap();
-    let lib = new_library(dir.path(), "64K");
+    let lib = new_library(backend, dir.path(), "64K");
     let spawn = |img: &Path| {
         Command::new(tests::livemount_bin())
             .arg("--library")
@@ -410,7 +445,7 @@ fn stderr_of(cmd: &mut assert_cmd::Command) -> String {
 #[test]
 fn bad_input_gets_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
-    let lib = new_library(dir.path(), "1M");
+    let lib = new_library(Backend::Folder, dir.path(), "1M");
     let err = stderr_of(livemount(&lib).args(["backup", "create"]).arg(dir.path().join("nope.img")));
     assert!(err.contains("nope.img") && err.contains("no such file"), "{err}");
 
@@ -473,19 +508,18 @@ fn restore_and_compare_into(lib: &Path, id: &str, original: &Path, dir: &Path) {
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(original).unwrap());
 }
 
-#[test]
-fn repair_rebuilds_a_damaged_pack_index_from_the_pack() {
+fn repair_rebuilds_a_damaged_pack_index_from_the_pack(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
     populate_tree(&tree, 6, 3);
     let disk = make_ext4_disk(dir.path(), "disk.img", &tree, 32);
-    let lib_path = new_library(dir.path(), "64K");
+    let lib_path = new_library(backend, dir.path(), "64K");
     let id = backup(&lib_path, &[&disk])["id"].as_str().unwrap().to_string();
     let ids = chunk_ids(&lib_path, &id);
     let some = *ids.iter().find(|c| !c.is_zero()).unwrap();
     let loc = dedup::Library::open(&lib_path).unwrap().store().locate(&some).unwrap().unwrap();
     // The index of a pack is lost to a bad sector: its chunks are missing, and verify says how to recover.
-    std::fs::write(&loc.index, b"not an index any more").unwrap();
+    tests::overwrite_stored(&lib_path, &loc.index, b"not an index any more");
     let out = livemount(&lib_path).args(["backup", "verify"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success() && text.contains("MISSING") && text.contains("library repair"), "{text}");
@@ -499,11 +533,10 @@ fn repair_rebuilds_a_damaged_pack_index_from_the_pack() {
     restore_and_compare(&lib_path, &id, &disk);
 }
 
-#[test]
-fn repair_drops_the_index_of_a_lost_pack_and_names_what_each_backup_lost() {
+fn repair_drops_the_index_of_a_lost_pack_and_names_what_each_backup_lost(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let disk = big_random_image(dir.path(), "disk.img", 4, 7);
-    let lib_path = new_library(dir.path(), "64K");
+    let lib_path = new_library(backend, dir.path(), "64K");
     let id = backup(&lib_path, &[&disk])["id"].as_str().unwrap().to_string();
     let ids = chunk_ids(&lib_path, &id);
     let lib = dedup::Library::open(&lib_path).unwrap();
@@ -512,13 +545,13 @@ fn repair_drops_the_index_of_a_lost_pack_and_names_what_each_backup_lost() {
         (0..ids.len()).filter(|&i| lib.store().locate(&ids[i]).unwrap().is_some_and(|l| l.pack == loc.pack)).collect();
     drop(lib);
     // The pack is lost (deleted by hand, a file system that lost it); its index still names its chunks.
-    std::fs::remove_file(&loc.pack).unwrap();
+    tests::remove_stored(&lib_path, &loc.pack);
 
     let out = livemount(&lib_path).args(["library", "repair", "--json"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "lost chunks are a failure: {}", String::from_utf8_lossy(&out.stderr));
     let report = json(&out.stdout);
     assert_eq!(report["indexes_dropped"], 1, "{report}");
-    assert!(!loc.index.exists(), "the index of the lost pack is removed");
+    assert!(!tests::stored_exists(&lib_path, &loc.index), "the index of the lost pack is removed");
     let lost = report["lost"].as_array().unwrap();
     assert_eq!(lost.len(), in_that_pack.len(), "every chunk of the lost pack is named: {report}");
     let chunk = 64 * 1024;
@@ -543,3 +576,28 @@ fn repair_drops_the_index_of_a_lost_pack_and_names_what_each_backup_lost() {
 fn stdout_of(cmd: &mut assert_cmd::Command) -> String {
     String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
 }
+
+/// Each test named runs on a library in a folder (`folder::NAME`) and on one in S3 on SeaweedFS (`s3::NAME`).
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod folder {
+            $(#[test] fn $name() { super::$name(super::Backend::Folder) })*
+        }
+        mod s3 {
+            $(#[test] fn $name() { super::$name(super::Backend::S3) })*
+        }
+    };
+}
+
+on_both_backends!(
+    backup_of_partitioned_ext4_restores_bit_identical,
+    incremental_backup_stores_only_changed_chunks,
+    qcow2_of_the_same_disk_gives_the_same_chunk_ids,
+    verify_names_corrupt_and_missing_chunks_and_reads_fail_cleanly,
+    kill_9_during_backup_leaves_a_clean_library_and_a_rerun_reuses_it,
+    gc_while_backups_run_never_deletes_a_used_chunk,
+    two_backups_at_once_both_succeed,
+    concurrent_reads_of_a_backup_disk,
+    repair_rebuilds_a_damaged_pack_index_from_the_pack,
+    repair_drops_the_index_of_a_lost_pack_and_names_what_each_backup_lost
+);

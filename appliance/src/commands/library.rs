@@ -9,7 +9,9 @@ use crate::output::{self, print_json, size};
 
 #[derive(Debug, Subcommand)]
 pub enum LibraryCmd {
-    /// Create a new directory library (at --library, LIVEMOUNT_LIBRARY or the default).
+    /// Create a new library at --library (LIVEMOUNT_LIBRARY, or the default folder): a folder, or
+    /// s3://BUCKET/PREFIX in an existing bucket (credentials, region and endpoint from the AWS SDK's default
+    /// chain, e.g. AWS_ENDPOINT_URL for an S3-compatible store).
     Init {
         /// Chunk size: a power of two from 4K to 16M. Larger chunks read faster cold, smaller ones dedup
         /// better; the default was chosen by measurement (see the README).
@@ -18,7 +20,8 @@ pub enum LibraryCmd {
     },
     /// Show what the library holds and how much dedup and compression save.
     Stats,
-    /// Delete chunks that no backup uses. Safe while backups run.
+    /// Delete chunks that no backup uses. Safe while backups run (in an S3 library it then waits for a
+    /// later run: backups of other appliances cannot mark what they reuse).
     Gc,
     /// Rebuild damaged or missing pack indexes from the packs themselves (every chunk checked).
     Repair,
@@ -95,6 +98,12 @@ pub fn run(cli: &Cli, cmd: &LibraryCmd) -> anyhow::Result<i32> {
             let s = dedup::gc::collect_garbage(&lib)?;
             if cli.json {
                 print_json(&s);
+            } else if !s.swept {
+                println!(
+                    "{} chunks in use; nothing removed: {} backups are in progress on appliances sharing this \
+                     library (run gc again once they have finished)",
+                    s.chunks_in_use, s.backups_running
+                );
             } else {
                 let w = &s.sweep;
                 println!(

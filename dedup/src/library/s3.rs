@@ -37,8 +37,6 @@ use crate::s3::S3Objects;
 const LEASE: Duration = Duration::from_secs(60);
 /// How often a backup looks again whether gc's lock has gone.
 const LOCK_POLL: Duration = Duration::from_secs(1);
-/// Margin subtracted from the cutoff: object times come from the store's clock, not ours.
-const TIME_MARGIN: Duration = Duration::from_secs(60);
 
 pub(crate) struct S3Backend {
     objects: Arc<S3Objects>,
@@ -286,7 +284,8 @@ impl Backend for S3Backend {
             }
         }
         // Backups in progress cannot mark what they reuse (see above): no sweep while any runs.
-        let cutoff = (running == 0).then(|| gc_start - TIME_MARGIN);
+        // With none running, nothing is being written: everything unused may go.
+        let cutoff = (running == 0).then_some(gc_start);
         Ok((cutoff, running))
     }
 

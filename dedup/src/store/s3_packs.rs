@@ -104,21 +104,18 @@ impl S3PackStore {
 
     /// Reads the index of every pack not known yet, and forgets packs whose index has gone.
     fn refresh(&self) -> Result<()> {
+        // Only packs known before the listing can be missing from it for having gone (one whose upload
+        // finishes meanwhile is known after).
+        let known: HashSet<PackName> = self.catalog.read().expect("not poisoned").loaded.clone();
         let listed = self.objects.list("packs/")?;
         let sealed: HashSet<PackName> = listed.iter().filter_map(|o| sealed_name(&o.name)).collect();
-        let new: Vec<PackName> = {
-            let mut cat = self.catalog.write().expect("not poisoned");
-            let open: HashSet<PackName> = self.packs_in_memory();
-            let gone: HashSet<PackName> =
-                cat.loaded.iter().filter(|p| !sealed.contains(p) && !open.contains(p)).copied().collect();
-            cat.chunks.retain(|_, at| !gone.contains(&at.pack));
-            cat.loaded.retain(|p| !gone.contains(p));
-            let mut new: Vec<PackName> = sealed.iter().filter(|p| !cat.loaded.contains(p)).copied().collect();
-            new.sort();
-            new
-        };
+        let gone: HashSet<PackName> = known.difference(&sealed).copied().collect();
+        let mut new: Vec<PackName> = sealed.difference(&known).copied().collect();
+        new.sort();
         let indexes = self.read_indexes(&new)?;
         let mut cat = self.catalog.write().expect("not poisoned");
+        cat.chunks.retain(|_, at| !gone.contains(&at.pack));
+        cat.loaded.retain(|p| !gone.contains(p));
         for (pack, index) in indexes {
             for e in index.entries {
                 let Ok(offset) = u32::try_from(e.offset) else { continue };
@@ -163,12 +160,6 @@ impl S3PackStore {
                 Ok(None)
             }
         }
-    }
-
-    fn packs_in_memory(&self) -> HashSet<PackName> {
-        let mut names: HashSet<PackName> = self.uploads.lock().expect("not poisoned").iter().map(|u| u.name).collect();
-        names.extend(self.writer.lock().expect("not poisoned").as_ref().map(|o| o.name));
-        names
     }
 
     /// The record at `at` if its pack is still in this process's memory (being filled or uploaded).
@@ -246,21 +237,25 @@ impl S3PackStore {
                 reason: "the upload thread panicked".into(),
             })
         });
-        if result.is_err() {
+        let mut cat = self.catalog.write().expect("not poisoned");
+        if result.is_ok() {
+            cat.loaded.insert(upload.name);
+        } else {
             self.failed.store(true, Ordering::Release);
-            let mut cat = self.catalog.write().expect("not poisoned");
             cat.chunks.retain(|_, at| at.pack != upload.name);
-            cat.loaded.remove(&upload.name);
         }
         result
     }
 
     /// Uploads the open pack and waits for every upload.
     fn upload_all(&self) -> Result<()> {
+        // The writer's lock before the uploads', as in `put`.
+        let mut writer = self.writer.lock().expect("not poisoned");
         let mut uploads = self.uploads.lock().expect("not poisoned");
-        if let Some(open) = self.writer.lock().expect("not poisoned").take() {
+        if let Some(open) = writer.take() {
             uploads.push_back(self.start_upload(open));
         }
+        drop(writer);
         let mut first_error = None;
         while let Some(u) = uploads.pop_front() {
             if let Err(e) = self.finish_upload(u) {
@@ -330,11 +325,8 @@ impl ChunkStore for S3PackStore {
         open.bytes.extend_from_slice(&id.0);
         open.bytes.extend_from_slice(encoded);
         open.entries.push(PackEntry { id: *id, offset, len: at.len });
-        {
-            let mut cat = self.catalog.write().expect("not poisoned");
-            cat.chunks.insert(*id, at);
-            cat.loaded.insert(at.pack);
-        }
+        // Known at once (a later chunk of this backup reuses it); its pack counts as loaded once uploaded.
+        self.catalog.write().expect("not poisoned").chunks.insert(*id, at);
         if open.bytes.len() < PACK_TARGET_BYTES && open.entries.len() < PACK_MAX_CHUNKS {
             return Ok(at);
         }
