@@ -33,6 +33,53 @@ pub fn livemount(lib: &Path) -> assert_cmd::Command {
     c
 }
 
+/// Where a test's library is.
+#[derive(Clone, Copy)]
+pub enum Backend {
+    Folder,
+    /// A bucket of a SeaweedFS cluster of this test's own (master, three volume servers, filer with S3).
+    S3,
+}
+
+/// A test's library: its location (a folder or `s3://…`) and what serves it.
+pub struct TestLib {
+    pub location: PathBuf,
+    pub store: Option<seaweed::SeaweedFs>,
+}
+
+impl std::ops::Deref for TestLib {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.location
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TestLib {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.location.as_os_str()
+    }
+}
+
+/// A new library with the chunk size given, in a temporary folder or in S3. For S3 the test process's own
+/// environment aims the AWS SDK at the cluster (the commands it runs inherit it; nextest runs every test in
+/// a process of its own).
+pub fn new_library(backend: Backend, dir: &Path, chunk_size: &str) -> TestLib {
+    let (location, store) = match backend {
+        Backend::Folder => (dir.join("library"), None),
+        Backend::S3 => {
+            let store = seaweed::SeaweedFs::start();
+            store.create_bucket("backups");
+            for (k, v) in store.env() {
+                std::env::set_var(k, v);
+            }
+            std::env::set_var("LIVEMOUNT_CACHE", dir.join("cache"));
+            (PathBuf::from("s3://backups/site-a/library"), Some(store))
+        }
+    };
+    livemount(&location).args(["library", "init", "--chunk-size", chunk_size]).assert().success();
+    TestLib { location, store }
+}
+
 /// Runs a command and panics with its output unless it succeeds.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));

@@ -9,53 +9,11 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use tests::{json, livemount, make_ext4_disk, populate_tree, random_bytes, run};
+use tests::{json, livemount, make_ext4_disk, populate_tree, random_bytes, run, Backend, TestLib};
 
-/// Where a test's library is: the tests marked below run once on each (`on_both_backends!`).
-#[derive(Clone, Copy)]
-enum Backend {
-    Folder,
-    /// A bucket of a SeaweedFS cluster of this test's own (master, three volume servers, filer with S3).
-    S3,
-}
-
-/// A test's library: its location (a folder or `s3://…`) and what serves it.
-struct TestLib {
-    location: PathBuf,
-    _store: Option<tests::seaweed::SeaweedFs>,
-}
-
-impl std::ops::Deref for TestLib {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.location
-    }
-}
-
-impl AsRef<std::ffi::OsStr> for TestLib {
-    fn as_ref(&self) -> &std::ffi::OsStr {
-        self.location.as_os_str()
-    }
-}
-
-/// A new library with the chunk size given, in a temporary folder or in S3. For S3 the test process's own
-/// environment aims the AWS SDK at the cluster (the commands it runs inherit it; nextest runs every test in
-/// a process of its own).
+/// A new library with the chunk size given, on `backend`.
 fn new_library(backend: Backend, dir: &Path, chunk_size: &str) -> TestLib {
-    let (location, store) = match backend {
-        Backend::Folder => (dir.join("library"), None),
-        Backend::S3 => {
-            let store = tests::seaweed::SeaweedFs::start();
-            store.create_bucket("backups");
-            for (k, v) in store.env() {
-                std::env::set_var(k, v);
-            }
-            std::env::set_var("LIVEMOUNT_CACHE", dir.join("cache"));
-            (PathBuf::from("s3://backups/site-a/library"), Some(store))
-        }
-    };
-    livemount(&location).args(["library", "init", "--chunk-size", chunk_size]).assert().success();
-    TestLib { location, _store: store }
+    tests::new_library(backend, dir, chunk_size)
 }
 
 fn backup(lib: &Path, sources: &[&Path]) -> serde_json::Value {

@@ -9,30 +9,35 @@ use std::time::Duration;
 
 use proptest::strategy::Strategy;
 
-use tests::{json, livemount, make_ext4_disk, populate_tree, punch_hole, random_bytes, Daemon};
+use tests::{json, livemount, make_ext4_disk, populate_tree, punch_hole, random_bytes, Backend, Daemon};
 
 struct Setup {
+    // Dropped in this order: the daemon before the library's store, the folder last.
+    daemon: Daemon,
+    _lib: tests::TestLib,
     _dir: tempfile::TempDir,
     dir: PathBuf,
     disk: PathBuf,
     tree: PathBuf,
-    daemon: Daemon,
     backup: String,
 }
 
 fn setup(disk_mib: u64, chunk: &str) -> Setup {
+    setup_on(Backend::Folder, disk_mib, chunk)
+}
+
+fn setup_on(backend: Backend, disk_mib: u64, chunk: &str) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let tree = dir.join("tree");
     populate_tree(&tree, 31, 5);
     let disk = make_ext4_disk(&dir, "disk.img", &tree, disk_mib);
-    let lib = dir.join("library");
-    livemount(&lib).args(["library", "init", "--chunk-size", chunk]).assert().success();
+    let lib = tests::new_library(backend, &dir, chunk);
     let out = livemount(&lib).args(["backup", "create", "--json"]).arg(&disk).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let backup = json(&out.stdout)["id"].as_str().unwrap().to_string();
     let daemon = Daemon::start(&dir, &lib);
-    Setup { _dir: tmp, dir, disk, tree, daemon, backup }
+    Setup { daemon, _lib: lib, _dir: tmp, dir, disk, tree, backup }
 }
 
 fn mount(d: &Daemon, backup: &str, extra: &[&str]) -> serde_json::Value {
@@ -51,13 +56,24 @@ fn verify_and_restore_identical(s: &Setup) {
 
 #[test]
 fn mount_read_write_browse_unmount_through_the_daemon() {
-    let s = setup(48, "64K");
+    mount_read_write_browse_unmount(Backend::Folder);
+}
+
+/// The same with the library in S3 (a SeaweedFS cluster): the daemon reads chunks with ranged GETs.
+#[test]
+fn mount_read_write_browse_unmount_of_a_backup_in_s3() {
+    mount_read_write_browse_unmount(Backend::S3);
+}
+
+fn mount_read_write_browse_unmount(backend: Backend) {
+    let s = setup_on(backend, 48, "64K");
     let d = &s.daemon;
     let original = std::fs::read(&s.disk).unwrap();
 
     // The read-only view of the backup, straight from the library.
     let backup_file = d.fuse_root().join("backups").join(&s.backup).join("disk0.img");
-    assert!(std::fs::read(&backup_file).unwrap() == original);
+    let read = std::fs::read(&backup_file).unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    assert!(read == original);
     let meta = std::fs::metadata(&backup_file).unwrap();
     assert_eq!(meta.len(), 48 << 20);
     assert!(meta.permissions().readonly());

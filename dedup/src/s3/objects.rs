@@ -59,7 +59,8 @@ impl S3Objects {
             .enable_all()
             .build()
             .map_err(|e| Error::io("start the S3 client for", url.to_string(), e))?;
-        let config = runtime.block_on(async {
+        // Not `block_on`: the caller may be a thread of another runtime (the daemon's), where that panics.
+        let config = run_on(&runtime, async {
             let http = aws_smithy_http_client::Builder::new()
                 .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
                 .build_https();
@@ -91,11 +92,7 @@ impl S3Objects {
 
     /// Runs a request on the client's runtime and waits for it, from any thread.
     fn run<T: Send + 'static>(&self, request: impl Future<Output = T> + Send + 'static) -> T {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.runtime.as_ref().expect("alive until dropped").spawn(async move {
-            let _ = tx.send(request.await);
-        });
-        rx.recv().expect("the S3 client's runtime runs every request it is given")
+        run_on(self.runtime.as_ref().expect("alive until dropped"), request)
     }
 
     /// Writes an object whole (replacing one of the same name). Large objects go up in parts.
@@ -255,6 +252,15 @@ impl Drop for S3Objects {
             rt.shutdown_background();
         }
     }
+}
+
+/// Runs `work` on `runtime` and waits for it, from any thread (also one of another runtime).
+fn run_on<T: Send + 'static>(runtime: &tokio::runtime::Runtime, work: impl Future<Output = T> + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = tx.send(work.await);
+    });
+    rx.recv().expect("the S3 client's runtime runs every task it is given")
 }
 
 /// What a GET ran into: the call itself, or the body's stream after the answer began.
