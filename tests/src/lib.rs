@@ -215,10 +215,10 @@ impl Daemon {
         self.dir.join("api.sock")
     }
 
-    /// `livemount` aimed at this daemon and its library.
+    /// `livemount` aimed at this daemon and its library, with the daemon's environment.
     pub fn cli(&self) -> assert_cmd::Command {
         let mut c = livemount(&self.library);
-        c.arg("--api").arg(self.api());
+        c.arg("--api").arg(self.api()).envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 

@@ -1,0 +1,98 @@
+//! One library in S3 shared by a fleet: two appliances (two daemons, each with its own state and its own
+//! local cache) on one SeaweedFS cluster back up at once, each sees and live-mounts the other's backups
+//! without a restart, and gc on one while the other backs up loses nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tests::{json, make_ext4_disk, populate_tree, Backend, Daemon};
+
+/// One appliance: its daemon, and the environment that makes it itself (its own local cache).
+fn appliance(dir: &Path, name: &str, lib: &Path) -> Daemon {
+    let home = dir.join(name);
+    std::fs::create_dir_all(&home).unwrap();
+    let env = vec![("LIVEMOUNT_CACHE".to_string(), home.join("cache").display().to_string())];
+    Daemon::start_env(&home, lib, &[], &env)
+}
+
+fn backup_json(out: std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    json(&out.stdout)
+}
+
+/// Live-mounts a backup on an appliance: the mount's id and the FUSE file of its disk.
+fn mount(d: &Daemon, backup: &str) -> (String, PathBuf) {
+    let out = d.cli().args(["mount", backup, "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), d.log());
+    let m = json(&out.stdout);
+    (m["id"].as_str().unwrap().to_string(), PathBuf::from(m["disks"][0]["fuse_path"].as_str().unwrap()))
+}
+
+#[test]
+fn two_appliances_back_up_into_one_s3_library_and_mount_each_others_backups() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = tests::new_library(Backend::S3, dir.path(), "64K");
+    let disk = |name: &str, seed: u64| {
+        let tree = dir.path().join(format!("tree-{name}"));
+        populate_tree(&tree, seed, 4);
+        make_ext4_disk(dir.path(), &format!("{name}.img"), &tree, 40)
+    };
+    // A's disk shares nothing with the others, so that its chunks are garbage once it is forgotten.
+    let disk_a = dir.path().join("a.img");
+    std::fs::write(&disk_a, tests::random_bytes(41, 24 << 20)).unwrap();
+    let (disk_b, disk_c) = (disk("b", 42), disk("c", 43));
+    let a = appliance(dir.path(), "appliance-a", &lib);
+    let b = appliance(dir.path(), "appliance-b", &lib);
+
+    // Both back up at once.
+    let spawn = |d: &Daemon, img: &Path| {
+        let mut c = std::process::Command::new(tests::livemount_bin());
+        c.arg("--library").arg(&d.library).args(["backup", "create", "--json"]).arg(img);
+        c.envs(d.env.iter().map(|(k, v)| (k, v))).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    };
+    let (ca, cb) = (spawn(&a, &disk_a), spawn(&b, &disk_b));
+    let from_a = backup_json(ca.wait_with_output().unwrap())["id"].as_str().unwrap().to_string();
+    let from_b = backup_json(cb.wait_with_output().unwrap())["id"].as_str().unwrap().to_string();
+
+    // Each sees both backups, and live-mounts the other's: the file is the other's disk, bit for bit.
+    for d in [&a, &b] {
+        let list = json(&d.cli().args(["backup", "list", "--json"]).output().unwrap().stdout);
+        let ids: Vec<&str> = list.as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+        assert!(ids.contains(&from_a.as_str()) && ids.contains(&from_b.as_str()), "{list}");
+    }
+    let (_, on_a) = mount(&a, &from_b);
+    let (mount_on_b, on_b) = mount(&b, &from_a);
+    assert!(std::fs::read(&on_a).unwrap() == std::fs::read(&disk_b).unwrap(), "appliance A reads B's backup");
+    assert!(std::fs::read(&on_b).unwrap() == std::fs::read(&disk_a).unwrap(), "appliance B reads A's backup");
+    // A mount on one appliance holds the backup for the whole fleet.
+    let out = b.cli().args(["backup", "forget", &from_b]).output().unwrap();
+    assert!(!out.status.success(), "a backup mounted on appliance A cannot be forgotten from appliance B");
+
+    // Garbage for gc: A's backup, forgotten once unmounted.
+    b.cli().args(["unmount", &mount_on_b]).assert().success();
+    b.cli().args(["backup", "forget", &from_a]).assert().success();
+
+    // gc on A while B backs up a third disk: it sweeps nothing while that backup runs, and loses nothing.
+    let mut running = spawn(&b, &disk_c);
+    let (mut postponed, mut removed) = (0, 0);
+    while running.try_wait().unwrap().is_none() {
+        let gc = backup_json(a.cli().args(["library", "gc", "--json"]).output().unwrap());
+        // (A gc that starts before the backup has registered sweeps: the backup then waits for it.)
+        removed += gc["chunks_removed"].as_u64().unwrap();
+        if gc["swept"] == false {
+            assert!(gc["backups_running"].as_u64().unwrap() >= 1, "{gc}");
+            postponed += 1;
+        }
+    }
+    let from_c = backup_json(running.wait_with_output().unwrap())["id"].as_str().unwrap().to_string();
+    assert!(postponed >= 1, "gc ran while the other appliance's backup did");
+    let gc = backup_json(a.cli().args(["library", "gc", "--json"]).output().unwrap());
+    assert_eq!(gc["swept"], true, "{gc}");
+    removed += gc["chunks_removed"].as_u64().unwrap();
+    assert!(removed >= 384, "the forgotten backup's chunks go: {removed} removed");
+    for (id, original) in [(&from_b, &disk_b), (&from_c, &disk_c)] {
+        tests::verify_and_restore_identical(&lib, id, original, dir.path());
+    }
+    // And A, which never ran that backup, mounts it.
+    assert!(std::fs::read(mount(&a, &from_c).1).unwrap() == std::fs::read(&disk_c).unwrap());
+}
