@@ -1496,6 +1496,256 @@ def cmd_summary_memory(argv):
     print(f"  results: {env['RESULTS']}")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# bench/s3.sh
+# ---------------------------------------------------------------------------------------------------------
+def cmd_free_port_pairs(argv):
+    """free-port-pairs N: N distinct ports of 127.0.0.1 that are free, each with PORT + 10000 free too (the
+    gRPC port SeaweedFS derives from each HTTP port), all held until all are found; one line (s3.sh)."""
+    n, held, ports = int(argv[1]), [], []
+    while len(ports) < n:
+        a = socket.socket()
+        a.bind(("127.0.0.1", 0))
+        port = a.getsockname()[1]
+        if port >= 55000 or port in ports:
+            a.close()
+            continue
+        b = socket.socket()
+        try:
+            b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            a.close(), b.close()
+            continue
+        held += [a, b]
+        ports.append(port)
+    print(*ports)
+
+
+def s3_client():
+    """boto3 on the S3 gateway of the environment (AWS_ENDPOINT_URL and credentials), path-style."""
+    import boto3
+    from botocore.config import Config
+    return boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+                        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+
+
+def cmd_s3(argv):
+    """s3 create BUCKET | s3 usage BUCKET: creates a bucket, or prints the number of objects in it and the sum
+    of their sizes ("OBJECTS BYTES"), through the gateway the environment names (s3.sh)."""
+    s3 = s3_client()
+    action, bucket = argv[1], argv[2]
+    if action == "create":
+        s3.create_bucket(Bucket=bucket)
+    elif action == "usage":
+        count = size = 0
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for o in page.get("Contents", []):
+                count, size = count + 1, size + o["Size"]
+        print(count, size)
+    else:
+        sys.exit(f"s3: unknown action {action}")
+
+
+def http_status(port, path):
+    """Status and body of a plain GET to 127.0.0.1:PORT, or (None, '') when nothing answers."""
+    import http.client
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read().decode(errors="replace")
+    except OSError:
+        return None, ""
+
+
+def cmd_seaweed_ready(argv):
+    """seaweed-ready MASTER_PORT S3_PORT VOLUMES TIMEOUT PID...: waits until the master answers and knows
+    VOLUMES volume servers, the S3 gateway refuses an anonymous ListBuckets (403: the identities are applied)
+    and takes a signed one; fails when a PID exits or TIMEOUT seconds pass (s3.sh)."""
+    master, gw, volumes, timeout = int(argv[1]), int(argv[2]), int(argv[3]), float(argv[4])
+    pids = [int(p) for p in argv[5:]]
+    deadline = time.monotonic() + timeout
+    step = "the master answers"
+
+    def ready():
+        nonlocal step
+        step = "the master knows the volume servers"
+        status, body = http_status(master, "/dir/status")
+        if status != 200:
+            return False
+        topo = json.loads(body)["Topology"]
+        nodes = [n for dc in topo.get("DataCenters") or [] for r in dc.get("Racks") or []
+                 for n in r.get("DataNodes") or []]
+        if len(nodes) < volumes:
+            return False
+        step = "the S3 gateway answers"
+        status, body = http_status(gw, "/")
+        if status is None:
+            return False
+        if status != 403:
+            sys.exit(f"anonymous ListBuckets answered {status}, not 403 (is -s3.config applied?): {body[:300]}")
+        step = "a signed ListBuckets works"
+        try:
+            s3_client().list_buckets()
+        except Exception:
+            return False
+        return True
+
+    while not ready():
+        for p in pids:
+            try:
+                os.kill(p, 0)
+            except ProcessLookupError:
+                sys.exit(f"SeaweedFS process {p} exited while waiting until {step}")
+        if time.monotonic() > deadline:
+            sys.exit(f"SeaweedFS: timed out waiting until {step}")
+        time.sleep(0.1)
+
+
+def cmd_s3_gets(argv):
+    """s3-gets METRICS_PORT: the S3 GetObject requests the gateway answered with data (200/206) since it
+    started, all buckets: the count of its time-to-first-byte histogram for type GET (set before the body
+    goes out, so exact once the client has its answer; HEAD, 304 and errors are not in it) (s3.sh)."""
+    status, body = http_status(int(argv[1]), "/metrics")
+    if status != 200:
+        sys.exit(f"metrics: HTTP {status}")
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith("SeaweedFS_s3_time_to_first_byte_millisecond_count{"):
+            labels, value = line[line.index("{") + 1:].split("} ", 1)
+            if 'type="GET"' in labels.split(","):
+                total += float(value)
+    print(int(total))
+
+
+def cmd_summary_s3(argv):
+    """summary-s3: s3-results.json and the table of bench/s3.sh (inputs in the environment)."""
+    env = os.environ
+    work = env["WORK"]
+    MiB = 1 << 20
+
+    def load(name):
+        p = os.path.join(work, name)
+        return json.load(open(p)) if os.path.exists(p) else None
+
+    f = {}
+    for line in open(os.path.join(work, "figures")):
+        k, v = line.strip().split("=", 1)
+        f[k] = float(v)
+
+    def img(path):
+        st = os.stat(path)
+        return {"path": path, "size": st.st_size, "allocated": st.st_blocks * 512}
+
+    def lat(reads):
+        s = sorted(reads["lat_ns"])
+        p = lambda q: s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))] / 1e6
+        return {"reads": len(s), "median_ms": p(50), "p90_ms": p(90), "p99_ms": p(99), "max_ms": s[-1] / 1e6,
+                "mean_ms": sum(s) / len(s) / 1e6, "direct": reads["direct"], "mismatches": len(reads["mismatches"])}
+
+    res = {**run_facts(env), "store": env["STORE"], "images": {"full": img(env["FULL"]), "incr": img(env["INCR"])},
+           "tools": {}, "livemount": {"full": load("livemount-full.json"), "incr": load("livemount-incr.json")}}
+    for tool in ("livemount", "restic"):
+        t = {k.split(".", 1)[1]: v for k, v in f.items() if k.startswith(tool + ".")}
+        if t:
+            res["tools"][tool] = t
+    print()
+    print("=" * 100)
+    print(f"livemount S3 benchmark  {res['date']}  ({res['cores']} cores; page cache "
+          f"{'dropped before every timed step' if res['cold_cache'] else 'NOT dropped: WARM figures'})")
+    print(f"versions: {res['versions']}")
+    print(f"store: {res['store']}")
+    print(f"load average (1 min) at start -> end: {res['load_average']}  (figures need a quiet machine)")
+    for k, v in res["images"].items():
+        print(f"image {k:<5} {v['path']}: {v['size'] / MiB:,.0f} MiB, {v['allocated'] / MiB:,.0f} MiB allocated")
+
+    T, goals = res["tools"], []
+    print()
+    hdr = (f"{'ingest':<10} {'full image':>20} {'incremental':>20} {'full+incr':>10} {'objects':>8} "
+           f"{'stored':>11} {'on disk, 2 copies':>18}")
+    print(hdr)
+    print("-" * len(hdr))
+    for name, t in T.items():
+        def cell(key, image):
+            v = t.get(key)
+            return f"{v:7.1f} s {res['images'][image]['allocated'] / MiB / v:6.0f} MiB/s" if v else "-"
+        print(f"{name:<10} {cell('full_s', 'full'):>20} {cell('incr_s', 'incr'):>20} "
+              f"{t.get('full_s', 0) + t.get('incr_s', 0):8.1f} s {int(t.get('objects', 0)):>8} "
+              f"{t.get('bytes', 0) / MiB:>7,.0f} MiB {t.get('disk_bytes', 0) / MiB:>14,.0f} MiB")
+    print("(MiB/s over the image's allocated bytes; stored = the sizes of the objects in the tool's bucket after both;"
+          " on disk = its collection's volume files on the three volume servers)")
+    lm = res["livemount"]
+    if lm["full"] and lm["incr"]:
+        for name in ("full", "incr"):
+            s = lm[name]["stats"]
+            print(f"livemount {name:<4}: read {s['bytes_read'] / MiB:,.0f} MiB, stored {s['new_bytes_stored'] / MiB:,.0f} MiB "
+                  f"new ({s['chunks_new']} chunks new, {s['chunks_reused']} reused, {s['chunks_zero']} zero)")
+        print("where livemount's ingest time went (seconds summed over the threads that spent them; stages overlap):")
+        for name in ("full", "incr"):
+            s = lm[name]["stats"]
+            print(f"  {name:<4} ({s['seconds']:.2f} s): "
+                  + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in s.get("time", {}).items()))
+
+    cold = load("reads-cold.json")
+    if cold:
+        c = res["cold_reads"] = {**lat(cold), "gets": int(f["cold.gets"]),
+                                 "recalled_chunks": int(f.get("cold.recalled_chunks", -1))}
+        print()
+        print(f"cold random 4 KiB reads through a fresh mount of the S3 backup (disk 0 of `full`, "
+              f"{'O_DIRECT' if c['direct'] else 'pread'}, one at a time, {c['mismatches']} mismatches):")
+        print(f"  {c['reads']} reads: median {c['median_ms']:.3f} ms, p90 {c['p90_ms']:.3f} ms, p99 {c['p99_ms']:.3f} ms, "
+              f"max {c['max_ms']:.1f} ms, mean {c['mean_ms']:.3f} ms")
+        print(f"  S3 GETs served during the reads: {c['gets']} ({c['gets'] / c['reads']:.2f} per read); "
+              f"chunks recalled by the mount: {c['recalled_chunks']}")
+    storm = load("reads-storm-single.json")
+    if storm and "storm.total_gets" in f:
+        k = int(f["storm.mounts"])
+        merged = {"lat_ns": [], "mismatches": [], "direct": True}
+        for i in range(1, k + 1):
+            r = load(f"reads-storm-{i}.json")
+            merged["lat_ns"] += r["lat_ns"]
+            merged["mismatches"] += r["mismatches"]
+            merged["direct"] &= r["direct"]
+        s = res["storm"] = {"mounts": k, "reads_per_mount": lat(storm)["reads"], "single_gets": int(f["storm.single_gets"]),
+                            "total_gets": int(f["storm.total_gets"]), "single": lat(storm), "storm": lat(merged),
+                            "storm_s": f["storm.s"]}
+        s["ratio"] = s["total_gets"] / max(1, s["single_gets"])
+        print()
+        print(f"boot storm proxy: {k} fresh mounts of the same backup read the same {s['reads_per_mount']} random 4 KiB "
+              f"blocks at the same time (no shared cache yet):")
+        print(f"  one mount alone: {s['single_gets']} GETs, median {s['single']['median_ms']:.3f} ms, "
+              f"p99 {s['single']['p99_ms']:.3f} ms")
+        print(f"  {k} mounts at once: {s['total_gets']} GETs in {s['storm_s']:.2f} s, median {s['storm']['median_ms']:.3f} ms, "
+              f"p99 {s['storm']['p99_ms']:.3f} ms ({s['storm']['mismatches']} mismatches)")
+
+    print()
+    print("goals:")
+
+    def goal(line, met, value, target):
+        goals.append({"goal": line, "value": value, "target": target, "met": met})
+        print(f"  {line}   {'' if met is None else ('MET' if met else 'NOT MET')}")
+
+    L, R = T.get("livemount"), T.get("restic")
+    if L and R:
+        lt, rt = L["full_s"] + L["incr_s"], R["full_s"] + R["incr_s"]
+        goal(f"ingest into SeaweedFS: livemount {lt:.1f} s, restic {rt:.1f} s = {rt / lt:.2f} x restic (goal: at least 3x)",
+             rt / lt >= 3, rt / lt, ">= 3")
+        print(f"    (full image alone {R['full_s'] / L['full_s']:.2f}x, incremental alone {R['incr_s'] / L['incr_s']:.2f}x; "
+              f"stored {L['bytes'] / R['bytes']:.2f}x restic's bytes)")
+    if "cold_reads" in res:
+        c = res["cold_reads"]
+        goal(f"cold random 4 KiB through a mount of an S3 backup: median {c['median_ms']:.2f} ms, p99 {c['p99_ms']:.2f} ms "
+             f"(goal: p99 under 5 ms on loopback)", c["p99_ms"] < 5, c["p99_ms"], "< 5 ms")
+    if "storm" in res:
+        s = res["storm"]
+        goal(f"boot storm: {s['mounts']} mounts fetched {s['total_gets']} chunks from S3, one mount {s['single_gets']}: "
+             f"ratio {s['ratio']:.2f} (information; goal once mounts share a cache: 1.0)", None, s["ratio"], "1.0 (later)")
+    res["goals"] = goals
+    json.dump(res, open(env["RESULTS"], "w"), indent=2)
+    print()
+    print(f"results written to {env['RESULTS']}")
+
+
 COMMANDS = {
     "json-get": (cmd_json_get, ["file", "key+"]),
     "mount-counters": (cmd_mount_counters, ["id", "first_disk?"]),
@@ -1523,6 +1773,11 @@ COMMANDS = {
     "memory-disk": (cmd_memory_disk, ["image", "size", "chunk"]),
     "memory-reads": (cmd_memory_reads, ["file", "size", "chunk", "n", "seed"]),
     "summary-memory": (cmd_summary_memory, []),
+    "free-port-pairs": (cmd_free_port_pairs, ["n"]),
+    "s3": (cmd_s3, ["action", "bucket"]),
+    "seaweed-ready": (cmd_seaweed_ready, ["master_port", "s3_port", "volumes", "timeout", "pid+"]),
+    "s3-gets": (cmd_s3_gets, ["metrics_port"]),
+    "summary-s3": (cmd_summary_s3, []),
 }
 
 

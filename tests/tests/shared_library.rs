@@ -96,3 +96,68 @@ fn two_appliances_back_up_into_one_s3_library_and_mount_each_others_backups() {
     // And A, which never ran that backup, mounts it.
     assert!(std::fs::read(mount(&a, &from_c).1).unwrap() == std::fs::read(&disk_c).unwrap());
 }
+
+#[test]
+fn a_volume_server_lost_during_a_backup_and_during_reads_costs_nothing_and_reads_are_never_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lib = tests::new_library(Backend::S3, dir.path(), "64K");
+    let disk = dir.path().join("disk.img");
+    let data = tests::random_bytes(77, 96 << 20);
+    std::fs::write(&disk, &data).unwrap();
+
+    // One of the three volume servers dies while the backup writes: it completes (every object has a copy
+    // on another server; new writes go to the live ones), or fails cleanly and a rerun completes.
+    let mut backup = std::process::Command::new(tests::livemount_bin())
+        .arg("--library")
+        .arg(&lib.location)
+        .args(["backup", "create", "--json"])
+        .arg(&disk)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let cluster = lib.store.as_mut().unwrap();
+    cluster.kill_volume(0);
+    let out = backup.wait_with_output().unwrap();
+    let id = if out.status.success() {
+        json(&out.stdout)["id"].as_str().unwrap().to_string()
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("s3://backups/"), "the error names the object: {err}");
+        backup_json(tests::livemount(&lib).args(["backup", "create", "--json"]).arg(&disk).output().unwrap())["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    tests::verify_and_restore_identical(&lib, &id, &disk, dir.path());
+
+    // A mount's reads with that server still gone: served by the copies.
+    let library = std::sync::Arc::new(dedup::Library::open(&lib).unwrap());
+    let manifest = library.resolve(&id).unwrap();
+    let reader = dedup::BackupDisk::open(library.clone(), &manifest, 0).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    for mib in (0..96).step_by(7) {
+        reader.read_at(mib << 20, &mut buf).unwrap();
+        assert!(buf[..] == data[(mib as usize) << 20..((mib as usize) + 1) << 20], "MiB {mib}");
+    }
+    // With a second server gone, some chunks have no copy left: a read is right or an error, never wrong.
+    lib.store.as_mut().unwrap().kill_volume(1);
+    let fresh = dedup::BackupDisk::open(std::sync::Arc::new(dedup::Library::open(&lib).unwrap()), &manifest, 0).unwrap();
+    let (mut good, mut failed) = (0, 0);
+    let mut block = vec![0u8; 4096];
+    for n in 0..24u64 {
+        let at = n * (4 << 20) + 12_288;
+        match fresh.read_at(at, &mut block) {
+            Ok(()) => {
+                assert!(block[..] == data[at as usize..at as usize + 4096], "the read at {at} is wrong");
+                good += 1;
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("s3://backups/"), "the error names the object: {e}");
+                failed += 1;
+            }
+        }
+    }
+    assert!(good + failed == 24 && good > 0, "{good} read, {failed} failed");
+}
