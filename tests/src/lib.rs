@@ -346,7 +346,9 @@ pub fn remove_chunk(library: &Path, id: &dedup::ChunkId) {
     let lib = dedup::Library::open(library).unwrap();
     let loc = lib.store().locate(id).unwrap().expect("the chunk is stored");
     let record = (loc.offset - 32) as usize..(loc.offset + u64::from(loc.len)) as usize;
-    if let (Some((objects, index_name)), Some((_, pack_name))) = (s3_object(library, &loc.index), s3_object(library, &loc.pack)) {
+    if let (Some((objects, index_name)), Some((_, pack_name))) =
+        (s3_object(library, &loc.index), s3_object(library, &loc.pack))
+    {
         let data = objects.get(&index_name).unwrap().unwrap();
         let mut index = PackIndex::decode(&loc.index, &data).unwrap();
         index.entries.retain(|e| e.id != *id);

@@ -107,7 +107,7 @@ fn a_volume_server_lost_during_a_backup_and_during_reads_costs_nothing_and_reads
 
     // One of the three volume servers dies while the backup writes: it completes (every object has a copy
     // on another server; new writes go to the live ones), or fails cleanly and a rerun completes.
-    let mut backup = std::process::Command::new(tests::livemount_bin())
+    let backup = std::process::Command::new(tests::livemount_bin())
         .arg("--library")
         .arg(&lib.location)
         .args(["backup", "create", "--json"])
@@ -143,7 +143,8 @@ fn a_volume_server_lost_during_a_backup_and_during_reads_costs_nothing_and_reads
     }
     // With a second server gone, some chunks have no copy left: a read is right or an error, never wrong.
     lib.store.as_mut().unwrap().kill_volume(1);
-    let fresh = dedup::BackupDisk::open(std::sync::Arc::new(dedup::Library::open(&lib).unwrap()), &manifest, 0).unwrap();
+    let fresh =
+        dedup::BackupDisk::open(std::sync::Arc::new(dedup::Library::open(&lib).unwrap()), &manifest, 0).unwrap();
     let (mut good, mut failed) = (0, 0);
     let mut block = vec![0u8; 4096];
     for n in 0..24u64 {

@@ -40,29 +40,9 @@ pub async fn service_config(region: Option<&str>) -> SdkConfig {
     config
 }
 
-/// The code and message of an SDK error, for one-line reports. A service error gives its AWS error code;
-/// a transport failure (no connection, timeout) gives what the SDK saw.
-pub fn describe<E, R>(e: &aws_smithy_runtime_api::client::result::SdkError<E, R>) -> (Option<String>, String)
-where
-    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    use aws_smithy_runtime_api::client::result::SdkError;
-    match e {
-        SdkError::ServiceError(s) => {
-            let err = s.err();
-            let code = err.code().map(str::to_string);
-            let message = match (&code, err.message()) {
-                (_, Some(m)) => m.to_string(),
-                // An answer the SDK could not read as an AWS error: what it saw, with its causes.
-                (None, None) => aws_smithy_types::error::display::DisplayErrorContext(err).to_string(),
-                (Some(_), None) => err.to_string(),
-            };
-            (code, message)
-        }
-        other => (None, aws_smithy_types::error::display::DisplayErrorContext(other).to_string()),
-    }
-}
+/// The code and message of an SDK error, for one-line reports (one function for the library's S3 client
+/// and the appliance's).
+pub use dedup::s3::describe;
 
 /// EC2, EBS direct, S3 and STS clients over `config`. Each carries the crash hook below when it is set.
 pub fn ec2(config: &SdkConfig) -> aws_sdk_ec2::Client {

@@ -42,8 +42,11 @@ pub struct Library {
     store: Arc<dyn ChunkStore>,
 }
 
+/// A library's backend, and for a library in S3 the client its chunk store shares.
+type Opened = (Box<dyn Backend>, Option<Arc<S3Objects>>);
+
 /// The backend of the library named `root`: `s3://…` is a library in S3, anything else a folder.
-fn backend_of(root: &Path) -> Result<(Box<dyn Backend>, Option<Arc<S3Objects>>)> {
+fn backend_of(root: &Path) -> Result<Opened> {
     let Some(parsed) = root.to_str().and_then(S3Url::parse) else {
         return Ok((Box::new(dir::DirBackend::new(root)), None));
     };

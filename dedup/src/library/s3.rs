@@ -242,7 +242,12 @@ impl Backend for S3Backend {
         let mut said = false;
         while let Some(gc) = self.read_lease("locks/gc")?.filter(Lease::is_live) {
             if !said {
-                tracing::info!("waiting for the gc that {} (pid {}) runs on {}", gc.host, gc.pid, self.location().display());
+                tracing::info!(
+                    "waiting for the gc that {} (pid {}) runs on {}",
+                    gc.host,
+                    gc.pid,
+                    self.location().display()
+                );
                 said = true;
             }
             std::thread::sleep(LOCK_POLL);
@@ -292,10 +297,8 @@ impl Backend for S3Backend {
     fn clean_up(&self, cutoff: SystemTime) -> Result<u64> {
         // Disk indexes of backups that never got their manifest.
         let objects = self.objects.list("backups/")?;
-        let published: std::collections::HashSet<&str> = objects
-            .iter()
-            .filter_map(|o| o.name.strip_prefix("backups/")?.strip_suffix("/manifest.json"))
-            .collect();
+        let published: std::collections::HashSet<&str> =
+            objects.iter().filter_map(|o| o.name.strip_prefix("backups/")?.strip_suffix("/manifest.json")).collect();
         let mut removed = 0;
         for o in &objects {
             let Some((id, _)) = o.name.strip_prefix("backups/").and_then(|rest| rest.split_once('/')) else { continue };

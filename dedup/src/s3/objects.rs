@@ -132,7 +132,8 @@ impl S3Objects {
                 Ok(parts) => parts,
                 Err(e) => {
                     // Parts of an upload never completed cost storage until aborted.
-                    let _ = client.abort_multipart_upload().bucket(&bucket).key(&key).upload_id(&upload_id).send().await;
+                    let _ =
+                        client.abort_multipart_upload().bucket(&bucket).key(&key).upload_id(&upload_id).send().await;
                     return Err(e);
                 }
             };
@@ -198,10 +199,8 @@ impl S3Objects {
             while let Some(page) = pages.next().await {
                 for o in page?.contents() {
                     let Some(key) = o.key() else { continue };
-                    let modified = o
-                        .last_modified()
-                        .and_then(|t| SystemTime::try_from(*t).ok())
-                        .unwrap_or(SystemTime::UNIX_EPOCH);
+                    let modified =
+                        o.last_modified().and_then(|t| SystemTime::try_from(*t).ok()).unwrap_or(SystemTime::UNIX_EPOCH);
                     let size = o.size().unwrap_or(0).max(0) as u64;
                     out.push(ObjectInfo { name: key[skip.min(key.len())..].to_string(), size, modified });
                 }

@@ -27,10 +27,11 @@ use std::path::Path;
 
 use crate::chunk::{self, ChunkId};
 use crate::error::{Error, Result};
-use crate::store::RepairStats;
 use crate::formats::{
-    CHUNK_HEADER_LEN, CHUNK_MAGIC, PACK_FORMAT_VERSION, PACK_HEADER_LEN, PACK_INDEX_ENTRY_LEN, PACK_INDEX_HEADER_LEN, PACK_INDEX_MAGIC, PACK_MAGIC,
+    CHUNK_HEADER_LEN, CHUNK_MAGIC, PACK_FORMAT_VERSION, PACK_HEADER_LEN, PACK_INDEX_ENTRY_LEN, PACK_INDEX_HEADER_LEN,
+    PACK_INDEX_MAGIC, PACK_MAGIC,
 };
+use crate::store::RepairStats;
 
 /// Where one encoded chunk lies in its pack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

