@@ -1618,6 +1618,32 @@ def cmd_s3_gets(argv):
     print(int(total))
 
 
+def cmd_s3_range_gets(argv):
+    """s3-range-gets BUCKET PREFIX N SIZE SEED OUT: N ranged GETs of SIZE bytes at random places of the
+    objects PREFIX...pack of the bucket (drawn from SEED, weighted by size: the same ranges for the same
+    objects and seed), one at a time through one boto3 client (one kept-alive connection), each timed from the
+    call to the body's last byte; OUT in fuse-reads' format. The store's own answer time for a chunk-sized
+    request, with the client's overhead in it (s3.sh)."""
+    bucket, prefix, n, size, seed, out = argv[1], argv[2], int(argv[3]), int(argv[4]), int(argv[5]), argv[6]
+    s3 = s3_client()
+    objs = [(o["Key"], o["Size"])
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for o in page.get("Contents", []) if o["Key"].endswith(".pack") and o["Size"] > size]
+    if not objs:
+        sys.exit(f"no pack object larger than {size} bytes under s3://{bucket}/{prefix}")
+    rng = random.Random(seed)
+    picks = rng.choices(objs, weights=[sz for _, sz in objs], k=n)
+    lat = []
+    for key, sz in picks:
+        start = rng.randrange(sz - size)
+        t0 = time.perf_counter_ns()
+        body = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{start + size - 1}")["Body"].read()
+        lat.append(time.perf_counter_ns() - t0)
+        if len(body) != size:
+            sys.exit(f"{key}: {len(body)} bytes back for a range of {size}")
+    json.dump({"how": "boto3 ranged GET", "direct": False, "lat_ns": lat, "mismatches": []}, open(out, "w"))
+
+
 def cmd_summary_s3(argv):
     """summary-s3: s3-results.json and the table of bench/s3.sh (inputs in the environment)."""
     env = os.environ
@@ -1641,7 +1667,8 @@ def cmd_summary_s3(argv):
         s = sorted(reads["lat_ns"])
         p = lambda q: s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))] / 1e6
         return {"reads": len(s), "median_ms": p(50), "p90_ms": p(90), "p99_ms": p(99), "max_ms": s[-1] / 1e6,
-                "mean_ms": sum(s) / len(s) / 1e6, "direct": reads["direct"], "mismatches": len(reads["mismatches"])}
+                "mean_ms": sum(s) / len(s) / 1e6, "over_5ms": sum(v > 5e6 for v in s), "over_20ms": sum(v > 20e6 for v in s),
+                "direct": reads.get("direct", False), "mismatches": len(reads["mismatches"])}
 
     res = {**run_facts(env), "store": env["STORE"], "images": {"full": img(env["FULL"]), "incr": img(env["INCR"])},
            "tools": {}, "livemount": {"full": load("livemount-full.json"), "incr": load("livemount-incr.json")}}
@@ -1674,6 +1701,13 @@ def cmd_summary_s3(argv):
               f"{t.get('bytes', 0) / MiB:>7,.0f} MiB {t.get('disk_bytes', 0) / MiB:>14,.0f} MiB")
     print("(MiB/s over the image's allocated bytes; stored = the sizes of the objects in the tool's bucket after both;"
           " on disk = its collection's volume files on the three volume servers)")
+    if any("full_cpu_s" in t for t in T.values()):
+        print(f"CPU seconds during each ingest ({res['cores']} cores: at most {res['cores']} s of CPU per second of wall time):")
+        for name, t in T.items():
+            print(f"  {name:<10} " + "; ".join(
+                f"{image}: {name} {t[image + '_cpu_s']:.1f} s + SeaweedFS {t[image + '_store_cpu_s']:.1f} s in "
+                f"{t[image + '_s']:.1f} s ({(t[image + '_cpu_s'] + t[image + '_store_cpu_s']) / t[image + '_s']:.2f} cores busy)"
+                for image in ("full", "incr") if image + "_cpu_s" in t))
     lm = res["livemount"]
     if lm["full"] and lm["incr"]:
         for name in ("full", "incr"):
@@ -1695,8 +1729,16 @@ def cmd_summary_s3(argv):
               f"{'O_DIRECT' if c['direct'] else 'pread'}, one at a time, {c['mismatches']} mismatches):")
         print(f"  {c['reads']} reads: median {c['median_ms']:.3f} ms, p90 {c['p90_ms']:.3f} ms, p99 {c['p99_ms']:.3f} ms, "
               f"max {c['max_ms']:.1f} ms, mean {c['mean_ms']:.3f} ms")
+        print(f"  slower than 5 ms: {c['over_5ms']}, than 20 ms: {c['over_20ms']}")
         print(f"  S3 GETs served during the reads: {c['gets']} ({c['gets'] / c['reads']:.2f} per read); "
               f"chunks recalled by the mount: {c['recalled_chunks']}")
+        for how in ("cold", "warm"):
+            r = load(f"store-gets-{how}.json")
+            if r:
+                g = res[f"store_gets_{how}"] = lat(r)
+                print(f"  the store alone, {how}{' (page cache dropped)' if how == 'cold' else ' (same ranges again)'}: "
+                      f"{g['reads']} ranged GETs of {int(f['store.get_bytes'])} bytes (a stored chunk's mean size) with "
+                      f"boto3, one at a time: median {g['median_ms']:.3f} ms, p99 {g['p99_ms']:.3f} ms, max {g['max_ms']:.1f} ms")
     storm = load("reads-storm-single.json")
     if storm and "storm.total_gets" in f:
         k = int(f["storm.mounts"])
@@ -1777,6 +1819,7 @@ COMMANDS = {
     "s3": (cmd_s3, ["action", "bucket"]),
     "seaweed-ready": (cmd_seaweed_ready, ["master_port", "s3_port", "volumes", "timeout", "pid+"]),
     "s3-gets": (cmd_s3_gets, ["metrics_port"]),
+    "s3-range-gets": (cmd_s3_range_gets, ["bucket", "prefix", "n", "size", "seed", "out"]),
     "summary-s3": (cmd_summary_s3, []),
 }
 

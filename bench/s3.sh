@@ -9,14 +9,16 @@
 #     s3:http://127.0.0.1:PORT/restic/repo backup`), each tool in a bucket of its own, the page cache dropped
 #     before each ingest and the time counted up to the end of a sync; then, as information, the objects and
 #     bytes in each bucket (a listing) and its collection's volume files on the volume servers (two copies);
-#     livemount's own breakdown of its time (`--json`, stats.time). Goal: livemount at least 3x faster than
-#     restic over full + incremental;
+#     livemount's own breakdown of its time (`--json`, stats.time), and the CPU seconds of the tool and of the
+#     weed processes during each ingest. Goal: livemount at least 3x faster than restic over full + incremental;
 #   - cold random 4 KiB reads through a live mount of the S3 backup: a daemon serving the S3 library, a fresh
 #     mount of `full` (nothing recalled), the page cache dropped, BENCH_READS 4 KiB-aligned offsets of
 #     non-zero blocks of full.img's allocated ranges (drawn once from a fixed seed, as bench/fuse.sh does), read
 #     one at a time with O_DIRECT through the mount's FUSE file, each timed and checked against the image:
 #     median and p99 latency, and the S3 GETs the gateway answered with data meanwhile (its Prometheus
-#     counter, as SeaweedFs::get_requests in the tests reads it), per read. Goal: p99 under 5 ms on loopback;
+#     counter, as SeaweedFs::get_requests in the tests reads it), per read. Goal: p99 under 5 ms on loopback.
+#     For reference, the store alone: as many ranged GETs of a stored chunk's mean size at random places of
+#     the library's packs (boto3, one at a time), the page cache dropped, then the same again warm;
 #   - a boot storm's proxy (information: the shared cache that would fix it does not exist yet): the first
 #     BENCH_STORM_READS of those offsets read through one fresh mount, then through BENCH_STORM_MOUNTS fresh
 #     mounts of the same backup at the same time (one reader per mount); the GETs of all the mounts against the
@@ -189,45 +191,65 @@ bucket_figures() {
 # ---------------------------------------------------------------------------------------------------------
 # Ingest: full then incremental, per tool; times up to the end of a sync, after dropping the page cache.
 # ---------------------------------------------------------------------------------------------------------
-ELAPSED=0
+# CPU time, in clock ticks: of this shell's children it has waited for (the tool just run), and of the weed
+# processes (fields 16-17 and 14-15 of /proc/PID/stat).
+TICK=$(getconf CLK_TCK)
+cpu_children() { awk '{print $16 + $17}' "/proc/$$/stat"; }
+cpu_seaweed() {
+    local pid t=0
+    for pid in "${SW_PIDS[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
+    echo "$t"
+}
+
+# timed NAME CMD...: runs it after dropping the page cache, output in $WORK/logs; sets ELAPSED (seconds of
+# wall time up to the end of a sync), CPU (its CPU seconds) and STORE_CPU (SeaweedFS's meanwhile).
+ELAPSED=0 CPU=0 STORE_CPU=0
 timed() {
     local name=$1; shift
     drop_caches
-    local t0
+    local t0 c0 s0
+    c0=$(cpu_children) s0=$(cpu_seaweed)
     t0=$(now)
     if ! "$@" > "$WORK/logs/$name.out" 2> "$WORK/logs/$name.err"; then
         cat "$WORK/logs/$name.err" >&2
         die "$name: '$*' failed"
     fi
+    CPU=$(echo "($(cpu_children) - $c0) / $TICK" | bc -l)
     sync
     ELAPSED=$(since "$t0")
-    printf '   %-22s %8.2f s   (load average %s)\n' "$name" "$ELAPSED" "$(cut -d' ' -f1 /proc/loadavg)" >&2
+    STORE_CPU=$(echo "($(cpu_seaweed) - $s0) / $TICK" | bc -l)
+    printf '   %-16s %7.2f s   (CPU: its own %.1f s, SeaweedFS %.1f s; load average %s)\n' "$name" "$ELAPSED" "$CPU" \
+        "$STORE_CPU" "$(cut -d' ' -f1 /proc/loadavg)" >&2
 }
+
+# rec_timed TOOL IMAGE: the figures of the last `timed`.
+rec_timed() { rec "$1.$2_s" "$ELAPSED"; rec "$1.$2_cpu_s" "$CPU"; rec "$1.$2_store_cpu_s" "$STORE_CPU"; }
 
 ingest_livemount() {
     log "livemount: $FULL then $INCR into $LM_LIB"
     "$LIVEMOUNT" --library "$LM_LIB" library init > "$WORK/logs/livemount-init.out"
     timed livemount-full "$LIVEMOUNT" --library "$LM_LIB" --json backup create "$FULL" --name full
-    rec livemount.full_s "$ELAPSED"
+    rec_timed livemount full
     cp "$WORK/logs/livemount-full.out" "$WORK/livemount-full.json"
     timed livemount-incr "$LIVEMOUNT" --library "$LM_LIB" --json backup create "$INCR" --name incr
-    rec livemount.incr_s "$ELAPSED"
+    rec_timed livemount incr
     cp "$WORK/logs/livemount-incr.out" "$WORK/livemount-incr.json"
     bucket_figures livemount "$LM_BUCKET"
 }
 
-# restic 0.14 at its defaults (format 2, zstd "auto", 1 MiB average chunks, 5 connections), its S3 backend
-# (minio-go) told the region and path-style addressing: the gateway has no bucket host names. Its metadata
-# cache is in the run's folder, kept from the full backup to the incremental as it would be.
+# restic 0.14 at its defaults (format 2, zstd "auto", 1 MiB average chunks, 5 connections). Its S3 backend
+# (minio-go) needs nothing more for SeaweedFS: for an IP address it addresses buckets in path style, and it
+# asks the bucket's location for the region; both are given anyway (-o), so that no guess is in the timing.
+# Its metadata cache is in the run's folder, kept from the full backup to the incremental as it would be.
 ingest_restic() {
     local r=(restic -r "s3:$AWS_ENDPOINT_URL/$RESTIC_BUCKET/repo" --cache-dir "$WORK/restic-cache" -q
              -o s3.bucket-lookup=path -o s3.region=us-east-1)
     log "restic $(restic version | cut -d' ' -f2): $FULL then $INCR into s3:$AWS_ENDPOINT_URL/$RESTIC_BUCKET/repo"
     "${r[@]}" init > "$WORK/logs/restic-init.out"
     timed restic-full "${r[@]}" backup "$FULL"
-    rec restic.full_s "$ELAPSED"
+    rec_timed restic full
     timed restic-incr "${r[@]}" backup "$INCR"
-    rec restic.incr_s "$ELAPSED"
+    rec_timed restic incr
     bucket_figures restic "$RESTIC_BUCKET"
 }
 
@@ -271,6 +293,24 @@ bench_cold_reads() {
     rec cold.recalled_chunks "$(mount_counters "$MOUNT_ID" | sed -n 's/^chunks_recalled=//p')"
     echo "   S3 GETs during the reads: $((after - before))" >&2
     drop_mount "$MOUNT_ID"
+}
+
+# The store's own answer time for what a cold read asks of it: ranged GETs of a stored chunk's mean size
+# (record id included) at random places of the library's packs, with the page cache dropped, then the same
+# ranges again (the page cache now holds them: the gateway's and the client's own time).
+bench_store_gets() {
+    local stored chunks size how
+    stored=$(json_get "$WORK/livemount-full.json" stats.new_bytes_stored)
+    chunks=$(json_get "$WORK/livemount-full.json" stats.chunks_new)
+    size=$((stored / chunks + 32))
+    rec store.get_bytes "$size"
+    log "the store alone: $READS ranged GETs of $size bytes in the library's packs, cold then warm"
+    drop_caches
+    for how in cold warm; do
+        timeout -k 10 "$PASS_TIMEOUT" python3 "$REPORT_PY" s3-range-gets "$LM_BUCKET" "${LM_LIB#s3://"$LM_BUCKET"/}/packs/" \
+            "$READS" "$size" "$SEED" "$WORK/store-gets-$how.json" || die "the ranged GETs failed"
+        python3 "$REPORT_PY" fuse-pass "$WORK/store-gets-$how.json" "store $how" >&2
+    done
 }
 
 bench_storm() {
@@ -336,6 +376,7 @@ main() {
     python3 "$REPORT_PY" fuse-offsets "$FULL" "$READS" "$SEED" "$WORK/offsets"
     start_daemon
     bench_cold_reads
+    bench_store_gets
     bench_storm
     stop_daemon
     report

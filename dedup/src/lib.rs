@@ -19,6 +19,7 @@
 //! `store/` (chunk stores), `library.rs` (the folder layout).
 
 pub mod aligned;
+pub mod cache;
 pub mod chunk;
 pub mod durable;
 pub mod error;

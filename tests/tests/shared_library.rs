@@ -162,3 +162,72 @@ fn a_volume_server_lost_during_a_backup_and_during_reads_costs_nothing_and_reads
     }
     assert!(good + failed == 24 && good > 0, "{good} read, {failed} failed");
 }
+
+#[test]
+fn a_boot_storm_of_twenty_mounts_fetches_each_chunk_from_s3_once_and_the_cache_outlives_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = tests::new_library(Backend::S3, dir.path(), "64K");
+    let disk = dir.path().join("disk.img");
+    let data = tests::random_bytes(5, 32 << 20);
+    std::fs::write(&disk, &data).unwrap();
+    let id = backup_json(tests::livemount(&lib).args(["backup", "create", "--json"]).arg(&disk).output().unwrap())
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut d = appliance(dir.path(), "appliance", &lib);
+    let cluster = lib.store.as_ref().unwrap();
+    let gets = || cluster.get_requests().expect("SeaweedFS counts its GETs");
+
+    // The blocks a boot reads: one 4 KiB block in each of 100 chunks spread over the disk.
+    let blocks: Vec<u64> = (0..100u64).map(|k| k * 5 * 65536 + (k % 16) * 4096).collect();
+    let read_all = |path: &Path| {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(path).unwrap();
+        let mut buf = vec![0u8; 4096];
+        for &at in &blocks {
+            f.read_exact_at(&mut buf, at).unwrap();
+            assert!(buf[..] == data[at as usize..at as usize + 4096], "block at {at}");
+        }
+    };
+    // Twenty mounts read them at once. Each mount's readahead adds chunks of its own choosing (it depends on
+    // timing), so the count to meet is this: every chunk fetched from S3 was fetched once, i.e. as many GETs
+    // as chunks the cache now holds.
+    let files: Vec<PathBuf> = (0..20).map(|_| mount(&d, &id).1).collect();
+    let cached = || walk_files(&dir.path().join("appliance/cache/chunks"));
+    let before = gets();
+    std::thread::scope(|s| {
+        for f in &files {
+            s.spawn(|| read_all(f));
+        }
+    });
+    // (Readahead still under way when the reads return: counted once it has settled.)
+    let settled = || loop {
+        let (g, c) = (gets(), cached());
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        if (g, c) == (gets(), cached()) {
+            return (g, c);
+        }
+    };
+    let (after, in_cache) = settled();
+    let storm = after - before;
+    assert!(storm >= blocks.len() as u64, "{storm} GETs for {} chunks", blocks.len());
+    assert_eq!(storm, in_cache, "each chunk the 20 mounts read was fetched from S3 once");
+
+    // The cache outlives the daemon: after a restart, a new mount reads them without asking S3 (what its
+    // readahead adds beyond the chunks cached before is fetched, once).
+    d.restart();
+    let (_, again) = mount(&d, &id);
+    let before = gets();
+    read_all(&again);
+    let (after, now_cached) = settled();
+    assert_eq!(after - before, now_cached - in_cache, "no chunk fetched before the restart is fetched again");
+    assert!(after - before < blocks.len() as u64 / 10, "{} GETs", after - before);
+}
+
+/// How many files are under `dir`, at any depth.
+fn walk_files(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| if e.path().is_dir() { walk_files(&e.path()) } else { 1 }).sum())
+        .unwrap_or(0)
+}

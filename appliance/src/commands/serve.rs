@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// Where attached EBS volumes appear as devices named by their volume id (udev's Nitro NVMe names).
     #[arg(long, default_value = "/dev/disk/by-id")]
     pub ebs_devices: PathBuf,
+    /// Bytes of chunks kept on this machine's disk (in LIVEMOUNT_CACHE/chunks) for the mounts and browses of
+    /// a library in S3, shared by all of them; 0 keeps none. (A library in a folder is read where it is.)
+    #[arg(long, default_value = "4G", value_parser = crate::output::parse_size)]
+    pub chunk_cache_size: u64,
 }
 
 pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<i32> {
@@ -59,6 +63,7 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<i32> {
         api: cli.api.clone(),
         library: cli.library.clone(),
         ebs_devices: args.ebs_devices.clone(),
+        chunk_cache_size: args.chunk_cache_size,
     })?;
     Ok(0)
 }

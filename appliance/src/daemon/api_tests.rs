@@ -63,6 +63,7 @@ fn errors_come_back_with_their_status() {
                 },
                 cloud: Arc::new(crate::cloud::Cloud::open(&dir.path().join("state")).unwrap()),
                 ebs_devices: dir.path().join("devices"),
+                chunk_cache: None,
             },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

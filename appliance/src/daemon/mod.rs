@@ -36,6 +36,21 @@ pub struct ServeOptions {
     pub library: PathBuf,
     /// Where attached EBS volumes appear (see `streaming_backup`).
     pub ebs_devices: PathBuf,
+    /// The bound of the chunk cache of a library in S3 (0: none).
+    pub chunk_cache_size: u64,
+}
+
+/// The chunk cache every mount and browse of the library shares, for a library in S3: each chunk fetched
+/// once for all of them, kept across restarts. (A folder library is on this machine already.)
+fn chunk_cache(opts: &ServeOptions) -> anyhow::Result<Option<std::sync::Arc<dedup::cache::ChunkCache>>> {
+    let remote = opts.library.to_str().is_some_and(|l| l.starts_with("s3://"));
+    if !remote || opts.chunk_cache_size == 0 {
+        return Ok(None);
+    }
+    let dir = dedup::library::cache_root().join("chunks");
+    let cache = dedup::cache::ChunkCache::open(&dir, opts.chunk_cache_size)?;
+    tracing::info!("chunk cache {}: {} chunks kept from before", dir.display(), cache.stats().chunks);
+    Ok(Some(std::sync::Arc::new(cache)))
 }
 
 pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
@@ -91,8 +106,15 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     tracing::info!(http = %opts.http, base = %http_base, "iPXE scripts served");
     let boot = boot::BootSettings { http_base, packages_dir: opts.guest_packages.clone() };
     let cloud = std::sync::Arc::new(crate::cloud::Cloud::open(&opts.state_dir).context("opening the cloud state")?);
-    let services =
-        mounts::Services { engine, view: view.clone(), portal, boot, cloud, ebs_devices: opts.ebs_devices.clone() };
+    let services = mounts::Services {
+        engine,
+        view: view.clone(),
+        portal,
+        boot,
+        cloud,
+        ebs_devices: opts.ebs_devices.clone(),
+        chunk_cache: chunk_cache(&opts)?,
+    };
     let manager = mounts::Manager::new(&opts.state_dir, &opts.fuse_root, &opts.library, services);
     let ipxe = api::ipxe_routes(manager.clone());
     tokio::spawn(async move {

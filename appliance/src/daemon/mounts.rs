@@ -85,6 +85,8 @@ pub struct Services {
     pub boot: BootSettings,
     pub cloud: Arc<Cloud>,
     pub ebs_devices: PathBuf,
+    /// The chunk cache the library's readers share, when it has one.
+    pub chunk_cache: Option<Arc<dedup::cache::ChunkCache>>,
 }
 
 pub struct Manager {
@@ -94,6 +96,7 @@ pub struct Manager {
     fuse_root: PathBuf,
     library_path: PathBuf,
     library: Mutex<Option<Arc<Library>>>,
+    chunk_cache: Option<Arc<dedup::cache::ChunkCache>>,
     engine: Engine,
     view: Arc<FileView>,
     mounts: tokio::sync::Mutex<BTreeMap<String, Arc<Mount>>>,
@@ -111,6 +114,7 @@ impl Manager {
             fuse_root: fuse_root.to_path_buf(),
             library_path: library_path.to_path_buf(),
             library: Mutex::new(None),
+            chunk_cache: with.chunk_cache,
             engine: with.engine,
             view: with.view,
             mounts: tokio::sync::Mutex::new(BTreeMap::new()),
@@ -322,7 +326,11 @@ impl Manager {
         if let Some(lib) = &*l {
             return Ok(lib.clone());
         }
-        let lib = Arc::new(Library::open(&self.library_path)?);
+        let mut lib = Library::open(&self.library_path)?;
+        if let Some(cache) = &self.chunk_cache {
+            lib = lib.with_cache(cache.clone());
+        }
+        let lib = Arc::new(lib);
         *l = Some(lib.clone());
         Ok(lib)
     }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::ChunkCache;
 use crate::chunk::{self, ChunkId};
 use crate::error::{Error, Result};
 use crate::formats::{LIBRARY_CONFIG_FILE, LIBRARY_FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
@@ -40,6 +41,8 @@ pub struct Library {
     config: LibraryConfig,
     backend: Box<dyn Backend>,
     store: Arc<dyn ChunkStore>,
+    /// The chunk cache its readers share, when it has one (`with_cache`).
+    cache: Option<Arc<ChunkCache>>,
 }
 
 /// A library's backend, and for a library in S3 the client its chunk store shares.
@@ -52,8 +55,13 @@ fn backend_of(root: &Path) -> Result<Opened> {
     };
     let url = parsed.map_err(|reason| Error::BadLocation { reason })?;
     let objects = Arc::new(S3Objects::connect(&url)?);
-    let cache = std::env::var_os("LIVEMOUNT_CACHE").map_or_else(|| PathBuf::from(DEFAULT_CACHE), PathBuf::from);
-    Ok((Box::new(s3::S3Backend::new(objects.clone(), &cache)), Some(objects)))
+    Ok((Box::new(s3::S3Backend::new(objects.clone(), &cache_root())), Some(objects)))
+}
+
+/// Where this machine keeps its local copies of what lives elsewhere: `LIVEMOUNT_CACHE`, else
+/// `DEFAULT_CACHE`.
+pub fn cache_root() -> PathBuf {
+    std::env::var_os("LIVEMOUNT_CACHE").map_or_else(|| PathBuf::from(DEFAULT_CACHE), PathBuf::from)
 }
 
 impl Library {
@@ -92,7 +100,17 @@ impl Library {
             Some(objects) => Arc::new(S3PackStore::open(objects)),
             None => Arc::new(PackStore::open(&root.join("packs"), &root.join("tmp"))?),
         };
-        Ok(Library { root: backend.location(), config, backend, store })
+        Ok(Library { root: backend.location(), config, backend, store, cache: None })
+    }
+
+    /// The library whose chunk reads go through `cache` (shared with every other reader given it).
+    pub fn with_cache(mut self, cache: Arc<ChunkCache>) -> Library {
+        self.cache = Some(cache);
+        self
+    }
+
+    pub fn cache(&self) -> Option<&ChunkCache> {
+        self.cache.as_deref()
     }
 
     /// The library's location: its folder, or its `s3://` URL.
@@ -142,11 +160,21 @@ impl Library {
             out.resize(len, 0);
             return Ok(());
         }
-        let stored = match &entry.at {
-            Some(at) => self.store.get_at(id, at)?,
-            None => self.store.get(id)?,
+        let fetch = || match &entry.at {
+            Some(at) => self.store.get_at(id, at),
+            None => self.store.get(id),
         };
-        let first = self.decode(id, &stored, len, out);
+        let first = match &self.cache {
+            Some(cache) => match self.decode(id, &cache.get_or_fetch(id, fetch)?, len, out) {
+                // The cache's copy, or the one it was given, is damaged: out of the cache, and from the store.
+                Err(Error::ChunkCorrupt { .. }) => {
+                    cache.forget(id);
+                    self.decode(id, &fetch()?, len, out)
+                }
+                result => result,
+            },
+            None => self.decode(id, &fetch()?, len, out),
+        };
         match (first, &entry.at) {
             (Err(e @ Error::ChunkCorrupt { .. }), Some(at)) => {
                 let pack = at.pack.to_string();

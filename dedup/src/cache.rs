@@ -1,0 +1,311 @@
+//! One chunk cache on this machine's disk for every reader of a library: the live mounts and browses of a
+//! daemon share it, so a chunk fetched from a far store (S3) for one mount is there for the next, and twenty
+//! VMs booting from one backup fetch each chunk once.
+//!
+//! - **Content-addressed.** A chunk is kept encoded, as the store gave it, in `<dir>/<2 hex>/<id hex>`; the
+//!   reader decodes it and checks it against its id like any stored chunk, so a damaged or half-written
+//!   cache file is never data: it is dropped and the chunk fetched again.
+//! - **Bounded.** At most `capacity` bytes of chunk files; beyond that the coldest go, chosen by CLOCK (a
+//!   chunk read since the hand last passed it gets another round). Kept across restarts: the folder is read
+//!   back when the cache is opened.
+//! - **Never in the way.** A cache file that cannot be written (a full disk) is simply not kept, after some
+//!   room was made; a read that the store can answer never fails because of the cache.
+//! - **Single flight.** Readers that want the same missing chunk at once wait for one fetch.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use serde::Serialize;
+
+use crate::chunk::ChunkId;
+use crate::durable;
+use crate::error::{Error, Result};
+
+pub struct ChunkCache {
+    dir: PathBuf,
+    capacity: u64,
+    state: Mutex<State>,
+    /// Fetches under way, by chunk: later readers of the same chunk wait for the first.
+    flights: Mutex<HashMap<ChunkId, Arc<Flight>>>,
+    hits: AtomicU64,
+    fetches: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    /// Each kept chunk: its size, and whether it was read since the clock's hand last passed it.
+    entries: HashMap<ChunkId, (u64, bool)>,
+    /// The clock: kept chunks in the order the hand meets them.
+    hand: VecDeque<ChunkId>,
+    bytes: u64,
+}
+
+/// One fetch under way: its outcome once there (`Err` only says that it failed; each waiter then tries
+/// itself, to get its own error).
+#[derive(Default)]
+struct Flight {
+    outcome: Mutex<Option<std::result::Result<Vec<u8>, ()>>>,
+    done: Condvar,
+}
+
+/// What the cache did so far in this process.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct CacheStats {
+    pub hits: u64,
+    /// Chunks fetched from the store (each at most once at a time, whoever asked).
+    pub fetches: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+    pub capacity: u64,
+}
+
+impl ChunkCache {
+    /// Opens (creating when needed) the cache in `dir`, keeping at most `capacity` bytes of chunks.
+    pub fn open(dir: &Path, capacity: u64) -> Result<ChunkCache> {
+        durable::create_dir_durable(dir).map_err(|e| Error::io("create folder", dir, e))?;
+        let mut state = State::default();
+        for shard in std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?.flatten() {
+            let Ok(files) = std::fs::read_dir(shard.path()) else { continue };
+            for file in files.flatten() {
+                let id = file.file_name().to_str().and_then(ChunkId::from_hex);
+                match (id, file.metadata()) {
+                    (Some(id), Ok(meta)) if meta.is_file() => {
+                        state.entries.insert(id, (meta.len(), false));
+                        state.hand.push_back(id);
+                        state.bytes += meta.len();
+                    }
+                    // Temporary files of writes that never finished, and anything else.
+                    _ => {
+                        let _ = std::fs::remove_file(file.path());
+                    }
+                }
+            }
+        }
+        let cache = ChunkCache {
+            dir: dir.to_path_buf(),
+            capacity,
+            state: Mutex::new(state),
+            flights: Mutex::new(HashMap::new()),
+            hits: AtomicU64::new(0),
+            fetches: AtomicU64::new(0),
+        };
+        cache.make_room(0);
+        Ok(cache)
+    }
+
+    fn path_of(&self, id: &ChunkId) -> PathBuf {
+        let hex = id.to_hex();
+        self.dir.join(&hex[..2]).join(hex)
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let state = self.state.lock().expect("not poisoned");
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            fetches: self.fetches.load(Ordering::Relaxed),
+            chunks: state.entries.len() as u64,
+            bytes: state.bytes,
+            capacity: self.capacity,
+        }
+    }
+
+    /// The encoded chunk, from the cache when it holds it, else from `fetch` (once, whoever else asks
+    /// meanwhile), kept for the next reader.
+    pub fn get_or_fetch(&self, id: &ChunkId, fetch: impl FnOnce() -> Result<Vec<u8>>) -> Result<Vec<u8>> {
+        if let Some(data) = self.get(id) {
+            return Ok(data);
+        }
+        let (flight, leader) = {
+            let mut flights = self.flights.lock().expect("not poisoned");
+            match flights.get(id) {
+                Some(f) => (f.clone(), false),
+                None => {
+                    let f = Arc::new(Flight::default());
+                    flights.insert(*id, f.clone());
+                    (f, true)
+                }
+            }
+        };
+        if !leader {
+            let mut outcome = flight.outcome.lock().expect("not poisoned");
+            while outcome.is_none() {
+                outcome = flight.done.wait(outcome).expect("not poisoned");
+            }
+            if let Some(Ok(data)) = &*outcome {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(data.clone());
+            }
+            drop(outcome);
+            return fetch();
+        }
+        // A fetch that finished between this reader's look into the cache and its taking the lead has left
+        // the chunk there.
+        let fetched = match self.get(id) {
+            Some(data) => Ok(data),
+            None => {
+                self.fetches.fetch_add(1, Ordering::Relaxed);
+                fetch()
+            }
+        };
+        if let Ok(data) = &fetched {
+            if !self.state.lock().expect("not poisoned").entries.contains_key(id) {
+                self.insert(id, data);
+            }
+        }
+        *flight.outcome.lock().expect("not poisoned") = Some(fetched.as_ref().map(Vec::clone).map_err(drop));
+        flight.done.notify_all();
+        self.flights.lock().expect("not poisoned").remove(id);
+        fetched
+    }
+
+    /// The encoded chunk if the cache holds it (unchecked: the reader decodes and checks it, and calls
+    /// `forget` when it fails).
+    fn get(&self, id: &ChunkId) -> Option<Vec<u8>> {
+        {
+            let mut state = self.state.lock().expect("not poisoned");
+            state.entries.get_mut(id)?.1 = true;
+        }
+        match std::fs::read(self.path_of(id)) {
+            Ok(data) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(data)
+            }
+            Err(_) => {
+                self.forget(id);
+                None
+            }
+        }
+    }
+
+    /// Drops a chunk (its cached copy failed its check).
+    pub fn forget(&self, id: &ChunkId) {
+        let mut state = self.state.lock().expect("not poisoned");
+        if let Some((size, _)) = state.entries.remove(id) {
+            state.bytes -= size;
+            state.hand.retain(|h| h != id);
+        }
+        let _ = std::fs::remove_file(self.path_of(id));
+    }
+
+    /// Keeps a chunk, making room first. Best effort: a chunk that cannot be written is not kept.
+    fn insert(&self, id: &ChunkId, data: &[u8]) {
+        let size = data.len() as u64;
+        if size > self.capacity {
+            return;
+        }
+        self.make_room(size);
+        let path = self.path_of(id);
+        let written = (|| -> std::io::Result<()> {
+            let dir = path.parent().expect("in a shard folder");
+            std::fs::create_dir_all(dir)?;
+            // Written under a temporary name and renamed: a reader never opens half a file (not synced: a
+            // file torn by a crash fails its check and is fetched again).
+            let tmp = dir.join(format!(".tmp-{}", durable::random_suffix()));
+            let mut f = std::fs::File::create(&tmp)?;
+            let result = f.write_all(data).and_then(|()| std::fs::rename(&tmp, &path));
+            if result.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            result
+        })();
+        match written {
+            Ok(()) => {
+                let mut state = self.state.lock().expect("not poisoned");
+                if state.entries.insert(*id, (size, false)).is_none() {
+                    state.hand.push_back(*id);
+                    state.bytes += size;
+                }
+            }
+            Err(e) => {
+                tracing::debug!("chunk {id} not kept in the cache {}: {e}", self.dir.display());
+                // A full disk: give some back for the next one.
+                self.make_room(self.capacity / 16);
+            }
+        }
+    }
+
+    /// Evicts the coldest chunks until `wanted` more bytes fit under the capacity.
+    fn make_room(&self, wanted: u64) {
+        let mut doomed = Vec::new();
+        {
+            let mut state = self.state.lock().expect("not poisoned");
+            while state.bytes + wanted > self.capacity {
+                let Some(id) = state.hand.pop_front() else { break };
+                let Some(entry) = state.entries.get_mut(&id) else { continue };
+                if entry.1 {
+                    // Read since the hand last came by: one more round.
+                    entry.1 = false;
+                    state.hand.push_back(id);
+                    continue;
+                }
+                let (size, _) = state.entries.remove(&id).expect("present");
+                state.bytes -= size;
+                doomed.push(id);
+            }
+        }
+        for id in doomed {
+            let _ = std::fs::remove_file(self.path_of(&id));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> ChunkId {
+        ChunkId::of(&[n; 100])
+    }
+
+    #[test]
+    fn keeps_chunks_across_opens_within_its_bound_and_evicts_the_coldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(dir.path(), 3000).unwrap();
+        let fetched = |n: u8| move || Ok(vec![n; 1000]);
+        for n in 0..3 {
+            assert_eq!(cache.get_or_fetch(&id(n), fetched(n)).unwrap(), vec![n; 1000]);
+        }
+        // Chunk 0 is read again: the hand spares it once, and chunk 1 goes for chunk 3.
+        cache.get_or_fetch(&id(0), || panic!("cached")).unwrap();
+        cache.get_or_fetch(&id(3), fetched(3)).unwrap();
+        let s = cache.stats();
+        assert_eq!((s.chunks, s.bytes, s.fetches, s.hits), (3, 3000, 4, 1));
+        drop(cache);
+        let again = ChunkCache::open(dir.path(), 3000).unwrap();
+        for n in [0, 2, 3] {
+            assert_eq!(again.get_or_fetch(&id(n), || panic!("kept across opens")).unwrap(), vec![n; 1000]);
+        }
+        assert_eq!(again.get_or_fetch(&id(1), fetched(1)).unwrap(), vec![1; 1000], "fetched again");
+        // A smaller bound on opening evicts down to it.
+        drop(again);
+        assert_eq!(ChunkCache::open(dir.path(), 1000).unwrap().stats().bytes, 1000);
+    }
+
+    #[test]
+    fn readers_of_one_missing_chunk_wait_for_one_fetch_and_a_failed_fetch_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(dir.path(), 1 << 20).unwrap();
+        let calls = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    let got = cache
+                        .get_or_fetch(&id(7), || {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(200));
+                            Ok(vec![7; 500])
+                        })
+                        .unwrap();
+                    assert_eq!(got, vec![7; 500]);
+                });
+            }
+        });
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one fetch for eight readers");
+        let failed = cache.get_or_fetch(&id(8), || Err(Error::ChunkMissing { id: id(8) }));
+        assert!(matches!(failed, Err(Error::ChunkMissing { .. })));
+        assert_eq!(cache.stats().chunks, 1, "a failed fetch leaves nothing behind");
+    }
+}
