@@ -559,3 +559,27 @@ on_both_backends!(
     repair_rebuilds_a_damaged_pack_index_from_the_pack,
     repair_drops_the_index_of_a_lost_pack_and_names_what_each_backup_lost
 );
+
+#[test]
+fn bad_s3_input_gets_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = new_library(Backend::S3, dir.path(), "64K");
+    let at = |url: &str| livemount(Path::new(url));
+
+    let err = stderr_of(at("s3://no-such-bucket/lib").args(["library", "init"]));
+    assert!(
+        err.contains("s3://no-such-bucket/") && err.contains("NoSuchBucket") && err.contains("create the bucket"),
+        "{err}"
+    );
+    let err = stderr_of(at("s3://backups/elsewhere").args(["backup", "list"]));
+    assert!(err.contains("s3://backups/elsewhere") && err.contains("not a livemount library"), "{err}");
+    let err = stderr_of(at("s3://Not_A_Bucket/lib").args(["backup", "list"]));
+    assert!(err.contains("not a bucket name"), "{err}");
+    let err = stderr_of(livemount(&lib).args(["library", "init"]));
+    assert!(err.contains("already holds a library"), "{err}");
+    let err = stderr_of(livemount(&lib).env("AWS_SECRET_ACCESS_KEY", "wrong").args(["backup", "list"]));
+    assert!(err.contains("s3://backups/site-a/library/") && err.contains("credentials"), "{err}");
+    // No store answers at all: the error says what could not be reached (after the SDK's retries).
+    let err = stderr_of(livemount(&lib).env("AWS_ENDPOINT_URL", "http://127.0.0.1:9").args(["backup", "list"]));
+    assert!(err.contains("s3://backups/site-a/library/"), "{err}");
+}
