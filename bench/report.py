@@ -19,6 +19,7 @@ import base64
 import bisect
 import collections
 import errno
+import functools
 import hashlib
 import json
 import mmap
@@ -1096,6 +1097,27 @@ def cmd_summary_iscsi(argv):
     print(f"results written to {env['RESULTS']}")
 
 
+
+def load_work_json(work, name):
+    """A JSON file of a benchmark's work folder, or None when the run did not write it."""
+    p = os.path.join(work, name)
+    return json.load(open(p)) if os.path.exists(p) else None
+
+
+def read_figures(work):
+    """The NAME=VALUE figures a benchmark script recorded (`rec` in bench/lib.sh)."""
+    figs = {}
+    for line in open(os.path.join(work, "figures")):
+        k, v = line.strip().split("=", 1)
+        figs[k] = float(v)
+    return figs
+
+
+def image_info(path):
+    """A disk image's path, size and allocated bytes."""
+    st = os.stat(path)
+    return {"path": path, "size": st.st_size, "allocated": st.st_blocks * 512}
+
 # ---------------------------------------------------------------------------------------------------------
 # bench/library.sh
 # ---------------------------------------------------------------------------------------------------------
@@ -1105,18 +1127,9 @@ def cmd_summary_library(argv):
     work = env["WORK"]
     MiB = 1 << 20
 
-    def load(name):
-        p = os.path.join(work, name)
-        return json.load(open(p)) if os.path.exists(p) else None
-
-    figs = {}
-    for line in open(os.path.join(work, "figures")):
-        k, v = line.strip().split("=", 1)
-        figs[k] = float(v)
-
-    def img(path):
-        st = os.stat(path)
-        return {"path": path, "size": st.st_size, "allocated": st.st_blocks * 512}
+    load = functools.partial(load_work_json, work)
+    figs = read_figures(work)
+    img = image_info
 
     res = {
         **run_facts(env),
@@ -1663,18 +1676,9 @@ def cmd_summary_s3(argv):
     work = env["WORK"]
     MiB = 1 << 20
 
-    def load(name):
-        p = os.path.join(work, name)
-        return json.load(open(p)) if os.path.exists(p) else None
-
-    f = {}
-    for line in open(os.path.join(work, "figures")):
-        k, v = line.strip().split("=", 1)
-        f[k] = float(v)
-
-    def img(path):
-        st = os.stat(path)
-        return {"path": path, "size": st.st_size, "allocated": st.st_blocks * 512}
+    load = functools.partial(load_work_json, work)
+    f = read_figures(work)
+    img = image_info
 
     def lat(reads):
         s = sorted(reads["lat_ns"])
