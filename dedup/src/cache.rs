@@ -308,4 +308,39 @@ mod tests {
         assert!(matches!(failed, Err(Error::ChunkMissing { .. })));
         assert_eq!(cache.stats().chunks, 1, "a failed fetch leaves nothing behind");
     }
+
+    #[test]
+    fn a_full_disk_never_fails_a_read_and_the_cache_gives_room_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small");
+        std::fs::create_dir(&small).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(&small)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount a small tmpfs (the tests run as root)");
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(&small);
+        // A bound far above what the disk holds: the disk fills first.
+        let cache = ChunkCache::open(&small, 16 << 20).unwrap();
+        for n in 0..40u8 {
+            let got = cache.get_or_fetch(&id(n), || Ok(vec![n; 30_000])).unwrap();
+            assert_eq!(got, vec![n; 30_000], "chunk {n} is read whatever the disk");
+        }
+        let s = cache.stats();
+        assert!(s.chunks > 0 && s.bytes <= 256 << 10, "some kept, within the disk: {s:?}");
+        // What is kept is whole, and read back from the cache.
+        let before = cache.stats().fetches;
+        let kept: Vec<u8> = (0..40u8).filter(|n| cache.state.lock().unwrap().entries.contains_key(&id(*n))).collect();
+        for n in &kept {
+            assert_eq!(cache.get_or_fetch(&id(*n), || panic!("kept")).unwrap(), vec![*n; 30_000]);
+        }
+        assert_eq!(cache.stats().fetches, before);
+    }
 }

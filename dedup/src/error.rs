@@ -66,6 +66,9 @@ pub enum Error {
     #[error("{reason}")]
     BadLocation { reason: String },
 
+    #[error("backup {id} was not published: its registration in the library lapsed (the process was stopped, or could not reach the store, for longer than its lease), so a gc elsewhere may have removed chunks it reuses; run the backup again")]
+    RegistrationLapsed { id: String },
+
     #[error("read of {len} bytes at offset {offset} is past the end of the disk ({size} bytes)")]
     OutOfRange { offset: u64, len: u64, size: u64 },
 }

@@ -20,18 +20,27 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::chunk::ChunkId;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::library::{Guard, Library};
 use crate::store::SweepStats;
 
 /// A backup in progress, registered for as long as this value lives.
 pub struct RunningBackup {
-    _registered: Box<dyn Guard>,
+    registered: Box<dyn Guard>,
 }
 
 impl RunningBackup {
     pub fn register(lib: &Library, id: &str) -> Result<Self> {
-        Ok(RunningBackup { _registered: lib.backend().register_running(id)? })
+        Ok(RunningBackup { registered: lib.backend().register_running(id)? })
+    }
+
+    /// Fails once the registration may have lapsed (see `Guard::is_live`): a gc may then have removed
+    /// chunks this backup reuses, so it must not be published.
+    pub fn check(&self, id: &str) -> Result<()> {
+        if self.registered.is_live() {
+            return Ok(());
+        }
+        Err(Error::RegistrationLapsed { id: id.to_string() })
     }
 }
 

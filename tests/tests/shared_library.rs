@@ -231,3 +231,44 @@ fn walk_files(dir: &Path) -> u64 {
         .map(|entries| entries.flatten().map(|e| if e.path().is_dir() { walk_files(&e.path()) } else { 1 }).sum())
         .unwrap_or(0)
 }
+
+#[test]
+fn a_backup_stopped_past_its_lease_is_not_published_and_a_gc_meanwhile_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = tests::new_library(Backend::S3, dir.path(), "64K");
+    let old_disk = dir.path().join("old.img");
+    std::fs::write(&old_disk, tests::random_bytes(8, 8 << 20)).unwrap();
+    let old = backup_json(tests::livemount(&lib).args(["backup", "create", "--json"]).arg(&old_disk).output().unwrap());
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, tests::random_bytes(9, 160 << 20)).unwrap();
+    // A backup whose lease is 3 s, frozen (SIGSTOP) for 8 s in the middle: a gc meanwhile takes it for dead.
+    let child = std::process::Command::new(tests::livemount_bin())
+        .arg("--library")
+        .arg(&lib.location)
+        .args(["backup", "create", "--json"])
+        .arg(&disk)
+        .env("LIVEMOUNT_TEST_LEASE_SECS", "3")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: kill(2) of our own child, not yet waited for; no memory is passed.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    let gc = backup_json(tests::livemount(&lib).args(["library", "gc", "--json"]).output().unwrap());
+    assert_eq!(gc["swept"], true, "the frozen backup's registration has lapsed: {gc}");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("registration in the library lapsed"), "{err}");
+
+    // Nothing was published; what was there is whole; a rerun completes.
+    let list = json(&tests::livemount(&lib).args(["backup", "list", "--json"]).output().unwrap().stdout);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    tests::verify_and_restore_identical(&lib, old["id"].as_str().unwrap(), &old_disk, dir.path());
+    let again = backup_json(tests::livemount(&lib).args(["backup", "create", "--json"]).arg(&disk).output().unwrap());
+    tests::verify_and_restore_identical(&lib, again["id"].as_str().unwrap(), &disk, dir.path());
+}

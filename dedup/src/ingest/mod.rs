@@ -64,7 +64,7 @@ pub fn create_backup_from(
 ) -> Result<Manifest> {
     let started = Instant::now();
     let id = new_backup_id();
-    let _running = RunningBackup::register(lib, &id)?;
+    let running = RunningBackup::register(lib, &id)?;
     lib.store().start_marking();
     // The disk indexes are written as the disks are read, into a folder of their own until published.
     let tmp = lib.backend().start_backup(&id)?;
@@ -106,6 +106,7 @@ pub fn create_backup_from(
             stats,
             origin,
         };
+        running.check(&id)?;
         commit_backup(lib, &manifest, &tmp)?;
         Ok(manifest)
     })();

@@ -8,9 +8,13 @@ use std::time::SystemTime;
 use crate::error::Result;
 
 /// Something that lasts as long as it is held: a backup's registration, gc's lock.
-pub trait Guard: Send {}
-
-impl<T: Send> Guard for T {}
+pub trait Guard: Send {
+    /// False once it may have lapsed without its holder knowing (a lease not renewed in time: others may
+    /// have taken it for dead). What it protected must then not be relied on.
+    fn is_live(&self) -> bool {
+        true
+    }
+}
 
 pub(crate) trait Backend: Send + Sync {
     /// The library's location as users name it (a folder, or `s3://BUCKET/PREFIX`), for messages.

@@ -260,6 +260,11 @@ impl DirBackend {
     }
 }
 
+/// A flock lasts as long as its process: it never lapses.
+impl Guard for lock::Held {}
+
+impl Guard for Registered {}
+
 /// A backup's entry in `running/`, locked by this process, removed when dropped.
 struct Registered {
     path: PathBuf,

@@ -20,6 +20,7 @@
 //! appliance never blocks gc for good. (Leases are compared with each appliance's clock: keep them in time.)
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -33,8 +34,16 @@ use crate::error::{Error, Result};
 use crate::formats::LIBRARY_CONFIG_FILE;
 use crate::s3::S3Objects;
 
-/// How long a registration or gc's lock lasts without being renewed; renewed every third of it.
-const LEASE: Duration = Duration::from_secs(60);
+/// How long a registration or gc's lock lasts without being renewed; renewed every third of it. (Tests
+/// shorten it with `LIVEMOUNT_TEST_LEASE_SECS`, to see what a lapsed lease does without waiting minutes.)
+const LEASE_DEFAULT: Duration = Duration::from_secs(60);
+
+fn lease_length() -> Duration {
+    std::env::var("LIVEMOUNT_TEST_LEASE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(LEASE_DEFAULT, Duration::from_secs)
+}
 /// How often a backup looks again whether gc's lock has gone.
 const LOCK_POLL: Duration = Duration::from_secs(1);
 
@@ -57,11 +66,11 @@ struct Lease {
 impl Lease {
     fn new(start: u64) -> Lease {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
-        Lease { start, until: now_secs() + LEASE.as_secs(), host, pid: std::process::id() }
+        Lease { start, until: now_secs() + lease_length().as_secs(), host, pid: std::process::id() }
     }
 
     fn renewed(&self) -> Lease {
-        Lease { until: now_secs() + LEASE.as_secs(), host: self.host.clone(), ..*self }
+        Lease { until: now_secs() + lease_length().as_secs(), host: self.host.clone(), ..*self }
     }
 
     fn is_live(&self) -> bool {
@@ -98,11 +107,24 @@ impl S3Backend {
     fn keep_leased(&self, name: &str, lease: Lease) -> Box<dyn Guard> {
         let (stop, stopped) = mpsc::channel::<()>();
         let (objects, object) = (self.objects.clone(), name.to_string());
+        // Until when the last lease written holds (seconds since the epoch).
+        let until = Arc::new(AtomicU64::new(lease.until));
+        let renewed_until = until.clone();
         let renewer = std::thread::Builder::new().name("lease".into()).spawn(move || loop {
-            match stopped.recv_timeout(LEASE / 3) {
+            match stopped.recv_timeout(lease_length() / 3) {
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Err(e) = objects.put(&object, lease.renewed().encode()) {
-                        tracing::warn!("cannot renew the lease of {object}: {e}");
+                    let renewed = lease.renewed();
+                    match objects.put(&object, renewed.encode()) {
+                        // Renewed too late (the process was stopped, the store unreachable): it has lapsed
+                        // for good, whatever is written now.
+                        Ok(()) if renewed_until.load(Ordering::Acquire) <= now_secs() => {
+                            tracing::warn!("the lease of {object} ran out before it was renewed");
+                            renewed_until.store(0, Ordering::Release);
+                            let _ = objects.delete(&object);
+                            return;
+                        }
+                        Ok(()) => renewed_until.store(renewed.until, Ordering::Release),
+                        Err(e) => tracing::warn!("cannot renew the lease of {object}: {e}"),
                     }
                 }
                 _ => {
@@ -111,7 +133,7 @@ impl S3Backend {
                 }
             }
         });
-        Box::new(Leased { stop: Some(stop), renewer: renewer.ok() })
+        Box::new(Leased { stop: Some(stop), renewer: renewer.ok(), until })
     }
 
     fn local_index(&self, id: &str, index_file: &str) -> PathBuf {
@@ -123,6 +145,16 @@ impl S3Backend {
 struct Leased {
     stop: Option<mpsc::Sender<()>>,
     renewer: Option<JoinHandle<()>>,
+    until: Arc<AtomicU64>,
+}
+
+impl Guard for Leased {
+    /// Live while the last lease written has not run out (with a margin for the time its holder still
+    /// needs): a process that was frozen, or could not reach the store, past its lease may have been taken
+    /// for dead by a gc.
+    fn is_live(&self) -> bool {
+        self.until.load(Ordering::Acquire) > now_secs() + lease_length().as_secs() / 6
+    }
 }
 
 impl Drop for Leased {
