@@ -28,12 +28,20 @@ impl Source for LibrarySource {
         self.0.chunk_id(index).is_ok_and(|id| id.is_zero())
     }
     fn parallel_reads(&self) -> usize {
+        if self.0.library().is_remote() {
+            return self.0.library().reads_in_flight();
+        }
         // A chunk read is one positioned read and a decode: CPU-bound once the file is cached, so a few per
         // core keep the disk and the cores busy (3 per core left the 2-core machine 10% idle during a cold
         // sequential pass, 2 per core 11-14%).
         std::thread::available_parallelism().map_or(6, |n| (3 * n.get()).max(6))
     }
     fn read_batch(&self) -> usize {
+        // In S3 each chunk is a request of its own that waits on the network: one per task, so that the
+        // requests in flight are as many as the tasks.
+        if self.0.library().is_remote() {
+            return 1;
+        }
         // A chunk takes tens of microseconds to read and check, about what handing it to a thread costs:
         // about 512 KiB of chunks per task.
         ((512 << 10) / self.0.chunk_size() as usize).max(1)

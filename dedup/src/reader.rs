@@ -29,6 +29,10 @@ impl BackupDisk {
         &self.backup_id
     }
 
+    pub fn library(&self) -> &Library {
+        &self.lib
+    }
+
     pub fn disk_number(&self) -> usize {
         self.disk
     }

@@ -27,8 +27,10 @@ use crate::workers;
 
 /// Block size below which zeros are written rather than left as holes.
 const HOLE_GRANULE: usize = 4096;
-/// Bytes of disk a worker restores at once (at least one chunk).
+/// Bytes of disk a worker restores at once (at least one chunk)...
 const SPAN_BYTES: u64 = 4 << 20;
+/// ... and from a library in S3, where many workers each wait on one request at a time.
+const REMOTE_SPAN_BYTES: u64 = 1 << 20;
 /// Bytes written through the page cache between two starts of its write-back.
 const WRITEBACK_EVERY: u64 = 32 << 20;
 
@@ -45,11 +47,12 @@ pub fn restore_disk(disk: &BackupDisk, dest: &Path, progress: &(dyn Fn(u64) + Sy
     let direct = OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(dest).ok();
     let out = Output { path: dest, file: &file, direct: direct.as_ref(), cached: AtomicU64::new(0) };
     let count = disk.index().count();
-    let per_span = (SPAN_BYTES / u64::from(disk.index().chunk_size)).max(1);
+    // Spans are smaller where many are in flight (a library in S3), so their buffers stay few MiB.
+    let workers = disk.library().reads_in_flight();
+    let span_bytes = if disk.library().is_remote() { REMOTE_SPAN_BYTES } else { SPAN_BYTES };
+    let per_span = (span_bytes / u64::from(disk.index().chunk_size)).max(1);
     let spans = count.div_ceil(per_span);
     let done = AtomicU64::new(0);
-    // Twice the cores: a worker waiting for a pack read leaves its core to another.
-    let workers = workers::cores() * 2;
     let pool = workers::pool(workers, dest)?;
     // Assembled spans go to one writer thread: writes to one file wait for each other anyway (ext4 holds the
     // inode's lock through a direct write that fills a hole, until the device has it), and workers that

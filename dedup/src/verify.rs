@@ -114,7 +114,10 @@ pub fn verify(lib: &Library, backups: &[Manifest], progress: &(dyn Fn(u64, u64) 
     let done = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
     let problems: Mutex<Vec<(ChunkId, Error)>> = Mutex::new(Vec::new());
-    let pool = workers::pool(workers::cores(), lib.root())?;
+    // A worker per core in a folder (decoding is the work); in S3 each waits on one request at a time, so
+    // as many as the library keeps in flight.
+    let threads = if lib.is_remote() { lib.reads_in_flight() } else { workers::cores() };
+    let pool = workers::pool(threads, lib.root())?;
     // A bad chunk is a finding; any other error (the store cannot be read) stops the verify.
     pool.install(|| {
         ids.par_iter().try_for_each_init(Vec::new, |buf, id| {

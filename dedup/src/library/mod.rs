@@ -26,6 +26,10 @@ use crate::s3::{S3Objects, S3Url};
 use crate::store::{ChunkLocation, ChunkStore, PackStore, S3PackStore};
 use backend::Backend;
 
+/// Chunk reads in flight for a reader of a library in S3 (a restore, a mount's recalls): with 64 KiB chunks
+/// and 20 ms per request, 32 at once make about 100 MiB/s.
+const REMOTE_READS_IN_FLIGHT: usize = 32;
+
 /// Where an S3 library keeps its local copies (disk indexes) when `LIVEMOUNT_CACHE` does not say.
 pub const DEFAULT_CACHE: &str = "/var/cache/livemount";
 
@@ -125,6 +129,17 @@ impl Library {
 
     pub fn chunk_size(&self) -> u32 {
         self.config.chunk_size
+    }
+
+    /// Chunk reads a reader of this library keeps in flight: a few per core in a folder (a read is a
+    /// positioned read of a local file and a decode: the cores are the limit), many in S3 (each read is a
+    /// request that waits on the network; far away, the requests in flight are what set the speed).
+    pub fn reads_in_flight(&self) -> usize {
+        if self.is_remote() {
+            REMOTE_READS_IN_FLIGHT
+        } else {
+            crate::workers::cores() * 2
+        }
     }
 
     pub fn config(&self) -> &LibraryConfig {
