@@ -1670,6 +1670,124 @@ def cmd_s3_range_gets(argv):
     json.dump({"how": "presigned ranged GET", "direct": False, "lat_ns": lat, "mismatches": []}, open(out, "w"))
 
 
+def cmd_fuse_reads_parallel(argv):
+    """fuse-reads-parallel FILE OFFSETS THREADS OUT: the offsets of OFFSETS (fuse-offsets) read 4 KiB each by
+    THREADS threads at once (THREADS reads outstanding), O_DIRECT, each taking the next offset in the file's
+    order, each read timed (perf_counter_ns around the read call only) and checked against the raw image's
+    digest; OUT in fuse-reads' format, with the threads and the wall time of the whole pass (s3.sh)."""
+    import threading
+    path, offsets, threads, out = argv[1], argv[2], int(argv[3]), argv[4]
+    B = 4096
+    items = [(int(a), b) for a, b in (line.split() for line in open(offsets))]
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    lat, bad, errors, lock = [0] * len(items), [], [], threading.Lock()
+    todo = iter(range(len(items)))
+
+    def reader():
+        buf = mmap.mmap(-1, B)      # page-aligned, as O_DIRECT wants
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            off, digest = items[i]
+            try:
+                t0 = time.perf_counter_ns()
+                n = os.preadv(fd, [buf], off)
+                lat[i] = time.perf_counter_ns() - t0
+            except OSError as e:
+                with lock:
+                    errors.append(f"offset {off}: {e}")
+                return
+            if n != B or hashlib.blake2b(buf[:n], digest_size=16).hexdigest() != digest:
+                with lock:
+                    bad.append(off)
+
+    workers = [threading.Thread(target=reader) for _ in range(threads)]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    seconds = time.perf_counter() - t0
+    os.close(fd)
+    if errors:
+        sys.exit(f"{path}: {len(errors)} reads failed, first: {errors[0]}")
+    json.dump({"direct": True, "threads": threads, "seconds": seconds, "lat_ns": lat, "mismatches": sorted(bad)},
+              open(out, "w"))
+    if bad:
+        print(f"{path}: {len(bad)} reads differ from the raw image (first at offset {min(bad)})", file=sys.stderr)
+
+
+def cmd_fuse_seq_reads(argv):
+    """fuse-seq-reads FILE THREADS OUT: FILE read whole in 1 MiB reads in order by THREADS threads at once
+    (THREADS reads outstanding: each thread takes the next 1 MiB of the file), O_DIRECT, each read timed;
+    OUT gets the wall time, the bytes and the latencies (s3.sh). Threads, not libaio: on a FUSE file whose
+    daemon does not ask for asynchronous direct I/O (FUSE_ASYNC_DIO), io_submit performs each read before it
+    returns, so libaio's queue depth never reaches the daemon."""
+    import threading
+    path, threads, out = argv[1], int(argv[2]), argv[3]
+    B = 1 << 20
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    size = os.fstat(fd).st_size
+    count = -(-size // B)
+    lat, done, errors, lock = [0] * count, [0] * count, [], threading.Lock()
+    todo = iter(range(count))
+
+    def reader():
+        buf = mmap.mmap(-1, B)      # page-aligned, as O_DIRECT wants
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            try:
+                t0 = time.perf_counter_ns()
+                done[i] = os.preadv(fd, [buf], i * B)
+                lat[i] = time.perf_counter_ns() - t0
+            except OSError as e:
+                with lock:
+                    errors.append(f"offset {i * B}: {e}")
+                return
+
+    workers = [threading.Thread(target=reader) for _ in range(threads)]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    seconds = time.perf_counter() - t0
+    os.close(fd)
+    if errors:
+        sys.exit(f"{path}: {len(errors)} reads failed, first: {errors[0]}")
+    if sum(done) != size:
+        sys.exit(f"{path}: read {sum(done)} bytes of {size}")
+    json.dump({"threads": threads, "block": B, "seconds": seconds, "bytes": sum(done), "lat_ns": lat}, open(out, "w"))
+
+
+def cmd_conn_sampler(argv):
+    """conn-sampler PORT OUT [FILE]: every 0.1 s until killed, the established TCP connections of this machine
+    to PORT of 127.0.0.1 (/proc/net/tcp: a client's connections to a store) and, with FILE (a file of a FUSE
+    mount) when fusectl is mounted, the requests of that mount's FUSE connection waiting for an answer
+    (/sys/fs/fuse/connections/DEV/waiting); one "SECONDS CONNECTIONS WAITING" line each, WAITING "-" when
+    not known (s3.sh)."""
+    port, out = int(argv[1]), open(argv[2], "w", buffering=1)
+    want = f"0100007F:{port:04X}"
+    waiting = None
+    if len(argv) > 3:
+        waiting = f"/sys/fs/fuse/connections/{os.minor(os.stat(argv[3]).st_dev)}/waiting"
+        if not os.path.exists(waiting):
+            waiting = None
+    t0 = time.monotonic()
+    while True:
+        with open("/proc/net/tcp") as f:
+            next(f)
+            n = sum(1 for line in f if (p := line.split())[2] == want and p[3] == "01")
+        w = open(waiting).read().strip() if waiting else "-"
+        out.write(f"{time.monotonic() - t0:.2f} {n} {w}\n")
+        time.sleep(0.1)
+
+
 def cmd_summary_s3(argv):
     """summary-s3: s3-results.json and the table of bench/s3.sh (inputs in the environment)."""
     env = os.environ
@@ -1780,6 +1898,114 @@ def cmd_summary_s3(argv):
         print(f"  {k} mounts at once: {s['total_gets']} GETs in {s['storm_s']:.2f} s, median {s['storm']['median_ms']:.3f} ms, "
               f"p99 {s['storm']['p99_ms']:.3f} ms ({s['storm']['mismatches']} mismatches)")
 
+    if "far.delay_ms" in f:
+        far = res["far"] = {"delay_ms": f["far.delay_ms"], "outstanding": int(f["far.outstanding"])}
+        alloc = res["images"]["full"]["allocated"]
+
+        def samples(name):
+            """The most and the mean of the connections to the store, and of the FUSE requests waiting, over
+            the samples of a case (None where not sampled)."""
+            p = os.path.join(work, f"conns-{name}.txt")
+            rows = [l.split() for l in open(p) if l.strip()] if os.path.exists(p) else []
+            out = {}
+            for key, col in (("connections", 1), ("fuse_waiting", 2)):
+                xs = [int(r[col]) for r in rows if len(r) > col and r[col] != "-"]
+                out[key] = {"most": max(xs), "mean": sum(xs) / len(xs)} if xs else None
+            return out
+
+        for where in ("near", "far"):
+            w, g = {}, load(f"gets-{where}.json")
+            if g:
+                w["get"] = lat(g)
+            seq = load(f"seq-{where}.json")
+            if seq:
+                t = seq["seconds"]
+                xs = sorted(seq["lat_ns"])
+                w["seq"] = {"seconds": t, "mib_s": alloc / MiB / t, "disk_mib_s": seq["bytes"] / MiB / t,
+                            "threads": seq["threads"], "read_median_ms": xs[len(xs) // 2] / 1e6,
+                            "bytes_recalled": int(f.get(f"far.{where}.threads.bytes_recalled", 0)),
+                            "gets": int(f[f"far.{where}.threads_gets"]), **samples(f"threads-{where}")}
+            fio = load(f"fio-{where}.json")
+            if fio:
+                r = fio["jobs"][0]["read"]
+                t = r["runtime"] / 1000
+                w["fio"] = {"seconds": t, "mib_s": alloc / MiB / t, "disk_mib_s": r["io_bytes"] / MiB / t,
+                            "submit_ms_mean": r["slat_ns"]["mean"] / 1e6, "per_read_ms": t * 1000 / r["total_ios"],
+                            "bytes_recalled": int(f.get(f"far.{where}.fio.bytes_recalled", 0)),
+                            "gets": int(f[f"far.{where}.fio_gets"]), **samples(f"fio-{where}")}
+            if f"far.{where}.restore_s" in f:
+                t = f[f"far.{where}.restore_s"]
+                w["restore"] = {"seconds": t, "mib_s": alloc / MiB / t, "gets": int(f[f"far.{where}.restore_gets"]),
+                                **samples(f"restore-{where}")}
+            rr = load(f"reads-rand-{where}.json")
+            if rr:
+                w["rand"] = {**lat(rr), "seconds": rr["seconds"], "iops": len(rr["lat_ns"]) / rr["seconds"],
+                             "threads": rr["threads"], "gets": int(f[f"far.{where}.rand_gets"]),
+                             **samples(f"rand-{where}")}
+            for case in ("seq", "fio", "restore", "rand"):
+                c = w.get(case)
+                if c:
+                    c["gets_per_s"] = c["gets"] / c["seconds"]
+                    # Little's law: requests in flight = their rate x the time each takes (one GET alone).
+                    if "get" in w:
+                        c["gets_in_flight_est"] = c["gets_per_s"] * w["get"]["mean_ms"] / 1000
+            if w:
+                far[where] = w
+        full_stats = (lm.get("full") or {}).get("stats", {})
+        chunks = full_stats.get("chunks_new", 0) + full_stats.get("chunks_reused", 0) + full_stats.get("chunks_zero", 0)
+        chunk = full_stats["disk_bytes"] // chunks if chunks else 0
+        far["chunk_bytes"] = chunk
+        if full_stats.get("chunks_new"):
+            far["stored_chunk_bytes"] = full_stats["new_bytes_stored"] / full_stats["chunks_new"]
+        print()
+        print(f"far store: the same S3 library through bench/delay_relay.py in front of the gateway "
+              f"(+{far['delay_ms']:.0f} ms per request) and, for reference, straight to it (near); each case a fresh "
+              f"daemon (empty chunk cache) and a fresh mount of `full` (nothing recalled), the page cache dropped:")
+        hdr = (f"  {'case':<34} {'where':<5} {'time':>8} {'MiB/s':>7} {'GETs':>6} {'GETs/s':>7} "
+               f"{'conns most/mean':>15} {'in flight':>9} {'FUSE waiting':>12}")
+        print(hdr)
+        print("  " + "-" * (len(hdr) - 2))
+        names = {"seq": f"cold sequential 1 MiB, {far['outstanding']} threads",
+                 "fio": f"  the same, fio libaio iodepth {far['outstanding']}",
+                 "restore": "restore (backup restore)", "rand": f"cold random 4 KiB, {far['outstanding']} threads"}
+        for case in ("seq", "fio", "restore", "rand"):
+            for where in ("near", "far"):
+                c = far.get(where, {}).get(case)
+                if not c:
+                    continue
+                cn, fw = c["connections"], c["fuse_waiting"]
+                rate = f"{c['mib_s']:7.1f}" if "mib_s" in c else "-"
+                conn = f"{cn['most']} / {cn['mean']:.1f}" if cn else "-"
+                flight = f"~{c['gets_in_flight_est']:.1f}" if "gets_in_flight_est" in c else "-"
+                waiting = f"{fw['most']} / {fw['mean']:.1f}" if fw else "-"
+                print(f"  {names[case]:<34} {where:<5} {c['seconds']:6.1f} s {rate:>7} {c['gets']:>6} "
+                      f"{c['gets_per_s']:>7.0f} {conn:>15} {flight:>9} {waiting:>12}")
+        for where in ("near", "far"):
+            c = far.get(where, {}).get("fio")
+            if c:
+                print(f"  fio libaio {where:<4}: {c['per_read_ms']:.1f} ms per 1 MiB read, of which {c['submit_ms_mean']:.1f} ms "
+                      f"inside io_submit (a submission that performs the read: one read at a time reaches the daemon)")
+        for where in ("near", "far"):
+            c = far.get(where, {}).get("rand")
+            if c:
+                print(f"  cold random 4 KiB {where:<4}: {c['iops']:,.0f} IOPS, median {c['median_ms']:.2f} ms, "
+                      f"p99 {c['p99_ms']:.2f} ms ({c['reads']} reads of non-zero blocks, {c['mismatches']} mismatches)")
+        for where in ("near", "far"):
+            g = far.get(where, {}).get("get")
+            if g:
+                print(f"  one ranged GET alone, {where:<4}: median {g['median_ms']:.2f} ms, mean {g['mean_ms']:.2f} ms, "
+                      f"p99 {g['p99_ms']:.2f} ms ({g['reads']} GETs of a stored chunk's mean size, one at a time)")
+        print(f"  (MiB/s of full.img's {alloc / MiB:,.0f} MiB allocated; GETs = S3 GETs the gateway answered with data; conns "
+              f"= established connections to the store (the relay when far) sampled every 0.1 s; in flight = GETs/s x "
+              f"the mean time of one GET alone (Little's law, an estimate); FUSE waiting = requests of the mount's FUSE "
+              f"connection not yet answered (fusectl's `waiting`, most / mean; '-' without fusectl); chunks of "
+              f"{chunk >> 10} KiB, {far.get('stored_chunk_bytes', 0) / 1024:.0f} KiB stored on average, one GET each)")
+        if chunk:
+            need = far["outstanding"] * (1 << 20) // chunk
+            print(f"  {far['outstanding']} outstanding 1 MiB reads ask for {need} chunks at once: {need} GETs in flight at "
+                  f"+{far['delay_ms']:.0f} ms each would carry {far['outstanding'] * 1000 / far['delay_ms']:,.0f} MiB/s of "
+                  f"the disk; N GETs in flight carry at most N x {chunk >> 10} KiB / the time of one GET")
+
     print()
     print("goals:")
 
@@ -1802,6 +2028,12 @@ def cmd_summary_s3(argv):
         s = res["storm"]
         goal(f"boot storm: {s['mounts']} mounts fetched {s['total_gets']} chunks from S3, one mount {s['single_gets']}: "
              f"ratio {s['ratio']:.2f} (goal: 1.0)", s["total_gets"] <= s["single_gets"], s["ratio"], "1.0")
+    fs, fr = res.get("far", {}).get("far", {}).get("seq"), res.get("far", {}).get("far", {}).get("restore")
+    if fs and fr:
+        ratio = fs["mib_s"] / fr["mib_s"]
+        goal(f"far store (+{res['far']['delay_ms']:.0f} ms per request): cold sequential through a mount "
+             f"{fs['mib_s']:.1f} MiB/s, the library's restore {fr['mib_s']:.1f} MiB/s = {ratio:.2f}x (goal: at least 0.8x)",
+             ratio >= 0.8, ratio, ">= 0.8")
     res["goals"] = goals
     json.dump(res, open(env["RESULTS"], "w"), indent=2)
     print()
@@ -1840,6 +2072,9 @@ COMMANDS = {
     "seaweed-ready": (cmd_seaweed_ready, ["master_port", "s3_port", "volumes", "timeout", "pid+"]),
     "s3-gets": (cmd_s3_gets, ["metrics_port"]),
     "s3-range-gets": (cmd_s3_range_gets, ["bucket", "prefix", "n", "size", "seed", "out"]),
+    "fuse-reads-parallel": (cmd_fuse_reads_parallel, ["file", "offsets", "threads", "out"]),
+    "fuse-seq-reads": (cmd_fuse_seq_reads, ["file", "threads", "out"]),
+    "conn-sampler": (cmd_conn_sampler, ["port", "out", "file?"]),
     "summary-s3": (cmd_summary_s3, []),
 }
 

