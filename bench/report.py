@@ -1098,6 +1098,18 @@ def cmd_summary_iscsi(argv):
 
 
 
+
+def timed_threads(target, threads):
+    """Runs `target` on `threads` threads at once; the seconds until the last has finished."""
+    import threading
+    workers = [threading.Thread(target=target) for _ in range(threads)]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return time.perf_counter() - t0
+
 def load_work_json(work, name):
     """A JSON file of a benchmark's work folder, or None when the run did not write it."""
     p = os.path.join(work, name)
@@ -1703,13 +1715,7 @@ def cmd_fuse_reads_parallel(argv):
                 with lock:
                     bad.append(off)
 
-    workers = [threading.Thread(target=reader) for _ in range(threads)]
-    t0 = time.perf_counter()
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    seconds = time.perf_counter() - t0
+    seconds = timed_threads(reader, threads)
     os.close(fd)
     if errors:
         sys.exit(f"{path}: {len(errors)} reads failed, first: {errors[0]}")
@@ -1750,13 +1756,7 @@ def cmd_fuse_seq_reads(argv):
                     errors.append(f"offset {i * B}: {e}")
                 return
 
-    workers = [threading.Thread(target=reader) for _ in range(threads)]
-    t0 = time.perf_counter()
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    seconds = time.perf_counter() - t0
+    seconds = timed_threads(reader, threads)
     os.close(fd)
     if errors:
         sys.exit(f"{path}: {len(errors)} reads failed, first: {errors[0]}")
