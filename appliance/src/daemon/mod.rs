@@ -43,8 +43,7 @@ pub struct ServeOptions {
 /// The chunk cache every mount and browse of the library shares, for a library in S3: each chunk fetched
 /// once for all of them, kept across restarts. (A folder library is on this machine already.)
 fn chunk_cache(opts: &ServeOptions) -> anyhow::Result<Option<std::sync::Arc<dedup::cache::ChunkCache>>> {
-    let remote = opts.library.to_str().is_some_and(|l| l.starts_with("s3://"));
-    if !remote || opts.chunk_cache_size == 0 {
+    if !dedup::library::in_s3(&opts.library) || opts.chunk_cache_size == 0 {
         return Ok(None);
     }
     let dir = dedup::library::cache_root().join("chunks");

@@ -49,6 +49,11 @@ pub struct Library {
     cache: Option<Arc<ChunkCache>>,
 }
 
+/// True when `root` names a library in S3 (`s3://…`) rather than a folder.
+pub fn in_s3(root: &Path) -> bool {
+    root.to_str().and_then(S3Url::parse).is_some()
+}
+
 /// A library's backend, and for a library in S3 the client its chunk store shares.
 type Opened = (Box<dyn Backend>, Option<Arc<S3Objects>>);
 
@@ -124,7 +129,7 @@ impl Library {
 
     /// True for a library in S3.
     pub fn is_remote(&self) -> bool {
-        self.root.to_str().is_some_and(|r| r.starts_with("s3://"))
+        in_s3(&self.root)
     }
 
     pub fn chunk_size(&self) -> u32 {
