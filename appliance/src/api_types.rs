@@ -232,3 +232,42 @@ pub struct CommitRequest {
     #[serde(default)]
     pub name: Option<String>,
 }
+
+/// `token create`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRequest {
+    pub name: String,
+}
+
+/// A new token: the only time it is shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub name: String,
+    pub token: String,
+}
+
+/// `token list`: the tokens that work (never the tokens themselves).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub name: String,
+    pub created: String,
+}
+
+/// `GET /v1/status`: the appliance at a glance (`livemount status`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusInfo {
+    pub version: String,
+    pub uptime_secs: u64,
+    pub library: String,
+    /// The portal's advertised address.
+    pub portal: String,
+    /// The remote API's address, when it is on.
+    #[serde(default)]
+    pub remote_api: Option<String>,
+    pub mounts: usize,
+    pub iscsi_sessions: usize,
+    pub jobs_running: usize,
+    /// The chunk cache of a library in S3.
+    #[serde(default)]
+    pub chunk_cache: Option<dedup::cache::CacheStats>,
+}

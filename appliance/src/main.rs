@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod cloud;
 mod commands;
+mod config;
 mod crash_hook;
 mod daemon;
 mod library_source;
@@ -12,10 +13,8 @@ mod output;
 mod partitions;
 mod random;
 
-use clap::Parser;
-
 fn main() {
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::from_args();
     let result = match &cli.command {
         cli::Command::Library(cmd) => commands::library::run(&cli, cmd),
         cli::Command::Backup(cmd) => commands::backup::run(&cli, cmd),
@@ -27,6 +26,9 @@ fn main() {
         cli::Command::Unbrowse(args) => commands::browse::unbrowse(&cli, args),
         cli::Command::Image(cmd) => commands::image::run(&cli, cmd),
         cli::Command::Cloud(cmd) => commands::cloud::run(&cli, cmd),
+        cli::Command::Status => commands::status::run(&cli),
+        cli::Command::Token(cmd) => commands::token::run(&cli, cmd),
+        cli::Command::Generate(args) => commands::generate::run(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkId;
 use crate::durable;
@@ -32,6 +32,7 @@ pub struct ChunkCache {
     flights: Mutex<HashMap<ChunkId, Arc<Flight>>>,
     hits: AtomicU64,
     fetches: AtomicU64,
+    evictions: AtomicU64,
 }
 
 #[derive(Default)]
@@ -52,11 +53,13 @@ struct Flight {
 }
 
 /// What the cache did so far in this process.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct CacheStats {
     pub hits: u64,
     /// Chunks fetched from the store (each at most once at a time, whoever asked).
     pub fetches: u64,
+    /// Chunks evicted to keep within the capacity.
+    pub evictions: u64,
     pub chunks: u64,
     pub bytes: u64,
     pub capacity: u64,
@@ -91,6 +94,7 @@ impl ChunkCache {
             flights: Mutex::new(HashMap::new()),
             hits: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
         };
         cache.make_room(0);
         Ok(cache)
@@ -106,6 +110,7 @@ impl ChunkCache {
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             fetches: self.fetches.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
             chunks: state.entries.len() as u64,
             bytes: state.bytes,
             capacity: self.capacity,
@@ -246,6 +251,7 @@ impl ChunkCache {
                 doomed.push(id);
             }
         }
+        self.evictions.fetch_add(doomed.len() as u64, Ordering::Relaxed);
         for id in doomed {
             let _ = std::fs::remove_file(self.path_of(&id));
         }

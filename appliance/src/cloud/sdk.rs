@@ -46,7 +46,7 @@ pub use dedup::s3::describe;
 
 /// EC2, EBS direct, S3 and STS clients over `config`. Each carries the crash hook below when it is set.
 pub fn ec2(config: &SdkConfig) -> aws_sdk_ec2::Client {
-    let mut b = aws_sdk_ec2::config::Builder::from(config);
+    let mut b = aws_sdk_ec2::config::Builder::from(config).interceptor(CountCalls);
     if let Some(hook) = KillAfter::from_env() {
         b = b.interceptor(hook);
     }
@@ -54,7 +54,7 @@ pub fn ec2(config: &SdkConfig) -> aws_sdk_ec2::Client {
 }
 
 pub fn ebs(config: &SdkConfig) -> aws_sdk_ebs::Client {
-    let mut b = aws_sdk_ebs::config::Builder::from(config);
+    let mut b = aws_sdk_ebs::config::Builder::from(config).interceptor(CountCalls);
     if let Some(hook) = KillAfter::from_env() {
         b = b.interceptor(hook);
     }
@@ -64,7 +64,9 @@ pub fn ebs(config: &SdkConfig) -> aws_sdk_ebs::Client {
 /// S3 in path style when the endpoint is set (a local stand-in or an S3-compatible store answers on one
 /// host name, not one per bucket); AWS's own virtual-hosted style otherwise.
 pub fn s3(config: &SdkConfig) -> aws_sdk_s3::Client {
-    let mut b = aws_sdk_s3::config::Builder::from(config).force_path_style(config.endpoint_url().is_some());
+    let mut b = aws_sdk_s3::config::Builder::from(config)
+        .force_path_style(config.endpoint_url().is_some())
+        .interceptor(CountCalls);
     if let Some(hook) = KillAfter::from_env() {
         b = b.interceptor(hook);
     }
@@ -72,7 +74,42 @@ pub fn s3(config: &SdkConfig) -> aws_sdk_s3::Client {
 }
 
 pub fn sts(config: &SdkConfig) -> aws_sdk_sts::Client {
-    aws_sdk_sts::Client::new(config)
+    aws_sdk_sts::Client::from_conf(aws_sdk_sts::config::Builder::from(config).interceptor(CountCalls).build())
+}
+
+/// Calls and failed calls (after the SDK's retries) by service and action, since the daemon started.
+static CLOUD_CALLS: std::sync::Mutex<std::collections::BTreeMap<(String, String), (u64, u64)>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// (service, action, calls, errors) of every action called so far, for the metrics.
+pub fn cloud_calls() -> Vec<(String, String, u64, u64)> {
+    let calls = CLOUD_CALLS.lock().unwrap_or_else(|p| p.into_inner());
+    calls.iter().map(|((service, action), (n, errors))| (service.clone(), action.clone(), *n, *errors)).collect()
+}
+
+/// Counts every call of a client in `CLOUD_CALLS`.
+#[derive(Debug)]
+struct CountCalls;
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for CountCalls {
+    fn name(&self) -> &'static str {
+        "livemount call counter"
+    }
+
+    fn read_after_execution(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef<'_>,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let Some(meta) = cfg.load::<aws_smithy_runtime_api::client::orchestrator::Metadata>() else { return Ok(()) };
+        let failed = !matches!(context.output_or_error(), Some(Ok(_)));
+        let mut calls = CLOUD_CALLS.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = calls.entry((meta.service().to_string(), meta.name().to_string())).or_default();
+        entry.0 += 1;
+        entry.1 += u64::from(failed);
+        Ok(())
+    }
 }
 
 /// The crash hook (`crate::crash_hook`) on the SDK's calls: `LIVEMOUNT_TEST_KILL_AFTER=RunInstances` kills

@@ -184,7 +184,7 @@ fn ebs_snapshot_of(sources: &[PathBuf]) -> anyhow::Result<Option<String>> {
 
 /// A backup of an EBS snapshot, made by the daemon (it holds the accounts and the SDK's credentials).
 fn create_from_snapshot(cli: &Cli, req: &crate::cloud::ebs_backup::Request) -> anyhow::Result<i32> {
-    let client = crate::client::Client::new(cli.api.clone())?;
+    let client = crate::client::Client::new(cli)?;
     let job: crate::daemon::JobInfo = client.post("/v1/cloud/ebs-backups", req)?;
     let job = super::cloud::follow(cli, &client, job, "backup")?;
     let Some(result) = job.result.filter(|_| job.state == "succeeded") else {
@@ -250,7 +250,7 @@ fn snapshot_backup(m: &Manifest) -> Option<InstanceConfig> {
 /// A snapshot backup is forgotten by the daemon, which holds the accounts: it removes the image and
 /// snapshots in the member account too.
 fn forget_snapshot_backup(cli: &Cli, m: &Manifest, c: &InstanceConfig, force: bool) -> anyhow::Result<i32> {
-    let client = crate::client::Client::new(cli.api.clone())?;
+    let client = crate::client::Client::new(cli)?;
     let path = format!("/v1/cloud/snapshot-backups/{}{}", m.id, if force { "?force=true" } else { "" });
     let out: serde_json::Value = client.delete(&path).with_context(|| {
         format!(
@@ -406,7 +406,7 @@ fn restore(
 
 /// A restore into EBS snapshots, made by the daemon (it holds the accounts and the SDK's credentials).
 fn restore_to_snapshots(cli: &Cli, req: &crate::cloud::ebs_restore::Request) -> anyhow::Result<i32> {
-    let client = crate::client::Client::new(cli.api.clone())?;
+    let client = crate::client::Client::new(cli)?;
     let job: crate::daemon::JobInfo = client.post("/v1/cloud/ebs-restores", req)?;
     let job = super::cloud::follow(cli, &client, job, "restore")?;
     let Some(result) = job.result.filter(|_| job.state == "succeeded") else {

@@ -23,7 +23,7 @@ pub struct UnbrowseArgs {
 }
 
 pub fn browse(cli: &Cli, args: &BrowseArgs) -> anyhow::Result<i32> {
-    let client = Client::new(cli.api.clone())?;
+    let client = Client::new(cli)?;
     let info: MountInfo =
         client.post("/v1/browse", &BrowseRequest { backup: args.backup.clone(), account: args.account.clone() })?;
     if cli.json {
@@ -39,7 +39,7 @@ pub fn browse(cli: &Cli, args: &BrowseArgs) -> anyhow::Result<i32> {
 }
 
 pub fn unbrowse(cli: &Cli, args: &UnbrowseArgs) -> anyhow::Result<i32> {
-    let client = Client::new(cli.api.clone())?;
+    let client = Client::new(cli)?;
     let info: MountInfo = client.delete(&format!("/v1/browse/{}", args.mount))?;
     if cli.json {
         print_json(&info);

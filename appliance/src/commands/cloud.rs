@@ -194,7 +194,7 @@ pub struct CleanupArgs {
 }
 
 pub fn run(cli: &Cli, cmd: &CloudCmd) -> anyhow::Result<i32> {
-    let client = Client::new(cli.api.clone())?;
+    let client = Client::new(cli)?;
     match cmd {
         CloudCmd::Account(AccountCmd::Add(a)) => {
             let req = AccountRequest {

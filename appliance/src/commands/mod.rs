@@ -3,10 +3,13 @@
 pub mod backup;
 pub mod browse;
 pub mod cloud;
+pub mod generate;
 pub mod image;
 pub mod library;
 pub mod mount;
 pub mod serve;
+pub mod status;
+pub mod token;
 
 use anyhow::Context;
 use dedup::Library;

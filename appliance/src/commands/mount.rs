@@ -91,7 +91,7 @@ pub struct UnmountArgs {
 }
 
 pub fn mount(cli: &Cli, args: &MountArgs) -> anyhow::Result<i32> {
-    let client = Client::new(cli.api.clone())?;
+    let client = Client::new(cli)?;
     if let Some(MountAction::Commit(c)) = &args.action {
         return commit(cli, &client, c);
     }
@@ -180,7 +180,7 @@ fn commit(cli: &Cli, client: &Client, args: &CommitArgs) -> anyhow::Result<i32> 
 }
 
 pub fn list(cli: &Cli) -> anyhow::Result<i32> {
-    let client = Client::new(cli.api.clone())?;
+    let client = Client::new(cli)?;
     let mounts: Vec<MountInfo> = client.get("/v1/mounts")?;
     if cli.json {
         print_json(&mounts);
@@ -217,7 +217,7 @@ pub fn list(cli: &Cli) -> anyhow::Result<i32> {
 }
 
 pub fn unmount(cli: &Cli, args: &UnmountArgs) -> anyhow::Result<i32> {
-    let client = Client::new(cli.api.clone())?;
+    let client = Client::new(cli)?;
     let info: MountInfo = client.delete(&format!("/v1/mounts/{}", args.mount))?;
     if cli.json {
         print_json(&info);

@@ -72,7 +72,7 @@ fn errors_come_back_with_their_status() {
         tokio::spawn(async move { axum::serve(listener, app).await });
         (addr, manager)
     });
-    let client = Client::new(ApiAddr::Tcp(addr)).unwrap();
+    let client = Client::to(ApiAddr::Tcp(addr), None, None).unwrap();
 
     let (status, message) = failure(client.get("/v1/mounts/nope"));
     assert_eq!(status, 404);

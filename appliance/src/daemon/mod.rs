@@ -12,7 +12,10 @@ mod jobs;
 pub use jobs::JobInfo;
 pub use mounts::CommitOrigin;
 mod loopdev;
+mod metrics;
 mod mounts;
+pub mod remote;
+mod status;
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +41,8 @@ pub struct ServeOptions {
     pub ebs_devices: PathBuf,
     /// The bound of the chunk cache of a library in S3 (0: none).
     pub chunk_cache_size: u64,
+    /// The control API on TCP with TLS and tokens, when configured.
+    pub remote_api: Option<remote::RemoteApiOptions>,
 }
 
 /// The chunk cache every mount and browse of the library shares, for a library in S3: each chunk fetched
@@ -132,7 +137,20 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     })?;
     tracing::info!(path = %opts.fuse_root.display(), "file view mounted");
 
-    let app = api::routes(manager.clone());
+    // The same API on the local socket and, for other machines, behind TLS and tokens; the tokens' own
+    // routes only locally.
+    let tokens = std::sync::Arc::new(remote::Tokens::open(&opts.state_dir)?);
+    let remote_addr = match &opts.remote_api {
+        Some(r) => {
+            let names = certificate_names(&opts.advertise);
+            let shared = shared_routes(&manager, &opts, Some(r.listen.to_string()));
+            Some(remote::start(r, &opts.state_dir, &names, shared, tokens.clone()).await?)
+        }
+        None => None,
+    };
+    let remote_shown = remote_addr.as_ref().map(|(a, _)| a.to_string());
+    let app = shared_routes(&manager, &opts, remote_shown).merge(remote::token_routes(tokens));
+    start_watchdog();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let shutdown = async move {
@@ -163,7 +181,13 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             notify_ready();
             axum::serve(listener, app).with_graceful_shutdown(shutdown).await
         }
+        ApiAddr::Https { .. } => {
+            bail!("the daemon's own API is a Unix socket or loopback ADDR:PORT (the remote API: --remote-api)")
+        }
     };
+    if let Some((_, task)) = remote_addr {
+        task.abort();
+    }
     manager.shutdown().await;
     drop(fuse);
     detach_stale_mount(&opts.fuse_root);
@@ -173,9 +197,51 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     served.context("serving the API")
 }
 
+/// The routes both the local socket and the remote API serve: the control API, the status and the metrics.
+fn shared_routes(
+    manager: &std::sync::Arc<mounts::Manager>,
+    opts: &ServeOptions,
+    remote: Option<String>,
+) -> axum::Router {
+    api::routes(manager.clone())
+        .merge(status::routes(manager.clone(), opts.library.display().to_string(), remote))
+        .merge(metrics::routes(manager.clone()))
+}
+
+/// The names a self-signed certificate of the remote API carries: the advertised address, this host's name
+/// and loopback.
+fn certificate_names(advertise: &str) -> Vec<String> {
+    let mut names = vec![advertise.to_string(), "localhost".to_string(), "127.0.0.1".to_string()];
+    if let Ok(host) = nix::unistd::gethostname() {
+        names.extend(host.into_string().ok());
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// Tells systemd (Type=notify) that the daemon is ready; nothing happens outside systemd.
 fn notify_ready() {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+}
+
+/// Under a unit with `WatchdogSec=`, pings systemd at half the interval from a task of the daemon's runtime:
+/// when the runtime stops making progress (every worker stuck), the pings stop and systemd restarts the
+/// daemon, which recovers its mounts from their state.
+fn start_watchdog() {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let every = std::time::Duration::from_micros(usec / 2);
+    tracing::info!(every = ?every, "systemd watchdog on");
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        }
+    });
 }
 
 /// A file view left mounted by a daemon that died is detached, so that the new one can mount there.

@@ -727,6 +727,24 @@ impl Manager {
         self.mounts.lock().await.values().map(|m| self.info(m)).collect()
     }
 
+    /// Every disk of every mount with its counters as of now: (mount id, disk number, counters).
+    pub async fn disk_counters(&self) -> Vec<(String, usize, blockdev::pseudo_disk::CounterSnapshot)> {
+        let mounts = self.mounts.lock().await;
+        let mut out = Vec::new();
+        for (id, m) in mounts.iter() {
+            out.extend(m.disks.iter().enumerate().map(|(n, d)| (id.clone(), n, d.counters())));
+        }
+        out
+    }
+
+    pub fn portal(&self) -> &Arc<Portal> {
+        &self.portal
+    }
+
+    pub fn chunk_cache(&self) -> Option<&Arc<dedup::cache::ChunkCache>> {
+        self.chunk_cache.as_ref()
+    }
+
     /// Finds a mount by id, unique id prefix, or name.
     async fn find(&self, key: &str) -> Result<(String, Arc<Mount>), ApiError> {
         let mounts = self.mounts.lock().await;

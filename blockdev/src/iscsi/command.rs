@@ -33,6 +33,8 @@ pub(super) struct TaskContext {
     pub next_ttt: AtomicU32,
     /// The SCSI initiator port of the session (for reservations).
     pub nexus: Nexus,
+    /// The portal's counts of commands answered.
+    pub stats: Arc<super::stats::CommandStats>,
 }
 
 /// How collecting a command's write data ended.
@@ -170,6 +172,7 @@ impl TaskContext {
 
     /// Sends Data-In (split at the initiator's limit, a sequence per MaxBurstLength) and the status.
     pub fn respond(&self, cmd: &Pdu, outcome: Outcome) {
+        self.stats.record(cmd.cdb().first().copied().unwrap_or(0), &outcome);
         let edtl = cmd.expected_length() as usize;
         let (reads, writes) = (cmd.reads(), cmd.writes());
         let produced = outcome.data.len();

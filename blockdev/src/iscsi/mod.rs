@@ -16,6 +16,7 @@ pub mod pdu;
 pub mod session;
 #[cfg(test)]
 mod session_tests;
+pub mod stats;
 pub mod target;
 pub mod text;
 mod window;

@@ -87,6 +87,7 @@ where
         tasks: Mutex::default(),
         next_ttt: AtomicU32::new(1),
         nexus,
+        stats: portal.stats.clone(),
     });
     if let Some(t) = &target {
         t.joined(&ctx);

@@ -60,6 +60,8 @@ pub struct Portal {
     next_tsih: AtomicU16,
     /// Address given to initiators in SendTargets (TargetAddress=ADDR:PORT,1).
     pub advertise: String,
+    /// The commands answered on every session, for metrics.
+    pub stats: Arc<super::stats::CommandStats>,
 }
 
 impl Portal {
@@ -69,6 +71,7 @@ impl Portal {
             sessions: Mutex::default(),
             next_tsih: AtomicU16::new(1),
             advertise,
+            stats: Arc::default(),
         })
     }
 

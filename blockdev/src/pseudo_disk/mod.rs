@@ -38,6 +38,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
@@ -61,7 +62,7 @@ const WRITE_STRIPES: usize = 1024;
 /// A map log larger than this is compacted when the pseudo-disk opens.
 const COMPACT_OVER: u64 = 4 << 20;
 
-pub use counters::CounterSnapshot;
+pub use counters::{CounterSnapshot, LatencySnapshot, LATENCY_BOUNDS_US};
 
 /// Writes held back by `PseudoDisk::hold_writes`; they go on when this is dropped.
 pub struct WritesHeld {
@@ -183,10 +184,18 @@ impl PseudoDisk {
 
     /// Reads `len` bytes at `offset`.
     pub async fn read(self: &Arc<Self>, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let started = Instant::now();
         // Readahead is asked for before the read waits, in the order reads arrive.
         if let Some(data) = self.read_now(offset, len) {
             return Ok(data);
         }
+        let result = self.read_waiting(offset, len).await;
+        self.counters.read_latency.record(started.elapsed());
+        result
+    }
+
+    /// The part of `read` that may wait: for the private or recall store's disk, or for recalls.
+    async fn read_waiting(self: &Arc<Self>, offset: u64, len: usize) -> Result<Vec<u8>> {
         self.check_range(offset, len as u64)?;
         let end = offset + len as u64;
         let (layer, run_end) = self.run_at(offset, end);
@@ -206,6 +215,13 @@ impl PseudoDisk {
     /// one layer, nothing of it needs a recall, and the page cache holds it. None otherwise (also for a bad
     /// range): `read` then does the work. This is the whole read path of a warm disk.
     pub fn read_now(self: &Arc<Self>, offset: u64, len: usize) -> Option<Vec<u8>> {
+        let started = Instant::now();
+        let data = self.read_at_once(offset, len)?;
+        self.counters.read_latency.record(started.elapsed());
+        Some(data)
+    }
+
+    fn read_at_once(self: &Arc<Self>, offset: u64, len: usize) -> Option<Vec<u8>> {
         let end = offset.checked_add(len as u64).filter(|&e| e <= self.size && len > 0)?;
         // Noted once per read even when `read` follows: a read that does not move a stream on changes nothing.
         self.readahead(offset, len as u64);
@@ -334,11 +350,13 @@ impl PseudoDisk {
         if data.is_empty() {
             return Ok(());
         }
+        let started = Instant::now();
         let end = offset + data.len() as u64;
         self.change(offset, end, move |me| async move { me.write_locked(offset, data).await }).await?;
         if fua {
             self.flush().await?;
         }
+        self.counters.write_latency.record(started.elapsed());
         Ok(())
     }
 

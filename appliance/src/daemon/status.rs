@@ -1,0 +1,39 @@
+//! `GET /v1/status`: the appliance at a glance, from state the daemon holds (nothing is read from disk or
+//! the network, so it answers at once however busy the appliance is).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+
+use super::mounts::Manager;
+use crate::api_types::StatusInfo;
+
+struct Status {
+    manager: Arc<Manager>,
+    started: Instant,
+    library: String,
+    remote_api: Option<String>,
+}
+
+pub fn routes(manager: Arc<Manager>, library: String, remote_api: Option<String>) -> Router {
+    let status = Arc::new(Status { manager, started: Instant::now(), library, remote_api });
+    Router::new().route("/v1/status", get(status_now)).with_state(status)
+}
+
+async fn status_now(State(s): State<Arc<Status>>) -> Json<StatusInfo> {
+    let m = &s.manager;
+    Json(StatusInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_secs: s.started.elapsed().as_secs(),
+        library: s.library.clone(),
+        portal: m.portal().advertise.clone(),
+        remote_api: s.remote_api.clone(),
+        mounts: m.list().await.len(),
+        iscsi_sessions: m.portal().session_count(),
+        jobs_running: m.jobs().list().iter().filter(|j| j.state == "running").count(),
+        chunk_cache: m.chunk_cache().map(|c| c.stats()),
+    })
+}
