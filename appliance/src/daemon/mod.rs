@@ -229,8 +229,11 @@ fn notify_ready() {
 /// when the runtime stops making progress (every worker stuck), the pings stop and systemd restarts the
 /// daemon, which recovers its mounts from their state.
 fn start_watchdog() {
-    let mut usec = 0;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+    // As sd_watchdog_enabled(3) reads them: WATCHDOG_USEC is the interval, and WATCHDOG_PID, when set, says
+    // which process it is meant for (not a child that inherited the variables).
+    let usec = std::env::var("WATCHDOG_USEC").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let for_us = std::env::var("WATCHDOG_PID").map_or(true, |pid| pid.parse() == Ok(std::process::id()));
+    if usec == 0 || !for_us {
         return;
     }
     let every = std::time::Duration::from_micros(usec / 2);
