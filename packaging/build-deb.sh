@@ -6,7 +6,8 @@
 #   --profile release  (default) what users install: `cargo build --release` first (a cold build takes a
 #                      quarter of an hour on 2 cores), xz at its usual level
 #   --profile dev      the debug build the tests already made (CI cannot afford a release build), stripped
-#                      and compressed fast; cargo-deb warns that it is for releases, which is the point
+#                      and compressed fast; cargo-deb's warning that the dev profile is not for releases
+#                      is expected
 #   --no-build         package the binary that is in CARGO_TARGET_DIR as it is (the tests: the workspace
 #                      build just made it, and `cargo build -p appliance` alone may resolve features
 #                      differently and rebuild)
@@ -74,6 +75,15 @@ if [[ $build == yes ]]; then
 fi
 bin=$CARGO_TARGET_DIR/$profile_dir/livemount
 [[ -x $bin ]] || { log "$bin is missing: build it first, or leave out --no-build"; exit 1; }
+
+# The package's version is the binary's (cargo-deb adds revision 1); Debian's changelog must have an entry
+# for it, or dpkg and lintian take the package for something else.
+version=$("$bin" --version | awk '{ print $2 }')
+changelog_version=$(sed -n '1s/^livemount (\([^)]*\)).*/\1/p' packaging/debian/changelog)
+[[ $changelog_version == "$version-1" ]] || {
+    log "packaging/debian/changelog starts at $changelog_version, the binary is $version: add an entry for $version-1"
+    exit 1
+}
 
 # Generated assets go under target/<profile>/deb-assets: cargo-deb maps the asset prefix target/release/ to
 # the real target folder of the profile it packages, so one list in Cargo.toml serves both profiles.
