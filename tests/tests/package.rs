@@ -196,6 +196,24 @@ fn the_package_installs_into_a_clean_debian_12_and_purge_keeps_the_library() {
     assert_eq!(parsed["state_dir"], "/var/lib/livemount");
     assert_eq!(parsed["guest_packages"], "/usr/share/livemount/guest-packages");
     assert!(parsed.get("remote_api").is_none(), "the remote API must be off by default: {parsed}");
+    // The daemon's own reader takes it too (it refuses unknown keys and bad values): `serve` reads the file
+    // first and then stops at the missing /dev/fuse, which the root has none of, so nothing is served (and
+    // in a network namespace of its own nothing could be).
+    assert!(!root.join("dev/fuse").exists());
+    let serve = Command::new("unshare")
+        .args(["--net", "chroot"])
+        .arg(&root)
+        .args(["timeout", "60", "livemount", "serve", "--config", "/etc/livemount/livemount.toml"])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&serve.stderr);
+    assert!(
+        !serve.status.success() && said.contains("/dev/fuse") && !said.contains("configuration"),
+        "serve --config with the packaged file: {:?}, {said}",
+        serve.status
+    );
 
     // The unit: installed, pointing at the packaged binary and configuration, enabled by deb-systemd-helper.
     let unit = std::fs::read_to_string(root.join("usr/lib/systemd/system/livemount.service")).unwrap();
