@@ -59,12 +59,17 @@ pub struct ServeArgs {
 pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<i32> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LIVEMOUNT_LOG").unwrap_or_else(|_| "info".into());
     use std::io::IsTerminal;
-    // Colours only on a terminal: logs in files and the journal stay plain text.
-    tracing_subscriber::fmt()
+    // Colours only on a terminal: logs in files and the journal stay plain text. Under systemd the journal
+    // stamps every line itself (JOURNAL_STREAM says stderr goes there), so the lines carry no time of ours.
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
     let config = Config::load(&args.config)?;
     daemon::run(options(cli, args, config))?;
     Ok(0)

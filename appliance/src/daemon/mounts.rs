@@ -875,10 +875,10 @@ impl Manager {
                 let _ = self.unbrowse(&id).await;
             }
         }
-        for m in self.mounts.lock().await.values() {
-            for d in &m.disks {
+        for (id, m) in self.mounts.lock().await.iter() {
+            for (n, d) in m.disks.iter().enumerate() {
                 if let Err(e) = d.flush().await {
-                    tracing::error!("flush at shutdown failed: {e}");
+                    tracing::error!(mount = %id, disk = n, "flush at shutdown failed: {e}");
                 }
             }
         }

@@ -62,7 +62,10 @@ where
         }
     };
     let tsih = session.tsih;
-    run(stream, session, portal.clone()).await;
+    // Every line the session logs names its target (whose IQN carries the mount's id) and initiator.
+    let target = session.target.as_ref().map(|t| t.iqn.clone()).unwrap_or_else(|| "discovery".to_string());
+    let span = tracing::info_span!("iscsi", %target, initiator = %session.initiator);
+    tracing::Instrument::instrument(run(stream, session, portal.clone()), span).await;
     portal.end_session(tsih);
 }
 
