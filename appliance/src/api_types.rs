@@ -3,8 +3,9 @@
 //! to that state, whose types are private to the daemon.)
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MountRequest {
     /// Backup id, unique id prefix, or name.
     pub backup: String,
@@ -23,7 +24,7 @@ pub struct MountRequest {
     pub account: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct BootRequest {
     /// The MAC address of the machine that boots this mount (the entry script picks the mount by it).
     #[serde(default)]
@@ -38,7 +39,7 @@ pub struct BootRequest {
 }
 
 /// Where and how `mount --boot --cloud` launches the VM.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct CloudRequest {
     /// The account to launch in: a member account's name, or `service`.
     pub account: String,
@@ -53,7 +54,7 @@ pub struct CloudRequest {
 }
 
 /// How to boot a mount.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BootInfo {
     /// The per-mount iPXE script (unguessable URL).
     pub script_url: String,
@@ -71,7 +72,7 @@ pub struct BootInfo {
 }
 
 /// Who may log in to a mount's iSCSI target.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct TargetAccess {
     /// CHAP user and secret initiators must prove.
     #[serde(default)]
@@ -84,7 +85,7 @@ pub struct TargetAccess {
     pub allowed_initiators: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MountInfo {
     pub id: String,
     pub name: Option<String>,
@@ -106,7 +107,7 @@ pub struct MountInfo {
 }
 
 /// The cloud part of a mount: the instance that boots it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CloudInfo {
     #[serde(flatten)]
     pub mount: crate::cloud::instances::CloudMount,
@@ -114,7 +115,7 @@ pub struct CloudInfo {
     pub console: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DiskInfo {
     pub disk: usize,
     pub size: u64,
@@ -125,7 +126,7 @@ pub struct DiskInfo {
     pub counters: DiskCounters,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct DiskCounters {
     pub bytes_read: u64,
     pub bytes_written: u64,
@@ -159,7 +160,7 @@ impl From<blockdev::pseudo_disk::CounterSnapshot> for DiskCounters {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BrowseRequest {
     pub backup: String,
     /// With `backup` = `ebs:snap-…`: the cloud account that reads the snapshot.
@@ -167,13 +168,13 @@ pub struct BrowseRequest {
     pub account: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BrowseInfo {
     pub loop_devices: Vec<String>,
     pub filesystems: Vec<BrowsedFs>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BrowsedFs {
     pub disk: usize,
     pub partition: u32,
@@ -182,13 +183,14 @@ pub struct BrowsedFs {
     pub path: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The body of every error answer: what went wrong, with its cause.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub error: String,
 }
 
 /// `cloud account add`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AccountRequest {
     pub name: String,
     pub role_arn: String,
@@ -199,7 +201,7 @@ pub struct AccountRequest {
 }
 
 /// `cloud account check`: the account the credentials reached.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AccountCheck {
     pub name: String,
     pub account_id: String,
@@ -208,7 +210,7 @@ pub struct AccountCheck {
 }
 
 /// `cloud image ipxe`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct IpxeImageRequest {
     #[serde(default)]
     pub region: Option<String>,
@@ -217,7 +219,7 @@ pub struct IpxeImageRequest {
 }
 
 /// `cloud cleanup`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct CleanupRequest {
     #[serde(default)]
     pub dry_run: bool,
@@ -227,34 +229,34 @@ pub struct CleanupRequest {
 }
 
 /// `POST /v1/mounts/{id}/commit`: the new backup's name.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct CommitRequest {
     #[serde(default)]
     pub name: Option<String>,
 }
 
 /// `token create`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenRequest {
     pub name: String,
 }
 
 /// A new token: the only time it is shown.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenCreated {
     pub name: String,
     pub token: String,
 }
 
 /// `token list`: the tokens that work (never the tokens themselves).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenInfo {
     pub name: String,
     pub created: String,
 }
 
 /// `GET /v1/status`: the appliance at a glance (`livemount status`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StatusInfo {
     pub version: String,
     pub uptime_secs: u64,
@@ -269,5 +271,43 @@ pub struct StatusInfo {
     pub jobs_running: usize,
     /// The chunk cache of a library in S3.
     #[serde(default)]
+    #[schema(value_type = Option<CacheStatsSchema>)]
     pub chunk_cache: Option<dedup::cache::CacheStats>,
+}
+
+/// `dedup::cache::CacheStats` as the OpenAPI document shows it: dedup does not depend on utoipa, so this
+/// stand-in carries its fields (a test in `daemon/openapi.rs` checks that they are the same).
+#[derive(ToSchema)]
+#[schema(as = CacheStats)]
+#[allow(dead_code)] // Only its schema is used.
+pub struct CacheStatsSchema {
+    hits: u64,
+    /// Chunks fetched from the store (each at most once at a time, whoever asked).
+    fetches: u64,
+    /// Chunks evicted to keep within the capacity.
+    evictions: u64,
+    chunks: u64,
+    bytes: u64,
+    capacity: u64,
+}
+
+/// `GET /v1/health`: the daemon answers.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// `DELETE /v1/cloud/snapshot-backups/{id}`: the backup forgotten.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Forgotten {
+    /// The backup's id.
+    pub forgotten: String,
+}
+
+/// `DELETE /v1/tokens/{name}`: the token revoked.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Revoked {
+    /// The token's name.
+    pub revoked: String,
 }

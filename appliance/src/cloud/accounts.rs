@@ -18,7 +18,7 @@ use super::sdk;
 pub const SERVICE: &str = "service";
 
 /// A member account as `cloud account add` records it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Account {
     pub name: String,
     /// The role to assume; none for the service account.

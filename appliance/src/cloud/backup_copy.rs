@@ -28,7 +28,7 @@ use super::workflow::{back_up_disks, share_snapshots, this_instance, Made, OpenD
 use super::{accounts::SERVICE, sdk, Cloud, CloudError};
 
 /// How a copy reads the snapshots.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum CopyVia {
     /// EBS direct when the member account lets its role read the snapshots that way, else volumes.
@@ -41,7 +41,8 @@ pub enum CopyVia {
 }
 
 /// What `cloud backup-copy` asks for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = BackupCopyRequest)]
 pub struct Request {
     /// The snapshot backup (id, unique id prefix, or name).
     pub backup: String,

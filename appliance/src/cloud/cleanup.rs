@@ -13,7 +13,7 @@ use super::poll::Poll;
 use super::{filter, instances, sdk, Cloud, CloudError, TAG_APPLIANCE, TAG_BACKUP, TAG_IPXE, TAG_JOB, TAG_MOUNT};
 
 /// One resource found in AWS or in the journal.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Found {
     pub kind: Kind,
     pub account: String,
@@ -28,7 +28,7 @@ pub struct Found {
     pub in_use: bool,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Inventory {
     pub resources: Vec<Found>,
     /// Accounts or Regions that could not be looked at, and why.

@@ -18,7 +18,8 @@ use super::workflow::Report;
 use super::{sdk, Cloud, CloudError};
 
 /// What `backup create ebs:…` asks for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = EbsBackupRequest)]
 pub struct Request {
     pub snapshot: String,
     pub account: String,

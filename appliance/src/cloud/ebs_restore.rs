@@ -20,7 +20,8 @@ use super::workflow::{Made, NewSnapshot, Report, Workflow};
 use super::{sdk, Cloud, CloudError};
 
 /// What `backup restore ID ebs:` asks for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = EbsRestoreRequest)]
 pub struct Request {
     pub backup: String,
     pub account: String,

@@ -23,7 +23,7 @@ use super::poll::Poll;
 use super::{ec2_tags, filter, sdk, Cloud, CloudError, TAG_APPLIANCE, TAG_IPXE};
 
 /// The iPXE image of one Region.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IpxeImage {
     pub region: String,
     pub image_id: String,

@@ -17,7 +17,7 @@ use super::poll::Poll;
 use super::{ec2_tags, filter, sdk, Cloud, CloudError, TAG_APPLIANCE, TAG_MOUNT};
 
 /// The cloud part of a mount, as mount.json keeps it and the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CloudMount {
     pub account: String,
     pub region: String,
@@ -32,7 +32,7 @@ pub struct CloudMount {
     pub imds_v2_only: bool,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CloudState {
     /// RunInstances may have been called; not yet known to run.

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::CloudError;
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     Instance,
@@ -57,7 +57,7 @@ impl std::fmt::Display for Kind {
 /// What a resource is for: a live mount (gone with it), the appliance's iPXE image (kept), a job such
 /// as a streaming backup (gone when the job ends; a job does not outlive its daemon), or a backup whose
 /// data it holds (a snapshot backup's image and snapshots: kept while the library lists the backup).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "for", content = "id")]
 pub enum Purpose {
     Mount(String),

@@ -29,7 +29,8 @@ const MAX_KEY: usize = 1024;
 /// Files uploading at once (each large one in parts of its own).
 const FILES_IN_FLIGHT: usize = 4;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = RecoverFilesRequest)]
 pub struct Request {
     pub backup: String,
     /// Paths as the guest has them (`/etc/hostname`), or within one file system (`disk0p1:/etc`). A

@@ -19,7 +19,8 @@ use super::workflow::{image_named, Made, Report, Workflow};
 use super::{accounts::SERVICE, ec2_tags, Cloud, CloudError, TAG_APPLIANCE, TAG_JOB};
 
 /// What `cloud restore` asks for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = RestoreRequest)]
 pub struct Request {
     /// Backup id, unique id prefix, or name.
     pub backup: String,

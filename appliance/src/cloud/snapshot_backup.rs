@@ -24,7 +24,8 @@ use super::workflow::{Made, Report, Workflow};
 use super::{Cloud, CloudError};
 
 /// What `cloud snap` asks for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = SnapshotBackupRequest)]
 pub struct Request {
     pub instance: String,
     pub account: String,

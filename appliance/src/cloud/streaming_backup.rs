@@ -20,7 +20,8 @@ use super::workflow::{this_instance, Made, Report, Workflow};
 use super::{accounts::SERVICE, Cloud, CloudError};
 
 /// What `cloud backup` asks for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = StreamingBackupRequest)]
 pub struct Request {
     pub instance: String,
     pub account: String,

@@ -5,41 +5,58 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::jobs::JobInfo;
 use super::mounts::Manager;
-use crate::api_types::{AccountCheck, AccountRequest, CleanupRequest, IpxeImageRequest};
+use super::openapi::{BadGateway, BadRequest, Conflict, JobRefused, NotFound, ServerError, JOB_STARTED};
+use crate::api_types::{AccountCheck, AccountRequest, CleanupRequest, Forgotten, IpxeImageRequest};
 use crate::cloud::accounts::Account;
 use crate::cloud::cleanup::{self, Inventory};
 use crate::cloud::images::{self, IpxeImage};
 
-pub fn routes() -> Router<Arc<Manager>> {
-    Router::new()
-        .route("/v1/cloud/accounts", get(list_accounts).post(add_account))
-        .route("/v1/cloud/accounts/{name}", axum::routing::delete(remove_account))
-        .route("/v1/cloud/accounts/{name}/check", post(check_account))
-        .route("/v1/cloud/images/ipxe", post(publish_ipxe))
-        .route("/v1/cloud/resources", get(resources))
-        .route("/v1/cloud/cleanup", post(cleanup))
-        .route("/v1/cloud/backups", post(streaming_backup))
-        .route("/v1/cloud/snapshot-backups", post(snapshot_backup))
-        .route("/v1/cloud/ebs-backups", post(ebs_backup))
-        .route("/v1/cloud/ebs-restores", post(ebs_restore))
-        .route("/v1/cloud/snapshot-backups/{id}", axum::routing::delete(forget_snapshot_backup))
-        .route("/v1/cloud/backup-copies", post(backup_copy))
-        .route("/v1/cloud/restores", post(restore))
-        .route("/v1/cloud/file-recoveries", post(recover_files))
-        .route("/v1/jobs", get(list_jobs))
-        .route("/v1/jobs/{id}", get(get_job))
+pub fn routes() -> OpenApiRouter<Arc<Manager>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_accounts, add_account))
+        .routes(routes!(remove_account))
+        .routes(routes!(check_account))
+        .routes(routes!(publish_ipxe))
+        .routes(routes!(resources))
+        .routes(routes!(cleanup))
+        .routes(routes!(streaming_backup))
+        .routes(routes!(snapshot_backup))
+        .routes(routes!(ebs_backup))
+        .routes(routes!(ebs_restore))
+        .routes(routes!(forget_snapshot_backup))
+        .routes(routes!(backup_copy))
+        .routes(routes!(restore))
+        .routes(routes!(recover_files))
+        .routes(routes!(list_jobs))
+        .routes(routes!(get_job))
 }
 
+/// The member accounts.
+#[utoipa::path(get, path = "/v1/cloud/accounts", tag = "cloud", responses((status = 200, description = "Every member account", body = Vec<Account>)))]
 async fn list_accounts(State(m): State<Arc<Manager>>) -> Json<Vec<Account>> {
     Json(m.cloud().accounts.list())
 }
 
+/// Adds a member account: a role in it the appliance assumes.
+#[utoipa::path(
+    post,
+    path = "/v1/cloud/accounts",
+    tag = "cloud",
+    request_body = AccountRequest,
+    responses(
+        (status = 200, description = "The account as recorded", body = Account),
+        (status = 400, response = BadRequest),
+        (status = 409, response = Conflict),
+        (status = 500, response = ServerError),
+    )
+)]
 async fn add_account(
     State(m): State<Arc<Manager>>,
     req: Result<Json<AccountRequest>, JsonRejection>,
@@ -50,6 +67,19 @@ async fn add_account(
     Ok(Json(account))
 }
 
+/// Removes a member account that holds nothing this appliance made.
+#[utoipa::path(
+    delete,
+    path = "/v1/cloud/accounts/{name}",
+    tag = "cloud",
+    params(("name" = String, Path, description = "The account's name")),
+    responses(
+        (status = 200, description = "The account as it was", body = Account),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 500, response = ServerError),
+    )
+)]
 async fn remove_account(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> Result<Json<Account>, ApiError> {
     let in_use = m.cloud().journal.live().into_iter().filter(|r| r.account == name).count();
     if in_use > 0 {
@@ -60,6 +90,18 @@ async fn remove_account(State(m): State<Arc<Manager>>, Path(name): Path<String>)
     Ok(Json(m.cloud().accounts.remove(&name)?))
 }
 
+/// Checks that the appliance reaches an account: the identity its credentials get there.
+#[utoipa::path(
+    post,
+    path = "/v1/cloud/accounts/{name}/check",
+    tag = "cloud",
+    params(("name" = String, Path, description = "The account's name, or `service`")),
+    responses(
+        (status = 200, description = "The identity reached", body = AccountCheck),
+        (status = 404, response = NotFound),
+        (status = 502, response = BadGateway),
+    )
+)]
 async fn check_account(
     State(m): State<Arc<Manager>>,
     Path(name): Path<String>,
@@ -70,6 +112,21 @@ async fn check_account(
     Ok(Json(AccountCheck { name, account_id, arn, region }))
 }
 
+/// Publishes the iPXE image that cloud mounts boot from, in a Region of the service account (kept when
+/// it is current).
+#[utoipa::path(
+    post,
+    path = "/v1/cloud/images/ipxe",
+    tag = "cloud",
+    request_body = IpxeImageRequest,
+    responses(
+        (status = 200, description = "The Region's image", body = IpxeImage),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
+        (status = 500, response = ServerError),
+        (status = 502, response = BadGateway),
+    )
+)]
 async fn publish_ipxe(
     State(m): State<Arc<Manager>>,
     req: Result<Json<IpxeImageRequest>, JsonRejection>,
@@ -83,11 +140,26 @@ async fn publish_ipxe(
     Ok(Json(result?))
 }
 
+/// What this appliance made in AWS that may still exist, and whether each is in use.
+#[utoipa::path(get, path = "/v1/cloud/resources", tag = "cloud", responses((status = 200, description = "What was found, and where looking failed", body = Inventory)))]
 async fn resources(State(m): State<Arc<Manager>>) -> Json<Inventory> {
     let live = m.live_ids().await;
     Json(cleanup::inventory(m.cloud(), &live).await)
 }
 
+/// Removes what this appliance made in AWS and nothing uses.
+#[utoipa::path(
+    post,
+    path = "/v1/cloud/cleanup",
+    tag = "cloud",
+    request_body = CleanupRequest,
+    responses(
+        (status = 200, description = "What was removed (with `dry_run`: would be)", body = Inventory),
+        (status = 400, response = BadRequest),
+        (status = 500, response = ServerError),
+        (status = 502, response = BadGateway),
+    )
+)]
 async fn cleanup(
     State(m): State<Arc<Manager>>,
     req: Result<Json<CleanupRequest>, JsonRejection>,
@@ -98,6 +170,13 @@ async fn cleanup(
 }
 
 /// Starts a streaming backup; the job's id comes back at once (`GET /v1/jobs/{id}` follows it).
+#[utoipa::path(
+    post,
+    path = "/v1/cloud/backups",
+    tag = "cloud",
+    request_body = crate::cloud::streaming_backup::Request,
+    responses((status = 202, description = JOB_STARTED, body = JobInfo), JobRefused)
+)]
 async fn streaming_backup(
     State(m): State<Arc<Manager>>,
     req: Result<Json<crate::cloud::streaming_backup::Request>, JsonRejection>,
@@ -108,6 +187,13 @@ async fn streaming_backup(
 }
 
 /// Starts a snapshot backup (a job).
+#[utoipa::path(
+    post,
+    path = "/v1/cloud/snapshot-backups",
+    tag = "cloud",
+    request_body = crate::cloud::snapshot_backup::Request,
+    responses((status = 202, description = JOB_STARTED, body = JobInfo), JobRefused)
+)]
 async fn snapshot_backup(
     State(m): State<Arc<Manager>>,
     req: Result<Json<crate::cloud::snapshot_backup::Request>, JsonRejection>,
@@ -118,6 +204,13 @@ async fn snapshot_backup(
 }
 
 /// Starts a backup of an EBS snapshot through EBS direct (a job).
+#[utoipa::path(
+    post,
+    path = "/v1/cloud/ebs-backups",
+    tag = "cloud",
+    request_body = crate::cloud::ebs_backup::Request,
+    responses((status = 202, description = JOB_STARTED, body = JobInfo), JobRefused)
+)]
 async fn ebs_backup(
     State(m): State<Arc<Manager>>,
     req: Result<Json<crate::cloud::ebs_backup::Request>, JsonRejection>,
@@ -128,6 +221,13 @@ async fn ebs_backup(
 }
 
 /// Starts restoring a backup into new EBS snapshots through EBS direct (a job).
+#[utoipa::path(
+    post,
+    path = "/v1/cloud/ebs-restores",
+    tag = "cloud",
+    request_body = crate::cloud::ebs_restore::Request,
+    responses((status = 202, description = JOB_STARTED, body = JobInfo), JobRefused)
+)]
 async fn ebs_restore(
     State(m): State<Arc<Manager>>,
     req: Result<Json<crate::cloud::ebs_restore::Request>, JsonRejection>,
@@ -137,23 +237,46 @@ async fn ebs_restore(
     Ok((axum::http::StatusCode::ACCEPTED, Json(m.start_ebs_restore(r)?)))
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ForgetQuery {
+    /// Forget it even while a live mount holds it.
     #[serde(default)]
     force: bool,
 }
 
 /// Forgets a snapshot backup and removes its image and snapshots.
+#[utoipa::path(
+    delete,
+    path = "/v1/cloud/snapshot-backups/{id}",
+    tag = "cloud",
+    params(("id" = String, Path, description = "The snapshot backup's id, a unique prefix of it, or its name"), ForgetQuery),
+    responses(
+        (status = 200, description = "The backup forgotten", body = Forgotten),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 500, response = ServerError),
+        (status = 502, response = BadGateway),
+    )
+)]
 async fn forget_snapshot_backup(
     State(m): State<Arc<Manager>>,
     Path(id): Path<String>,
     Query(q): Query<ForgetQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Forgotten>, ApiError> {
     let forgotten = m.forget_snapshot_backup(&id, q.force).await?;
-    Ok(Json(serde_json::json!({ "forgotten": forgotten.id })))
+    Ok(Json(Forgotten { forgotten: forgotten.id }))
 }
 
 /// Starts copying a snapshot backup into the library (a job).
+#[utoipa::path(
+    post,
+    path = "/v1/cloud/backup-copies",
+    tag = "cloud",
+    request_body = crate::cloud::backup_copy::Request,
+    responses((status = 202, description = JOB_STARTED, body = JobInfo), JobRefused)
+)]
 async fn backup_copy(
     State(m): State<Arc<Manager>>,
     req: Result<Json<crate::cloud::backup_copy::Request>, JsonRejection>,
@@ -163,6 +286,13 @@ async fn backup_copy(
 }
 
 /// Starts restoring a backup into a member account (a job).
+#[utoipa::path(
+    post,
+    path = "/v1/cloud/restores",
+    tag = "cloud",
+    request_body = crate::cloud::restore::Request,
+    responses((status = 202, description = JOB_STARTED, body = JobInfo), JobRefused)
+)]
 async fn restore(
     State(m): State<Arc<Manager>>,
     req: Result<Json<crate::cloud::restore::Request>, JsonRejection>,
@@ -173,6 +303,13 @@ async fn restore(
 }
 
 /// Starts recovering files of a backup into a bucket of the service account (a job).
+#[utoipa::path(
+    post,
+    path = "/v1/cloud/file-recoveries",
+    tag = "cloud",
+    request_body = crate::cloud::recover_files::Request,
+    responses((status = 202, description = JOB_STARTED, body = JobInfo), JobRefused)
+)]
 async fn recover_files(
     State(m): State<Arc<Manager>>,
     req: Result<Json<crate::cloud::recover_files::Request>, JsonRejection>,
@@ -182,12 +319,24 @@ async fn recover_files(
     Ok((axum::http::StatusCode::ACCEPTED, Json(m.start_recover_files(r)?)))
 }
 
+/// The jobs of this daemon (jobs do not outlive it).
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", responses((status = 200, description = "Every job", body = Vec<JobInfo>)))]
 async fn list_jobs(State(m): State<Arc<Manager>>) -> Json<Vec<JobInfo>> {
     Json(m.jobs().list())
 }
 
-/// `GET /v1/jobs/{id}[?wait_ms=N]`: the job; with `wait_ms`, once it has ended or N ms (at most 10 s) have
-/// passed, so that a caller following it hears of its end at once.
+/// A job; with `wait_ms`, once it has ended or that many ms (at most 10 s) have passed, so that a caller
+/// following it hears of its end at once.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id"), JobQuery),
+    responses(
+        (status = 200, description = "The job", body = JobInfo),
+        (status = 404, response = NotFound),
+    )
+)]
 async fn get_job(
     State(m): State<Arc<Manager>>,
     Path(id): Path<String>,
@@ -201,8 +350,10 @@ async fn get_job(
         .ok_or_else(|| ApiError::not_found(format!("no job {id}; `livemount cloud jobs` lists them")))
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct JobQuery {
+    /// Answer once the job has ended or this many milliseconds (at most 10 000) have passed.
     #[serde(default)]
     wait_ms: Option<u64>,
 }

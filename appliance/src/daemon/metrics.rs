@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use blockdev::pseudo_disk::{CounterSnapshot, LatencySnapshot, LATENCY_BOUNDS_US};
 use dedup::cache::CacheStats;
 use dedup::stats::LibraryStats;
@@ -20,6 +18,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::mounts::Manager;
 
@@ -30,11 +30,23 @@ pub struct Metrics {
     library: Mutex<Option<(Instant, LibraryStats)>>,
 }
 
-pub fn routes(manager: Arc<Manager>) -> Router {
+pub fn routes(manager: Arc<Manager>) -> OpenApiRouter {
     let metrics = Arc::new(Metrics { manager, library: Mutex::new(None) });
-    Router::new().route("/metrics", get(scrape)).with_state(metrics)
+    OpenApiRouter::new().routes(routes!(scrape)).with_state(metrics)
 }
 
+/// The appliance's metrics, for Prometheus to scrape.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "metrics",
+    responses((
+        status = 200,
+        description = "The metrics in the OpenMetrics text format",
+        body = String,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    ))
+)]
 async fn scrape(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     let snapshot = Snapshot {
         disks: m.manager.disk_counters().await,

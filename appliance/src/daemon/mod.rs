@@ -14,6 +14,7 @@ pub use mounts::CommitOrigin;
 mod loopdev;
 mod metrics;
 mod mounts;
+mod openapi;
 pub mod remote;
 mod status;
 
@@ -138,18 +139,21 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     tracing::info!(path = %opts.fuse_root.display(), "file view mounted");
 
     // The same API on the local socket and, for other machines, behind TLS and tokens; the tokens' own
-    // routes only locally.
+    // routes only locally. Both serve one OpenAPI document, of every route: the remote API's documents the
+    // token routes it does not serve.
     let tokens = std::sync::Arc::new(remote::Tokens::open(&opts.state_dir)?);
     let remote_addr = match &opts.remote_api {
         Some(r) => {
             let names = certificate_names(&opts.advertise);
             let shared = shared_routes(&manager, &opts, Some(r.listen.to_string()));
-            Some(remote::start(r, &opts.state_dir, &names, shared, tokens.clone()).await?)
+            let api = openapi::serve(shared, remote::token_routes(tokens.clone()).into_openapi());
+            Some(remote::start(r, &opts.state_dir, &names, api, tokens.clone()).await?)
         }
         None => None,
     };
     let remote_shown = remote_addr.as_ref().map(|(a, _)| a.to_string());
-    let app = shared_routes(&manager, &opts, remote_shown).merge(remote::token_routes(tokens));
+    let local = shared_routes(&manager, &opts, remote_shown).merge(remote::token_routes(tokens));
+    let app = openapi::serve(local, utoipa::openapi::OpenApi::default());
     start_watchdog();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -202,8 +206,8 @@ fn shared_routes(
     manager: &std::sync::Arc<mounts::Manager>,
     opts: &ServeOptions,
     remote: Option<String>,
-) -> axum::Router {
-    api::routes(manager.clone())
+) -> utoipa_axum::router::OpenApiRouter {
+    api::control_routes(manager.clone())
         .merge(status::routes(manager.clone(), opts.library.display().to_string(), remote))
         .merge(metrics::routes(manager.clone()))
 }

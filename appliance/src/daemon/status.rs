@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::mounts::Manager;
 use crate::api_types::StatusInfo;
@@ -18,11 +19,13 @@ struct Status {
     remote_api: Option<String>,
 }
 
-pub fn routes(manager: Arc<Manager>, library: String, remote_api: Option<String>) -> Router {
+pub fn routes(manager: Arc<Manager>, library: String, remote_api: Option<String>) -> OpenApiRouter {
     let status = Arc::new(Status { manager, started: Instant::now(), library, remote_api });
-    Router::new().route("/v1/status", get(status_now)).with_state(status)
+    OpenApiRouter::new().routes(routes!(status_now)).with_state(status)
 }
 
+/// The appliance at a glance (`livemount status`).
+#[utoipa::path(get, path = "/v1/status", tag = "status", responses((status = 200, description = "The appliance now", body = StatusInfo)))]
 async fn status_now(State(s): State<Arc<Status>>) -> Json<StatusInfo> {
     let m = &s.manager;
     Json(StatusInfo {

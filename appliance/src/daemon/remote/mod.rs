@@ -15,13 +15,15 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use tokens::Tokens;
 
 use super::error::ApiError;
-use crate::api_types::{ErrorBody, TokenCreated, TokenInfo, TokenRequest};
+use super::openapi::{BadRequest, Conflict, NotFound, ServerError};
+use crate::api_types::{ErrorBody, Revoked, TokenCreated, TokenInfo, TokenRequest};
 
 /// Where the remote API listens and which certificate it shows.
 #[derive(Clone, Debug)]
@@ -32,17 +34,36 @@ pub struct RemoteApiOptions {
 }
 
 /// `livemount token create|list|revoke`, for the local socket only.
-pub fn token_routes(tokens: Arc<Tokens>) -> Router {
-    Router::new()
-        .route("/v1/tokens", get(list_tokens).post(create_token))
-        .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
-        .with_state(tokens)
+pub fn token_routes(tokens: Arc<Tokens>) -> OpenApiRouter {
+    OpenApiRouter::new().routes(routes!(list_tokens, create_token)).routes(routes!(revoke_token)).with_state(tokens)
 }
 
+/// The tokens that work (never the tokens themselves). Local socket only.
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    tag = "tokens",
+    security(()),
+    responses((status = 200, description = "Every live token", body = Vec<TokenInfo>))
+)]
 async fn list_tokens(State(t): State<Arc<Tokens>>) -> Json<Vec<TokenInfo>> {
     Json(t.list())
 }
 
+/// Makes a token of the remote API; the answer is the only time it is shown. Local socket only.
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    tag = "tokens",
+    security(()),
+    request_body = TokenRequest,
+    responses(
+        (status = 200, description = "The new token", body = TokenCreated),
+        (status = 400, response = BadRequest),
+        (status = 409, response = Conflict),
+        (status = 500, response = ServerError),
+    )
+)]
 async fn create_token(
     State(t): State<Arc<Tokens>>,
     req: Result<Json<TokenRequest>, JsonRejection>,
@@ -53,13 +74,26 @@ async fn create_token(
     Ok(Json(TokenCreated { name: req.name, token }))
 }
 
+/// Revokes a token: requests with it are refused at once. Local socket only.
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{name}",
+    tag = "tokens",
+    security(()),
+    params(("name" = String, Path, description = "The token's name")),
+    responses(
+        (status = 200, description = "The token revoked", body = Revoked),
+        (status = 404, response = NotFound),
+        (status = 500, response = ServerError),
+    )
+)]
 async fn revoke_token(
     State(t): State<Arc<Tokens>>,
     axum::extract::Path(name): axum::extract::Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Revoked>, ApiError> {
     t.revoke(&name)?;
     tracing::info!(%name, "remote API token revoked");
-    Ok(Json(serde_json::json!({ "revoked": name })))
+    Ok(Json(Revoked { revoked: name }))
 }
 
 /// Starts serving `api` on the remote address, behind TLS and the token check; gives the address it listens
