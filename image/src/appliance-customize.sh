@@ -15,7 +15,10 @@ in_root() { chroot "$MNT" /usr/bin/env DEBIAN_FRONTEND=noninteractive LC_ALL=C "
 printf '#!/bin/sh\nexit 101\n' >"$MNT/usr/sbin/policy-rc.d"
 chmod 755 "$MNT/usr/sbin/policy-rc.d"
 cp -- "$DEB" "$MNT/tmp/livemount.deb"
-in_root apt-get install -y -q --no-install-recommends /tmp/livemount.deb openssh-server curl ca-certificates
+# The package with what it recommends (qemu-utils reads qcow2, vmdk, vhdx and vdi disks; the iPXE tools build
+# the boot disk of `cloud image ipxe`), then SSH and curl (the first boot asks the instance metadata).
+in_root apt-get install -y -q -o APT::Install-Recommends=true /tmp/livemount.deb
+in_root apt-get install -y -q --no-install-recommends openssh-server curl ca-certificates
 rm -f "$MNT/tmp/livemount.deb" "$MNT/usr/sbin/policy-rc.d"
 
 # The first NIC by DHCP (net.ifnames=0 on the command line makes it eth0 on every hypervisor): `auto`, so

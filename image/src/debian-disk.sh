@@ -16,7 +16,7 @@
 #   DISK_MIRROR      the Debian archive (required: the caller takes it from the machine's apt sources)
 #   DISK_DEB_CACHE   debootstrap's and apt's package cache, kept across builds (default
 #                    /var/cache/livemount-guest/debs)
-# Networking is left to DISK_CUSTOMIZE: the base has loopback only.
+# Networking is left to DISK_CUSTOMIZE (a file in /etc/network/interfaces.d/): the base has loopback only.
 #
 # Cached: if OUT exists it is complete (it is built under a temporary name and renamed at the end), and
 # nothing is done. Needs root, debootstrap, sfdisk, losetup, partx, mkfs.ext4 and the mirror.
@@ -105,6 +105,8 @@ EOF
 echo "$HOST" >"$MNT/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n' "$HOST" >"$MNT/etc/hosts"
 cat >"$MNT/etc/network/interfaces" <<'EOF'
+source /etc/network/interfaces.d/*
+
 auto lo
 iface lo inet loopback
 EOF
