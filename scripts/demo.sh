@@ -93,4 +93,13 @@ LIVEMOUNT-BOOT-MARKER on the serial console when its userspace runs from the iSC
 
 or straight from QEMU's iPXE with the "boot it with" line above. Writes land in the mount's private store;
 \`livemount unmount demo-vm\` deletes them and leaves the backup as it was.
+
+The appliance itself as a VM (or an AWS machine image): build the Debian package and the access node's
+disk (a few minutes), then boot it with a config drive of first-boot settings (README, "Operating the
+appliance"); its daemon comes up by itself:
+
+  packaging/build-deb.sh                  # a release build first (~15 min cold); --profile dev packages the debug build
+  $livemount image appliance /var/lib/livemount/appliance.img --deb $CARGO_TARGET_DIR/debian/livemount_*.deb
+  qemu-system-x86_64 -accel tcg -m 2048 -nographic -drive file=/var/lib/livemount/appliance.img,format=raw,if=virtio \\
+      -nic user,hostfwd=tcp::2222-:22,hostfwd=tcp::8443-:8443,hostfwd=tcp::13260-:3260
 TXT

@@ -26,6 +26,23 @@ pub fn livemount_bin() -> PathBuf {
     bin
 }
 
+/// The Debian package of the binary this test run was built with (the debug build in CI), built into `out`
+/// by `packaging/build-deb.sh`.
+pub fn build_package(out: &Path) -> PathBuf {
+    let bin = livemount_bin();
+    let profile_dir = bin.parent().unwrap();
+    let target = profile_dir.parent().unwrap();
+    let profile = if profile_dir.ends_with("release") { "release" } else { "dev" };
+    let repo = tests_dir().parent().expect("tests/ is in the repository").to_path_buf();
+    let stdout = run(Command::new(repo.join("packaging/build-deb.sh"))
+        .args(["--profile", profile, "--no-build"])
+        .arg(out)
+        .env("CARGO_TARGET_DIR", target));
+    let deb = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+    assert!(deb.is_file(), "build-deb.sh printed {stdout:?}, not a package");
+    deb
+}
+
 /// `livemount --library LIB` ready for more arguments.
 pub fn livemount(lib: &Path) -> assert_cmd::Command {
     let mut c = assert_cmd::Command::new(livemount_bin());

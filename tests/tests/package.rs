@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use tests::{json, livemount_bin, run, tests_dir};
+use tests::{json, run, tests_dir};
 
 /// The pristine minbase root, as a tarball kept between runs: debootstrap takes minutes, unpacking seconds.
 const ROOT_CACHE: &str = "/var/cache/livemount/package-test";
@@ -125,21 +125,6 @@ fn in_root(root: &Path, args: &[&str]) -> Command {
     c
 }
 
-/// `packaging/build-deb.sh` on the binary this test run was built with (the debug build in CI), into `out`.
-fn build_package(out: &Path) -> PathBuf {
-    let bin = livemount_bin();
-    let profile_dir = bin.parent().unwrap();
-    let target = profile_dir.parent().unwrap();
-    let profile = if profile_dir.ends_with("release") { "release" } else { "dev" };
-    let stdout = run(Command::new(repo().join("packaging/build-deb.sh"))
-        .args(["--profile", profile, "--no-build"])
-        .arg(out)
-        .env("CARGO_TARGET_DIR", target));
-    let deb = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
-    assert!(deb.is_file(), "build-deb.sh printed {stdout:?}, not a package");
-    deb
-}
-
 /// `dpkg-query`'s status of the livemount package in `root` ("" when dpkg knows nothing of it).
 fn package_status(root: &Path) -> String {
     let out = in_root(root, &["dpkg-query", "-W", "-f=${Status}", "livemount"]).output().unwrap();
@@ -154,7 +139,7 @@ fn exists(path: &Path) -> bool {
 fn the_package_installs_into_a_clean_debian_12_and_purge_keeps_the_library() {
     let started = Instant::now();
     let scratch = Scratch::new(&std::env::temp_dir(), "livemount-package-");
-    let deb = build_package(&scratch.path.join("out"));
+    let deb = tests::build_package(&scratch.path.join("out"));
     eprintln!("package {} built: {:.0?}", deb.display(), started.elapsed());
 
     let tarball = pristine_root();
@@ -255,10 +240,11 @@ fn the_package_installs_into_a_clean_debian_12_and_purge_keeps_the_library() {
         assert!(names.iter().any(|n| n == wanted), "no {wanted} among the guest packages {names:?}");
     }
 
-    // The user's data: a library with its backups' home, the daemon's state, and the chunk cache.
-    run(&mut in_root(&root, &["livemount", "--library", "/var/lib/livemount/library", "library", "init"]));
+    // The user's data: the default library, which the install made ready for backups, the daemon's state,
+    // and the chunk cache.
     let library_json = root.join("var/lib/livemount/library/library.json");
-    let library_before = std::fs::read(&library_json).unwrap();
+    let library_before = std::fs::read(&library_json).unwrap_or_else(|e| panic!("install made no library: {e}"));
+    run(&mut in_root(&root, &["livemount", "--library", "/var/lib/livemount/library", "library", "stats"]));
     let state = root.join("var/lib/livemount/mounts/state-of-a-mount.json");
     std::fs::create_dir_all(state.parent().unwrap()).unwrap();
     std::fs::write(&state, b"{}").unwrap();

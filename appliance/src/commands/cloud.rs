@@ -143,14 +143,12 @@ pub struct CloudBackupArgs {
 pub enum AccountCmd {
     /// Add a member account: a role the appliance assumes with STS AssumeRole. No secret is stored.
     Add(AddAccountArgs),
+    /// List the member accounts the appliance knows.
     List,
-    Remove {
-        name: String,
-    },
+    /// Forget a member account (what the appliance made there stays until `cloud cleanup`).
+    Remove { name: String },
     /// Assume the account's role and print the account id it reached.
-    Check {
-        name: String,
-    },
+    Check { name: String },
 }
 
 #[derive(Debug, Args)]

@@ -54,6 +54,9 @@ pub struct ServeArgs {
     pub tls_cert: Option<PathBuf>,
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Read the configuration and the flags, print the settings the daemon would run with, and exit.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<i32> {
@@ -71,7 +74,12 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<i32> {
         logs.init();
     }
     let config = Config::load(&args.config)?;
-    daemon::run(options(cli, args, config))?;
+    let options = options(cli, args, config);
+    if args.check_config {
+        println!("{options:#?}");
+        return Ok(0);
+    }
+    daemon::run(options)?;
     Ok(0)
 }
 
@@ -106,7 +114,7 @@ fn options(cli: &Cli, args: &ServeArgs, config: Config) -> ServeOptions {
         (None, None) => None,
     };
     let guest_packages =
-        args.guest_packages.clone().or(config.guest_packages).unwrap_or_else(|| state_dir.join("guest-packages"));
+        args.guest_packages.clone().or(config.guest_packages).unwrap_or_else(|| default_guest_packages(&state_dir));
     ServeOptions {
         portal,
         advertise,
@@ -121,3 +129,17 @@ fn options(cli: &Cli, args: &ServeArgs, config: Config) -> ServeOptions {
         remote_api,
     }
 }
+
+/// The guest packages when nothing names them: the state folder's own copy when there is one, else what the
+/// Debian package ships.
+fn default_guest_packages(state_dir: &std::path::Path) -> PathBuf {
+    let own = state_dir.join("guest-packages");
+    let packaged = PathBuf::from(PACKAGED_GUEST_PACKAGES);
+    if !own.exists() && packaged.exists() {
+        return packaged;
+    }
+    own
+}
+
+/// Where the Debian package puts the open-iscsi packages for guests.
+const PACKAGED_GUEST_PACKAGES: &str = "/usr/share/livemount/guest-packages";

@@ -26,6 +26,7 @@ use blockdev::fuse::FileView;
 
 use crate::client::ApiAddr;
 
+#[derive(Debug)]
 pub struct ServeOptions {
     pub portal: std::net::SocketAddr,
     /// The address initiators are told to reach the portal at (TargetAddress, iSCSI URLs).
