@@ -218,6 +218,17 @@ pub struct IpxeImageRequest {
     pub share_with: Vec<String>,
 }
 
+/// `cloud image publish`: the access node's disk image (raw, on the appliance) as a machine image.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct AccessNodeImageRequest {
+    /// The raw disk image's path on the appliance (`livemount image appliance` writes one).
+    pub disk: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub share_with: Vec<String>,
+}
+
 /// `cloud cleanup`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct CleanupRequest {

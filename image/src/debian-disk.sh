@@ -128,6 +128,13 @@ log "installing the kernel and GRUB"
 chroot "$MNT" /usr/bin/env DEBIAN_FRONTEND=noninteractive LC_ALL=C \
     sh -c 'apt-get update -q && apt-get install -y -q --no-install-recommends linux-image-amd64 grub-pc' >&2
 
+# The customization runs before the boot loader is configured: a package it installs may run update-grub,
+# which without udev names the root by its loop device; the update-grub below writes the right one last.
+if [[ -n ${DISK_CUSTOMIZE:-} ]]; then
+    log "customizing with $DISK_CUSTOMIZE"
+    "$DISK_CUSTOMIZE" "$MNT" >&2
+fi
+
 chroot "$MNT" grub-install --target=i386-pc --recheck "$LOOP" >&2
 # grub-mkconfig writes root=UUID=... only if /dev/disk/by-uuid/<uuid> exists, which udev makes; without udev
 # (a container) it would write root=/dev/loopNp1. Make the link for the time of update-grub.
@@ -141,10 +148,6 @@ chroot "$MNT" update-grub >&2
 if [[ -n ${MADE_LINK:-} ]]; then rm -f "$MADE_LINK"; MADE_LINK=; fi
 grep -q "root=UUID=$ROOT_UUID" "$MNT/boot/grub/grub.cfg" || { log "grub.cfg does not name root=UUID=$ROOT_UUID"; exit 1; }
 
-if [[ -n ${DISK_CUSTOMIZE:-} ]]; then
-    log "customizing with $DISK_CUSTOMIZE"
-    "$DISK_CUSTOMIZE" "$MNT" >&2
-fi
 chroot "$MNT" systemctl enable serial-getty@ttyS0.service >&2 || true
 
 # A fresh machine id on first boot; no leftovers.

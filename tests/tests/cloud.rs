@@ -342,3 +342,51 @@ fn the_cloud_flow_runs_against_stock_moto() {
     assert_eq!(standin.resources(SERVICE, Some("livemount:appliance")), Vec::<Value>::new());
     assert_eq!(standin.resources(MEMBER, Some("livemount:appliance")), Vec::<Value>::new());
 }
+
+#[test]
+fn the_access_node_image_is_published_once_and_removed_only_when_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let lib = dir.join("library");
+    livemount(&lib).args(["library", "init"]).assert().success();
+    let standin = Standin::start(&dir.join("aws"), false);
+    let d = cloud_daemon(dir, &lib, &standin);
+
+    // A sparse 40 MiB disk: 3 MiB of data at its start and 1 MiB at its end, zeros between.
+    let disk = dir.join("appliance.img");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::create(&disk).unwrap();
+        f.set_len(40 << 20).unwrap();
+        f.write_all_at(&tests::random_bytes(21, 3 << 20), 0).unwrap();
+        f.write_all_at(&tests::random_bytes(22, 1 << 20), 39 << 20).unwrap();
+    }
+    let disk_arg = disk.to_str().unwrap();
+    let first = ok(&d, &["cloud", "image", "publish", disk_arg, "--share-with", "member"]);
+    assert_eq!(first["bytes_uploaded"], 4 << 20, "only the blocks that hold data: {first}");
+    assert_eq!(standin.calls("PutSnapshotBlock", SERVICE), 8);
+    assert_eq!(first["shared_with"], json!([MEMBER]));
+    let again = ok(&d, &["cloud", "image", "publish", disk_arg]);
+    assert_eq!(again["image_id"], first["image_id"], "the same content finds its image: {again}");
+    assert_eq!(again["bytes_uploaded"], 0);
+    assert_eq!(standin.calls("PutSnapshotBlock", SERVICE), 8, "nothing uploaded the second time");
+
+    // The snapshot holds the disk, as EBS direct gives it back to another client.
+    let back = dir.join("back.img");
+    standin.awsq(&["read-snapshot", SERVICE, first["snapshot_id"].as_str().unwrap(), back.to_str().unwrap()]);
+    let (want, got) = (std::fs::read(&disk).unwrap(), std::fs::read(&back).unwrap());
+    assert!(got.len() >= want.len() && got[..want.len()] == want[..], "the snapshot reads back as the disk");
+    assert!(got[want.len()..].iter().all(|&b| b == 0));
+
+    // Tagged as this appliance's access-node image; kept by a cleanup, removed when images are asked for.
+    let tagged = |standin: &Standin| standin.resources(SERVICE, Some("livemount:access-node-content"));
+    let kinds: Vec<_> = tagged(&standin).iter().map(|r| r["kind"].as_str().unwrap().to_string()).collect();
+    assert_eq!(kinds, ["image", "snapshot"], "{:?}", tagged(&standin));
+    ok(&d, &["cloud", "cleanup"]);
+    assert_eq!(tagged(&standin).len(), 2, "a plain cleanup keeps the access-node image");
+    ok(&d, &["cloud", "cleanup", "--images"]);
+    assert_eq!(standin.resources(SERVICE, Some("livemount:appliance")), Vec::<Value>::new());
+
+    let e = fails(&d, &["cloud", "image", "publish", "/nonexistent/appliance.img"]);
+    assert!(e.contains("not a disk image on the appliance"), "{e}");
+}

@@ -11,7 +11,7 @@ use tests::{json, livemount, Daemon};
 /// The control API's routes, as read from the routers in appliance/src/daemon (api.rs, cloud_api.rs,
 /// status.rs, metrics.rs, remote/mod.rs, openapi.rs); the iPXE routes, served on another port, are not
 /// the control API. A route added to the code and not here, or documented and not here, fails the test.
-const ROUTES: [(&str, &str); 31] = [
+const ROUTES: [(&str, &str); 32] = [
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
     ("GET", "/v1/health"),
@@ -28,6 +28,7 @@ const ROUTES: [(&str, &str); 31] = [
     ("DELETE", "/v1/cloud/accounts/{name}"),
     ("POST", "/v1/cloud/accounts/{name}/check"),
     ("POST", "/v1/cloud/images/ipxe"),
+    ("POST", "/v1/cloud/images/access-node"),
     ("GET", "/v1/cloud/resources"),
     ("POST", "/v1/cloud/cleanup"),
     ("POST", "/v1/cloud/backups"),

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::journal::{Kind, Purpose};
 use super::poll::Poll;
-use super::{filter, instances, sdk, Cloud, CloudError, TAG_APPLIANCE, TAG_BACKUP, TAG_IPXE, TAG_JOB, TAG_MOUNT};
+use super::{
+    filter, instances, sdk, Cloud, CloudError, TAG_ACCESS_NODE, TAG_APPLIANCE, TAG_BACKUP, TAG_IPXE, TAG_JOB, TAG_MOUNT,
+};
 
 /// One resource found in AWS or in the journal.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -105,6 +107,8 @@ pub async fn inventory(cloud: &Cloud, live: &BTreeSet<String>) -> Inventory {
             Some(Purpose::Mount(m)) | Some(Purpose::Job(m)) | Some(Purpose::Backup(m)) => {
                 live.contains(m) && f.state != "gone" && f.state != "never made"
             }
+            // Kept until asked for (`cleanup --images`): access nodes are launched from it by people.
+            Some(Purpose::AccessNodeImage(_)) => true,
             Some(Purpose::IpxeImage(_)) => cloud
                 .images
                 .get(&f.region)
@@ -219,6 +223,7 @@ fn purpose_of(tags: &[aws_sdk_ec2::types::Tag]) -> Option<Purpose> {
     get(TAG_MOUNT)
         .map(Purpose::Mount)
         .or_else(|| get(TAG_IPXE).map(Purpose::IpxeImage))
+        .or_else(|| get(TAG_ACCESS_NODE).map(Purpose::AccessNodeImage))
         .or_else(|| get(TAG_JOB).map(Purpose::Job))
         .or_else(|| get(TAG_BACKUP).map(Purpose::Backup))
 }
@@ -235,7 +240,10 @@ pub async fn cleanup(
     let mut chosen: Vec<Found> = inv
         .resources
         .into_iter()
-        .filter(|f| !f.in_use || (images && matches!(f.purpose, Some(Purpose::IpxeImage(_)))))
+        .filter(|f| {
+            let image = matches!(f.purpose, Some(Purpose::IpxeImage(_) | Purpose::AccessNodeImage(_)));
+            !f.in_use || (images && image)
+        })
         .collect();
     chosen.sort_by_key(|f| f.kind);
     let mut done = Inventory { resources: Vec::new(), errors: inv.errors };

@@ -20,7 +20,7 @@ use super::accounts::SERVICE;
 use super::ebs_upload::Upload;
 use super::journal::{Kind, Purpose, Resource};
 use super::poll::Poll;
-use super::{ec2_tags, filter, sdk, Cloud, CloudError, TAG_APPLIANCE, TAG_IPXE};
+use super::{ec2_tags, filter, sdk, Cloud, CloudError, TAG_ACCESS_NODE, TAG_APPLIANCE, TAG_IPXE};
 
 /// The iPXE image of one Region.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -101,25 +101,100 @@ pub async fn publish_ipxe(
     tokio::task::spawn_blocking(move || image::bootdisk::build(&disk2, &image::ipxe::ec2_script()))
         .await
         .map_err(|e| CloudError::Conflict(format!("building the iPXE boot disk: {e}")))??;
-    let (content_hash, disk_bytes) = {
-        let bytes = std::fs::read(&disk).map_err(CloudError::io("read", &disk))?;
-        (blake3::hash(&bytes).to_hex().to_string(), bytes.len() as u64)
-    };
+    let mut image = publish_disk(cloud, region, &disk, Published::Ipxe).await?;
+    if let Some(old) = cloud.images.get(region).filter(|o| o.image_id == image.image_id) {
+        image.shared_with = old.shared_with;
+    }
+    cloud.images.set(&image)?;
+    for account in share_with {
+        share(cloud, region, account).await?;
+    }
+    let _ = std::fs::remove_dir_all(work);
+    Ok(cloud.images.get(region).unwrap_or(image))
+}
+
+/// Publishes the access node's disk image (`livemount image appliance`, raw) in `region` of the service
+/// account, shared with `share_with` (account ids or names). Idempotent like the iPXE image: the same
+/// content finds its image and uploads nothing.
+pub async fn publish_access_node(
+    cloud: &Cloud,
+    region: &str,
+    disk: &Path,
+    share_with: &[String],
+) -> Result<IpxeImage, CloudError> {
+    let mut image = publish_disk(cloud, region, disk, Published::AccessNode).await?;
+    let config = cloud.accounts.config(SERVICE, region, "image").await?;
+    for account in share_with {
+        let id = cloud.accounts.account_id(account, region).await?;
+        add_launch_permission(&config, &image.image_id, &id).await?;
+        image.shared_with.push(id);
+    }
+    Ok(image)
+}
+
+/// The two images the appliance publishes: how each is tagged, named and described.
+#[derive(Clone, Copy, Debug)]
+enum Published {
+    /// The iPXE boot disk every cloud mount launches from.
+    Ipxe,
+    /// The access node itself.
+    AccessNode,
+}
+
+impl Published {
+    fn tag(self) -> &'static str {
+        match self {
+            Published::Ipxe => TAG_IPXE,
+            Published::AccessNode => TAG_ACCESS_NODE,
+        }
+    }
+
+    fn purpose(self, hash: &str) -> Purpose {
+        match self {
+            Published::Ipxe => Purpose::IpxeImage(hash.to_string()),
+            Published::AccessNode => Purpose::AccessNodeImage(hash.to_string()),
+        }
+    }
+
+    /// The image's name and the client tokens' stem, from the content hash.
+    fn name(self, hash: &str) -> String {
+        match self {
+            Published::Ipxe => format!("livemount-ipxe-{}", &hash[..16]),
+            Published::AccessNode => format!("livemount-access-node-{}", &hash[..16]),
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            Published::Ipxe => {
+                "livemount: boots a live-mounted backup over iSCSI (the instance's user-data names the mount)"
+            }
+            Published::AccessNode => {
+                "livemount access node: the appliance (its settings from the instance's user-data on first boot)"
+            }
+        }
+    }
+}
+
+/// Uploads `disk` as a snapshot through EBS direct and registers it as an image, unless an image (or a
+/// completed snapshot) of the same content is there from an earlier run.
+async fn publish_disk(cloud: &Cloud, region: &str, disk: &Path, kind: Published) -> Result<IpxeImage, CloudError> {
+    let (content_hash, disk_bytes) = content_of(disk).await?;
     let config = cloud.accounts.config(SERVICE, region, "image").await?;
     let ec2 = sdk::ec2(&config);
-    let purpose = Purpose::IpxeImage(content_hash.clone());
+    let purpose = kind.purpose(&content_hash);
     let tags = cloud.tags(&purpose);
 
-    let (mut image, uploaded) = match find_image(&ec2, region, &cloud.appliance_id, &content_hash).await? {
+    let (mut image, uploaded) = match find_image(&ec2, region, &cloud.appliance_id, kind, &content_hash).await? {
         Some(found) => (found, (0, 0.0)),
         None => {
             let started = Instant::now();
-            let (snapshot_id, bytes) = match find_snapshot(&ec2, &cloud.appliance_id, &content_hash).await? {
+            let (snapshot_id, bytes) = match find_snapshot(&ec2, &cloud.appliance_id, kind, &content_hash).await? {
                 Some(id) => (id, 0),
-                None => upload(cloud, &config, region, &disk, &purpose, &tags).await?,
+                None => upload(cloud, &config, region, disk, kind, &purpose, &tags).await?,
             };
             wait_snapshot(&ec2, &snapshot_id).await?;
-            let image_id = register(cloud, &ec2, region, &snapshot_id, &purpose, &tags).await?;
+            let image_id = register(cloud, &ec2, region, &snapshot_id, kind, &purpose, &tags).await?;
             let image = IpxeImage {
                 region: region.to_string(),
                 image_id,
@@ -135,15 +210,23 @@ pub async fn publish_ipxe(
     };
     (image.bytes_uploaded, image.upload_seconds) = uploaded;
     image.disk_bytes = disk_bytes;
-    if let Some(old) = cloud.images.get(region).filter(|o| o.image_id == image.image_id) {
-        image.shared_with = old.shared_with;
-    }
-    cloud.images.set(&image)?;
-    for account in share_with {
-        share(cloud, region, account).await?;
-    }
-    let _ = std::fs::remove_dir_all(work);
-    Ok(cloud.images.get(region).unwrap_or(image))
+    Ok(image)
+}
+
+/// BLAKE3 of a disk's bytes and its size, read in a blocking task (an access-node disk is gigabytes).
+async fn content_of(disk: &Path) -> Result<(String, u64), CloudError> {
+    let path = disk.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path).map_err(CloudError::io("open", &path))?;
+        let bytes = file.metadata().map_err(CloudError::io("read", &path))?.len();
+        let mut hasher = blake3::Hasher::new();
+        hasher
+            .update_reader(std::io::BufReader::with_capacity(1 << 20, file))
+            .map_err(CloudError::io("read", &path))?;
+        Ok((hasher.finalize().to_hex().to_string(), bytes))
+    })
+    .await
+    .map_err(|e| CloudError::Conflict(format!("hashing {}: {e}", disk.display())))?
 }
 
 /// The iPXE image of `region`, made launchable by `account` (shared with it unless it is the service
@@ -180,29 +263,36 @@ async fn share(cloud: &Cloud, region: &str, account: &str) -> Result<(), CloudEr
         return Ok(());
     }
     let config = cloud.accounts.config(SERVICE, region, "image").await?;
-    sdk::ec2(&config)
+    add_launch_permission(&config, &image.image_id, &id).await?;
+    image.shared_with.push(id);
+    cloud.images.set(&image)
+}
+
+/// Lets account `id` launch the service account's image (idempotent in EC2).
+async fn add_launch_permission(config: &aws_config::SdkConfig, image_id: &str, id: &str) -> Result<(), CloudError> {
+    sdk::ec2(config)
         .modify_image_attribute()
-        .image_id(&image.image_id)
+        .image_id(image_id)
         .launch_permission(
-            LaunchPermissionModifications::builder().add(LaunchPermission::builder().user_id(&id).build()).build(),
+            LaunchPermissionModifications::builder().add(LaunchPermission::builder().user_id(id).build()).build(),
         )
         .send()
         .await
         .map_err(CloudError::aws(SERVICE, "ModifyImageAttribute"))?;
-    image.shared_with.push(id);
-    cloud.images.set(&image)
+    Ok(())
 }
 
 async fn find_image(
     ec2: &aws_sdk_ec2::Client,
     region: &str,
     appliance: &str,
+    kind: Published,
     hash: &str,
 ) -> Result<Option<IpxeImage>, CloudError> {
     let out = ec2
         .describe_images()
         .owners("self")
-        .filters(filter(&format!("tag:{TAG_IPXE}"), &[hash]))
+        .filters(filter(&format!("tag:{}", kind.tag()), &[hash]))
         .filters(filter(&format!("tag:{TAG_APPLIANCE}"), &[appliance]))
         .send()
         .await
@@ -229,11 +319,16 @@ async fn find_image(
 }
 
 /// A completed snapshot of this content from an earlier run that stopped before the image was registered.
-async fn find_snapshot(ec2: &aws_sdk_ec2::Client, appliance: &str, hash: &str) -> Result<Option<String>, CloudError> {
+async fn find_snapshot(
+    ec2: &aws_sdk_ec2::Client,
+    appliance: &str,
+    kind: Published,
+    hash: &str,
+) -> Result<Option<String>, CloudError> {
     let out = ec2
         .describe_snapshots()
         .owner_ids("self")
-        .filters(filter(&format!("tag:{TAG_IPXE}"), &[hash]))
+        .filters(filter(&format!("tag:{}", kind.tag()), &[hash]))
         .filters(filter(&format!("tag:{TAG_APPLIANCE}"), &[appliance]))
         .filters(filter("status", &["completed"]))
         .send()
@@ -247,14 +342,14 @@ async fn upload(
     config: &aws_config::SdkConfig,
     region: &str,
     disk: &Path,
+    kind: Published,
     purpose: &Purpose,
     tags: &[(String, String)],
 ) -> Result<(String, u64), CloudError> {
-    let Purpose::IpxeImage(hash) = purpose else { unreachable!("an iPXE upload is for the iPXE image") };
     // One token per publish: a retry of this call is idempotent, while a publish after the image was
     // cleaned up must not get the deleted snapshot back (StartSnapshot answers a reused token with the
     // original result).
-    let token = format!("lm-ipxe-snap-{}-{}", &hash[..16], crate::random::hex(8));
+    let token = format!("{}-snap-{}", kind.name(purpose.id()), crate::random::hex(8));
     let resource = Resource::planned(Kind::Snapshot, SERVICE, region, purpose, &token);
     cloud.journal.intent(&resource)?;
     let ebs = sdk::ebs(config);
@@ -262,11 +357,11 @@ async fn upload(
         ebs: &ebs,
         account: SERVICE,
         client_token: &token,
-        description: format!("livemount iPXE boot disk {}", &hash[..16]),
+        description: kind.name(purpose.id()),
         tags: tags.to_vec(),
     };
     let done = up.run(disk, |id| cloud.journal.made(&token, id)).await?;
-    tracing::info!(snapshot = %done.snapshot_id, blocks = done.blocks_written, "iPXE boot disk uploaded");
+    tracing::info!(snapshot = %done.snapshot_id, blocks = done.blocks_written, ?kind, "disk uploaded");
     Ok((done.snapshot_id, done.bytes_written))
 }
 
@@ -299,18 +394,18 @@ async fn register(
     ec2: &aws_sdk_ec2::Client,
     region: &str,
     snapshot_id: &str,
+    kind: Published,
     purpose: &Purpose,
     tags: &[(String, String)],
 ) -> Result<String, CloudError> {
-    let Purpose::IpxeImage(hash) = purpose else { unreachable!("the iPXE image is for the iPXE image") };
-    let name = format!("livemount-ipxe-{}", &hash[..16]);
-    let token = format!("lm-ipxe-image-{}-{}", &hash[..16], crate::random::hex(8));
+    let name = kind.name(purpose.id());
+    let token = format!("{name}-image-{}", crate::random::hex(8));
     let resource = Resource::planned(Kind::Image, SERVICE, region, purpose, &token);
     cloud.journal.intent(&resource)?;
     let out = ec2
         .register_image()
         .name(&name)
-        .description("livemount: boots a live-mounted backup over iSCSI (the instance's user-data names the mount)")
+        .description(kind.description())
         .architecture(ArchitectureValues::X8664)
         .virtualization_type("hvm")
         .ena_support(true)

@@ -62,8 +62,23 @@ impl std::fmt::Display for Kind {
 pub enum Purpose {
     Mount(String),
     IpxeImage(String),
+    /// The access node's own image, by the BLAKE3 of its disk.
+    AccessNodeImage(String),
     Job(String),
     Backup(String),
+}
+
+impl Purpose {
+    /// The mount, job or backup id, or an image's content hash.
+    pub fn id(&self) -> &str {
+        match self {
+            Purpose::Mount(id)
+            | Purpose::IpxeImage(id)
+            | Purpose::AccessNodeImage(id)
+            | Purpose::Job(id)
+            | Purpose::Backup(id) => id,
+        }
+    }
 }
 
 /// One resource as the journal knows it.

@@ -49,6 +49,8 @@ pub const TAG_JOB: &str = "livemount:job";
 pub const TAG_BACKUP: &str = "livemount:backup";
 /// On the iPXE image and its snapshot: the hash of the boot disk's content.
 pub const TAG_IPXE: &str = "livemount:ipxe-content";
+/// The content hash of the access node's own image and its snapshot.
+pub const TAG_ACCESS_NODE: &str = "livemount:access-node-content";
 
 pub struct Cloud {
     pub dir: PathBuf,
@@ -92,6 +94,10 @@ impl Cloud {
             journal::Purpose::IpxeImage(hash) => {
                 tags.push((TAG_IPXE.into(), hash.clone()));
                 tags.push(("Name".into(), format!("livemount iPXE {}", &hash[..16.min(hash.len())])));
+            }
+            journal::Purpose::AccessNodeImage(hash) => {
+                tags.push((TAG_ACCESS_NODE.into(), hash.clone()));
+                tags.push(("Name".into(), format!("livemount access node {}", &hash[..16.min(hash.len())])));
             }
             journal::Purpose::Job(id) => {
                 tags.push((TAG_JOB.into(), id.clone()));

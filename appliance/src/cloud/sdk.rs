@@ -44,37 +44,26 @@ pub async fn service_config(region: Option<&str>) -> SdkConfig {
 /// and the appliance's).
 pub use dedup::s3::describe;
 
-/// EC2, EBS direct, S3 and STS clients over `config`. Each carries the crash hook below when it is set.
+/// EC2, EBS direct, S3 and STS clients over `config`, each with the call observer below.
 pub fn ec2(config: &SdkConfig) -> aws_sdk_ec2::Client {
-    let mut b = aws_sdk_ec2::config::Builder::from(config).interceptor(CountCalls);
-    if let Some(hook) = KillAfter::from_env() {
-        b = b.interceptor(hook);
-    }
-    aws_sdk_ec2::Client::from_conf(b.build())
+    aws_sdk_ec2::Client::from_conf(aws_sdk_ec2::config::Builder::from(config).interceptor(Observe::new()).build())
 }
 
 pub fn ebs(config: &SdkConfig) -> aws_sdk_ebs::Client {
-    let mut b = aws_sdk_ebs::config::Builder::from(config).interceptor(CountCalls);
-    if let Some(hook) = KillAfter::from_env() {
-        b = b.interceptor(hook);
-    }
-    aws_sdk_ebs::Client::from_conf(b.build())
+    aws_sdk_ebs::Client::from_conf(aws_sdk_ebs::config::Builder::from(config).interceptor(Observe::new()).build())
 }
 
 /// S3 in path style when the endpoint is set (a local stand-in or an S3-compatible store answers on one
 /// host name, not one per bucket); AWS's own virtual-hosted style otherwise.
 pub fn s3(config: &SdkConfig) -> aws_sdk_s3::Client {
-    let mut b = aws_sdk_s3::config::Builder::from(config)
+    let b = aws_sdk_s3::config::Builder::from(config)
         .force_path_style(config.endpoint_url().is_some())
-        .interceptor(CountCalls);
-    if let Some(hook) = KillAfter::from_env() {
-        b = b.interceptor(hook);
-    }
+        .interceptor(Observe::new());
     aws_sdk_s3::Client::from_conf(b.build())
 }
 
 pub fn sts(config: &SdkConfig) -> aws_sdk_sts::Client {
-    aws_sdk_sts::Client::from_conf(aws_sdk_sts::config::Builder::from(config).interceptor(CountCalls).build())
+    aws_sdk_sts::Client::from_conf(aws_sdk_sts::config::Builder::from(config).interceptor(Observe::new()).build())
 }
 
 /// Calls and failed calls (after the SDK's retries) by service and action, since the daemon started.
@@ -87,13 +76,23 @@ pub fn cloud_calls() -> Vec<(String, String, u64, u64)> {
     calls.iter().map(|((service, action), (n, errors))| (service.clone(), action.clone(), *n, *errors)).collect()
 }
 
-/// Counts every call of a client in `CLOUD_CALLS`.
+/// Sees every call of a client once it is done: counts it in `CLOUD_CALLS` and, under the test crash hook
+/// (`crate::crash_hook`: `LIVEMOUNT_TEST_KILL_AFTER=RunInstances`), kills the daemon as soon as that action
+/// has succeeded.
 #[derive(Debug)]
-struct CountCalls;
+struct Observe {
+    kill_after: Option<String>,
+}
 
-impl aws_smithy_runtime_api::client::interceptors::Intercept for CountCalls {
+impl Observe {
+    fn new() -> Observe {
+        Observe { kill_after: crate::crash_hook::point() }
+    }
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for Observe {
     fn name(&self) -> &'static str {
-        "livemount call counter"
+        "livemount call observer"
     }
 
     fn read_after_execution(
@@ -103,43 +102,15 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for CountCalls {
         cfg: &mut aws_smithy_types::config_bag::ConfigBag,
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
         let Some(meta) = cfg.load::<aws_smithy_runtime_api::client::orchestrator::Metadata>() else { return Ok(()) };
-        let failed = !matches!(context.output_or_error(), Some(Ok(_)));
-        let mut calls = CLOUD_CALLS.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = calls.entry((meta.service().to_string(), meta.name().to_string())).or_default();
-        entry.0 += 1;
-        entry.1 += u64::from(failed);
-        Ok(())
-    }
-}
-
-/// The crash hook (`crate::crash_hook`) on the SDK's calls: `LIVEMOUNT_TEST_KILL_AFTER=RunInstances` kills
-/// the daemon as soon as a RunInstances call has succeeded.
-#[derive(Debug)]
-struct KillAfter {
-    action: String,
-}
-
-impl KillAfter {
-    fn from_env() -> Option<KillAfter> {
-        crate::crash_hook::point().map(|action| KillAfter { action })
-    }
-}
-
-impl aws_smithy_runtime_api::client::interceptors::Intercept for KillAfter {
-    fn name(&self) -> &'static str {
-        "livemount test crash hook"
-    }
-
-    fn read_after_execution(
-        &self,
-        context: &aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef<'_>,
-        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
-        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
-    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-        let action = cfg.load::<aws_smithy_runtime_api::client::orchestrator::Metadata>().map(|m| m.name());
         let succeeded = matches!(context.output_or_error(), Some(Ok(_)));
-        if succeeded && action == Some(self.action.as_str()) {
-            crate::crash_hook::kill(&self.action);
+        {
+            let mut calls = CLOUD_CALLS.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = calls.entry((meta.service().to_string(), meta.name().to_string())).or_default();
+            entry.0 += 1;
+            entry.1 += u64::from(!succeeded);
+        }
+        if succeeded && self.kill_after.as_deref() == Some(meta.name()) {
+            crate::crash_hook::kill(meta.name());
         }
         Ok(())
     }

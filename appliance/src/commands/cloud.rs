@@ -1,9 +1,11 @@
 //! `livemount cloud ...`: AWS accounts, the iPXE machine image, the account workflows (streaming and
 //! snapshot backups of instances, backup copies), and what this appliance made in AWS.
 
+use std::path::PathBuf;
+
 use clap::{Args, Subcommand};
 
-use crate::api_types::{AccountCheck, AccountRequest, CleanupRequest, IpxeImageRequest};
+use crate::api_types::{AccessNodeImageRequest, AccountCheck, AccountRequest, CleanupRequest, IpxeImageRequest};
 use crate::cli::Cli;
 use crate::client::Client;
 use crate::cloud::accounts::Account;
@@ -170,6 +172,20 @@ pub enum ImageCmd {
     /// Build the iPXE boot disk for EC2, upload it through the EBS direct APIs and register it as the
     /// image every cloud live mount launches from. Running it again finds the same image.
     Ipxe(IpxeArgs),
+    /// Upload the access node's disk image (`livemount image appliance`, raw) through the EBS direct APIs
+    /// and register it as a machine image that access nodes launch from; the same content is found again.
+    Publish(PublishArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The raw disk image; its path as the daemon sees it.
+    pub disk: PathBuf,
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Accounts (names or ids) that may launch it.
+    #[arg(long = "share-with")]
+    pub share_with: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -236,6 +252,26 @@ pub fn run(cli: &Cli, cmd: &CloudCmd) -> anyhow::Result<i32> {
                 print_json(&c);
             } else {
                 println!("{}: account {} as {} ({})", c.name, c.account_id, c.arn, c.region);
+            }
+        }
+        CloudCmd::Image(ImageCmd::Publish(a)) => {
+            let disk = std::path::absolute(&a.disk).unwrap_or_else(|_| a.disk.clone());
+            let req = AccessNodeImageRequest {
+                disk: disk.display().to_string(),
+                region: a.region.clone(),
+                share_with: a.share_with.clone(),
+            };
+            let img: IpxeImage = client.post("/v1/cloud/images/access-node", &req)?;
+            if cli.json {
+                print_json(&img);
+            } else {
+                println!(
+                    "access-node image {} in {} (snapshot {}; uploaded {})",
+                    img.image_id,
+                    img.region,
+                    img.snapshot_id,
+                    crate::output::size(img.bytes_uploaded)
+                );
             }
         }
         CloudCmd::Image(ImageCmd::Ipxe(a)) => {
@@ -471,6 +507,7 @@ fn describe(f: &Found) -> String {
     let purpose = match &f.purpose {
         Some(Purpose::Mount(m)) => format!("mount {m}"),
         Some(Purpose::IpxeImage(h)) => format!("iPXE image {}", &h[..16.min(h.len())]),
+        Some(Purpose::AccessNodeImage(h)) => format!("access-node image {}", &h[..16.min(h.len())]),
         Some(Purpose::Job(j)) => format!("job {j}"),
         Some(Purpose::Backup(b)) => format!("backup {b}"),
         None => "unknown purpose".into(),

@@ -186,10 +186,5 @@ async fn unbrowse(State(m): State<Arc<Manager>>, Path(id): Path<String>) -> Resu
 
 /// The routes as a plain router, as the tests in api_tests.rs serve them.
 #[cfg(test)]
-fn routes(manager: Arc<Manager>) -> Router {
-    control_routes(manager).into()
-}
-
-#[cfg(test)]
 #[path = "api_tests.rs"]
 mod tests;

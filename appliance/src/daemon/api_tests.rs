@@ -10,7 +10,7 @@ use dedup::ingest::DiskInput;
 
 use super::super::boot::BootSettings;
 use super::super::mounts::{Manager, Services};
-use super::routes;
+use super::control_routes;
 use crate::api_types::{MountInfo, MountRequest, TargetAccess};
 use crate::client::{ApiAddr, Client, DaemonError};
 
@@ -68,7 +68,7 @@ fn errors_come_back_with_their_status() {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = routes(manager.clone());
+        let app: axum::Router = control_routes(manager.clone()).into();
         tokio::spawn(async move { axum::serve(listener, app).await });
         (addr, manager)
     });

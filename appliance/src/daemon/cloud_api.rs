@@ -13,7 +13,9 @@ use super::error::ApiError;
 use super::jobs::JobInfo;
 use super::mounts::Manager;
 use super::openapi::{BadGateway, BadRequest, Conflict, JobRefused, NotFound, ServerError, JOB_STARTED};
-use crate::api_types::{AccountCheck, AccountRequest, CleanupRequest, Forgotten, IpxeImageRequest};
+use crate::api_types::{
+    AccessNodeImageRequest, AccountCheck, AccountRequest, CleanupRequest, Forgotten, IpxeImageRequest,
+};
 use crate::cloud::accounts::Account;
 use crate::cloud::cleanup::{self, Inventory};
 use crate::cloud::images::{self, IpxeImage};
@@ -24,6 +26,7 @@ pub fn routes() -> OpenApiRouter<Arc<Manager>> {
         .routes(routes!(remove_account))
         .routes(routes!(check_account))
         .routes(routes!(publish_ipxe))
+        .routes(routes!(publish_access_node))
         .routes(routes!(resources))
         .routes(routes!(cleanup))
         .routes(routes!(streaming_backup))
@@ -138,6 +141,38 @@ async fn publish_ipxe(
     let result = images::publish_ipxe(cloud, &region, &r.share_with, &work).await;
     let _ = std::fs::remove_dir_all(&work);
     Ok(Json(result?))
+}
+
+/// Publishes the access node's own disk image as a machine image in a Region of the service account
+/// (found again, not uploaded again, when the same content was published before).
+#[utoipa::path(
+    post,
+    path = "/v1/cloud/images/access-node",
+    tag = "cloud",
+    request_body = AccessNodeImageRequest,
+    responses(
+        (status = 200, description = "The image", body = IpxeImage),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
+        (status = 500, response = ServerError),
+        (status = 502, response = BadGateway),
+    )
+)]
+async fn publish_access_node(
+    State(m): State<Arc<Manager>>,
+    req: Result<Json<AccessNodeImageRequest>, JsonRejection>,
+) -> Result<Json<IpxeImage>, ApiError> {
+    let Json(r) = req?;
+    let disk = std::path::Path::new(&r.disk);
+    if !disk.is_file() {
+        return Err(ApiError::NotFound(format!(
+            "{} is not a disk image on the appliance (`livemount image appliance` makes one)",
+            r.disk
+        )));
+    }
+    let cloud = m.cloud();
+    let region = cloud.accounts.region_of(crate::cloud::accounts::SERVICE, r.region.as_deref()).await?;
+    Ok(Json(images::publish_access_node(cloud, &region, disk, &r.share_with).await?))
 }
 
 /// What this appliance made in AWS that may still exist, and whether each is in use.
