@@ -27,6 +27,19 @@ pub struct Config {
     pub guest_packages: Option<PathBuf>,
     pub api_socket: Option<PathBuf>,
     pub remote_api: Option<RemoteApiConfig>,
+    /// Member accounts (`[[accounts]]`), as `cloud account add` takes them; the file's settings win over
+    /// those added before under the same name.
+    #[serde(default)]
+    pub accounts: Vec<AccountConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    pub name: String,
+    pub role_arn: String,
+    pub external_id: Option<String>,
+    pub region: Option<String>,
 }
 
 /// The control API on TCP with TLS and bearer tokens (off unless configured).
@@ -82,12 +95,16 @@ mod tests {
             chunk_cache_size = "8G"
             [remote_api]
             listen = "0.0.0.0:8443"
+            [[accounts]]
+            name = "prod"
+            role_arn = "arn:aws:iam::111111111111:role/livemount-access"
             "#,
         )
         .unwrap();
         assert_eq!(c.library.unwrap(), PathBuf::from("s3://bucket/lib"));
         assert_eq!(c.chunk_cache_size.as_deref(), Some("8G"));
         assert_eq!(c.remote_api.unwrap().listen.port(), 8443);
+        assert_eq!(c.accounts[0].name, "prod");
         let typo = Config::parse("portl = \"0.0.0.0:3260\"").unwrap_err();
         assert!(format!("{typo:#}").contains("portl"), "{typo:#}");
         let size = Config::parse("chunk_cache_size = \"4X\"").unwrap_err();

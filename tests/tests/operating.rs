@@ -122,7 +122,7 @@ fn the_remote_api_needs_a_live_token_and_metrics_count_an_iscsi_read() {
 }
 
 #[test]
-fn a_configuration_mistake_is_named_and_a_token_survives_a_restart() {
+fn a_configuration_mistake_is_named_its_accounts_are_taken_and_a_token_survives_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (lib, _, _) = library_with_a_backup(dir);
@@ -133,8 +133,17 @@ fn a_configuration_mistake_is_named_and_a_token_survives_a_restart() {
     assert!(!out.status.success() && err.contains("portl") && err.contains("bad.toml"), "{err}");
 
     let config = dir.join("livemount.toml");
-    std::fs::write(&config, "[remote_api]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let role = "arn:aws:iam::111111111111:role/livemount-access";
+    std::fs::write(
+        &config,
+        format!("[remote_api]\nlisten = \"127.0.0.1:0\"\n[[accounts]]\nname = \"prod\"\nrole_arn = \"{role}\"\n"),
+    )
+    .unwrap();
     let mut daemon = Daemon::start_with(dir, &lib, &["--config", config.to_str().unwrap()]);
+    let accounts = daemon.cli().args(["cloud", "account", "list", "--json"]).output().unwrap();
+    let accounts = json(&accounts.stdout);
+    let prod = accounts.as_array().unwrap().iter().find(|a| a["name"] == "prod").expect("the declared account");
+    assert_eq!(prod["role_arn"], role);
     let out = daemon.cli().args(["token", "create", "ops"]).output().unwrap();
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let cert = std::fs::read(daemon.state_dir().join("tls/cert.pem")).unwrap();

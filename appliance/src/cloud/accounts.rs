@@ -98,6 +98,17 @@ impl Accounts {
     }
 
     /// The service account first, then the members by name.
+    /// Adds or, when its settings differ, replaces a member account the configuration file declares.
+    pub fn declare(&self, account: Account) -> Result<(), CloudError> {
+        validate(&account)?;
+        let mut members = self.members.lock().expect("not poisoned");
+        if members.get(&account.name) == Some(&account) {
+            return Ok(());
+        }
+        members.insert(account.name.clone(), account);
+        self.save(&members)
+    }
+
     pub fn list(&self) -> Vec<Account> {
         let service = Account { name: SERVICE.into(), role_arn: None, external_id: None, region: None };
         std::iter::once(service).chain(self.members.lock().expect("not poisoned").values().cloned()).collect()

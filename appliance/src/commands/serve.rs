@@ -104,6 +104,16 @@ fn options(cli: &Cli, args: &ServeArgs, config: Config) -> ServeOptions {
         (true, Some(socket)) => ApiAddr::Unix(socket),
         _ => cli.api.clone(),
     };
+    let accounts = config
+        .accounts
+        .iter()
+        .map(|a| crate::cloud::accounts::Account {
+            name: a.name.clone(),
+            role_arn: Some(a.role_arn.clone()),
+            external_id: a.external_id.clone(),
+            region: a.region.clone(),
+        })
+        .collect();
     let remote_api = match (args.remote_api, config.remote_api) {
         (Some(listen), _) => Some(RemoteApiOptions { listen, cert: args.tls_cert.clone(), key: args.tls_key.clone() }),
         (None, Some(r)) => Some(RemoteApiOptions {
@@ -127,6 +137,7 @@ fn options(cli: &Cli, args: &ServeArgs, config: Config) -> ServeOptions {
         ebs_devices: args.ebs_devices.clone(),
         chunk_cache_size,
         remote_api,
+        accounts,
     }
 }
 

@@ -45,6 +45,8 @@ pub struct ServeOptions {
     pub chunk_cache_size: u64,
     /// The control API on TCP with TLS and tokens, when configured.
     pub remote_api: Option<remote::RemoteApiOptions>,
+    /// Member accounts the configuration declares.
+    pub accounts: Vec<crate::cloud::accounts::Account>,
 }
 
 /// The chunk cache every mount and browse of the library shares, for a library in S3: each chunk fetched
@@ -112,6 +114,12 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     tracing::info!(http = %opts.http, base = %http_base, "iPXE scripts served");
     let boot = boot::BootSettings { http_base, packages_dir: opts.guest_packages.clone() };
     let cloud = std::sync::Arc::new(crate::cloud::Cloud::open(&opts.state_dir).context("opening the cloud state")?);
+    for account in &opts.accounts {
+        cloud
+            .accounts
+            .declare(account.clone())
+            .with_context(|| format!("the configuration's account {}", account.name))?;
+    }
     let services = mounts::Services {
         engine,
         view: view.clone(),
