@@ -47,7 +47,8 @@ backports=(qemu-utils qemu-system-x86 ipxe-qemu)
 if [ "$what" = test ]; then
     # zstd and binutils: the package test (tests/tests/package.rs) keeps its Debian root as a .tar.zst, and
     # cargo-deb strips the binary with binutils' strip.
-    packages+=(xfsprogs libiscsi-bin zstd binutils)
+    # openssh-client: the appliance image test logs in to the booted access node and copies a disk in.
+    packages+=(xfsprogs libiscsi-bin zstd binutils openssh-client)
     backports+=(qemu-block-extra)
 fi
 

@@ -43,6 +43,9 @@ done
 
 OUT_DIR=$(dirname -- "$OUT")
 mkdir -p -- "$OUT_DIR" "$DEB_CACHE"
+# Builds that share the package cache take turns: two debootstraps (or apt runs) in one cache fight over it.
+exec 9>"$DEB_CACHE/.lock"
+flock 9
 TMP_IMG=$(mktemp -p "$OUT_DIR" ".$(basename -- "$OUT").tmp.XXXXXX")
 MNT=$(mktemp -d /tmp/livemount-disk-root.XXXXXX)
 LOOP=

@@ -1,7 +1,10 @@
-//! The access-node image end to end: built from the Debian package, booted in QEMU (TCG; user networking
-//! restricted to this host, reached through `hostfwd`), configured on its first boot by a config drive, then
-//! used as an operator would from outside: the remote API with a token, a backup of a disk image copied in,
-//! a live mount read over iSCSI by QEMU's driver, a metrics scrape, and a reboot that finds the mount back.
+//! The access-node image end to end: built from the Debian package and booted in QEMU (TCG; user networking
+//! restricted to this host, reached through `hostfwd`). On premises: configured on its first boot by a config
+//! drive, then used as an operator would from outside: the remote API with a token, a backup of a disk image
+//! copied in, a live mount read over iSCSI by QEMU's driver, a metrics scrape, and a reboot that finds the
+//! mount back. In AWS (the local stand-in): published with `cloud image publish`, launched with a key pair
+//! and user-data, and its snapshot booted with the instance metadata service answering for that instance:
+//! it takes its configuration, SSH key and advertised address from there.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -9,7 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tests::{json, livemount_bin, random_bytes, run};
+use tests::aws::{aws_dir, Standin, SERVICE};
+use tests::{json, livemount, livemount_bin, random_bytes, run, Daemon};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -33,10 +37,49 @@ struct Vm {
     console: PathBuf,
     ssh_port: u16,
     api_port: u16,
+    iscsi_port: u16,
     key: PathBuf,
 }
 
 impl Vm {
+    /// Boots `disk` (raw) with `drive` as a second, read-only disk; `net` is more of the user network's
+    /// options (the guest reaches nothing but what they forward).
+    fn start(dir: &Path, name: &str, disk: &Path, drive: Option<&Path>, net: &str, key: &Path) -> Vm {
+        let (ssh_port, api_port, iscsi_port) = (free_port(), free_port(), free_port());
+        let console = dir.join(format!("{name}-console.log"));
+        let netdev = format!(
+            "user,id=n0,restrict=on{net},hostfwd=tcp:127.0.0.1:{ssh_port}-:22,hostfwd=tcp:127.0.0.1:{api_port}-:8443,hostfwd=tcp:127.0.0.1:{iscsi_port}-:3260"
+        );
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args(["-accel", "tcg", "-m", "2048", "-smp", "2", "-display", "none", "-monitor", "none"])
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("-drive")
+            // The image itself stays as built (it is published afterwards): the VM's writes go to a temporary
+            // overlay that lasts as long as QEMU, across the guest's reboots.
+            .arg(format!("file={},format=raw,if=virtio,snapshot=on", disk.display()));
+        if let Some(drive) = drive {
+            qemu.arg("-drive").arg(format!("file={},format=raw,if=virtio,readonly=on", drive.display()));
+        }
+        let qemu = qemu
+            .args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64 is installed");
+        Vm { qemu, console, ssh_port, api_port, iscsi_port, key: key.to_path_buf() }
+    }
+
+    /// Asks the guest to power off and waits (a while) for QEMU to end.
+    fn power_off(mut self) {
+        let _ = self.ssh("systemctl poweroff");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.qemu.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
     fn console(&self) -> String {
         let text = std::fs::read_to_string(&self.console).unwrap_or_default();
         let chars: Vec<char> = text.chars().collect();
@@ -97,7 +140,7 @@ impl Drop for Vm {
 }
 
 #[test]
-fn the_appliance_image_boots_serves_a_backup_over_iscsi_and_finds_its_mount_after_a_reboot() {
+fn the_access_node_image_serves_a_backup_on_premises_and_takes_its_settings_from_aws_instance_metadata() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let deb = tests::build_package(dir);
@@ -124,26 +167,8 @@ fn the_appliance_image_boots_serves_a_backup_over_iscsi_and_finds_its_mount_afte
         ],
     );
 
-    let (ssh_port, api_port, iscsi_port) = (free_port(), free_port(), free_port());
-    let console = dir.join("console.log");
-    let net = format!(
-        "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22,hostfwd=tcp:127.0.0.1:{api_port}-:8443,hostfwd=tcp:127.0.0.1:{iscsi_port}-:3260"
-    );
-    let qemu = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "2048", "-smp", "2", "-display", "none", "-monitor", "none"])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", image.display()))
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio,readonly=on", drive.display()))
-        .args(["-netdev", &net, "-device", "virtio-net-pci,netdev=n0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64 is installed");
-    let mut vm = Vm { qemu, console, ssh_port, api_port, key };
+    let mut vm = Vm::start(dir, "on-premises", &image, Some(&drive), "", &key);
+    let iscsi_port = vm.iscsi_port;
 
     // Booted with the daemon up: SSH answers with the drive's key, and the daemon's certificate is there.
     vm.wait_for("SSH", Duration::from_secs(600), |vm| vm.ssh("systemctl is-active livemount").status.success());
@@ -165,7 +190,7 @@ fn the_appliance_image_boots_serves_a_backup_over_iscsi_and_finds_its_mount_afte
         .args(["-q", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
         .arg("-i")
         .arg(&vm.key)
-        .args(["-P", &ssh_port.to_string()])
+        .args(["-P", &vm.ssh_port.to_string()])
         .arg(&disk)
         .arg("root@127.0.0.1:/root/disk.img")
         .status()
@@ -193,7 +218,7 @@ fn the_appliance_image_boots_serves_a_backup_over_iscsi_and_finds_its_mount_afte
         .arg(&cert)
         .arg("-H")
         .arg(format!("Authorization: Bearer {token}"))
-        .arg(format!("https://127.0.0.1:{api_port}/metrics"))
+        .arg(format!("https://127.0.0.1:{}/metrics", vm.api_port))
         .output()
         .unwrap();
     let page = String::from_utf8_lossy(&metrics.stdout);
@@ -224,9 +249,73 @@ fn the_appliance_image_boots_serves_a_backup_over_iscsi_and_finds_its_mount_afte
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not valid"));
 
-    let _ = vm.ssh("systemctl poweroff");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while vm.qemu.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_secs(1));
+    vm.power_off();
+
+    in_aws(dir, &image, &key);
+}
+
+/// The same image as an AWS machine image: published by an appliance on this host into the stand-in,
+/// launched with a key pair and user-data, and its snapshot booted with instance metadata for that instance.
+fn in_aws(dir: &Path, image: &Path, key: &Path) {
+    let standin = Standin::start(&dir.join("aws"), false);
+    let host_dir = dir.join("host");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let lib = host_dir.join("library");
+    livemount(&lib).args(["library", "init"]).assert().success();
+    let host = Daemon::start_env(&host_dir, &lib, &[], &standin.env());
+    let out = host.cli().args(["cloud", "image", "publish"]).arg(image).arg("--json").output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), host.log());
+    let published = json(&out.stdout);
+    let (ami, snapshot) = (published["image_id"].as_str().unwrap(), published["snapshot_id"].as_str().unwrap());
+
+    let user_data = dir.join("user-data.toml");
+    std::fs::write(&user_data, "portal = \"0.0.0.0:3260\"\n[remote_api]\nlisten = \"0.0.0.0:8443\"\n").unwrap();
+    let launched = standin.awsq(&[
+        "launch",
+        SERVICE,
+        "--image",
+        ami,
+        "--key-file",
+        key.with_extension("pub").to_str().unwrap(),
+        "--user-data",
+        user_data.to_str().unwrap(),
+    ]);
+    let instance = launched["instance"].as_str().unwrap();
+    let private_ip =
+        standin.awsq(&["instance", SERVICE, instance])["private_ip"].as_str().unwrap_or_default().to_string();
+
+    // The instance's root disk: the image's snapshot as EBS direct gives it back.
+    let root = dir.join("instance-root.img");
+    standin.awsq(&["read-snapshot", SERVICE, snapshot, root.to_str().unwrap()]);
+    let imds_log = dir.join("imds.jsonl");
+    let imds = format!(
+        "{} --endpoint {} --account {SERVICE} --instance {instance} --log {}",
+        aws_dir().join("imds").display(),
+        standin.url,
+        imds_log.display()
+    );
+    let net = format!(",net=169.254.169.0/24,guestfwd=tcp:169.254.169.254:80-cmd:{imds}");
+    let mut vm = Vm::start(dir, "aws", &root, None, &net, key);
+
+    // SSH lets the launch key pair in: the first boot took it from the instance metadata, with the
+    // configuration (the user-data) and the instance's private address as the advertised one.
+    vm.wait_for("SSH with the launch key", Duration::from_secs(600), |vm| {
+        vm.ssh("systemctl is-active livemount").status.success()
+    });
+    let requests = std::fs::read_to_string(&imds_log).unwrap_or_default();
+    for path in ["/latest/user-data", "/latest/meta-data/public-keys/0/openssh-key", "/latest/meta-data/local-ipv4"] {
+        let asked = format!("\"path\": \"{path}\", \"status\": 200, \"token\": true");
+        assert!(requests.contains(&asked), "{path} asked with an IMDSv2 token: {requests}");
     }
+    let config = vm.ssh_ok("cat /etc/livemount/livemount.toml");
+    assert!(config.contains(&format!("advertise = \"{private_ip}\"")), "{config}");
+    let token = vm.ssh_ok("livemount token create operator").trim().to_string();
+    let cert = dir.join("aws-appliance.pem");
+    std::fs::write(&cert, vm.ssh_ok("cat /var/lib/livemount/tls/cert.pem")).unwrap();
+    vm.wait_for("the remote API", Duration::from_secs(60), |vm| {
+        vm.remote(&cert, Some(&token), &["status"]).status.success()
+    });
+    let status = json(&vm.remote(&cert, Some(&token), &["status", "--json"]).stdout);
+    assert_eq!(status["status"]["portal"], format!("{private_ip}:3260"), "{status}");
+    vm.power_off();
 }
