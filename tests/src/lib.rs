@@ -190,6 +190,28 @@ pub fn json(out: &[u8]) -> serde_json::Value {
     serde_json::from_slice(out).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
 }
 
+/// Runs a curl command made with `-w "\n%{http_code}"`: (HTTP status, body).
+pub fn curl_answer(c: &mut Command) -> (u16, String) {
+    let out = c.output().expect("curl is installed");
+    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("the status after the body");
+    (code.trim().parse().expect("an HTTP status"), body.to_string())
+}
+
+/// GET `path` of a daemon's remote API at `addr` with curl (a TLS client of its own), trusting the daemon's
+/// self-signed certificate, with `token` when given: (HTTP status, body).
+pub fn remote_get(daemon: &Daemon, addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--max-time", "30", "-w", "\n%{http_code}", "--cacert"])
+        .arg(daemon.state_dir().join("tls/cert.pem"))
+        .arg(format!("https://{addr}{path}"));
+    if let Some(t) = token {
+        c.arg("-H").arg(format!("Authorization: Bearer {t}"));
+    }
+    curl_answer(&mut c)
+}
+
 /// A `livemount serve` daemon in a test folder (its own state, FUSE root and API socket), stopped with
 /// SIGTERM when dropped.
 pub struct Daemon {

@@ -56,27 +56,7 @@ fn local(daemon: &Daemon, method: &str, path: &str) -> (u16, String) {
     if method == "POST" {
         c.args(["-H", "content-type: application/json", "--data", "not json"]);
     }
-    answer(c.arg(format!("http://livemount{path}")))
-}
-
-/// GET `path` of the remote API with curl, trusting the daemon's self-signed certificate.
-fn remote(daemon: &Daemon, addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut c = Command::new("curl");
-    c.args(["-sS", "--max-time", "30", "-w", "\n%{http_code}", "--cacert"])
-        .arg(daemon.state_dir().join("tls/cert.pem"))
-        .arg(format!("https://{addr}{path}"));
-    if let Some(t) = token {
-        c.arg("-H").arg(format!("Authorization: Bearer {t}"));
-    }
-    answer(&mut c)
-}
-
-fn answer(c: &mut Command) -> (u16, String) {
-    let out = c.output().expect("curl is installed");
-    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("the status after the body");
-    (code.trim().parse().expect("an HTTP status"), body.to_string())
+    tests::curl_answer(c.arg(format!("http://livemount{path}")))
 }
 
 /// `python3 -m openapi_spec_validator FILE`: the document is valid OpenAPI (of the version it says), its
@@ -199,15 +179,15 @@ fn the_openapi_document_is_valid_and_has_every_route() {
     let out = daemon.cli().args(["status", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let addr = json(&out.stdout)["status"]["remote_api"].as_str().expect("remote API on").to_string();
-    let (code, _) = remote(&daemon, &addr, "/openapi.json", None);
+    let (code, _) = tests::remote_get(&daemon, &addr, "/openapi.json", None);
     assert_eq!(code, 401, "the remote document needs a token");
     let out = daemon.cli().args(["token", "create", "reader"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let (code, remote_text) = remote(&daemon, &addr, "/openapi.json", Some(&token));
+    let (code, remote_text) = tests::remote_get(&daemon, &addr, "/openapi.json", Some(&token));
     assert_eq!(code, 200, "{remote_text}");
     assert!(remote_text == text, "the remote API's document differs from the local socket's");
     // It documents the token routes as the local socket's: the remote API does not serve them.
-    let (code, _) = remote(&daemon, &addr, "/v1/tokens", Some(&token));
+    let (code, _) = tests::remote_get(&daemon, &addr, "/v1/tokens", Some(&token));
     assert_eq!(code, 404, "the token routes are not served remotely");
 }

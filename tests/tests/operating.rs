@@ -31,21 +31,6 @@ fn remote(daemon: &Daemon, addr: &str, token: Option<&str>) -> assert_cmd::Comma
     c
 }
 
-/// GET `path` of the remote API with curl (an independent TLS client); gives (HTTP status, body).
-fn curl(daemon: &Daemon, addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut c = Command::new("curl");
-    c.args(["-sS", "--max-time", "30", "-w", "\n%{http_code}", "--cacert"])
-        .arg(daemon.state_dir().join("tls/cert.pem"))
-        .arg(format!("https://{addr}{path}"));
-    if let Some(t) = token {
-        c.arg("-H").arg(format!("Authorization: Bearer {t}"));
-    }
-    let out = c.output().expect("curl is installed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
 /// The value of the sample `name{labels}` in a Prometheus text page (labels given in the page's order).
 fn sample(page: &str, name_and_labels: &str) -> Option<f64> {
     page.lines().find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.trim().parse().ok())
@@ -69,9 +54,9 @@ fn the_remote_api_needs_a_live_token_and_metrics_count_an_iscsi_read() {
     let out = remote(&daemon, &addr, None).arg("status").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs a token"), "{}", String::from_utf8_lossy(&out.stderr));
-    let (code, _) = curl(&daemon, &addr, "/metrics", Some("lmt_0000000000000000000000000000000000000000"));
+    let (code, _) = tests::remote_get(&daemon, &addr, "/metrics", Some("lmt_0000000000000000000000000000000000000000"));
     assert_eq!(code, 401);
-    let (code, _) = curl(&daemon, &addr, "/v1/mounts", None);
+    let (code, _) = tests::remote_get(&daemon, &addr, "/v1/mounts", None);
     assert_eq!(code, 401);
 
     // A token made on the appliance works from afar, for everything but the tokens themselves.
@@ -92,7 +77,7 @@ fn the_remote_api_needs_a_live_token_and_metrics_count_an_iscsi_read() {
     assert!(std::fs::read(&copy).unwrap() == std::fs::read(&disk).unwrap(), "the LUN reads back as the backup");
 
     // The scrape sees the reads: bytes, latency, iSCSI commands by opcode.
-    let (code, page) = curl(&daemon, &addr, "/metrics", Some(&token));
+    let (code, page) = tests::remote_get(&daemon, &addr, "/metrics", Some(&token));
     assert_eq!(code, 200, "{page}");
     let labels = format!("{{mount=\"{id}\",disk=\"0\"}}");
     let read = sample(&page, &format!("livemount_disk_read_bytes_total{labels}")).unwrap_or_else(|| panic!("{page}"));
@@ -117,7 +102,7 @@ fn the_remote_api_needs_a_live_token_and_metrics_count_an_iscsi_read() {
     let out = remote(&daemon, &addr, Some(&token)).arg("status").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid"), "{}", String::from_utf8_lossy(&out.stderr));
-    let (code, _) = curl(&daemon, &addr, "/metrics", Some(&token));
+    let (code, _) = tests::remote_get(&daemon, &addr, "/metrics", Some(&token));
     assert_eq!(code, 401);
 }
 
