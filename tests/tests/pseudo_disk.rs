@@ -147,6 +147,24 @@ fn browsing_one_file_recalls_only_what_it_needs() {
     d.cli().args(["unbrowse", b["id"].as_str().unwrap()]).assert().success();
 }
 
+#[test]
+fn many_o_direct_reads_in_flight_through_the_file_view_read_back_the_backup() {
+    // QEMU's native AIO submits 16 O_DIRECT reads at a time (io_submit): with asynchronous direct I/O the
+    // kernel hands them to the daemon together, each answered as its chunk arrives, in any order.
+    let s = setup(64, "64K");
+    let m = mount(&s.daemon, &s.backup, &["--read-only"]);
+    let file = m["disks"][0]["fuse_path"].as_str().unwrap();
+    let copy = s.dir.join("copy.img");
+    let source = format!("driver=raw,file.driver=file,file.filename={file},file.aio=native,file.cache.direct=on");
+    let out = std::process::Command::new("qemu-img")
+        .args(["convert", "-m", "16", "-W", "--image-opts", &source, "-O", "raw"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), s.daemon.log());
+    assert!(std::fs::read(&copy).unwrap() == std::fs::read(&s.disk).unwrap(), "the file view reads back as the disk");
+}
+
 /// One step of the file-view model test: its kind (0..100, as a percentage split) and the numbers its
 /// range is made of.
 #[derive(Clone, Debug)]

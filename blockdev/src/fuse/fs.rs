@@ -16,6 +16,8 @@ use super::{FileView, NodeKind, ViewFile};
 const TTL: Duration = Duration::from_secs(1);
 /// Largest read or write the kernel sends in one request.
 const MAX_IO: u32 = 1 << 20;
+/// Background requests (readahead, asynchronous direct I/O) the kernel keeps in flight to the daemon.
+const MAX_BACKGROUND: u16 = 64;
 
 struct ViewFs {
     view: Arc<FileView>,
@@ -80,6 +82,14 @@ impl Filesystem for ViewFs {
     fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
         let _ = config.set_max_write(MAX_IO);
         let _ = config.set_max_readahead(MAX_IO);
+        // Asynchronous direct I/O: the O_DIRECT reads a program submits together (io_submit, io_uring) reach
+        // the daemon together, each answered as soon as it is done; without it the kernel sends them one at a
+        // time, so a queue of 16 reads is served as a queue of one. They travel as background requests: room
+        // for as many as the daemon reads at once.
+        if config.add_capabilities(fuser::consts::FUSE_ASYNC_DIO).is_err() {
+            tracing::info!("the kernel's FUSE has no asynchronous direct I/O: O_DIRECT reads arrive one at a time");
+        }
+        let _ = config.set_max_background(MAX_BACKGROUND);
         Ok(())
     }
 
