@@ -31,8 +31,8 @@
 #     cache and a fresh mount of `full` (nothing recalled), the page cache dropped: disk 0 read whole and cold
 #     through the mount's FUSE file in 1 MiB reads, O_DIRECT, 16 outstanding (16 threads each taking the next
 #     1 MiB in order), then compared with full.img (cmp); the same with fio (libaio, iodepth 16, as
-#     bench/fuse.sh and bench/cloud.sh run it), as information: on this FUSE file io_submit performs each read
-#     before it returns, so only one read at a time reaches the daemon; the library's own restore of
+#     bench/fuse.sh and bench/cloud.sh run it), with the time spent inside io_submit (short: the reads reach
+#     the daemon together, as asynchronous direct I/O lets them); the library's own restore of
 #     the backup (`livemount --library s3://... backup restore ID OUT`, in the run's folder, checked with
 #     cmp); cold random 4 KiB reads of the BENCH_READS offsets above by 16 threads at once (O_DIRECT, 16
 #     outstanding, each checked): IOPS, median and p99. Throughputs are MiB/s of full.img's allocated bytes;
