@@ -208,7 +208,9 @@ fn bad_snapshots_and_damaged_answers_give_a_clear_error_and_no_backup() {
                          "status": 400}));
     let lists = standin.calls("ListSnapshotBlocks", MEMBER);
     let b = back_up(&d, &snap);
-    assert!(standin.calls("ListSnapshotBlocks", MEMBER) >= lists + 3, "listed once, then once per renewal");
+    // Listed once, then again for the refused tokens: the two refusals may come while one renewal is under
+    // way (reads run in parallel), and one listing then serves both.
+    assert!(standin.calls("ListSnapshotBlocks", MEMBER) >= lists + 2, "listed once, then again to renew the tokens");
     standin.clear_faults();
     restores_as(&lib, b["id"].as_str().unwrap(), &data, dir.path());
 }
