@@ -147,6 +147,11 @@ impl Jobs {
         self.jobs.lock().expect("not poisoned").values().map(|j| j.info()).collect()
     }
 
+    /// How many jobs are running.
+    pub fn running_count(&self) -> usize {
+        self.jobs.lock().expect("not poisoned").values().filter(|j| j.info().state == "running").count()
+    }
+
     /// The ids of the jobs still running, and the ids they own.
     pub fn running(&self) -> BTreeSet<String> {
         let jobs = self.jobs.lock().expect("not poisoned");

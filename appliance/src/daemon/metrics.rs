@@ -56,7 +56,7 @@ async fn scrape(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
         cache: m.manager.chunk_cache().map(|c| c.stats()),
         library: m.library_stats().await,
         cloud_calls: crate::cloud::sdk::cloud_calls(),
-        jobs_running: m.manager.jobs().list().iter().filter(|j| j.state == "running").count() as u64,
+        jobs_running: m.manager.jobs().running_count() as u64,
     };
     let mut registry = Registry::with_prefix("livemount");
     registry.register_collector(Box::new(snapshot));

@@ -727,6 +727,11 @@ impl Manager {
         self.mounts.lock().await.values().map(|m| self.info(m)).collect()
     }
 
+    /// How many mounts there are (without making each one's answer).
+    pub async fn count(&self) -> usize {
+        self.mounts.lock().await.len()
+    }
+
     /// Every disk of every mount with its counters as of now: (mount id, disk number, counters).
     pub async fn disk_counters(&self) -> Vec<(String, usize, blockdev::pseudo_disk::CounterSnapshot)> {
         let mounts = self.mounts.lock().await;

@@ -34,9 +34,9 @@ async fn status_now(State(s): State<Arc<Status>>) -> Json<StatusInfo> {
         library: s.library.clone(),
         portal: m.portal().advertise.clone(),
         remote_api: s.remote_api.clone(),
-        mounts: m.list().await.len(),
+        mounts: m.count().await,
         iscsi_sessions: m.portal().session_count(),
-        jobs_running: m.jobs().list().iter().filter(|j| j.state == "running").count(),
+        jobs_running: m.jobs().running_count(),
         chunk_cache: m.chunk_cache().map(|c| c.stats()),
     })
 }
