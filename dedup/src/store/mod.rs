@@ -90,6 +90,9 @@ pub struct SweepStats {
     pub packs_rewritten: u64,
     /// Packs left by writers that died before sealing them.
     pub unfinished_packs_removed: u64,
+    /// Pack indexes whose pack had gone (written late by a writer frozen past its lease): they named
+    /// chunks that were nowhere.
+    pub orphan_indexes_removed: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

@@ -108,7 +108,7 @@ impl S3PackStore {
         // finishes meanwhile is known after).
         let known: HashSet<PackName> = self.catalog.read().expect("not poisoned").loaded.clone();
         let listed = self.objects.list("packs/")?;
-        let sealed: HashSet<PackName> = listed.iter().filter_map(|o| sealed_name(&o.name)).collect();
+        let sealed = sealed_names(&listed);
         let gone: HashSet<PackName> = known.difference(&sealed).copied().collect();
         let mut new: Vec<PackName> = sealed.difference(&known).copied().collect();
         new.sort();
@@ -281,7 +281,7 @@ impl S3PackStore {
         let listed = self.objects.list("packs/")?;
         let written: HashMap<&str, &ObjectInfo> =
             listed.iter().filter_map(|o| Some((o.name.strip_prefix("packs/")?.strip_suffix(".pack")?, o))).collect();
-        let names: Vec<PackName> = listed.iter().filter_map(|o| sealed_name(&o.name)).collect();
+        let names: Vec<PackName> = sealed_names(&listed).into_iter().collect();
         let mut out = Vec::new();
         for (pack, index) in self.read_indexes(&names)? {
             let name = pack.to_string();
@@ -294,9 +294,15 @@ impl S3PackStore {
     }
 }
 
-/// The pack named by an index object's name.
-fn sealed_name(object: &str) -> Option<PackName> {
-    PackName::parse(object.strip_prefix("packs/")?.strip_suffix(".idx")?)
+/// The packs in a listing of `packs/` that have both their pack and their index: the only ones whose chunks
+/// may be used. An index alone names chunks that are nowhere: a writer frozen past its lease can write it
+/// after a gc removed its pack as unfinished (the writer then publishes nothing, but its index stays until
+/// the next gc, and a backup deduplicating against it would lose those chunks).
+fn sealed_names(listed: &[ObjectInfo]) -> HashSet<PackName> {
+    let named = |suffix: &str| -> HashSet<PackName> {
+        listed.iter().filter_map(|o| PackName::parse(o.name.strip_prefix("packs/")?.strip_suffix(suffix)?)).collect()
+    };
+    named(".idx").intersection(&named(".pack")).copied().collect()
 }
 
 impl Drop for S3PackStore {
@@ -420,15 +426,21 @@ impl ChunkStore for S3PackStore {
             self.objects.delete(&index_object(name))?;
             self.objects.delete(&pack_object(name))?;
         }
-        // Packs never indexed, left by writers that died.
+        // Packs never indexed, left by writers that died, and indexes left without their pack (see
+        // `sealed_names`).
         let listed = self.objects.list("packs/")?;
-        let indexed: HashSet<&str> =
-            listed.iter().filter_map(|o| o.name.strip_prefix("packs/")?.strip_suffix(".idx")).collect();
-        for o in &listed {
-            let Some(name) = o.name.strip_prefix("packs/").and_then(|n| n.strip_suffix(".pack")) else { continue };
-            if !indexed.contains(name) && o.modified < cutoff {
+        let named = |suffix: &str| -> HashSet<&str> {
+            listed.iter().filter_map(|o| o.name.strip_prefix("packs/")?.strip_suffix(suffix)).collect()
+        };
+        let (indexed, packed) = (named(".idx"), named(".pack"));
+        for o in listed.iter().filter(|o| o.modified < cutoff) {
+            let Some(name) = o.name.strip_prefix("packs/") else { continue };
+            if name.strip_suffix(".pack").is_some_and(|n| !indexed.contains(n)) {
                 self.objects.delete(&o.name)?;
                 stats.unfinished_packs_removed += 1;
+            } else if name.strip_suffix(".idx").is_some_and(|n| !packed.contains(n)) {
+                self.objects.delete(&o.name)?;
+                stats.orphan_indexes_removed += 1;
             }
         }
         self.catalog.write().expect("not poisoned").scanned = false;
