@@ -14,6 +14,13 @@ pub trait Source: Send + Sync + 'static {
     /// Reads chunk `index` whole into `buf` (resized to the chunk's length). Blocking: the pseudo-disk calls
     /// it on a blocking thread. An error means the data cannot be had; it is never replaced by other bytes.
     fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> Result<(), SourceError>;
+    /// Reads the consecutive chunks `chunks` (as many as `read_batch` at most), giving each to `done` (in any
+    /// order) as soon as it is read. The default reads them one after another with `read_chunk`; a source
+    /// that can fetch neighbouring chunks with one request (a far store) overrides it. Every chunk is given
+    /// exactly once.
+    fn read_chunks(&self, chunks: std::ops::Range<u64>, done: &mut dyn FnMut(u64, Result<Vec<u8>, SourceError>)) {
+        read_one_by_one(self, chunks, done);
+    }
     /// For a source whose reads wait on the network: the read of chunk `index` (its whole bytes, as
     /// `read_chunk` gives them) as a future the pseudo-disk runs on its runtime, so that many are in flight
     /// without a thread each and an answer reaches its reader without a hop between threads. None (the
@@ -31,14 +38,29 @@ pub trait Source: Send + Sync + 'static {
     fn parallel_reads(&self) -> usize {
         4
     }
-    /// How many consecutive chunks one task reads in a row (readahead, and a read of several chunks): several
-    /// for a source whose reads take microseconds (each task costs a switch between threads, which would
-    /// cost more than the read), one for a source whose reads wait on the network (they should overlap).
+    /// How many consecutive chunks one task reads in a row (readahead, and a read of several chunks), with
+    /// `read_chunks`: several for a source whose reads take microseconds (each task costs a switch between
+    /// threads, which would cost more than the read) or that fetches neighbours with one request; one for a
+    /// source whose every chunk is a request of its own (they should overlap).
     fn read_batch(&self) -> usize {
         1
     }
     /// A short description for logs ("backup 2026...-abc123 disk 0").
     fn describe(&self) -> String;
+}
+
+/// `Source::read_chunks` as a source without requests that fetch several chunks does it: one `read_chunk`
+/// after another, each chunk given as soon as it is read.
+pub fn read_one_by_one<S: Source + ?Sized>(
+    source: &S,
+    chunks: std::ops::Range<u64>,
+    done: &mut dyn FnMut(u64, Result<Vec<u8>, SourceError>),
+) {
+    for chunk in chunks {
+        let mut buf = Vec::with_capacity(source.chunk_size() as usize);
+        let read = source.read_chunk(chunk, &mut buf).map(|()| buf);
+        done(chunk, read);
+    }
 }
 
 /// Any error a source wraps as the cause of its failure.

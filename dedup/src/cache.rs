@@ -119,51 +119,97 @@ impl ChunkCache {
 
     /// The encoded chunk, from the cache when it holds it, else from `fetch` (once, whoever else asks
     /// meanwhile), kept for the next reader.
-    pub fn get_or_fetch(&self, id: &ChunkId, fetch: impl FnOnce() -> Result<Vec<u8>>) -> Result<Vec<u8>> {
-        if let Some(data) = self.get(id) {
-            return Ok(data);
-        }
-        let (flight, leader) = {
+    pub fn get_or_fetch(&self, id: &ChunkId, fetch: impl Fn() -> Result<Vec<u8>>) -> Result<Vec<u8>> {
+        let mut got = self.get_or_fetch_many(&[*id], |_| vec![fetch()]);
+        got.pop().expect("one answer for one chunk")
+    }
+
+    /// `get_or_fetch` of several chunks, the answers in the order asked. The chunks that the cache lacks and
+    /// nobody else is fetching are fetched by one call of `fetch`, given their positions in `ids` and
+    /// answering in that order, so that a store can read neighbours with one request. Chunks that another
+    /// reader is fetching are waited for only after that: two readers each waiting for the other's chunks
+    /// before fetching their own would wait for good.
+    pub fn get_or_fetch_many(
+        &self,
+        ids: &[ChunkId],
+        fetch: impl Fn(&[usize]) -> Vec<Result<Vec<u8>>>,
+    ) -> Vec<Result<Vec<u8>>> {
+        let mut out: Vec<Option<Result<Vec<u8>>>> = ids.iter().map(|_| None).collect();
+        let mut lead = Lead { cache: self, flights: Vec::new() };
+        let (mut led, mut waiting) = (Vec::new(), Vec::new());
+        let mut repeats = Vec::new();
+        let mut first_of: HashMap<ChunkId, usize> = HashMap::new();
+        for (pos, id) in ids.iter().enumerate() {
+            if let Some(&first) = first_of.get(id) {
+                repeats.push((pos, first));
+                continue;
+            }
+            first_of.insert(*id, pos);
+            if let Some(data) = self.get(id) {
+                out[pos] = Some(Ok(data));
+                continue;
+            }
             let mut flights = self.flights.lock().expect("not poisoned");
             match flights.get(id) {
-                Some(f) => (f.clone(), false),
+                Some(f) => waiting.push((pos, f.clone())),
                 None => {
                     let f = Arc::new(Flight::default());
                     flights.insert(*id, f.clone());
-                    (f, true)
+                    lead.flights.push((*id, f));
+                    led.push(pos);
                 }
             }
-        };
-        if !leader {
+        }
+        // A fetch that finished between this reader's look into the cache and its taking the lead has left
+        // the chunk there.
+        let mut to_fetch = Vec::new();
+        for pos in led {
+            match self.get(&ids[pos]) {
+                Some(data) => out[pos] = Some(Ok(data)),
+                None => to_fetch.push(pos),
+            }
+        }
+        if !to_fetch.is_empty() {
+            self.fetches.fetch_add(to_fetch.len() as u64, Ordering::Relaxed);
+            let mut fetched = fetch(&to_fetch).into_iter();
+            for &pos in &to_fetch {
+                let got = fetched.next().unwrap_or_else(|| Err(Error::ChunkMissing { id: ids[pos] }));
+                if let Ok(data) = &got {
+                    if !self.state.lock().expect("not poisoned").entries.contains_key(&ids[pos]) {
+                        self.insert(&ids[pos], data);
+                    }
+                }
+                out[pos] = Some(got);
+            }
+        }
+        lead.finish(|id| {
+            let pos = first_of[id];
+            out[pos].as_ref().and_then(|r| r.as_ref().ok()).cloned()
+        });
+        for (pos, flight) in waiting {
             let mut outcome = flight.outcome.lock().expect("not poisoned");
             while outcome.is_none() {
                 outcome = flight.done.wait(outcome).expect("not poisoned");
             }
-            if let Some(Ok(data)) = &*outcome {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(data.clone());
-            }
-            drop(outcome);
-            return fetch();
+            out[pos] = Some(match &*outcome {
+                Some(Ok(data)) => {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    Ok(data.clone())
+                }
+                // The other reader's fetch failed: this one tries itself, to get its own error.
+                _ => {
+                    drop(outcome);
+                    fetch(&[pos]).pop().unwrap_or_else(|| Err(Error::ChunkMissing { id: ids[pos] }))
+                }
+            });
         }
-        // A fetch that finished between this reader's look into the cache and its taking the lead has left
-        // the chunk there.
-        let fetched = match self.get(id) {
-            Some(data) => Ok(data),
-            None => {
-                self.fetches.fetch_add(1, Ordering::Relaxed);
-                fetch()
-            }
-        };
-        if let Ok(data) = &fetched {
-            if !self.state.lock().expect("not poisoned").entries.contains_key(id) {
-                self.insert(id, data);
-            }
+        for (pos, first) in repeats {
+            out[pos] = Some(match &out[first] {
+                Some(Ok(data)) => Ok(data.clone()),
+                _ => fetch(&[pos]).pop().unwrap_or_else(|| Err(Error::ChunkMissing { id: ids[pos] })),
+            });
         }
-        *flight.outcome.lock().expect("not poisoned") = Some(fetched.as_ref().map(Vec::clone).map_err(drop));
-        flight.done.notify_all();
-        self.flights.lock().expect("not poisoned").remove(id);
-        fetched
+        out.into_iter().map(|r| r.expect("every chunk is answered")).collect()
     }
 
     /// The encoded chunk if the cache holds it (unchecked: the reader decodes and checks it, and calls
@@ -258,6 +304,30 @@ impl ChunkCache {
     }
 }
 
+/// The fetches a reader leads. Each ends with the chunk or a failure for its waiters, also when the reader
+/// unwinds from a panic midway (its waiters would otherwise wait for good).
+struct Lead<'a> {
+    cache: &'a ChunkCache,
+    flights: Vec<(ChunkId, Arc<Flight>)>,
+}
+
+impl Lead<'_> {
+    /// Gives each led chunk's waiters what `outcome` says of it (`None`: the fetch failed).
+    fn finish(&mut self, outcome: impl Fn(&ChunkId) -> Option<Vec<u8>>) {
+        for (id, flight) in std::mem::take(&mut self.flights) {
+            *flight.outcome.lock().expect("not poisoned") = Some(outcome(&id).ok_or(()));
+            flight.done.notify_all();
+            self.cache.flights.lock().expect("not poisoned").remove(&id);
+        }
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        self.finish(|_| None);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,6 +383,66 @@ mod tests {
         let failed = cache.get_or_fetch(&id(8), || Err(Error::ChunkMissing { id: id(8) }));
         assert!(matches!(failed, Err(Error::ChunkMissing { .. })));
         assert_eq!(cache.stats().chunks, 1, "a failed fetch leaves nothing behind");
+    }
+
+    #[test]
+    fn a_batch_fetches_what_is_missing_at_once_and_waits_for_another_readers_fetch_after_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(dir.path(), 1 << 20).unwrap();
+        cache.get_or_fetch(&id(1), || Ok(vec![1; 10])).unwrap();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = Mutex::new(release_rx);
+        let asked = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            // The first reader leads chunk 2 and holds its fetch until the second reader has fetched its own.
+            let first = s.spawn(|| {
+                cache.get_or_fetch_many(&[id(2)], |_| {
+                    started_tx.send(()).unwrap();
+                    release_rx.lock().unwrap().recv().unwrap();
+                    vec![Ok(vec![2; 10])]
+                })
+            });
+            started_rx.recv().unwrap();
+            // Cached 1, 2 under way elsewhere, 3 and 4 missing, 3 asked twice: one fetch of [3, 4].
+            let got = cache.get_or_fetch_many(&[id(1), id(2), id(3), id(4), id(3)], |positions| {
+                asked.lock().unwrap().push(positions.to_vec());
+                if positions.contains(&2) {
+                    // The second reader's own chunks come before it waits: let the first one finish now.
+                    release_tx.send(()).unwrap();
+                }
+                positions.iter().map(|&p| Ok(vec![[1, 2, 3, 4, 3][p]; 10])).collect()
+            });
+            let got: Vec<Vec<u8>> = got.into_iter().map(Result::unwrap).collect();
+            assert_eq!(got, [1, 2, 3, 4, 3].map(|n| vec![n; 10]));
+            assert_eq!(first.join().unwrap()[0].as_ref().unwrap(), &vec![2; 10]);
+        });
+        assert_eq!(*asked.lock().unwrap(), [vec![2, 3]], "one fetch for the missing chunks, none for 2");
+        assert_eq!(cache.stats().chunks, 4);
+    }
+
+    #[test]
+    fn a_reader_whose_fetch_panics_leaves_no_waiter_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(dir.path(), 1 << 20).unwrap();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = Mutex::new(release_rx);
+        std::thread::scope(|s| {
+            let leader = s.spawn(|| {
+                cache.get_or_fetch_many(&[id(5)], |_| {
+                    started_tx.send(()).unwrap();
+                    release_rx.lock().unwrap().recv().unwrap();
+                    panic!("a store that panics");
+                })
+            });
+            started_rx.recv().unwrap();
+            let waiter = s.spawn(|| cache.get_or_fetch(&id(5), || Ok(vec![5; 10])));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            release_tx.send(()).unwrap();
+            assert!(leader.join().is_err());
+            assert_eq!(waiter.join().unwrap().unwrap(), vec![5; 10], "the waiter fetched it itself");
+        });
     }
 
     #[test]

@@ -61,6 +61,28 @@ impl BackupDisk {
         self.lib.read_entry(&entry, (range.end - range.start) as usize, out)
     }
 
+    /// Reads the whole of each chunk of `chunks`, the results in order: neighbours that a far store keeps
+    /// together are fetched with one request (`Library::read_entries`).
+    pub fn read_chunks(&self, chunks: std::ops::Range<u64>) -> Vec<Result<Vec<u8>>> {
+        let mut out: Vec<Option<Result<Vec<u8>>>> = Vec::new();
+        let (mut readable, mut positions) = (Vec::new(), Vec::new());
+        for chunk in chunks {
+            match self.index.entry(chunk) {
+                Ok(entry) => {
+                    let range = self.index.chunk_range(chunk);
+                    positions.push(out.len());
+                    readable.push((entry, (range.end - range.start) as usize));
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        for (pos, read) in positions.into_iter().zip(self.lib.read_entries(&readable)) {
+            out[pos] = Some(read);
+        }
+        out.into_iter().map(|r| r.expect("every chunk is read")).collect()
+    }
+
     /// Reads `buf.len()` bytes at `offset`. The range must lie within the disk.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let len = buf.len() as u64;

@@ -143,19 +143,7 @@ impl PseudoDisk {
                     // A blocking source: this chunk and the rest of the batch on one blocking thread.
                     let batch: Vec<RecallEntry> = std::iter::once(entry).chain(entries).collect();
                     let worker = me.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        for entry in batch {
-                            let chunk = entry.chunk;
-                            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                let mut buf = Vec::with_capacity(worker.chunk_size as usize);
-                                worker.source.read_chunk(chunk, &mut buf).map(|()| buf)
-                            }));
-                            if let Some(kept) = worker.answer(entry, read.unwrap_or_else(|_| Err(panicked(chunk)))) {
-                                worker.keep(kept);
-                            }
-                        }
-                    })
-                    .await;
+                    let _ = tokio::task::spawn_blocking(move || worker.read_batch_blocking(batch)).await;
                     break;
                 };
                 let read = std::panic::AssertUnwindSafe(read).catch_unwind().await;
@@ -167,6 +155,31 @@ impl PseudoDisk {
             }
             drop((slot, readahead_slot));
         });
+    }
+
+    /// Reads the claimed consecutive chunks `batch` with the source's `read_chunks`, answering each as it
+    /// comes and then keeping it. A chunk the source did not give (it panicked midway) gets an error, so no
+    /// reader waits for good.
+    fn read_batch_blocking(&self, batch: Vec<RecallEntry>) {
+        let Some(first) = batch.first().map(|e| e.chunk) else { return };
+        let mut unanswered: Vec<Option<RecallEntry>> = batch.into_iter().map(Some).collect();
+        let chunks = first..first + unanswered.len() as u64;
+        let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.source.read_chunks(chunks, &mut |chunk, read| {
+                let entry = chunk.checked_sub(first).and_then(|i| unanswered.get_mut(i as usize)?.take());
+                if let Some(kept) = entry.and_then(|entry| self.answer(entry, read)) {
+                    self.keep(kept);
+                }
+            })
+        }));
+        for entry in unanswered.into_iter().flatten() {
+            let chunk = entry.chunk;
+            let why = match &finished {
+                Err(_) => panicked(chunk),
+                Ok(()) => SourceError::Other { chunk, source: "the source did not give this chunk of a batch".into() },
+            };
+            self.answer(entry, Err(why));
+        }
     }
 
     /// Answers the waiters of a claimed chunk with what the source gave. Returns the chunk to keep in the

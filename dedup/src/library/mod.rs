@@ -23,7 +23,7 @@ use crate::formats::{LIBRARY_CONFIG_FILE, LIBRARY_FORMAT_VERSION, MAX_CHUNK_SIZE
 use crate::index::{DiskIndex, IndexEntry};
 use crate::manifest::Manifest;
 use crate::s3::{S3Objects, S3Url};
-use crate::store::{ChunkLocation, ChunkStore, PackStore, S3PackStore};
+use crate::store::{ChunkLocation, ChunkStore, PackStore, S3PackStore, StoredAt};
 use backend::Backend;
 
 /// Chunk reads in flight for a reader of a library in S3 (a restore, a mount's recalls): with 64 KiB chunks
@@ -208,6 +208,46 @@ impl Library {
             }
             (result, _) => result,
         }
+    }
+
+    /// `read_entry` of several entries (each with the length its chunk has on the disk), the plain bytes in
+    /// the order given. Chunks at known places are fetched together, through the chunk cache when there is
+    /// one, so that a far store reads neighbours with one request; a chunk that fails its check is read
+    /// again alone, as `read_entry` does (another copy).
+    pub fn read_entries(&self, wanted: &[(IndexEntry, usize)]) -> Vec<Result<Vec<u8>>> {
+        let located: Vec<(usize, ChunkId, StoredAt)> = wanted
+            .iter()
+            .enumerate()
+            .filter(|(_, (e, _))| !e.id.is_zero())
+            .filter_map(|(pos, (e, _))| Some((pos, e.id, e.at?)))
+            .collect();
+        let fetch = |asked: &[usize]| {
+            let places: Vec<(ChunkId, StoredAt)> = asked.iter().map(|&k| (located[k].1, located[k].2)).collect();
+            self.store.get_many_at(&places)
+        };
+        let stored = match &self.cache {
+            Some(cache) => {
+                let ids: Vec<ChunkId> = located.iter().map(|l| l.1).collect();
+                cache.get_or_fetch_many(&ids, fetch)
+            }
+            None => fetch(&(0..located.len()).collect::<Vec<_>>()),
+        };
+        let mut out: Vec<Option<Result<Vec<u8>>>> = wanted.iter().map(|_| None).collect();
+        for ((pos, id, _), got) in located.iter().zip(stored) {
+            let (entry, len) = &wanted[*pos];
+            let mut plain = Vec::with_capacity(*len);
+            out[*pos] = Some(match got.and_then(|bytes| self.decode(id, &bytes, *len, &mut plain)) {
+                Ok(()) => Ok(plain),
+                Err(Error::ChunkCorrupt { .. }) => self.read_entry(entry, *len, &mut plain).map(|()| plain),
+                Err(e) => Err(e),
+            });
+        }
+        // Zeros, and chunks whose place the index does not know.
+        for (slot, (entry, len)) in out.iter_mut().zip(wanted).filter(|(slot, _)| slot.is_none()) {
+            let mut plain = Vec::with_capacity(*len);
+            *slot = Some(self.read_entry(entry, *len, &mut plain).map(|()| plain));
+        }
+        out.into_iter().map(|r| r.expect("every entry is read")).collect()
     }
 
     fn decode(&self, id: &ChunkId, stored: &[u8], len: usize, out: &mut Vec<u8>) -> Result<()> {

@@ -38,6 +38,12 @@ pub trait ChunkStore: Send + Sync {
     /// is no longer there (garbage collection moved it), wherever the store says it is now.
     fn get_at(&self, id: &ChunkId, at: &StoredAt) -> Result<Vec<u8>>;
 
+    /// `get_at` of several chunks, the results in the order asked. A store where a request costs more than
+    /// its bytes (S3) reads neighbouring records of one pack with one request.
+    fn get_many_at(&self, wanted: &[(ChunkId, StoredAt)]) -> Vec<Result<Vec<u8>>> {
+        wanted.iter().map(|(id, at)| self.get_at(id, at)).collect()
+    }
+
     /// Every stored copy of every chunk, with the time its container was last written or used, and its
     /// stored size.
     fn list(&self) -> Result<Vec<StoredChunk>>;

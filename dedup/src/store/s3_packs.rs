@@ -38,6 +38,11 @@ const MAX_UPLOADS: usize = 4;
 const INDEX_READERS: usize = 8;
 /// Length of the chunk id before each record.
 const RECORD_ID_LEN: u64 = 32;
+/// Records of one pack this close together are read with one ranged GET: the bytes between them cost less
+/// than another request (far away a request costs tens of milliseconds; 256 KiB takes a few).
+const SPAN_MAX_GAP: u64 = 256 << 10;
+/// ... as long as that GET stays this short (the reader holds it whole until its records are cut out).
+const SPAN_MAX_BYTES: u64 = 8 << 20;
 /// A pack is rewritten by `sweep` when at least this share of its bytes is unused (1/4), as in a folder.
 const REWRITE_DEAD_SHARE: (u64, u64) = (1, 4);
 
@@ -294,6 +299,40 @@ impl S3PackStore {
     }
 }
 
+/// The chunks of `wanted` (by position) grouped into spans of one pack whose records lie close enough to be
+/// read with one request (`SPAN_MAX_GAP`, `SPAN_MAX_BYTES`), each span in pack order. A chunk whose location
+/// cannot hold a record (an offset inside the pack's header) is a span of its own.
+fn spans(wanted: &[(ChunkId, StoredAt)]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..wanted.len()).collect();
+    order.sort_by_key(|&i| (wanted[i].1.pack, wanted[i].1.offset));
+    let mut spans: Vec<Vec<usize>> = Vec::new();
+    for i in order {
+        let at = &wanted[i].1;
+        let joins = |span: &Vec<usize>| {
+            let (start, end) = span_bounds(wanted, span);
+            let first = &wanted[span[0]].1;
+            let Some(record_start) = u64::from(at.offset).checked_sub(RECORD_ID_LEN) else { return false };
+            first.pack == at.pack
+                && u64::from(first.offset) >= RECORD_ID_LEN
+                && record_start >= start
+                && record_start <= end + SPAN_MAX_GAP
+                && u64::from(at.offset) + u64::from(at.len) - start <= SPAN_MAX_BYTES
+        };
+        match spans.last_mut() {
+            Some(span) if joins(span) => span.push(i),
+            _ => spans.push(vec![i]),
+        }
+    }
+    spans
+}
+
+/// The bytes of its pack a span covers: from the first record's id to the end of the last chunk.
+fn span_bounds(wanted: &[(ChunkId, StoredAt)], span: &[usize]) -> (u64, u64) {
+    let start = span.iter().map(|&i| u64::from(wanted[i].1.offset).saturating_sub(RECORD_ID_LEN)).min();
+    let end = span.iter().map(|&i| u64::from(wanted[i].1.offset) + u64::from(wanted[i].1.len)).max();
+    (start.unwrap_or(0), end.unwrap_or(0))
+}
+
 /// The packs in a listing of `packs/` that have both their pack and their index: the only ones whose chunks
 /// may be used. An index alone names chunks that are nowhere: a writer frozen past its lease can write it
 /// after a gc removed its pack as unfinished (the writer then publishes nothing, but its index stays until
@@ -357,6 +396,56 @@ impl ChunkStore for S3PackStore {
             // Not where the backup's index says any more (gc rewrote or removed the pack): wherever it is now.
             None => self.get_found(id),
         }
+    }
+
+    fn get_many_at(&self, wanted: &[(ChunkId, StoredAt)]) -> Vec<Result<Vec<u8>>> {
+        let mut out: Vec<Option<Result<Vec<u8>>>> = wanted.iter().map(|_| None).collect();
+        for span in spans(wanted) {
+            let (start, end) = span_bounds(wanted, &span);
+            let first = &wanted[span[0]].1;
+            // A lone record, or a pack still in this process's memory: `get_at` reads it as it is.
+            if span.len() == 1 || self.read_in_memory(first).is_some() {
+                for i in span {
+                    out[i] = Some(self.get_at(&wanted[i].0, &wanted[i].1));
+                }
+                continue;
+            }
+            let object = pack_object(&first.pack.to_string());
+            match self.objects.get_range(&object, start, end - start) {
+                Ok(Some(data)) => {
+                    for i in span {
+                        let (id, at) = &wanted[i];
+                        let record = (u64::from(at.offset) - RECORD_ID_LEN - start) as usize
+                            ..(u64::from(at.offset) + u64::from(at.len) - start) as usize;
+                        out[i] = Some(match data.get(record).filter(|r| r[..RECORD_ID_LEN as usize] == id.0) {
+                            Some(r) => Ok(r[RECORD_ID_LEN as usize..].to_vec()),
+                            // Not there any more (or the pack is short): as one read would find it.
+                            None => self.get_at(id, at),
+                        });
+                    }
+                }
+                // The pack has gone (gc moved its chunks): each wherever it is now.
+                Ok(None) => {
+                    for i in span {
+                        out[i] = Some(self.get_at(&wanted[i].0, &wanted[i].1));
+                    }
+                }
+                // The request failed (after the client's retries): every chunk of the span gets the error,
+                // rather than as many more requests to a store that is not answering.
+                Err(e) => {
+                    let reason = e.to_string();
+                    let mut first_error = Some(e);
+                    for i in span {
+                        out[i] = Some(Err(first_error.take().unwrap_or_else(|| Error::Remote {
+                            op: "read".into(),
+                            object: self.objects.url().object_url(&object),
+                            reason: reason.clone(),
+                        })));
+                    }
+                }
+            }
+        }
+        out.into_iter().map(|r| r.expect("every chunk asked for is in one span")).collect()
     }
 
     fn list(&self) -> Result<Vec<StoredChunk>> {
@@ -499,5 +588,29 @@ impl ChunkStore for S3PackStore {
                 len: at.len,
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(pack: u8, offset: u32, len: u32) -> (ChunkId, StoredAt) {
+        (ChunkId::of(&offset.to_le_bytes()), StoredAt { pack: PackName([pack; 8]), offset, len })
+    }
+
+    #[test]
+    fn neighbours_in_one_pack_make_one_span_and_distance_or_another_pack_start_a_new_one() {
+        let wanted = [
+            at(1, 100_032, 1000), // after the next one in the pack
+            at(1, 64, 30_000),
+            at(2, 64, 500),               // another pack
+            at(1, 101_032 + 300_000, 10), // more than SPAN_MAX_GAP after the first span
+            at(1, 8, 4),                  // cannot hold a record (inside the header)
+            at(3, 64, 5 << 20),           // together they would pass SPAN_MAX_BYTES
+            at(3, 64 + (5 << 20) + 32, 5 << 20),
+        ];
+        assert_eq!(spans(&wanted), vec![vec![4], vec![1, 0], vec![3], vec![2], vec![5], vec![6]]);
+        assert_eq!(span_bounds(&wanted, &[1, 0]), (32, 101_032));
     }
 }
