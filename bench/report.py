@@ -2004,12 +2004,8 @@ def cmd_summary_s3(argv):
               f"= established connections to the store (the relay when far) sampled every 0.1 s; in flight = GETs/s x "
               f"the mean time of one GET alone (Little's law, an estimate); FUSE waiting = requests of the mount's FUSE "
               f"connection not yet answered (fusectl's `waiting`, most / mean; '-' without fusectl); chunks of "
-              f"{chunk >> 10} KiB, {far.get('stored_chunk_bytes', 0) / 1024:.0f} KiB stored on average, one GET each)")
-        if chunk:
-            need = far["outstanding"] * (1 << 20) // chunk
-            print(f"  {far['outstanding']} outstanding 1 MiB reads ask for {need} chunks at once: {need} GETs in flight at "
-                  f"+{far['delay_ms']:.0f} ms each would carry {far['outstanding'] * 1000 / far['delay_ms']:,.0f} MiB/s of "
-                  f"the disk; N GETs in flight carry at most N x {chunk >> 10} KiB / the time of one GET")
+              f"{chunk >> 10} KiB, {far.get('stored_chunk_bytes', 0) / 1024:.0f} KiB stored on average; neighbours in a pack "
+              f"come with one GET, so GETs are fewer than chunks)")
 
     print()
     print("goals:")
@@ -2039,6 +2035,8 @@ def cmd_summary_s3(argv):
         goal(f"far store (+{res['far']['delay_ms']:.0f} ms per request): cold sequential through a mount "
              f"{fs['mib_s']:.1f} MiB/s, the library's restore {fr['mib_s']:.1f} MiB/s = {ratio:.2f}x (goal: at least 0.8x)",
              ratio >= 0.8, ratio, ">= 0.8")
+        goal(f"far store (+{res['far']['delay_ms']:.0f} ms per request): cold sequential through a mount "
+             f"{fs['mib_s']:.1f} MiB/s (goal: at least 100 MiB/s)", fs["mib_s"] >= 100, fs["mib_s"], ">= 100 MiB/s")
     res["goals"] = goals
     json.dump(res, open(env["RESULTS"], "w"), indent=2)
     print()

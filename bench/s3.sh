@@ -39,8 +39,8 @@
 #     for each case the S3 GETs served, per second, the established connections to the store (the relay when
 #     far) and, when fusectl is mounted, the requests waiting on the mount's FUSE connection, sampled every
 #     0.1 s; and one ranged GET alone through each (BENCH_FAR_GETS of them, one at a time), so that GETs in
-#     flight can be told from their rate (Little's law). Goal: far, the cold sequential read through a mount
-#     (16 threads) at least 0.8x the restore's throughput.
+#     flight can be told from their rate (Little's law). Goals: far, the cold sequential read through a mount
+#     (16 threads) at least 0.8x the restore's throughput and at least 100 MiB/s.
 # Everything it makes (the cluster's folders, restic's and livemount's caches, the daemon's state and mounts)
 # lives in one folder under the cache folder, removed on exit; the `weed` processes get SIGKILL then, the
 # delay relay SIGTERM (and if the script itself dies: both are started with a parent-death signal). It keeps
