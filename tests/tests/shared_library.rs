@@ -117,7 +117,8 @@ fn a_vm_boots_on_one_appliance_from_a_backup_another_made() {
 
     // QEMU's user-mode network reaches the host's 127.0.0.1 as 10.0.2.2.
     let packages = packages.display().to_string();
-    let b = appliance_with(dir.path(), "appliance-b", &lib, &["--advertise", "10.0.2.2", "--guest-packages", &packages]);
+    let b =
+        appliance_with(dir.path(), "appliance-b", &lib, &["--advertise", "10.0.2.2", "--guest-packages", &packages]);
     let booted = tests::guest::boot_mount_in_qemu(&b, &lib, &backup, &[], dir.path());
     b.cli().args(["unmount", &booted.mount_id]).assert().success();
     // What the guest wrote stayed in B's mount: the backup is still the image, bit for bit.
