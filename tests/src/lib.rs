@@ -5,6 +5,7 @@ pub mod aws;
 pub mod fleet;
 pub mod guest;
 pub mod initiator;
+pub mod relay;
 pub mod seaweed;
 
 use std::path::{Path, PathBuf};
