@@ -177,7 +177,7 @@ impl S3Objects {
         let got = self.run(async move {
             let resp = client.get_object().bucket(bucket).key(key).set_range(range).send().await.map_err(Got::Call)?;
             // A body cut short is an error of the stream, not fewer bytes.
-            resp.body.collect().await.map(|b| b.to_vec()).map_err(|e| Got::Body(e.to_string()))
+            resp.body.collect().await.map(|b| b.to_vec()).map_err(|e| Got::Body(causes(&e)))
         });
         match got {
             Ok(data) => Ok(Some(data)),
@@ -223,24 +223,9 @@ impl S3Objects {
     fn error<E, R>(&self, op: &str, name: &str, e: &SdkError<E, R>) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
+        R: RawAnswer + std::fmt::Debug,
     {
-        let (code, message) = describe(e);
-        let hint = match code.as_deref() {
-            Some("NoSuchBucket") => "; create the bucket first, or check the library's URL",
-            Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch") => {
-                "; check the credentials in use (the AWS SDK's default chain) and their permissions on the bucket"
-            }
-            Some("PermanentRedirect" | "AuthorizationHeaderMalformed") => {
-                "; the bucket is in another region: set AWS_REGION to the bucket's region"
-            }
-            _ => "",
-        };
-        let reason = match code {
-            Some(code) => format!("{code}: {message}{hint}"),
-            None => format!("{message}{hint}"),
-        };
-        Error::Remote { op: op.into(), object: self.url.object_url(name), reason }
+        Error::Remote { op: op.into(), object: self.url.object_url(name), reason: explain(e) }
     }
 }
 
@@ -274,11 +259,10 @@ struct PartsError(String);
 impl<E, R> From<SdkError<E, R>> for PartsError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    R: RawAnswer + std::fmt::Debug,
 {
     fn from(e: SdkError<E, R>) -> Self {
-        let (code, message) = describe(&e);
-        PartsError(code.map_or(message.clone(), |c| format!("{c}: {message}")))
+        PartsError(explain(&e))
     }
 }
 
@@ -325,26 +309,38 @@ fn finished_part(
 
 fn status_of<E, R>(e: &SdkError<E, R>) -> Option<u16>
 where
-    R: HttpStatus,
+    R: RawAnswer,
 {
-    e.raw_response().map(HttpStatus::status_code)
+    e.raw_response().map(RawAnswer::status_code)
 }
 
-/// The HTTP status of a raw answer (the SDK's response type).
-trait HttpStatus {
+/// What an error answer carries besides its error document: its HTTP status, headers and body as sent (the
+/// SDK's response type). Some answers have no error document (a 403 with an empty body), and some say where
+/// the bucket is only in a header or an element the SDK does not parse.
+trait RawAnswer {
     fn status_code(&self) -> u16;
+    fn header(&self, name: &str) -> Option<&str>;
+    fn body_bytes(&self) -> Option<&[u8]>;
 }
 
-impl HttpStatus for aws_smithy_runtime_api::http::Response {
+impl RawAnswer for aws_smithy_runtime_api::http::Response {
     fn status_code(&self) -> u16 {
         self.status().as_u16()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers().get(name)
+    }
+
+    fn body_bytes(&self) -> Option<&[u8]> {
+        self.body().bytes()
     }
 }
 
 fn is_not_found<E, R>(e: &SdkError<E, R>) -> bool
 where
     E: ProvideErrorMetadata,
-    R: HttpStatus,
+    R: RawAnswer,
 {
     status_of(e) == Some(404)
         && !matches!(e.as_service_error().and_then(|s| s.code()), Some("NoSuchBucket" | "NoSuchUpload"))
@@ -369,5 +365,157 @@ where
             (code, message)
         }
         other => (None, aws_smithy_types::error::display::DisplayErrorContext(other).to_string()),
+    }
+}
+
+/// One line for the user: what S3 said (its error code and message, or the HTTP status of an answer without
+/// an error document, or what the network did) and, where the cause is known, what to do about it.
+fn explain<E, R>(e: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: RawAnswer + std::fmt::Debug,
+{
+    let answer = e.raw_response();
+    let status = answer.map(RawAnswer::status_code);
+    let (code, message) = match e {
+        // A service error with neither code nor message is an answer without an error document (AWS sends
+        // none for a HEAD; moto sends none for a bucket policy's Deny): the SDK's own words for it are a debug
+        // dump ("unhandled error: Error { aws_request_id: .. }"), so its HTTP status is what there is to say.
+        SdkError::ServiceError(s) if s.err().code().is_none() && s.err().message().is_none() => {
+            let status = s.raw().status_code();
+            let message = match status {
+                403 => "access denied (HTTP 403 Forbidden, without details)".to_string(),
+                _ => format!("HTTP {status} {} (without details)", status_name(status)),
+            };
+            (None, message)
+        }
+        SdkError::ServiceError(_) => describe(e),
+        // The SDK's text for these ends in a debug dump of the whole error; its chain of causes says it all.
+        other => (None, causes(other)),
+    };
+    let hint = match (code.as_deref(), status) {
+        (Some("NoSuchBucket"), _) => "create the bucket first, or check the library's URL".to_string(),
+        (Some("AccessDenied" | "AllAccessDisabled"), _) | (None, Some(403)) => {
+            "check the credentials in use (the AWS SDK's default chain), their permissions and the bucket's \
+             policy"
+                .to_string()
+        }
+        (Some("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken"), _) => {
+            "check the credentials in use (the AWS SDK's default chain) and their permissions on the bucket".to_string()
+        }
+        (Some("PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException"), _)
+        | (None, Some(301 | 307)) => match answer.and_then(bucket_region) {
+            Some(region) => format!("the bucket is in region {region}: set AWS_REGION={region}"),
+            None => "the bucket is in another region: set AWS_REGION to the bucket's region".to_string(),
+        },
+        _ => match e {
+            SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => format!(
+                "the connection to the store failed, also when tried again (up to {MAX_ATTEMPTS} attempts): \
+                 check the network to it and its endpoint"
+            ),
+            SdkError::TimeoutError(_) => format!(
+                "the store did not answer in time, also when tried again (up to {MAX_ATTEMPTS} attempts): \
+                 check the network to it and its endpoint"
+            ),
+            _ => String::new(),
+        },
+    };
+    let said = match code {
+        Some(code) => format!("{code}: {message}"),
+        None => message,
+    };
+    if hint.is_empty() {
+        said
+    } else {
+        // "... this endpoint.; the bucket ..." reads badly: the hint follows the message's last word.
+        format!("{}; {hint}", said.trim_end().trim_end_matches('.'))
+    }
+}
+
+/// An error and its causes, each said once: "dispatch failure: io error: ...: Connection reset by peer".
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
+/// The region an answer says the bucket is in: the `x-amz-bucket-region` header (a redirect), else the
+/// `Region` element of the error document (AuthorizationHeaderMalformed names it only there).
+fn bucket_region<R: RawAnswer>(answer: &R) -> Option<String> {
+    let valid = |r: &str| !r.is_empty() && r.len() <= 32 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if let Some(r) = answer.header("x-amz-bucket-region").map(str::trim).filter(|r| valid(r)) {
+        return Some(r.to_string());
+    }
+    let body = std::str::from_utf8(answer.body_bytes()?).ok()?;
+    let start = body.find("<Region>")? + "<Region>".len();
+    let region = body[start..].split("</Region>").next()?.trim();
+    valid(region).then(|| region.to_string())
+}
+
+/// The reason phrase of the statuses an S3 store answers with.
+fn status_name(status: u16) -> &'static str {
+    match status {
+        301 => "Moved Permanently",
+        307 => "Temporary Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        409 => "Conflict",
+        412 => "Precondition Failed",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer as a store sends it, for `bucket_region`.
+    struct Answer {
+        headers: Vec<(&'static str, &'static str)>,
+        body: &'static str,
+    }
+
+    impl RawAnswer for Answer {
+        fn status_code(&self) -> u16 {
+            400
+        }
+
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
+        }
+
+        fn body_bytes(&self) -> Option<&[u8]> {
+            Some(self.body.as_bytes())
+        }
+    }
+
+    #[test]
+    fn the_bucket_region_comes_from_the_header_or_the_error_document() {
+        let redirect = Answer { headers: vec![("x-amz-bucket-region", "eu-west-1")], body: "" };
+        assert_eq!(bucket_region(&redirect).as_deref(), Some("eu-west-1"));
+        let malformed = Answer {
+            headers: vec![],
+            body: "<Error><Code>AuthorizationHeaderMalformed</Code><Region>ap-southeast-2</Region></Error>",
+        };
+        assert_eq!(bucket_region(&malformed).as_deref(), Some("ap-southeast-2"));
+        // Nothing that could not be a region is offered as one to set.
+        let odd = Answer { headers: vec![("x-amz-bucket-region", "eu west; rm")], body: "<Region></Region>" };
+        assert_eq!(bucket_region(&odd), None);
     }
 }
