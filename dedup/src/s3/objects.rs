@@ -27,6 +27,8 @@ const MAX_ATTEMPTS: u32 = 5;
 /// A single attempt that takes longer than this (a network that stopped answering) is tried again.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first pause before a GET whose answer was cut short is sent again; it doubles each time.
+const BODY_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Objects larger than this are uploaded in parts of this size (the last smaller), several at a time. S3
 /// takes parts of at least 5 MiB.
 const PART_SIZE: usize = 8 << 20;
@@ -175,9 +177,34 @@ impl S3Objects {
     fn get_bytes(&self, name: &str, range: Option<String>) -> Result<Option<Vec<u8>>> {
         let (client, bucket, key) = (self.client.clone(), self.url.bucket.clone(), self.url.key(name));
         let got = self.run(async move {
-            let resp = client.get_object().bucket(bucket).key(key).set_range(range).send().await.map_err(Got::Call)?;
-            // A body cut short is an error of the stream, not fewer bytes.
-            resp.body.collect().await.map(|b| b.to_vec()).map_err(|e| Got::Body(causes(&e)))
+            let mut attempt = 1;
+            loop {
+                let resp = client
+                    .get_object()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .set_range(range.clone())
+                    .send()
+                    .await
+                    .map_err(Got::Call)?;
+                // A body cut short is an error of the stream, not fewer bytes. The SDK tries a request again
+                // only until its answer begins, so a connection lost mid-answer (a restore's span of 8 MiB, a
+                // network that drops) would fail the read at once: the whole GET is tried again here instead.
+                match resp.body.collect().await {
+                    Ok(body) => return Ok(body.to_vec()),
+                    Err(_) if attempt < MAX_ATTEMPTS => {
+                        tokio::time::sleep(BODY_RETRY_PAUSE * 2u32.pow(attempt - 1)).await;
+                        attempt += 1;
+                    }
+                    Err(e) => {
+                        return Err(Got::Body(format!(
+                            "{}; the answer was cut short each time it was read ({MAX_ATTEMPTS} attempts): check \
+                             the network to the store",
+                            causes(&e)
+                        )))
+                    }
+                }
+            }
         });
         match got {
             Ok(data) => Ok(Some(data)),
