@@ -28,7 +28,10 @@ pub enum Cut {
     Close,
 }
 
-/// How S3 answers a request signed for another region than its bucket's.
+/// How S3 answers a request signed for another region than its bucket's (moto answers such requests as if
+/// the region were right). Both answers as the S3 API Reference lists them under "Error responses"
+/// (docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html): `PermanentRedirect` (301) and
+/// `AuthorizationHeaderMalformed` (400), with the bucket's region in `x-amz-bucket-region`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WrongRegion {
     /// `301 PermanentRedirect`, the bucket's region in the `x-amz-bucket-region` header and its endpoint in
