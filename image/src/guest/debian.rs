@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use super::chroot::Chroot;
-use super::{initramfs, io_err, GuestError, PrepareOptions, Prepared};
+use super::{initramfs, io_err, ldconfig, GuestError, PrepareOptions, Prepared};
 
 /// Sourced by open-iscsi's initramfs script (local-top/iscsi). iPXE's sanboot leaves an iBFT in memory,
 /// which the iscsi_ibft module finds and shows under /sys/firmware/ibft.
@@ -65,8 +65,11 @@ pub fn prepare(root: &Path, opts: &PrepareOptions, os: String) -> Result<Prepare
 
     let images = initramfs_images(root);
     if !has_initiator(root) {
-        // Its dpkg trigger would rebuild every initramfs: they are extended below instead.
-        without_initramfs_updates(root, || install_open_iscsi(root, &chroot, opts))?;
+        // Its dpkg trigger would rebuild every initramfs: they are extended below instead. libc-bin's
+        // trigger looks at every library of the guest: only at those its cache does not know (`ldconfig.rs`).
+        without_initramfs_updates(root, || {
+            ldconfig::with_cache_on_this_device(root, || install_open_iscsi(root, &chroot, opts))
+        })?;
         done.installed_initiator = true;
         done.changes.push("installed open-iscsi from the appliance's packages".into());
     }

@@ -8,6 +8,7 @@
 mod chroot;
 mod debian;
 mod initramfs;
+mod ldconfig;
 
 use std::path::{Path, PathBuf};
 
