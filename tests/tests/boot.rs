@@ -33,7 +33,7 @@ fn a_debian_vm_boots_from_a_live_mount_over_ipxe_and_iscsi() {
     let prepared = listed.as_array().unwrap().iter().find(|m| m["id"] != backup.as_str()).expect("a prepared version");
     let prepared_id = prepared["id"].as_str().unwrap().to_string();
     assert_eq!(prepared["origin"]["parent_backup"], backup.as_str(), "{prepared}");
-    assert_eq!(prepared["origin"]["preparation"]["version"], 2, "{prepared}"); // image::guest::PREPARATION_VERSION
+    assert_eq!(prepared["origin"]["preparation"]["version"], 3, "{prepared}"); // image::guest::PREPARATION_VERSION
 
     // A second boot mount of the same backup mounts the prepared version: nothing is prepared or recalled.
     let second = boot_mount(&daemon, &backup, &[]);

@@ -40,6 +40,21 @@ impl Chroot {
 
     /// Runs a command in the guest with a plain environment.
     pub fn run(&self, args: &[&str]) -> Result<String, GuestError> {
+        run(&mut self.command(args))
+    }
+
+    /// Like `run`, but an exit with status `code` gives `None`: how a script in the guest says that it
+    /// does not apply.
+    pub fn run_unless(&self, code: i32, args: &[&str]) -> Result<Option<String>, GuestError> {
+        let mut cmd = self.command(args);
+        let (command, out) = output(&mut cmd)?;
+        if out.status.code() == Some(code) {
+            return Ok(None);
+        }
+        checked(command, out).map(Some)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("chroot");
         cmd.arg(&self.root)
             .args(args)
@@ -47,7 +62,7 @@ impl Chroot {
             .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .env("LANG", "C");
-        run(&mut cmd)
+        cmd
     }
 }
 
@@ -63,12 +78,23 @@ impl Drop for Chroot {
 }
 
 pub fn run(cmd: &mut Command) -> Result<String, GuestError> {
+    let (command, out) = output(cmd)?;
+    checked(command, out)
+}
+
+/// Runs `cmd` to its end: its description (for errors) and its output.
+fn output(cmd: &mut Command) -> Result<(String, std::process::Output), GuestError> {
     let command = format!("{cmd:?}");
     let out = cmd.stdin(std::process::Stdio::null()).output().map_err(|e| GuestError::Command {
         command: command.clone(),
         status: "not started".into(),
         stderr: e.to_string(),
     })?;
+    Ok((command, out))
+}
+
+/// The standard output of a command that succeeded; the tail of its standard error otherwise.
+fn checked(command: String, out: std::process::Output) -> Result<String, GuestError> {
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(5).collect();

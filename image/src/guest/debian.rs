@@ -2,8 +2,8 @@
 //! appliance's packages when not), name the initiator as iPXE will, log in from the iBFT in the initramfs
 //! only when firmware left one (so that a local boot of the same disk does not wait for a network), keep
 //! ifupdown away from the boot NIC, and add all that to the initramfs: appended to each image as one more
-//! archive (`initramfs.rs`), which takes seconds where a rebuild takes half a minute; an image that cannot be
-//! extended is rebuilt.
+//! archive (`initramfs.rs`), which takes seconds and reads neither the image nor its modules where a rebuild
+//! takes half a minute; an image that cannot be extended is rebuilt.
 
 use std::path::Path;
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// The version of what `prepare` does to a guest. A prepared guest is kept as a backup of its own and
 /// reused by later boot mounts of the same backup; bump this whenever the preparation changes, so that
 /// guests prepared the old way are prepared again.
-pub const PREPARATION_VERSION: u32 = 2;
+pub const PREPARATION_VERSION: u32 = 3;
 
 /// What the preparation needs to know.
 #[derive(Clone, Debug)]
