@@ -4,19 +4,19 @@
 //! mount: recalled from the backup), packs and compresses them all again: measured on a Debian 12 guest,
 //! 26 s and 220 MiB recalled of the 27 s a first boot preparation took. The kernel unpacks an initramfs made
 //! of several archives one after another, later files replacing earlier ones, so the existing image is kept
-//! as it is and one archive is appended.
+//! as it is and archives are appended to it.
 //!
-//! What that archive holds is everything of a rebuild except the kernel modules the image already has: the
-//! guest's own `mkinitramfs` builds it with `MODULES=list` (no module directory is added wholesale, so none
-//! of those modules is read), running every hook as a rebuild does (open-iscsi's among them, with the
-//! modules the hooks ask for) into memory. Its module index would only know the modules of that build, so
-//! the guest's own index (`/lib/modules/<version>/modules.*`, the one the image was built from) replaces it.
-//! That index names every module of the kernel, so it answers for every module of the old image and of the
-//! new archive alike, with the same dependencies: `mkinitramfs` resolves the modules it copies through that
-//! very index (`modprobe --show-depends`), so an image holds every dependency and soft dependency of each of
-//! its modules; a module the index names but the image lacks is not found, as it would not be with an index
-//! of the image alone. The image keeps every storage driver it had, so the guest still boots from a local
-//! disk.
+//! What is appended is everything of a rebuild except the kernel modules the image already has: the guest's
+//! own `mkinitramfs` builds it with `MODULES=list` (no module directory is added wholesale, so none of those
+//! modules is read), running every hook as a rebuild does (open-iscsi's among them, with the modules the
+//! hooks ask for) into memory, and compresses it as the guest is configured to. Its module index would only
+//! know the modules of that build, so a second archive after it holds the guest's own index
+//! (`/lib/modules/<version>/modules.*`, the one the image was built from). That index names every module of
+//! the kernel, so it answers for every module of the old image and of the new archive alike, with the same
+//! dependencies: `mkinitramfs` resolves the modules it copies through that very index (`modprobe
+//! --show-depends`), so an image holds every dependency and soft dependency of each of its modules; a module
+//! the index names but the image lacks is not found, as it would not be with an index of the image alone. The
+//! image keeps every storage driver it had, so the guest still boots from a local disk.
 //!
 //! The old image is not read at all (unpacking it read its 37 MiB: a third of all a first preparation
 //! recalled). Where the guest's modules are compressed the image holds them decompressed, under other names
@@ -29,57 +29,56 @@ use super::GuestError;
 /// Folder of the work, in the chroot's /var/tmp (memory: see `Chroot::enter`).
 const WORK: &str = "/var/tmp/livemount-initramfs";
 
-/// Exit status of `EXTEND` when the guest's module index cannot stand for the image's.
+/// Exit status of `EXTEND` when the guest's module index cannot stand for the image's, or when the build
+/// cannot be set up as it needs (no folder of configuration hooks, no mount namespace).
 const NOT_APPLICABLE: i32 = 3;
 
 /// Run by `sh` in the guest: `$1` the kernel version, `$2` its initramfs image, `$3` the work folder.
-/// Prints the size of the archive it appended.
+/// Prints the size of what it appended.
 const EXTEND: &str = r#"
 set -e
 umask 0022
 version=$1 image=$2 work=$3
 modules=/lib/modules/$version
+conf_hooks=/usr/share/initramfs-tools/conf-hooks.d
 rm -rf "$work"
 mkdir -p "$work"
-# The guest's index must exist and name the modules as the image holds them (decompressed, .ko).
-if [ ! -f "$modules/modules.dep" ] || [ ! -f "$modules/modules.dep.bin" ] || grep -q '\.ko\.' "$modules/modules.dep"; then
+# The guest's index must exist and name the modules as the image holds them (decompressed, .ko); the
+# setting below needs the folder of configuration hooks and a mount namespace of its own.
+if [ ! -f "$modules/modules.dep" ] || [ ! -f "$modules/modules.dep.bin" ] || [ ! -d "$conf_hooks" ] \
+        || grep -q '\.ko\.' "$modules/modules.dep" || ! unshare --mount true; then
     exit 3
 fi
-# The guest's configuration, with MODULES=list sourced last (no module directory copied wholesale). The
-# build runs from this copy; the file is taken out of what it built below.
-cp -a /etc/initramfs-tools "$work/conf"
-mkdir -p "$work/conf/conf.d"
-echo MODULES=list > "$work/conf/conf.d/zzzz-livemount-no-module-dirs"
-# Kept (-k): what it built, in $work/mkinitramfs_*. Its own compressed image is not used: the cheapest
-# compression, thrown away.
-TMPDIR=$work mkinitramfs -d "$work/conf" -k -c gzip -l 1 -o /dev/null "$version" >&2
+# MODULES=list, in a copy of the configuration hooks that only this mkinitramfs sees (a private mount
+# namespace): they are sourced after every configuration file and never copied into the image.
+cp -a "$conf_hooks" "$work/conf-hooks.d"
+echo MODULES=list > "$work/conf-hooks.d/zzzz-livemount-no-module-dirs"
+# Kept (-k): the early archive, so that it can be left out below, and the build's tree.
+TMPDIR=$work unshare --mount --propagation private sh -c 'mount --bind "$1" "$2" && exec mkinitramfs -k -o "$3" "$4"' \
+    sh "$work/conf-hooks.d" "$conf_hooks" "$work/built" "$version" >&2
+for early in "$work"/mkinitramfs-FW_*; do :; done
 for destdir in "$work"/mkinitramfs_*; do :; done
-if [ ! -d "$destdir/conf" ]; then
+if [ ! -f "$early" ] || [ ! -d "$destdir" ]; then
     echo "mkinitramfs left no build in $work" >&2
     exit 1
 fi
-rm -f "$destdir/conf/conf.d/zzzz-livemount-no-module-dirs"
-# The guest's module index instead of the one of this build's modules only (mkinitramfs drops the *map
-# files depmod may write).
-rm -f "$destdir$modules"/modules.*
+# What it built after the early archive (CPU microcode): only the first archive of an image may be one,
+# and the image keeps its own.
+tail -c +$(($(wc -c < "$early") + 1)) "$work/built" > "$work/extra"
+# Then the guest's module index, at the path the image has it, replacing the one of this build's modules
+# only (mkinitramfs drops the *map files depmod may write).
+index=$(cd "$destdir$modules" && pwd -P)
+index=${index#"$destdir"/}
+mkdir -p "$work/index/$index"
 for f in "$modules"/modules.*; do
     case "$f" in
     *map) ;;
-    *) cp -p "$f" "$destdir$modules/" ;;
+    *) cp -p "$f" "$work/index/$index/" ;;
     esac
 done
-
-cd "$destdir"
-find . | LC_ALL=C sort | cpio --quiet -R 0:0 -o -H newc | gzip -n > "$work/extra.cpio.gz"
-# An archive a hook asked to append (catenate_cpiogz) follows the main one, as mkinitramfs writes them.
-# An early archive (CPU microcode) is left out: only the first archive of an image may be one, and the
-# image keeps its own.
-for overlay in "$work"/mkinitramfs-OL_*; do
-    if [ -s "$overlay" ]; then cat "$overlay" >> "$work/extra.cpio.gz"; fi
-done
-cat "$work/extra.cpio.gz" >> "$image"
-wc -c < "$work/extra.cpio.gz"
-cd /
+(cd "$work/index" && find . -type f | LC_ALL=C sort | cpio --quiet -R 0:0 -o -H newc | gzip -n) >> "$work/extra"
+cat "$work/extra" >> "$image"
+wc -c < "$work/extra"
 rm -rf "$work"
 "#;
 
