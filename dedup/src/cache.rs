@@ -186,6 +186,9 @@ impl ChunkCache {
             let pos = first_of[id];
             out[pos].as_ref().and_then(|r| r.as_ref().ok()).cloned()
         });
+        // A chunk whose fetch failed elsewhere (another reader's, or for an earlier place in this batch): this
+        // reader tries it alone, to get its own error.
+        let fetch_alone = |pos: usize| fetch(&[pos]).pop().unwrap_or_else(|| Err(Error::ChunkMissing { id: ids[pos] }));
         for (pos, flight) in waiting {
             let mut outcome = flight.outcome.lock().expect("not poisoned");
             while outcome.is_none() {
@@ -196,17 +199,16 @@ impl ChunkCache {
                     self.hits.fetch_add(1, Ordering::Relaxed);
                     Ok(data.clone())
                 }
-                // The other reader's fetch failed: this one tries itself, to get its own error.
                 _ => {
                     drop(outcome);
-                    fetch(&[pos]).pop().unwrap_or_else(|| Err(Error::ChunkMissing { id: ids[pos] }))
+                    fetch_alone(pos)
                 }
             });
         }
         for (pos, first) in repeats {
             out[pos] = Some(match &out[first] {
                 Some(Ok(data)) => Ok(data.clone()),
-                _ => fetch(&[pos]).pop().unwrap_or_else(|| Err(Error::ChunkMissing { id: ids[pos] })),
+                _ => fetch_alone(pos),
             });
         }
         out.into_iter().map(|r| r.expect("every chunk is answered")).collect()

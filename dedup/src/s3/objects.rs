@@ -412,7 +412,10 @@ where
             let status = s.raw().status_code();
             let message = match status {
                 403 => "access denied (HTTP 403 Forbidden, without details)".to_string(),
-                _ => format!("HTTP {status} {} (without details)", status_name(status)),
+                _ => format!(
+                    "HTTP {status} {} (without details)",
+                    http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("")
+                ),
             };
             (None, message)
         }
@@ -485,27 +488,6 @@ fn bucket_region<R: RawAnswer>(answer: &R) -> Option<String> {
     let start = body.find("<Region>")? + "<Region>".len();
     let region = body[start..].split("</Region>").next()?.trim();
     valid(region).then(|| region.to_string())
-}
-
-/// The reason phrase of the statuses an S3 store answers with.
-fn status_name(status: u16) -> &'static str {
-    match status {
-        301 => "Moved Permanently",
-        307 => "Temporary Redirect",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        409 => "Conflict",
-        412 => "Precondition Failed",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "",
-    }
 }
 
 #[cfg(test)]
