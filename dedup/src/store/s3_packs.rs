@@ -188,10 +188,7 @@ impl S3PackStore {
                 self.objects.get_range(&object, start, RECORD_ID_LEN + u64::from(at.len))?
             }
         };
-        Ok(record.filter(|r| r.len() == RECORD_ID_LEN as usize + at.len as usize && r[..32] == id.0).map(|mut r| {
-            r.drain(..RECORD_ID_LEN as usize);
-            r
-        }))
+        Ok(record.and_then(|r| chunk_of_record(&r, id, at)))
     }
 
     /// Reads a chunk wherever the catalog says, reading the indexes again once when it is not there.
@@ -297,6 +294,12 @@ impl S3PackStore {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
+}
+
+/// The encoded chunk of a record read from where `at` says, if the record is whole and is `id`'s.
+fn chunk_of_record(record: &[u8], id: &ChunkId, at: &StoredAt) -> Option<Vec<u8>> {
+    let (record_id, chunk) = record.split_at_checked(RECORD_ID_LEN as usize)?;
+    (record_id == id.0 && chunk.len() == at.len as usize).then(|| chunk.to_vec())
 }
 
 /// The chunks of `wanted` (by position) grouped into spans of one pack whose records lie close enough to be
@@ -417,8 +420,8 @@ impl ChunkStore for S3PackStore {
                         let (id, at) = &wanted[i];
                         let record = (u64::from(at.offset) - RECORD_ID_LEN - start) as usize
                             ..(u64::from(at.offset) + u64::from(at.len) - start) as usize;
-                        out[i] = Some(match data.get(record).filter(|r| r[..RECORD_ID_LEN as usize] == id.0) {
-                            Some(r) => Ok(r[RECORD_ID_LEN as usize..].to_vec()),
+                        out[i] = Some(match data.get(record).and_then(|r| chunk_of_record(r, id, at)) {
+                            Some(chunk) => Ok(chunk),
                             // Not there any more (or the pack is short): as one read would find it.
                             None => self.get_at(id, at),
                         });
