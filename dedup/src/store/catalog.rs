@@ -3,7 +3,11 @@
 //! process's own). The in-memory part stays small because a store that sees it grow past `MERGE_AT` chunks
 //! writes a new map that covers those packs (`pack/merge.rs`).
 //!
-//! Refreshed from the folder when a chunk is not found (another process may have added a backup) or a pack
+//! The same catalog serves both stores: where packs and their indexes are comes from a `PackIndexes` (the
+//! folder of a folder store, the objects of an S3 store); the maps are files in a folder (the library's own
+//! for a folder store, this machine's cache for an S3 store).
+//!
+//! Refreshed from the store when a chunk is not found (another process may have added a backup) or a pack
 //! has gone (garbage collection may have rewritten it).
 
 use std::collections::{HashMap, HashSet};
@@ -22,6 +26,41 @@ use crate::error::{Error, Result};
 
 /// Chunks kept in memory, outside a map, before a new map is written.
 pub(super) const MERGE_AT: usize = 256 * 1024;
+/// Pack indexes read in one go by a refresh that may stop at a bound on what it holds.
+const INDEX_GROUP: usize = 16;
+
+/// Where a catalog learns which packs are sealed and what their indexes say.
+pub(super) trait PackIndexes: Sync {
+    /// The sealed packs: those whose chunks may be used.
+    fn sealed(&self) -> Result<HashSet<PackName>>;
+    /// The indexes of `packs` that can be read. A pack gone since the listing, or whose index is damaged, is
+    /// left out: its chunks stay unknown (reads of them say so, verify names them, repair rebuilds it).
+    fn read(&self, packs: &[PackName]) -> Result<Vec<(PackName, PackIndex)>>;
+    /// Something that changes whenever the set of packs does, when that is cheap to know (a folder's time):
+    /// a catalog skips its scan while it is unchanged. `None`: always scan.
+    fn version(&self) -> Result<Option<SystemTime>> {
+        Ok(None)
+    }
+}
+
+/// The packs of a folder store: `<name>.pack` with `<name>.idx` beside it (an index is written only once its
+/// pack is durable, so an index names a sealed pack).
+pub(super) struct FolderPacks<'a>(pub &'a Path);
+
+impl PackIndexes for FolderPacks<'_> {
+    fn sealed(&self) -> Result<HashSet<PackName>> {
+        sealed_pack_names(self.0)
+    }
+
+    fn read(&self, packs: &[PackName]) -> Result<Vec<(PackName, PackIndex)>> {
+        Ok(packs.iter().filter_map(|&p| Some((p, read_pack_index(self.0, p)?))).collect())
+    }
+
+    fn version(&self) -> Result<Option<SystemTime>> {
+        let dir = self.0;
+        std::fs::metadata(dir).and_then(|m| m.modified()).map(Some).map_err(|e| Error::io("read folder", dir, e))
+    }
+}
 
 /// One pack file known to this process.
 pub(super) struct Pack {
@@ -124,8 +163,8 @@ pub(super) struct Catalog {
     loaded: HashSet<PackName>,
     /// Packs the map covers that have gone from the folder: what it says of them is stale.
     gone: HashSet<PackName>,
-    /// The folder's modification time at the last scan, and when that scan started.
-    last_scan: Option<(SystemTime, SystemTime)>,
+    /// The store's version (`PackIndexes::version`) at the last complete scan, and when that scan started.
+    last_scan: Option<(Option<SystemTime>, SystemTime)>,
 }
 
 impl Catalog {
@@ -170,22 +209,24 @@ impl Catalog {
         }
     }
 
-    /// Brings the catalog up to date with the folder: takes the newest map, loads the index of every pack it
-    /// does not cover, forgets packs whose index has gone. Skips the scan when the folder has not changed
-    /// since the last one.
-    pub fn refresh(&mut self, dir: &Path) -> Result<()> {
+    /// Brings the catalog up to date with the store: takes the newest map in `maps`, loads the index of every
+    /// pack it does not cover, forgets packs that have gone. With a `limit`, stops loading indexes once that
+    /// many chunks are in memory and returns false (the caller writes a map that covers them, then refreshes
+    /// again); true when every sealed pack is known. Skips the scan when the store says it has not changed
+    /// since the last complete one.
+    pub fn refresh(&mut self, maps: &Path, packs: &dyn PackIndexes, limit: Option<usize>) -> Result<bool> {
         let scan_start = SystemTime::now();
-        let dir_mtime =
-            std::fs::metadata(dir).and_then(|m| m.modified()).map_err(|e| Error::io("read folder", dir, e))?;
-        if let Some((mtime, scanned_at)) = self.last_scan {
+        let version = packs.version()?;
+        if let (Some(now), Some((Some(seen), scanned_at))) = (version, self.last_scan) {
             // File times may be coarser than the clock (a second on some file systems): trust an unchanged
             // time only when the last scan started well after it.
-            if mtime == dir_mtime && scanned_at > dir_mtime + Duration::from_secs(2) {
-                return Ok(());
+            if now == seen && scanned_at > seen + Duration::from_secs(2) {
+                return Ok(true);
             }
         }
-        let on_disk = sealed_pack_names(dir)?;
-        if let Some(map) = newest_map(dir)? {
+        self.last_scan = None;
+        let on_disk = packs.sealed()?;
+        if let Some(map) = newest_map(maps)? {
             if self.map.as_ref().is_none_or(|m| m.generation() < map.generation()) {
                 // What the new map covers leaves memory (this process's unsealed pack is never covered).
                 self.chunks.retain(|_, at| !map.covers(&at.pack));
@@ -209,17 +250,22 @@ impl Catalog {
             .copied()
             .collect();
         new.sort();
-        for pack in new {
-            let Some(index) = read_pack_index(dir, pack) else { continue };
-            for e in index.entries {
-                let Ok(offset) = u32::try_from(e.offset) else { continue };
-                // A chunk stored twice (two backups wrote it at once) is read from the first pack found.
-                self.chunks.entry(e.id).or_insert(StoredAt { pack, offset, len: e.len });
+        let group = if limit.is_some() { INDEX_GROUP } else { new.len().max(1) };
+        for packs_read in new.chunks(group) {
+            if limit.is_some_and(|l| self.chunks.len() >= l) {
+                return Ok(false);
             }
-            self.loaded.insert(pack);
+            for (pack, index) in packs.read(packs_read)? {
+                for e in index.entries {
+                    let Ok(offset) = u32::try_from(e.offset) else { continue };
+                    // A chunk stored twice (two backups wrote it at once) is read from the first pack found.
+                    self.chunks.entry(e.id).or_insert(StoredAt { pack, offset, len: e.len });
+                }
+                self.loaded.insert(pack);
+            }
         }
-        self.last_scan = Some((dir_mtime, scan_start));
-        Ok(())
+        self.last_scan = Some((version, scan_start));
+        Ok(true)
     }
 }
 
@@ -257,8 +303,12 @@ pub(super) fn newest_map(dir: &Path) -> Result<Option<ChunkMap>> {
     Ok(None)
 }
 
-/// The generations of the chunk maps in `dir`.
+/// The generations of the chunk maps in `dir` (none when it does not exist yet: an S3 store's folder of maps
+/// is made by its first merge).
 pub(super) fn map_generations(dir: &Path) -> Result<Vec<u64>> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
     Ok(file_stems(dir, chunk_map::EXTENSION)?.iter().filter_map(|s| chunk_map::parse_generation(s)).collect())
 }
 

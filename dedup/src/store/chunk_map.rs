@@ -95,17 +95,21 @@ impl ChunkMap {
         Ok(None)
     }
 
-    /// Every record, in id order, block by block: the id, and where it is.
-    pub fn for_each(&self, mut f: impl FnMut(ChunkId, StoredAt) -> Result<()>) -> Result<()> {
-        for b in 0..self.file.block_count() {
-            for r in self.file.read_block(b)?.chunks_exact(RECORD_LEN) {
-                let (id, at) = located::decode(r);
-                if let Some(at) = located::resolve(&self.packs, at) {
-                    f(id, at)?;
-                }
-            }
-        }
-        Ok(())
+    /// Every record, in id order, read a block at a time: the id, and where it is.
+    pub fn records(&self) -> impl Iterator<Item = Result<(ChunkId, StoredAt)>> + '_ {
+        (0..self.file.block_count()).flat_map(move |b| {
+            let records: Vec<Result<(ChunkId, StoredAt)>> = match self.file.read_block(b) {
+                Ok(block) => block
+                    .chunks_exact(RECORD_LEN)
+                    .filter_map(|r| {
+                        let (id, at) = located::decode(r);
+                        Some(Ok((id, located::resolve(&self.packs, at)?)))
+                    })
+                    .collect(),
+                Err(e) => vec![Err(e)],
+            };
+            records
+        })
     }
 }
 
@@ -182,13 +186,8 @@ mod tests {
         }
         assert_eq!(map.lookup(&ChunkId::of(b"absent")).unwrap(), None);
         assert_eq!(map.lookup(&ChunkId([0xff; 32])).unwrap(), None);
-        let mut seen = 0;
-        map.for_each(|_, _| {
-            seen += 1;
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(seen, 1000);
+        let read: Vec<ChunkId> = map.records().map(|r| r.unwrap().0).collect();
+        assert_eq!(read, ids);
         assert_eq!(parse_generation(p.file_stem().unwrap().to_str().unwrap()), Some(1));
     }
 }

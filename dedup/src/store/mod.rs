@@ -4,6 +4,7 @@
 mod catalog;
 pub mod chunk_map;
 pub mod located;
+mod merge;
 mod pack;
 pub mod pack_format;
 mod s3_packs;

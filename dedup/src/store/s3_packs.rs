@@ -7,19 +7,23 @@
 //! - A cold chunk read is one ranged GET of its pack: the record's id and the encoded chunk, checked against
 //!   each other before the chunk is used.
 //! - Where chunks are: a backup's disk index records it (a mount reads without any lookup); for the rest
-//!   (a backup deciding what to reuse, a location gone stale after gc), every pack index, read when first
-//!   needed and again when a chunk is not found.
+//!   (a backup deciding what to reuse, a location gone stale after gc), a chunk map on this machine's disk
+//!   built from the pack indexes (the folder store's catalog and maps, `catalog.rs`, `merge.rs`), with the
+//!   chunks of packs it does not cover yet in memory. The map is this machine's own cache, written by any
+//!   process that finds too many chunks outside it: memory stays bounded however large the library is.
 //! - Nothing marks a reused pack as used (objects have no times to set): gc keeps away from backups in
 //!   progress by the library's registry and lock instead (`library/s3.rs`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
+use super::catalog::{Catalog, PackIndexes, MERGE_AT};
 use super::located::{PackName, StoredAt};
+use super::merge::MapFolder;
 use super::pack_format::{pack_header, PackEntry, PackIndex};
 use super::{ChunkLocation, ChunkStore, RepairStats, StoredChunk, SweepStats};
 use crate::chunk::ChunkId;
@@ -48,20 +52,17 @@ const REWRITE_DEAD_SHARE: (u64, u64) = (1, 4);
 
 pub struct S3PackStore {
     objects: Arc<S3Objects>,
+    /// This machine's chunk maps of the library, and their temporary files.
+    maps: PathBuf,
+    tmp: PathBuf,
+    /// `MERGE_AT`, smaller in tests.
+    merge_at: usize,
     catalog: RwLock<Catalog>,
     writer: Mutex<Option<OpenPack>>,
     /// Packs uploading, oldest first; their bytes answer reads of their chunks until their index is written.
     uploads: Mutex<VecDeque<Upload>>,
     /// An upload failed: chunks whose `put` succeeded are lost, so `sync` fails from now on.
     failed: AtomicBool,
-}
-
-#[derive(Default)]
-struct Catalog {
-    chunks: HashMap<ChunkId, StoredAt>,
-    /// Packs whose index has been read (or that this process wrote).
-    loaded: HashSet<PackName>,
-    scanned: bool,
 }
 
 struct OpenPack {
@@ -85,9 +86,13 @@ fn index_object(name: &str) -> String {
 }
 
 impl S3PackStore {
-    pub fn open(objects: Arc<S3Objects>) -> Self {
+    /// The store of the library in `objects`; `local` is this machine's folder for it (its chunk maps).
+    pub fn open(objects: Arc<S3Objects>, local: &Path) -> Self {
         S3PackStore {
             objects,
+            maps: local.join("maps"),
+            tmp: local.join("tmp"),
+            merge_at: test_merge_at().unwrap_or(MERGE_AT),
             catalog: RwLock::new(Catalog::default()),
             writer: Mutex::new(None),
             uploads: Mutex::new(VecDeque::new()),
@@ -99,36 +104,54 @@ impl S3PackStore {
         PathBuf::from(self.objects.url().object_url(name))
     }
 
-    /// Where a chunk is, reading the pack indexes first when they never were.
+    /// Where a chunk is, learning where chunks are first when it never has.
     fn lookup(&self, id: &ChunkId) -> Result<Option<StoredAt>> {
-        if !self.catalog.read().expect("not poisoned").scanned {
+        if !self.catalog.read().expect("not poisoned").is_scanned() {
             self.refresh()?;
         }
-        Ok(self.catalog.read().expect("not poisoned").chunks.get(id).copied())
+        self.catalog.read().expect("not poisoned").lookup(id)
     }
 
-    /// Reads the index of every pack not known yet, and forgets packs whose index has gone.
+    /// Brings the catalog up to date with the bucket: the chunks of packs that the local map does not cover
+    /// are loaded into memory up to `merge_at`; past that, a new map covering them is written first.
     fn refresh(&self) -> Result<()> {
-        // Only packs known before the listing can be missing from it for having gone (one whose upload
-        // finishes meanwhile is known after).
-        let known: HashSet<PackName> = self.catalog.read().expect("not poisoned").loaded.clone();
-        let listed = self.objects.list("packs/")?;
-        let sealed = sealed_names(&listed);
-        let gone: HashSet<PackName> = known.difference(&sealed).copied().collect();
-        let mut new: Vec<PackName> = sealed.difference(&known).copied().collect();
-        new.sort();
-        let indexes = self.read_indexes(&new)?;
-        let mut cat = self.catalog.write().expect("not poisoned");
-        cat.chunks.retain(|_, at| !gone.contains(&at.pack));
-        cat.loaded.retain(|p| !gone.contains(p));
-        for (pack, index) in indexes {
-            for e in index.entries {
-                let Ok(offset) = u32::try_from(e.offset) else { continue };
-                cat.chunks.entry(e.id).or_insert(StoredAt { pack, offset, len: e.len });
+        let packs = S3Packs(self);
+        for _ in 0..3 {
+            let (complete, loose) = {
+                let mut cat = self.catalog.write().expect("not poisoned");
+                let complete = cat.refresh(&self.maps, &packs, Some(self.merge_at))?;
+                (complete, cat.loose_chunks())
+            };
+            if complete && loose < self.merge_at {
+                return Ok(());
             }
-            cat.loaded.insert(pack);
+            // Another process of this machine writing the map leaves what was loaded as the best there is.
+            if !self.merge_map(!complete)? && complete {
+                return Ok(());
+            }
         }
-        cat.scanned = true;
+        // Packs arrive faster than maps are written: hold the rest in memory for now.
+        self.catalog.write().expect("not poisoned").refresh(&self.maps, &packs, None)?;
+        Ok(())
+    }
+
+    /// Writes a new local chunk map covering every sealed pack (see `MapFolder::merge` for `wait`); the next
+    /// refresh takes it. True when this process did.
+    fn merge_map(&self, wait: bool) -> Result<bool> {
+        let maps = MapFolder { dir: &self.maps, tmp: &self.tmp, run_chunks: self.merge_at };
+        let merged = maps.merge(&S3Packs(self), wait)?;
+        if merged {
+            self.catalog.write().expect("not poisoned").invalidate();
+        }
+        Ok(merged)
+    }
+
+    /// After an upload: a new map when too many chunks are held outside the current one.
+    fn merge_if_due(&self) -> Result<()> {
+        if self.catalog.read().expect("not poisoned").loose_chunks() >= self.merge_at {
+            self.merge_map(false)?;
+            self.refresh()?;
+        }
         Ok(())
     }
 
@@ -241,10 +264,10 @@ impl S3PackStore {
         });
         let mut cat = self.catalog.write().expect("not poisoned");
         if result.is_ok() {
-            cat.loaded.insert(upload.name);
+            cat.sealed(upload.name);
         } else {
             self.failed.store(true, Ordering::Release);
-            cat.chunks.retain(|_, at| at.pack != upload.name);
+            cat.remove_pack(upload.name);
         }
         result
     }
@@ -347,6 +370,24 @@ fn sealed_names(listed: &[ObjectInfo]) -> HashSet<PackName> {
     named(".idx").intersection(&named(".pack")).copied().collect()
 }
 
+/// `MERGE_AT` as a test sets it (`LIVEMOUNT_TEST_MERGE_AT`), to see maps written without millions of chunks.
+fn test_merge_at() -> Option<usize> {
+    std::env::var("LIVEMOUNT_TEST_MERGE_AT").ok()?.parse().ok().filter(|&n| n > 0)
+}
+
+/// The packs of the bucket, for the catalog and the map's merge.
+struct S3Packs<'a>(&'a S3PackStore);
+
+impl PackIndexes for S3Packs<'_> {
+    fn sealed(&self) -> Result<HashSet<PackName>> {
+        Ok(sealed_names(&self.0.objects.list("packs/")?))
+    }
+
+    fn read(&self, packs: &[PackName]) -> Result<Vec<(PackName, PackIndex)>> {
+        self.0.read_indexes(packs)
+    }
+}
+
 impl Drop for S3PackStore {
     fn drop(&mut self) {
         // Uploads under way finish (their packs are whole); an open pack never uploaded is simply dropped.
@@ -374,7 +415,7 @@ impl ChunkStore for S3PackStore {
         open.bytes.extend_from_slice(encoded);
         open.entries.push(PackEntry { id: *id, offset, len: at.len });
         // Known at once (a later chunk of this backup reuses it); its pack counts as loaded once uploaded.
-        self.catalog.write().expect("not poisoned").chunks.insert(*id, at);
+        self.catalog.write().expect("not poisoned").insert(*id, at);
         if open.bytes.len() < PACK_TARGET_BYTES && open.entries.len() < PACK_MAX_CHUNKS {
             return Ok(at);
         }
@@ -386,6 +427,8 @@ impl ChunkStore for S3PackStore {
             let done = uploads.pop_front().expect("checked");
             self.finish_upload(done)?;
         }
+        drop(uploads);
+        self.merge_if_due()?;
         Ok(at)
     }
 
@@ -466,12 +509,14 @@ impl ChunkStore for S3PackStore {
     }
 
     fn start_marking(&self) {
-        // Read the indexes again when first needed: a gc may have removed packs since they were read.
-        self.catalog.write().expect("not poisoned").scanned = false;
+        // Look at the bucket again when first needed: a gc may have removed packs since.
+        self.catalog.write().expect("not poisoned").invalidate();
     }
 
     fn sync(&self) -> Result<()> {
-        self.upload_all()
+        self.upload_all()?;
+        // The packs just uploaded are mapped now rather than by the next process to look.
+        self.merge_if_due()
     }
 
     fn sweep(&self, in_use: &HashSet<ChunkId>, cutoff: SystemTime) -> Result<SweepStats> {
@@ -535,7 +580,7 @@ impl ChunkStore for S3PackStore {
                 stats.orphan_indexes_removed += 1;
             }
         }
-        self.catalog.write().expect("not poisoned").scanned = false;
+        self.catalog.write().expect("not poisoned").invalidate();
         Ok(stats)
     }
 

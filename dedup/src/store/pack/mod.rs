@@ -13,7 +13,7 @@
 //! fsyncs the folder, so every chunk put before it is durable, names included, before a manifest refers to
 //! it. A pack without an index is unfinished work: readers ignore it and `sweep` removes it.
 //!
-//! Where chunks are: the library's chunk map (`chunk_map.rs`, kept up to date by `merge.rs`) and the indexes of
+//! Where chunks are: the library's chunk map (`chunk_map.rs`, kept up to date by `store/merge.rs`) and the indexes of
 //! the packs it does not cover yet, through each process's catalog (`catalog.rs`). A backup's disk index also
 //! records where each of its chunks was stored, so that a live mount reads a chunk without looking it up.
 //!
@@ -24,7 +24,6 @@
 //! keeping only the chunks in use. A pack used (read by a backup, or written) after the cutoff is left
 //! alone whole: a backup in progress may be about to refer to any chunk of it.
 
-mod merge;
 mod repair;
 mod seal;
 mod sweep;
@@ -40,8 +39,9 @@ use std::time::SystemTime;
 
 use lru::LruCache;
 
-use super::catalog::{Catalog, Pack, MERGE_AT};
+use super::catalog::{Catalog, FolderPacks, Pack, MERGE_AT};
 use super::located::{PackName, StoredAt};
+use super::merge::MapFolder;
 use super::pack_format::{pack_header, PackEntry, PackIndex};
 use super::{ChunkLocation, ChunkStore, RepairStats, StoredChunk, SweepStats};
 use crate::aligned::AlignedBuf;
@@ -159,7 +159,7 @@ impl PackStore {
     fn refresh(&self) -> Result<()> {
         let loose = {
             let mut cat = self.catalog.write().expect("not poisoned");
-            cat.refresh(&self.dir)?;
+            cat.refresh(&self.dir, &FolderPacks(&self.dir), None)?;
             cat.loose_chunks()
         };
         if loose >= self.merge_at && self.writes.load(Ordering::Acquire) {
@@ -310,6 +310,18 @@ impl PackStore {
             ));
         }
         durable::sync_dir(&self.dir).map_err(|e| Error::io("sync folder", &self.dir, e))
+    }
+
+    /// Writes a new chunk map that covers every sealed pack and no pack that has gone (see `MapFolder::merge`
+    /// for `wait`), then takes it.
+    fn merge_map(&self, wait: bool) -> Result<()> {
+        let maps = MapFolder { dir: &self.dir, tmp: &self.tmp, run_chunks: self.merge_at };
+        if maps.merge(&FolderPacks(&self.dir), wait)? {
+            let mut cat = self.catalog.write().expect("not poisoned");
+            cat.invalidate();
+            cat.refresh(&self.dir, &FolderPacks(&self.dir), None)?;
+        }
+        Ok(())
     }
 
     /// Writes a new chunk map when this process holds too many chunks outside the current one.
