@@ -13,6 +13,11 @@
 //!
 //! The order matters: a backup that finishes while gc runs either is still registered when gc reads the
 //! registry, or its manifest is already there when gc marks.
+//!
+//! In an S3 library a backup cannot mark a pack (objects have no times to set): gc holds the library's lock
+//! throughout, and while backups run it first agrees with them on what the sweep may remove (see
+//! `library/s3.rs`): they stop reusing the packs it would delete or rewrite, the packs they used already are
+//! spared, and the manifests published meanwhile are read again before the sweep.
 
 use std::collections::HashSet;
 use std::time::SystemTime;
@@ -22,7 +27,7 @@ use serde::Serialize;
 use crate::chunk::ChunkId;
 use crate::error::{Error, Result};
 use crate::library::{Guard, Library};
-use crate::store::SweepStats;
+use crate::store::{PackName, SweepStats};
 
 /// A backup in progress, registered for as long as this value lives.
 pub struct RunningBackup {
@@ -31,7 +36,7 @@ pub struct RunningBackup {
 
 impl RunningBackup {
     pub fn register(lib: &Library, id: &str) -> Result<Self> {
-        Ok(RunningBackup { registered: lib.backend().register_running(id)? })
+        Ok(RunningBackup { registered: lib.backend().register_running(id, lib.shared_store())? })
     }
 
     /// Fails once the registration may have lapsed (see `Guard::is_live`): a gc may then have removed
@@ -47,8 +52,11 @@ impl RunningBackup {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct GcStats {
     pub chunks_in_use: u64,
-    /// Backups in progress when gc looked. In an S3 library no sweep runs while any does (`swept` false).
+    /// Backups in progress when gc looked. In an S3 library the sweep waits for each to answer; `swept` is
+    /// false when one did not.
     pub backups_running: u64,
+    /// Packs the sweep left whole because a backup in progress uses them (S3).
+    pub packs_spared: u64,
     pub swept: bool,
     #[serde(flatten)]
     pub sweep: SweepStats,
@@ -63,6 +71,40 @@ pub fn collect_garbage(lib: &Library) -> Result<GcStats> {
     let early_lock = if lib.is_remote() { Some(lib.backend().lock_chunks()?) } else { None };
     let (cutoff, running) = lib.backend().sweep_cutoff(gc_start)?;
 
+    let mut in_use = chunks_in_use(lib)?;
+    let mut stats = GcStats { chunks_in_use: in_use.len() as u64, backups_running: running, ..Default::default() };
+    let Some(cutoff) = cutoff else { return Ok(stats) };
+    with_chunks_locked(lib, early_lock, || {
+        // Backups in progress in a library where they cannot mark what they reuse: only what they agree to.
+        let only = if lib.is_remote() && running > 0 {
+            let condemned = lib.store().condemned(&in_use, cutoff)?;
+            let spared = if condemned.is_empty() {
+                HashSet::new()
+            } else {
+                match lib.backend().agree_on_sweep(&condemned)? {
+                    Some(spared) => spared,
+                    None => return Ok(()),
+                }
+            };
+            in_use = chunks_in_use(lib)?;
+            stats.chunks_in_use = in_use.len() as u64;
+            stats.packs_spared = condemned.intersection(&spared).count() as u64;
+            Some(condemned.difference(&spared).copied().collect::<HashSet<PackName>>())
+        } else {
+            None
+        };
+        stats.swept = true;
+        stats.sweep = lib.store().sweep(&in_use, cutoff, only.as_ref())?;
+        if only.is_none() {
+            stats.temp_files_removed = lib.backend().clean_up(cutoff)?;
+        }
+        Ok(())
+    })?;
+    Ok(stats)
+}
+
+/// Every chunk a finished backup names.
+fn chunks_in_use(lib: &Library) -> Result<HashSet<ChunkId>> {
     let mut in_use: HashSet<ChunkId> = HashSet::new();
     for manifest in lib.backups()? {
         for disk in 0..manifest.disks.len() {
@@ -74,15 +116,7 @@ pub fn collect_garbage(lib: &Library) -> Result<GcStats> {
             })?;
         }
     }
-    let mut stats = GcStats { chunks_in_use: in_use.len() as u64, backups_running: running, ..Default::default() };
-    let Some(cutoff) = cutoff else { return Ok(stats) };
-    stats.swept = true;
-    with_chunks_locked(lib, early_lock, || {
-        stats.sweep = lib.store().sweep(&in_use, cutoff)?;
-        stats.temp_files_removed = lib.backend().clean_up(cutoff)?;
-        Ok(())
-    })?;
-    Ok(stats)
+    Ok(in_use)
 }
 
 /// What `library repair` did and what it could not save.

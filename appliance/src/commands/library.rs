@@ -100,8 +100,8 @@ pub fn run(cli: &Cli, cmd: &LibraryCmd) -> anyhow::Result<i32> {
                 print_json(&s);
             } else if !s.swept {
                 println!(
-                    "{} chunks in use; nothing removed: {} backups are in progress on appliances sharing this \
-                     library (run gc again once they have finished)",
+                    "{} chunks in use; nothing removed: of {} backups in progress on appliances sharing this \
+                     library, some did not answer in time (see the log; run gc again)",
                     s.chunks_in_use, s.backups_running
                 );
             } else {
@@ -116,6 +116,12 @@ pub fn run(cli: &Cli, cmd: &LibraryCmd) -> anyhow::Result<i32> {
                     s.chunks_in_use,
                     w.chunks_kept_recent
                 );
+                if s.packs_spared > 0 {
+                    println!(
+                        "{} packs left whole for the {} backups in progress that use them",
+                        s.packs_spared, s.backups_running
+                    );
+                }
             }
         }
     }

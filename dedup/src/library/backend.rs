@@ -2,10 +2,13 @@
 //! that share it coordinate: the seam between a library in a folder (`dir.rs`) and one in S3 (`s3.rs`). The
 //! chunks themselves are behind `store::ChunkStore`.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::error::Result;
+use crate::store::{ChunkStore, PackName};
 
 /// Something that lasts as long as it is held: a backup's registration, gc's lock.
 pub trait Guard: Send {
@@ -54,9 +57,10 @@ pub(crate) trait Backend: Send + Sync {
     /// The text of every hold.
     fn holds(&self) -> Result<Vec<String>>;
 
-    /// Registers a backup in progress for as long as the guard lives (see `gc.rs`). Returns once the
-    /// backup may look for chunks to reuse: in an S3 library, not while a gc holds the library's lock.
-    fn register_running(&self, id: &str) -> Result<Box<dyn Guard>>;
+    /// Registers a backup in progress, storing its chunks in `store`, for as long as the guard lives (see
+    /// `gc.rs`). Returns once the backup may look for chunks to reuse: in an S3 library, not while a gc
+    /// holds the library's lock; meanwhile the backup answers any gc that condemns packs (`agree_on_sweep`).
+    fn register_running(&self, id: &str, store: Arc<dyn ChunkStore>) -> Result<Box<dyn Guard>>;
 
     /// Taken shared around every reuse or addition of a chunk (a folder library's `chunks.lock`). `None`
     /// where the registration alone keeps gc away (S3, see `s3.rs`).
@@ -72,4 +76,12 @@ pub(crate) trait Backend: Send + Sync {
     /// With the chunks locked: removes what interrupted work left behind before `cutoff`; says how many
     /// temporary objects went.
     fn clean_up(&self, cutoff: SystemTime) -> Result<u64>;
+
+    /// With the chunks locked, while backups run, in a library where they cannot mark what they reuse (S3):
+    /// tells every backup in progress that a sweep would delete or rewrite `condemned`, and waits for each to
+    /// answer which of them it uses (it reuses nothing of them in place from then on). Returns those packs,
+    /// to be spared; `None` when some backup did not answer in time (then no sweep may run).
+    fn agree_on_sweep(&self, _condemned: &HashSet<PackName>) -> Result<Option<HashSet<PackName>>> {
+        Ok(Some(HashSet::new()))
+    }
 }

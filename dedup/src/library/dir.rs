@@ -16,6 +16,7 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::backend::{Backend, Guard};
@@ -23,6 +24,7 @@ use crate::durable::{self, AtomicFile};
 use crate::error::{Error, Result};
 use crate::formats::LIBRARY_CONFIG_FILE;
 use crate::lock::{self, LockKind};
+use crate::store::ChunkStore;
 
 pub(crate) struct DirBackend {
     root: PathBuf,
@@ -160,7 +162,7 @@ impl Backend for DirBackend {
             .collect())
     }
 
-    fn register_running(&self, id: &str) -> Result<Box<dyn Guard>> {
+    fn register_running(&self, id: &str, _store: Arc<dyn ChunkStore>) -> Result<Box<dyn Guard>> {
         // The entry appears under its name already locked and holding its start time: gc removes entries
         // it can lock, so an entry must never be visible unlocked.
         let tmp = self.path("tmp").join(format!(".tmp-running-{id}"));

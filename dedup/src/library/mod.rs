@@ -158,6 +158,10 @@ impl Library {
         &*self.store
     }
 
+    pub(crate) fn shared_store(&self) -> Arc<dyn ChunkStore> {
+        self.store.clone()
+    }
+
     pub(crate) fn backend(&self) -> &dyn Backend {
         &*self.backend
     }

@@ -8,23 +8,32 @@
 //! <prefix>holds/<holder>               what holds a backup (a live mount on some appliance)
 //! <prefix>running/<id>                 a backup in progress: its start and a lease its process renews
 //! <prefix>locks/gc                     gc's lock: taken with a conditional create, with a lease
+//! <prefix>gc/condemned                 while gc holds its lock: the packs its sweep would delete or rewrite
+//! <prefix>gc/acks/<id>                 a backup in progress's answer: which of those it uses
 //! ```
-//! Nothing is rewritten in place except the leases, which only their owner writes.
+//! Nothing is rewritten in place except the leases and the answers, which only their owner writes.
 //!
 //! Why gc is safe without a shared lock: S3 has no lock that many writers hold at once, and a reused chunk's
 //! pack cannot be marked used (objects have no times to set). So the registry and gc's lock exclude each
 //! other instead. A backup registers first and then waits while gc's lock is held; gc takes its lock first
-//! and then reads the registry, and sweeps only when no backup is registered. S3 is strongly consistent
-//! (read after write, list after write), so whichever of the two writes second sees the other. A process that
-//! dies stops renewing its lease; once the lease has run out its entry counts for nothing, so a dead
-//! appliance never blocks gc for good. (Leases are compared with each appliance's clock: keep them in time.)
+//! and then reads the registry. S3 is strongly consistent (read after write, list after write), so whichever
+//! of the two writes second sees the other: a backup that starts later waits for the gc, one that started
+//! earlier is in the registry. With none registered, gc sweeps. With some, it writes what it would remove
+//! (`gc/condemned`) and waits until each has answered: a backup checks for that every few seconds, stops
+//! reusing anything of those packs in place (it copies what it finds there) and answers with those it has
+//! used already (reused from, or written), which the sweep then spares. A backup that finished meanwhile
+//! has published its manifest, read again before the sweep; one that does not answer within a lease stops
+//! the sweep. A process that dies stops renewing its lease; once the lease has run out its entry counts for
+//! nothing, so a dead appliance never blocks gc for good. (Leases are compared with each appliance's clock:
+//! keep them in time.)
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +42,7 @@ use crate::durable;
 use crate::error::{Error, Result};
 use crate::formats::LIBRARY_CONFIG_FILE;
 use crate::s3::S3Objects;
+use crate::store::{ChunkStore, PackName};
 
 /// How long a registration or gc's lock lasts without being renewed; renewed every third of it. (Tests
 /// shorten it with `LIVEMOUNT_TEST_LEASE_SECS`, to see what a lapsed lease does without waiting minutes.)
@@ -44,8 +54,13 @@ fn lease_length() -> Duration {
         .and_then(|s| s.parse().ok())
         .map_or(LEASE_DEFAULT, Duration::from_secs)
 }
-/// How often a backup looks again whether gc's lock has gone.
+/// How often a backup looks again whether gc's lock has gone, and gc whether the backups have answered.
 const LOCK_POLL: Duration = Duration::from_secs(1);
+/// How often a backup in progress looks for a gc's condemnation (at most; more often with short leases).
+const GC_POLL: Duration = Duration::from_secs(2);
+/// What a gc condemned, and whose lock it was written under.
+const CONDEMNED: &str = "gc/condemned";
+const GC_LOCK: &str = "locks/gc";
 
 pub(crate) struct S3Backend {
     objects: Arc<S3Objects>,
@@ -77,6 +92,11 @@ impl Lease {
         self.until > now_secs()
     }
 
+    /// Who took it, and when: what a gc's condemnation and the answers to it name.
+    fn holder(&self) -> String {
+        format!("{}/{}/{}", self.host, self.pid, self.start)
+    }
+
     fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a lease serializes")
     }
@@ -90,6 +110,60 @@ pub(crate) fn local_folder(objects: &S3Objects, cache_root: &Path) -> PathBuf {
         folder.push(part);
     }
     folder
+}
+
+/// `gc/condemned`: what the gc holding the lock `gc` (its `Lease::holder`) would delete or rewrite.
+#[derive(Serialize, Deserialize)]
+struct Condemnation {
+    gc: String,
+    packs: Vec<String>,
+}
+
+/// `gc/acks/<id>`: a backup's answer to the condemnation of gc `gc`: the condemned packs it has used.
+#[derive(Serialize, Deserialize)]
+struct Answer {
+    gc: String,
+    used: Vec<String>,
+}
+
+fn pack_names(names: &[String]) -> HashSet<PackName> {
+    names.iter().filter_map(|n| PackName::parse(n)).collect()
+}
+
+/// A backup in progress's side of a sweep while it runs (see the module's notes).
+struct Answering {
+    id: String,
+    store: Arc<dyn ChunkStore>,
+    /// The gc answered last.
+    answered: Option<String>,
+}
+
+impl Answering {
+    /// Looks for a condemnation and answers it once.
+    fn check(&mut self, objects: &S3Objects) {
+        match condemnation(objects) {
+            Ok(Some(c)) if self.answered.as_deref() != Some(c.gc.as_str()) => {
+                // Avoided first, then answered: every use before the answer is in it, none comes after.
+                let used = self.store.avoid(pack_names(&c.packs));
+                let answer = Answer { gc: c.gc.clone(), used: used.iter().map(PackName::to_string).collect() };
+                let object = format!("gc/acks/{}", self.id);
+                match objects.put(&object, serde_json::to_vec(&answer).expect("an answer serializes")) {
+                    Ok(()) => self.answered = Some(c.gc),
+                    Err(e) => tracing::warn!("cannot answer the gc that condemned packs: {e}"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot look for a gc's condemnation: {e}"),
+        }
+    }
+}
+
+/// The condemnation in force: written by the gc that holds the lock now (one that died leaves its own).
+fn condemnation(objects: &S3Objects) -> Result<Option<Condemnation>> {
+    let Some(data) = objects.get(CONDEMNED)? else { return Ok(None) };
+    let Ok(c) = serde_json::from_slice::<Condemnation>(&data) else { return Ok(None) };
+    let lock = objects.get(GC_LOCK)?.and_then(|d| serde_json::from_slice::<Lease>(&d).ok());
+    Ok(lock.filter(|l| l.is_live() && l.holder() == c.gc).map(|_| c))
 }
 
 fn now_secs() -> u64 {
@@ -109,37 +183,74 @@ impl S3Backend {
     }
 
     /// Writes `name` now and renews it every third of the lease until the guard is dropped, when it is
-    /// removed.
-    fn keep_leased(&self, name: &str, lease: Lease) -> Box<dyn Guard> {
+    /// removed with `also_remove`. A backup's registration also answers gc meanwhile (`answering`).
+    fn keep_leased(
+        &self,
+        name: &str,
+        lease: Lease,
+        also_remove: Vec<String>,
+        mut answering: Option<Answering>,
+    ) -> Box<dyn Guard> {
         let (stop, stopped) = mpsc::channel::<()>();
         let (objects, object) = (self.objects.clone(), name.to_string());
         // Until when the last lease written holds (seconds since the epoch).
         let until = Arc::new(AtomicU64::new(lease.until));
         let renewed_until = until.clone();
-        let renewer = std::thread::Builder::new().name("lease".into()).spawn(move || loop {
-            match stopped.recv_timeout(lease_length() / 3) {
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let renewed = lease.renewed();
-                    match objects.put(&object, renewed.encode()) {
-                        // Renewed too late (the process was stopped, the store unreachable): it has lapsed
-                        // for good, whatever is written now.
-                        Ok(()) if renewed_until.load(Ordering::Acquire) <= now_secs() => {
-                            tracing::warn!("the lease of {object} ran out before it was renewed");
-                            renewed_until.store(0, Ordering::Release);
-                            let _ = objects.delete(&object);
-                            return;
+        let renew_every = lease_length() / 3;
+        let poll = if answering.is_some() { renew_every.min(GC_POLL) } else { renew_every };
+        let remove = move |objects: &S3Objects| {
+            for o in std::iter::once(&object).chain(&also_remove) {
+                let _ = objects.delete(o);
+            }
+        };
+        let object = name.to_string();
+        let renewer = std::thread::Builder::new().name("lease".into()).spawn(move || {
+            let mut renewed_at = Instant::now();
+            loop {
+                match stopped.recv_timeout(poll) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if let Some(a) = answering.as_mut() {
+                            a.check(&objects);
                         }
-                        Ok(()) => renewed_until.store(renewed.until, Ordering::Release),
-                        Err(e) => tracing::warn!("cannot renew the lease of {object}: {e}"),
+                        if renewed_at.elapsed() < renew_every {
+                            continue;
+                        }
+                        renewed_at = Instant::now();
+                        let renewed = lease.renewed();
+                        match objects.put(&object, renewed.encode()) {
+                            // Renewed too late (the process was stopped, the store unreachable): it has lapsed
+                            // for good, whatever is written now.
+                            Ok(()) if renewed_until.load(Ordering::Acquire) <= now_secs() => {
+                                tracing::warn!("the lease of {object} ran out before it was renewed");
+                                renewed_until.store(0, Ordering::Release);
+                                remove(&objects);
+                                return;
+                            }
+                            Ok(()) => renewed_until.store(renewed.until, Ordering::Release),
+                            Err(e) => tracing::warn!("cannot renew the lease of {object}: {e}"),
+                        }
                     }
-                }
-                _ => {
-                    let _ = objects.delete(&object);
-                    return;
+                    _ => {
+                        remove(&objects);
+                        return;
+                    }
                 }
             }
         });
         Box::new(Leased { stop: Some(stop), renewer: renewer.ok(), until })
+    }
+
+    /// The backups in progress whose lease holds; entries whose lease ran out are removed.
+    fn live_registrations(&self) -> Result<Vec<String>> {
+        let mut live = Vec::new();
+        for o in self.objects.list("running/")? {
+            match self.read_lease(&o.name)? {
+                Some(lease) if lease.is_live() => live.extend(o.name.strip_prefix("running/").map(str::to_string)),
+                // A backup whose process stopped renewing: gone.
+                _ => self.objects.delete(&o.name)?,
+            }
+        }
+        Ok(live)
     }
 
     fn local_index(&self, id: &str, index_file: &str) -> PathBuf {
@@ -270,15 +381,16 @@ impl Backend for S3Backend {
         Ok(out)
     }
 
-    fn register_running(&self, id: &str) -> Result<Box<dyn Guard>> {
+    fn register_running(&self, id: &str, store: Arc<dyn ChunkStore>) -> Result<Box<dyn Guard>> {
         let name = format!("running/{id}");
         let lease = Lease::new(now_secs());
         self.objects.put(&name, lease.encode())?;
-        let registered = self.keep_leased(&name, lease);
+        let answering = Answering { id: id.to_string(), store, answered: None };
+        let registered = self.keep_leased(&name, lease, vec![format!("gc/acks/{id}")], Some(answering));
         // Registered first, then wait while a gc holds the library: a gc that took its lock before this
         // registration was written may not have seen it.
         let mut said = false;
-        while let Some(gc) = self.read_lease("locks/gc")?.filter(Lease::is_live) {
+        while let Some(gc) = self.read_lease(GC_LOCK)?.filter(Lease::is_live) {
             if !said {
                 tracing::info!(
                     "waiting for the gc that {} (pid {}) runs on {}",
@@ -298,11 +410,11 @@ impl Backend for S3Backend {
     }
 
     fn lock_chunks(&self) -> Result<Box<dyn Guard>> {
-        let name = "locks/gc";
+        let name = GC_LOCK;
         loop {
             let lease = Lease::new(now_secs());
             if self.objects.create_new(name, lease.encode())? {
-                return Ok(self.keep_leased(name, lease));
+                return Ok(self.keep_leased(name, lease, vec![CONDEMNED.to_string()], None));
             }
             match self.read_lease(name)? {
                 Some(held) if held.is_live() => {
@@ -318,18 +430,41 @@ impl Backend for S3Backend {
     }
 
     fn sweep_cutoff(&self, gc_start: SystemTime) -> Result<(Option<SystemTime>, u64)> {
-        let mut running = 0;
-        for o in self.objects.list("running/")? {
-            match self.read_lease(&o.name)? {
-                Some(lease) if lease.is_live() => running += 1,
-                // A backup whose process stopped renewing: gone.
-                _ => self.objects.delete(&o.name)?,
+        // Packs written since gc started are left alone; older ones that backups in progress use are spared
+        // by their answers (`agree_on_sweep`).
+        Ok((Some(gc_start), self.live_registrations()?.len() as u64))
+    }
+
+    fn agree_on_sweep(&self, condemned: &HashSet<PackName>) -> Result<Option<HashSet<PackName>>> {
+        // Our own lock's holder names the condemnation: backups honour it only while that lock holds.
+        let Some(lock) = self.read_lease(GC_LOCK)?.filter(Lease::is_live) else { return Ok(None) };
+        let gc = lock.holder();
+        let c = Condemnation { gc: gc.clone(), packs: condemned.iter().map(PackName::to_string).collect() };
+        self.objects.put(CONDEMNED, serde_json::to_vec(&c).expect("a condemnation serializes"))?;
+        let mut waiting = self.live_registrations()?;
+        let deadline = Instant::now() + lease_length();
+        let mut spared = HashSet::new();
+        loop {
+            let mut still = Vec::new();
+            for id in waiting {
+                let answer = self.objects.get(&format!("gc/acks/{id}"))?;
+                match answer.and_then(|d| serde_json::from_slice::<Answer>(&d).ok()).filter(|a| a.gc == gc) {
+                    Some(a) => spared.extend(pack_names(&a.used)),
+                    // Finished (its manifest is read again before the sweep) or dead: nothing to wait for.
+                    None if !self.read_lease(&format!("running/{id}"))?.is_some_and(|l| l.is_live()) => {}
+                    None => still.push(id),
+                }
             }
+            if still.is_empty() {
+                return Ok(Some(spared));
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!("no sweep: backups in progress did not answer gc in time: {}", still.join(", "));
+                return Ok(None);
+            }
+            waiting = still;
+            std::thread::sleep(LOCK_POLL);
         }
-        // Backups in progress cannot mark what they reuse (see above): no sweep while any runs.
-        // With none running, nothing is being written: everything unused may go.
-        let cutoff = (running == 0).then_some(gc_start);
-        Ok((cutoff, running))
     }
 
     fn clean_up(&self, cutoff: SystemTime) -> Result<u64> {

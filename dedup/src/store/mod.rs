@@ -57,8 +57,29 @@ pub trait ChunkStore: Send + Sync {
     fn sync(&self) -> Result<()>;
 
     /// Garbage collection's sweep: removes stored chunks that are not `in_use`, leaving alone everything
-    /// used or written at or after `cutoff`. Called with the library's chunk lock held exclusively.
-    fn sweep(&self, in_use: &HashSet<ChunkId>, cutoff: SystemTime) -> Result<SweepStats>;
+    /// used or written at or after `cutoff`. With `only`, deletes or rewrites none but those packs, and leaves
+    /// work that looks unfinished alone (backups are running: see `condemned`). Called with the library's
+    /// chunk lock held exclusively.
+    fn sweep(
+        &self,
+        in_use: &HashSet<ChunkId>,
+        cutoff: SystemTime,
+        only: Option<&HashSet<PackName>>,
+    ) -> Result<SweepStats>;
+
+    /// The packs a sweep with `in_use` and `cutoff` would delete or rewrite now: what a gc tells backups in
+    /// progress in a store where they cannot mark what they reuse (S3, see `gc.rs`).
+    fn condemned(&self, _in_use: &HashSet<ChunkId>, _cutoff: SystemTime) -> Result<HashSet<PackName>> {
+        Ok(HashSet::new())
+    }
+
+    /// In a backup in progress, when a gc has condemned `packs`: from now on nothing of them is reused in
+    /// place (a chunk found there is copied into a pack of this process's own). Returns those of them this
+    /// process has already used (reused a chunk from, or written): the gc keeps them whole. For as long as
+    /// the process lives: what it knows of where chunks are may still name a pack the gc removed.
+    fn avoid(&self, _packs: HashSet<PackName>) -> HashSet<PackName> {
+        HashSet::new()
+    }
 
     /// Rebuilds what says where chunks are (a pack's index) from the stored chunks themselves, wherever it is
     /// missing or damaged. Every chunk recovered is checked against its id first. Called with the library's

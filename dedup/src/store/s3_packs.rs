@@ -11,8 +11,8 @@
 //!   built from the pack indexes (the folder store's catalog and maps, `catalog.rs`, `merge.rs`), with the
 //!   chunks of packs it does not cover yet in memory. The map is this machine's own cache, written by any
 //!   process that finds too many chunks outside it: memory stays bounded however large the library is.
-//! - Nothing marks a reused pack as used (objects have no times to set): gc keeps away from backups in
-//!   progress by the library's registry and lock instead (`library/s3.rs`).
+//! - Nothing marks a reused pack as used (objects have no times to set): a backup in progress remembers
+//!   the packs it used, and a gc that would delete or rewrite some asks it first (`avoid`, `gc.rs`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -63,6 +63,23 @@ pub struct S3PackStore {
     uploads: Mutex<VecDeque<Upload>>,
     /// An upload failed: chunks whose `put` succeeded are lost, so `sync` fails from now on.
     failed: AtomicBool,
+    /// The packs this process has used, and those a gc has condemned (see `avoid`).
+    uses: Mutex<PackUses>,
+}
+
+#[derive(Default)]
+struct PackUses {
+    /// Packs a chunk was reused from, or written to, by this process.
+    used: HashSet<PackName>,
+    /// Packs a gc condemned while this process backed up: nothing of them is reused in place, also once
+    /// that gc is over (the catalog may still name those it removed).
+    avoided: HashSet<PackName>,
+}
+
+/// A pack a sweep deletes, or rewrites with `live` only.
+struct Doomed {
+    name: String,
+    live: Vec<PackEntry>,
 }
 
 struct OpenPack {
@@ -97,6 +114,7 @@ impl S3PackStore {
             writer: Mutex::new(None),
             uploads: Mutex::new(VecDeque::new()),
             failed: AtomicBool::new(false),
+            uses: Mutex::new(PackUses::default()),
         }
     }
 
@@ -301,6 +319,46 @@ impl S3PackStore {
         Ok(())
     }
 
+    /// What a sweep would do: the packs to delete (no chunk of theirs in use) or rewrite (mostly unused:
+    /// their chunks in use are copied first), with its figures. With `only`, no other pack.
+    fn plan_sweep(
+        &self,
+        in_use: &HashSet<ChunkId>,
+        cutoff: SystemTime,
+        only: Option<&HashSet<PackName>>,
+    ) -> Result<(Vec<Doomed>, SweepStats)> {
+        let mut stats = SweepStats::default();
+        let mut claimed: HashSet<ChunkId> = HashSet::new();
+        let mut doomed = Vec::new();
+        for (name, index, written) in self.sealed_packs()? {
+            // A chunk in use is kept in the first pack that holds it; other copies are spare. (Every pack
+            // claims its chunks, also one left alone: a copy there is kept.)
+            let (live, dead): (Vec<PackEntry>, Vec<PackEntry>) =
+                index.entries.iter().partition(|e| in_use.contains(&e.id) && claimed.insert(e.id));
+            if dead.is_empty() || only.is_some_and(|only| PackName::parse(&name).is_none_or(|p| !only.contains(&p))) {
+                continue;
+            }
+            if written >= cutoff {
+                stats.chunks_kept_recent += dead.len() as u64;
+                continue;
+            }
+            let dead_bytes: u64 = dead.iter().map(|e| u64::from(e.len) + RECORD_ID_LEN).sum();
+            let (num, den) = REWRITE_DEAD_SHARE;
+            if !live.is_empty() && dead_bytes * den < index.pack_len * num {
+                continue; // mostly in use: not worth rewriting yet
+            }
+            if live.is_empty() {
+                stats.packs_removed += 1;
+            } else {
+                stats.packs_rewritten += 1;
+            }
+            stats.chunks_removed += dead.len() as u64;
+            stats.bytes_removed += dead_bytes;
+            doomed.push(Doomed { name, live });
+        }
+        Ok((doomed, stats))
+    }
+
     /// Every pack with a readable index, with its index and the time its pack was written.
     fn sealed_packs(&self) -> Result<Vec<(String, PackIndex, SystemTime)>> {
         let listed = self.objects.list("packs/")?;
@@ -399,7 +457,21 @@ impl Drop for S3PackStore {
 
 impl ChunkStore for S3PackStore {
     fn touch(&self, id: &ChunkId) -> Result<Option<StoredAt>> {
-        self.lookup(id)
+        let Some(at) = self.lookup(id)? else { return Ok(None) };
+        {
+            // Checked and recorded at once: `avoid` reports every use made before it.
+            let mut uses = self.uses.lock().expect("not poisoned");
+            if !uses.avoided.contains(&at.pack) {
+                uses.used.insert(at.pack);
+                return Ok(Some(at));
+            }
+        }
+        // In a pack a gc is about to delete or rewrite: a copy in a pack of this process's own instead.
+        match self.get_at(id, &at) {
+            Ok(encoded) => self.put(id, &encoded).map(Some),
+            Err(Error::ChunkMissing { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn put(&self, id: &ChunkId, encoded: &[u8]) -> Result<StoredAt> {
@@ -407,7 +479,9 @@ impl ChunkStore for S3PackStore {
         let open = writer.get_or_insert_with(|| {
             let mut bytes = Vec::with_capacity(PACK_TARGET_BYTES + (1 << 20));
             bytes.extend_from_slice(&pack_header());
-            OpenPack { name: PackName::random(), bytes, entries: Vec::new() }
+            let name = PackName::random();
+            self.uses.lock().expect("not poisoned").used.insert(name);
+            OpenPack { name, bytes, entries: Vec::new() }
         });
         let offset = open.bytes.len() as u64 + RECORD_ID_LEN;
         let at = StoredAt { pack: open.name, offset: offset as u32, len: encoded.len() as u32 };
@@ -519,29 +593,16 @@ impl ChunkStore for S3PackStore {
         self.merge_if_due()
     }
 
-    fn sweep(&self, in_use: &HashSet<ChunkId>, cutoff: SystemTime) -> Result<SweepStats> {
-        let mut stats = SweepStats::default();
-        let mut claimed: HashSet<ChunkId> = HashSet::new();
-        let mut doomed = Vec::new();
-        for (name, index, written) in self.sealed_packs()? {
-            // A chunk in use is kept in the first pack that holds it; other copies are spare.
-            let (live, dead): (Vec<PackEntry>, Vec<PackEntry>) =
-                index.entries.iter().partition(|e| in_use.contains(&e.id) && claimed.insert(e.id));
-            if dead.is_empty() {
-                continue;
-            }
-            if written >= cutoff {
-                stats.chunks_kept_recent += dead.len() as u64;
-                continue;
-            }
-            let dead_bytes: u64 = dead.iter().map(|e| u64::from(e.len) + RECORD_ID_LEN).sum();
-            let (num, den) = REWRITE_DEAD_SHARE;
-            if !live.is_empty() && dead_bytes * den < index.pack_len * num {
-                continue; // mostly in use: not worth rewriting yet
-            }
-            if live.is_empty() {
-                stats.packs_removed += 1;
-            } else {
+    fn sweep(
+        &self,
+        in_use: &HashSet<ChunkId>,
+        cutoff: SystemTime,
+        only: Option<&HashSet<PackName>>,
+    ) -> Result<SweepStats> {
+        let (doomed, mut stats) = self.plan_sweep(in_use, cutoff, only)?;
+        let mut gone = Vec::new();
+        for Doomed { name, live } in doomed {
+            if !live.is_empty() {
                 let object = pack_object(&name);
                 let Some(data) = self.objects.get(&object)? else { continue };
                 for e in &live {
@@ -550,22 +611,19 @@ impl ChunkStore for S3PackStore {
                     };
                     self.put(&e.id, encoded)?;
                 }
-                stats.packs_rewritten += 1;
             }
-            stats.chunks_removed += dead.len() as u64;
-            stats.bytes_removed += dead_bytes;
-            doomed.push(name);
+            gone.push(name);
         }
         // The copies are uploaded and indexed before the packs they came from go.
         self.upload_all()?;
-        for name in &doomed {
+        for name in &gone {
             // The index first: a pack without an index is unfinished work, never half a pack.
             self.objects.delete(&index_object(name))?;
             self.objects.delete(&pack_object(name))?;
         }
         // Packs never indexed, left by writers that died, and indexes left without their pack (see
-        // `sealed_names`).
-        let listed = self.objects.list("packs/")?;
+        // `sealed_names`); none while backups run (a pack of theirs may be between its upload and its index's).
+        let listed = if only.is_some() { Vec::new() } else { self.objects.list("packs/")? };
         let named = |suffix: &str| -> HashSet<&str> {
             listed.iter().filter_map(|o| o.name.strip_prefix("packs/")?.strip_suffix(suffix)).collect()
         };
@@ -582,6 +640,18 @@ impl ChunkStore for S3PackStore {
         }
         self.catalog.write().expect("not poisoned").invalidate();
         Ok(stats)
+    }
+
+    fn condemned(&self, in_use: &HashSet<ChunkId>, cutoff: SystemTime) -> Result<HashSet<PackName>> {
+        let (doomed, _) = self.plan_sweep(in_use, cutoff, None)?;
+        Ok(doomed.iter().filter_map(|d| PackName::parse(&d.name)).collect())
+    }
+
+    fn avoid(&self, packs: HashSet<PackName>) -> HashSet<PackName> {
+        let mut uses = self.uses.lock().expect("not poisoned");
+        let used = uses.used.intersection(&packs).copied().collect();
+        uses.avoided.extend(packs);
+        used
     }
 
     fn repair(&self) -> Result<RepairStats> {

@@ -526,8 +526,13 @@ impl ChunkStore for PackStore {
         }
     }
 
-    fn sweep(&self, in_use: &HashSet<ChunkId>, cutoff: SystemTime) -> Result<SweepStats> {
-        let stats = self.sweep_packs(in_use, cutoff)?;
+    fn sweep(
+        &self,
+        in_use: &HashSet<ChunkId>,
+        cutoff: SystemTime,
+        only: Option<&HashSet<PackName>>,
+    ) -> Result<SweepStats> {
+        let stats = self.sweep_packs(in_use, cutoff, only)?;
         // The map then covers what the sweep left, and nothing it removed.
         self.merge_map(true)?;
         Ok(stats)

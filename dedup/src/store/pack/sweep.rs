@@ -20,6 +20,7 @@ use crate::chunk::{self, ChunkId};
 use crate::durable;
 use crate::error::{Error, Result};
 use crate::store::catalog::file_stems;
+use crate::store::located::PackName;
 use crate::store::pack_format::PackEntry;
 use crate::store::{ChunkStore, SweepStats};
 
@@ -28,12 +29,20 @@ const REWRITE_DEAD_SHARE: (u64, u64) = (1, 4);
 
 impl PackStore {
     /// `ChunkStore::sweep` for the pack store; the caller holds the library's chunk lock exclusively.
-    pub(super) fn sweep_packs(&self, in_use: &HashSet<ChunkId>, cutoff: SystemTime) -> Result<SweepStats> {
+    pub(super) fn sweep_packs(
+        &self,
+        in_use: &HashSet<ChunkId>,
+        cutoff: SystemTime,
+        only: Option<&HashSet<PackName>>,
+    ) -> Result<SweepStats> {
         let mut stats = SweepStats::default();
         let mut claimed: HashSet<ChunkId> = HashSet::new();
         let mut doomed: Vec<String> = Vec::new();
         // Never delete what cannot be read: a pack with a damaged index is not among these.
         for (name, index, used) in self.sealed_packs()? {
+            if only.is_some_and(|only| PackName::parse(&name).is_none_or(|p| !only.contains(&p))) {
+                continue;
+            }
             // A chunk in use is kept in the first pack that holds it; other copies are spare.
             let (live, dead): (Vec<PackEntry>, Vec<PackEntry>) =
                 index.entries.iter().partition(|e| in_use.contains(&e.id) && claimed.insert(e.id));
@@ -70,8 +79,9 @@ impl PackStore {
             fs::remove_file(&idx).map_err(|e| Error::io("remove", &idx, e))?;
             let _ = fs::remove_file(self.pack_path(name));
         }
-        // Packs never sealed by writers that died.
-        for name in file_stems(&self.dir, ".pack")? {
+        // Packs never sealed by writers that died (none while backups may be writing theirs).
+        let unfinished = if only.is_some() { Vec::new() } else { file_stems(&self.dir, ".pack")? };
+        for name in unfinished {
             if self.index_path(&name).exists() {
                 continue;
             }

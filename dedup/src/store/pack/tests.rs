@@ -138,7 +138,7 @@ fn an_unsealed_pack_is_dropped_and_swept() {
     assert_eq!(fs::read_dir(dir.path().join("packs")).unwrap().count(), 0, "the unsealed pack was removed");
     // A pack left by a writer that died (no index) goes with the next sweep once old enough.
     fs::write(dir.path().join("packs/0123456789abcdef.pack"), pack_header()).unwrap();
-    let stats = s.sweep(&HashSet::new(), SystemTime::now() + Duration::from_secs(1)).unwrap();
+    let stats = s.sweep(&HashSet::new(), SystemTime::now() + Duration::from_secs(1), None).unwrap();
     assert_eq!(stats.unfinished_packs_removed, 1);
 }
 
@@ -158,9 +158,9 @@ fn sweep_removes_dead_packs_and_rewrites_mostly_dead_ones() {
     // Pack one: all dead. Pack two: 5 of 20 kept.
     let in_use: HashSet<ChunkId> = chunks[10..15].iter().map(|c| c.0).collect();
     // A cutoff in the past keeps everything.
-    let kept = s.sweep(&in_use, SystemTime::now() - Duration::from_secs(60)).unwrap();
+    let kept = s.sweep(&in_use, SystemTime::now() - Duration::from_secs(60), None).unwrap();
     assert_eq!((kept.chunks_removed, kept.chunks_kept_recent), (0, 25));
-    let stats = s.sweep(&in_use, SystemTime::now() + Duration::from_secs(1)).unwrap();
+    let stats = s.sweep(&in_use, SystemTime::now() + Duration::from_secs(1), None).unwrap();
     assert_eq!((stats.packs_removed, stats.packs_rewritten, stats.chunks_removed), (1, 1, 25));
     let fresh = open(dir.path());
     for (id, enc) in &chunks[10..15] {
@@ -197,7 +197,7 @@ fn damage_is_reported_never_served() {
     assert!(matches!(err, Error::ChunkCorrupt { .. }), "{err}");
     // A damaged index: gc leaves the pack alone.
     fs::write(&loc.index, b"garbage").unwrap();
-    let stats = s.sweep(&HashSet::new(), SystemTime::now() + Duration::from_secs(1)).unwrap();
+    let stats = s.sweep(&HashSet::new(), SystemTime::now() + Duration::from_secs(1), None).unwrap();
     assert_eq!(stats.chunks_removed + stats.unfinished_packs_removed, 0);
     assert!(loc.pack.exists());
 }
@@ -281,7 +281,7 @@ fn chunk_maps_keep_memory_bounded_and_follow_gc() {
     assert!(reader.catalog.read().unwrap().loose_chunks() <= 8);
     // gc keeps the first ten: the map then covers those packs only; a location from before still reads.
     let in_use: HashSet<ChunkId> = chunks[..10].iter().map(|c| c.0).collect();
-    let stats = s.sweep(&in_use, SystemTime::now() + Duration::from_secs(1)).unwrap();
+    let stats = s.sweep(&in_use, SystemTime::now() + Duration::from_secs(1), None).unwrap();
     assert_eq!(stats.chunks_removed, 50);
     let fresh = open(dir.path());
     for (n, (id, enc)) in chunks[..10].iter().enumerate() {
@@ -303,7 +303,7 @@ fn a_location_that_moved_is_found_where_the_chunk_is_now() {
     s.sync().unwrap();
     // Most of the pack is dead: the sweep rewrites it, so the kept chunks move to a new pack.
     let in_use: HashSet<ChunkId> = [chunks[5].0].into_iter().collect();
-    let stats = s.sweep(&in_use, SystemTime::now() + Duration::from_secs(1)).unwrap();
+    let stats = s.sweep(&in_use, SystemTime::now() + Duration::from_secs(1), None).unwrap();
     assert_eq!(stats.packs_rewritten, 1);
     let fresh = open(dir.path());
     assert_eq!(fresh.get_at(&chunks[5].0, &at[5]).unwrap(), chunks[5].1);
