@@ -97,8 +97,11 @@ impl S3Objects {
         run_on(self.runtime.as_ref().expect("alive until dropped"), request)
     }
 
-    /// Writes an object whole (replacing one of the same name). Large objects go up in parts.
-    pub fn put(&self, name: &str, data: Vec<u8>) -> Result<()> {
+    /// Writes an object whole (replacing one of the same name). Large objects go up in parts. (`Bytes`: a
+    /// caller that keeps the data, such as a pack store answering reads from a pack being uploaded, shares
+    /// it rather than copying it.)
+    pub fn put(&self, name: &str, data: impl Into<bytes::Bytes>) -> Result<()> {
+        let data: bytes::Bytes = data.into();
         if data.len() > PART_SIZE {
             return self.put_in_parts(name, data);
         }
@@ -123,9 +126,8 @@ impl S3Objects {
         }
     }
 
-    fn put_in_parts(&self, name: &str, data: Vec<u8>) -> Result<()> {
+    fn put_in_parts(&self, name: &str, data: bytes::Bytes) -> Result<()> {
         let (client, bucket, key) = (self.client.clone(), self.url.bucket.clone(), self.url.key(name));
-        let data = bytes::Bytes::from(data);
         let outcome = self.run(async move {
             let started = client.create_multipart_upload().bucket(&bucket).key(&key).send().await?;
             let upload_id = started.upload_id().unwrap_or_default().to_string();

@@ -90,7 +90,7 @@ struct OpenPack {
 
 struct Upload {
     name: PackName,
-    bytes: Arc<Vec<u8>>,
+    bytes: bytes::Bytes,
     work: JoinHandle<Result<()>>,
 }
 
@@ -257,14 +257,16 @@ impl S3PackStore {
     /// Starts uploading a full pack: the pack, then its index.
     fn start_upload(&self, open: OpenPack) -> Upload {
         let OpenPack { name, bytes, entries } = open;
-        let bytes = Arc::new(bytes);
+        // Shared, not copied, with the upload: reads of its chunks are answered from it meanwhile.
+        let bytes = bytes::Bytes::from(bytes);
         let (objects, data) = (self.objects.clone(), bytes.clone());
         let work = std::thread::Builder::new()
             .name("upload-pack".into())
             .spawn(move || {
                 let name = name.to_string();
-                objects.put(&pack_object(&name), data.to_vec())?;
-                let index = PackIndex { pack_len: data.len() as u64, entries };
+                let pack_len = data.len() as u64;
+                objects.put(&pack_object(&name), data)?;
+                let index = PackIndex { pack_len, entries };
                 objects.put(&index_object(&name), index.encode())
             })
             .expect("a thread for an upload starts");
