@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 /// Chunks kept in memory, outside a map, before a new map is written.
 pub(super) const MERGE_AT: usize = 256 * 1024;
 /// Pack indexes read in one go by a refresh that may stop at a bound on what it holds.
-const INDEX_GROUP: usize = 16;
+const INDEX_GROUP: usize = 8;
 
 /// Where a catalog learns which packs are sealed and what their indexes say.
 pub(super) trait PackIndexes: Sync {
@@ -252,10 +252,11 @@ impl Catalog {
         new.sort();
         let group = if limit.is_some() { INDEX_GROUP } else { new.len().max(1) };
         for packs_read in new.chunks(group) {
-            if limit.is_some_and(|l| self.chunks.len() >= l) {
-                return Ok(false);
-            }
             for (pack, index) in packs.read(packs_read)? {
+                // Checked pack by pack: a pack of tiny chunks holds 64 Ki of them.
+                if limit.is_some_and(|l| self.chunks.len() >= l) {
+                    return Ok(false);
+                }
                 for e in index.entries {
                     let Ok(offset) = u32::try_from(e.offset) else { continue };
                     // A chunk stored twice (two backups wrote it at once) is read from the first pack found.

@@ -25,7 +25,7 @@ use crate::store::chunk_map::{self, ChunkMap, MapWriter};
 use crate::store::located::{PackName, StoredAt};
 
 /// Pack indexes read in one go while batches are gathered.
-const INDEX_GROUP: usize = 16;
+const INDEX_GROUP: usize = 8;
 
 /// The chunk maps of one store: files in `dir`, written through `tmp` (on the same file system).
 pub(super) struct MapFolder<'a> {
@@ -101,11 +101,12 @@ impl MapFolder<'_> {
                     }
                 }
                 newly_covered.push(pack);
-            }
-            if batch.len() >= self.run_chunks {
-                let path = self.tmp.join(format!(".run-{generation}-{}{}", runs.len(), chunk_map::EXTENSION));
-                runs.push(path.clone());
-                run_maps.push(write_run(&path, &mut batch)?);
+                // Checked pack by pack: a pack of tiny chunks holds 64 Ki of them.
+                if batch.len() >= self.run_chunks {
+                    let path = self.tmp.join(format!(".run-{generation}-{}{}", runs.len(), chunk_map::EXTENSION));
+                    runs.push(path.clone());
+                    run_maps.push(write_run(&path, &mut batch)?);
+                }
             }
         }
         if newly_covered.is_empty() && !any_gone {
